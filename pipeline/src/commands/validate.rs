@@ -1,0 +1,82 @@
+//! `pipeline validate epoch.yaml`: check a config and print the resolved plan.
+
+use std::fmt::Write;
+use std::path::Path;
+
+use lsp_reward::RewardKind;
+
+use crate::config::{EpochConfig, load_epoch};
+
+/// Loads `path`; on success returns the plan to print, else the error listing every
+/// problem.
+pub fn validate(path: &Path) -> anyhow::Result<String> {
+    let config = load_epoch(path)?;
+    plan(&config)
+}
+
+/// The resolved config as YAML, preceded by what one iteration does.
+pub fn plan(config: &EpochConfig) -> anyhow::Result<String> {
+    let run = &config.run;
+    let mode = run.mode;
+    let mut out = String::new();
+    writeln!(
+        out,
+        "# plan: {} iteration(s) of `{}` with {} ({}, {}) -> {}",
+        run.iterations,
+        mode.as_str(),
+        config.model.policy.display(),
+        format!("{:?}", config.model.dtype).to_lowercase(),
+        format!("{:?}", config.model.device).to_lowercase(),
+        run.output_dir.join(&run.name).display(),
+    )?;
+    let g = config.solver.answers_per_query;
+    let n = if mode.has_challenger() {
+        let n = config.challenger.num_queries;
+        writeln!(
+            out,
+            "#   challenger: {n} queries (<= {} tokens each)",
+            config.challenger.sampling.max_new_tokens
+        )?;
+        n
+    } else {
+        let data = config.data.as_ref().map(|d| d.path.display().to_string());
+        writeln!(out, "#   queries from data: {}", data.unwrap_or_default())?;
+        config.challenger.num_queries
+    };
+    writeln!(
+        out,
+        "#   solver: {n} x {g} = {} answers (<= {} tokens each)",
+        n * g,
+        config.solver.sampling.max_new_tokens
+    )?;
+    let model = config
+        .reward
+        .model
+        .as_ref()
+        .map(|m| m.display().to_string());
+    let reward = match (config.reward.kind, model) {
+        (RewardKind::RewardModel, m) => format!("reward model {}", m.unwrap_or_default()),
+        (RewardKind::Judge, Some(m)) => format!("judge {m}"),
+        (RewardKind::Judge, None) => "judge = the frozen reference".to_string(),
+        (RewardKind::Verifier, _) => "verifier of reference answers".to_string(),
+    };
+    writeln!(out, "#   reward: {} scores by {reward}", n * g)?;
+    if mode.has_self_reward() {
+        writeln!(
+            out,
+            "#   self-reward: {} judge replies (<= {} tokens each)",
+            n * g,
+            config.self_reward.sampling.max_new_tokens
+        )?;
+    }
+    writeln!(
+        out,
+        "#   update: 1 AdamW step (lr {}, beta {}, alpha_Ch {}), micro-batches of {}",
+        config.update.learning_rate,
+        config.update.kl_coef,
+        config.update.challenger_coef,
+        config.update.micro_batch_size
+    )?;
+    out.push_str(&serde_norway::to_string(config)?);
+    Ok(out)
+}

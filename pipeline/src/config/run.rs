@@ -1,0 +1,101 @@
+//! The `run` and `data` sections of `epoch.yaml`.
+
+use std::path::PathBuf;
+
+use lsp_advantage::Mode;
+use lsp_schemas::problems::{Problems, Validate, join_path};
+use serde::{Deserialize, Serialize};
+
+/// Run-wide settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// The run's name: its output lands in `output_dir/name/`.
+    pub name: String,
+    /// Which game is played: `lsp`, `lsp_zero` or `grpo`.
+    pub mode: Mode,
+    /// Iterations (one optimizer step each).
+    pub iterations: u64,
+    /// Seed of every random draw of the run.
+    pub seed: u64,
+    /// Save a checkpoint every this many iterations (0: only the final model).
+    pub checkpoint_every: u64,
+    /// libtorch intra-op threads per worker.
+    pub threads: u64,
+    /// timely workers. libtorch's threads and timely's workers share the cores:
+    /// `threads × workers` should not exceed them.
+    pub workers: u64,
+    /// Output root.
+    pub output_dir: PathBuf,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            name: "lsp".to_string(),
+            mode: Mode::Lsp,
+            iterations: 3,
+            seed: 0,
+            checkpoint_every: 1,
+            threads: 2,
+            workers: 1,
+            output_dir: PathBuf::from("data-out"),
+        }
+    }
+}
+
+impl Validate for RunConfig {
+    fn validate(&self, path: &str, problems: &mut Problems) {
+        let p = |f: &str| join_path(path, f);
+        let name_ok = !self.name.is_empty()
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && !self.name.starts_with('.');
+        problems.check(name_ok, &p("name"), || {
+            format!(
+                "{:?} is not a folder name: use letters, digits, '-', '_' and '.'",
+                self.name
+            )
+        });
+        problems.positive(&p("iterations"), self.iterations);
+        problems.positive(&p("threads"), self.threads);
+        problems.positive(&p("workers"), self.workers);
+    }
+}
+
+/// Where `grpo` mode reads its queries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// A JSONL or Parquet file.
+    pub path: PathBuf,
+    /// The column holding the instruction.
+    #[serde(default = "default_prompt_column")]
+    pub prompt_column: String,
+    /// The column holding a reference answer (for the `verifier` reward).
+    #[serde(default)]
+    pub answer_column: Option<String>,
+}
+
+fn default_prompt_column() -> String {
+    "instruction".to_string()
+}
+
+impl Validate for DataConfig {
+    fn validate(&self, path: &str, problems: &mut Problems) {
+        let p = join_path(path, "path");
+        if !self.path.is_file() {
+            problems.push(p, format!("{} is not a file", self.path.display()));
+        } else {
+            let ext = self.path.extension().and_then(|e| e.to_str()).unwrap_or("");
+            problems.check(matches!(ext, "jsonl" | "parquet"), &p, || {
+                format!(
+                    "{}: expected a .jsonl or .parquet file",
+                    self.path.display()
+                )
+            });
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! `pipeline validate`: a broken file lists every problem and exits non-zero; a good
+//! one exits 0 and prints the resolved plan.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn validate(config: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .arg("validate")
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn broken_config_lists_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("broken.yaml");
+    std::fs::write(
+        &config,
+        "run:\n  iterations: 0\n  seeds: 3\nsolver:\n  answers_per_query: many\n\
+         challenger:\n  sampling: {top_p: 1.5}\nmodel:\n  policy: no-such-model\n",
+    )
+    .unwrap();
+    let out = validate(&config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty());
+    // Typed problems: unknown key and wrong type. They stop nothing: the rest is still
+    // checked, which finds the range problems and the missing model.
+    assert!(stderr.contains("5 problems"), "{stderr}");
+    for expected in [
+        "run.seeds: unknown field `seeds`",
+        "solver.answers_per_query: invalid type: string \"many\"",
+        "run.iterations: must be at least 1",
+        "challenger.sampling.top_p: 1.5 is out of range",
+        "model.policy: folder ",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("no-such-model does not exist"), "{stderr}");
+}
+
+#[test]
+fn syntax_error_and_missing_file_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.yaml");
+    std::fs::write(&config, "run: {name: x\n").unwrap();
+    let out = validate(&config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("is not valid YAML") && stderr.contains("line"),
+        "{stderr}"
+    );
+
+    let out = validate(&dir.path().join("absent.yaml"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("cannot read") && stderr.contains("absent.yaml"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn good_config_prints_the_resolved_plan() {
+    let out = validate(&repo().join("examples/tiny-epoch.yaml"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.starts_with("# plan: 2 iteration(s) of `lsp`"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("#   solver: 2 x 2 = 4 answers (<= 8 tokens each)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("#   self-reward: 4 judge replies"),
+        "{stdout}"
+    );
+    // Defaults are filled in and paths resolved against the file's folder.
+    assert!(stdout.contains("kl_coef: 0.05"), "{stdout}");
+    assert!(
+        stdout.contains("examples/../tests/fixtures/tiny-llama"),
+        "{stdout}"
+    );
+}

@@ -1,0 +1,220 @@
+//! The game record: one flat row per (iteration, query, answer), written to Parquet
+//! every iteration for offline analysis (DuckDB, Polars). Token lists stay in the stage
+//! batches; the record keeps texts, counts, rewards, values, advantages, KL terms, the
+//! step's figures and per-stage timings.
+
+use std::sync::{Arc, LazyLock};
+
+use arrow::array::{
+    ArrayRef, BooleanArray, Float64Array, ListArray, StringArray, UInt32Array, UInt64Array,
+    new_null_array,
+};
+use arrow::datatypes::{DataType, SchemaRef};
+use serde::{Deserialize, Serialize};
+
+use crate::boundary::update::{StepRow, UpdatedBatch};
+use crate::columns::*;
+use crate::error::{Result, SchemaError};
+use crate::field;
+use crate::typed::{TypedBatch, schema_of};
+
+/// Columns copied unchanged from [`UpdatedBatch`], in record order after `run_id` and
+/// `mode`; the token counts and the step's broadcast figures follow them.
+const FROM_UPDATED: [&str; 28] = [
+    ITERATION,
+    QUERY_ID,
+    ANSWER_INDEX,
+    PROMPT_ID,
+    PROMPT_VERSION,
+    QUERY_TEXT,
+    QUERY_FINISH_REASON,
+    QUERY_STATUS,
+    REFERENCE_ANSWER,
+    ANSWER_TEXT,
+    ANSWER_FINISH_REASON,
+    QUERY_LOGPROB_POLICY,
+    QUERY_LOGPROB_REF,
+    ANSWER_LOGPROB_POLICY,
+    ANSWER_LOGPROB_REF,
+    REWARD,
+    REWARD_STATUS,
+    SELF_REWARD,
+    SELF_REWARD_STATUS,
+    JUDGE_TEXT,
+    VALUE,
+    VALUE_Q,
+    SOLVER_REWARD,
+    CHALLENGER_REWARD,
+    ADV_SOLVER,
+    ADV_CHALLENGER,
+    KL_QUERY,
+    KL_ANSWER,
+];
+
+/// Schema of [`GameRecordBatch`].
+pub fn game_record_schema() -> SchemaRef {
+    static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+        let updated = crate::boundary::update::updated_schema();
+        let mut fields = vec![field::utf8(RUN_ID), field::utf8(MODE)];
+        for name in FROM_UPDATED {
+            let f = updated
+                .field_with_name(name)
+                .expect("column of UpdatedBatch");
+            fields.push(f.clone());
+        }
+        fields.extend([
+            field::u32(QUERY_TOKENS),
+            field::u32(ANSWER_TOKENS),
+            field::f64(LOSS),
+            field::f64(LOSS_SOLVER),
+            field::f64_or_null(LOSS_CHALLENGER),
+            field::f64(GRAD_NORM),
+            field::bool(STEP_APPLIED),
+            field::utf8_or_null(SKIP_REASON),
+            field::f64(LEARNING_RATE),
+            field::f64(SECONDS_CHALLENGER),
+            field::f64(SECONDS_SOLVER),
+            field::f64(SECONDS_REWARD),
+            field::f64(SECONDS_SELF_REWARD),
+            field::f64(SECONDS_ADVANTAGE),
+            field::f64(SECONDS_UPDATE),
+        ]);
+        schema_of(fields)
+    });
+    SCHEMA.clone()
+}
+
+/// Wall-clock seconds spent in each stage of one iteration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageSeconds {
+    /// Query generation.
+    pub challenger: f64,
+    /// Answer sampling.
+    pub solver: f64,
+    /// External reward.
+    pub reward: f64,
+    /// Quality self-reward.
+    pub self_reward: f64,
+    /// Advantages.
+    pub advantage: f64,
+    /// Parameter update.
+    pub update: f64,
+}
+
+/// One row of the game record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[allow(missing_docs)] // Each field is the column of the same name in `columns`.
+pub struct GameRecordRow {
+    pub run_id: String,
+    pub mode: String,
+    pub iteration: u64,
+    pub query_id: u32,
+    pub answer_index: u32,
+    pub prompt_id: String,
+    pub prompt_version: String,
+    pub query_text: String,
+    pub query_finish_reason: String,
+    pub query_status: String,
+    pub reference_answer: Option<String>,
+    pub answer_text: String,
+    pub answer_finish_reason: String,
+    pub query_logprob_policy: Option<f64>,
+    pub query_logprob_ref: Option<f64>,
+    pub answer_logprob_policy: f64,
+    pub answer_logprob_ref: f64,
+    pub reward: f64,
+    pub reward_status: String,
+    pub self_reward: Option<f64>,
+    pub self_reward_status: String,
+    pub judge_text: Option<String>,
+    pub value: f64,
+    pub value_q: Option<f64>,
+    pub solver_reward: f64,
+    pub challenger_reward: Option<f64>,
+    pub adv_solver: f64,
+    pub adv_challenger: Option<f64>,
+    pub kl_query: Option<f64>,
+    pub kl_answer: f64,
+    pub query_tokens: u32,
+    pub answer_tokens: u32,
+    pub loss: f64,
+    pub loss_solver: f64,
+    pub loss_challenger: Option<f64>,
+    pub grad_norm: f64,
+    pub step_applied: bool,
+    pub skip_reason: Option<String>,
+    pub learning_rate: f64,
+    pub seconds_challenger: f64,
+    pub seconds_solver: f64,
+    pub seconds_reward: f64,
+    pub seconds_self_reward: f64,
+    pub seconds_advantage: f64,
+    pub seconds_update: f64,
+}
+
+crate::typed_batch!(
+    /// The game record of one iteration: one row per (query, answer).
+    GameRecordBatch,
+    GameRecordRow,
+    game_record_schema
+);
+
+impl GameRecordBatch {
+    /// Assembles the record of one iteration from the update's per-answer batch, its
+    /// step row and the stage timings. Every row of `updated` must belong to the
+    /// step's iteration.
+    pub fn assemble(
+        run_id: &str,
+        mode: &str,
+        updated: &UpdatedBatch,
+        step: &StepRow,
+        seconds: &StageSeconds,
+    ) -> Result<Self> {
+        let n = updated.num_rows();
+        let iterations = updated.column::<UInt64Array>(ITERATION)?;
+        if let Some(other) = iterations.values().iter().find(|&&i| i != step.iteration) {
+            return Err(SchemaError::Mismatch {
+                batch: Self::NAME,
+                problem: format!(
+                    "row of iteration {other} assembled with the step of iteration {}",
+                    step.iteration
+                ),
+            });
+        }
+        let text = |s: &str| Arc::new(StringArray::from(vec![s; n])) as ArrayRef;
+        let float = |x: f64| Arc::new(Float64Array::from(vec![x; n])) as ArrayRef;
+        let float_or_null = |x: Option<f64>| Arc::new(Float64Array::from(vec![x; n])) as ArrayRef;
+        let lengths = |name: &str| -> Result<ArrayRef> {
+            let lists = updated.column::<ListArray>(name)?;
+            let counts: UInt32Array = (0..n).map(|i| Some(lists.value_length(i) as u32)).collect();
+            Ok(Arc::new(counts))
+        };
+        let batch = updated.batch();
+        let mut columns: Vec<ArrayRef> = vec![text(run_id), text(mode)];
+        for name in FROM_UPDATED {
+            let column = batch.column_by_name(name).expect("checked schema");
+            columns.push(column.clone());
+        }
+        columns.extend([
+            lengths(QUERY_TOKEN_IDS)?,
+            lengths(ANSWER_TOKEN_IDS)?,
+            float(step.loss),
+            float(step.loss_solver),
+            float_or_null(step.loss_challenger),
+            float(step.grad_norm),
+            Arc::new(BooleanArray::from(vec![step.step_applied; n])),
+            match &step.skip_reason {
+                Some(reason) => text(reason),
+                None => new_null_array(&DataType::Utf8, n),
+            },
+            float(step.learning_rate),
+            float(seconds.challenger),
+            float(seconds.solver),
+            float(seconds.reward),
+            float(seconds.self_reward),
+            float(seconds.advantage),
+            float(seconds.update),
+        ]);
+        Self::from_columns(columns)
+    }
+}

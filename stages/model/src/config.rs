@@ -1,0 +1,199 @@
+//! The user-facing settings of a model and of sampling from it, as written in
+//! `epoch.yaml`.
+
+use std::path::PathBuf;
+
+use lsp_schemas::problems::{Problems, Validate, join_path};
+use serde::{Deserialize, Serialize};
+
+/// Floating-point type of the weights.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    /// 32-bit floats (default; what the parity tests check).
+    #[default]
+    F32,
+    /// bfloat16.
+    Bf16,
+}
+
+/// Where the model runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    /// The CPU (always available).
+    #[default]
+    Cpu,
+    /// The first CUDA device; an error at load time when libtorch has no CUDA.
+    Cuda,
+}
+
+/// Which checkpoints play which part. The policy is trained; the frozen reference
+/// (for KL and as the self-reward judge) is a copy of the policy's initial weights
+/// unless another folder is named.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Hugging Face model folder of the policy.
+    pub policy: PathBuf,
+    /// Folder of the frozen reference; `null` means the policy's initial weights.
+    pub reference: Option<PathBuf>,
+    /// Weight type.
+    pub dtype: Dtype,
+    /// Device.
+    pub device: DeviceKind,
+}
+
+/// Where `pipeline model fetch smollm2-135m-instruct` puts the embedded default.
+pub const DEFAULT_MODEL_DIR: &str = "data-out/models/smollm2-135m-instruct";
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            policy: PathBuf::from(DEFAULT_MODEL_DIR),
+            reference: None,
+            dtype: Dtype::F32,
+            device: DeviceKind::Cpu,
+        }
+    }
+}
+
+impl Validate for ModelConfig {
+    fn validate(&self, path: &str, problems: &mut Problems) {
+        let hint = if self.policy.ends_with(DEFAULT_MODEL_DIR) {
+            " (run `pipeline model fetch smollm2-135m-instruct` to get the default model)"
+        } else {
+            ""
+        };
+        problems.folder_with(
+            &join_path(path, "policy"),
+            &self.policy,
+            "config.json",
+            hint,
+        );
+        if let Some(reference) = &self.reference {
+            problems.folder_with(&join_path(path, "reference"), reference, "config.json", "");
+        }
+    }
+}
+
+/// How tokens are drawn. `temperature: 0` is greedy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplingConfig {
+    /// Most tokens to generate.
+    pub max_new_tokens: u64,
+    /// Softmax temperature; 0 means greedy.
+    pub temperature: f64,
+    /// Nucleus sampling mass (1 keeps the full vocabulary).
+    pub top_p: f64,
+    /// Keep only the k most likely tokens (0 keeps all).
+    pub top_k: u64,
+    /// Extra strings that end a sequence (the model's EOS ids always do).
+    pub stop: Vec<String>,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 64,
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            stop: Vec::new(),
+        }
+    }
+}
+
+impl SamplingConfig {
+    /// Greedy decoding of at most `max_new_tokens`.
+    pub fn greedy(max_new_tokens: u64) -> Self {
+        Self {
+            max_new_tokens,
+            temperature: 0.0,
+            ..Self::default()
+        }
+    }
+}
+
+impl Validate for SamplingConfig {
+    fn validate(&self, path: &str, problems: &mut Problems) {
+        problems.positive(&join_path(path, "max_new_tokens"), self.max_new_tokens);
+        problems.in_range(
+            &join_path(path, "temperature"),
+            self.temperature,
+            0.0,
+            100.0,
+        );
+        problems.check(
+            self.top_p > 0.0 && self.top_p <= 1.0,
+            &join_path(path, "top_p"),
+            || format!("{} is out of range: expected 0 < top_p <= 1", self.top_p),
+        );
+        for (i, s) in self.stop.iter().enumerate() {
+            problems.check(
+                !s.is_empty(),
+                &format!("{}[{i}]", join_path(path, "stop")),
+                || "an empty stop string would end every sequence at once".to_string(),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_problems_are_all_reported() {
+        let bad = SamplingConfig {
+            max_new_tokens: 0,
+            temperature: -0.5,
+            top_p: 0.0,
+            top_k: 5,
+            stop: vec![String::new()],
+        };
+        let mut problems = Problems::new();
+        bad.validate("solver.sampling", &mut problems);
+        let paths: Vec<_> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "solver.sampling.max_new_tokens",
+                "solver.sampling.temperature",
+                "solver.sampling.top_p",
+                "solver.sampling.stop[0]"
+            ]
+        );
+        let mut none = Problems::new();
+        SamplingConfig::greedy(16).validate("x", &mut none);
+        assert!(none.is_empty(), "{none}");
+    }
+
+    #[test]
+    fn missing_default_model_suggests_fetch() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ModelConfig {
+            policy: dir.path().join(DEFAULT_MODEL_DIR),
+            reference: Some(dir.path().to_path_buf()),
+            ..ModelConfig::default()
+        };
+        let mut problems = Problems::new();
+        config.validate("model", &mut problems);
+        let found: Vec<_> = problems
+            .iter()
+            .map(|p| (p.path.as_str(), p.message.as_str()))
+            .collect();
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(found[0].0, "model.policy");
+        assert!(
+            found[0]
+                .1
+                .contains("does not exist (run `pipeline model fetch"),
+            "{}",
+            found[0].1
+        );
+        assert_eq!(found[1].0, "model.reference");
+        assert!(found[1].1.ends_with("has no config.json"), "{}", found[1].1);
+    }
+}

@@ -1,0 +1,134 @@
+//! The update's section of `epoch.yaml`.
+
+use lsp_schemas::problems::{Problems, Validate, join_path};
+use serde::{Deserialize, Serialize};
+
+/// Estimator of KL(π_θ ‖ π_ref) from sampled tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KlEstimator {
+    /// log(π_θ / π_ref), the paper's.
+    #[default]
+    K1,
+    /// (r − 1) − log r with r = π_ref / π_θ: non-negative, lower variance.
+    K3,
+}
+
+/// How per-token terms are combined into a sequence's loss.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Aggregation {
+    /// Mean over the sequence's tokens (long answers do not dominate).
+    #[default]
+    TokenMean,
+    /// Sum over the tokens: the sequence log-prob of the paper's formula.
+    SequenceSum,
+}
+
+/// Loss, optimizer and step settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpdateConfig {
+    /// AdamW learning rate (paper: 3e-6).
+    pub learning_rate: f64,
+    /// AdamW β1, β2.
+    pub betas: [f64; 2],
+    /// AdamW ε.
+    pub eps: f64,
+    /// AdamW decoupled weight decay.
+    pub weight_decay: f64,
+    /// β: weight of the KL term (paper: 0.05).
+    pub kl_coef: f64,
+    /// α_Ch: weight of the challenger loss.
+    pub challenger_coef: f64,
+    /// KL estimator.
+    pub kl_estimator: KlEstimator,
+    /// Token aggregation.
+    pub aggregation: Aggregation,
+    /// Sequences per forward/backward pass; gradients accumulate over micro-batches.
+    pub micro_batch_size: u64,
+    /// Clip the gradient's global norm to this (0 turns clipping off).
+    pub max_grad_norm: f64,
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        Self {
+            learning_rate: 3e-6,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            weight_decay: 0.0,
+            kl_coef: 0.05,
+            challenger_coef: 1.0,
+            kl_estimator: KlEstimator::K1,
+            aggregation: Aggregation::TokenMean,
+            micro_batch_size: 4,
+            max_grad_norm: 1.0,
+        }
+    }
+}
+
+impl Validate for UpdateConfig {
+    fn validate(&self, path: &str, problems: &mut Problems) {
+        let p = |f: &str| join_path(path, f);
+        problems.check(
+            self.learning_rate > 0.0 && self.learning_rate < 1.0,
+            &p("learning_rate"),
+            || {
+                format!(
+                    "{} is out of range: expected 0 < learning_rate < 1",
+                    self.learning_rate
+                )
+            },
+        );
+        for (i, b) in self.betas.iter().enumerate() {
+            problems.check(
+                *b >= 0.0 && *b < 1.0,
+                &format!("{}[{i}]", p("betas")),
+                || format!("{b} is out of range: expected 0 <= beta < 1"),
+            );
+        }
+        problems.check(self.eps > 0.0, &p("eps"), || {
+            format!("{} must be > 0", self.eps)
+        });
+        problems.in_range(&p("weight_decay"), self.weight_decay, 0.0, 1.0);
+        problems.in_range(&p("kl_coef"), self.kl_coef, 0.0, 1e3);
+        problems.in_range(&p("challenger_coef"), self.challenger_coef, 0.0, 1e3);
+        problems.positive(&p("micro_batch_size"), self.micro_batch_size);
+        problems.in_range(&p("max_grad_norm"), self.max_grad_norm, 0.0, 1e9);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_all_reported() {
+        let mut ok = Problems::new();
+        UpdateConfig::default().validate("update", &mut ok);
+        assert!(ok.is_empty(), "{ok}");
+
+        let bad = UpdateConfig {
+            learning_rate: 0.0,
+            betas: [0.9, 1.0],
+            eps: 0.0,
+            kl_coef: -1.0,
+            micro_batch_size: 0,
+            ..UpdateConfig::default()
+        };
+        let mut problems = Problems::new();
+        bad.validate("update", &mut problems);
+        let paths: Vec<_> = problems.iter().map(|p| p.path.clone()).collect();
+        assert_eq!(
+            paths,
+            [
+                "update.learning_rate",
+                "update.betas[1]",
+                "update.eps",
+                "update.kl_coef",
+                "update.micro_batch_size"
+            ]
+        );
+    }
+}
