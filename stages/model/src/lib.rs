@@ -1,11 +1,56 @@
 //! The one model implementation every LSP stage shares: the policy (challenger and
 //! solver), the frozen reference, the self-reward judge and the reward model.
 //!
-//! Today this crate holds the model and sampling settings of `epoch.yaml`
-//! ([`ModelConfig`], [`SamplingConfig`]). The engine itself — Hugging Face checkpoint
-//! loading, tokenizer and chat template, the tch transformer, KV-cache sampling and
-//! teacher-forced log-probs — is the model-engine issue's work and lands here.
+//! - [`LanguageModel::load`] reads a Hugging Face folder (`config.json` in the classic
+//!   or the transformers-5 layout, safetensors weights, single or sharded,
+//!   `tokenizer.json`, `tokenizer_config.json`, `generation_config.json`) for
+//!   `LlamaForCausalLM`, `Qwen2ForCausalLM` and their `ForSequenceClassification`
+//!   reward-model forms; [`LanguageModel::save`] writes one transformers loads.
+//! - [`TextTokenizer`] renders the model's own Jinja chat template.
+//! - [`LanguageModel::generate`] samples batches with a KV cache (greedy, temperature,
+//!   top-k, top-p; seeded), [`LanguageModel::completion_logprobs`] gives
+//!   teacher-forced log-probs with or without gradient, and
+//!   [`LanguageModel::score_sequences`] a reward model's scores.
+//!
+//! ```no_run
+//! use lsp_model::{GenerationRequest, LanguageModel, LoadOptions, SamplingConfig};
+//! let model = LanguageModel::load("tests/fixtures/tiny-llama".as_ref(), LoadOptions::default())?;
+//! let prompt = model.tokenizer().chat_prompt("Write a haiku about the sea.")?;
+//! let out = model.generate(&GenerationRequest {
+//!     prompts: &[prompt],
+//!     sampling: &SamplingConfig::greedy(16),
+//!     repeats: 1,
+//!     seed: 0,
+//!     ignore_eos: false,
+//! })?;
+//! println!("{}", out[0].text);
+//! # Ok::<(), lsp_model::ModelError>(())
+//! ```
 
+mod chat_template;
+mod checkpoint;
 mod config;
+mod error;
+mod generate;
+mod hf_config;
+mod kv_cache;
+mod layers;
+mod logprobs;
+mod model;
+mod rope;
+mod sampling;
+mod spec;
+mod tokenizer;
+mod transformer;
 
+pub use chat_template::{ChatTemplate, Message};
 pub use config::{DEFAULT_MODEL_DIR, DeviceKind, Dtype, ModelConfig, SamplingConfig};
+pub use error::{ModelError, Result};
+pub use generate::{FinishReason, Generation, GenerationRequest};
+pub use hf_config::HfConfig;
+pub use kv_cache::KvCache;
+pub use logprobs::TokenLogprobs;
+pub use model::{LanguageModel, LoadOptions, torch_device};
+pub use spec::{Architecture, Head, ModelSpec, RopeScaling};
+pub use tokenizer::TextTokenizer;
+pub use transformer::Transformer;

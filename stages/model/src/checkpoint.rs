@@ -1,0 +1,120 @@
+//! Hugging Face checkpoints: `model.safetensors` or a sharded
+//! `model.safetensors.index.json`, read into a `VarStore` whose variable names are the
+//! checkpoint's tensor names; and saving a model folder transformers loads.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use tch::{Tensor, nn};
+use tracing::debug;
+
+use crate::error::{ModelError, Result};
+
+/// The weight files of a model folder.
+pub fn weight_files(folder: &Path) -> Result<Vec<PathBuf>> {
+    let single = folder.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = folder.join("model.safetensors.index.json");
+    if index.is_file() {
+        #[derive(Deserialize)]
+        struct Index {
+            weight_map: BTreeMap<String, String>,
+        }
+        let text = std::fs::read_to_string(&index).map_err(ModelError::io(&index))?;
+        let parsed: Index = serde_json::from_str(&text).map_err(|source| ModelError::Json {
+            path: index.clone(),
+            source,
+        })?;
+        let files: BTreeSet<_> = parsed.weight_map.into_values().collect();
+        return Ok(files.into_iter().map(|f| folder.join(f)).collect());
+    }
+    Err(ModelError::Io {
+        path: folder.to_path_buf(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no model.safetensors or model.safetensors.index.json in this folder",
+        ),
+    })
+}
+
+/// Copies the checkpoint in `folder` into the variables of `vs`, checking that every
+/// variable has its tensor with the right shape. Tensors the model does not use
+/// (a tied `lm_head`, cached rotary tables) are skipped.
+pub fn load_weights(vs: &mut nn::VarStore, folder: &Path) -> Result<()> {
+    let mut wanted: HashMap<String, Tensor> = vs.variables();
+    let total = wanted.len();
+    for file in weight_files(folder)? {
+        if !file.is_file() {
+            return Err(ModelError::Io {
+                path: file,
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "weight shard missing"),
+            });
+        }
+        let tensors = Tensor::read_safetensors(&file).map_err(|e| ModelError::Checkpoint {
+            path: file.clone(),
+            message: e.to_string(),
+        })?;
+        for (name, tensor) in tensors {
+            let Some(mut var) = wanted.remove(&name) else {
+                debug!(tensor = name, "checkpoint tensor not used by the model");
+                continue;
+            };
+            if var.size() != tensor.size() {
+                return Err(ModelError::ShapeMismatch {
+                    folder: folder.to_path_buf(),
+                    name,
+                    expected: var.size(),
+                    actual: tensor.size(),
+                });
+            }
+            tch::no_grad(|| var.copy_(&tensor));
+        }
+    }
+    if let Some(name) = wanted.keys().min() {
+        return Err(ModelError::MissingTensor {
+            folder: folder.to_path_buf(),
+            name: name.clone(),
+        });
+    }
+    debug!(folder = %folder.display(), tensors = total, "checkpoint loaded");
+    Ok(())
+}
+
+/// Writes the variables of `vs` as `model.safetensors` in `folder` (f32 or the
+/// variables' own type), under their checkpoint names.
+pub fn save_weights(vs: &nn::VarStore, folder: &Path) -> Result<()> {
+    std::fs::create_dir_all(folder).map_err(ModelError::io(folder))?;
+    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let path = folder.join("model.safetensors");
+    let tmp = folder.join(".model.safetensors.tmp");
+    Tensor::write_safetensors(&named, &tmp)?;
+    std::fs::rename(&tmp, &path).map_err(ModelError::io(&path))?;
+    Ok(())
+}
+
+/// Files of a model folder other than the weights that a saved copy carries over
+/// unchanged (architecture, tokenizer, chat template, generation settings).
+pub const COMPANION_FILES: [&str; 6] = [
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+];
+
+/// Copies the [`COMPANION_FILES`] that exist in `from` into `to`.
+pub fn copy_companions(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).map_err(ModelError::io(to))?;
+    for name in COMPANION_FILES {
+        let src = from.join(name);
+        if src.is_file() {
+            std::fs::copy(&src, to.join(name)).map_err(ModelError::io(&src))?;
+        }
+    }
+    Ok(())
+}

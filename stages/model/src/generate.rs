@@ -1,0 +1,232 @@
+//! Batched generation with the KV cache. Prompts are left-padded and prefilled once;
+//! each prompt's cache is then copied for its `repeats` answers; every step decodes
+//! one token for each unfinished sequence, and finished sequences leave the batch so
+//! they stop costing work. One small host transfer per step (the chosen ids and their
+//! log-probs) decides which sequences are done.
+
+use serde::Serialize;
+use tch::{Kind, Tensor};
+
+use crate::config::SamplingConfig;
+use crate::error::{ModelError, Result};
+use crate::model::LanguageModel;
+use crate::sampling::next_tokens;
+
+/// Why a sequence stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// It produced an EOS id.
+    Eos,
+    /// Its text reached a stop string.
+    Stop,
+    /// It reached `max_new_tokens`.
+    Length,
+}
+
+impl FinishReason {
+    /// `eos`, `stop` or `length`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Eos => "eos",
+            Self::Stop => "stop",
+            Self::Length => "length",
+        }
+    }
+}
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct GenerationRequest<'a> {
+    /// Prompt ids, one list per prompt.
+    pub prompts: &'a [Vec<u32>],
+    /// How tokens are chosen, and the length and stop strings.
+    pub sampling: &'a SamplingConfig,
+    /// Sequences per prompt, sharing the prompt's prefill.
+    pub repeats: usize,
+    /// Seed of the draws: the same seed, prompts and settings give the same tokens.
+    pub seed: u64,
+    /// Keep going past EOS ids (for benchmarks that force a length).
+    pub ignore_eos: bool,
+}
+
+/// One generated sequence.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Generation {
+    /// Index of its prompt.
+    pub prompt_index: usize,
+    /// New token ids, including the EOS id that ended it, if any.
+    pub ids: Vec<u32>,
+    /// Log-prob of each new token under the model (temperature 1, unfiltered).
+    pub logprobs: Vec<f32>,
+    /// Text of the new tokens without the EOS id that ended them (other special
+    /// tokens are kept, as transformers' `decode` does), cut before a stop string.
+    pub text: String,
+    /// Why it stopped.
+    pub finish_reason: FinishReason,
+}
+
+/// One sequence being decoded.
+struct Running {
+    ids: Vec<u32>,
+    logprobs: Vec<f32>,
+    finished: Option<FinishReason>,
+}
+
+impl LanguageModel {
+    /// Generates `request.repeats` continuations of every prompt, in prompt order
+    /// (prompt 0's repeats first). Runs without gradients.
+    pub fn generate(&self, request: &GenerationRequest<'_>) -> Result<Vec<Generation>> {
+        let _guard = tch::no_grad_guard();
+        let sampling = request.sampling;
+        let n_prompts = request.prompts.len();
+        if n_prompts == 0 || request.repeats == 0 {
+            return Ok(Vec::new());
+        }
+        if let Some(i) = request.prompts.iter().position(Vec::is_empty) {
+            return Err(ModelError::Invalid(format!("prompt {i} has no tokens")));
+        }
+        let max_new = sampling.max_new_tokens as i64;
+        let longest = request.prompts.iter().map(Vec::len).max().unwrap_or(0) as i64;
+        let context = self.spec().max_position_embeddings;
+        if longest + max_new > context {
+            return Err(ModelError::Invalid(format!(
+                "a prompt of {longest} tokens plus {max_new} new ones exceeds the model's \
+                 context of {context}"
+            )));
+        }
+        tch::manual_seed(request.seed as i64);
+        let device = self.device();
+        let transformer = self.transformer();
+
+        let (ids, mut key_mask) = left_pad(request.prompts, self.pad_token_id(), device);
+        let mut cache = transformer.new_cache(n_prompts as i64, longest + max_new);
+        let hidden = transformer.hidden(&ids, &key_mask, Some(&mut cache));
+        let mut logits = transformer
+            .logits(&hidden.select(1, longest - 1))
+            .to_kind(Kind::Float);
+        if request.repeats > 1 {
+            let rows = Tensor::arange(n_prompts as i64, (Kind::Int64, device))
+                .repeat_interleave_self_int(request.repeats as i64, 0, None);
+            cache.select_rows(&rows);
+            key_mask = key_mask.index_select(0, &rows);
+            logits = logits.index_select(0, &rows);
+        }
+
+        let total = n_prompts * request.repeats;
+        let mut seqs: Vec<Running> = (0..total)
+            .map(|_| Running {
+                ids: Vec::with_capacity(max_new as usize),
+                logprobs: Vec::with_capacity(max_new as usize),
+                finished: None,
+            })
+            .collect();
+        // active[i]: which sequence row i of the batch is.
+        let mut active: Vec<usize> = (0..total).collect();
+        for step in 0..max_new {
+            let (next, logprob) = next_tokens(&logits, sampling);
+            let next_host = Vec::<i64>::try_from(&next)?;
+            let logprob_host = Vec::<f32>::try_from(&logprob)?;
+            let last_step = step + 1 == max_new;
+            for (row, &seq) in active.iter().enumerate() {
+                let s = &mut seqs[seq];
+                let token = next_host[row] as u32;
+                s.ids.push(token);
+                s.logprobs.push(logprob_host[row]);
+                if !request.ignore_eos && self.eos_token_ids().contains(&token) {
+                    s.finished = Some(FinishReason::Eos);
+                } else if !sampling.stop.is_empty() && self.hits_stop(&s.ids, sampling)? {
+                    s.finished = Some(FinishReason::Stop);
+                } else if last_step {
+                    s.finished = Some(FinishReason::Length);
+                }
+            }
+            let keep: Vec<i64> = (0..active.len() as i64)
+                .filter(|&row| seqs[active[row as usize]].finished.is_none())
+                .collect();
+            if keep.is_empty() {
+                break;
+            }
+            let mut next = next;
+            if keep.len() < active.len() {
+                let rows = Tensor::from_slice(&keep).to_device(device);
+                cache.select_rows(&rows);
+                key_mask = key_mask.index_select(0, &rows);
+                next = next.index_select(0, &rows);
+                active = keep.iter().map(|&row| active[row as usize]).collect();
+            }
+            let ones = Tensor::ones([active.len() as i64, 1], (key_mask.kind(), device));
+            key_mask = Tensor::cat(&[&key_mask, &ones], 1);
+            let hidden = transformer.hidden(&next.unsqueeze(1), &key_mask, Some(&mut cache));
+            logits = transformer
+                .logits(&hidden.squeeze_dim(1))
+                .to_kind(Kind::Float);
+        }
+
+        seqs.into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let finish_reason = s.finished.unwrap_or(FinishReason::Length);
+                let text = self.output_text(&s.ids, finish_reason, sampling)?;
+                Ok(Generation {
+                    prompt_index: i / request.repeats,
+                    ids: s.ids,
+                    logprobs: s.logprobs,
+                    text,
+                    finish_reason,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether the text of `ids` contains a stop string.
+    fn hits_stop(&self, ids: &[u32], sampling: &SamplingConfig) -> Result<bool> {
+        let text = self.tokenizer().decode(ids, true)?;
+        Ok(sampling.stop.iter().any(|s| text.contains(s.as_str())))
+    }
+
+    /// The text of a finished sequence: without its final EOS id, cut before the
+    /// first stop string.
+    fn output_text(
+        &self,
+        ids: &[u32],
+        reason: FinishReason,
+        sampling: &SamplingConfig,
+    ) -> Result<String> {
+        let ids = match reason {
+            FinishReason::Eos => &ids[..ids.len() - 1],
+            _ => ids,
+        };
+        let mut text = self.tokenizer().decode(ids, false)?;
+        if reason == FinishReason::Stop
+            && let Some(cut) = sampling
+                .stop
+                .iter()
+                .filter_map(|s| text.find(s.as_str()))
+                .min()
+        {
+            text.truncate(cut);
+        }
+        Ok(text)
+    }
+}
+
+/// Left-pads `prompts` with `pad` into `[batch, longest]` ids and a key mask
+/// (1 = real token).
+pub fn left_pad(prompts: &[Vec<u32>], pad: u32, device: tch::Device) -> (Tensor, Tensor) {
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(prompts.len() * longest);
+    let mut mask = Vec::with_capacity(prompts.len() * longest);
+    for p in prompts {
+        let padding = longest - p.len();
+        ids.extend(std::iter::repeat_n(pad as i64, padding));
+        ids.extend(p.iter().map(|&t| t as i64));
+        mask.extend(std::iter::repeat_n(0i64, padding));
+        mask.extend(std::iter::repeat_n(1i64, p.len()));
+    }
+    let shape = [prompts.len() as i64, longest as i64];
+    (
+        Tensor::from_slice(&ids).view(shape).to_device(device),
+        Tensor::from_slice(&mask).view(shape).to_device(device),
+    )
+}

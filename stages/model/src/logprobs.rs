@@ -1,0 +1,174 @@
+//! Teacher-forced log-probs of completions given prompts, batched with right padding.
+//! Only the positions that predict a completion token go through the output head, and
+//! each log-prob is `logit(chosen) − logsumexp(logits)`: no full-vocabulary
+//! log-softmax is kept for any position.
+
+use tch::{Kind, Tensor};
+
+use crate::error::{ModelError, Result};
+use crate::model::LanguageModel;
+
+/// Positions sent through the output head at once when no gradient is kept, which
+/// bounds the `[positions, vocab]` logits held in memory.
+const HEAD_CHUNK: i64 = 512;
+
+/// Log-probs of every completion token, flat in sequence order, with the length of
+/// each sequence's completion.
+#[derive(Debug)]
+pub struct TokenLogprobs {
+    /// `[total completion tokens]`, f32; carries gradient when computed with it.
+    pub values: Tensor,
+    /// Completion length of each sequence.
+    pub lengths: Vec<i64>,
+}
+
+impl TokenLogprobs {
+    /// Index of the sequence each token belongs to, `[total]` int64.
+    pub fn sequence_index(&self) -> Tensor {
+        let ids: Vec<i64> = self
+            .lengths
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &n)| std::iter::repeat_n(i as i64, n as usize))
+            .collect();
+        Tensor::from_slice(&ids).to_device(self.values.device())
+    }
+
+    /// Per-sequence sum of `per_token` (`[total]`), `[sequences]`.
+    pub fn sum_per_sequence(&self, per_token: &Tensor) -> Tensor {
+        let out = Tensor::zeros(
+            [self.lengths.len() as i64],
+            (per_token.kind(), per_token.device()),
+        );
+        out.index_add(0, &self.sequence_index(), per_token)
+    }
+
+    /// Per-sequence sums of the log-probs, `[sequences]`.
+    pub fn sums(&self) -> Tensor {
+        self.sum_per_sequence(&self.values)
+    }
+
+    /// The log-probs as one list per sequence.
+    pub fn to_vecs(&self) -> Result<Vec<Vec<f32>>> {
+        let flat = Vec::<f32>::try_from(&self.values.detach().to_kind(Kind::Float))?;
+        let mut out = Vec::with_capacity(self.lengths.len());
+        let mut start = 0usize;
+        for &n in &self.lengths {
+            out.push(flat[start..start + n as usize].to_vec());
+            start += n as usize;
+        }
+        Ok(out)
+    }
+}
+
+/// Right-pads `seqs` into `[batch, longest]`
+/// ids and a key mask (1 = real token).
+pub(crate) fn right_pad(seqs: &[Vec<i64>], pad: i64, device: tch::Device) -> (Tensor, Tensor) {
+    let longest = seqs.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(seqs.len() * longest);
+    let mut mask = Vec::with_capacity(seqs.len() * longest);
+    for s in seqs {
+        ids.extend_from_slice(s);
+        ids.extend(std::iter::repeat_n(pad, longest - s.len()));
+        mask.extend(std::iter::repeat_n(1i64, s.len()));
+        mask.extend(std::iter::repeat_n(0i64, longest - s.len()));
+    }
+    let shape = [seqs.len() as i64, longest as i64];
+    (
+        Tensor::from_slice(&ids).view(shape).to_device(device),
+        Tensor::from_slice(&mask).view(shape).to_device(device),
+    )
+}
+
+impl LanguageModel {
+    /// Log-prob of each completion token given its prompt, for `(prompt, completion)`
+    /// pairs. Gradients flow when the model is trainable and grad mode is on (the
+    /// policy in the update); wrap in `tch::no_grad` for the reference.
+    pub fn completion_logprobs(&self, pairs: &[(&[u32], &[u32])]) -> Result<TokenLogprobs> {
+        if let Some(i) = pairs.iter().position(|(p, _)| p.is_empty()) {
+            return Err(ModelError::Invalid(format!("pair {i} has an empty prompt")));
+        }
+        let device = self.device();
+        let seqs: Vec<Vec<i64>> = pairs
+            .iter()
+            .map(|(p, c)| p.iter().chain(c.iter()).map(|&t| t as i64).collect())
+            .collect();
+        let lengths: Vec<i64> = pairs.iter().map(|(_, c)| c.len() as i64).collect();
+        let total: i64 = lengths.iter().sum();
+        if total == 0 {
+            return Ok(TokenLogprobs {
+                values: Tensor::zeros([0], (Kind::Float, device)),
+                lengths,
+            });
+        }
+        let (ids, key_mask) = right_pad(&seqs, self.pad_token_id() as i64, device);
+        let width = ids.size()[1];
+        // Row-major index of each position that predicts a completion token, and the
+        // token it predicts.
+        let mut rows = Vec::with_capacity(total as usize);
+        let mut targets = Vec::with_capacity(total as usize);
+        for (b, (p, c)) in pairs.iter().enumerate() {
+            for (j, &t) in c.iter().enumerate() {
+                rows.push(b as i64 * width + p.len() as i64 - 1 + j as i64);
+                targets.push(t as i64);
+            }
+        }
+        let rows = Tensor::from_slice(&rows).to_device(device);
+        let targets = Tensor::from_slice(&targets).to_device(device);
+        let transformer = self.transformer();
+        let hidden = transformer.hidden(&ids, &key_mask, None);
+        let hidden = hidden
+            .view([-1, self.spec().hidden_size])
+            .index_select(0, &rows);
+        let chunk = if hidden.requires_grad() {
+            total
+        } else {
+            HEAD_CHUNK
+        };
+        let mut parts = Vec::new();
+        let mut start = 0;
+        while start < total {
+            let n = chunk.min(total - start);
+            let h = hidden.narrow(0, start, n);
+            let t = targets.narrow(0, start, n);
+            let logits = transformer.logits(&h).to_kind(Kind::Float);
+            let chosen = logits.gather(1, &t.unsqueeze(1), false).squeeze_dim(1);
+            parts.push(chosen - logits.logsumexp([1i64].as_slice(), false));
+            start += n;
+        }
+        Ok(TokenLogprobs {
+            values: Tensor::cat(&parts, 0),
+            lengths,
+        })
+    }
+
+    /// Reward-model scores of token sequences: the `score` head at each sequence's
+    /// last token. An error for a causal LM.
+    pub fn score_sequences(&self, seqs: &[Vec<u32>]) -> Result<Vec<f32>> {
+        let _guard = tch::no_grad_guard();
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        if let Some(i) = seqs.iter().position(Vec::is_empty) {
+            return Err(ModelError::Invalid(format!("sequence {i} is empty")));
+        }
+        let device = self.device();
+        let seqs: Vec<Vec<i64>> = seqs
+            .iter()
+            .map(|s| s.iter().map(|&t| t as i64).collect())
+            .collect();
+        let (ids, key_mask) = right_pad(&seqs, self.pad_token_id() as i64, device);
+        let hidden = self.transformer().hidden(&ids, &key_mask, None);
+        let last: Vec<i64> = seqs.iter().map(|s| s.len() as i64 - 1).collect();
+        let last = Tensor::from_slice(&last).to_device(device);
+        let rows = Tensor::arange(seqs.len() as i64, (Kind::Int64, device));
+        let picked = hidden.index(&[Some(rows), Some(last)]);
+        let scores = self.transformer().score(&picked).ok_or_else(|| {
+            ModelError::Invalid(format!(
+                "{} is a causal LM, not a reward model (no `score` head)",
+                self.folder().display()
+            ))
+        })?;
+        Ok(Vec::<f32>::try_from(&scores.to_kind(Kind::Float))?)
+    }
+}

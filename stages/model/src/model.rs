@@ -1,0 +1,222 @@
+//! A loaded model: weights in a `VarStore`, the transformer over them, the tokenizer
+//! and the ids that end generation.
+
+use std::path::{Path, PathBuf};
+
+use tch::{Device, Kind, nn};
+use tracing::info;
+
+use crate::checkpoint::{copy_companions, load_weights, save_weights};
+use crate::config::{DeviceKind, Dtype};
+use crate::error::{ModelError, Result};
+use crate::hf_config::{HfConfig, TokenIds};
+use crate::spec::ModelSpec;
+use crate::tokenizer::TextTokenizer;
+use crate::transformer::Transformer;
+
+/// How to load a model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Weight type.
+    pub dtype: Dtype,
+    /// Device.
+    pub device: DeviceKind,
+    /// Whether the weights take gradients (the policy) or are frozen (the reference,
+    /// the judge, a reward model).
+    pub trainable: bool,
+}
+
+/// A Hugging Face model folder loaded for inference or training.
+#[derive(Debug)]
+pub struct LanguageModel {
+    vs: nn::VarStore,
+    transformer: Transformer,
+    tokenizer: TextTokenizer,
+    folder: PathBuf,
+    eos_token_ids: Vec<u32>,
+    options: LoadOptions,
+}
+
+/// The torch device for `kind`; CUDA only when libtorch has it.
+pub fn torch_device(kind: DeviceKind) -> Result<Device> {
+    match kind {
+        DeviceKind::Cpu => Ok(Device::Cpu),
+        DeviceKind::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+        DeviceKind::Cuda => Err(ModelError::Invalid(
+            "device cuda was asked for, but libtorch sees no CUDA device: use device cpu, \
+             or build against a CUDA libtorch (see the README)"
+                .to_string(),
+        )),
+    }
+}
+
+impl LanguageModel {
+    /// Loads the model in `folder`: `config.json`, the safetensors weights, the
+    /// tokenizer and, when present, `generation_config.json`.
+    pub fn load(folder: &Path, options: LoadOptions) -> Result<Self> {
+        let device = torch_device(options.device)?;
+        let config_path = folder.join("config.json");
+        let spec = HfConfig::read(&config_path)?.to_spec(&config_path)?;
+        let tokenizer = TextTokenizer::from_folder(folder)?;
+        if tokenizer.vocab_size() as i64 > spec.vocab_size {
+            return Err(ModelError::Tokenizer {
+                path: folder.join("tokenizer.json"),
+                message: format!(
+                    "the tokenizer has {} tokens but the model's embedding only {} rows: \
+                     this tokenizer belongs to another model",
+                    tokenizer.vocab_size(),
+                    spec.vocab_size
+                ),
+            });
+        }
+        let mut vs = nn::VarStore::new(device);
+        let transformer = Transformer::new(&vs.root(), &spec);
+        load_weights(&mut vs, folder)?;
+        if options.dtype == Dtype::Bf16 {
+            vs.bfloat16();
+        }
+        if !options.trainable {
+            vs.freeze();
+        }
+        let eos_token_ids = eos_ids(folder, &spec, &tokenizer)?;
+        info!(
+            folder = %folder.display(),
+            parameters = spec.num_parameters(),
+            ?device,
+            dtype = ?options.dtype,
+            "model loaded"
+        );
+        Ok(Self {
+            vs,
+            transformer,
+            tokenizer,
+            folder: folder.to_path_buf(),
+            eos_token_ids,
+            options,
+        })
+    }
+
+    /// A frozen copy of the current weights (the reference policy).
+    pub fn frozen_copy(&self) -> Result<Self> {
+        let options = LoadOptions {
+            trainable: false,
+            ..self.options
+        };
+        let mut vs = nn::VarStore::new(self.vs.device());
+        let transformer = Transformer::new(&vs.root(), self.spec());
+        if self.options.dtype == Dtype::Bf16 {
+            vs.bfloat16();
+        }
+        vs.copy(&self.vs)?;
+        vs.freeze();
+        Ok(Self {
+            vs,
+            transformer,
+            tokenizer: TextTokenizer::from_folder(&self.folder)?,
+            folder: self.folder.clone(),
+            eos_token_ids: self.eos_token_ids.clone(),
+            options,
+        })
+    }
+
+    /// Saves the model as a Hugging Face folder transformers loads: the weights as
+    /// `model.safetensors` (in f32), and the source folder's config, tokenizer and
+    /// generation files.
+    pub fn save(&self, folder: &Path) -> Result<()> {
+        copy_companions(&self.folder, folder)?;
+        if self.vs.kind() == Kind::Float {
+            return save_weights(&self.vs, folder);
+        }
+        let mut f32_copy = nn::VarStore::new(self.vs.device());
+        let _ = Transformer::new(&f32_copy.root(), self.spec());
+        tch::no_grad(|| -> Result<()> {
+            for (name, mut var) in f32_copy.variables() {
+                let src = &self.vs.variables()[&name];
+                var.copy_(&src.to_kind(Kind::Float));
+            }
+            Ok(())
+        })?;
+        f32_copy.freeze();
+        save_weights(&f32_copy, folder)
+    }
+
+    /// The transformer.
+    pub fn transformer(&self) -> &Transformer {
+        &self.transformer
+    }
+
+    /// The model's description.
+    pub fn spec(&self) -> &ModelSpec {
+        self.transformer.spec()
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    /// Ids that end generation.
+    pub fn eos_token_ids(&self) -> &[u32] {
+        &self.eos_token_ids
+    }
+
+    /// The weights (for an optimizer).
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    /// The weights, mutably (to load a checkpoint into).
+    pub fn var_store_mut(&mut self) -> &mut nn::VarStore {
+        &mut self.vs
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// The folder the model was loaded from.
+    pub fn folder(&self) -> &Path {
+        &self.folder
+    }
+
+    /// Id used to pad batches: the tokenizer's pad token, else the first EOS id.
+    pub fn pad_token_id(&self) -> u32 {
+        self.tokenizer
+            .pad_token_id()
+            .or(self.spec().pad_token_id.map(|p| p as u32))
+            .or(self.eos_token_ids.first().copied())
+            .unwrap_or(0)
+    }
+}
+
+/// EOS ids from `config.json`, `generation_config.json` and the tokenizer's
+/// `eos_token`, without repeats.
+fn eos_ids(folder: &Path, spec: &ModelSpec, tokenizer: &TextTokenizer) -> Result<Vec<u32>> {
+    let mut ids: Vec<u32> = spec.eos_token_ids.iter().map(|&i| i as u32).collect();
+    let generation = folder.join("generation_config.json");
+    if generation.is_file() {
+        #[derive(serde::Deserialize)]
+        struct GenerationConfig {
+            #[serde(default)]
+            eos_token_id: Option<TokenIds>,
+        }
+        let text = std::fs::read_to_string(&generation).map_err(ModelError::io(&generation))?;
+        let config: GenerationConfig =
+            serde_json::from_str(&text).map_err(|source| ModelError::Json {
+                path: generation.clone(),
+                source,
+            })?;
+        ids.extend(
+            config
+                .eos_token_id
+                .iter()
+                .flat_map(TokenIds::to_vec)
+                .map(|i| i as u32),
+        );
+    }
+    ids.extend(tokenizer.eos_token_id());
+    let mut seen = std::collections::HashSet::new();
+    ids.retain(|id| seen.insert(*id));
+    Ok(ids)
+}

@@ -1,0 +1,133 @@
+//! Choosing the next token from logits: greedy, or a draw after temperature, top-k
+//! and top-p (nucleus) filtering, as transformers' logits processors do. The draws
+//! come from libtorch's generator, seeded by the caller.
+
+use tch::{Kind, Tensor};
+
+use crate::config::SamplingConfig;
+
+/// The next token of each row of `logits` (`[batch, vocab]`, f32) and its log-prob
+/// under the model's own distribution (before temperature and filtering, which is
+/// what the policy gradient needs): `([batch] int64, [batch] f32)`.
+pub fn next_tokens(logits: &Tensor, sampling: &SamplingConfig) -> (Tensor, Tensor) {
+    let lse = logits.logsumexp([-1i64].as_slice(), true);
+    let next = if sampling.temperature == 0.0 {
+        logits.argmax(-1, true)
+    } else {
+        let filtered = filter(logits, sampling);
+        let probs = if sampling.temperature == 1.0 && !is_filtered(sampling) {
+            (logits - &lse).exp()
+        } else {
+            filtered.softmax(-1, Kind::Float)
+        };
+        probs.multinomial(1, true)
+    };
+    let logprob = logits.gather(-1, &next, false) - lse;
+    (next.squeeze_dim(-1), logprob.squeeze_dim(-1))
+}
+
+fn is_filtered(sampling: &SamplingConfig) -> bool {
+    sampling.top_k > 0 || sampling.top_p < 1.0
+}
+
+/// Logits after temperature, top-k and top-p; removed tokens are −∞.
+pub fn filter(logits: &Tensor, sampling: &SamplingConfig) -> Tensor {
+    let mut l = if sampling.temperature == 1.0 {
+        logits.shallow_clone()
+    } else {
+        logits / sampling.temperature
+    };
+    let vocab = l.size()[1];
+    if sampling.top_k > 0 && (sampling.top_k as i64) < vocab {
+        let (top, _) = l.topk(sampling.top_k as i64, -1, true, true);
+        let threshold = top.narrow(1, sampling.top_k as i64 - 1, 1);
+        l = l.masked_fill(&l.lt_tensor(&threshold), f64::NEG_INFINITY);
+    }
+    if sampling.top_p < 1.0 {
+        let (sorted, order) = l.sort(-1, true);
+        let probs = sorted.softmax(-1, Kind::Float);
+        // Drop a token when the tokens ranked above it already hold top_p of the mass;
+        // the most likely token always stays.
+        let above = probs.cumsum(-1, Kind::Float) - &probs;
+        let drop_sorted = above.ge(sampling.top_p);
+        let drop = drop_sorted.zeros_like().scatter(-1, &order, &drop_sorted);
+        l = l.masked_fill(&drop, f64::NEG_INFINITY);
+    }
+    l
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(temperature: f64, top_k: u64, top_p: f64) -> SamplingConfig {
+        SamplingConfig {
+            temperature,
+            top_k,
+            top_p,
+            ..SamplingConfig::default()
+        }
+    }
+
+    fn kept(logits: &[f32], sampling: &SamplingConfig) -> Vec<bool> {
+        let t = Tensor::from_slice(logits).unsqueeze(0);
+        let f = filter(&t, sampling).squeeze_dim(0);
+        Vec::<f32>::try_from(&f)
+            .unwrap()
+            .iter()
+            .map(|x| x.is_finite())
+            .collect()
+    }
+
+    #[test]
+    fn top_k_and_top_p_keep_the_right_tokens() {
+        // probs ∝ exp: [0.0871, 0.2369, 0.6439, 0.0321] for logits [1, 2, 3, 0].
+        let logits = [1.0f32, 2.0, 3.0, 0.0];
+        assert_eq!(
+            kept(&logits, &config(1.0, 2, 1.0)),
+            [false, true, true, false]
+        );
+        // top_p 0.5: the best token alone holds 0.64.
+        assert_eq!(
+            kept(&logits, &config(1.0, 0, 0.5)),
+            [false, false, true, false]
+        );
+        // top_p 0.8: 0.64 < 0.8, so the second joins; 0.88 ≥ 0.8 stops there.
+        assert_eq!(
+            kept(&logits, &config(1.0, 0, 0.8)),
+            [false, true, true, false]
+        );
+        assert_eq!(kept(&logits, &config(1.0, 0, 1.0)), [true; 4]);
+    }
+
+    #[test]
+    fn greedy_picks_the_argmax_with_its_model_logprob() {
+        let logits = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 0.0, 5.0, 1.0, 1.0, 1.0]).view([2, 4]);
+        let (next, logprob) = next_tokens(&logits, &SamplingConfig::greedy(1));
+        assert_eq!(Vec::<i64>::try_from(&next).unwrap(), [2, 0]);
+        let lp = Vec::<f32>::try_from(&logprob).unwrap();
+        let expected0 = 3.0 - (1f64.exp() + 2f64.exp() + 3f64.exp() + 1.0).ln();
+        let expected1 = 5.0 - (5f64.exp() + 3.0 * 1f64.exp()).ln();
+        assert!((lp[0] as f64 - expected0).abs() < 1e-6);
+        assert!((lp[1] as f64 - expected1).abs() < 1e-6);
+    }
+
+    #[test]
+    fn draws_follow_the_seed_and_the_filter() {
+        let logits = Tensor::from_slice(&[0.0f32, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+            .view([1, 8])
+            .repeat([64, 1]);
+        let draw = |seed: i64, sampling: &SamplingConfig| {
+            tch::manual_seed(seed);
+            Vec::<i64>::try_from(&next_tokens(&logits, sampling).0).unwrap()
+        };
+        let free = config(1.0, 0, 1.0);
+        assert_eq!(draw(7, &free), draw(7, &free));
+        assert_ne!(draw(7, &free), draw(8, &free));
+        // top_k 3 keeps tokens 5, 6, 7 only; 64 seeded draws see each of them.
+        let mut seen = draw(3, &config(0.7, 3, 1.0));
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen, [5, 6, 7]);
+    }
+}

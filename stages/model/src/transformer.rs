@@ -1,0 +1,291 @@
+//! The decoder: one struct per block, each `new(path, &spec)` + `forward`, with
+//! parameter paths equal to the checkpoint's tensor names
+//! (`model.layers.0.self_attn.q_proj.weight`, ...).
+
+use tch::{Kind, Tensor, nn};
+
+use crate::kv_cache::KvCache;
+use crate::layers::{Embedding, Linear, RmsNorm};
+use crate::rope::{Rope, Rotation};
+use crate::spec::{Head, ModelSpec};
+
+/// Grouped-query self-attention with RoPE.
+#[derive(Debug)]
+pub struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    num_heads: i64,
+    num_kv_heads: i64,
+    head_dim: i64,
+}
+
+impl Attention {
+    /// Parameters under `path` (`...self_attn`).
+    pub fn new(path: nn::Path<'_>, spec: &ModelSpec) -> Self {
+        let (h, d) = (spec.hidden_size, spec.head_dim);
+        let bias = spec.attention_bias;
+        Self {
+            q_proj: Linear::new(&path / "q_proj", h, spec.num_heads * d, bias),
+            k_proj: Linear::new(&path / "k_proj", h, spec.num_kv_heads * d, bias),
+            v_proj: Linear::new(&path / "v_proj", h, spec.num_kv_heads * d, bias),
+            o_proj: Linear::new(&path / "o_proj", spec.num_heads * d, h, false),
+            num_heads: spec.num_heads,
+            num_kv_heads: spec.num_kv_heads,
+            head_dim: d,
+        }
+    }
+
+    /// `x`: `[batch, seq, hidden]`. With a cache, the new keys and values are appended
+    /// to layer `layer`'s entry and attention runs over all cached positions.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rotation: &Rotation,
+        mask: &AttentionMask,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Tensor {
+        let (b, t) = (x.size()[0], x.size()[1]);
+        let heads = |y: Tensor, n: i64| y.view([b, t, n, self.head_dim]).transpose(1, 2);
+        let q = rotation.apply(&heads(self.q_proj.forward(x), self.num_heads));
+        let k = rotation.apply(&heads(self.k_proj.forward(x), self.num_kv_heads));
+        let v = heads(self.v_proj.forward(x), self.num_kv_heads);
+        let (k, v) = match cache {
+            Some((cache, layer)) => cache.append(layer, &k, &v),
+            None => (k, v),
+        };
+        let (attn_mask, is_causal) = match mask {
+            AttentionMask::Causal => (None, t > 1),
+            AttentionMask::None => (None, false),
+            AttentionMask::Additive(m) => (Some(m), false),
+        };
+        let y =
+            Tensor::scaled_dot_product_attention(&q, &k, &v, attn_mask, 0.0, is_causal, None, true);
+        self.o_proj.forward(
+            &y.transpose(1, 2)
+                .reshape([b, t, self.num_heads * self.head_dim]),
+        )
+    }
+}
+
+/// SwiGLU feed-forward: down(silu(gate(x)) · up(x)).
+#[derive(Debug)]
+pub struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    /// Parameters under `path` (`...mlp`).
+    pub fn new(path: nn::Path<'_>, spec: &ModelSpec) -> Self {
+        let (h, i) = (spec.hidden_size, spec.intermediate_size);
+        Self {
+            gate_proj: Linear::new(&path / "gate_proj", h, i, false),
+            up_proj: Linear::new(&path / "up_proj", h, i, false),
+            down_proj: Linear::new(&path / "down_proj", i, h, false),
+        }
+    }
+
+    /// `x`: `[..., hidden]`.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let gate = self.gate_proj.forward(x).silu();
+        self.down_proj.forward(&(gate * self.up_proj.forward(x)))
+    }
+}
+
+/// One pre-norm decoder block.
+#[derive(Debug)]
+pub struct Block {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl Block {
+    /// Parameters under `path` (`model.layers.i`).
+    pub fn new(path: nn::Path<'_>, spec: &ModelSpec) -> Self {
+        let (h, eps) = (spec.hidden_size, spec.rms_norm_eps);
+        Self {
+            input_layernorm: RmsNorm::new(&path / "input_layernorm", h, eps),
+            self_attn: Attention::new(&path / "self_attn", spec),
+            post_attention_layernorm: RmsNorm::new(&path / "post_attention_layernorm", h, eps),
+            mlp: Mlp::new(&path / "mlp", spec),
+        }
+    }
+
+    /// `x`: `[batch, seq, hidden]`.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        rotation: &Rotation,
+        mask: &AttentionMask,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Tensor {
+        let attended =
+            self.self_attn
+                .forward(&self.input_layernorm.forward(x), rotation, mask, cache);
+        let x = x + attended;
+        let mlp = self.mlp.forward(&self.post_attention_layernorm.forward(&x));
+        x + mlp
+    }
+}
+
+/// Which attention mask a forward pass needs.
+#[derive(Debug)]
+pub enum AttentionMask {
+    /// Causal over the new tokens only; no padding and nothing cached.
+    Causal,
+    /// Every cached and new position is visible (one new token, no padding).
+    None,
+    /// `[batch, 1, new, total]` additive mask: 0 where visible, a large negative
+    /// elsewhere (finite, so rows of padding give uniform weights rather than NaN).
+    Additive(Tensor),
+}
+
+impl AttentionMask {
+    /// The mask for `new` tokens after `past` cached positions, given which of the
+    /// `past + new` positions are real tokens (`key_mask`, `[batch, total]`, 1 = real).
+    pub fn build(key_mask: &Tensor, past: i64, new: i64, kind: Kind) -> Self {
+        let padded = key_mask.min().int64_value(&[]) == 0;
+        if !padded {
+            return match (past, new) {
+                (0, _) => Self::Causal,
+                (_, 1) => Self::None,
+                _ => Self::Additive(Self::additive(key_mask, past, new, kind)),
+            };
+        }
+        Self::Additive(Self::additive(key_mask, past, new, kind))
+    }
+
+    fn additive(key_mask: &Tensor, past: i64, new: i64, kind: Kind) -> Tensor {
+        let device = key_mask.device();
+        let total = past + new;
+        let keys = Tensor::arange(total, (Kind::Int64, device)).view([1, 1, 1, total]);
+        let queries = (Tensor::arange(new, (Kind::Int64, device)) + past).view([1, 1, new, 1]);
+        let causal = keys.le_tensor(&queries);
+        let real = key_mask.ne(0).view([-1, 1, 1, total]);
+        let visible = causal.logical_and(&real);
+        let blocked = match kind {
+            Kind::Half => -6e4,
+            _ => f32::MIN as f64 / 2.0,
+        };
+        Tensor::zeros([1], (kind, device))
+            .where_self(&visible, &Tensor::full([1], blocked, (kind, device)))
+    }
+}
+
+/// Positions of each token, counting only real tokens (so left padding does not
+/// shift them): `cumsum(mask) − 1`, with padding at 0. `[batch, total]`.
+pub fn positions(key_mask: &Tensor) -> Tensor {
+    let pos = key_mask.to_kind(Kind::Int64).cumsum(-1, Kind::Int64) - 1;
+    pos.clamp_min(0)
+}
+
+/// The whole model: embedding, blocks, final norm and the head.
+#[derive(Debug)]
+pub struct Transformer {
+    embed_tokens: Embedding,
+    layers: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: Option<Linear>,
+    score: Option<Linear>,
+    rope: Rope,
+    spec: ModelSpec,
+}
+
+impl Transformer {
+    /// Parameters under `root`: `model.*`, and `lm_head` (untied) or `score`.
+    pub fn new(root: &nn::Path<'_>, spec: &ModelSpec) -> Self {
+        let model = root / "model";
+        let h = spec.hidden_size;
+        let layers = (0..spec.num_layers)
+            .map(|i| Block::new(&model / "layers" / i, spec))
+            .collect();
+        let (lm_head, score) = match spec.head {
+            Head::CausalLm if spec.tie_word_embeddings => (None, None),
+            Head::CausalLm => (
+                Some(Linear::new(root / "lm_head", h, spec.vocab_size, false)),
+                None,
+            ),
+            Head::Score => (None, Some(Linear::new(root / "score", h, 1, false))),
+        };
+        Self {
+            embed_tokens: Embedding::new(&model / "embed_tokens", spec.vocab_size, h),
+            layers,
+            norm: RmsNorm::new(&model / "norm", h, spec.rms_norm_eps),
+            lm_head,
+            score,
+            rope: Rope::new(spec, root.device()),
+            spec: spec.clone(),
+        }
+    }
+
+    /// The model's description.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// Final hidden states `[batch, new, hidden]` of `ids` (`[batch, new]`), which
+    /// follow the cache's positions. `key_mask` (`[batch, past + new]`, 1 = real token,
+    /// 0 = padding) covers the cached and the new positions.
+    pub fn hidden(
+        &self,
+        ids: &Tensor,
+        key_mask: &Tensor,
+        mut cache: Option<&mut KvCache>,
+    ) -> Tensor {
+        let new = ids.size()[1];
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        let x = self.embed_tokens.forward(ids);
+        let kind = x.kind();
+        let positions = positions(key_mask).narrow(1, past, new);
+        let rotation = self.rope.rotation(&positions, kind);
+        let mask = AttentionMask::build(key_mask, past, new, kind);
+        let mut x = x;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| (c, i));
+            x = layer.forward(&x, &rotation, &mask, layer_cache);
+        }
+        if let Some(cache) = cache {
+            cache.advance(new);
+        }
+        self.norm.forward(&x)
+    }
+
+    /// The output head's weight `[vocab, hidden]` (the embedding when tied).
+    pub fn output_weight(&self) -> &Tensor {
+        match &self.lm_head {
+            Some(head) => &head.weight,
+            None => &self.embed_tokens.weight,
+        }
+    }
+
+    /// Next-token logits of hidden states `[..., hidden]` → `[..., vocab]`.
+    pub fn logits(&self, hidden: &Tensor) -> Tensor {
+        hidden.linear::<&Tensor>(self.output_weight(), None)
+    }
+
+    /// Reward-model score of hidden states `[..., hidden]` → `[...]`.
+    pub fn score(&self, hidden: &Tensor) -> Option<Tensor> {
+        self.score
+            .as_ref()
+            .map(|s| s.forward(hidden).squeeze_dim(-1))
+    }
+
+    /// An empty KV cache for `batch` sequences of up to `capacity` positions.
+    pub fn new_cache(&self, batch: i64, capacity: i64) -> KvCache {
+        let kind = self.embed_tokens.weight.kind();
+        KvCache::new(
+            self.spec.num_layers,
+            batch,
+            self.spec.num_kv_heads,
+            capacity,
+            self.spec.head_dim,
+            kind,
+            self.embed_tokens.weight.device(),
+        )
+    }
+}
