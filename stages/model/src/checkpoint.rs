@@ -53,10 +53,12 @@ pub fn load_weights(vs: &mut nn::VarStore, folder: &Path) -> Result<()> {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "weight shard missing"),
             });
         }
-        let tensors = Tensor::read_safetensors(&file).map_err(|e| ModelError::Checkpoint {
+        let mut tensors = Tensor::read_safetensors(&file).map_err(|e| ModelError::Checkpoint {
             path: file.clone(),
             message: e.to_string(),
         })?;
+        // In name order, so the first problem reported is the same on every run.
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
         for (name, tensor) in tensors {
             let Some(mut var) = wanted.remove(&name) else {
                 debug!(tensor = name, "checkpoint tensor not used by the model");

@@ -12,7 +12,10 @@
 //!   teacher-forced log-probs with or without gradient, and
 //!   [`LanguageModel::score_sequences`] a reward model's scores.
 //!
-//! ```no_run
+//! (Not run as a doctest: rustdoc's binaries live outside `target/`, where the rpath to
+//! libtorch does not reach. `tests/parity.rs` runs the same calls.)
+//!
+//! ```ignore
 //! use lsp_model::{GenerationRequest, LanguageModel, LoadOptions, SamplingConfig};
 //! let model = LanguageModel::load("tests/fixtures/tiny-llama".as_ref(), LoadOptions::default())?;
 //! let prompt = model.tokenizer().chat_prompt("Write a haiku about the sea.")?;

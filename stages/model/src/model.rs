@@ -124,7 +124,7 @@ impl LanguageModel {
     /// generation files.
     pub fn save(&self, folder: &Path) -> Result<()> {
         copy_companions(&self.folder, folder)?;
-        if self.vs.kind() == Kind::Float {
+        if self.options.dtype == Dtype::F32 {
             return save_weights(&self.vs, folder);
         }
         let mut f32_copy = nn::VarStore::new(self.vs.device());

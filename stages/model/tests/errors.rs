@@ -1,0 +1,175 @@
+//! Bad checkpoints get errors that name the problem.
+
+use std::path::{Path, PathBuf};
+
+use lsp_model::{DeviceKind, LanguageModel, LoadOptions};
+use tch::Tensor;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
+}
+
+/// A copy of the tiny-llama fixture that `edit` may change.
+fn broken_copy(edit: impl FnOnce(&Path)) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture("tiny-llama")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    edit(dir.path());
+    let err = LanguageModel::load(dir.path(), LoadOptions::default()).unwrap_err();
+    (dir, err.to_string())
+}
+
+fn edit_config(dir: &Path, from: &str, to: &str) {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "{from} not in config.json");
+    std::fs::write(&path, text.replace(from, to)).unwrap();
+}
+
+#[test]
+fn unknown_architecture_is_named() {
+    let (_d, err) = broken_copy(|d| edit_config(d, "LlamaForCausalLM", "MambaForCausalLM"));
+    assert!(
+        err.contains("unsupported architecture \"MambaForCausalLM\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn shape_mismatch_names_the_tensor_and_both_shapes() {
+    let (_d, err) = broken_copy(|d| {
+        edit_config(
+            d,
+            "\"intermediate_size\": 176",
+            "\"intermediate_size\": 170",
+        )
+    });
+    assert!(err.contains("tensor `model.layers.0.mlp.down_proj.weight` has shape [64, 176], config.json implies [64, 170]"), "{err}");
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let (_d, err) = broken_copy(|d| {
+        let path = d.join("model.safetensors");
+        let tensors: Vec<(String, Tensor)> = Tensor::read_safetensors(&path)
+            .unwrap()
+            .into_iter()
+            .filter(|(n, _)| n != "model.norm.weight")
+            .collect();
+        Tensor::write_safetensors(&tensors, &path).unwrap();
+    });
+    assert!(
+        err.contains("tensor `model.norm.weight` is missing"),
+        "{err}"
+    );
+}
+
+#[test]
+fn tokenizer_larger_than_the_embedding_is_refused() {
+    let (_d, err) = broken_copy(|d| edit_config(d, "\"vocab_size\": 400", "\"vocab_size\": 300"));
+    assert!(
+        err.contains("the tokenizer has 400 tokens but the model's embedding only 300 rows"),
+        "{err}"
+    );
+}
+
+#[test]
+fn corrupt_and_missing_files_are_named() {
+    let (_d, err) =
+        broken_copy(|d| std::fs::write(d.join("model.safetensors"), b"garbage").unwrap());
+    assert!(
+        err.contains("model.safetensors: not a readable safetensors file"),
+        "{err}"
+    );
+    let (_d, err) = broken_copy(|d| std::fs::remove_file(d.join("model.safetensors")).unwrap());
+    assert!(
+        err.contains("no model.safetensors or model.safetensors.index.json"),
+        "{err}"
+    );
+    let (_d, err) = broken_copy(|d| std::fs::remove_file(d.join("tokenizer.json")).unwrap());
+    assert!(err.contains("tokenizer.json: missing"), "{err}");
+    let (_d, err) =
+        broken_copy(|d| std::fs::write(d.join("config.json"), b"{\"hidden_size\": 1").unwrap());
+    assert!(err.contains("config.json: EOF while parsing"), "{err}");
+    let err = LanguageModel::load(Path::new("/no/such/model"), LoadOptions::default()).unwrap_err();
+    assert!(
+        err.to_string().starts_with("/no/such/model/config.json: "),
+        "{err}"
+    );
+}
+
+#[test]
+fn sharded_checkpoints_load() {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture("tiny-llama")).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() != "model.safetensors" {
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+    }
+    let tensors =
+        Tensor::read_safetensors(fixture("tiny-llama").join("model.safetensors")).unwrap();
+    let (first, second): (Vec<_>, Vec<_>) = tensors
+        .into_iter()
+        .partition(|(n, _)| n.contains("layers.0"));
+    let mut map = serde_json::Map::new();
+    for (file, part) in [
+        ("model-00001-of-00002.safetensors", &first),
+        ("model-00002-of-00002.safetensors", &second),
+    ] {
+        Tensor::write_safetensors(part, dir.path().join(file)).unwrap();
+        for (name, _) in part.iter() {
+            map.insert(name.clone(), file.into());
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    let sharded = LanguageModel::load(dir.path(), LoadOptions::default()).unwrap();
+    let whole = LanguageModel::load(&fixture("tiny-llama"), LoadOptions::default()).unwrap();
+    let ids = whole.tokenizer().chat_prompt("Hi").unwrap();
+    let pair = [(&ids[..2], &ids[2..])];
+    let a = tch::no_grad(|| whole.completion_logprobs(&pair))
+        .unwrap()
+        .to_vecs()
+        .unwrap();
+    let b = tch::no_grad(|| sharded.completion_logprobs(&pair))
+        .unwrap()
+        .to_vecs()
+        .unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn cuda_without_a_gpu_is_a_clear_error() {
+    if tch::Cuda::is_available() {
+        return; // This machine has a GPU: the request is valid here.
+    }
+    let options = LoadOptions {
+        device: DeviceKind::Cuda,
+        ..LoadOptions::default()
+    };
+    let err = LanguageModel::load(&fixture("tiny-llama"), options).unwrap_err();
+    assert!(
+        err.to_string().contains("libtorch sees no CUDA device"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_causal_lm_has_no_score() {
+    let model = LanguageModel::load(&fixture("tiny-llama"), LoadOptions::default()).unwrap();
+    let err = model.score_sequences(&[vec![1, 2, 3]]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("is a causal LM, not a reward model"),
+        "{err}"
+    );
+}

@@ -1,0 +1,340 @@
+//! Invariants of the engine: the KV cache changes nothing, padding changes nothing,
+//! repeats share a prefill without changing results, seeds reproduce draws, stop
+//! conditions end each sequence on its own, and a saved model loads back the same.
+
+use std::path::PathBuf;
+
+use lsp_model::{
+    Dtype, FinishReason, GenerationRequest, LanguageModel, LoadOptions, SamplingConfig,
+};
+use tch::{Kind, Tensor};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
+}
+
+fn load(name: &str) -> LanguageModel {
+    LanguageModel::load(&fixture(name), LoadOptions::default()).unwrap()
+}
+
+fn prompts(model: &LanguageModel) -> Vec<Vec<u32>> {
+    [
+        "Write a haiku about the sea.",
+        "Hi",
+        "What is 17 * 23? Think step by step.",
+    ]
+    .iter()
+    .map(|p| model.tokenizer().chat_prompt(p).unwrap())
+    .collect()
+}
+
+fn full_logits(model: &LanguageModel, ids: &[u32]) -> Tensor {
+    let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+    let n = ids.len() as i64;
+    let t = model.transformer();
+    tch::no_grad(|| {
+        let mask = Tensor::ones([1, n], (Kind::Int64, tch::Device::Cpu));
+        t.logits(&t.hidden(&Tensor::from_slice(&ids).view([1, n]), &mask, None))
+            .squeeze_dim(0)
+    })
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
+
+#[test]
+fn kv_cache_matches_full_forward() {
+    for name in ["tiny-llama", "tiny-llama3", "tiny-qwen2"] {
+        let model = load(name);
+        let ids = &prompts(&model)[0];
+        let full = full_logits(&model, ids);
+        let t = model.transformer();
+        let n = ids.len() as i64;
+        let ids64: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+        let all = Tensor::from_slice(&ids64).view([1, n]);
+        let mask = Tensor::ones([1, n], (Kind::Int64, tch::Device::Cpu));
+        let mut cache = t.new_cache(1, n);
+        let prefix = 10;
+        let stepped = tch::no_grad(|| {
+            let mut parts = vec![t.logits(&t.hidden(
+                &all.narrow(1, 0, prefix),
+                &mask.narrow(1, 0, prefix),
+                Some(&mut cache),
+            ))];
+            // Two tokens at once, then one at a time.
+            parts.push(t.logits(&t.hidden(
+                &all.narrow(1, prefix, 2),
+                &mask.narrow(1, 0, prefix + 2),
+                Some(&mut cache),
+            )));
+            for i in prefix + 2..n {
+                parts.push(t.logits(&t.hidden(
+                    &all.narrow(1, i, 1),
+                    &mask.narrow(1, 0, i + 1),
+                    Some(&mut cache),
+                )));
+            }
+            Tensor::cat(&parts, 1).squeeze_dim(0)
+        });
+        assert_eq!(cache.len(), n);
+        let diff = max_diff(&stepped, &full);
+        assert!(diff < 1e-4, "{name}: cached logits differ by {diff}");
+    }
+}
+
+#[test]
+fn padded_batch_gives_each_sequence_its_own_result() {
+    let model = load("tiny-qwen2");
+    let prompts = prompts(&model);
+    let completions: Vec<Vec<u32>> = vec![vec![5, 6, 7, 8, 9], vec![10], vec![11, 12, 13]];
+    let pairs: Vec<(&[u32], &[u32])> = prompts
+        .iter()
+        .zip(&completions)
+        .map(|(p, c)| (p.as_slice(), c.as_slice()))
+        .collect();
+    let batched = tch::no_grad(|| model.completion_logprobs(&pairs)).unwrap();
+    assert_eq!(batched.lengths, [5, 1, 3]);
+    let batched = batched.to_vecs().unwrap();
+    for (i, pair) in pairs.iter().enumerate() {
+        let alone = tch::no_grad(|| model.completion_logprobs(&[*pair])).unwrap();
+        let alone = &alone.to_vecs().unwrap()[0];
+        for (a, b) in alone.iter().zip(&batched[i]) {
+            assert!((a - b).abs() < 1e-4, "sequence {i}: {a} vs {b}");
+        }
+    }
+    // Greedy generation: the left-padded batch equals each prompt alone.
+    let greedy = SamplingConfig::greedy(12);
+    let request = |prompts: &[Vec<u32>]| {
+        model
+            .generate(&GenerationRequest {
+                prompts,
+                sampling: &greedy,
+                repeats: 1,
+                seed: 0,
+                ignore_eos: true,
+            })
+            .unwrap()
+    };
+    let together = request(&prompts);
+    for (i, p) in prompts.iter().enumerate() {
+        let alone = request(std::slice::from_ref(p));
+        assert_eq!(alone[0].ids, together[i].ids, "prompt {i}");
+    }
+}
+
+#[test]
+fn repeats_share_a_prefill_and_seeds_reproduce_draws() {
+    let model = load("tiny-llama");
+    let prompts = prompts(&model);
+    let greedy = SamplingConfig::greedy(8);
+    let run = |sampling: &SamplingConfig, repeats: usize, seed: u64| {
+        model
+            .generate(&GenerationRequest {
+                prompts: &prompts,
+                sampling,
+                repeats,
+                seed,
+                ignore_eos: true,
+            })
+            .unwrap()
+    };
+    let once = run(&greedy, 1, 0);
+    let thrice = run(&greedy, 3, 0);
+    assert_eq!(thrice.len(), 9);
+    for (i, g) in thrice.iter().enumerate() {
+        assert_eq!(g.prompt_index, i / 3);
+        assert_eq!(g.ids, once[i / 3].ids);
+    }
+    let free = SamplingConfig {
+        max_new_tokens: 8,
+        ..SamplingConfig::default()
+    };
+    let a = run(&free, 4, 11);
+    let b = run(&free, 4, 11);
+    let c = run(&free, 4, 12);
+    let ids = |gs: &[lsp_model::Generation]| gs.iter().map(|g| g.ids.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&a), ids(&b));
+    assert_ne!(ids(&a), ids(&c));
+    // Four answers to the same prompt at temperature 1 are not all the same.
+    assert!(a[..4].iter().any(|g| g.ids != a[0].ids));
+    // Sampling log-probs are the model's own: teacher forcing gives them back.
+    let forced = tch::no_grad(|| model.completion_logprobs(&[(&prompts[1], &a[5].ids)]))
+        .unwrap()
+        .to_vecs()
+        .unwrap();
+    for (x, y) in forced[0].iter().zip(&a[5].logprobs) {
+        assert!((x - y).abs() < 1e-4, "{x} vs {y}");
+    }
+}
+
+#[test]
+fn each_sequence_stops_on_its_own() {
+    let model = load("tiny-llama");
+    let prompts = prompts(&model);
+    let greedy = SamplingConfig::greedy(16);
+    let base = model
+        .generate(&GenerationRequest {
+            prompts: &prompts,
+            sampling: &greedy,
+            repeats: 1,
+            seed: 0,
+            ignore_eos: true,
+        })
+        .unwrap();
+    assert!(
+        base.iter()
+            .all(|g| g.finish_reason == FinishReason::Length && g.ids.len() == 16)
+    );
+    // A stop string taken from the middle of the first continuation ends it there;
+    // the others run on to max_new_tokens unless they contain it too.
+    let text = &base[0].text;
+    let stop: String = text.chars().skip(4).take(3).collect();
+    let with_stop = SamplingConfig {
+        stop: vec![stop.clone()],
+        ..greedy.clone()
+    };
+    let out = model
+        .generate(&GenerationRequest {
+            prompts: &prompts,
+            sampling: &with_stop,
+            repeats: 1,
+            seed: 0,
+            ignore_eos: true,
+        })
+        .unwrap();
+    assert_eq!(out[0].finish_reason, FinishReason::Stop);
+    assert!(out[0].ids.len() < 16);
+    assert_eq!(out[0].ids[..], base[0].ids[..out[0].ids.len()]);
+    assert!(text.starts_with(&out[0].text) && !out[0].text.contains(&stop));
+    for (o, b) in out.iter().zip(&base).skip(1) {
+        if !b.text.contains(&stop) {
+            assert_eq!(o.ids, b.ids);
+            assert_eq!(o.finish_reason, FinishReason::Length);
+        }
+    }
+}
+
+#[test]
+fn eos_ends_a_sequence_and_is_left_out_of_its_text() {
+    let model = load("tiny-llama");
+    let prompt = model.tokenizer().chat_prompt("Hi").unwrap();
+    // Greedy's first token, declared the only EOS for this run via a copy whose
+    // generation_config names it.
+    let first = model
+        .generate(&GenerationRequest {
+            prompts: std::slice::from_ref(&prompt),
+            sampling: &SamplingConfig::greedy(3),
+            repeats: 1,
+            seed: 0,
+            ignore_eos: true,
+        })
+        .unwrap()[0]
+        .ids
+        .clone();
+    let dir = tempfile::tempdir().unwrap();
+    model.save(dir.path()).unwrap();
+    let generation = format!("{{\"eos_token_id\": [{}]}}", first[1]);
+    std::fs::write(dir.path().join("generation_config.json"), generation).unwrap();
+    let copy = LanguageModel::load(dir.path(), LoadOptions::default()).unwrap();
+    assert!(copy.eos_token_ids().contains(&first[1]));
+    let out = copy
+        .generate(&GenerationRequest {
+            prompts: std::slice::from_ref(&prompt),
+            sampling: &SamplingConfig::greedy(10),
+            repeats: 1,
+            seed: 0,
+            ignore_eos: false,
+        })
+        .unwrap();
+    assert_eq!(out[0].finish_reason, FinishReason::Eos);
+    assert_eq!(out[0].ids, first[..2]);
+    assert_eq!(
+        out[0].text,
+        copy.tokenizer().decode(&first[..1], false).unwrap()
+    );
+}
+
+#[test]
+fn saved_model_loads_back_with_the_same_logits() {
+    for name in ["tiny-llama", "tiny-llama3", "tiny-qwen2"] {
+        let model = load(name);
+        let dir = tempfile::tempdir().unwrap();
+        model.save(dir.path()).unwrap();
+        for file in [
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ] {
+            assert!(dir.path().join(file).is_file(), "{name}: {file} not saved");
+        }
+        let back = LanguageModel::load(dir.path(), LoadOptions::default()).unwrap();
+        let ids = &prompts(&model)[1];
+        let diff = max_diff(&full_logits(&model, ids), &full_logits(&back, ids));
+        assert_eq!(diff, 0.0, "{name}");
+    }
+}
+
+#[test]
+fn reference_copy_is_frozen_and_equal_and_policy_takes_gradients() {
+    let options = LoadOptions {
+        trainable: true,
+        ..LoadOptions::default()
+    };
+    let policy = LanguageModel::load(&fixture("tiny-llama"), options).unwrap();
+    let reference = policy.frozen_copy().unwrap();
+    let ids = &prompts(&policy)[1];
+    assert_eq!(
+        max_diff(&full_logits(&policy, ids), &full_logits(&reference, ids)),
+        0.0
+    );
+    let pair = [(&ids[..3], &ids[3..])];
+    let lp = policy.completion_logprobs(&pair).unwrap();
+    assert!(lp.values.requires_grad());
+    lp.sums().sum(Kind::Float).backward();
+    let grads = policy.var_store().trainable_variables();
+    assert!(grads.iter().all(|v| v.grad().defined()));
+    assert!(
+        !reference
+            .completion_logprobs(&pair)
+            .unwrap()
+            .values
+            .requires_grad()
+    );
+    let frozen = reference.var_store().variables();
+    assert!(frozen.values().all(|v| !v.requires_grad()));
+}
+
+#[test]
+fn bf16_runs_close_to_f32_and_saves_as_f32() {
+    let f32_model = load("tiny-llama");
+    let options = LoadOptions {
+        dtype: Dtype::Bf16,
+        ..LoadOptions::default()
+    };
+    let bf16 = LanguageModel::load(&fixture("tiny-llama"), options).unwrap();
+    let ids = &prompts(&f32_model)[0];
+    let a = full_logits(&f32_model, ids);
+    let b = full_logits(&bf16, ids).to_kind(Kind::Float);
+    // bf16 keeps ~3 significant digits: logits of magnitude ~5 drift by a few
+    // hundredths on average, and the greedy choice rarely changes.
+    let diff = max_diff(&a, &b);
+    let mean = (&a - &b).abs().mean(Kind::Float).double_value(&[]);
+    assert!(
+        diff > 0.0 && diff < 0.5 && mean < 0.05,
+        "bf16 logits differ by {diff} (mean {mean})"
+    );
+    let agree = a
+        .argmax(-1, false)
+        .eq_tensor(&b.argmax(-1, false))
+        .to_kind(Kind::Float)
+        .mean(Kind::Float);
+    assert!(agree.double_value(&[]) > 0.9);
+    let dir = tempfile::tempdir().unwrap();
+    bf16.save(dir.path()).unwrap();
+    let tensors = Tensor::read_safetensors(dir.path().join("model.safetensors")).unwrap();
+    assert!(tensors.iter().all(|(_, t)| t.kind() == Kind::Float));
+}
