@@ -24,21 +24,44 @@ enum Command {
         /// The config file.
         config: PathBuf,
     },
+    /// Answer one chat message with a model (greedy unless a temperature is given).
+    Generate(commands::generate::GenerateArgs),
+    /// Score one (instruction, response) pair with a reward model.
+    Score(commands::score::ScoreArgs),
 }
 
 #[allow(clippy::print_stdout, clippy::print_stderr)] // The binary's own output.
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Validate { config } => {
-            commands::validate::validate(&config).map(|plan| print!("{plan}"))
-        }
+        Command::Validate { config } => commands::validate::validate(&config),
+        Command::Generate(args) => commands::generate::run(&args),
+        Command::Score(args) => commands::score::run(&args),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(output) => {
+            print!("{output}");
+            ExitCode::SUCCESS
+        }
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", describe(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line. Library errors show their cause in their own
+/// message too, so a cause already said is not repeated.
+fn describe(err: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            if !message.is_empty() {
+                message.push_str(": ");
+            }
+            message.push_str(&text);
+        }
+    }
+    message
 }

@@ -1,3 +1,66 @@
-//! One module per subcommand.
+//! One module per subcommand, and the model options they share.
 
+pub mod generate;
+pub mod score;
 pub mod validate;
+
+use clap::{Args, ValueEnum};
+use lsp_model::{DeviceKind, Dtype, LoadOptions};
+
+/// Weight type, as a command-line value.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DtypeArg {
+    /// 32-bit floats.
+    F32,
+    /// bfloat16.
+    Bf16,
+}
+
+/// Device, as a command-line value.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DeviceArg {
+    /// The CPU.
+    Cpu,
+    /// The first CUDA device.
+    Cuda,
+}
+
+/// How a model runs: weight type, device, threads.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// Weight type.
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: DtypeArg,
+    /// Device.
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceArg,
+    /// libtorch threads (default: the number of cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+impl ModelArgs {
+    /// Sets libtorch's thread count.
+    pub fn apply(&self) {
+        let threads = self
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        tch::set_num_threads(threads as i32);
+        tch::set_num_interop_threads(1);
+    }
+
+    /// Load options for these settings.
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            dtype: match self.dtype {
+                DtypeArg::F32 => Dtype::F32,
+                DtypeArg::Bf16 => Dtype::Bf16,
+            },
+            device: match self.device {
+                DeviceArg::Cpu => DeviceKind::Cpu,
+                DeviceArg::Cuda => DeviceKind::Cuda,
+            },
+            trainable: false,
+        }
+    }
+}

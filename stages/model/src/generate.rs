@@ -77,6 +77,7 @@ impl LanguageModel {
     /// Generates `request.repeats` continuations of every prompt, in prompt order
     /// (prompt 0's repeats first). Runs without gradients.
     pub fn generate(&self, request: &GenerationRequest<'_>) -> Result<Vec<Generation>> {
+        self.require_causal_lm()?;
         let _guard = tch::no_grad_guard();
         let sampling = request.sampling;
         let n_prompts = request.prompts.len();

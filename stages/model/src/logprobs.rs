@@ -85,6 +85,7 @@ impl LanguageModel {
     /// pairs. Gradients flow when the model is trainable and grad mode is on (the
     /// policy in the update); wrap in `tch::no_grad` for the reference.
     pub fn completion_logprobs(&self, pairs: &[(&[u32], &[u32])]) -> Result<TokenLogprobs> {
+        self.require_causal_lm()?;
         if let Some(i) = pairs.iter().position(|(p, _)| p.is_empty()) {
             return Err(ModelError::Invalid(format!("pair {i} has an empty prompt")));
         }

@@ -10,7 +10,7 @@ use crate::checkpoint::{copy_companions, load_weights, save_weights};
 use crate::config::{DeviceKind, Dtype};
 use crate::error::{ModelError, Result};
 use crate::hf_config::{HfConfig, TokenIds};
-use crate::spec::ModelSpec;
+use crate::spec::{Head, ModelSpec};
 use crate::tokenizer::TextTokenizer;
 use crate::transformer::Transformer;
 
@@ -138,6 +138,17 @@ impl LanguageModel {
         })?;
         f32_copy.freeze();
         save_weights(&f32_copy, folder)
+    }
+
+    /// An error unless the model predicts tokens (a reward model has a score head).
+    pub fn require_causal_lm(&self) -> Result<()> {
+        match self.spec().head {
+            Head::CausalLm => Ok(()),
+            Head::Score => Err(ModelError::Invalid(format!(
+                "{} is a reward model (sequence classification): it scores, it does not generate",
+                self.folder.display()
+            ))),
+        }
     }
 
     /// The transformer.

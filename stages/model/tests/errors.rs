@@ -173,3 +173,26 @@ fn a_causal_lm_has_no_score() {
         "{err}"
     );
 }
+
+#[test]
+fn a_reward_model_does_not_generate() {
+    let model = LanguageModel::load(&fixture("tiny-reward"), LoadOptions::default()).unwrap();
+    let sampling = lsp_model::SamplingConfig::greedy(4);
+    let request = lsp_model::GenerationRequest {
+        prompts: &[vec![1, 2]],
+        sampling: &sampling,
+        repeats: 1,
+        seed: 0,
+        ignore_eos: false,
+    };
+    let err = model.generate(&request).unwrap_err().to_string();
+    assert!(
+        err.contains("is a reward model (sequence classification)"),
+        "{err}"
+    );
+    let err = model
+        .completion_logprobs(&[(&[1], &[2])])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is a reward model"), "{err}");
+}
