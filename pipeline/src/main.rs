@@ -1,5 +1,6 @@
 //! `pipeline`: the command line of the Language Self-Play system.
 
+mod bench;
 mod commands;
 mod config;
 
@@ -28,6 +29,8 @@ enum Command {
     Generate(commands::generate::GenerateArgs),
     /// Score one (instruction, response) pair with a reward model.
     Score(commands::score::ScoreArgs),
+    /// Measure the engine: log-probs, training step (figures printed, never asserted).
+    Bench(bench::BenchArgs),
 }
 
 #[allow(clippy::print_stdout, clippy::print_stderr)] // The binary's own output.
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
         Command::Validate { config } => commands::validate::validate(&config),
         Command::Generate(args) => commands::generate::run(&args),
         Command::Score(args) => commands::score::run(&args),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(output) => {

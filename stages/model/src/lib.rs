@@ -50,7 +50,7 @@ pub use chat_template::{ChatTemplate, Message};
 pub use config::{DEFAULT_MODEL_DIR, DeviceKind, Dtype, ModelConfig, SamplingConfig};
 pub use error::{ModelError, Result};
 pub use generate::{FinishReason, Generation, GenerationRequest};
-pub use hf_config::HfConfig;
+pub use hf_config::{HfConfig, TokenIds};
 pub use kv_cache::KvCache;
 pub use logprobs::TokenLogprobs;
 pub use model::{LanguageModel, LoadOptions, torch_device};

@@ -271,6 +271,22 @@ fn saved_model_loads_back_with_the_same_logits() {
         ] {
             assert!(dir.path().join(file).is_file(), "{name}: {file} not saved");
         }
+        // The same tensor names and shapes as the source checkpoint (a tied head is not
+        // written, as transformers does not write it).
+        let shapes = |path: PathBuf| {
+            let mut v: Vec<_> = Tensor::read_safetensors(path)
+                .unwrap()
+                .into_iter()
+                .map(|(n, t)| (n, t.size()))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            shapes(dir.path().join("model.safetensors")),
+            shapes(fixture(name).join("model.safetensors")),
+            "{name}"
+        );
         let back = LanguageModel::load(dir.path(), LoadOptions::default()).unwrap();
         let ids = &prompts(&model)[1];
         let diff = max_diff(&full_logits(&model, ids), &full_logits(&back, ids));

@@ -1,0 +1,145 @@
+//! `pipeline bench`: the engine's speed and memory figures, printed (never asserted).
+
+mod figures;
+mod random_model;
+mod training;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{Args, ValueEnum};
+use lsp_model::{LanguageModel, LoadOptions};
+
+use crate::commands::ModelArgs;
+
+/// Arguments of `pipeline bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum)]
+    what: BenchKind,
+    /// Model folder; default: random weights of SmolLM2-135M's shape.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Sequences in the batch.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 256)]
+    seq_len: usize,
+    /// Sequences per forward/backward pass in the training step; gradients accumulate
+    /// over the micro-batches, so only one micro-batch's activations are alive.
+    #[arg(long, default_value_t = 1)]
+    micro_batch: usize,
+    /// Timed runs (after one warm-up); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    #[command(flatten)]
+    runtime: ModelArgs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum BenchKind {
+    /// Teacher-forced log-probs of every token after the first, no gradient.
+    Logprobs,
+    /// One training step on the same batch: forward, loss, backward, AdamW.
+    TrainStep,
+}
+
+/// Runs the benchmark; returns the figures to print.
+pub fn run(args: &BenchArgs) -> anyhow::Result<String> {
+    args.runtime.apply();
+    let scratch = tempfile::tempdir()?;
+    let folder = match &args.model {
+        Some(folder) => folder.clone(),
+        None => {
+            let folder = scratch.path().join("smollm2-shape");
+            random_model::write_random_model(&folder, &random_model::smollm2_shape(), 0)?;
+            folder
+        }
+    };
+    let train = matches!(args.what, BenchKind::TrainStep);
+    let options = LoadOptions {
+        trainable: train,
+        ..args.runtime.load_options()
+    };
+    let model = LanguageModel::load(&folder, options)?;
+    let params = model.spec().num_parameters() as f64;
+    let batch = random_batch(&model, args.batch, args.seq_len);
+    let tokens = (args.batch * (args.seq_len - 1)) as u64;
+    let mut header = format!(
+        "model: {} ({:.1}M parameters), batch {} x {} tokens, {} threads{}\n",
+        args.model
+            .as_ref()
+            .map_or("random SmolLM2-135M shape".to_string(), |m| m
+                .display()
+                .to_string()),
+        params / 1e6,
+        args.batch,
+        args.seq_len,
+        tch::get_num_threads(),
+        if train {
+            format!(", micro-batches of {}", args.micro_batch)
+        } else {
+            String::new()
+        },
+    );
+    let mut times = Vec::new();
+    let line = if train {
+        let mut step = training::TrainStep::new(&model)?;
+        for i in 0..=args.runs {
+            let start = Instant::now();
+            step.run(&model, &batch, args.micro_batch)?;
+            if i > 0 {
+                times.push(start.elapsed());
+            }
+        }
+        let time = figures::median(&mut times);
+        figures::report(
+            "training step",
+            tokens,
+            time,
+            args.runs,
+            6.0 * params * tokens as f64,
+        )
+    } else {
+        for i in 0..=args.runs {
+            let start = Instant::now();
+            let pairs: Vec<(&[u32], &[u32])> = batch.iter().map(|s| (&s[..1], &s[1..])).collect();
+            let lp = tch::no_grad(|| model.completion_logprobs(&pairs))?;
+            anyhow::ensure!(lp.lengths.iter().sum::<i64>() as u64 == tokens);
+            if i > 0 {
+                times.push(start.elapsed());
+            }
+        }
+        let time = figures::median(&mut times);
+        figures::report(
+            "log-probs",
+            tokens,
+            time,
+            args.runs,
+            2.0 * params * tokens as f64,
+        )
+    };
+    header.push_str(&line);
+    header.push('\n');
+    Ok(header)
+}
+
+/// `batch` sequences of `len` random token ids (seeded).
+fn random_batch(model: &LanguageModel, batch: usize, len: usize) -> Vec<Vec<u32>> {
+    tch::manual_seed(1);
+    let vocab = model
+        .tokenizer()
+        .vocab_size()
+        .min(model.spec().vocab_size as usize) as i64;
+    let ids = tch::Tensor::randint(
+        vocab,
+        [batch as i64, len as i64],
+        (tch::Kind::Int64, tch::Device::Cpu),
+    );
+    let flat = Vec::<i64>::try_from(&ids.flatten(0, -1)).expect("int64 ids");
+    flat.chunks(len)
+        .map(|c| c.iter().map(|&i| i as u32).collect())
+        .collect()
+}
