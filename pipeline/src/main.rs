@@ -29,6 +29,8 @@ enum Command {
     Generate(commands::generate::GenerateArgs),
     /// Score one (instruction, response) pair with a reward model.
     Score(commands::score::ScoreArgs),
+    /// Get models: import a GGUF file, fetch the default model, inspect a GGUF file.
+    Model(commands::model::ModelCommand),
     /// Measure the engine: log-probs, training step (figures printed, never asserted).
     Bench(bench::BenchArgs),
 }
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => commands::generate::run(&args),
         Command::Score(args) => commands::score::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Model(command) => commands::model::run(&command),
     };
     match result {
         Ok(output) => {

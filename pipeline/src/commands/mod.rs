@@ -1,6 +1,8 @@
 //! One module per subcommand, and the model options they share.
 
+mod fetch;
 pub mod generate;
+pub mod model;
 pub mod score;
 pub mod validate;
 

@@ -35,6 +35,7 @@ mod checkpoint;
 mod config;
 mod error;
 mod generate;
+pub mod gguf;
 mod hf_config;
 mod kv_cache;
 mod layers;

