@@ -58,7 +58,9 @@ impl GgmlType {
     /// Bytes holding `elements` weights; `None` unless a whole number of blocks.
     pub fn bytes_for(self, elements: u64) -> Option<u64> {
         let (per_block, bytes) = self.block();
-        elements.is_multiple_of(per_block).then_some(elements / per_block * bytes)
+        elements
+            .is_multiple_of(per_block)
+            .then_some(elements / per_block * bytes)
     }
 
     /// Dequantizes `data` (a whole number of blocks) to f32.
