@@ -2,11 +2,13 @@
 
 mod figures;
 mod random_model;
+mod rollout;
 mod training;
 
 use std::path::PathBuf;
 use std::time::Instant;
 
+use anyhow::Context;
 use clap::{Args, ValueEnum};
 use lsp_model::{LanguageModel, LoadOptions};
 
@@ -31,6 +33,15 @@ pub struct BenchArgs {
     /// over the micro-batches, so only one micro-batch's activations are alive.
     #[arg(long, default_value_t = 1)]
     micro_batch: usize,
+    /// Rollout: new tokens per sequence (EOS ignored).
+    #[arg(long, default_value_t = 128)]
+    new_tokens: u64,
+    /// Rollout: batch sizes.
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+    batches: Vec<usize>,
+    /// Rollout: JSONL file whose `instruction` fields are the chat prompts.
+    #[arg(long, default_value = "datasets/alpaca_eval.jsonl")]
+    prompts: PathBuf,
     /// Timed runs (after one warm-up); the median is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
@@ -44,11 +55,43 @@ enum BenchKind {
     Logprobs,
     /// One training step on the same batch: forward, loss, backward, AdamW.
     TrainStep,
+    /// Sampling from different chat prompts at batch sizes 1, 8 and 32, a forced
+    /// number of new tokens, temperature 1 over the full vocabulary (needs a real
+    /// model: default data-out/models/smollm2-135m-instruct).
+    Rollout,
 }
 
 /// Runs the benchmark; returns the figures to print.
 pub fn run(args: &BenchArgs) -> anyhow::Result<String> {
     args.runtime.apply();
+    if matches!(args.what, BenchKind::Rollout) {
+        let folder = args
+            .model
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(lsp_model::DEFAULT_MODEL_DIR));
+        let model =
+            LanguageModel::load(&folder, args.runtime.load_options()).with_context(|| {
+                format!(
+                    "loading {} (pipeline model fetch smollm2-135m-instruct)",
+                    folder.display()
+                )
+            })?;
+        let header = format!(
+            "model: {} ({:?}), {} new tokens, temperature 1, full vocabulary, {} threads\n",
+            folder.display(),
+            model.var_store().kind(),
+            args.new_tokens,
+            tch::get_num_threads()
+        );
+        return Ok(header
+            + &rollout::run(
+                &model,
+                &args.prompts,
+                &args.batches,
+                args.new_tokens,
+                args.runs,
+            )?);
+    }
     let scratch = tempfile::tempdir()?;
     let folder = match &args.model {
         Some(folder) => folder.clone(),

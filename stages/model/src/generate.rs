@@ -99,6 +99,7 @@ impl LanguageModel {
         tch::manual_seed(request.seed as i64);
         let device = self.device();
         let transformer = self.transformer();
+        let _packed = transformer.packed_for_inference();
 
         let (ids, mut key_mask) = left_pad(request.prompts, self.pad_token_id(), device);
         let mut cache = transformer.new_cache(n_prompts as i64, longest + max_new);

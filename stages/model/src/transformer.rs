@@ -5,7 +5,7 @@
 use tch::{Kind, Tensor, nn};
 
 use crate::kv_cache::KvCache;
-use crate::layers::{Embedding, Linear, RmsNorm};
+use crate::layers::{Embedding, Linear, Packed, RmsNorm};
 use crate::rope::{Rope, Rotation};
 use crate::spec::{Head, ModelSpec};
 
@@ -35,6 +35,10 @@ impl Attention {
             num_kv_heads: spec.num_kv_heads,
             head_dim: d,
         }
+    }
+
+    fn linears(&self) -> [&Linear; 4] {
+        [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj]
     }
 
     /// `x`: `[batch, seq, hidden]`. With a cache, the new keys and values are appended
@@ -88,6 +92,10 @@ impl Mlp {
         }
     }
 
+    fn linears(&self) -> [&Linear; 3] {
+        [&self.gate_proj, &self.up_proj, &self.down_proj]
+    }
+
     /// `x`: `[..., hidden]`.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let gate = self.gate_proj.forward(x).silu();
@@ -130,6 +138,16 @@ impl Block {
         let x = x + attended;
         let mlp = self.mlp.forward(&self.post_attention_layernorm.forward(&x));
         x + mlp
+    }
+}
+
+/// Keeps a transformer's weights packed for inference while alive.
+#[derive(Debug)]
+pub struct PackedGuard<'a>(&'a Transformer);
+
+impl Drop for PackedGuard<'_> {
+    fn drop(&mut self) {
+        self.0.set_packed(false);
     }
 }
 
@@ -192,6 +210,8 @@ pub struct Transformer {
     norm: RmsNorm,
     lm_head: Option<Linear>,
     score: Option<Linear>,
+    /// The output head packed for inference (the embedding's own copy when tied).
+    head_packed: Packed,
     rope: Rope,
     spec: ModelSpec,
 }
@@ -218,6 +238,7 @@ impl Transformer {
             norm: RmsNorm::new(&model / "norm", h, spec.rms_norm_eps),
             lm_head,
             score,
+            head_packed: Packed::default(),
             rope: Rope::new(spec, root.device()),
             spec: spec.clone(),
         }
@@ -265,7 +286,32 @@ impl Transformer {
 
     /// Next-token logits of hidden states `[..., hidden]` → `[..., vocab]`.
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
-        hidden.linear::<&Tensor>(self.output_weight(), None)
+        self.head_packed
+            .product(hidden)
+            .unwrap_or_else(|| hidden.linear::<&Tensor>(self.output_weight(), None))
+    }
+
+    /// Packs every weight matrix for inference ([`Packed`]) until the guard is
+    /// dropped. Forward passes that need no gradient then use the packed copies;
+    /// the weights themselves, and training, are untouched.
+    pub fn packed_for_inference(&self) -> PackedGuard<'_> {
+        self.set_packed(true);
+        PackedGuard(self)
+    }
+
+    fn set_packed(&self, packed: bool) {
+        for layer in &self.layers {
+            let attn = layer.self_attn.linears();
+            let mlp = layer.mlp.linears();
+            for linear in attn.into_iter().chain(mlp) {
+                linear.set_packed(packed);
+            }
+        }
+        if packed {
+            self.head_packed.pack(self.output_weight());
+        } else {
+            self.head_packed.clear();
+        }
     }
 
     /// Reward-model score of hidden states `[..., hidden]` → `[...]`.
