@@ -10,7 +10,7 @@ use tch::{Kind, Tensor};
 use crate::config::SamplingConfig;
 use crate::error::{ModelError, Result};
 use crate::model::LanguageModel;
-use crate::sampling::next_tokens;
+use crate::sampling::{Rng, next_tokens};
 
 /// Why a sequence stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -96,7 +96,7 @@ impl LanguageModel {
                  context of {context}"
             )));
         }
-        tch::manual_seed(request.seed as i64);
+        let mut rng = Rng::new(request.seed);
         let device = self.device();
         let transformer = self.transformer();
         let _packed = transformer.packed_for_inference();
@@ -126,7 +126,7 @@ impl LanguageModel {
         // active[i]: which sequence row i of the batch is.
         let mut active: Vec<usize> = (0..total).collect();
         for step in 0..max_new {
-            let (next, logprob) = next_tokens(&logits, sampling);
+            let (next, logprob) = next_tokens(&logits, sampling, &mut rng);
             let next_host = Vec::<i64>::try_from(&next)?;
             let logprob_host = Vec::<f32>::try_from(&logprob)?;
             let last_step = step + 1 == max_new;

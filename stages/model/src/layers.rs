@@ -104,6 +104,11 @@ impl RmsNorm {
     /// Normalises the last dimension of `x`.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
+        if kind == Kind::Float {
+            // libtorch's fused kernel: the same f32 arithmetic in one pass.
+            let dim = self.weight.size()[0];
+            return x.rms_norm([dim].as_slice(), Some(&self.weight), self.eps);
+        }
         let x32 = x.to_kind(Kind::Float);
         let variance = x32.square().mean_dim(-1, true, Kind::Float);
         let normed = x32 * (variance + self.eps).rsqrt();

@@ -16,6 +16,8 @@ pub struct Attention {
     k_proj: Linear,
     v_proj: Linear,
     o_proj: Linear,
+    /// q, k and v stacked into one product while packed for inference.
+    qkv_packed: Packed,
     num_heads: i64,
     num_kv_heads: i64,
     head_dim: i64,
@@ -31,14 +33,54 @@ impl Attention {
             k_proj: Linear::new(&path / "k_proj", h, spec.num_kv_heads * d, bias),
             v_proj: Linear::new(&path / "v_proj", h, spec.num_kv_heads * d, bias),
             o_proj: Linear::new(&path / "o_proj", spec.num_heads * d, h, false),
+            qkv_packed: Packed::default(),
             num_heads: spec.num_heads,
             num_kv_heads: spec.num_kv_heads,
             head_dim: d,
         }
     }
 
-    fn linears(&self) -> [&Linear; 4] {
-        [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj]
+    fn set_packed(&self, packed: bool) {
+        if packed {
+            let w = [
+                &self.q_proj.weight,
+                &self.k_proj.weight,
+                &self.v_proj.weight,
+            ];
+            self.qkv_packed.pack(&tch::no_grad(|| Tensor::cat(&w, 0)));
+        } else {
+            self.qkv_packed.clear();
+        }
+        self.o_proj.set_packed(packed);
+    }
+
+    /// q, k, v as `[batch, heads, seq, head_dim]`, with q and k rotated.
+    fn project(&self, x: &Tensor, rotation: &Rotation) -> (Tensor, Tensor, Tensor) {
+        let (b, t) = (x.size()[0], x.size()[1]);
+        let (h, kv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        if let Some(mut qkv) = self.qkv_packed.product(x) {
+            if let Some(bq) = &self.q_proj.bias {
+                let biases = [
+                    bq,
+                    self.k_proj.bias.as_ref().expect("q has bias"),
+                    self.v_proj.bias.as_ref().expect("q has bias"),
+                ];
+                qkv += Tensor::cat(&biases, 0);
+            }
+            let qkv = qkv.view([b, t, h + 2 * kv, d]).transpose(1, 2);
+            // One rotation for the query and key heads together.
+            let qk = rotation.apply(&qkv.narrow(1, 0, h + kv));
+            return (
+                qk.narrow(1, 0, h),
+                qk.narrow(1, h, kv),
+                qkv.narrow(1, h + kv, kv),
+            );
+        }
+        let heads = |y: Tensor, n: i64| y.view([b, t, n, d]).transpose(1, 2);
+        let q = rotation.apply(&heads(self.q_proj.forward(x), h));
+        let k = rotation.apply(&heads(self.k_proj.forward(x), kv));
+        let v = heads(self.v_proj.forward(x), kv);
+        (q, k, v)
     }
 
     /// `x`: `[batch, seq, hidden]`. With a cache, the new keys and values are appended
@@ -51,10 +93,7 @@ impl Attention {
         cache: Option<(&mut KvCache, usize)>,
     ) -> Tensor {
         let (b, t) = (x.size()[0], x.size()[1]);
-        let heads = |y: Tensor, n: i64| y.view([b, t, n, self.head_dim]).transpose(1, 2);
-        let q = rotation.apply(&heads(self.q_proj.forward(x), self.num_heads));
-        let k = rotation.apply(&heads(self.k_proj.forward(x), self.num_kv_heads));
-        let v = heads(self.v_proj.forward(x), self.num_kv_heads);
+        let (q, k, v) = self.project(x, rotation);
         let (k, v) = match cache {
             Some((cache, layer)) => cache.append(layer, &k, &v),
             None => (k, v),
@@ -79,6 +118,8 @@ pub struct Mlp {
     gate_proj: Linear,
     up_proj: Linear,
     down_proj: Linear,
+    /// gate and up stacked into one product while packed for inference.
+    gate_up_packed: Packed,
 }
 
 impl Mlp {
@@ -89,17 +130,31 @@ impl Mlp {
             gate_proj: Linear::new(&path / "gate_proj", h, i, false),
             up_proj: Linear::new(&path / "up_proj", h, i, false),
             down_proj: Linear::new(&path / "down_proj", i, h, false),
+            gate_up_packed: Packed::default(),
         }
     }
 
-    fn linears(&self) -> [&Linear; 3] {
-        [&self.gate_proj, &self.up_proj, &self.down_proj]
+    fn set_packed(&self, packed: bool) {
+        if packed {
+            let w = [&self.gate_proj.weight, &self.up_proj.weight];
+            self.gate_up_packed
+                .pack(&tch::no_grad(|| Tensor::cat(&w, 0)));
+        } else {
+            self.gate_up_packed.clear();
+        }
+        self.down_proj.set_packed(packed);
     }
 
     /// `x`: `[..., hidden]`.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let gate = self.gate_proj.forward(x).silu();
-        self.down_proj.forward(&(gate * self.up_proj.forward(x)))
+        let (gate, up) = match self.gate_up_packed.product(x) {
+            Some(both) => {
+                let i = self.gate_proj.weight.size()[0];
+                (both.narrow(-1, 0, i), both.narrow(-1, i, i))
+            }
+            None => (self.gate_proj.forward(x), self.up_proj.forward(x)),
+        };
+        self.down_proj.forward(&(gate.silu() * up))
     }
 }
 
@@ -301,11 +356,8 @@ impl Transformer {
 
     fn set_packed(&self, packed: bool) {
         for layer in &self.layers {
-            let attn = layer.self_attn.linears();
-            let mlp = layer.mlp.linears();
-            for linear in attn.into_iter().chain(mlp) {
-                linear.set_packed(packed);
-            }
+            layer.self_attn.set_packed(packed);
+            layer.mlp.set_packed(packed);
         }
         if packed {
             self.head_packed.pack(self.output_weight());
