@@ -77,9 +77,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<String> {
                 )
             })?;
         let header = format!(
-            "model: {} ({:?}), {} new tokens, temperature 1, full vocabulary, {} threads\n",
+            "model: {} ({}), {} new tokens, temperature 1, full vocabulary, {} threads\n",
             folder.display(),
-            model.var_store().kind(),
+            format!("{:?}", args.runtime.load_options().dtype).to_lowercase(),
             args.new_tokens,
             tch::get_num_threads()
         );
