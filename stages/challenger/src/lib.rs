@@ -1,14 +1,21 @@
 //! Stage 1 of Algorithm 1: the Challenger. Given Box 1 of the paper (its `{task}` and
 //! `{template}` filled from config) through the policy's chat template, the policy
-//! samples N queries meant to be hard for the Solver.
+//! samples N queries meant to be hard for the Solver; no timely here, only
+//! `process(policy, iteration, seed) -> QueryBatch`.
 //!
-//! Today this crate holds the stage's config ([`ChallengerConfig`]) and the verbatim
-//! prompt ([`challenger_prompt`]). The stage itself (sampling, clean-up of stray tags,
-//! flags for empty or truncated queries, a [`lsp_schemas::QueryBatch`] out) is the
-//! six-stages issue's work and needs the model engine.
+//! ```ignore
+//! let challenger = Challenger::new(ChallengerConfig::default())?;
+//! let queries: QueryBatch = challenger.process(&policy, iteration, seed)?;
+//! ```
 
+mod clean;
 mod config;
+mod error;
 mod prompt;
+mod stage;
 
+pub use clean::{QueryStatus, clean_query};
 pub use config::ChallengerConfig;
+pub use error::{ChallengerError, Result};
 pub use prompt::{CHALLENGER_PROMPT, challenger_prompt};
+pub use stage::{Challenger, PROMPT_ID};

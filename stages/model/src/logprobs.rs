@@ -143,13 +143,9 @@ impl LanguageModel {
         })
     }
 
-    /// Reward-model scores of token sequences: the `score` head at each sequence's
-    /// last token. An error for a causal LM.
-    pub fn score_sequences(&self, seqs: &[Vec<u32>]) -> Result<Vec<f32>> {
-        let _guard = tch::no_grad_guard();
-        if seqs.is_empty() {
-            return Ok(Vec::new());
-        }
+    /// Final hidden state at each sequence's last token, `[batch, hidden]`, batched
+    /// with right padding. No gradient.
+    fn last_hidden(&self, seqs: &[Vec<u32>]) -> Result<Tensor> {
         if let Some(i) = seqs.iter().position(Vec::is_empty) {
             return Err(ModelError::Invalid(format!("sequence {i} is empty")));
         }
@@ -163,7 +159,32 @@ impl LanguageModel {
         let last: Vec<i64> = seqs.iter().map(|s| s.len() as i64 - 1).collect();
         let last = Tensor::from_slice(&last).to_device(device);
         let rows = Tensor::arange(seqs.len() as i64, (Kind::Int64, device));
-        let picked = hidden.index(&[Some(rows), Some(last)]);
+        Ok(hidden.index(&[Some(rows), Some(last)]))
+    }
+
+    /// Next-token logits after each sequence, `[batch, vocab]` f32 (a judge's one
+    /// forward pass). No gradient.
+    pub fn last_logits(&self, seqs: &[Vec<u32>]) -> Result<Tensor> {
+        self.require_causal_lm()?;
+        let _guard = tch::no_grad_guard();
+        if seqs.is_empty() {
+            return Ok(Tensor::zeros(
+                [0, self.spec().vocab_size],
+                (Kind::Float, self.device()),
+            ));
+        }
+        let hidden = self.last_hidden(seqs)?;
+        Ok(self.transformer().logits(&hidden).to_kind(Kind::Float))
+    }
+
+    /// Reward-model scores of token sequences: the `score` head at each sequence's
+    /// last token. An error for a causal LM.
+    pub fn score_sequences(&self, seqs: &[Vec<u32>]) -> Result<Vec<f32>> {
+        let _guard = tch::no_grad_guard();
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let picked = self.last_hidden(seqs)?;
         let scores = self.transformer().score(&picked).ok_or_else(|| {
             ModelError::Invalid(format!(
                 "{} is a causal LM, not a reward model (no `score` head)",

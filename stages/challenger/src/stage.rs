@@ -1,0 +1,160 @@
+//! The challenger stage: Box 1 through the policy's chat template, N queries sampled.
+
+use lsp_model::{FinishReason, GenerationRequest, LanguageModel};
+use lsp_schemas::problems::{Problems, Validate};
+use lsp_schemas::{QueryBatch, QueryRow, TypedBatch};
+use sha2::{Digest, Sha256};
+use tracing::debug;
+
+use crate::clean::clean_query;
+use crate::config::ChallengerConfig;
+use crate::error::{ChallengerError, Result};
+use crate::prompt::challenger_prompt;
+
+/// Identifier of Box 1 in the game record.
+pub const PROMPT_ID: &str = "lsp-box1";
+
+/// Generates the queries of an iteration.
+#[derive(Debug, Clone)]
+pub struct Challenger {
+    config: ChallengerConfig,
+    prompt: String,
+    version: String,
+}
+
+impl Challenger {
+    /// Checks `config` and fills Box 1 with its task and template.
+    pub fn new(config: ChallengerConfig) -> Result<Self> {
+        let mut problems = Problems::new();
+        config.validate("challenger", &mut problems);
+        problems.into_result().map_err(ChallengerError::Config)?;
+        let prompt = challenger_prompt(config.task.as_deref(), config.template.as_deref());
+        let digest = Sha256::digest(prompt.as_bytes());
+        let version: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+        Ok(Self {
+            config,
+            prompt,
+            version,
+        })
+    }
+
+    /// The filled prompt (before the chat template).
+    pub fn prompt(&self) -> &str {
+        &self.prompt
+    }
+
+    /// The prompt's version: the first 12 hex digits of its SHA-256.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// Samples N queries from `policy` for `iteration`. The token ids and log-probs
+    /// are the sampled ones (what the update trains on); the text is cleaned
+    /// ([`clean_query`]) and its status recorded.
+    pub fn process(&self, policy: &LanguageModel, iteration: u64, seed: u64) -> Result<QueryBatch> {
+        let prompt_ids = policy.tokenizer().chat_prompt(&self.prompt)?;
+        let n = self.config.num_queries as usize;
+        let generated = policy.generate(&GenerationRequest {
+            prompts: std::slice::from_ref(&prompt_ids),
+            sampling: &self.config.sampling,
+            repeats: n,
+            seed,
+            ignore_eos: false,
+        })?;
+        let rows: Vec<QueryRow> = generated
+            .into_iter()
+            .enumerate()
+            .map(|(i, g)| {
+                let (text, status) = clean_query(&g.text, g.finish_reason == FinishReason::Length);
+                QueryRow {
+                    iteration,
+                    query_id: i as u32,
+                    prompt_id: PROMPT_ID.to_string(),
+                    prompt_version: self.version.clone(),
+                    prompt_token_ids: prompt_ids.clone(),
+                    query_text: text,
+                    query_token_ids: g.ids,
+                    query_token_logprobs: g.logprobs,
+                    query_finish_reason: g.finish_reason.as_str().to_string(),
+                    query_status: status.as_str().to_string(),
+                    reference_answer: None,
+                }
+            })
+            .collect();
+        debug!(iteration, queries = rows.len(), "queries generated");
+        Ok(QueryBatch::from_rows(&rows)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lsp_model::{LoadOptions, SamplingConfig};
+    use lsp_schemas::columns;
+    use std::path::PathBuf;
+
+    fn policy() -> LanguageModel {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llama");
+        LanguageModel::load(&dir, LoadOptions::default()).unwrap()
+    }
+
+    fn config(n: u64) -> ChallengerConfig {
+        ChallengerConfig {
+            num_queries: n,
+            sampling: SamplingConfig {
+                max_new_tokens: 6,
+                ..SamplingConfig::default()
+            },
+            ..ChallengerConfig::default()
+        }
+    }
+
+    #[test]
+    fn n_queries_with_their_tokens_logprobs_and_status() {
+        let policy = policy();
+        let challenger = Challenger::new(config(3)).unwrap();
+        let batch = challenger.process(&policy, 7, 42).unwrap();
+        let rows = batch.to_rows().unwrap();
+        assert_eq!(rows.len(), 3);
+        let prompt_ids = policy.tokenizer().chat_prompt(challenger.prompt()).unwrap();
+        for (i, r) in rows.iter().enumerate() {
+            assert_eq!((r.iteration, r.query_id), (7, i as u32));
+            assert_eq!(r.prompt_token_ids, prompt_ids);
+            assert_eq!(r.query_token_ids.len(), r.query_token_logprobs.len());
+            assert!(!r.query_token_ids.is_empty() && r.query_token_ids.len() <= 6);
+            assert!(r.query_token_logprobs.iter().all(|&lp| lp <= 0.0));
+            let expected = if r.query_finish_reason == "length" {
+                "truncated"
+            } else {
+                r.query_status.as_str()
+            };
+            assert_eq!(r.query_status, expected);
+            assert_eq!(r.prompt_version, challenger.version());
+        }
+        // The same seed gives the same queries; the batch has the boundary's schema.
+        let again = challenger
+            .process(&policy, 7, 42)
+            .unwrap()
+            .to_rows()
+            .unwrap();
+        assert_eq!(rows, again);
+        assert!(batch.batch().column_by_name(columns::QUERY_TEXT).is_some());
+    }
+
+    #[test]
+    fn version_follows_the_filled_prompt_and_bad_config_is_refused() {
+        let a = Challenger::new(config(1)).unwrap();
+        let b = Challenger::new(ChallengerConfig {
+            task: Some("Pure & Applied Mathematics".into()),
+            ..config(1)
+        })
+        .unwrap();
+        assert_eq!(a.version().len(), 12);
+        assert_ne!(a.version(), b.version());
+        let err = Challenger::new(config(0)).unwrap_err().to_string();
+        assert!(
+            err.contains("challenger.num_queries: must be at least 1"),
+            "{err}"
+        );
+    }
+}
