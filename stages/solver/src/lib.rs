@@ -1,10 +1,15 @@
 //! Stage 2 of Algorithm 1: the Solver. The policy answers each query G times through
 //! its chat template; finish reasons, token ids and log-probs are kept for the update.
 //!
-//! Today this crate holds the stage's config ([`SolverConfig`]); the stage itself
-//! ([`lsp_schemas::QueryBatch`] in, [`lsp_schemas::AnswerBatch`] out) is the
-//! six-stages issue's work and needs the model engine.
+//! ```ignore
+//! let solver = Solver::new(SolverConfig::default())?;
+//! let answers: AnswerBatch = solver.process(&policy, &queries, seed)?;
+//! ```
 
 mod config;
+mod error;
+mod stage;
 
 pub use config::SolverConfig;
+pub use error::{Result, SolverError};
+pub use stage::Solver;
