@@ -46,6 +46,14 @@ pub trait TypedBatch: Sized {
         Ok(Self::from_checked(batch))
     }
 
+    /// Builds the batch from `previous`'s columns followed by `new` ones: how a stage
+    /// hands on its input with what it adds (the schema is checked).
+    fn extend(previous: &impl TypedBatch, new: Vec<ArrayRef>) -> Result<Self> {
+        let mut columns = previous.batch().columns().to_vec();
+        columns.extend(new);
+        Self::from_columns(columns)
+    }
+
     /// Builds the batch from rows.
     fn from_rows(rows: &[Self::Row]) -> Result<Self> {
         let fields: Vec<FieldRef> = Self::schema().fields().iter().cloned().collect();

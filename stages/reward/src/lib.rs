@@ -1,10 +1,20 @@
-//! Stage 3 of Algorithm 1: the external reward R(q, a), from a reward model, a judge
-//! model's score-token probabilities, or a verifier of reference answers.
+//! Stage 3 of Algorithm 1: the external reward R(q, a), from a reward model (the
+//! paper's kind), a judge model's score-token probabilities (the offline default), or
+//! a verifier of reference answers (the data-based GRPO baseline).
 //!
-//! Today this crate holds the stage's config ([`RewardConfig`]); the stage itself
-//! ([`lsp_schemas::AnswerBatch`] in, [`lsp_schemas::RewardBatch`] out) is the
-//! six-stages issue's work and needs the model engine.
+//! ```ignore
+//! let stage = RewardStage::new(RewardConfig::default(), LoadOptions::default())?;
+//! let rewarded: RewardBatch = stage.process(&reference, &answers)?;
+//! ```
 
 mod config;
+mod error;
+mod judge;
+mod stage;
+mod verifier;
 
 pub use config::{RewardConfig, RewardKind};
+pub use error::{Result, RewardError};
+pub use judge::{JUDGE_PROMPT, judge_prompt, judge_scores, score_token_ids};
+pub use stage::RewardStage;
+pub use verifier::{last_number, reference_number, verify};
