@@ -137,7 +137,12 @@ impl TextTokenizer {
 
     /// Prompt ids of one user message with the generation prompt.
     pub fn chat_prompt(&self, user: &str) -> Result<Vec<u32>> {
-        self.encode(&self.render_chat(&[Message::user(user)], true)?)
+        self.chat_prompt_messages(&[Message::user(user)])
+    }
+
+    /// Prompt ids of a conversation with the generation prompt.
+    pub fn chat_prompt_messages(&self, messages: &[Message]) -> Result<Vec<u32>> {
+        self.encode(&self.render_chat(messages, true)?)
     }
 
     /// Size of the vocabulary including added tokens.

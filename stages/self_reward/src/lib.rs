@@ -1,14 +1,22 @@
 //! Stage 4 of Algorithm 1: the quality self-reward R_Q. The frozen reference model,
 //! given Box 3 of the paper through its chat template, writes a justification, a
-//! `<Calculation>` and a `<Score>k</Score>` (0–7).
+//! `<Calculation>` and a `<Score>k</Score>` (0–7); the reply is kept, read
+//! ([`parse_judgement`]) and its status recorded. Replies without a usable score get
+//! a configured fallback and are counted; they never stop a run.
 //!
-//! Today this crate holds the stage's config ([`SelfRewardConfig`]) and the verbatim
-//! prompt ([`self_reward_prompt`]). The stage itself (generation, parsing with a
-//! recorded status and a counted fallback, [`lsp_schemas::RewardBatch`] in,
-//! [`lsp_schemas::SelfRewardBatch`] out) is the six-stages issue's work.
+//! ```ignore
+//! let stage = SelfReward::new(SelfRewardConfig::default())?;
+//! let judged: SelfRewardBatch = stage.process(&reference, &rewarded, seed)?;
+//! ```
 
 mod config;
+mod error;
+mod parse;
 mod prompt;
+mod stage;
 
 pub use config::SelfRewardConfig;
+pub use error::{Result, SelfRewardError};
+pub use parse::{ParseStatus, parse_judgement};
 pub use prompt::{SELF_REWARD_PROMPT, self_reward_prompt};
+pub use stage::SelfReward;
