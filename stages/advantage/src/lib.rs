@@ -1,12 +1,21 @@
 //! Stage 5 of Algorithm 1: group-relative advantages, pure maths with no tch.
 //!
 //! V(q) = mean_j R(q, a_j); A_Sol = R − V(q); V̄ = mean_i V(q_i); A_Ch = V̄ − V(q).
-//! With R_Q (mode `lsp`): solver reward R + R_Q, challenger reward −V(q) + V_Q(q).
+//! With R_Q (mode `lsp`): solver reward R + w·R_Q, challenger reward −V(q) + w·V_Q(q),
+//! both added before the advantages. No division by the standard deviation unless
+//! `normalize_std` (off, as in the paper).
 //!
-//! Today this crate holds the stage's config ([`AdvantageConfig`]) and the training
-//! [`Mode`]; the computation ([`lsp_schemas::SelfRewardBatch`] in,
-//! [`lsp_schemas::AdvantageBatch`] out) is the six-stages issue's work.
+//! ```
+//! use lsp_advantage::{AdvantageConfig, Mode, advantages};
+//! let a = advantages(Mode::LspZero, &AdvantageConfig::default(), &[0, 0, 1, 1], &[1.0, 3.0, 4.0, 4.0], &[None; 4]).unwrap();
+//! assert_eq!(a.adv_solver, [-1.0, 1.0, 0.0, 0.0]);
+//! assert_eq!(a.adv_challenger, Some(vec![1.0, 1.0, -1.0, -1.0]));
+//! ```
 
 mod config;
+mod maths;
+mod stage;
 
 pub use config::{AdvantageConfig, Mode};
+pub use maths::{centred, group_advantages, groups, mean, std};
+pub use stage::{AdvantageError, AdvantageStage, Advantages, advantages};
