@@ -1,11 +1,25 @@
-//! Stage 6 of Algorithm 1: the parameter update. L = L_Sol + α_Ch·L_Ch, on-policy
-//! policy-gradient terms with β·KL to the frozen reference, one AdamW step per
-//! iteration with gradient accumulation over micro-batches.
+//! Stage 6 of Algorithm 1: the parameter update. L = L_Sol + α_Ch·L_Ch with
 //!
-//! Today this crate holds the stage's config ([`UpdateConfig`]); the loss and the step
-//! ([`lsp_schemas::AdvantageBatch`] in, [`lsp_schemas::UpdatedBatch`] and
-//! [`lsp_schemas::StepBatch`] out) are the six-stages issue's work.
+//! - L_Sol = −1/(NG) Σ_ij agg_t[ ratio·A_Sol − β·KL ] over the answers' tokens,
+//! - L_Ch = −1/N Σ_i agg_t[ ratio·A_Ch − β·KL ] over the queries' tokens,
+//!
+//! where ratio = π_θ/stop_grad(π_θ) (= 1: on-policy REINFORCE, no clipping) and KL is
+//! the sampled log-ratio (k1, the paper's) or k3. `agg` is the per-token mean
+//! (default) or the sequence sum. Gradients accumulate over micro-batches; one AdamW
+//! step (with global-norm clipping) per iteration, skipped and recorded when the loss
+//! or gradient is not finite. The reference model is never changed.
+//!
+//! ```ignore
+//! let mut update = Update::new(UpdateConfig::default(), &policy)?;
+//! let (updated, step) = update.process(&policy, &reference, &advantaged, iteration)?;
+//! ```
 
 mod config;
+mod error;
+mod loss;
+mod stage;
 
 pub use config::{Aggregation, KlEstimator, UpdateConfig};
+pub use error::{Result, UpdateError};
+pub use loss::{aggregate, grad_norm, kl_per_token, sequence_terms};
+pub use stage::Update;

@@ -1,0 +1,21 @@
+//! Errors of the update stage.
+
+/// What went wrong in the update.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    /// The stage's config is invalid.
+    #[error("update config:\n{0}")]
+    Config(lsp_schemas::Problems),
+    /// A model failed.
+    #[error(transparent)]
+    Model(#[from] lsp_model::ModelError),
+    /// libtorch failed outside a model call (the optimizer).
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    /// A batch could not be read or built.
+    #[error(transparent)]
+    Schema(#[from] lsp_schemas::SchemaError),
+}
+
+/// Result with [`UpdateError`] as the default error.
+pub type Result<T, E = UpdateError> = std::result::Result<T, E>;

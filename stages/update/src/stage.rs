@@ -1,0 +1,269 @@
+//! The update stage: L = L_Sol + α_Ch·L_Ch over micro-batches, one AdamW step.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, Float64Array, ListArray, UInt32Array};
+use lsp_model::LanguageModel;
+use lsp_schemas::columns::*;
+use lsp_schemas::problems::{Problems, Validate};
+use lsp_schemas::{AdvantageBatch, StepRow, TypedBatch, UpdatedBatch};
+use tch::{Kind, Tensor, nn, nn::OptimizerConfig};
+use tracing::{debug, warn};
+
+use crate::config::UpdateConfig;
+use crate::error::{Result, UpdateError};
+use crate::loss::{grad_norm, sequence_terms};
+
+/// One sequence the loss covers.
+struct Item {
+    prompt: Vec<u32>,
+    completion: Vec<u32>,
+    advantage: f64,
+    /// Its share of the loss: 1/(N·G) for an answer, α_Ch/N for a query.
+    weight: f64,
+    challenger: bool,
+}
+
+/// What the step measured of each item (before the weights changed).
+#[derive(Clone, Copy, Default)]
+struct Measured {
+    policy: f64,
+    reference: f64,
+    kl: f64,
+}
+
+/// Trains the policy, one optimizer step per iteration.
+pub struct Update {
+    config: UpdateConfig,
+    optimizer: nn::Optimizer,
+}
+
+impl std::fmt::Debug for Update {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Update")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn list(batch: &AdvantageBatch, name: &str, row: usize) -> Result<Vec<u32>> {
+    let lists = batch.column::<ListArray>(name)?;
+    let values = lists.value(row);
+    let ids = values
+        .as_any()
+        .downcast_ref::<UInt32Array>()
+        .expect("token id lists hold u32 by schema");
+    Ok(ids.values().to_vec())
+}
+
+impl Update {
+    /// Checks `config` and builds AdamW over the policy's weights.
+    pub fn new(config: UpdateConfig, policy: &LanguageModel) -> Result<Self> {
+        let mut problems = Problems::new();
+        config.validate("update", &mut problems);
+        problems.into_result().map_err(UpdateError::Config)?;
+        let optimizer = nn::AdamW {
+            beta1: config.betas[0],
+            beta2: config.betas[1],
+            wd: config.weight_decay,
+            eps: config.eps,
+            amsgrad: false,
+        }
+        .build(policy.var_store(), config.learning_rate)?;
+        Ok(Self { config, optimizer })
+    }
+
+    /// The sequences of the loss: every answer, and each query once when the
+    /// challenger is trained (its advantage column is not null).
+    fn items(&self, batch: &AdvantageBatch) -> Result<(Vec<Item>, Vec<Option<usize>>)> {
+        let n_rows = batch.num_rows();
+        let query_ids = batch.column::<UInt32Array>(QUERY_ID)?;
+        let adv_solver = batch.column::<Float64Array>(ADV_SOLVER)?;
+        let adv_challenger = batch.column::<Float64Array>(ADV_CHALLENGER)?;
+        let mut items = Vec::with_capacity(n_rows);
+        for row in 0..n_rows {
+            items.push(Item {
+                prompt: list(batch, ANSWER_PROMPT_TOKEN_IDS, row)?,
+                completion: list(batch, ANSWER_TOKEN_IDS, row)?,
+                advantage: adv_solver.value(row),
+                weight: 1.0 / n_rows as f64,
+                challenger: false,
+            });
+        }
+        // Each row's query item, if any (the first row of a query adds it).
+        let mut query_item = vec![None; n_rows];
+        let mut first: std::collections::HashMap<u32, usize> = Default::default();
+        let mut queries = Vec::new();
+        for (row, item) in query_item.iter_mut().enumerate() {
+            if adv_challenger.is_null(row) {
+                continue;
+            }
+            let qid = query_ids.value(row);
+            let index = *first.entry(qid).or_insert_with(|| {
+                queries.push(row);
+                queries.len() - 1
+            });
+            *item = Some(n_rows + index);
+        }
+        for &row in &queries {
+            items.push(Item {
+                prompt: list(batch, PROMPT_TOKEN_IDS, row)?,
+                completion: list(batch, QUERY_TOKEN_IDS, row)?,
+                advantage: adv_challenger.value(row),
+                weight: self.config.challenger_coef / queries.len() as f64,
+                challenger: true,
+            });
+        }
+        // A query from data has no tokens or prompt: nothing to train or measure.
+        for q in query_item.iter_mut() {
+            if let Some(i) = *q
+                && (items[i].completion.is_empty() || items[i].prompt.is_empty())
+            {
+                *q = None;
+            }
+        }
+        Ok((items, query_item))
+    }
+
+    /// Computes the loss over `batch` in micro-batches, accumulating gradients, and
+    /// takes one AdamW step, unless the loss or gradient is not finite: then the
+    /// weights are left untouched and the step row says why. `reference` is frozen.
+    pub fn process(
+        &mut self,
+        policy: &LanguageModel,
+        reference: &LanguageModel,
+        batch: &AdvantageBatch,
+        iteration: u64,
+    ) -> Result<(UpdatedBatch, StepRow)> {
+        let (items, query_item) = self.items(batch)?;
+        let trainable: Vec<usize> = (0..items.len())
+            .filter(|&i| !items[i].completion.is_empty() && !items[i].prompt.is_empty())
+            .collect();
+        let mut measured = vec![Measured::default(); items.len()];
+        // L_Sol, and L_Ch before α_Ch (so it is reported when α_Ch = 0 too).
+        let (mut loss_solver, mut loss_challenger) = (0.0, 0.0);
+        let n_queries = items.iter().filter(|i| i.challenger).count().max(1) as f64;
+        let mut tokens = 0u64;
+        let has_challenger = items.iter().any(|i| i.challenger);
+        self.optimizer.zero_grad();
+        for chunk in trainable.chunks(self.config.micro_batch_size as usize) {
+            let pairs: Vec<(&[u32], &[u32])> = chunk
+                .iter()
+                .map(|&i| (items[i].prompt.as_slice(), items[i].completion.as_slice()))
+                .collect();
+            let reference_lp = tch::no_grad(|| reference.completion_logprobs(&pairs))?;
+            let lp = policy.completion_logprobs(&pairs)?;
+            let advantages: Vec<f64> = chunk.iter().map(|&i| items[i].advantage).collect();
+            let (terms, kl) = sequence_terms(
+                &lp,
+                &reference_lp.values,
+                &advantages,
+                self.config.kl_coef,
+                self.config.kl_estimator,
+                self.config.aggregation,
+            );
+            let weights: Vec<f64> = chunk.iter().map(|&i| items[i].weight).collect();
+            let weights = Tensor::from_slice(&weights).to_device(terms.device());
+            let per_seq = -(terms.to_kind(Kind::Double) * weights);
+            let loss = per_seq.sum(Kind::Double);
+            if loss.requires_grad() {
+                loss.backward();
+            }
+            let per_seq = Vec::<f64>::try_from(&per_seq.detach())?;
+            let terms = Vec::<f32>::try_from(&terms.detach())?;
+            let sums = Vec::<f32>::try_from(&lp.sums().detach())?;
+            let ref_sums = Vec::<f32>::try_from(&reference_lp.sums())?;
+            let kl = Vec::<f32>::try_from(&kl)?;
+            for (k, &i) in chunk.iter().enumerate() {
+                measured[i] = Measured {
+                    policy: sums[k] as f64,
+                    reference: ref_sums[k] as f64,
+                    kl: kl[k] as f64,
+                };
+                if items[i].challenger {
+                    loss_challenger -= terms[k] as f64 / n_queries;
+                } else {
+                    loss_solver += per_seq[k];
+                }
+                tokens += items[i].completion.len() as u64;
+            }
+        }
+        let loss = loss_solver + self.config.challenger_coef * loss_challenger;
+        let vars = policy.var_store().trainable_variables();
+        let norm = grad_norm(&vars);
+        let skip_reason = if !loss.is_finite() {
+            Some(format!("non-finite loss ({loss})"))
+        } else if !norm.is_finite() {
+            Some(format!("non-finite gradient norm ({norm})"))
+        } else {
+            None
+        };
+        match &skip_reason {
+            Some(reason) => warn!(
+                iteration,
+                reason, "optimizer step skipped; weights unchanged"
+            ),
+            None => {
+                let max = self.config.max_grad_norm;
+                if max > 0.0 && norm > max {
+                    tch::no_grad(|| {
+                        for v in &vars {
+                            let mut g = v.grad();
+                            if g.defined() {
+                                let _ = g.g_mul_scalar_(max / norm);
+                            }
+                        }
+                    });
+                }
+                self.optimizer.step();
+            }
+        }
+        self.optimizer.zero_grad();
+        debug!(iteration, loss, grad_norm = norm, tokens, "update step");
+        let step = StepRow {
+            iteration,
+            loss,
+            loss_solver,
+            loss_challenger: has_challenger.then_some(loss_challenger),
+            grad_norm: norm,
+            step_applied: skip_reason.is_none(),
+            skip_reason,
+            learning_rate: self.config.learning_rate,
+            update_tokens: tokens,
+        };
+        let updated = self.record(batch, &measured, &query_item)?;
+        Ok((updated, step))
+    }
+
+    /// Appends the measured log-prob sums and KL terms to the batch.
+    fn record(
+        &self,
+        batch: &AdvantageBatch,
+        measured: &[Measured],
+        query_item: &[Option<usize>],
+    ) -> Result<UpdatedBatch> {
+        let n = batch.num_rows();
+        let query = |f: fn(&Measured) -> f64| -> ArrayRef {
+            Arc::new(Float64Array::from(
+                query_item
+                    .iter()
+                    .map(|q| q.map(|i| f(&measured[i])))
+                    .collect::<Vec<_>>(),
+            ))
+        };
+        let answer = |f: fn(&Measured) -> f64| -> ArrayRef {
+            Arc::new(Float64Array::from(
+                measured[..n].iter().map(f).collect::<Vec<_>>(),
+            ))
+        };
+        let columns = vec![
+            query(|m| m.policy),
+            query(|m| m.reference),
+            answer(|m| m.policy),
+            answer(|m| m.reference),
+            query(|m| m.kl),
+            answer(|m| m.kl),
+        ];
+        Ok(UpdatedBatch::extend(batch, columns)?)
+    }
+}

@@ -1,0 +1,263 @@
+//! The update on the tiny-llama fixture: advantages move log-probs the right way, the
+//! KL to an identical reference is zero (and k3's gradient too), α_Ch = 0 leaves the
+//! challenger's tokens without gradient, micro-batches equal one batch, and a NaN
+//! never touches the weights.
+
+use std::path::PathBuf;
+
+use lsp_model::{LanguageModel, LoadOptions};
+use lsp_schemas::{
+    AdvantageBatch, AdvantageRow, AnswerRow, QueryRow, RewardRow, SelfRewardRow, TypedBatch,
+};
+use lsp_update::{Aggregation, KlEstimator, Update, UpdateConfig};
+use tch::Tensor;
+
+fn policy() -> LanguageModel {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-llama");
+    let options = LoadOptions {
+        trainable: true,
+        ..LoadOptions::default()
+    };
+    LanguageModel::load(&dir, options).unwrap()
+}
+
+/// One row per (query, answer, A_Sol, A_Ch); the query's tokens follow a prompt.
+fn batch(model: &LanguageModel, rows: &[(u32, &[u32], f64, Option<f64>)]) -> AdvantageBatch {
+    let prompt = model.tokenizer().chat_prompt("Ask me something.").unwrap();
+    let rows: Vec<AdvantageRow> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, (qid, answer, a_sol, a_ch))| {
+            let query_text = format!("question {qid}");
+            AdvantageRow {
+                judged: SelfRewardRow {
+                    rewarded: RewardRow {
+                        answer: AnswerRow {
+                            query: QueryRow {
+                                iteration: 0,
+                                query_id: *qid,
+                                prompt_id: "lsp-box1".into(),
+                                prompt_version: "v".into(),
+                                prompt_token_ids: prompt.clone(),
+                                query_text: query_text.clone(),
+                                query_token_ids: vec![40 + qid, 41, 42],
+                                query_token_logprobs: vec![-1.0; 3],
+                                query_finish_reason: "eos".into(),
+                                query_status: "ok".into(),
+                                reference_answer: None,
+                            },
+                            answer_index: i as u32,
+                            answer_prompt_token_ids: model
+                                .tokenizer()
+                                .chat_prompt(&query_text)
+                                .unwrap(),
+                            answer_text: String::new(),
+                            answer_token_ids: answer.to_vec(),
+                            answer_token_logprobs: vec![-1.0; answer.len()],
+                            answer_finish_reason: "length".into(),
+                        },
+                        reward: 0.0,
+                        reward_status: "ok".into(),
+                    },
+                    self_reward: None,
+                    self_reward_status: "disabled".into(),
+                    judge_text: None,
+                },
+                value: 0.0,
+                value_q: None,
+                solver_reward: 0.0,
+                challenger_reward: a_ch.map(|a| -a),
+                adv_solver: *a_sol,
+                adv_challenger: *a_ch,
+            }
+        })
+        .collect();
+    AdvantageBatch::from_rows(&rows).unwrap()
+}
+
+fn logprob_sum(model: &LanguageModel, batch: &AdvantageBatch, row: usize) -> f64 {
+    let rows = batch.to_rows().unwrap();
+    let a = &rows[row].judged.rewarded.answer;
+    let lp = tch::no_grad(|| {
+        model.completion_logprobs(&[(&a.answer_prompt_token_ids, &a.answer_token_ids)])
+    })
+    .unwrap();
+    lp.sums().double_value(&[0])
+}
+
+fn config(lr: f64) -> UpdateConfig {
+    UpdateConfig {
+        learning_rate: lr,
+        kl_coef: 0.0,
+        max_grad_norm: 0.0,
+        ..UpdateConfig::default()
+    }
+}
+
+fn weights(model: &LanguageModel) -> Vec<(String, Tensor)> {
+    let mut v: Vec<_> = model
+        .var_store()
+        .variables()
+        .into_iter()
+        .map(|(n, t)| (n, t.copy()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn advantage_sign_sets_the_direction_of_the_log_prob() {
+    for (advantage, rises) in [(1.0, true), (-1.0, false)] {
+        let policy = policy();
+        let reference = policy.frozen_copy().unwrap();
+        let b = batch(&policy, &[(0, &[70, 71, 72, 73], advantage, None)]);
+        let before = logprob_sum(&policy, &b, 0);
+        let mut update = Update::new(config(1e-3), &policy).unwrap();
+        let (_, step) = update.process(&policy, &reference, &b, 0).unwrap();
+        assert!(step.step_applied && step.grad_norm > 0.0);
+        let after = logprob_sum(&policy, &b, 0);
+        assert_eq!(
+            after > before,
+            rises,
+            "A = {advantage}: {before} -> {after}"
+        );
+        // The reference never changes.
+        assert!((logprob_sum(&reference, &b, 0) - before).abs() < 1e-9);
+    }
+}
+
+#[test]
+fn kl_to_an_identical_reference_is_zero_and_k3_has_no_gradient() {
+    let policy = policy();
+    let reference = policy.frozen_copy().unwrap();
+    let b = batch(
+        &policy,
+        &[
+            (0, &[70, 71, 72], 0.0, Some(0.0)),
+            (1, &[80, 81], 0.0, Some(0.0)),
+        ],
+    );
+    let mut k1_norm = 0.0;
+    for estimator in [KlEstimator::K1, KlEstimator::K3] {
+        let cfg = UpdateConfig {
+            kl_coef: 0.5,
+            kl_estimator: estimator,
+            learning_rate: 1e-9,
+            ..config(1e-9)
+        };
+        let mut update = Update::new(cfg, &policy).unwrap();
+        let (updated, step) = update.process(&policy, &reference, &b, 3).unwrap();
+        for row in updated.to_rows().unwrap() {
+            assert!(row.kl_answer.abs() < 1e-6 && row.kl_query.unwrap().abs() < 1e-6);
+            assert!((row.answer_logprob_policy - row.answer_logprob_ref).abs() < 1e-5);
+        }
+        match estimator {
+            // k1's gradient is β·∇log π even where its value is zero.
+            KlEstimator::K1 => {
+                k1_norm = step.grad_norm;
+                assert!(k1_norm > 1e-2, "{k1_norm}");
+            }
+            // k3's is β·(1 − π_ref/π_θ)·∇log π: zero, up to the float noise between the
+            // two forward passes (a thousandth of k1's here).
+            KlEstimator::K3 => assert!(
+                step.grad_norm < 1e-3 * k1_norm,
+                "{} vs {k1_norm}",
+                step.grad_norm
+            ),
+        }
+    }
+}
+
+#[test]
+fn alpha_zero_leaves_the_challenger_without_gradient() {
+    let policy = policy();
+    let reference = policy.frozen_copy().unwrap();
+    // Only the challenger has a non-zero advantage.
+    let b = batch(
+        &policy,
+        &[(0, &[70, 71], 0.0, Some(1.0)), (1, &[72], 0.0, Some(-1.0))],
+    );
+    let run = |alpha: f64| {
+        let cfg = UpdateConfig {
+            challenger_coef: alpha,
+            ..config(1e-9)
+        };
+        let mut update = Update::new(cfg, &policy).unwrap();
+        update.process(&policy, &reference, &b, 0).unwrap().1
+    };
+    let off = run(0.0);
+    assert_eq!(off.grad_norm, 0.0);
+    // L_Ch is still measured and reported (before α): −(1/2)(1 − 1) = 0 per token mean.
+    assert!(off.loss_challenger.is_some());
+    let on = run(1.0);
+    assert!(on.grad_norm > 1e-4, "{}", on.grad_norm);
+}
+
+#[test]
+fn micro_batches_equal_one_batch() {
+    let rows: &[(u32, &[u32], f64, Option<f64>)] = &[
+        (0, &[70, 71, 72], 1.0, Some(0.5)),
+        (0, &[73], -0.5, Some(0.5)),
+        (1, &[74, 75], 0.25, Some(-0.5)),
+        (1, &[76, 77, 78, 79], -0.75, Some(-0.5)),
+    ];
+    let mut results = Vec::new();
+    for micro in [1, 2, 16] {
+        let policy = policy();
+        let reference = policy.frozen_copy().unwrap();
+        let b = batch(&policy, rows);
+        let cfg = UpdateConfig {
+            micro_batch_size: micro,
+            kl_coef: 0.05,
+            aggregation: Aggregation::SequenceSum,
+            // A large ε makes AdamW's first step proportional to the gradient (instead
+            // of ≈ lr·sign(g), which float noise in a near-zero gradient can flip), so
+            // equal gradients show as equal weights.
+            eps: 1.0,
+            ..config(1e-3)
+        };
+        let mut update = Update::new(cfg, &policy).unwrap();
+        let (_, step) = update.process(&policy, &reference, &b, 0).unwrap();
+        results.push((step, weights(&policy)));
+    }
+    let (base_step, base_weights) = &results[2];
+    for (step, w) in &results[..2] {
+        assert!((step.grad_norm - base_step.grad_norm).abs() < 1e-5 * base_step.grad_norm);
+        assert!((step.loss - base_step.loss).abs() < 1e-6);
+        for ((name, a), (_, b)) in w.iter().zip(base_weights) {
+            let diff = (a - b).abs().max().double_value(&[]);
+            assert!(diff < 1e-6, "{name}: {diff}");
+        }
+    }
+}
+
+#[test]
+fn non_finite_loss_skips_the_step_and_keeps_the_weights() {
+    let policy = policy();
+    let reference = policy.frozen_copy().unwrap();
+    let b = batch(&policy, &[(0, &[70, 71], f64::NAN, None)]);
+    let before = weights(&policy);
+    let mut update = Update::new(config(1e-2), &policy).unwrap();
+    let (_, step) = update.process(&policy, &reference, &b, 9).unwrap();
+    assert!(!step.step_applied);
+    assert!(
+        step.skip_reason
+            .as_deref()
+            .unwrap()
+            .starts_with("non-finite loss"),
+        "{:?}",
+        step.skip_reason
+    );
+    for ((name, a), (_, b)) in weights(&policy).iter().zip(&before) {
+        assert!(a.equal(b), "{name} changed");
+    }
+    // The next, finite step works.
+    let good = batch(&policy, &[(0, &[70, 71], 1.0, None)]);
+    assert!(
+        update
+            .process(&policy, &reference, &good, 10)
+            .unwrap()
+            .1
+            .step_applied
+    );
+}
