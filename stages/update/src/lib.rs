@@ -14,11 +14,13 @@
 //! let (updated, step) = update.process(&policy, &reference, &advantaged, iteration)?;
 //! ```
 
+mod adamw;
 mod config;
 mod error;
 mod loss;
 mod stage;
 
+pub use adamw::AdamW;
 pub use config::{Aggregation, KlEstimator, UpdateConfig};
 pub use error::{Result, UpdateError};
 pub use loss::{aggregate, grad_norm, kl_per_token, sequence_terms};

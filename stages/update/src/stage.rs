@@ -7,9 +7,10 @@ use lsp_model::LanguageModel;
 use lsp_schemas::columns::*;
 use lsp_schemas::problems::{Problems, Validate};
 use lsp_schemas::{AdvantageBatch, StepRow, TypedBatch, UpdatedBatch};
-use tch::{Kind, Tensor, nn, nn::OptimizerConfig};
+use tch::{Kind, Tensor};
 use tracing::{debug, warn};
 
+use crate::adamw::AdamW;
 use crate::config::UpdateConfig;
 use crate::error::{Result, UpdateError};
 use crate::loss::{grad_norm, sequence_terms};
@@ -33,17 +34,10 @@ struct Measured {
 }
 
 /// Trains the policy, one optimizer step per iteration.
+#[derive(Debug)]
 pub struct Update {
     config: UpdateConfig,
-    optimizer: nn::Optimizer,
-}
-
-impl std::fmt::Debug for Update {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Update")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
-    }
+    optimizer: AdamW,
 }
 
 fn list(batch: &AdvantageBatch, name: &str, row: usize) -> Result<Vec<u32>> {
@@ -62,15 +56,24 @@ impl Update {
         let mut problems = Problems::new();
         config.validate("update", &mut problems);
         problems.into_result().map_err(UpdateError::Config)?;
-        let optimizer = nn::AdamW {
-            beta1: config.betas[0],
-            beta2: config.betas[1],
-            wd: config.weight_decay,
-            eps: config.eps,
-            amsgrad: false,
-        }
-        .build(policy.var_store(), config.learning_rate)?;
+        let params = policy
+            .var_store()
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
+        let optimizer = AdamW::new(
+            params,
+            (config.betas[0], config.betas[1]),
+            config.eps,
+            config.weight_decay,
+        );
         Ok(Self { config, optimizer })
+    }
+
+    /// The optimizer (to save or restore its state with a checkpoint).
+    pub fn optimizer(&mut self) -> &mut AdamW {
+        &mut self.optimizer
     }
 
     /// The sequences of the loss: every answer, and each query once when the
@@ -189,7 +192,7 @@ impl Update {
             }
         }
         let loss = loss_solver + self.config.challenger_coef * loss_challenger;
-        let vars = policy.var_store().trainable_variables();
+        let vars: Vec<Tensor> = self.optimizer.params().map(Tensor::shallow_clone).collect();
         let norm = grad_norm(&vars);
         let skip_reason = if !loss.is_finite() {
             Some(format!("non-finite loss ({loss})"))
@@ -215,7 +218,7 @@ impl Update {
                         }
                     });
                 }
-                self.optimizer.step();
+                self.optimizer.step(self.config.learning_rate);
             }
         }
         self.optimizer.zero_grad();
