@@ -3,6 +3,7 @@
 mod bench;
 mod commands;
 mod config;
+mod run;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,6 +21,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the LSP game of an epoch.yaml: the dataflow, Parquet records, checkpoints.
+    Run(run::RunArgs),
     /// Check an epoch.yaml: list every problem, or print the resolved plan.
     Validate {
         /// The config file.
@@ -38,8 +41,15 @@ enum Command {
 #[allow(clippy::print_stdout, clippy::print_stderr)] // The binary's own output.
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let result = match cli.command {
         Command::Validate { config } => commands::validate::validate(&config),
+        Command::Run(args) => run::run(&args),
         Command::Generate(args) => commands::generate::run(&args),
         Command::Score(args) => commands::score::run(&args),
         Command::Bench(args) => bench::run(&args),

@@ -1,6 +1,7 @@
 //! One module per subcommand, and the model options they share.
 
 mod fetch;
+pub use fetch::sha256_file;
 pub mod generate;
 pub mod model;
 pub mod score;

@@ -93,11 +93,14 @@ impl LanguageModel {
         let context = self.spec().max_position_embeddings;
         if longest + max_new > context {
             // RoPE has no table to run off, so this computes; quality past the trained
-            // context is the model's own business.
-            warn!(
-                longest,
-                max_new, context, "prompt plus new tokens exceed the model's context length"
-            );
+            // context is the model's own business. Said once per process.
+            static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                warn!(
+                    longest,
+                    max_new, context, "prompt plus new tokens exceed the model's context length"
+                );
+            }
         }
         let mut rng = Rng::new(request.seed);
         let device = self.device();

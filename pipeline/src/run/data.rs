@@ -1,0 +1,122 @@
+//! Queries from a data set, for mode `grpo`: a JSONL or Parquet file with an
+//! instruction column (and optionally a reference answer), taken N per iteration in a
+//! seeded order.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use arrow::array::{Array, StringArray};
+use lsp_schemas::{QueryBatch, QueryRow, TypedBatch, read_batches};
+
+use crate::config::DataConfig;
+
+/// The data set, in a seeded order.
+#[derive(Debug)]
+pub struct DataQueries {
+    name: String,
+    items: Vec<(String, Option<String>)>,
+}
+
+fn read_jsonl(
+    path: &Path,
+    prompt: &str,
+    answer: Option<&str>,
+) -> anyhow::Result<Vec<(String, Option<String>)>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut items = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let value: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
+        let Some(p) = value[prompt].as_str() else {
+            bail!("{}:{}: no string field `{prompt}`", path.display(), i + 1);
+        };
+        let a = answer.and_then(|a| value[a].as_str()).map(str::to_string);
+        items.push((p.to_string(), a));
+    }
+    Ok(items)
+}
+
+fn read_parquet_file(
+    path: &Path,
+    prompt: &str,
+    answer: Option<&str>,
+) -> anyhow::Result<Vec<(String, Option<String>)>> {
+    let mut items = Vec::new();
+    for batch in read_batches(path)? {
+        let column = |name: &str| -> anyhow::Result<StringArray> {
+            let c = batch
+                .column_by_name(name)
+                .with_context(|| format!("{}: no column `{name}`", path.display()))?;
+            let c = arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8)?;
+            Ok(c.as_any()
+                .downcast_ref::<StringArray>()
+                .expect("cast to Utf8")
+                .clone())
+        };
+        let prompts = column(prompt)?;
+        let answers = answer.map(column).transpose()?;
+        for i in 0..prompts.len() {
+            let a = answers
+                .as_ref()
+                .filter(|a| a.is_valid(i))
+                .map(|a| a.value(i).to_string());
+            items.push((prompts.value(i).to_string(), a));
+        }
+    }
+    Ok(items)
+}
+
+impl DataQueries {
+    /// Reads the data set and orders it by `seed`.
+    pub fn load(config: &DataConfig, seed: u64) -> anyhow::Result<Self> {
+        let answer = config.answer_column.as_deref();
+        let mut items = match config.path.extension().and_then(|e| e.to_str()) {
+            Some("parquet") => read_parquet_file(&config.path, &config.prompt_column, answer)?,
+            _ => read_jsonl(&config.path, &config.prompt_column, answer)?,
+        };
+        if items.is_empty() {
+            bail!("{} has no rows", config.path.display());
+        }
+        // Fisher–Yates with a SplitMix64 stream: a fixed order per seed.
+        let mut state = seed;
+        for i in (1..items.len()).rev() {
+            state = super::mix(state, i as u64);
+            items.swap(i, (state % (i as u64 + 1)) as usize);
+        }
+        let name = config
+            .path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(Self { name, items })
+    }
+
+    /// The `n` queries of `iteration` (1-based), cycling through the data.
+    pub fn queries(&self, iteration: u64, n: usize) -> anyhow::Result<QueryBatch> {
+        let start = (iteration.saturating_sub(1) as usize * n) % self.items.len();
+        let rows: Vec<QueryRow> = (0..n)
+            .map(|k| {
+                let (text, answer) = &self.items[(start + k) % self.items.len()];
+                QueryRow {
+                    iteration,
+                    query_id: k as u32,
+                    prompt_id: self.name.clone(),
+                    prompt_version: "data".to_string(),
+                    prompt_token_ids: Vec::new(),
+                    query_text: text.clone(),
+                    query_token_ids: Vec::new(),
+                    query_token_logprobs: Vec::new(),
+                    query_finish_reason: "data".to_string(),
+                    query_status: "ok".to_string(),
+                    reference_answer: answer.clone(),
+                }
+            })
+            .collect();
+        Ok(QueryBatch::from_rows(&rows)?)
+    }
+}

@@ -1,0 +1,102 @@
+//! Where a run's files live under `output_dir/name/`, and finding a run's last
+//! complete checkpoint.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+/// A run folder.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    root: PathBuf,
+}
+
+/// Written last into a checkpoint folder: the checkpoint is complete only with it.
+const COMPLETE: &str = "state.json";
+
+impl RunDir {
+    /// The folder of run `name` under `output_dir`.
+    pub fn new(output_dir: &Path, name: &str) -> Self {
+        Self {
+            root: output_dir.join(name),
+        }
+    }
+
+    /// The run folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `manifest.json`: what the run was started with.
+    pub fn manifest(&self) -> PathBuf {
+        self.root.join("manifest.json")
+    }
+
+    /// The folder of the Parquet game records.
+    pub fn records(&self) -> PathBuf {
+        self.root.join("records")
+    }
+
+    /// The game record of `iteration`.
+    pub fn record(&self, iteration: u64) -> PathBuf {
+        self.records()
+            .join(format!("iteration-{iteration:06}.parquet"))
+    }
+
+    /// The checkpoint folder of `iteration`.
+    pub fn checkpoint(&self, iteration: u64) -> PathBuf {
+        self.root
+            .join("checkpoints")
+            .join(format!("iteration-{iteration:06}"))
+    }
+
+    /// The file whose presence marks a checkpoint complete.
+    pub fn checkpoint_state(&self, iteration: u64) -> PathBuf {
+        self.checkpoint(iteration).join(COMPLETE)
+    }
+
+    /// The final model.
+    pub fn final_model(&self) -> PathBuf {
+        self.root.join("final")
+    }
+
+    /// Iterations of the record files present, sorted.
+    pub fn recorded_iterations(&self) -> anyhow::Result<Vec<u64>> {
+        numbered(&self.records(), "iteration-", ".parquet")
+    }
+
+    /// The newest checkpoint whose state file was written.
+    pub fn last_checkpoint(&self) -> anyhow::Result<Option<u64>> {
+        let all = numbered(&self.root.join("checkpoints"), "iteration-", "")?;
+        Ok(all
+            .into_iter()
+            .rev()
+            .find(|&i| self.checkpoint_state(i).is_file()))
+    }
+
+    /// Whether the run has produced anything yet.
+    pub fn has_output(&self) -> bool {
+        self.records().is_dir() || self.root.join("checkpoints").is_dir()
+    }
+}
+
+/// Numbers `N` of the entries `prefix N suffix` in `dir` (none when it is missing).
+fn numbered(dir: &Path, prefix: &str, suffix: &str) -> anyhow::Result<Vec<u64>> {
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(n) = name
+            .strip_prefix(prefix)
+            .and_then(|r| r.strip_suffix(suffix))
+            .and_then(|n| n.parse().ok())
+        {
+            out.push(n);
+        }
+    }
+    out.sort();
+    Ok(out)
+}

@@ -1,0 +1,221 @@
+//! `pipeline run epoch.yaml`: the stages of Algorithm 1 as a timely dataflow whose
+//! timestamps are iterations. Iteration t+1 is fed only once the probe says t has
+//! left the update (timely's progress tracking, no polling of stage state), so the
+//! challenger of t+1 samples from the updated policy. Every iteration's game record is
+//! written to Parquet by a writer thread; checkpoints and `--resume` keep the record
+//! free of gaps and duplicates across a kill.
+
+mod checkpoint;
+mod data;
+mod engine;
+mod layout;
+mod manifest;
+mod operator;
+mod records;
+mod summary;
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use clap::Args;
+use lsp_schemas::{GameRecordBatch, StepRow};
+use timely::dataflow::operators::{Input, Inspect, Probe};
+use timely::dataflow::{InputHandle, ProbeHandle};
+use tracing::{info, warn};
+
+use crate::config::{EpochConfig, load_epoch};
+use engine::Engine;
+use layout::RunDir;
+use operator::{Failure, StageOperator};
+use records::RecordWriter;
+use summary::Summary;
+
+/// Arguments of `pipeline run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The config file.
+    config: PathBuf,
+    /// Continue the run from its last complete checkpoint.
+    #[arg(long)]
+    resume: bool,
+}
+
+/// SplitMix64's mixing of `a` and `b`: per-iteration, per-stage seeds.
+pub(crate) fn mix(a: u64, b: u64) -> u64 {
+    let mut z = a ^ b.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Set by Ctrl-C: the run stops after the iteration in progress.
+fn interrupted() -> Arc<AtomicBool> {
+    static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    FLAG.get_or_init(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        let handler = flag.clone();
+        if let Err(e) = ctrlc::set_handler(move || {
+            handler.store(true, Ordering::SeqCst);
+        }) {
+            warn!(error = %e, "Ctrl-C handler not installed");
+        }
+        flag
+    })
+    .clone()
+}
+
+/// Runs the config; returns the closing message.
+pub fn run(args: &RunArgs) -> anyhow::Result<String> {
+    let config = load_epoch(&args.config)?;
+    tch::set_num_threads(config.run.threads as i32);
+    tch::set_num_interop_threads(1);
+    let dir = RunDir::new(&config.run.output_dir, &config.run.name);
+    let (start, policy_folder) = plan_start(&config, &dir, args.resume)?;
+    let total = config.run.iterations;
+    if start > total {
+        return Ok(format!(
+            "run {} already finished its {total} iterations\n",
+            dir.root().display()
+        ));
+    }
+    manifest::write_or_note_resume(&dir, &config, start)?;
+    let stop = interrupted();
+    let config = Arc::new(config);
+    let dir_for_worker = dir.clone();
+    let done = timely::execute_directly(move |worker| -> anyhow::Result<u64> {
+        let dir = dir_for_worker;
+        let run_id = config.run.name.clone();
+        let mut engine = Engine::build(&config, &policy_folder, &run_id)?;
+        if start > 1 {
+            engine
+                .update
+                .optimizer()
+                .load(&dir.checkpoint(start - 1).join("optimizer.safetensors"))?;
+        }
+        let engine = Rc::new(RefCell::new(engine));
+        let failure = Failure::default();
+        let finished: Rc<RefCell<Vec<(GameRecordBatch, StepRow)>>> = Rc::default();
+        let mut input = InputHandle::new();
+        let probe = ProbeHandle::new();
+        worker.dataflow(|scope| {
+            let (e1, e2, e3, e4, e5, e6) = (
+                engine.clone(),
+                engine.clone(),
+                engine.clone(),
+                engine.clone(),
+                engine.clone(),
+                engine.clone(),
+            );
+            let sink = finished.clone();
+            scope
+                .input_from(&mut input)
+                .container::<Vec<u64>>()
+                .stage("challenger", failure.clone(), move |t, _: u64| {
+                    e1.borrow().queries(t)
+                })
+                .stage("solver", failure.clone(), move |t, q| {
+                    e2.borrow().answers(t, q)
+                })
+                .stage("reward", failure.clone(), move |_, a| {
+                    e3.borrow().rewards(a)
+                })
+                .stage("self_reward", failure.clone(), move |t, r| {
+                    e4.borrow().self_rewards(t, r)
+                })
+                .stage("advantage", failure.clone(), move |_, j| {
+                    e5.borrow().advantages(j)
+                })
+                .stage("update", failure.clone(), move |t, a| {
+                    e6.borrow_mut().update(t, a)
+                })
+                .inspect(move |out| sink.borrow_mut().push(out.clone()))
+                .probe_with(&probe);
+        });
+        let mut writer = RecordWriter::start();
+        input.advance_to(start);
+        let mut last = start - 1;
+        for t in start..=total {
+            input.send(t);
+            input.advance_to(t + 1);
+            while probe.less_than(input.time()) && !failure.is_set() {
+                worker.step();
+            }
+            if let Some(e) = failure.take() {
+                writer.finish()?;
+                return Err(e);
+            }
+            let (record, _step) = finished
+                .borrow_mut()
+                .pop()
+                .context("the iteration produced no record")?;
+            info!("{}", Summary::of(&record)?.line(total));
+            writer.write(dir.record(t), record);
+            let every = config.run.checkpoint_every;
+            if (every > 0 && t % every == 0) || t == total {
+                // Records up to t are on disk before the checkpoint says t is done.
+                writer.flush()?;
+                checkpoint::save(&dir, &mut engine.borrow_mut(), t)?;
+            }
+            last = t;
+            if stop.load(Ordering::SeqCst) {
+                warn!(iteration = t, "interrupted: stopping after this iteration");
+                break;
+            }
+        }
+        writer.finish()?;
+        if last == total {
+            engine.borrow().policy.save(&dir.final_model())?;
+        }
+        Ok(last)
+    })?;
+    Ok(format!(
+        "run {}: iterations {start}..={done} done; records in {}, final model {}\n",
+        dir.root().display(),
+        dir.records().display(),
+        if done == total {
+            dir.final_model().display().to_string()
+        } else {
+            "not written (stopped early)".into()
+        }
+    ))
+}
+
+/// Where to start: iteration 1 from the configured policy, or after the last complete
+/// checkpoint when resuming, with any record past it removed (it will be redone).
+fn plan_start(config: &EpochConfig, dir: &RunDir, resume: bool) -> anyhow::Result<(u64, PathBuf)> {
+    if !dir.has_output() {
+        return Ok((1, config.model.policy.clone()));
+    }
+    anyhow::ensure!(
+        resume,
+        "{} already holds a run: continue it with --resume, or set another run.name",
+        dir.root().display()
+    );
+    let last = dir.last_checkpoint()?;
+    let done = last.unwrap_or(0);
+    for iteration in dir.recorded_iterations()? {
+        if iteration > done {
+            warn!(
+                iteration,
+                "removing the record of an iteration past the last checkpoint; it is redone"
+            );
+            std::fs::remove_file(dir.record(iteration))?;
+        }
+    }
+    match last {
+        Some(c) => {
+            let state = checkpoint::load_state(dir, c)?;
+            info!(
+                checkpoint = c,
+                optimizer_steps = state.optimizer_steps,
+                "resuming"
+            );
+            Ok((c + 1, dir.checkpoint(c).join("model")))
+        }
+        None => Ok((1, config.model.policy.clone())),
+    }
+}

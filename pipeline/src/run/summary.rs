@@ -1,0 +1,114 @@
+//! One line per iteration: what a user watches a run by.
+
+use lsp_schemas::{GameRecordBatch, TypedBatch};
+
+/// Figures of one iteration, from its game record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub iteration: u64,
+    pub answers: usize,
+    pub reward: f64,
+    pub self_reward: Option<f64>,
+    pub value_challenger: Option<f64>,
+    pub judge_failures: f64,
+    pub kl: f64,
+    pub query_tokens: f64,
+    pub answer_tokens: f64,
+    pub tokens_per_second: f64,
+    pub seconds: [f64; 6],
+    pub loss: f64,
+    pub step_applied: bool,
+}
+
+fn mean(xs: impl Iterator<Item = f64>) -> f64 {
+    let (sum, n) = xs.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    if n == 0 { f64::NAN } else { sum / n as f64 }
+}
+
+impl Summary {
+    /// The figures of `record`.
+    pub fn of(record: &GameRecordBatch) -> anyhow::Result<Self> {
+        let rows = record.to_rows()?;
+        anyhow::ensure!(!rows.is_empty(), "empty game record");
+        let r0 = &rows[0];
+        let judged: Vec<_> = rows
+            .iter()
+            .filter(|r| r.self_reward_status != "disabled")
+            .collect();
+        let failures = judged
+            .iter()
+            .filter(|r| matches!(r.self_reward_status.as_str(), "missing" | "out_of_range"))
+            .count();
+        let seconds = [
+            r0.seconds_challenger,
+            r0.seconds_solver,
+            r0.seconds_reward,
+            r0.seconds_self_reward,
+            r0.seconds_advantage,
+            r0.seconds_update,
+        ];
+        let generated: u32 = rows.iter().map(|r| r.answer_tokens).sum::<u32>()
+            + rows
+                .iter()
+                .filter(|r| r.answer_index == 0)
+                .map(|r| r.query_tokens)
+                .sum::<u32>();
+        let generation_seconds = seconds[0] + seconds[1];
+        Ok(Self {
+            iteration: r0.iteration,
+            answers: rows.len(),
+            reward: mean(rows.iter().map(|r| r.reward)),
+            self_reward: (!judged.is_empty())
+                .then(|| mean(judged.iter().filter_map(|r| r.self_reward))),
+            value_challenger: r0
+                .challenger_reward
+                .map(|_| mean(rows.iter().filter_map(|r| r.challenger_reward))),
+            judge_failures: if judged.is_empty() {
+                0.0
+            } else {
+                failures as f64 / judged.len() as f64
+            },
+            kl: mean(rows.iter().map(|r| r.kl_answer)),
+            query_tokens: mean(
+                rows.iter()
+                    .filter(|r| r.answer_index == 0)
+                    .map(|r| r.query_tokens as f64),
+            ),
+            answer_tokens: mean(rows.iter().map(|r| r.answer_tokens as f64)),
+            tokens_per_second: if generation_seconds > 0.0 {
+                generated as f64 / generation_seconds
+            } else {
+                0.0
+            },
+            seconds,
+            loss: r0.loss,
+            step_applied: r0.step_applied,
+        })
+    }
+
+    /// The line printed for the iteration.
+    pub fn line(&self, of: u64) -> String {
+        let opt = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3}"));
+        let [c, so, r, sr, a, u] = self.seconds;
+        format!(
+            "iteration {}/{of}: R {:.3} | R_Q {} | challenger reward {} | judge failures {:.0}% | KL {:.4} | \
+             loss {:.4}{} | query {:.0} tok, answer {:.0} tok | {:.1} tok/s | s: challenger {c:.1} solver {so:.1} \
+             reward {r:.1} self-reward {sr:.1} advantage {a:.2} update {u:.1}",
+            self.iteration,
+            self.reward,
+            opt(self.self_reward),
+            opt(self.value_challenger),
+            100.0 * self.judge_failures,
+            self.kl,
+            self.loss,
+            if self.step_applied {
+                ""
+            } else {
+                " (step skipped)"
+            },
+            self.query_tokens,
+            self.answer_tokens,
+            self.tokens_per_second,
+        )
+    }
+}
