@@ -61,7 +61,13 @@ impl Validate for RunConfig {
         });
         problems.positive(&p("iterations"), self.iterations);
         problems.positive(&p("threads"), self.threads);
-        problems.positive(&p("workers"), self.workers);
+        problems.check(self.workers == 1, &p("workers"), || {
+            format!(
+                "{} workers: only 1 is supported, since the models are not yet replicated \
+                 across timely workers (use `threads` for libtorch's parallelism)",
+                self.workers
+            )
+        });
     }
 }
 

@@ -1,0 +1,254 @@
+//! `pipeline run` end to end on the tiny fixtures (tiny-llama as policy, reference and
+//! judge; tiny-reward as the external reward): the record's shape, advantages
+//! recomputed from recorded rewards, resume after an interruption and after a kill,
+//! and a broken config refused before any model loads.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use lsp_advantage::{AdvantageConfig, Mode, advantages};
+use lsp_schemas::{GameRecordBatch, GameRecordRow, TypedBatch, read_parquet};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The `pipeline` binary, built beside this test by `cargo test --workspace` (a
+/// `cargo test -p lsp-tests` alone does not rebuild it).
+fn pipeline() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("pipeline");
+    assert!(
+        bin.is_file(),
+        "{} not built: run the workspace's tests",
+        bin.display()
+    );
+    bin
+}
+
+/// A config like examples/tiny-epoch.yaml writing into `out`, with `extra` appended.
+fn config_with(out: &Path, mode: &str, iterations: u64, reward: &str, extra: &str) -> PathBuf {
+    let fixtures = repo().join("tests/fixtures");
+    let text = format!(
+        "run: {{name: e2e, mode: {mode}, iterations: {iterations}, seed: 3, threads: 1, output_dir: {out}}}\n\
+         model: {{policy: {policy}}}\n\
+         challenger: {{num_queries: 3, sampling: {{max_new_tokens: 6}}}}\n\
+         solver: {{answers_per_query: 2, sampling: {{max_new_tokens: 6}}}}\n\
+         reward: {reward}\n\
+         self_reward: {{sampling: {{max_new_tokens: 6, temperature: 0.0}}, fallback_score: 1}}\n\
+         update: {{learning_rate: 1.0e-3, micro_batch_size: 2}}\n{extra}",
+        out = out.display(),
+        policy = fixtures.join("tiny-llama").display(),
+    );
+    let path = out.join(format!("{mode}-{iterations}.yaml"));
+    std::fs::create_dir_all(out).unwrap();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The tiny config with the tiny-reward fixture as the external reward.
+fn config(out: &Path, mode: &str, iterations: u64) -> PathBuf {
+    let rm = repo().join("tests/fixtures/tiny-reward");
+    config_with(
+        out,
+        mode,
+        iterations,
+        &format!("{{kind: reward_model, model: {}}}", rm.display()),
+        "",
+    )
+}
+
+fn run(config: &Path, resume: bool) -> Output {
+    let mut cmd = Command::new(pipeline());
+    cmd.arg("run").arg(config);
+    if resume {
+        cmd.arg("--resume");
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "pipeline run failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn records(out: &Path) -> Vec<GameRecordRow> {
+    let dir = out.join("e2e/records");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|f| read_parquet::<GameRecordBatch>(f).unwrap())
+        .flat_map(|b| b.to_rows().unwrap())
+        .collect()
+}
+
+fn iterations(rows: &[GameRecordRow]) -> Vec<u64> {
+    let mut its: Vec<u64> = rows.iter().map(|r| r.iteration).collect();
+    its.dedup();
+    its
+}
+
+#[test]
+fn two_lsp_iterations_leave_n_times_g_rows_each_with_consistent_advantages() {
+    let dir = tempfile::tempdir().unwrap();
+    run(&config(dir.path(), "lsp", 2), false);
+    let rows = records(dir.path());
+    assert_eq!(rows.len(), 2 * 3 * 2);
+    assert_eq!(iterations(&rows), [1, 2]);
+    for it in [1, 2] {
+        let rows: Vec<_> = rows.iter().filter(|r| r.iteration == it).collect();
+        let keys: Vec<(u32, u32)> = rows.iter().map(|r| (r.query_id, r.answer_index)).collect();
+        assert_eq!(keys, [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]);
+        // Advantages recomputed from the recorded rewards equal the recorded ones.
+        let ids: Vec<u32> = rows.iter().map(|r| r.query_id).collect();
+        let r: Vec<f64> = rows.iter().map(|r| r.reward).collect();
+        let r_q: Vec<Option<f64>> = rows.iter().map(|r| r.self_reward).collect();
+        let a = advantages(Mode::Lsp, &AdvantageConfig::default(), &ids, &r, &r_q).unwrap();
+        for (row, (sol, ch)) in rows
+            .iter()
+            .zip(a.adv_solver.iter().zip(a.adv_challenger.unwrap()))
+        {
+            assert!(
+                (row.adv_solver - sol).abs() < 1e-9
+                    && (row.adv_challenger.unwrap() - ch).abs() < 1e-9
+            );
+        }
+        assert!(
+            rows.iter()
+                .all(|r| r.step_applied && r.run_id == "e2e" && r.mode == "lsp")
+        );
+        assert!(
+            rows.iter()
+                .all(|r| r.self_reward_status != "disabled" && r.judge_text.is_some())
+        );
+    }
+    let root = dir.path().join("e2e");
+    assert!(root.join("manifest.json").is_file() && root.join("final/model.safetensors").is_file());
+    assert!(
+        root.join("checkpoints/iteration-000002/state.json")
+            .is_file()
+    );
+}
+
+#[test]
+fn resume_after_an_interrupted_checkpoint_redoes_the_iteration_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "lsp_zero", 3);
+    run(&cfg, false);
+    let complete = records(dir.path());
+    assert_eq!(iterations(&complete), [1, 2, 3]);
+    // As if killed while saving checkpoint 3: its state.json never landed, and the
+    // final model is gone.
+    let root = dir.path().join("e2e");
+    std::fs::remove_file(root.join("checkpoints/iteration-000003/state.json")).unwrap();
+    std::fs::remove_dir_all(root.join("final")).unwrap();
+    // Without --resume the folder is refused rather than overwritten.
+    let refused = Command::new(pipeline())
+        .arg("run")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("continue it with --resume"));
+    run(&cfg, true);
+    let resumed = records(dir.path());
+    assert_eq!(iterations(&resumed), [1, 2, 3]);
+    // Seeds and the optimizer state were restored, so iteration 3 is the same again.
+    assert_eq!(resumed.len(), complete.len());
+    for (a, b) in resumed.iter().zip(&complete) {
+        assert_eq!(
+            (&a.query_text, &a.answer_text),
+            (&b.query_text, &b.answer_text)
+        );
+        assert!((a.reward - b.reward).abs() < 1e-6 && (a.loss - b.loss).abs() < 1e-6);
+    }
+    assert!(root.join("final/model.safetensors").is_file());
+}
+
+#[test]
+fn a_kill_mid_run_loses_at_most_the_iteration_in_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "lsp_zero", 40);
+    let mut child = Command::new(pipeline())
+        .arg("run")
+        .arg(&cfg)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = dir
+        .path()
+        .join("e2e/checkpoints/iteration-000003/state.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !state.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(state.exists(), "the run did not reach iteration 3");
+    run(&cfg, true);
+    let rows = records(dir.path());
+    assert_eq!(iterations(&rows), (1..=40).collect::<Vec<_>>());
+    assert_eq!(rows.len(), 40 * 6);
+}
+
+#[test]
+fn grpo_takes_queries_from_data_and_trains_no_challenger() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = repo().join("datasets/gsm8k_train.jsonl");
+    let extra = format!(
+        "data: {{path: {}, prompt_column: question, answer_column: answer}}\n",
+        data.display()
+    );
+    let cfg = config_with(dir.path(), "grpo", 1, "{kind: verifier}", &extra);
+    run(&cfg, false);
+    let rows = records(dir.path());
+    assert_eq!(rows.len(), 6);
+    assert!(
+        rows.iter()
+            .all(|r| r.prompt_id == "gsm8k_train" && r.query_tokens == 0)
+    );
+    assert!(
+        rows.iter()
+            .all(|r| r.adv_challenger.is_none() && r.reference_answer.is_some())
+    );
+    assert!(rows.iter().all(|r| r.reward == 0.0 || r.reward == 1.0));
+}
+
+#[test]
+fn a_broken_config_is_refused_before_any_model_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("broken.yaml");
+    std::fs::write(
+        &cfg,
+        "run: {iterations: 0, workers: 2}\nsolver: {answers_per_query: x}\n",
+    )
+    .unwrap();
+    let out = Command::new(pipeline())
+        .arg("run")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("run.iterations: must be at least 1"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("run.workers: 2 workers: only 1 is supported"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("solver.answers_per_query: invalid type"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("model loaded"), "{stderr}");
+}
