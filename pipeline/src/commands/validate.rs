@@ -59,6 +59,7 @@ pub fn plan(config: &EpochConfig) -> anyhow::Result<String> {
         (RewardKind::Judge, Some(m)) => format!("judge {m}"),
         (RewardKind::Judge, None) => "judge = the frozen reference".to_string(),
         (RewardKind::Verifier, _) => "verifier of reference answers".to_string(),
+        (RewardKind::Length, _) => format!("-|answer chars - {}|", config.reward.target_chars),
     };
     writeln!(out, "#   reward: {} scores by {reward}", n * g)?;
     if mode.has_self_reward() {

@@ -10,7 +10,7 @@ pub struct Summary {
     pub reward: f64,
     pub self_reward: Option<f64>,
     pub value_challenger: Option<f64>,
-    pub judge_failures: f64,
+    pub judge_failures: Option<f64>,
     pub kl: f64,
     pub query_tokens: f64,
     pub answer_tokens: f64,
@@ -91,14 +91,15 @@ impl Summary {
         let opt = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3}"));
         let [c, so, r, sr, a, u] = self.seconds;
         format!(
-            "iteration {}/{of}: R {:.3} | R_Q {} | challenger reward {} | judge failures {:.0}% | KL {:.4} | \
-             loss {:.4}{} | query {:.0} tok, answer {:.0} tok | {:.1} tok/s | s: challenger {c:.1} solver {so:.1} \
+            "iteration {}/{of}: R {:.3} | R_Q {} | challenger reward {} | judge failures {} | KL {:.3e} | \
+             loss {:.3e}{} | query {:.0} tok, answer {:.0} tok | {:.1} tok/s | s: challenger {c:.1} solver {so:.1} \
              reward {r:.1} self-reward {sr:.1} advantage {a:.2} update {u:.1}",
             self.iteration,
             self.reward,
             opt(self.self_reward),
             opt(self.value_challenger),
-            100.0 * self.judge_failures,
+            self.judge_failures
+                .map_or("-".to_string(), |f| format!("{:.0}%", 100.0 * f)),
             self.kl,
             self.loss,
             if self.step_applied {

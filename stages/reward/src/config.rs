@@ -21,6 +21,9 @@ pub enum RewardKind {
     /// Exact match of the answer's final number against the data's reference answer
     /// (GSM8K's `#### N`), for the data-based GRPO baseline.
     Verifier,
+    /// −|answer characters − target_chars|: a reward that costs nothing, for smoke
+    /// tests and for benchmarks against TRL's GRPO example, which uses it.
+    Length,
 }
 
 /// The reward section. A flat struct rather than an enum per kind, so that every
@@ -38,6 +41,8 @@ pub struct RewardConfig {
     pub batch_size: u64,
     /// `judge`: the rating scale's top score (scores run 1 ..= max_score, one token each).
     pub max_score: u64,
+    /// `length`: the answer length, in characters, that scores 0 (the best).
+    pub target_chars: u64,
 }
 
 impl Default for RewardConfig {
@@ -47,6 +52,7 @@ impl Default for RewardConfig {
             model: None,
             batch_size: 8,
             max_score: 9,
+            target_chars: 40,
         }
     }
 }
@@ -55,9 +61,9 @@ impl Validate for RewardConfig {
     fn validate(&self, path: &str, problems: &mut Problems) {
         let p = |f: &str| join_path(path, f);
         match (self.kind, &self.model) {
-            (RewardKind::Verifier, Some(_)) => problems.push(
+            (RewardKind::Verifier | RewardKind::Length, Some(_)) => problems.push(
                 p("model"),
-                "the `verifier` reward uses no model: remove `model`",
+                "the `verifier` and `length` rewards use no model: remove `model`",
             ),
             (RewardKind::RewardModel, None) => problems.push(
                 p("model"),
@@ -96,6 +102,7 @@ mod tests {
             ..RewardConfig::default()
         });
         assert_eq!(extra.len(), 2, "{extra:?}");
+        assert!(extra[0].contains("use no model"), "{extra:?}");
         assert!(extra[1].starts_with("reward.max_score: 10 is out of range"));
     }
 }

@@ -34,7 +34,7 @@ impl RewardStage {
             ..options
         };
         let model = match (&config.kind, &config.model) {
-            (RewardKind::Verifier, _) | (_, None) => None,
+            (RewardKind::Verifier | RewardKind::Length, _) | (_, None) => None,
             (_, Some(folder)) => Some(LanguageModel::load(folder, options)?),
         };
         if let (RewardKind::RewardModel, Some(m)) = (&config.kind, &model)
@@ -66,6 +66,18 @@ impl RewardStage {
                     .iter()
                     .zip(refs.iter())
                     .map(|((_, a), r)| verify(a, r))
+                    .unzip()
+            }
+            RewardKind::Length => {
+                let target = self.config.target_chars as f64;
+                pairs
+                    .iter()
+                    .map(|(_, a)| {
+                        (
+                            -(a.chars().count() as f64 - target).abs(),
+                            content_status(a),
+                        )
+                    })
                     .unzip()
             }
             RewardKind::RewardModel => {

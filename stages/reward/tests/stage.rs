@@ -162,6 +162,29 @@ fn verifier_matches_final_numbers() {
 }
 
 #[test]
+fn length_reward_is_minus_the_distance_to_the_target() {
+    let config = RewardConfig {
+        kind: RewardKind::Length,
+        target_chars: 5,
+        ..RewardConfig::default()
+    };
+    let stage = RewardStage::new(config, LoadOptions::default()).unwrap();
+    let pairs = [
+        ("q", "abcde", None),
+        ("q", "ab", None),
+        ("q", "ééééééé", None),
+    ];
+    let rows = stage
+        .process(&reference_model(), &answers(&pairs))
+        .unwrap()
+        .to_rows()
+        .unwrap();
+    let got: Vec<f64> = rows.iter().map(|r| r.reward).collect();
+    // Characters, not bytes: seven é are 7.
+    assert_eq!(got, [0.0, -3.0, -2.0]);
+}
+
+#[test]
 fn wrong_or_missing_models_are_refused() {
     let causal = RewardConfig {
         kind: RewardKind::RewardModel,
