@@ -63,11 +63,7 @@ impl Summary {
             value_challenger: r0
                 .challenger_reward
                 .map(|_| mean(rows.iter().filter_map(|r| r.challenger_reward))),
-            judge_failures: if judged.is_empty() {
-                0.0
-            } else {
-                failures as f64 / judged.len() as f64
-            },
+            judge_failures: (!judged.is_empty()).then(|| failures as f64 / judged.len() as f64),
             kl: mean(rows.iter().map(|r| r.kl_answer)),
             query_tokens: mean(
                 rows.iter()
