@@ -98,3 +98,31 @@ fn good_config_prints_the_resolved_plan() {
         "{stdout}"
     );
 }
+
+#[test]
+fn stage_problems_are_reported_under_their_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("staged.yaml");
+    let policy = repo().join("tests/fixtures/tiny-llama");
+    std::fs::write(
+        &config,
+        format!(
+            "model: {{policy: {}}}\nstages:\n  - {{name: a, mode: lsp_zero}}\n  - {{name: a, mode: grpo, iterations: 0}}\n",
+            policy.display()
+        ),
+    )
+    .unwrap();
+    let out = validate(&config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for expected in [
+        "stages[1].name: \"a\" names two stages",
+        "stages[1].run.iterations: must be at least 1",
+        "stages[1].data: mode `grpo` takes its queries from data",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+}

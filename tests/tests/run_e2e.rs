@@ -252,3 +252,55 @@ fn a_broken_config_is_refused_before_any_model_loads() {
     );
     assert!(!stderr.contains("model loaded"), "{stderr}");
 }
+
+#[test]
+fn a_staged_run_continues_each_stage_from_the_last_ones_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = repo().join("datasets/gsm8k_train.jsonl");
+    let extra = format!(
+        "stages:\n  - {{name: play, mode: lsp_zero, iterations: 2}}\n  \
+         - {{name: rl, mode: grpo, iterations: 1, reward: {{kind: verifier}}, \
+         data: {{path: {}, prompt_column: question, answer_column: answer}}}}\n",
+        data.display()
+    );
+    let rm = repo().join("tests/fixtures/tiny-reward");
+    let cfg = config_with(
+        dir.path(),
+        "lsp",
+        1,
+        &format!("{{kind: reward_model, model: {}}}", rm.display()),
+        &extra,
+    );
+    run(&cfg, false);
+    let root = dir.path().join("e2e");
+    let read = |stage: &str| -> Vec<GameRecordRow> {
+        let mut files: Vec<_> = std::fs::read_dir(root.join(stage).join("records"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .flat_map(|f| read_parquet::<GameRecordBatch>(f).unwrap())
+            .flat_map(|b| b.to_rows().unwrap())
+            .collect()
+    };
+    let play = read("play");
+    let rl = read("rl");
+    assert_eq!(iterations(&play), [1, 2]);
+    assert!(
+        play.iter()
+            .all(|r| r.mode == "lsp_zero" && r.reward_status == "ok")
+    );
+    assert_eq!(iterations(&rl), [1]);
+    assert!(
+        rl.iter()
+            .all(|r| r.mode == "grpo" && r.prompt_id == "gsm8k_train")
+    );
+    // The second stage started from the first one's final weights.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("rl/manifest.json")).unwrap()).unwrap();
+    let policy = manifest["policy"]["folder"].as_str().unwrap();
+    assert_eq!(Path::new(policy), root.join("play/final"));
+    assert!(root.join("rl/final/model.safetensors").is_file());
+}

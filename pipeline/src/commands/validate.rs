@@ -78,6 +78,16 @@ pub fn plan(config: &EpochConfig) -> anyhow::Result<String> {
         config.update.challenger_coef,
         config.update.micro_batch_size
     )?;
+    for stage in &config.stages {
+        let staged = config.staged(stage);
+        writeln!(
+            out,
+            "#   stage {}: {} iteration(s) of `{}`, from the previous stage's final model",
+            stage.name,
+            staged.run.iterations,
+            staged.run.mode.as_str()
+        )?;
+    }
     out.push_str(&serde_norway::to_string(config)?);
     Ok(out)
 }

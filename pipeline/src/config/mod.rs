@@ -4,7 +4,7 @@ mod load;
 mod run;
 
 pub use load::load_epoch;
-pub use run::{DataConfig, RunConfig};
+pub use run::{DataConfig, RunConfig, StageConfig};
 
 use std::path::Path;
 
@@ -12,7 +12,7 @@ use lsp_advantage::{AdvantageConfig, Mode};
 use lsp_challenger::ChallengerConfig;
 use lsp_model::ModelConfig;
 use lsp_reward::{RewardConfig, RewardKind};
-use lsp_schemas::problems::{Problems, Validate};
+use lsp_schemas::problems::{Problems, Validate, join_path};
 use lsp_self_reward::SelfRewardConfig;
 use lsp_solver::SolverConfig;
 use lsp_update::UpdateConfig;
@@ -40,6 +40,10 @@ pub struct EpochConfig {
     pub update: UpdateConfig,
     /// Queries from data (mode `grpo`).
     pub data: Option<DataConfig>,
+    /// A staged run: each stage continues from the previous one's final weights, with
+    /// its own sections where it names them (e.g. LSP, then GRPO on data: the paper's
+    /// "LSP + RL"). Empty: one run of the sections above.
+    pub stages: Vec<StageConfig>,
 }
 
 impl EpochConfig {
@@ -62,31 +66,57 @@ impl EpochConfig {
         if let Some(data) = &mut self.data {
             resolve(&mut data.path);
         }
+        for stage in &mut self.stages {
+            if let Some(data) = &mut stage.data {
+                resolve(&mut data.path);
+            }
+            if let Some(model) = stage.reward.as_mut().and_then(|r| r.model.as_mut()) {
+                resolve(model);
+            }
+        }
     }
 }
 
 impl Validate for EpochConfig {
     fn validate(&self, _path: &str, problems: &mut Problems) {
-        self.run.validate("run", problems);
         self.model.validate("model", problems);
+        self.validate_sections("", problems);
+        let mut names = std::collections::HashSet::new();
+        for (i, stage) in self.stages.iter().enumerate() {
+            let path = format!("stages[{i}]");
+            problems.check(
+                names.insert(stage.name.as_str()),
+                &join_path(&path, "name"),
+                || format!("{:?} names two stages", stage.name),
+            );
+            // A later stage starts from the previous one's final model, which does not
+            // exist yet: its model paths are not checked here.
+            self.staged(stage).validate_sections(&path, problems);
+        }
+    }
+}
+
+impl EpochConfig {
+    /// Checks every section but `model`, with paths under `prefix`.
+    fn validate_sections(&self, prefix: &str, problems: &mut Problems) {
+        let p = |section: &str| join_path(prefix, section);
+        self.run.validate(&p("run"), problems);
         if self.run.mode.has_challenger() {
-            self.challenger.validate("challenger", problems);
+            self.challenger.validate(&p("challenger"), problems);
         }
-        self.solver.validate("solver", problems);
-        self.reward.validate("reward", problems);
+        self.solver.validate(&p("solver"), problems);
+        self.reward.validate(&p("reward"), problems);
         if self.run.mode.has_self_reward() {
-            self.self_reward.validate("self_reward", problems);
+            self.self_reward.validate(&p("self_reward"), problems);
         }
-        self.advantage.validate("advantage", problems);
-        self.update.validate("update", problems);
+        self.advantage.validate(&p("advantage"), problems);
+        self.update.validate(&p("update"), problems);
         match (&self.data, self.run.mode) {
-            (Some(data), _) => data.validate("data", problems),
-            (None, Mode::Grpo) => {
-                problems.push(
-                    "data",
-                    "mode `grpo` takes its queries from data: add a `data:` section with `path`",
-                );
-            }
+            (Some(data), _) => data.validate(&p("data"), problems),
+            (None, Mode::Grpo) => problems.push(
+                p("data"),
+                "mode `grpo` takes its queries from data: add a `data:` section with `path`",
+            ),
             (None, _) => {}
         }
         if self.reward.kind == RewardKind::Verifier {
@@ -94,9 +124,38 @@ impl Validate for EpochConfig {
                 .data
                 .as_ref()
                 .is_some_and(|d| d.answer_column.is_some());
-            problems.check(self.run.mode == Mode::Grpo && has_answers, "reward.kind", || {
+            problems.check(self.run.mode == Mode::Grpo && has_answers, &p("reward.kind"), || {
                 "the `verifier` reward needs reference answers: mode `grpo` with `data.answer_column`".to_string()
             });
         }
+    }
+
+    /// The config of one stage of a staged run: this config with the stage's sections.
+    pub fn staged(&self, stage: &StageConfig) -> EpochConfig {
+        let mut config = self.clone();
+        config.stages = Vec::new();
+        config.run.name = stage.name.clone();
+        if let Some(mode) = stage.mode {
+            config.run.mode = mode;
+        }
+        if let Some(n) = stage.iterations {
+            config.run.iterations = n;
+        }
+        if let Some(data) = &stage.data {
+            config.data = Some(data.clone());
+        }
+        if let Some(x) = &stage.challenger {
+            config.challenger = x.clone();
+        }
+        if let Some(x) = &stage.solver {
+            config.solver = x.clone();
+        }
+        if let Some(x) = &stage.reward {
+            config.reward = x.clone();
+        }
+        if let Some(x) = &stage.update {
+            config.update = x.clone();
+        }
+        config
     }
 }

@@ -105,3 +105,32 @@ impl Validate for DataConfig {
         }
     }
 }
+
+/// One stage of a staged run. Sections it leaves out are the run's own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageConfig {
+    /// The stage's folder under the run's folder.
+    pub name: String,
+    /// The game of this stage.
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    /// Iterations of this stage.
+    #[serde(default)]
+    pub iterations: Option<u64>,
+    /// Queries from data (mode `grpo`).
+    #[serde(default)]
+    pub data: Option<DataConfig>,
+    /// Query generation.
+    #[serde(default)]
+    pub challenger: Option<lsp_challenger::ChallengerConfig>,
+    /// Answer sampling.
+    #[serde(default)]
+    pub solver: Option<lsp_solver::SolverConfig>,
+    /// External reward.
+    #[serde(default)]
+    pub reward: Option<lsp_reward::RewardConfig>,
+    /// Loss and optimizer.
+    #[serde(default)]
+    pub update: Option<lsp_update::UpdateConfig>,
+}

@@ -68,13 +68,40 @@ fn interrupted() -> Arc<AtomicBool> {
     .clone()
 }
 
-/// Runs the config; returns the closing message.
+/// Runs the config (each of its stages in turn, if it has them); returns the closing
+/// message.
 pub fn run(args: &RunArgs) -> anyhow::Result<String> {
     let config = load_epoch(&args.config)?;
     tch::set_num_threads(config.run.threads as i32);
     tch::set_num_interop_threads(1);
-    let dir = RunDir::new(&config.run.output_dir, &config.run.name);
-    let (start, policy_folder) = plan_start(&config, &dir, args.resume)?;
+    if config.stages.is_empty() {
+        let dir = RunDir::new(&config.run.output_dir, &config.run.name);
+        return run_one(config, dir, args.resume);
+    }
+    // A staged run: output_dir/name/<stage>/, each stage starting from the previous
+    // stage's final model (and, unless `model.reference` is set, with it as reference).
+    let root = config.run.output_dir.join(&config.run.name);
+    let mut message = String::new();
+    let mut policy = config.model.policy.clone();
+    for stage in &config.stages {
+        let mut staged = config.staged(stage);
+        staged.model.policy = policy.clone();
+        let dir = RunDir::new(&root, &stage.name);
+        info!(stage = stage.name, mode = staged.run.mode.as_str(), policy = %policy.display(), "stage");
+        message.push_str(&run_one(staged, dir.clone(), args.resume)?);
+        anyhow::ensure!(
+            dir.final_model().is_dir(),
+            "stage {} stopped before its last iteration: the next stage needs its final model",
+            stage.name
+        );
+        policy = dir.final_model();
+    }
+    Ok(message)
+}
+
+/// Runs one config into `dir`.
+fn run_one(config: EpochConfig, dir: RunDir, resume: bool) -> anyhow::Result<String> {
+    let (start, policy_folder) = plan_start(&config, &dir, resume)?;
     let total = config.run.iterations;
     if start > total {
         return Ok(format!(

@@ -139,6 +139,8 @@ impl Update {
         iteration: u64,
     ) -> Result<(UpdatedBatch, StepRow)> {
         let (items, query_item) = self.items(batch)?;
+        // The reference only runs forward passes here: pack its weights once for them.
+        let _packed = reference.transformer().packed_for_inference();
         let trainable: Vec<usize> = (0..items.len())
             .filter(|&i| !items[i].completion.is_empty() && !items[i].prompt.is_empty())
             .collect();
