@@ -11,6 +11,7 @@ mod engine;
 mod layout;
 mod manifest;
 mod operator;
+mod progress;
 mod records;
 mod summary;
 
@@ -42,6 +43,9 @@ pub struct RunArgs {
     /// Continue the run from its last complete checkpoint.
     #[arg(long)]
     resume: bool,
+    /// Progress bar: `auto` (when stderr is a terminal), `bar` or `none`.
+    #[arg(long, value_enum, default_value = "auto")]
+    progress: progress::ProgressMode,
 }
 
 /// SplitMix64's mixing of `a` and `b`: per-iteration, per-stage seeds.
@@ -76,7 +80,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<String> {
     tch::set_num_interop_threads(1);
     if config.stages.is_empty() {
         let dir = RunDir::new(&config.run.output_dir, &config.run.name);
-        return run_one(config, dir, args.resume);
+        return run_one(config, dir, args.resume, args.progress);
     }
     // A staged run: output_dir/name/<stage>/, each stage starting from the previous
     // stage's final model (and, unless `model.reference` is set, with it as reference).
@@ -88,7 +92,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<String> {
         staged.model.policy = policy.clone();
         let dir = RunDir::new(&root, &stage.name);
         info!(stage = stage.name, mode = staged.run.mode.as_str(), policy = %policy.display(), "stage");
-        message.push_str(&run_one(staged, dir.clone(), args.resume)?);
+        message.push_str(&run_one(staged, dir.clone(), args.resume, args.progress)?);
         anyhow::ensure!(
             dir.final_model().is_dir(),
             "stage {} stopped before its last iteration: the next stage needs its final model",
@@ -100,7 +104,12 @@ pub fn run(args: &RunArgs) -> anyhow::Result<String> {
 }
 
 /// Runs one config into `dir`.
-fn run_one(config: EpochConfig, dir: RunDir, resume: bool) -> anyhow::Result<String> {
+fn run_one(
+    config: EpochConfig,
+    dir: RunDir,
+    resume: bool,
+    progress: progress::ProgressMode,
+) -> anyhow::Result<String> {
     let (start, policy_folder) = plan_start(&config, &dir, resume)?;
     let total = config.run.iterations;
     if start > total {
@@ -124,6 +133,7 @@ fn run_one(config: EpochConfig, dir: RunDir, resume: bool) -> anyhow::Result<Str
                 .load(&dir.checkpoint(start - 1).join("optimizer.safetensors"))?;
         }
         let engine = Rc::new(RefCell::new(engine));
+        let shown = progress::Progress::new(progress, start, total);
         let failure = Failure::default();
         let finished: Rc<RefCell<Vec<(GameRecordBatch, StepRow)>>> = Rc::default();
         let mut input = InputHandle::new();
@@ -141,22 +151,28 @@ fn run_one(config: EpochConfig, dir: RunDir, resume: bool) -> anyhow::Result<Str
             scope
                 .input_from(&mut input)
                 .container::<Vec<u64>>()
-                .stage("challenger", failure.clone(), move |t, _: u64| {
-                    e1.borrow().queries(t)
-                })
-                .stage("solver", failure.clone(), move |t, q| {
+                .stage(
+                    "challenger",
+                    failure.clone(),
+                    shown.clone(),
+                    move |t, _: u64| e1.borrow().queries(t),
+                )
+                .stage("solver", failure.clone(), shown.clone(), move |t, q| {
                     e2.borrow().answers(t, q)
                 })
-                .stage("reward", failure.clone(), move |_, a| {
+                .stage("reward", failure.clone(), shown.clone(), move |_, a| {
                     e3.borrow().rewards(a)
                 })
-                .stage("self_reward", failure.clone(), move |t, r| {
-                    e4.borrow().self_rewards(t, r)
-                })
-                .stage("advantage", failure.clone(), move |_, j| {
+                .stage(
+                    "self_reward",
+                    failure.clone(),
+                    shown.clone(),
+                    move |t, r| e4.borrow().self_rewards(t, r),
+                )
+                .stage("advantage", failure.clone(), shown.clone(), move |_, j| {
                     e5.borrow().advantages(j)
                 })
-                .stage("update", failure.clone(), move |t, a| {
+                .stage("update", failure.clone(), shown.clone(), move |t, a| {
                     e6.borrow_mut().update(t, a)
                 })
                 .inspect(move |out| sink.borrow_mut().push(out.clone()))
@@ -179,7 +195,7 @@ fn run_one(config: EpochConfig, dir: RunDir, resume: bool) -> anyhow::Result<Str
                 .borrow_mut()
                 .pop()
                 .context("the iteration produced no record")?;
-            info!("{}", Summary::of(&record)?.line(total));
+            shown.iteration_done(&Summary::of(&record)?.line(total));
             writer.write(dir.record(t), record);
             let every = config.run.checkpoint_every;
             if (every > 0 && t % every == 0) || t == total {
@@ -193,6 +209,7 @@ fn run_one(config: EpochConfig, dir: RunDir, resume: bool) -> anyhow::Result<Str
                 break;
             }
         }
+        shown.finish();
         writer.finish()?;
         if last == total {
             engine.borrow().policy.save(&dir.final_model())?;

@@ -10,6 +10,8 @@ use timely::dataflow::StreamVec;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::operator::Operator;
 
+use super::progress::Progress;
+
 /// The first error of a run, shared by its operators and its driver.
 #[derive(Debug, Clone, Default)]
 pub struct Failure(Rc<RefCell<Option<anyhow::Error>>>);
@@ -33,15 +35,28 @@ impl Failure {
 
 /// Applies a stage to every batch of a stream of iteration-stamped batches.
 pub trait StageOperator<'scope, I> {
-    /// `logic(iteration, batch)` for each batch; its output goes on at the same time.
-    fn stage<O, L>(self, name: &str, failure: Failure, logic: L) -> StreamVec<'scope, u64, O>
+    /// `logic(iteration, batch)` for each batch, shown on `progress`; its output goes
+    /// on at the same time.
+    fn stage<O, L>(
+        self,
+        name: &str,
+        failure: Failure,
+        progress: Progress,
+        logic: L,
+    ) -> StreamVec<'scope, u64, O>
     where
         O: Clone + 'static,
         L: FnMut(u64, I) -> anyhow::Result<O> + 'static;
 }
 
 impl<'scope, I: Clone + 'static> StageOperator<'scope, I> for StreamVec<'scope, u64, I> {
-    fn stage<O, L>(self, name: &str, failure: Failure, mut logic: L) -> StreamVec<'scope, u64, O>
+    fn stage<O, L>(
+        self,
+        name: &str,
+        failure: Failure,
+        progress: Progress,
+        mut logic: L,
+    ) -> StreamVec<'scope, u64, O>
     where
         O: Clone + 'static,
         L: FnMut(u64, I) -> anyhow::Result<O> + 'static,
@@ -59,6 +74,7 @@ impl<'scope, I: Clone + 'static> StageOperator<'scope, I> for StreamVec<'scope, 
                             if failure.is_set() {
                                 continue;
                             }
+                            progress.stage(iteration, &name);
                             match logic(iteration, item) {
                                 Ok(out) => session.give(out),
                                 Err(e) => failure
