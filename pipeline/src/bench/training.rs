@@ -2,22 +2,26 @@
 //! batch's log-probs, backward, and AdamW.
 
 use lsp_model::LanguageModel;
-use tch::{Kind, nn, nn::OptimizerConfig};
+use lsp_update::AdamW;
+use tch::Kind;
 
-/// An AdamW optimizer over the model's weights.
+/// The update stage's AdamW over the model's weights.
 pub struct TrainStep {
-    optimizer: nn::Optimizer,
+    optimizer: AdamW,
 }
 
 impl TrainStep {
-    /// AdamW with the paper's learning rate.
+    /// AdamW (betas 0.9, 0.999) at the paper's learning rate.
     pub fn new(model: &LanguageModel) -> anyhow::Result<Self> {
-        let optimizer = nn::AdamW {
-            wd: 0.0,
-            ..nn::AdamW::default()
-        }
-        .build(model.var_store(), 3e-6)?;
-        Ok(Self { optimizer })
+        let params = model
+            .var_store()
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
+        Ok(Self {
+            optimizer: AdamW::new(params, (0.9, 0.999), 1e-8, 0.0),
+        })
     }
 
     /// Forward, loss (−mean log-prob over all tokens), backward, step, with the
@@ -39,7 +43,7 @@ impl TrainStep {
             loss.backward();
             loss_sum += loss.double_value(&[]);
         }
-        self.optimizer.step();
+        self.optimizer.step(3e-6);
         Ok(loss_sum)
     }
 }

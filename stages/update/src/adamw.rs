@@ -70,13 +70,19 @@ impl AdamW {
                 if !g.defined() {
                     continue;
                 }
+                // In place, one parameter at a time: the only temporaries are of the
+                // size of the parameter at hand.
                 let g = g.to_kind(Kind::Float);
-                self.m[i] = &self.m[i] * b1 + &g * (1.0 - b1);
-                self.v[i] = &self.v[i] * b2 + g.square() * (1.0 - b2);
-                let update = (&self.m[i] / bias1) / ((&self.v[i] / bias2).sqrt() + self.eps);
-                let decayed = p.to_kind(Kind::Float) * (1.0 - lr * self.weight_decay);
-                let new = decayed - update * lr;
-                p.copy_(&new.to_kind(p.kind()));
+                let (m, v) = (&mut self.m[i], &mut self.v[i]);
+                let _ = m.g_mul_scalar_(b1);
+                let _ = m.g_add_(&(&g * (1.0 - b1)));
+                let _ = v.g_mul_scalar_(b2);
+                let _ = v.g_add_(&(g.square() * (1.0 - b2)));
+                let step = (&*m / bias1) / ((&*v / bias2).sqrt() + self.eps) * lr;
+                if self.weight_decay != 0.0 {
+                    let _ = p.g_mul_scalar_(1.0 - lr * self.weight_decay);
+                }
+                let _ = p.g_sub_(&step.to_kind(p.kind()));
             }
         });
     }
