@@ -76,8 +76,13 @@ fn run(config: &Path, resume: bool) -> Output {
     out
 }
 
+/// Every game-record row of the run in `out` (run name `e2e`).
 fn records(out: &Path) -> Vec<GameRecordRow> {
-    let dir = out.join("e2e/records");
+    records_in(&out.join("e2e/records"))
+}
+
+/// Every game-record row in a records folder, in iteration order.
+fn records_in(dir: &Path) -> Vec<GameRecordRow> {
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -273,18 +278,7 @@ fn a_staged_run_continues_each_stage_from_the_last_ones_weights() {
     );
     run(&cfg, false);
     let root = dir.path().join("e2e");
-    let read = |stage: &str| -> Vec<GameRecordRow> {
-        let mut files: Vec<_> = std::fs::read_dir(root.join(stage).join("records"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        files
-            .iter()
-            .flat_map(|f| read_parquet::<GameRecordBatch>(f).unwrap())
-            .flat_map(|b| b.to_rows().unwrap())
-            .collect()
-    };
+    let read = |stage: &str| records_in(&root.join(stage).join("records"));
     let play = read("play");
     let rl = read("rl");
     assert_eq!(iterations(&play), [1, 2]);
