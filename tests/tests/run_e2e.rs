@@ -83,7 +83,7 @@ fn records(out: &Path) -> Vec<GameRecordRow> {
 
 /// Every game-record row in a records folder, in iteration order.
 fn records_in(dir: &Path) -> Vec<GameRecordRow> {
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
+    let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
