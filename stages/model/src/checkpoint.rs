@@ -85,11 +85,16 @@ pub fn load_weights(vs: &mut nn::VarStore, folder: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes the variables of `vs` as `model.safetensors` in `folder` (f32 or the
-/// variables' own type), under their checkpoint names.
+/// Writes the variables of `vs` as `model.safetensors` in `folder`, in f32, under
+/// their checkpoint names.
 pub fn save_weights(vs: &nn::VarStore, folder: &Path) -> Result<()> {
     std::fs::create_dir_all(folder).map_err(ModelError::io(folder))?;
-    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    let mut named: Vec<(String, Tensor)> = tch::no_grad(|| {
+        vs.variables()
+            .into_iter()
+            .map(|(name, t)| (name, t.detach().to_kind(tch::Kind::Float)))
+            .collect()
+    });
     named.sort_by(|a, b| a.0.cmp(&b.0));
     let path = folder.join("model.safetensors");
     let tmp = folder.join(".model.safetensors.tmp");

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tch::{Device, Kind, nn};
+use tch::{Device, nn};
 use tracing::info;
 
 use crate::checkpoint::{copy_companions, load_weights, save_weights};
@@ -124,20 +124,7 @@ impl LanguageModel {
     /// generation files.
     pub fn save(&self, folder: &Path) -> Result<()> {
         copy_companions(&self.folder, folder)?;
-        if self.options.dtype == Dtype::F32 {
-            return save_weights(&self.vs, folder);
-        }
-        let mut f32_copy = nn::VarStore::new(self.vs.device());
-        let _ = Transformer::new(&f32_copy.root(), self.spec());
-        tch::no_grad(|| -> Result<()> {
-            for (name, mut var) in f32_copy.variables() {
-                let src = &self.vs.variables()[&name];
-                var.copy_(&src.to_kind(Kind::Float));
-            }
-            Ok(())
-        })?;
-        f32_copy.freeze();
-        save_weights(&f32_copy, folder)
+        save_weights(&self.vs, folder)
     }
 
     /// An error unless the model predicts tokens (a reward model has a score head).
