@@ -1,15 +1,12 @@
 //! Bad checkpoints get errors that name the problem.
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use std::path::Path;
+
+use common::fixture;
 use lsp_model::{DeviceKind, LanguageModel, LoadOptions};
 use tch::Tensor;
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(name)
-}
 
 /// A copy of the tiny-llama fixture that `edit` may change.
 fn broken_copy(edit: impl FnOnce(&Path)) -> (tempfile::TempDir, String) {

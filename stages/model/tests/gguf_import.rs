@@ -3,18 +3,15 @@
 //! permuted for llama, the tokenizer as `tokenizer.ggml.*` metadata), imported back,
 //! and must reproduce transformers' logits and tokenization from `reference.json`.
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use std::path::Path;
+
+use common::fixture;
 use lsp_model::gguf::import_gguf;
 use lsp_model::{LanguageModel, LoadOptions};
 use serde_json::Value;
 use tch::{Kind, Tensor};
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(name)
-}
 
 fn json(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()

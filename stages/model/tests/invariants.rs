@@ -2,22 +2,15 @@
 //! repeats share a prefill without changing results, seeds reproduce draws, stop
 //! conditions end each sequence on its own, and a saved model loads back the same.
 
+mod common;
+
 use std::path::PathBuf;
 
+use common::{fixture, load};
 use lsp_model::{
     Dtype, FinishReason, GenerationRequest, LanguageModel, LoadOptions, SamplingConfig,
 };
 use tch::{Kind, Tensor};
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(name)
-}
-
-fn load(name: &str) -> LanguageModel {
-    LanguageModel::load(&fixture(name), LoadOptions::default()).unwrap()
-}
 
 fn prompts(model: &LanguageModel) -> Vec<Vec<u32>> {
     [

@@ -1,44 +1,13 @@
 //! Parity with Hugging Face transformers on the four fixture models: every expected
 //! value in `tests/fixtures/*/reference.json` was computed by transformers in float32.
 
-use std::path::PathBuf;
+mod common;
 
-use lsp_model::{GenerationRequest, LanguageModel, LoadOptions, SamplingConfig};
-use serde_json::Value;
+use common::{f64s, load, reference, u32s};
+use lsp_model::{GenerationRequest, SamplingConfig};
 use tch::{Kind, Tensor};
 
 const CAUSAL: [&str; 3] = ["tiny-llama", "tiny-llama3", "tiny-qwen2"];
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(name)
-}
-
-fn reference(name: &str) -> Value {
-    let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-fn load(name: &str) -> LanguageModel {
-    LanguageModel::load(&fixture(name), LoadOptions::default()).unwrap()
-}
-
-fn u32s(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn f64s(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
-}
 
 fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());

@@ -1,0 +1,44 @@
+//! Fixture helpers shared by the model crate's integration tests.
+
+#![allow(dead_code)] // Each test binary uses its own part of these helpers.
+
+use std::path::PathBuf;
+
+use lsp_model::{LanguageModel, LoadOptions};
+use serde_json::Value;
+
+/// The fixture folder `name` (copied from the shared reference material).
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
+}
+
+/// A fixture model loaded with default options.
+pub fn load(name: &str) -> LanguageModel {
+    LanguageModel::load(&fixture(name), LoadOptions::default()).unwrap()
+}
+
+/// A fixture's `reference.json`.
+pub fn reference(name: &str) -> Value {
+    let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A JSON array of token ids.
+pub fn u32s(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// A JSON array of numbers.
+pub fn f64s(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
