@@ -3,6 +3,8 @@
 mod bench;
 mod commands;
 mod config;
+mod monitor;
+mod report;
 mod run;
 
 use std::path::PathBuf;
@@ -28,6 +30,8 @@ enum Command {
         /// The config file.
         config: PathBuf,
     },
+    /// Plots, an HTML and a Markdown page of a run's game records.
+    Report(report::ReportArgs),
     /// Answer one chat message with a model (greedy unless a temperature is given).
     Generate(commands::generate::GenerateArgs),
     /// Score one (instruction, response) pair with a reward model.
@@ -50,6 +54,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate { config } => commands::validate::validate(&config),
         Command::Run(args) => run::run(&args),
+        Command::Report(args) => report::report(&args),
         Command::Generate(args) => commands::generate::run(&args),
         Command::Score(args) => commands::score::run(&args),
         Command::Bench(args) => bench::run(&args),

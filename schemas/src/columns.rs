@@ -114,3 +114,46 @@ pub const SECONDS_SELF_REWARD: &str = "seconds_self_reward";
 pub const SECONDS_ADVANTAGE: &str = "seconds_advantage";
 /// Seconds in the update stage.
 pub const SECONDS_UPDATE: &str = "seconds_update";
+
+/// Live monitor, per row: the highest Jaccard similarity of the query's word n-gram set
+/// with any earlier query of the run (earlier iteration, or same iteration and lower
+/// `query_id`); 0 when it shares none. Null: the run was not monitored.
+pub const QUERY_SIMILARITY: &str = "query_similarity";
+/// Iteration of the earlier query `query_similarity` was measured against.
+pub const QUERY_SIMILAR_ITERATION: &str = "query_similar_iteration";
+/// `query_id` of that earlier query.
+pub const QUERY_SIMILAR_ID: &str = "query_similar_id";
+/// Live monitor, per row: the share of the answer's characters on code lines.
+pub const ANSWER_CODE_FRACTION: &str = "answer_code_fraction";
+/// Whether the query asks for code (one of a few programming words, or a fence).
+pub const QUERY_ASKS_CODE: &str = "query_asks_code";
+/// Whether the answer is mostly code (`answer_code_fraction` ≥ 0.5).
+pub const ANSWER_IS_CODE: &str = "answer_is_code";
+
+/// Monitor table: queries of the iteration.
+pub const QUERIES: &str = "queries";
+/// Queries whose `query_similarity` reaches the configured near-duplicate threshold.
+pub const NEAR_DUPLICATES: &str = "near_duplicates";
+/// `near_duplicates / queries`.
+pub const NEAR_DUPLICATE_SHARE: &str = "near_duplicate_share";
+/// Distinct word n-grams of the iteration's queries over all of them.
+pub const DISTINCT_N: &str = "distinct_n";
+/// Share of the iteration's distinct query n-grams no earlier iteration used.
+pub const NOVELTY: &str = "novelty";
+/// Answers of the iteration.
+pub const ANSWERS: &str = "answers";
+/// Share of answers that are mostly code.
+pub const CODE_SHARE: &str = "code_share";
+/// Share of answers that are mostly code among answers to queries that do not ask
+/// for code (the LSP-Zero drift of the paper's Box 2); null when every query asks.
+pub const CODE_DRIFT: &str = "code_drift";
+/// Mean query length in tokens (the challenger's answers).
+pub const MEAN_QUERY_TOKENS: &str = "mean_query_tokens";
+/// Mean answer length in tokens (the solver's answers).
+pub const MEAN_ANSWER_TOKENS: &str = "mean_answer_tokens";
+/// Mean judge reply length in characters (null without a judge).
+pub const MEAN_JUDGE_CHARS: &str = "mean_judge_chars";
+/// Share of judged answers whose judge reply had no usable score (null without a judge).
+pub const JUDGE_FAILURE_RATE: &str = "judge_failure_rate";
+/// Thresholds the iteration crossed, as sentences.
+pub const WARNINGS: &str = "warnings";

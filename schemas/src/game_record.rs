@@ -78,6 +78,12 @@ pub fn game_record_schema() -> SchemaRef {
             field::f64(SECONDS_SELF_REWARD),
             field::f64(SECONDS_ADVANTAGE),
             field::f64(SECONDS_UPDATE),
+            field::f64_or_null(QUERY_SIMILARITY),
+            field::u64_or_null(QUERY_SIMILAR_ITERATION),
+            field::u32_or_null(QUERY_SIMILAR_ID),
+            field::bool_or_null(QUERY_ASKS_CODE),
+            field::f64_or_null(ANSWER_CODE_FRACTION),
+            field::bool_or_null(ANSWER_IS_CODE),
         ]);
         schema_of(fields)
     });
@@ -150,7 +156,38 @@ pub struct GameRecordRow {
     pub seconds_self_reward: f64,
     pub seconds_advantage: f64,
     pub seconds_update: f64,
+    pub query_similarity: Option<f64>,
+    pub query_similar_iteration: Option<u64>,
+    pub query_similar_id: Option<u32>,
+    pub query_asks_code: Option<bool>,
+    pub answer_code_fraction: Option<f64>,
+    pub answer_is_code: Option<bool>,
 }
+
+/// The live monitor's figures for one row of the game record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowMonitor {
+    /// Highest Jaccard similarity with an earlier query (0 when none shares an n-gram).
+    pub query_similarity: f64,
+    /// The earlier query it was measured against: (iteration, query_id).
+    pub query_similar_to: Option<(u64, u32)>,
+    /// Whether the query asks for code.
+    pub query_asks_code: bool,
+    /// Share of the answer's characters on code lines.
+    pub answer_code_fraction: f64,
+    /// Whether the answer is mostly code.
+    pub answer_is_code: bool,
+}
+
+/// The record's columns the live monitor fills, null until it does.
+const MONITOR_COLUMNS: [&str; 6] = [
+    QUERY_SIMILARITY,
+    QUERY_SIMILAR_ITERATION,
+    QUERY_SIMILAR_ID,
+    QUERY_ASKS_CODE,
+    ANSWER_CODE_FRACTION,
+    ANSWER_IS_CODE,
+];
 
 crate::typed_batch!(
     /// The game record of one iteration: one row per (query, answer).
@@ -215,6 +252,52 @@ impl GameRecordBatch {
             float(seconds.advantage),
             float(seconds.update),
         ]);
+        let schema = game_record_schema();
+        for name in MONITOR_COLUMNS {
+            let field = schema.field_with_name(name).expect("monitor column");
+            columns.push(new_null_array(field.data_type(), n));
+        }
+        Self::from_columns(columns)
+    }
+
+    /// This record with the live monitor's figures, one per row in row order.
+    pub fn with_monitor(&self, rows: &[RowMonitor]) -> Result<Self> {
+        if rows.len() != self.num_rows() {
+            return Err(SchemaError::Mismatch {
+                batch: Self::NAME,
+                problem: format!(
+                    "{} monitor rows for a record of {} rows",
+                    rows.len(),
+                    self.num_rows()
+                ),
+            });
+        }
+        let filled: [ArrayRef; 6] = [
+            Arc::new(Float64Array::from_iter_values(
+                rows.iter().map(|r| r.query_similarity),
+            )),
+            Arc::new(UInt64Array::from_iter(
+                rows.iter().map(|r| r.query_similar_to.map(|(i, _)| i)),
+            )),
+            Arc::new(UInt32Array::from_iter(
+                rows.iter().map(|r| r.query_similar_to.map(|(_, q)| q)),
+            )),
+            Arc::new(BooleanArray::from_iter(
+                rows.iter().map(|r| Some(r.query_asks_code)),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                rows.iter().map(|r| r.answer_code_fraction),
+            )),
+            Arc::new(BooleanArray::from_iter(
+                rows.iter().map(|r| Some(r.answer_is_code)),
+            )),
+        ];
+        let schema = game_record_schema();
+        let mut columns = self.batch().columns().to_vec();
+        for (name, array) in MONITOR_COLUMNS.into_iter().zip(filled) {
+            let index = schema.index_of(name).expect("monitor column");
+            columns[index] = array;
+        }
         Self::from_columns(columns)
     }
 }

@@ -13,6 +13,7 @@
 //! | advantage → update | [`AdvantageBatch`] | (query, answer) |
 //! | update → record | [`UpdatedBatch`], [`StepBatch`] | (query, answer); step |
 //! | Parquet | [`GameRecordBatch`] | (iteration, query, answer) |
+//! | Parquet | [`MonitorBatch`] (live monitor) | iteration |
 //!
 //! ```
 //! use lsp_schemas::{QueryBatch, QueryRow, TypedBatch};
@@ -32,6 +33,7 @@ pub mod columns;
 mod error;
 mod field;
 mod game_record;
+mod monitor;
 mod parquet_io;
 pub mod problems;
 mod typed;
@@ -45,7 +47,10 @@ pub use boundary::update::{
     StepBatch, StepRow, UpdatedBatch, UpdatedRow, step_schema, updated_schema,
 };
 pub use error::{Result, SchemaError};
-pub use game_record::{GameRecordBatch, GameRecordRow, StageSeconds, game_record_schema};
+pub use game_record::{
+    GameRecordBatch, GameRecordRow, RowMonitor, StageSeconds, game_record_schema,
+};
+pub use monitor::{MonitorBatch, MonitorRow, monitor_schema};
 pub use parquet_io::{read_batches, read_parquet, write_parquet};
 pub use problems::{Problem, Problems, Validate};
 pub use typed::{TypedBatch, check_schema};

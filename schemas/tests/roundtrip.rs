@@ -74,6 +74,37 @@ fn game_record_is_assembled_from_the_update_and_the_step() {
     assert!(!r.step_applied);
     assert_eq!((r.seconds_self_reward, r.seconds_advantage), (4.0, 0.5));
     assert_eq!(r.kl_answer, 0.25);
+    // The monitor's columns are null until it fills them.
+    assert_eq!((r.query_similarity, r.answer_is_code), (None, None));
+    let monitor: Vec<RowMonitor> = (0..6)
+        .map(|i| RowMonitor {
+            query_similarity: i as f64 / 10.0,
+            query_similar_to: (i == 5).then_some((2, 7)),
+            query_asks_code: i == 1,
+            answer_code_fraction: 0.75,
+            answer_is_code: i % 2 == 0,
+        })
+        .collect();
+    let filled = record.with_monitor(&monitor).unwrap().to_rows().unwrap();
+    assert_eq!(filled[5].query_similarity, Some(0.5));
+    assert_eq!(
+        (
+            filled[5].query_similar_iteration,
+            filled[5].query_similar_id
+        ),
+        (Some(2), Some(7))
+    );
+    assert_eq!(filled[4].query_similar_iteration, None);
+    assert_eq!(
+        (filled[4].answer_code_fraction, filled[4].answer_is_code),
+        (Some(0.75), Some(true))
+    );
+    assert_eq!(
+        (filled[1].query_asks_code, filled[2].query_asks_code),
+        (Some(true), Some(false))
+    );
+    assert_eq!(filled[5].reward, rows[5].reward);
+    assert!(record.with_monitor(&monitor[..5]).is_err());
 
     let mut wrong = step();
     wrong.iteration = 4;
@@ -104,7 +135,7 @@ fn parquet_round_trip_is_exact_and_atomic() {
     // A typed read of a file of another schema is refused.
     let err = read_parquet::<QueryBatch>(&path).unwrap_err();
     assert!(
-        err.to_string().starts_with("QueryBatch: has 45 columns"),
+        err.to_string().starts_with("QueryBatch: has 51 columns"),
         "{err}"
     );
     // A file that is not Parquet names the file.

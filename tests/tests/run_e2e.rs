@@ -3,97 +3,14 @@
 //! recomputed from recorded rewards, resume after an interruption and after a kill,
 //! and a broken config refused before any model loads.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use std::path::Path;
+use std::process::Command;
+
+use common::{config, config_with, pipeline, records, records_in, repo, run};
 use lsp_advantage::{AdvantageConfig, Mode, advantages};
-use lsp_schemas::{GameRecordBatch, GameRecordRow, TypedBatch, read_parquet};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// The `pipeline` binary, built beside this test by `cargo test --workspace` (a
-/// `cargo test -p lsp-tests` alone does not rebuild it).
-fn pipeline() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("pipeline");
-    assert!(
-        bin.is_file(),
-        "{} not built: run the workspace's tests",
-        bin.display()
-    );
-    bin
-}
-
-/// A config like examples/tiny-epoch.yaml writing into `out`, with `extra` appended.
-fn config_with(out: &Path, mode: &str, iterations: u64, reward: &str, extra: &str) -> PathBuf {
-    let fixtures = repo().join("tests/fixtures");
-    let text = format!(
-        "run: {{name: e2e, mode: {mode}, iterations: {iterations}, seed: 3, threads: 1, output_dir: {out}}}\n\
-         model: {{policy: {policy}}}\n\
-         challenger: {{num_queries: 3, sampling: {{max_new_tokens: 6}}}}\n\
-         solver: {{answers_per_query: 2, sampling: {{max_new_tokens: 6}}}}\n\
-         reward: {reward}\n\
-         self_reward: {{sampling: {{max_new_tokens: 6, temperature: 0.0}}, fallback_score: 1}}\n\
-         update: {{learning_rate: 1.0e-3, micro_batch_size: 2}}\n{extra}",
-        out = out.display(),
-        policy = fixtures.join("tiny-llama").display(),
-    );
-    let path = out.join(format!("{mode}-{iterations}.yaml"));
-    std::fs::create_dir_all(out).unwrap();
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// The tiny config with the tiny-reward fixture as the external reward.
-fn config(out: &Path, mode: &str, iterations: u64) -> PathBuf {
-    let rm = repo().join("tests/fixtures/tiny-reward");
-    config_with(
-        out,
-        mode,
-        iterations,
-        &format!("{{kind: reward_model, model: {}}}", rm.display()),
-        "",
-    )
-}
-
-fn run(config: &Path, resume: bool) -> Output {
-    let mut cmd = Command::new(pipeline());
-    cmd.arg("run").arg(config);
-    if resume {
-        cmd.arg("--resume");
-    }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "pipeline run failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// Every game-record row of the run in `out` (run name `e2e`).
-fn records(out: &Path) -> Vec<GameRecordRow> {
-    records_in(&out.join("e2e/records"))
-}
-
-/// Every game-record row in a records folder, in iteration order.
-fn records_in(dir: &Path) -> Vec<GameRecordRow> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .flat_map(|f| read_parquet::<GameRecordBatch>(f).unwrap())
-        .flat_map(|b| b.to_rows().unwrap())
-        .collect()
-}
+use lsp_schemas::GameRecordRow;
 
 fn iterations(rows: &[GameRecordRow]) -> Vec<u64> {
     let mut its: Vec<u64> = rows.iter().map(|r| r.iteration).collect();

@@ -18,6 +18,8 @@ use lsp_solver::SolverConfig;
 use lsp_update::UpdateConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::monitor::MonitorConfig;
+
 /// The whole of `epoch.yaml`. Every section may be left out and takes its defaults.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -40,6 +42,8 @@ pub struct EpochConfig {
     pub update: UpdateConfig,
     /// Queries from data (mode `grpo`).
     pub data: Option<DataConfig>,
+    /// The live collapse monitor: what it measures and when it warns.
+    pub monitor: MonitorConfig,
     /// A staged run: each stage continues from the previous one's final weights, with
     /// its own sections where it names them (e.g. LSP, then GRPO on data: the paper's
     /// "LSP + RL"). Empty: one run of the sections above.
@@ -111,6 +115,7 @@ impl EpochConfig {
         }
         self.advantage.validate(&p("advantage"), problems);
         self.update.validate(&p("update"), problems);
+        self.monitor.validate(&p("monitor"), problems);
         match (&self.data, self.run.mode) {
             (Some(data), _) => data.validate(&p("data"), problems),
             (None, Mode::Grpo) => problems.push(

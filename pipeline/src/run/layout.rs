@@ -43,6 +43,22 @@ impl RunDir {
             .join(format!("iteration-{iteration:06}.parquet"))
     }
 
+    /// The folder of the live monitor's rows.
+    pub fn monitor(&self) -> PathBuf {
+        self.root.join("monitor")
+    }
+
+    /// The live monitor's row of `iteration`.
+    pub fn monitor_row(&self, iteration: u64) -> PathBuf {
+        self.monitor()
+            .join(format!("iteration-{iteration:06}.parquet"))
+    }
+
+    /// Iterations of the monitor files present, sorted.
+    pub fn monitored_iterations(&self) -> anyhow::Result<Vec<u64>> {
+        numbered(&self.monitor(), "iteration-", ".parquet")
+    }
+
     /// The checkpoint folder of `iteration`.
     pub fn checkpoint(&self, iteration: u64) -> PathBuf {
         self.root

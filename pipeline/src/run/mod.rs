@@ -23,17 +23,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use clap::Args;
-use lsp_schemas::{GameRecordBatch, StepRow};
+use lsp_schemas::{GameRecordBatch, MonitorBatch, MonitorRow, StepRow, TypedBatch, read_parquet};
 use timely::dataflow::operators::{Input, Inspect, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 use tracing::{info, warn};
 
 use crate::config::{EpochConfig, load_epoch};
+use crate::monitor::{LiveMonitor, MonitorConfig, observe};
 use engine::Engine;
 use layout::RunDir;
 use operator::{Failure, StageOperator};
 use records::RecordWriter;
-use summary::Summary;
+pub use summary::Summary;
 
 /// Arguments of `pipeline run`.
 #[derive(Debug, Args)]
@@ -178,6 +179,11 @@ fn run_one(
                 .inspect(move |out| sink.borrow_mut().push(out.clone()))
                 .probe_with(&probe);
         });
+        let mut monitor = if config.monitor.enabled {
+            Some(start_monitor(worker, &dir, &config.monitor, start)?)
+        } else {
+            None
+        };
         let mut writer = RecordWriter::start();
         input.advance_to(start);
         let mut last = start - 1;
@@ -195,8 +201,18 @@ fn run_one(
                 .borrow_mut()
                 .pop()
                 .context("the iteration produced no record")?;
-            shown.iteration_done(&Summary::of(&record)?.line(total));
+            let (record, monitored) = match monitor.as_mut() {
+                Some(live) => {
+                    let (record, row) = watch(worker, live, &config.monitor, &run_id, t, record)?;
+                    (record, Some(row))
+                }
+                None => (record, None),
+            };
+            shown.iteration_done(&Summary::of(&record)?.line(total, monitored.as_ref()));
             writer.write(dir.record(t), record);
+            if let Some(row) = monitored {
+                writer.write(dir.monitor_row(t), MonitorBatch::from_rows(&[row])?);
+            }
             let every = config.run.checkpoint_every;
             if (every > 0 && t % every == 0) || t == total {
                 // Records up to t are on disk before the checkpoint says t is done.
@@ -228,6 +244,53 @@ fn run_one(
     ))
 }
 
+/// The live monitor, caught up with the records of the iterations before `start` (a
+/// resumed run compares its new queries with those too).
+fn start_monitor(
+    worker: &mut timely::worker::Worker,
+    dir: &RunDir,
+    config: &MonitorConfig,
+    start: u64,
+) -> anyhow::Result<LiveMonitor> {
+    let mut live = LiveMonitor::new(worker);
+    for t in dir
+        .recorded_iterations()?
+        .into_iter()
+        .filter(|&t| t < start)
+    {
+        let path = dir.record(t);
+        let mut rows = Vec::new();
+        for batch in read_parquet::<GameRecordBatch>(&path)
+            .with_context(|| format!("reading {} for the monitor", path.display()))?
+        {
+            rows.extend(batch.to_rows()?);
+        }
+        let (queries, answers) = observe(&rows, config);
+        live.observe(worker, t, &queries, &answers);
+    }
+    Ok(live)
+}
+
+/// Runs the monitor over iteration `t`'s record: the record with its monitor columns
+/// filled, and the iteration's monitor row (its warnings logged).
+fn watch(
+    worker: &mut timely::worker::Worker,
+    live: &mut LiveMonitor,
+    config: &MonitorConfig,
+    run_id: &str,
+    t: u64,
+    record: GameRecordBatch,
+) -> anyhow::Result<(GameRecordBatch, MonitorRow)> {
+    let rows = record.to_rows()?;
+    let (queries, answers) = observe(&rows, config);
+    let result = live.observe(worker, t, &queries, &answers);
+    let row = result.row(run_id, t, config);
+    for warning in &row.warnings {
+        warn!(iteration = t, "monitor: {warning}");
+    }
+    Ok((record.with_monitor(&result.row_monitors(&rows))?, row))
+}
+
 /// Where to start: iteration 1 from the configured policy, or after the last complete
 /// checkpoint when resuming, with any record past it removed (it will be redone).
 fn plan_start(config: &EpochConfig, dir: &RunDir, resume: bool) -> anyhow::Result<(u64, PathBuf)> {
@@ -248,6 +311,11 @@ fn plan_start(config: &EpochConfig, dir: &RunDir, resume: bool) -> anyhow::Resul
                 "removing the record of an iteration past the last checkpoint; it is redone"
             );
             std::fs::remove_file(dir.record(iteration))?;
+        }
+    }
+    for iteration in dir.monitored_iterations()? {
+        if iteration > done {
+            std::fs::remove_file(dir.monitor_row(iteration))?;
         }
     }
     match last {

@@ -1,17 +1,20 @@
-//! The Parquet writer thread: game records are written off the dataflow's thread,
-//! each atomically, and each write is acknowledged so that a checkpoint is marked
+//! The Parquet writer thread: game records and monitor rows are written off the
+//! dataflow's thread, each file atomically, and each write is acknowledged so that a checkpoint is marked
 //! complete only after the records it covers are on disk.
 
 use std::path::PathBuf;
 use std::thread::JoinHandle;
 
 use crossbeam::channel::{Receiver, Sender, bounded, unbounded};
-use lsp_schemas::{GameRecordBatch, write_parquet};
+use lsp_schemas::{TypedBatch, write_parquet};
+
+/// One file to write.
+type Job = Box<dyn FnOnce() -> anyhow::Result<()> + Send>;
 
 /// A running writer.
 pub struct RecordWriter {
-    jobs: Option<Sender<(PathBuf, GameRecordBatch)>>,
-    done: Receiver<anyhow::Result<PathBuf>>,
+    jobs: Option<Sender<Job>>,
+    done: Receiver<anyhow::Result<()>>,
     thread: Option<JoinHandle<()>>,
     pending: usize,
 }
@@ -19,16 +22,13 @@ pub struct RecordWriter {
 impl RecordWriter {
     /// Starts the writer thread.
     pub fn start() -> Self {
-        let (jobs, inbox) = unbounded::<(PathBuf, GameRecordBatch)>();
+        let (jobs, inbox) = unbounded::<Job>();
         let (report, done) = bounded(64);
         let thread = std::thread::Builder::new()
             .name("parquet-writer".into())
             .spawn(move || {
-                for (path, batch) in inbox {
-                    let result = write_parquet(&path, std::slice::from_ref(&batch))
-                        .map(|()| path.clone())
-                        .map_err(anyhow::Error::from);
-                    if report.send(result).is_err() {
+                for job in inbox {
+                    if report.send(job()).is_err() {
                         break;
                     }
                 }
@@ -43,11 +43,12 @@ impl RecordWriter {
     }
 
     /// Queues `batch` for `path`.
-    pub fn write(&mut self, path: PathBuf, batch: GameRecordBatch) {
+    pub fn write<T: TypedBatch + Send + 'static>(&mut self, path: PathBuf, batch: T) {
+        let job: Job = Box::new(move || Ok(write_parquet(&path, std::slice::from_ref(&batch))?));
         self.jobs
             .as_ref()
             .expect("open until finish")
-            .send((path, batch))
+            .send(job)
             .expect("writer thread alive");
         self.pending += 1;
     }

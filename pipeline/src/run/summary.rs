@@ -1,6 +1,6 @@
 //! One line per iteration: what a user watches a run by.
 
-use lsp_schemas::{GameRecordBatch, TypedBatch};
+use lsp_schemas::{GameRecordBatch, MonitorRow, TypedBatch};
 
 /// Figures of one iteration, from its game record.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,8 +82,8 @@ impl Summary {
         })
     }
 
-    /// The line printed for the iteration.
-    pub fn line(&self, of: u64) -> String {
+    /// The line printed for the iteration, with the live monitor's figures if it ran.
+    pub fn line(&self, of: u64, monitor: Option<&MonitorRow>) -> String {
         let opt = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3}"));
         let [c, so, r, sr, a, u] = self.seconds;
         format!(
@@ -106,6 +106,23 @@ impl Summary {
             self.query_tokens,
             self.answer_tokens,
             self.tokens_per_second,
-        )
+        ) + &monitor.map_or(String::new(), monitor_part)
     }
+}
+
+/// The monitor's part of the line.
+fn monitor_part(m: &MonitorRow) -> String {
+    format!(
+        " | monitor: near-duplicates {}/{}, distinct-n {:.2}, novelty {:.2}, code {:.0}%{}",
+        m.near_duplicates,
+        m.queries,
+        m.distinct_n,
+        m.novelty,
+        100.0 * m.code_share,
+        if m.warnings.is_empty() {
+            String::new()
+        } else {
+            format!(", {} warning(s)", m.warnings.len())
+        }
+    )
 }

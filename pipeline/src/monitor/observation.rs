@@ -1,0 +1,77 @@
+//! What the monitor reads from a game record: per query and per answer, the few
+//! features its figures are made of. Both the live dataflow and its sequential
+//! reference start from these.
+
+use lsp_schemas::GameRecordRow;
+use serde::{Deserialize, Serialize};
+
+use super::MonitorConfig;
+use super::text::{MOSTLY_CODE, asks_for_code, code_fraction, ngrams, shingles};
+
+/// A query by (iteration, query_id): the order "earlier" means.
+pub type QueryKey = (u64, u32);
+
+/// One query of the record.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct QueryObservation {
+    pub key: QueryKey,
+    /// Word n-gram set (near-duplicates).
+    pub shingles: Vec<u64>,
+    /// Word n-grams with repeats (distinct-n, novelty).
+    pub grams: Vec<u64>,
+    pub tokens: u32,
+}
+
+/// One answer of the record.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AnswerObservation {
+    /// (iteration, query_id, answer_index).
+    pub key: (u64, u32, u32),
+    pub tokens: u32,
+    pub is_code: bool,
+    pub query_asks_code: bool,
+    /// `Some(failed)` when a judge rated it; whether its reply had no usable score.
+    pub judge_failed: Option<bool>,
+    /// Characters of the judge's reply (0 without one).
+    pub judge_chars: u64,
+}
+
+/// Whether a self-reward status is a judge failure.
+pub fn judge_failed(status: &str) -> Option<bool> {
+    match status {
+        "disabled" => None,
+        s => Some(matches!(s, "missing" | "out_of_range")),
+    }
+}
+
+/// The observations of one iteration's rows.
+pub fn observe(
+    rows: &[GameRecordRow],
+    config: &MonitorConfig,
+) -> (Vec<QueryObservation>, Vec<AnswerObservation>) {
+    let queries = rows
+        .iter()
+        .filter(|r| r.answer_index == 0)
+        .map(|r| QueryObservation {
+            key: (r.iteration, r.query_id),
+            shingles: shingles(&r.query_text, config.similarity_ngram),
+            grams: ngrams(&r.query_text, config.distinct_n),
+            tokens: r.query_tokens,
+        })
+        .collect();
+    let answers = rows
+        .iter()
+        .map(|r| AnswerObservation {
+            key: (r.iteration, r.query_id, r.answer_index),
+            tokens: r.answer_tokens,
+            is_code: code_fraction(&r.answer_text) >= MOSTLY_CODE,
+            query_asks_code: asks_for_code(&r.query_text),
+            judge_failed: judge_failed(&r.self_reward_status),
+            judge_chars: r
+                .judge_text
+                .as_deref()
+                .map_or(0, |t| t.chars().count() as u64),
+        })
+        .collect();
+    (queries, answers)
+}

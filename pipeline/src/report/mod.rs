@@ -1,0 +1,65 @@
+//! `pipeline report data-out/<run>`: a run's figures as plots (SVG and PNG), one
+//! self-contained HTML page, a Markdown page and `report.json` (the same figures, for
+//! scripts), all in `<run>/report/`.
+
+mod charts;
+mod page;
+mod plots;
+mod stats;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::monitor::MonitorConfig;
+use stats::RunStats;
+
+/// Arguments of `pipeline report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The run folder (`output_dir/name`, or a stage's folder of a staged run).
+    run: PathBuf,
+    /// Where to write (default: `<run>/report`).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// Writes the report; returns what was written.
+pub fn report(args: &ReportArgs) -> anyhow::Result<String> {
+    let run = RunStats::load(&args.run, &monitor_config(&args.run))?;
+    let out = args.out.clone().unwrap_or_else(|| args.run.join("report"));
+    let plots = out.join("plots");
+    std::fs::create_dir_all(&plots).with_context(|| format!("creating {}", plots.display()))?;
+    let charts = charts::charts(&run);
+    let mut svgs = Vec::new();
+    for chart in &charts {
+        chart.write(&plots)?;
+        let svg = std::fs::read_to_string(plots.join(format!("{}.svg", chart.stem)))?;
+        // Inlined: drop the XML declaration, keep the <svg> element.
+        svgs.push(svg.trim_start_matches(|c| c != '<').to_string());
+    }
+    let write = |name: &str, text: String| -> anyhow::Result<()> {
+        let path = out.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+    };
+    write("report.html", page::html(&run, &charts, &svgs))?;
+    write("report.md", page::markdown(&run, &charts))?;
+    write("report.json", serde_json::to_string_pretty(&run)?)?;
+    Ok(format!(
+        "report of {} ({} iterations): {}/report.html, report.md, report.json, plots/*.svg|png\n",
+        run.run_id,
+        run.iterations.len(),
+        out.display()
+    ))
+}
+
+/// The run's monitor settings from its manifest (for recomputing its figures), or the
+/// defaults.
+fn monitor_config(run: &std::path::Path) -> MonitorConfig {
+    std::fs::read(run.join("manifest.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .and_then(|manifest| serde_json::from_value(manifest["config"]["monitor"].clone()).ok())
+        .unwrap_or_default()
+}
