@@ -26,7 +26,8 @@ fn broken_config_lists_every_problem() {
     std::fs::write(
         &config,
         "run:\n  iterations: 0\n  seeds: 3\nsolver:\n  answers_per_query: many\n\
-         challenger:\n  sampling: {top_p: 1.5}\nmodel:\n  policy: no-such-model\n",
+         challenger:\n  sampling: {top_p: 1.5}\nmodel:\n  policy: no-such-model\n\
+         monitor:\n  distinct_n: 0\n  warn: {code_drift_above: 2}\n",
     )
     .unwrap();
     let out = validate(&config);
@@ -35,13 +36,15 @@ fn broken_config_lists_every_problem() {
     assert!(out.stdout.is_empty());
     // Typed problems: unknown key and wrong type. They stop nothing: the rest is still
     // checked, which finds the range problems and the missing model.
-    assert!(stderr.contains("5 problems"), "{stderr}");
+    assert!(stderr.contains("7 problems"), "{stderr}");
     for expected in [
         "run.seeds: unknown field `seeds`",
         "solver.answers_per_query: invalid type: string \"many\"",
         "run.iterations: must be at least 1",
         "challenger.sampling.top_p: 1.5 is out of range",
         "model.policy: folder ",
+        "monitor.distinct_n: must be at least 1",
+        "monitor.warn.code_drift_above: 2 is not a share",
     ] {
         assert!(
             stderr.contains(expected),
