@@ -3,6 +3,7 @@
 mod bench;
 mod commands;
 mod config;
+mod eval;
 mod monitor;
 mod report;
 mod run;

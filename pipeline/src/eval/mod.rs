@@ -1,0 +1,3 @@
+//! `pipeline eval`: the paper's benchmarks.
+
+pub mod sandbox;
