@@ -31,6 +31,9 @@ enum Command {
         /// The config file.
         config: PathBuf,
     },
+    /// Benchmarks: AlpacaEval win rate, GSM8K, HumanEval (sandboxed).
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
     /// Plots, an HTML and a Markdown page of a run's game records.
     Report(report::ReportArgs),
     /// Answer one chat message with a model (greedy unless a temperature is given).
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Command::Validate { config } => commands::validate::validate(&config),
         Command::Run(args) => run::run(&args),
         Command::Report(args) => report::report(&args),
+        Command::Eval(command) => eval::run(&command),
         Command::Generate(args) => commands::generate::run(&args),
         Command::Score(args) => commands::score::run(&args),
         Command::Bench(args) => bench::run(&args),

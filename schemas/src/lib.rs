@@ -31,6 +31,7 @@
 mod boundary;
 pub mod columns;
 mod error;
+mod eval;
 mod field;
 mod game_record;
 mod monitor;
@@ -47,6 +48,7 @@ pub use boundary::update::{
     StepBatch, StepRow, UpdatedBatch, UpdatedRow, step_schema, updated_schema,
 };
 pub use error::{Result, SchemaError};
+pub use eval::{TaskBatch, TaskRow, WinRateBatch, WinRateRow, task_schema, win_rate_schema};
 pub use game_record::{
     GameRecordBatch, GameRecordRow, RowMonitor, StageSeconds, game_record_schema,
 };

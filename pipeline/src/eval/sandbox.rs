@@ -119,14 +119,25 @@ impl Sandbox {
         let mut namespaces = Vec::new();
         for candidate in [
             &["--net", "--pid", "--fork", "--kill-child"][..],
-            &["--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child"][..],
+            &[
+                "--user",
+                "--map-root-user",
+                "--net",
+                "--pid",
+                "--fork",
+                "--kill-child",
+            ][..],
         ] {
             if works("unshare", &[candidate, &["true"]].concat()) {
                 namespaces = candidate.to_vec();
                 break;
             }
         }
-        let drop_to_nobody = root && works("setpriv", &["--reuid=65534", "--regid=65534", "--clear-groups", "true"]);
+        let drop_to_nobody = root
+            && works(
+                "setpriv",
+                &["--reuid=65534", "--regid=65534", "--clear-groups", "true"],
+            );
         let sandbox = Self {
             python: python.to_path_buf(),
             limits,
@@ -166,7 +177,16 @@ impl Sandbox {
             argv.extend(self.namespaces.iter().map(|s| s.to_string()));
         }
         if self.drop_to_nobody {
-            argv.extend(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--no-new-privs"].map(String::from));
+            argv.extend(
+                [
+                    "setpriv",
+                    "--reuid=65534",
+                    "--regid=65534",
+                    "--clear-groups",
+                    "--no-new-privs",
+                ]
+                .map(String::from),
+            );
         }
         argv.extend([
             "prlimit".to_string(),
@@ -208,12 +228,19 @@ impl Sandbox {
             }
         }
         let start = Instant::now();
-        let mut child = self.command(dir.path()).spawn().context("starting the sandbox")?;
+        let mut child = self
+            .command(dir.path())
+            .spawn()
+            .context("starting the sandbox")?;
         let stderr = drain(child.stderr.take());
         let stdout = drain(child.stdout.take());
         let status = loop {
             if let Some(exit) = child.try_wait()? {
-                break if exit.success() { Status::Passed } else { Status::Failed };
+                break if exit.success() {
+                    Status::Passed
+                } else {
+                    Status::Failed
+                };
             }
             if start.elapsed() >= self.limits.wall {
                 kill(&mut child);
@@ -261,7 +288,11 @@ fn kill(child: &mut Child) {
 /// interpreter the `nobody` user can run), else `python3` from `PATH`.
 pub fn default_python() -> PathBuf {
     let system = PathBuf::from("/usr/bin/python3");
-    if system.is_file() { system } else { PathBuf::from("python3") }
+    if system.is_file() {
+        system
+    } else {
+        PathBuf::from("python3")
+    }
 }
 
 #[cfg(test)]
@@ -280,9 +311,13 @@ mod tests {
     #[test]
     fn correct_code_passes_and_wrong_code_fails() {
         let s = sandbox();
-        let ok = s.run("def add(a, b):\n    return a + b\n\nassert add(2, 3) == 5\n").unwrap();
+        let ok = s
+            .run("def add(a, b):\n    return a + b\n\nassert add(2, 3) == 5\n")
+            .unwrap();
         assert_eq!(ok.status, Status::Passed, "{}", ok.stderr);
-        let wrong = s.run("def add(a, b):\n    return a - b\n\nassert add(2, 3) == 5\n").unwrap();
+        let wrong = s
+            .run("def add(a, b):\n    return a - b\n\nassert add(2, 3) == 5\n")
+            .unwrap();
         assert_eq!(wrong.status, Status::Failed);
         assert!(wrong.stderr.contains("AssertionError"), "{}", wrong.stderr);
     }
@@ -306,10 +341,16 @@ mod tests {
         ] {
             let out = s.run(&attack).unwrap();
             assert_eq!(out.status, Status::Failed, "{attack}: {}", out.stderr);
-            assert_eq!(std::fs::read_to_string(&canary).unwrap(), "alive", "{attack}");
+            assert_eq!(
+                std::fs::read_to_string(&canary).unwrap(),
+                "alive",
+                "{attack}"
+            );
         }
         // Its own folder is writable.
-        let own = s.run("open('scratch.txt', 'w').write('x')\nimport os\nos.remove('scratch.txt')\n").unwrap();
+        let own = s
+            .run("open('scratch.txt', 'w').write('x')\nimport os\nos.remove('scratch.txt')\n")
+            .unwrap();
         assert_eq!(own.status, Status::Passed, "{}", own.stderr);
     }
 
@@ -329,7 +370,9 @@ mod tests {
             .run("import socket\nsocket.create_connection(('1.1.1.1', 80), timeout=2)\n")
             .unwrap();
         assert_eq!(net.status, Status::Failed, "{}", net.stderr);
-        let spam = s.run("import sys\nwhile True:\n    sys.stderr.write('x' * 65536)\n").unwrap();
+        let spam = s
+            .run("import sys\nwhile True:\n    sys.stderr.write('x' * 65536)\n")
+            .unwrap();
         assert_eq!(spam.status, Status::Timeout);
         assert!(spam.stderr.len() <= 2000);
     }

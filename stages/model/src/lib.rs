@@ -55,6 +55,7 @@ pub use hf_config::{HfConfig, TokenIds};
 pub use kv_cache::KvCache;
 pub use logprobs::TokenLogprobs;
 pub use model::{LanguageModel, LoadOptions, torch_device};
+pub use sampling::Rng;
 pub use spec::{Architecture, Head, ModelSpec, RopeScaling};
 pub use tokenizer::TextTokenizer;
 pub use transformer::Transformer;

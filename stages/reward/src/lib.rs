@@ -16,5 +16,5 @@ mod verifier;
 pub use config::{RewardConfig, RewardKind};
 pub use error::{Result, RewardError};
 pub use judge::{JUDGE_PROMPT, judge_prompt, judge_scores, score_token_ids};
-pub use stage::RewardStage;
+pub use stage::{RewardStage, reward_model_scores};
 pub use verifier::{last_number, reference_number, verify};

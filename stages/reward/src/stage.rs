@@ -108,7 +108,7 @@ fn content_status(answer: &str) -> &'static str {
 }
 
 /// The reward model's score of each chat-formatted (query, answer).
-fn reward_model_scores(
+pub fn reward_model_scores(
     model: &LanguageModel,
     pairs: &[(&str, &str)],
     batch: usize,
