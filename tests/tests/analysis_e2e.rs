@@ -228,6 +228,27 @@ fn recipes_report_and_monitor_agree_with_rust_on_a_real_run() {
         ));
     }
 
+    // An evaluation of the run's final model, which the report lists.
+    let status = Command::new(pipeline())
+        .current_dir(repo())
+        .args([
+            "eval",
+            "gsm8k",
+            "--threads",
+            "1",
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            "4",
+            "--model",
+        ])
+        .arg(run_dir.join("final"))
+        .arg("--out")
+        .arg(run_dir.join("eval/gsm8k"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+
     check_report(&run_dir, &its, &monitor);
 }
 
@@ -306,6 +327,11 @@ fn check_report(run_dir: &Path, its: &BTreeMap<u64, Vec<&GameRecordRow>>, monito
         );
     }
     assert!(html.matches("<tr><td>").count() as u64 >= ITERATIONS);
+    assert!(
+        html.contains("<table id=\"evals\">") && html.contains("gsm8k accuracy"),
+        "no eval table"
+    );
+    assert!(html.contains("2 of 1319"), "the eval's sample size");
 
     // The KL plot's first line passes through the records' KL per iteration: one point
     // per iteration, left to right, higher values higher up.

@@ -1,6 +1,7 @@
 //! `pipeline report data-out/<run>`: a run's figures as plots (SVG and PNG), one
 //! self-contained HTML page, a Markdown page and `report.json` (the same figures, for
-//! scripts), all in `<run>/report/`.
+//! scripts), all in `<run>/report/`, with the results of `pipeline eval` runs written
+//! under `<run>/eval/`.
 
 mod charts;
 mod page;
@@ -43,8 +44,9 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<String> {
         let path = out.join(name);
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
     };
-    write("report.html", page::html(&run, &charts, &svgs))?;
-    write("report.md", page::markdown(&run, &charts))?;
+    let evals = eval_summaries(&args.run)?;
+    write("report.html", page::html(&run, &charts, &svgs, &evals))?;
+    write("report.md", page::markdown(&run, &charts, &evals))?;
     write("report.json", serde_json::to_string_pretty(&run)?)?;
     Ok(format!(
         "report of {} ({} iterations): {}/report.html, report.md, report.json, plots/*.svg|png\n",
@@ -62,4 +64,25 @@ fn monitor_config(run: &std::path::Path) -> MonitorConfig {
         .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
         .and_then(|manifest| serde_json::from_value(manifest["config"]["monitor"].clone()).ok())
         .unwrap_or_default()
+}
+
+/// The `summary.json` of each `pipeline eval` written under `<run>/eval/`.
+fn eval_summaries(run: &std::path::Path) -> anyhow::Result<Vec<serde_json::Value>> {
+    let dir = run.join("eval");
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.path().join("summary.json")))
+        .filter(|p| p.is_file())
+        .collect();
+    paths.sort();
+    paths
+        .iter()
+        .map(|p| {
+            let text = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            serde_json::from_slice(&text)
+                .with_context(|| format!("{} is not an eval summary", p.display()))
+        })
+        .collect()
 }

@@ -120,6 +120,46 @@ pub fn examples(run: &RunStats) -> Vec<Example<'_>> {
     out
 }
 
+/// One line per `pipeline eval` summary found under the run's `eval/`: benchmark,
+/// model, sample size, and the headline figure with its 95% interval.
+pub fn eval_lines(evals: &[serde_json::Value]) -> Vec<[String; 4]> {
+    evals
+        .iter()
+        .map(|e| {
+            let r = &e["result"];
+            let (name, est) = if r["win_rate"].is_object() {
+                (
+                    format!("win rate ({} judge)", r["judge"].as_str().unwrap_or("?")),
+                    &r["win_rate"],
+                )
+            } else if r["accuracy"].is_object() {
+                ("accuracy".to_string(), &r["accuracy"])
+            } else {
+                ("pass@1".to_string(), &r["pass_at_1"])
+            };
+            let f = |v: &serde_json::Value| {
+                v.as_f64()
+                    .map_or("–".into(), |x| format!("{:.1}%", 100.0 * x))
+            };
+            let model = e["candidate"]
+                .as_str()
+                .or(e["model"].as_str())
+                .unwrap_or("?");
+            [
+                format!("{} {name}", e["benchmark"].as_str().unwrap_or("?")),
+                model.to_string(),
+                format!("{} of {}", e["sampled"], e["of"]),
+                format!(
+                    "{} [{}, {}]",
+                    f(&est["value"]),
+                    f(&est["low"]),
+                    f(&est["high"])
+                ),
+            ]
+        })
+        .collect()
+}
+
 fn warnings(run: &RunStats) -> Vec<(u64, &str)> {
     run.iterations
         .iter()
@@ -133,7 +173,12 @@ fn warnings(run: &RunStats) -> Vec<(u64, &str)> {
 }
 
 /// The HTML page, with each chart's SVG inlined from `plots`.
-pub fn html(run: &RunStats, charts: &[Chart], svgs: &[String]) -> String {
+pub fn html(
+    run: &RunStats,
+    charts: &[Chart],
+    svgs: &[String],
+    evals: &[serde_json::Value],
+) -> String {
     let mut p = String::new();
     let title = format!("LSP run {} ({})", escape(&run.run_id), escape(&run.mode));
     let _ = write!(
@@ -159,7 +204,19 @@ pub fn html(run: &RunStats, charts: &[Chart], svgs: &[String]) -> String {
         }
         p.push_str("</tr>\n");
     }
-    p.push_str("</table>\n<h2>Monitor warnings</h2>\n");
+    p.push_str("</table>\n");
+    if !evals.is_empty() {
+        p.push_str("<h2>Evaluations</h2>\n<table id=\"evals\"><tr><th>benchmark</th><th>model</th><th>sample</th><th>result [95% CI]</th></tr>\n");
+        for line in eval_lines(evals) {
+            p.push_str("<tr>");
+            for cell in line {
+                let _ = write!(p, "<td>{}</td>", escape(&cell));
+            }
+            p.push_str("</tr>\n");
+        }
+        p.push_str("</table>\n");
+    }
+    p.push_str("<h2>Monitor warnings</h2>\n");
     let warned = warnings(run);
     if warned.is_empty() {
         p.push_str("<p>None.</p>\n");
@@ -197,7 +254,7 @@ fn md_cell(text: &str) -> String {
 }
 
 /// The Markdown page, linking `plots/<stem>.png`.
-pub fn markdown(run: &RunStats, charts: &[Chart]) -> String {
+pub fn markdown(run: &RunStats, charts: &[Chart], evals: &[serde_json::Value]) -> String {
     let mut p = format!(
         "# LSP run {} ({})\n\n{} iterations; monitor figures {}.\n\n## Per iteration\n\n",
         run.run_id,
@@ -210,6 +267,12 @@ pub fn markdown(run: &RunStats, charts: &[Chart]) -> String {
     let _ = writeln!(p, "|{}", "---|".repeat(header.len()));
     for row in rows {
         let _ = writeln!(p, "| {} |", row.join(" | "));
+    }
+    if !evals.is_empty() {
+        p.push_str("\n## Evaluations\n\n| benchmark | model | sample | result [95% CI] |\n|---|---|---|---|\n");
+        for line in eval_lines(evals) {
+            let _ = writeln!(p, "| {} |", line.join(" | "));
+        }
     }
     p.push_str("\n## Monitor warnings\n\n");
     let warned = warnings(run);
