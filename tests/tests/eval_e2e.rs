@@ -58,7 +58,10 @@ fn a_model_against_itself_ties_under_both_judges() {
         ]);
         let result = &summary["result"];
         assert_eq!(result["win_rate"]["value"], 0.5, "{judge}: {summary}");
-        assert_eq!(result["ties"], 10);
+        assert_eq!(
+            (&result["ties"], &result["identical_outputs"]),
+            (&10.into(), &10.into())
+        );
         assert_eq!(summary["sampled"], 10);
         // 805 instructions in five subsets: a stratified sample of 10 draws from each.
         let subsets = result["per_subset"].as_object().unwrap();

@@ -122,6 +122,9 @@ pub struct WinRateSummary {
     pub wins: usize,
     pub ties: usize,
     pub losses: usize,
+    /// Instructions both models answered with the same text (a tie by construction;
+    /// all of them identical leaves the interval no width).
+    pub identical_outputs: usize,
     pub candidate_mean_chars: f64,
     pub baseline_mean_chars: f64,
 }
@@ -146,6 +149,10 @@ pub fn summarize(judge: &str, rows: &[WinRateRow]) -> WinRateSummary {
         wins: outcomes.iter().filter(|&&o| o == 1.0).count(),
         ties: outcomes.iter().filter(|&&o| o == 0.5).count(),
         losses: outcomes.iter().filter(|&&o| o == 0.0).count(),
+        identical_outputs: rows
+            .iter()
+            .filter(|r| r.candidate_output == r.baseline_output)
+            .count(),
         candidate_mean_chars: mean_chars(|r| r.candidate_chars),
         baseline_mean_chars: mean_chars(|r| r.baseline_chars),
     }
