@@ -43,6 +43,7 @@ mod logprobs;
 mod model;
 mod rope;
 mod sampling;
+mod shared_prefix;
 mod spec;
 mod tokenizer;
 mod transformer;

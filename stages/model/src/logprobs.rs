@@ -102,25 +102,32 @@ impl LanguageModel {
                 lengths,
             });
         }
-        let (ids, key_mask) = right_pad(&seqs, self.pad_token_id() as i64, device);
-        let width = ids.size()[1];
-        // Row-major index of each position that predicts a completion token, and the
-        // token it predicts.
-        let mut rows = Vec::with_capacity(total as usize);
-        let mut targets = Vec::with_capacity(total as usize);
-        for (b, (p, c)) in pairs.iter().enumerate() {
-            for (j, &t) in c.iter().enumerate() {
-                rows.push(b as i64 * width + p.len() as i64 - 1 + j as i64);
-                targets.push(t as i64);
-            }
-        }
-        let rows = Tensor::from_slice(&rows).to_device(device);
+        let targets: Vec<i64> = pairs
+            .iter()
+            .flat_map(|(_, c)| c.iter().map(|&t| i64::from(t)))
+            .collect();
         let targets = Tensor::from_slice(&targets).to_device(device);
         let transformer = self.transformer();
-        let hidden = transformer.hidden(&ids, &key_mask, None);
-        let hidden = hidden
-            .view([-1, self.spec().hidden_size])
-            .index_select(0, &rows);
+        let hidden = match self.shared_prefix_hidden(pairs)? {
+            Some(hidden) => hidden,
+            None => {
+                let (ids, key_mask) = right_pad(&seqs, self.pad_token_id() as i64, device);
+                let width = ids.size()[1];
+                // Row-major index of each position that predicts a completion token.
+                let rows: Vec<i64> = pairs
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(b, (p, c))| {
+                        (0..c.len()).map(move |j| b as i64 * width + p.len() as i64 - 1 + j as i64)
+                    })
+                    .collect();
+                let rows = Tensor::from_slice(&rows).to_device(device);
+                transformer
+                    .hidden(&ids, &key_mask, None)
+                    .view([-1, self.spec().hidden_size])
+                    .index_select(0, &rows)
+            }
+        };
         let chunk = if hidden.requires_grad() {
             total
         } else {

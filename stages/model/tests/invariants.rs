@@ -347,3 +347,64 @@ fn bf16_runs_close_to_f32_and_saves_as_f32() {
     let tensors = Tensor::read_safetensors(dir.path().join("model.safetensors")).unwrap();
     assert!(tensors.iter().all(|(_, t)| t.kind() == Kind::Float));
 }
+
+#[test]
+fn shared_prompts_give_the_same_logprobs_and_gradients_as_full_pairs() {
+    let options = LoadOptions {
+        trainable: true,
+        ..LoadOptions::default()
+    };
+    let policy = LanguageModel::load(&fixture("tiny-llama"), options).unwrap();
+    let prompts = prompts(&policy);
+    let (a, b) = (&prompts[1], &prompts[0]);
+    let completions: Vec<Vec<u32>> = vec![
+        vec![5, 9, 13, 2],
+        vec![7],
+        vec![11, 3, 3],
+        vec![4, 8],
+        vec![],
+    ];
+    // Three answers to prompt a (different lengths), one to b, one empty to a.
+    let pairs: Vec<(&[u32], &[u32])> = vec![
+        (a, &completions[0]),
+        (b, &completions[3]),
+        (a, &completions[1]),
+        (a, &completions[2]),
+        (a, &completions[4]),
+    ];
+    let params = policy.var_store().trainable_variables();
+    let gradients = |run: &dyn Fn() -> Tensor| -> (Vec<f32>, Vec<Tensor>) {
+        for p in &params {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+        let values = run();
+        values.sum(Kind::Float).backward();
+        let flat = Vec::<f32>::try_from(&values.detach()).unwrap();
+        (flat, params.iter().map(|p| p.grad().copy()).collect())
+    };
+    // One call: the prompt a runs once for its four pairs.
+    let (shared, shared_grads) = gradients(&|| policy.completion_logprobs(&pairs).unwrap().values);
+    // Each pair alone: every prompt runs in full.
+    let (alone, alone_grads) = gradients(&|| {
+        let parts: Vec<Tensor> = pairs
+            .iter()
+            .map(|pair| policy.completion_logprobs(&[*pair]).unwrap().values)
+            .collect();
+        Tensor::cat(&parts, 0)
+    });
+    assert_eq!(shared.len(), 4 + 2 + 1 + 3);
+    for (x, y) in shared.iter().zip(&alone) {
+        assert!((x - y).abs() < 1e-4, "{x} vs {y}");
+    }
+    for (g, h) in shared_grads.iter().zip(&alone_grads) {
+        let scale = h.abs().max().double_value(&[]).max(1e-6);
+        let diff = (g - h).abs().max().double_value(&[]);
+        assert!(
+            diff <= 1e-3 * scale,
+            "gradient differs by {diff} (scale {scale})"
+        );
+    }
+}

@@ -139,11 +139,26 @@ impl Update {
         iteration: u64,
     ) -> Result<(UpdatedBatch, StepRow)> {
         let (items, query_item) = self.items(batch)?;
-        // The reference only runs forward passes here: pack its weights once for them.
-        let _packed = reference.transformer().packed_for_inference();
         let trainable: Vec<usize> = (0..items.len())
             .filter(|&i| !items[i].completion.is_empty() && !items[i].prompt.is_empty())
             .collect();
+        let micro = self.config.micro_batch_size as usize;
+        let pairs_of = |chunk: &[usize]| -> Vec<(&[u32], &[u32])> {
+            chunk
+                .iter()
+                .map(|&i| (items[i].prompt.as_slice(), items[i].completion.as_slice()))
+                .collect()
+        };
+        // The reference's log-probs first, all of them, with its weights packed for
+        // inference; the packed copy is gone before the policy's passes keep
+        // activations for the backward pass, so the two never add up in memory.
+        let reference_lps = {
+            let _packed = reference.transformer().packed_for_inference();
+            trainable
+                .chunks(micro)
+                .map(|chunk| tch::no_grad(|| reference.completion_logprobs(&pairs_of(chunk))))
+                .collect::<std::result::Result<Vec<_>, _>>()?
+        };
         let mut measured = vec![Measured::default(); items.len()];
         // L_Sol, and L_Ch before α_Ch (so it is reported when α_Ch = 0 too).
         let (mut loss_solver, mut loss_challenger) = (0.0, 0.0);
@@ -151,13 +166,8 @@ impl Update {
         let mut tokens = 0u64;
         let has_challenger = items.iter().any(|i| i.challenger);
         self.optimizer.zero_grad();
-        for chunk in trainable.chunks(self.config.micro_batch_size as usize) {
-            let pairs: Vec<(&[u32], &[u32])> = chunk
-                .iter()
-                .map(|&i| (items[i].prompt.as_slice(), items[i].completion.as_slice()))
-                .collect();
-            let reference_lp = tch::no_grad(|| reference.completion_logprobs(&pairs))?;
-            let lp = policy.completion_logprobs(&pairs)?;
+        for (chunk, reference_lp) in trainable.chunks(micro).zip(&reference_lps) {
+            let lp = policy.completion_logprobs(&pairs_of(chunk))?;
             let advantages: Vec<f64> = chunk.iter().map(|&i| items[i].advantage).collect();
             let (terms, kl) = sequence_terms(
                 &lp,

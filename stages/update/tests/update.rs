@@ -148,7 +148,13 @@ fn kl_to_an_identical_reference_is_zero_and_k3_has_no_gradient() {
         let mut update = Update::new(cfg, &policy).unwrap();
         let (updated, step) = update.process(&policy, &reference, &b, 3).unwrap();
         for row in updated.to_rows().unwrap() {
-            assert!(row.kl_answer.abs() < 1e-6 && row.kl_query.unwrap().abs() < 1e-6);
+            // f32 noise only: the reference runs packed kernels, the policy plain ones.
+            assert!(
+                row.kl_answer.abs() < 1e-5 && row.kl_query.unwrap().abs() < 1e-5,
+                "{} {:?}",
+                row.kl_answer,
+                row.kl_query
+            );
             assert!((row.answer_logprob_policy - row.answer_logprob_ref).abs() < 1e-5);
         }
         match estimator {
