@@ -214,6 +214,21 @@ fn a_staged_run_continues_each_stage_from_the_last_ones_weights() {
     let policy = manifest["policy"]["folder"].as_str().unwrap();
     assert_eq!(Path::new(policy), root.join("play/final"));
     assert!(root.join("rl/final/model.safetensors").is_file());
+    // Asked again with --report, the finished run writes each stage's report.
+    let out = Command::new(pipeline())
+        .args(["run", "--resume", "--report"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for stage in ["play", "rl"] {
+        let html = std::fs::read_to_string(root.join(stage).join("report/report.html")).unwrap();
+        assert!(html.contains(&format!("LSP run {stage}")), "{stage}");
+    }
 }
 
 #[test]

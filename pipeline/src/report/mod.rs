@@ -28,6 +28,15 @@ pub struct ReportArgs {
 
 /// Writes the report; returns what was written.
 pub fn report(args: &ReportArgs) -> anyhow::Result<String> {
+    write_report(&args.run, args.out.clone())
+}
+
+/// Writes the report of the run in `run_dir` into `out` (default `<run>/report`).
+pub fn write_report(run_dir: &std::path::Path, out: Option<PathBuf>) -> anyhow::Result<String> {
+    let args = ReportArgs {
+        run: run_dir.to_path_buf(),
+        out,
+    };
     let run = RunStats::load(&args.run, &monitor_config(&args.run))?;
     let out = args.out.clone().unwrap_or_else(|| args.run.join("report"));
     let plots = out.join("plots");

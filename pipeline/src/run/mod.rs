@@ -47,6 +47,9 @@ pub struct RunArgs {
     /// Progress bar: `auto` (when stderr is a terminal), `bar` or `none`.
     #[arg(long, value_enum, default_value = "auto")]
     progress: progress::ProgressMode,
+    /// Write `pipeline report` into each run folder when the run stops.
+    #[arg(long)]
+    report: bool,
 }
 
 /// SplitMix64's mixing of `a` and `b`: per-iteration, per-stage seeds.
@@ -81,7 +84,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<String> {
     tch::set_num_interop_threads(1);
     if config.stages.is_empty() {
         let dir = RunDir::new(&config.run.output_dir, &config.run.name);
-        return run_one(config, dir, args.resume, args.progress);
+        let message = run_one(config, dir.clone(), args.resume, args.progress)?;
+        return with_report(message, &dir, args.report);
     }
     // A staged run: output_dir/name/<stage>/, each stage starting from the previous
     // stage's final model (and, unless `model.reference` is set, with it as reference).
@@ -93,7 +97,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<String> {
         staged.model.policy = policy.clone();
         let dir = RunDir::new(&root, &stage.name);
         info!(stage = stage.name, mode = staged.run.mode.as_str(), policy = %policy.display(), "stage");
-        message.push_str(&run_one(staged, dir.clone(), args.resume, args.progress)?);
+        let done = run_one(staged, dir.clone(), args.resume, args.progress)?;
+        message.push_str(&with_report(done, &dir, args.report)?);
         anyhow::ensure!(
             dir.final_model().is_dir(),
             "stage {} stopped before its last iteration: the next stage needs its final model",
@@ -102,6 +107,14 @@ pub fn run(args: &RunArgs) -> anyhow::Result<String> {
         policy = dir.final_model();
     }
     Ok(message)
+}
+
+/// `message`, followed by the report's own line when one was asked for.
+fn with_report(message: String, dir: &RunDir, report: bool) -> anyhow::Result<String> {
+    if !report || !dir.records().is_dir() {
+        return Ok(message);
+    }
+    Ok(message + &crate::report::write_report(dir.root(), None)?)
 }
 
 /// Runs one config into `dir`.
