@@ -11,6 +11,15 @@ use common::{pipeline, repo};
 use lsp_schemas::{TaskBatch, TypedBatch, WinRateBatch, read_parquet};
 use serde_json::Value;
 
+/// Every row of `dir/results.parquet`.
+fn results<T: TypedBatch>(dir: &Path) -> Vec<T::Row> {
+    read_parquet::<T>(&dir.join("results.parquet"))
+        .unwrap()
+        .iter()
+        .flat_map(|b| b.to_rows().unwrap())
+        .collect()
+}
+
 fn eval(args: &[&str]) -> Value {
     let out = Command::new(pipeline())
         .current_dir(repo())
@@ -66,9 +75,7 @@ fn a_model_against_itself_ties_under_both_judges() {
         // 805 instructions in five subsets: a stratified sample of 10 draws from each.
         let subsets = result["per_subset"].as_object().unwrap();
         assert_eq!(subsets.len(), 5, "{summary}");
-        let rows = read_parquet::<WinRateBatch>(&out.join("results.parquet")).unwrap()[0]
-            .to_rows()
-            .unwrap();
+        let rows = results::<WinRateBatch>(&out);
         assert_eq!(rows.len(), 10);
         for r in &rows {
             assert_eq!(r.candidate_output, r.baseline_output);
@@ -103,14 +110,7 @@ fn a_model_against_itself_ties_under_both_judges() {
         "--out",
         dir.path().join("again").to_str().unwrap(),
     ]);
-    let ids = |p: &Path| -> Vec<u64> {
-        read_parquet::<WinRateBatch>(&p.join("results.parquet")).unwrap()[0]
-            .to_rows()
-            .unwrap()
-            .iter()
-            .map(|r| r.id)
-            .collect()
-    };
+    let ids = |p: &Path| -> Vec<u64> { results::<WinRateBatch>(p).iter().map(|r| r.id).collect() };
     assert_eq!(
         ids(&dir.path().join("again")),
         ids(&dir.path().join("reward-model"))
@@ -134,9 +134,7 @@ fn gsm8k_and_humaneval_score_every_sampled_task() {
         "--out",
         gsm.to_str().unwrap(),
     ]);
-    let rows = read_parquet::<TaskBatch>(&gsm.join("results.parquet")).unwrap()[0]
-        .to_rows()
-        .unwrap();
+    let rows = results::<TaskBatch>(&gsm);
     assert_eq!(rows.len(), 3);
     let correct = rows.iter().filter(|r| r.correct).count();
     assert_eq!(summary["result"]["correct"], correct);
@@ -159,9 +157,7 @@ fn gsm8k_and_humaneval_score_every_sampled_task() {
         "--out",
         he.to_str().unwrap(),
     ]);
-    let rows = read_parquet::<TaskBatch>(&he.join("results.parquet")).unwrap()[0]
-        .to_rows()
-        .unwrap();
+    let rows = results::<TaskBatch>(&he);
     assert_eq!(rows.len(), 2);
     // The tiny model writes noise: no program passes, and each says why.
     assert_eq!(summary["result"]["passed"], 0);

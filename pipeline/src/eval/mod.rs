@@ -155,6 +155,25 @@ impl Common {
         })
     }
 
+    /// The answers of the model in `folder` to `messages` (loaded, used, dropped).
+    fn answers(
+        &self,
+        folder: &Path,
+        messages: &[String],
+        sampling: &SamplingConfig,
+    ) -> anyhow::Result<Vec<generate::Answer>> {
+        let model = generate::load(folder, self.runtime.load_options())?;
+        info!(model = %folder.display(), n = messages.len(), "generating");
+        generate::answers(
+            &model,
+            messages,
+            sampling,
+            self.batch,
+            self.seed,
+            progress("answers", messages.len()),
+        )
+    }
+
     fn settings(&self) -> serde_json::Value {
         json!({
             "limit": self.limit, "seed": self.seed, "temperature": self.temperature,
@@ -207,31 +226,9 @@ fn run_winrate(args: &WinRateArgs) -> anyhow::Result<String> {
         .map(|i| items[i].clone())
         .collect();
     let messages: Vec<String> = picked.iter().map(|i| i.instruction.clone()).collect();
-    let options = c.runtime.load_options();
-    let mut outputs = Vec::new();
-    for (role, folder) in [("candidate", &args.candidate), ("baseline", &args.baseline)] {
-        let model = generate::load(folder, options)?;
-        info!(role, model = %folder.display(), n = messages.len(), "generating");
-        outputs.push(generate::answers(
-            &model,
-            &messages,
-            &sampling,
-            c.batch,
-            c.seed,
-            progress("answers", messages.len()),
-        )?);
-    }
-    let (candidate, baseline) = (&outputs[0], &outputs[1]);
-    let judge = generate::load(&args.judge_model, options)?;
-    let pairs = |first: &[generate::Answer],
-                 second: &[generate::Answer]|
-     -> Vec<(String, String, String)> {
-        picked
-            .iter()
-            .zip(first.iter().zip(second))
-            .map(|(i, (a, b))| (i.instruction.clone(), a.text.clone(), b.text.clone()))
-            .collect()
-    };
+    let candidate = &c.answers(&args.candidate, &messages, &sampling)?;
+    let baseline = &c.answers(&args.baseline, &messages, &sampling)?;
+    let judge = generate::load(&args.judge_model, c.runtime.load_options())?;
     let n = picked.len();
     let (mut scores, mut probs) = (vec![(None, None); n], vec![(None, None); n]);
     let outcomes: Vec<f64> = match args.judge {
@@ -254,18 +251,12 @@ fn run_winrate(args: &WinRateArgs) -> anyhow::Result<String> {
                 .collect()
         }
         JudgeKind::Llm => {
-            let ask = |triples: Vec<(String, String, String)>| {
-                let t: Vec<(&str, &str, &str)> = triples
+            let first = winrate::prefer_a(&judge, &triples(&picked, candidate, baseline), c.batch)?;
+            let second: Vec<f64> =
+                winrate::prefer_a(&judge, &triples(&picked, baseline, candidate), c.batch)?
                     .iter()
-                    .map(|(i, a, b)| (i.as_str(), a.as_str(), b.as_str()))
+                    .map(|p| 1.0 - p)
                     .collect();
-                winrate::prefer_a(&judge, &t, c.batch)
-            };
-            let first = ask(pairs(candidate, baseline))?;
-            let second: Vec<f64> = ask(pairs(baseline, candidate))?
-                .iter()
-                .map(|p| 1.0 - p)
-                .collect();
             for (k, p) in probs.iter_mut().enumerate() {
                 *p = (Some(first[k]), Some(second[k]));
             }
@@ -312,6 +303,19 @@ fn run_winrate(args: &WinRateArgs) -> anyhow::Result<String> {
     )
 }
 
+/// (instruction, response A, response B) for each instruction.
+fn triples<'a>(
+    picked: &'a [winrate::Instruction],
+    first: &'a [generate::Answer],
+    second: &'a [generate::Answer],
+) -> Vec<(&'a str, &'a str, &'a str)> {
+    picked
+        .iter()
+        .zip(first.iter().zip(second))
+        .map(|(i, (a, b))| (i.instruction.as_str(), a.text.as_str(), b.text.as_str()))
+        .collect()
+}
+
 fn run_gsm8k(args: &TaskArgs) -> anyhow::Result<String> {
     let c = &args.common;
     c.runtime.apply();
@@ -322,15 +326,7 @@ fn run_gsm8k(args: &TaskArgs) -> anyhow::Result<String> {
         .iter()
         .map(|&i| gsm8k::message(&problems[i].question))
         .collect();
-    let model = generate::load(&args.model, c.runtime.load_options())?;
-    let answers = generate::answers(
-        &model,
-        &messages,
-        &sampling,
-        c.batch,
-        c.seed,
-        progress("answers", messages.len()),
-    )?;
+    let answers = c.answers(&args.model, &messages, &sampling)?;
     let rows: Vec<TaskRow> = picked
         .iter()
         .zip(messages.iter().zip(&answers))
@@ -383,15 +379,7 @@ fn run_humaneval(args: &HumanEvalArgs) -> anyhow::Result<String> {
         .iter()
         .map(|&i| humaneval::message(&tasks[i]))
         .collect();
-    let model = generate::load(&args.task.model, c.runtime.load_options())?;
-    let answers = generate::answers(
-        &model,
-        &messages,
-        &sampling,
-        c.batch,
-        c.seed,
-        progress("answers", messages.len()),
-    )?;
+    let answers = c.answers(&args.task.model, &messages, &sampling)?;
     let mut rows = Vec::with_capacity(picked.len());
     for (&i, (m, a)) in picked.iter().zip(messages.iter().zip(&answers)) {
         let task = &tasks[i];

@@ -33,12 +33,8 @@ pub fn report(args: &ReportArgs) -> anyhow::Result<String> {
 
 /// Writes the report of the run in `run_dir` into `out` (default `<run>/report`).
 pub fn write_report(run_dir: &std::path::Path, out: Option<PathBuf>) -> anyhow::Result<String> {
-    let args = ReportArgs {
-        run: run_dir.to_path_buf(),
-        out,
-    };
-    let run = RunStats::load(&args.run, &monitor_config(&args.run))?;
-    let out = args.out.clone().unwrap_or_else(|| args.run.join("report"));
+    let run = RunStats::load(run_dir, &monitor_config(run_dir))?;
+    let out = out.unwrap_or_else(|| run_dir.join("report"));
     let plots = out.join("plots");
     std::fs::create_dir_all(&plots).with_context(|| format!("creating {}", plots.display()))?;
     let charts = charts::charts(&run);
@@ -53,7 +49,7 @@ pub fn write_report(run_dir: &std::path::Path, out: Option<PathBuf>) -> anyhow::
         let path = out.join(name);
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
     };
-    let evals = eval_summaries(&args.run)?;
+    let evals = eval_summaries(run_dir)?;
     write("report.html", page::html(&run, &charts, &svgs, &evals))?;
     write("report.md", page::markdown(&run, &charts, &evals))?;
     write("report.json", serde_json::to_string_pretty(&run)?)?;

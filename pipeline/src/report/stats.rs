@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::monitor::{MonitorConfig, SequentialMonitor, observe};
 use crate::run::Summary;
+use crate::run::layout::RunDir;
 
 /// Mean, standard deviation (population), minimum and maximum of some values.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -124,44 +125,32 @@ impl RunStats {
     /// Reads the run in `dir`: its records, and its monitor rows where it has them
     /// (recomputed with `monitor` settings where it has none).
     pub fn load(dir: &Path, monitor: &MonitorConfig) -> anyhow::Result<Self> {
-        let records_dir = dir.join("records");
-        let mut files: Vec<_> = std::fs::read_dir(&records_dir)
-            .with_context(|| {
-                format!(
-                    "{} has no records/ folder: is it a run folder?",
-                    dir.display()
-                )
-            })?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
-            .collect();
-        files.sort();
+        let run = RunDir::at(dir);
+        let iterations = run.recorded_iterations()?;
         anyhow::ensure!(
-            !files.is_empty(),
-            "{} holds no game records",
-            records_dir.display()
+            !iterations.is_empty(),
+            "{} holds no game records: is {} a run folder?",
+            run.records().display(),
+            dir.display()
         );
-        let mut batches = Vec::new();
-        for path in &files {
-            let mut parts = read_parquet::<GameRecordBatch>(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            anyhow::ensure!(parts.len() == 1, "{}: expected one batch", path.display());
-            batches.push(parts.remove(0));
-        }
+        let batches: Vec<GameRecordBatch> = iterations
+            .iter()
+            .map(|&t| run.read_record(t))
+            .collect::<anyhow::Result<_>>()?;
         let records: Vec<Vec<GameRecordRow>> = batches
             .iter()
             .map(|b| b.to_rows())
             .collect::<Result<_, _>>()?;
-        for rows in &records {
+        for (rows, t) in records.iter().zip(&iterations) {
             anyhow::ensure!(
                 !rows.is_empty(),
-                "an empty game record in {}",
-                records_dir.display()
+                "{} is an empty game record",
+                run.record(*t).display()
             );
         }
         let run_id = records[0][0].run_id.clone();
         let mode = records[0][0].mode.clone();
-        let live = live_monitor_rows(dir, &records)?;
+        let live = live_monitor_rows(&run, &iterations)?;
         let monitor_source = if live.is_some() { "live" } else { "recomputed" };
         let monitor_rows = match live {
             Some(rows) => rows,
@@ -184,15 +173,10 @@ impl RunStats {
 }
 
 /// The run's own monitor rows, when every recorded iteration has one.
-fn live_monitor_rows(
-    dir: &Path,
-    records: &[Vec<GameRecordRow>],
-) -> anyhow::Result<Option<Vec<MonitorRow>>> {
+fn live_monitor_rows(run: &RunDir, iterations: &[u64]) -> anyhow::Result<Option<Vec<MonitorRow>>> {
     let mut rows = Vec::new();
-    for record in records {
-        let path = dir
-            .join("monitor")
-            .join(format!("iteration-{:06}.parquet", record[0].iteration));
+    for &t in iterations {
+        let path = run.monitor_row(t);
         if !path.is_file() {
             return Ok(None);
         }

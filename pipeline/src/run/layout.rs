@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use arrow::compute::concat_batches;
+use lsp_schemas::{GameRecordBatch, TypedBatch, game_record_schema, read_batches};
 
 /// A run folder.
 #[derive(Debug, Clone)]
@@ -19,6 +21,13 @@ impl RunDir {
     pub fn new(output_dir: &Path, name: &str) -> Self {
         Self {
             root: output_dir.join(name),
+        }
+    }
+
+    /// The run folder `root` itself (e.g. the argument of `pipeline report`).
+    pub fn at(root: &Path) -> Self {
+        Self {
+            root: root.to_path_buf(),
         }
     }
 
@@ -79,6 +88,15 @@ impl RunDir {
     /// Iterations of the record files present, sorted.
     pub fn recorded_iterations(&self) -> anyhow::Result<Vec<u64>> {
         numbered(&self.records(), "iteration-", ".parquet")
+    }
+
+    /// The game record of `iteration`, as one batch.
+    pub fn read_record(&self, iteration: u64) -> anyhow::Result<GameRecordBatch> {
+        let path = self.record(iteration);
+        let batches = read_batches(&path).with_context(|| format!("reading {}", path.display()))?;
+        let batch = concat_batches(&game_record_schema(), &batches)
+            .with_context(|| format!("reading {}", path.display()))?;
+        GameRecordBatch::try_new(batch).with_context(|| format!("reading {}", path.display()))
     }
 
     /// The newest checkpoint whose state file was written.

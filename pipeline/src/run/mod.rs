@@ -8,7 +8,7 @@
 mod checkpoint;
 mod data;
 mod engine;
-mod layout;
+pub mod layout;
 mod manifest;
 mod operator;
 mod progress;
@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use clap::Args;
-use lsp_schemas::{GameRecordBatch, MonitorBatch, MonitorRow, StepRow, TypedBatch, read_parquet};
+use lsp_schemas::{GameRecordBatch, MonitorBatch, MonitorRow, StepRow, TypedBatch};
 use timely::dataflow::operators::{Input, Inspect, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle};
 use tracing::{info, warn};
@@ -271,13 +271,7 @@ fn start_monitor(
         .into_iter()
         .filter(|&t| t < start)
     {
-        let path = dir.record(t);
-        let mut rows = Vec::new();
-        for batch in read_parquet::<GameRecordBatch>(&path)
-            .with_context(|| format!("reading {} for the monitor", path.display()))?
-        {
-            rows.extend(batch.to_rows()?);
-        }
+        let rows = dir.read_record(t)?.to_rows()?;
         let (queries, answers) = observe(&rows, config);
         live.observe(worker, t, &queries, &answers);
     }

@@ -2,6 +2,8 @@
 
 use lsp_schemas::{GameRecordBatch, MonitorRow, TypedBatch};
 
+use crate::monitor::judge_failed;
+
 /// Figures of one iteration, from its game record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Summary {
@@ -37,7 +39,7 @@ impl Summary {
             .collect();
         let failures = judged
             .iter()
-            .filter(|r| matches!(r.self_reward_status.as_str(), "missing" | "out_of_range"))
+            .filter(|r| judge_failed(&r.self_reward_status) == Some(true))
             .count();
         let seconds = [
             r0.seconds_challenger,

@@ -90,10 +90,6 @@ impl LanguageModel {
             return Err(ModelError::Invalid(format!("pair {i} has an empty prompt")));
         }
         let device = self.device();
-        let seqs: Vec<Vec<i64>> = pairs
-            .iter()
-            .map(|(p, c)| p.iter().chain(c.iter()).map(|&t| t as i64).collect())
-            .collect();
         let lengths: Vec<i64> = pairs.iter().map(|(_, c)| c.len() as i64).collect();
         let total: i64 = lengths.iter().sum();
         if total == 0 {
@@ -111,6 +107,10 @@ impl LanguageModel {
         let hidden = match self.shared_prefix_hidden(pairs)? {
             Some(hidden) => hidden,
             None => {
+                let seqs: Vec<Vec<i64>> = pairs
+                    .iter()
+                    .map(|(p, c)| p.iter().chain(c.iter()).map(|&t| t as i64).collect())
+                    .collect();
                 let (ids, key_mask) = right_pad(&seqs, self.pad_token_id() as i64, device);
                 let width = ids.size()[1];
                 // Row-major index of each position that predicts a completion token.
