@@ -370,6 +370,8 @@ mod tests {
             .run("import socket\nsocket.create_connection(('1.1.1.1', 80), timeout=2)\n")
             .unwrap();
         assert_eq!(net.status, Status::Failed, "{}", net.stderr);
+        // Refused by the sandbox, not merely unreachable from this machine.
+        assert!(net.stderr.contains("sandbox: socket"), "{}", net.stderr);
         let spam = s
             .run("import sys\nwhile True:\n    sys.stderr.write('x' * 65536)\n")
             .unwrap();
