@@ -38,9 +38,10 @@ impl TrainStep {
         self.optimizer.zero_grad();
         let mut loss_sum = 0.0;
         for chunk in pairs.chunks(micro_batch.max(1)) {
-            let lp = model.completion_logprobs(chunk)?;
-            let loss = -lp.values.sum(Kind::Float) / total as f64;
+            let pass = model.training_logprobs(chunk)?;
+            let loss = -pass.logprobs.values.sum(Kind::Float) / total as f64;
             loss.backward();
+            pass.backward();
             loss_sum += loss.double_value(&[]);
         }
         self.optimizer.step(3e-6);

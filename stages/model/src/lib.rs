@@ -9,7 +9,9 @@
 //! - [`TextTokenizer`] renders the model's own Jinja chat template.
 //! - [`LanguageModel::generate`] samples batches with a KV cache (greedy, temperature,
 //!   top-k, top-p; seeded), [`LanguageModel::completion_logprobs`] gives
-//!   teacher-forced log-probs with or without gradient, and
+//!   teacher-forced log-probs with or without gradient,
+//!   [`LanguageModel::training_logprobs`] the same for a training step (the output
+//!   head's backward written out, to save memory), and
 //!   [`LanguageModel::score_sequences`] a reward model's scores.
 //!
 //! (Not run as a doctest: rustdoc's binaries live outside `target/`, where the rpath to
@@ -46,6 +48,7 @@ mod sampling;
 mod shared_prefix;
 mod spec;
 mod tokenizer;
+mod training;
 mod transformer;
 
 pub use chat_template::{ChatTemplate, Message};
@@ -59,4 +62,5 @@ pub use model::{LanguageModel, LoadOptions, torch_device};
 pub use sampling::Rng;
 pub use spec::{Architecture, Head, ModelSpec, RopeScaling};
 pub use tokenizer::TextTokenizer;
+pub use training::TrainingLogprobs;
 pub use transformer::Transformer;

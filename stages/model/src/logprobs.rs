@@ -80,30 +80,75 @@ pub(crate) fn right_pad(seqs: &[Vec<i64>], pad: i64, device: tch::Device) -> (Te
     )
 }
 
+/// What the output head needs for a batch of `(prompt, completion)` pairs.
+pub(crate) struct CompletionHidden {
+    /// Final hidden states at the positions that predict completion tokens,
+    /// `[total, hidden]`, in pair order.
+    pub hidden: Tensor,
+    /// The completion tokens, `[total]` int64.
+    pub targets: Tensor,
+    /// Completion length of each pair.
+    pub lengths: Vec<i64>,
+}
+
 impl LanguageModel {
     /// Log-prob of each completion token given its prompt, for `(prompt, completion)`
-    /// pairs. Gradients flow when the model is trainable and grad mode is on (the
-    /// policy in the update); wrap in `tch::no_grad` for the reference.
+    /// pairs. Gradients flow when the model is trainable and grad mode is on; wrap in
+    /// `tch::no_grad` for the reference. (A training step uses
+    /// [`LanguageModel::training_logprobs`], which needs less memory.)
     pub fn completion_logprobs(&self, pairs: &[(&[u32], &[u32])]) -> Result<TokenLogprobs> {
+        let CompletionHidden {
+            hidden,
+            targets,
+            lengths,
+        } = self.completion_hidden(pairs)?;
+        let total = targets.size()[0];
+        let chunk = if hidden.requires_grad() {
+            total.max(1)
+        } else {
+            HEAD_CHUNK
+        };
+        let transformer = self.transformer();
+        let mut parts = vec![Tensor::zeros([0], (Kind::Float, self.device()))];
+        let mut start = 0;
+        while start < total {
+            let n = chunk.min(total - start);
+            let h = hidden.narrow(0, start, n);
+            let t = targets.narrow(0, start, n);
+            let logits = transformer.logits(&h).to_kind(Kind::Float);
+            let chosen = logits.gather(1, &t.unsqueeze(1), false).squeeze_dim(1);
+            parts.push(chosen - logits.logsumexp([1i64].as_slice(), false));
+            start += n;
+        }
+        Ok(TokenLogprobs {
+            values: Tensor::cat(&parts, 0),
+            lengths,
+        })
+    }
+
+    /// The hidden states and targets of [`CompletionHidden`]; a prompt several pairs
+    /// share runs once.
+    pub(crate) fn completion_hidden(&self, pairs: &[(&[u32], &[u32])]) -> Result<CompletionHidden> {
         self.require_causal_lm()?;
         if let Some(i) = pairs.iter().position(|(p, _)| p.is_empty()) {
             return Err(ModelError::Invalid(format!("pair {i} has an empty prompt")));
         }
         let device = self.device();
         let lengths: Vec<i64> = pairs.iter().map(|(_, c)| c.len() as i64).collect();
-        let total: i64 = lengths.iter().sum();
-        if total == 0 {
-            return Ok(TokenLogprobs {
-                values: Tensor::zeros([0], (Kind::Float, device)),
-                lengths,
-            });
-        }
         let targets: Vec<i64> = pairs
             .iter()
             .flat_map(|(_, c)| c.iter().map(|&t| i64::from(t)))
             .collect();
         let targets = Tensor::from_slice(&targets).to_device(device);
-        let transformer = self.transformer();
+        let hidden_size = self.spec().hidden_size;
+        if lengths.iter().all(|&n| n == 0) {
+            let kind = self.transformer().output_weight().kind();
+            return Ok(CompletionHidden {
+                hidden: Tensor::zeros([0, hidden_size], (kind, device)),
+                targets,
+                lengths,
+            });
+        }
         let hidden = match self.shared_prefix_hidden(pairs)? {
             Some(hidden) => hidden,
             None => {
@@ -122,30 +167,15 @@ impl LanguageModel {
                     })
                     .collect();
                 let rows = Tensor::from_slice(&rows).to_device(device);
-                transformer
+                self.transformer()
                     .hidden(&ids, &key_mask, None)
-                    .view([-1, self.spec().hidden_size])
+                    .view([-1, hidden_size])
                     .index_select(0, &rows)
             }
         };
-        let chunk = if hidden.requires_grad() {
-            total
-        } else {
-            HEAD_CHUNK
-        };
-        let mut parts = Vec::new();
-        let mut start = 0;
-        while start < total {
-            let n = chunk.min(total - start);
-            let h = hidden.narrow(0, start, n);
-            let t = targets.narrow(0, start, n);
-            let logits = transformer.logits(&h).to_kind(Kind::Float);
-            let chosen = logits.gather(1, &t.unsqueeze(1), false).squeeze_dim(1);
-            parts.push(chosen - logits.logsumexp([1i64].as_slice(), false));
-            start += n;
-        }
-        Ok(TokenLogprobs {
-            values: Tensor::cat(&parts, 0),
+        Ok(CompletionHidden {
+            hidden,
+            targets,
             lengths,
         })
     }

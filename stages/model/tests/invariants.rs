@@ -408,3 +408,57 @@ fn shared_prompts_give_the_same_logprobs_and_gradients_as_full_pairs() {
         );
     }
 }
+
+#[test]
+fn training_logprobs_give_autograds_values_and_gradients() {
+    // Tied (tiny-llama) and untied (tiny-llama3) output heads; shared and distinct
+    // prompts; a loss that weighs each token differently.
+    for name in ["tiny-llama", "tiny-llama3"] {
+        let options = LoadOptions {
+            trainable: true,
+            ..LoadOptions::default()
+        };
+        let policy = LanguageModel::load(&fixture(name), options).unwrap();
+        let prompts = prompts(&policy);
+        let completions: Vec<Vec<u32>> = vec![vec![5, 9, 13, 2], vec![7], vec![11, 3, 3], vec![]];
+        let pairs: Vec<(&[u32], &[u32])> = vec![
+            (&prompts[1], &completions[0]),
+            (&prompts[0], &completions[2]),
+            (&prompts[1], &completions[1]),
+            (&prompts[2], &completions[3]),
+        ];
+        let weights = Tensor::from_slice(&[0.5f32, -1.0, 2.0, 0.25, 1.5, -0.75, 3.0, 1.0]);
+        let mut params: Vec<(String, Tensor)> =
+            policy.var_store().variables().into_iter().collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        let grads = || -> Vec<Tensor> {
+            let out = params.iter().map(|(_, p)| p.grad().copy()).collect();
+            for (_, p) in &params {
+                let _ = p.grad().zero_();
+            }
+            out
+        };
+        // The written-out backward first, while no gradient exists yet.
+        let pass = policy.training_logprobs(&pairs).unwrap();
+        (&pass.logprobs.values * &weights)
+            .sum(Kind::Float)
+            .backward();
+        let values = pass.logprobs.values.detach();
+        let lengths = pass.logprobs.lengths.clone();
+        pass.backward();
+        let got = grads();
+        let reference = policy.completion_logprobs(&pairs).unwrap();
+        (&reference.values * &weights).sum(Kind::Float).backward();
+        let expected = grads();
+        assert_eq!(lengths, reference.lengths);
+        assert!(max_diff(&values, &reference.values.detach()) < 1e-5);
+        for ((g, h), (param, _)) in got.iter().zip(&expected).zip(&params) {
+            let scale = h.abs().max().double_value(&[]).max(1e-6);
+            let diff = max_diff(g, h);
+            assert!(
+                diff <= 1e-4 * scale,
+                "{name} {param}: gradient differs by {diff} (scale {scale})"
+            );
+        }
+    }
+}

@@ -70,19 +70,29 @@ impl AdamW {
                 if !g.defined() {
                     continue;
                 }
-                // In place, one parameter at a time: the only temporaries are of the
-                // size of the parameter at hand.
+                // In place, one parameter at a time, with one temporary of the
+                // parameter's size (the largest is the embedding): the step is taken at
+                // the update's memory peak, when every gradient is alive.
                 let g = g.to_kind(Kind::Float);
                 let (m, v) = (&mut self.m[i], &mut self.v[i]);
-                let _ = m.g_mul_scalar_(b1);
-                let _ = m.g_add_(&(&g * (1.0 - b1)));
-                let _ = v.g_mul_scalar_(b2);
-                let _ = v.g_add_(&(g.square() * (1.0 - b2)));
-                let step = (&*m / bias1) / ((&*v / bias2).sqrt() + self.eps) * lr;
+                // m ← β1·m + (1 − β1)·g;  v ← β2·v + (1 − β2)·g².
+                let _ = m.lerp_(&g, 1.0 - b1);
+                let mut scratch = g.square();
+                let _ = v.lerp_(&scratch, 1.0 - b2);
+                // p ← p·(1 − lr·λ) − lr·m̂ / (√v̂ + ε), with m̂ = m/bias1, v̂ = v/bias2:
+                // scratch = −(bias1/lr)·(√v/√bias2 + ε), then p += m / scratch.
+                let _ = v.sqrt_out(&scratch);
+                let _ = scratch.g_div_scalar_(bias2.sqrt());
+                let _ = scratch.g_add_scalar_(self.eps);
+                let _ = scratch.g_mul_scalar_(-bias1 / lr);
                 if self.weight_decay != 0.0 {
                     let _ = p.g_mul_scalar_(1.0 - lr * self.weight_decay);
                 }
-                let _ = p.g_sub_(&step.to_kind(p.kind()));
+                if p.kind() == Kind::Float {
+                    let _ = p.addcdiv_(m, &scratch);
+                } else {
+                    let _ = p.g_add_(&(&*m / &scratch).to_kind(p.kind()));
+                }
             }
         });
     }

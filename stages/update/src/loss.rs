@@ -6,7 +6,7 @@
 //! (k3). A sequence's term is the aggregation of `ratio·A − β·kl` over its tokens.
 
 use lsp_model::TokenLogprobs;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use crate::config::{Aggregation, KlEstimator};
 
@@ -62,7 +62,8 @@ pub fn grad_norm(vars: &[Tensor]) -> f64 {
     for v in vars {
         let g = v.grad();
         if g.defined() {
-            total += g.square().sum(Kind::Double).double_value(&[]);
+            // The norm of each tensor (no temporary of its size), summed in f64.
+            total += g.norm().double_value(&[]).powi(2);
         }
     }
     total.sqrt()

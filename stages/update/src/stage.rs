@@ -167,10 +167,11 @@ impl Update {
         let has_challenger = items.iter().any(|i| i.challenger);
         self.optimizer.zero_grad();
         for (chunk, reference_lp) in trainable.chunks(micro).zip(&reference_lps) {
-            let lp = policy.completion_logprobs(&pairs_of(chunk))?;
+            let pass = policy.training_logprobs(&pairs_of(chunk))?;
+            let lp = &pass.logprobs;
             let advantages: Vec<f64> = chunk.iter().map(|&i| items[i].advantage).collect();
             let (terms, kl) = sequence_terms(
-                &lp,
+                lp,
                 &reference_lp.values,
                 &advantages,
                 self.config.kl_coef,
@@ -181,12 +182,11 @@ impl Update {
             let weights = Tensor::from_slice(&weights).to_device(terms.device());
             let per_seq = -(terms.to_kind(Kind::Double) * weights);
             let loss = per_seq.sum(Kind::Double);
-            if loss.requires_grad() {
-                loss.backward();
-            }
+            loss.backward();
+            let sums = Vec::<f32>::try_from(&lp.sums().detach())?;
+            pass.backward();
             let per_seq = Vec::<f64>::try_from(&per_seq.detach())?;
             let terms = Vec::<f32>::try_from(&terms.detach())?;
-            let sums = Vec::<f32>::try_from(&lp.sums().detach())?;
             let ref_sums = Vec::<f32>::try_from(&reference_lp.sums())?;
             let kl = Vec::<f32>::try_from(&kl)?;
             for (k, &i) in chunk.iter().enumerate() {

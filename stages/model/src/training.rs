@@ -1,0 +1,101 @@
+//! Log-probs for a training step, with the output head's backward pass written out.
+//!
+//! Through autograd, the head's backward allocates, while every activation of the
+//! transformer is still alive, a fresh `[vocab, hidden]` weight gradient (with tied
+//! embeddings, one more held until the embedding's own gradient arrives) and several
+//! `[tokens, vocab]` temporaries. Here the forward pass keeps only the softmax of each
+//! position; the backward pass turns it into `dlogits` in place, adds `dlogitsᵀ·h` into
+//! the weight's gradient in place, and sends `dh = dlogits·W` through the transformer
+//! with autograd. The gradients are those of [`LanguageModel::completion_logprobs`]
+//! (tested in `tests/invariants.rs`).
+
+use tch::{Kind, Tensor};
+
+use crate::error::Result;
+use crate::logprobs::{CompletionHidden, TokenLogprobs};
+use crate::model::LanguageModel;
+
+/// Log-probs of completion tokens whose gradient reaches the model through
+/// [`TrainingLogprobs::backward`].
+#[derive(Debug)]
+pub struct TrainingLogprobs {
+    /// The log-probs; `values` is a leaf that collects the loss's gradient.
+    pub logprobs: TokenLogprobs,
+    /// Final hidden states `[total, hidden]`, attached to the transformer's graph.
+    hidden: Tensor,
+    /// Softmax over the vocabulary at each position, `[total, vocab]` f32.
+    probs: Tensor,
+    /// Completion tokens, `[total]` int64.
+    targets: Tensor,
+    /// The output head's weight `[vocab, hidden]` (a handle to the model's own).
+    head: Tensor,
+}
+
+impl LanguageModel {
+    /// Log-probs of each completion token given its prompt, as
+    /// [`LanguageModel::completion_logprobs`], for a loss to be built on and then
+    /// [`TrainingLogprobs::backward`]. Memory: the transformer's activations plus one
+    /// `[completion tokens, vocab]` f32 softmax.
+    pub fn training_logprobs(&self, pairs: &[(&[u32], &[u32])]) -> Result<TrainingLogprobs> {
+        let CompletionHidden {
+            hidden,
+            targets,
+            lengths,
+        } = self.completion_hidden(pairs)?;
+        let head = self.transformer().output_weight().shallow_clone();
+        let (values, probs) = tch::no_grad(|| {
+            let logits = hidden
+                .detach()
+                .linear::<&Tensor>(&head, None)
+                .to_kind(Kind::Float);
+            let lse = logits.logsumexp([1i64].as_slice(), true);
+            let chosen = logits.gather(1, &targets.unsqueeze(1), false);
+            let values = (chosen - &lse).squeeze_dim(1);
+            // The softmax, in the logits' own memory.
+            let mut probs = logits;
+            let _ = probs.g_sub_(&lse).exp_();
+            (values, probs)
+        });
+        Ok(TrainingLogprobs {
+            logprobs: TokenLogprobs {
+                values: values.set_requires_grad(true),
+                lengths,
+            },
+            hidden,
+            probs,
+            targets,
+            head,
+        })
+    }
+}
+
+impl TrainingLogprobs {
+    /// Sends the gradient a loss's backward pass left on `logprobs.values` into the
+    /// model, added to the weights' gradients. Nothing happens when the loss did not
+    /// depend on the log-probs.
+    pub fn backward(self) {
+        let g = self.logprobs.values.grad();
+        if !g.defined() || self.targets.size()[0] == 0 {
+            return;
+        }
+        let train_head = self.head.requires_grad();
+        if train_head && !self.head.grad().defined() {
+            // A zero gradient to add into (autograd makes a contiguous one).
+            (self.head.sum(Kind::Float) * 0.0).backward();
+        }
+        let dh = tch::no_grad(|| {
+            // dlp/dlogits = onehot(target) − softmax, scaled by each token's gradient.
+            let mut d = self.probs;
+            let _ = d.g_mul_(&(-&g).unsqueeze(1));
+            let _ = d.scatter_add_(1, &self.targets.unsqueeze(1), &g.unsqueeze(1));
+            let d = d.to_kind(self.head.kind());
+            if train_head {
+                let _ = self.head.grad().addmm_(&d.tr(), &self.hidden.detach());
+            }
+            d.mm(&self.head)
+        });
+        if self.hidden.requires_grad() {
+            (self.hidden * dh).sum(Kind::Float).backward();
+        }
+    }
+}
