@@ -10,6 +10,7 @@ use tch::{Tensor, nn};
 use tracing::debug;
 
 use crate::error::{ModelError, Result};
+use crate::safetensors_file::{SafetensorsFile, write_safetensors};
 
 /// The weight files of a model folder.
 pub fn weight_files(folder: &Path) -> Result<Vec<PathBuf>> {
@@ -53,26 +54,24 @@ pub fn load_weights(vs: &mut nn::VarStore, folder: &Path) -> Result<()> {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "weight shard missing"),
             });
         }
-        let mut tensors = Tensor::read_safetensors(&file).map_err(|e| ModelError::Checkpoint {
-            path: file.clone(),
-            message: e.to_string(),
-        })?;
+        let mut reader = SafetensorsFile::open(&file)?;
         // In name order, so the first problem reported is the same on every run.
-        tensors.sort_by(|a, b| a.0.cmp(&b.0));
-        for (name, tensor) in tensors {
-            let Some(mut var) = wanted.remove(&name) else {
+        let names: Vec<String> = reader.names().map(str::to_string).collect();
+        for name in names {
+            let Some(var) = wanted.remove(&name) else {
                 debug!(tensor = name, "checkpoint tensor not used by the model");
                 continue;
             };
-            if var.size() != tensor.size() {
+            let shape = reader.shape(&name).expect("a listed name").to_vec();
+            if var.size() != shape {
                 return Err(ModelError::ShapeMismatch {
                     folder: folder.to_path_buf(),
                     name,
                     expected: var.size(),
-                    actual: tensor.size(),
+                    actual: shape,
                 });
             }
-            tch::no_grad(|| var.copy_(&tensor));
+            reader.read_into(&name, &var)?;
         }
     }
     if let Some(name) = wanted.keys().min() {
@@ -98,7 +97,7 @@ pub fn save_weights(vs: &nn::VarStore, folder: &Path) -> Result<()> {
     named.sort_by(|a, b| a.0.cmp(&b.0));
     let path = folder.join("model.safetensors");
     let tmp = folder.join(".model.safetensors.tmp");
-    Tensor::write_safetensors(&named, &tmp)?;
+    write_safetensors(&named, &tmp)?;
     std::fs::rename(&tmp, &path).map_err(ModelError::io(&path))?;
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use lsp_model::SafetensorsFile;
 use tch::{Kind, Tensor};
 
 use crate::error::Result;
@@ -97,7 +98,7 @@ impl AdamW {
         });
     }
 
-    /// Saves the moments and the step count (`optimizer.safetensors`).
+    /// Saves the moments and the step count (`optimizer.safetensors`), streamed.
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut named: Vec<(String, Tensor)> = Vec::with_capacity(2 * self.params.len() + 1);
         for (i, (name, _)) in self.params.iter().enumerate() {
@@ -105,27 +106,19 @@ impl AdamW {
             named.push((format!("v.{name}"), self.v[i].shallow_clone()));
         }
         named.push(("step".to_string(), Tensor::from_slice(&[self.step])));
-        Tensor::write_safetensors(&named, path)?;
+        lsp_model::write_safetensors(&named, path)?;
         Ok(())
     }
 
-    /// Restores what [`AdamW::save`] wrote for the same parameters.
+    /// Restores what [`AdamW::save`] wrote for the same parameters, streamed into the
+    /// moments already allocated.
     pub fn load(&mut self, path: &Path) -> Result<()> {
-        let tensors: std::collections::HashMap<String, Tensor> =
-            Tensor::read_safetensors(path)?.into_iter().collect();
-        let get = |key: &str| {
-            tensors.get(key).map(Tensor::shallow_clone).ok_or_else(|| {
-                tch::TchError::FileFormat(format!(
-                    "{}: no `{key}` in the optimizer state",
-                    path.display()
-                ))
-            })
-        };
+        let mut file = SafetensorsFile::open(path)?;
         for (i, (name, _)) in self.params.iter().enumerate() {
-            self.m[i] = get(&format!("m.{name}"))?;
-            self.v[i] = get(&format!("v.{name}"))?;
+            file.read_into(&format!("m.{name}"), &self.m[i])?;
+            file.read_into(&format!("v.{name}"), &self.v[i])?;
         }
-        self.step = get("step")?.int64_value(&[0]);
+        self.step = file.read("step")?.int64_value(&[0]);
         Ok(())
     }
 }

@@ -182,7 +182,7 @@ pub fn import_gguf(gguf: &Path, out: &Path) -> Result<ImportSummary> {
     named.sort_by(|a, b| a.0.cmp(&b.0));
     let weights = out.join("model.safetensors");
     let tmp = out.join(".model.safetensors.tmp");
-    Tensor::write_safetensors(&named, &tmp)?;
+    crate::write_safetensors(&named, &tmp)?;
     std::fs::rename(&tmp, &weights).map_err(ModelError::io(&weights))?;
     info!(gguf = %gguf.display(), out = %out.display(), tensors = named.len(), parameters, "GGUF imported");
     Ok(ImportSummary {
