@@ -43,19 +43,7 @@ impl LanguageModel {
             lengths,
         } = self.completion_hidden(pairs)?;
         let head = self.transformer().output_weight().shallow_clone();
-        let (values, probs) = tch::no_grad(|| {
-            let logits = hidden
-                .detach()
-                .linear::<&Tensor>(&head, None)
-                .to_kind(Kind::Float);
-            let lse = logits.logsumexp([1i64].as_slice(), true);
-            let chosen = logits.gather(1, &targets.unsqueeze(1), false);
-            let values = (chosen - &lse).squeeze_dim(1);
-            // The softmax, in the logits' own memory.
-            let mut probs = logits;
-            let _ = probs.g_sub_(&lse).exp_();
-            (values, probs)
-        });
+        let (values, probs) = tch::no_grad(|| head_softmax(&hidden.detach(), &head, &targets));
         Ok(TrainingLogprobs {
             logprobs: TokenLogprobs {
                 values: values.set_requires_grad(true),
@@ -67,6 +55,41 @@ impl LanguageModel {
             head,
         })
     }
+}
+
+/// Positions whose logits are computed at once: the `[positions, vocab]` temporary of
+/// the log-sum-exp stays at a few megabytes beside the softmax kept for the backward.
+const HEAD_CHUNK: i64 = 64;
+
+/// The log-prob of each target (`[total]`) and the softmax at each position
+/// (`[total, vocab]` f32), a chunk of positions at a time, each chunk's logits written
+/// straight into the softmax's memory.
+fn head_softmax(hidden: &Tensor, head: &Tensor, targets: &Tensor) -> (Tensor, Tensor) {
+    let total = hidden.size()[0];
+    let vocab = head.size()[0];
+    let probs = Tensor::empty([total, vocab], (Kind::Float, hidden.device()));
+    let mut values = Vec::new();
+    let mut start = 0;
+    while start < total {
+        let n = HEAD_CHUNK.min(total - start);
+        let h = hidden.narrow(0, start, n);
+        let mut logits = probs.narrow(0, start, n);
+        if head.kind() == Kind::Float {
+            let _ = h.mm_out(&logits, &head.tr());
+        } else {
+            logits.copy_(&h.mm(&head.tr()));
+        }
+        let lse = logits.logsumexp([1i64].as_slice(), true);
+        let chosen = logits.gather(1, &targets.narrow(0, start, n).unsqueeze(1), false);
+        values.push((chosen - &lse).squeeze_dim(1));
+        let _ = logits.g_sub_(&lse).exp_();
+        start += n;
+    }
+    let values = match values.len() {
+        0 => Tensor::zeros([0], (Kind::Float, hidden.device())),
+        _ => Tensor::cat(&values, 0),
+    };
+    (values, probs)
 }
 
 impl TrainingLogprobs {

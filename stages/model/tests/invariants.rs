@@ -420,14 +420,21 @@ fn training_logprobs_give_autograds_values_and_gradients() {
         };
         let policy = LanguageModel::load(&fixture(name), options).unwrap();
         let prompts = prompts(&policy);
-        let completions: Vec<Vec<u32>> = vec![vec![5, 9, 13, 2], vec![7], vec![11, 3, 3], vec![]];
+        // The last completion is long enough that the head runs in several chunks.
+        let long: Vec<u32> = (0..150).map(|i| (i * 7 + 3) % 300).collect();
+        let completions: Vec<Vec<u32>> =
+            vec![vec![5, 9, 13, 2], vec![7], vec![11, 3, 3], vec![], long];
         let pairs: Vec<(&[u32], &[u32])> = vec![
             (&prompts[1], &completions[0]),
             (&prompts[0], &completions[2]),
             (&prompts[1], &completions[1]),
             (&prompts[2], &completions[3]),
+            (&prompts[2], &completions[4]),
         ];
-        let weights = Tensor::from_slice(&[0.5f32, -1.0, 2.0, 0.25, 1.5, -0.75, 3.0, 1.0]);
+        let weights: Vec<f32> = (0..158)
+            .map(|i| ((i * 37) % 11) as f32 / 4.0 - 1.0)
+            .collect();
+        let weights = Tensor::from_slice(&weights);
         let mut params: Vec<(String, Tensor)> =
             policy.var_store().variables().into_iter().collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
