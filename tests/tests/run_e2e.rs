@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{config, config_with, pipeline, records, records_in, repo, run};
+use common::{config, config_with, pipeline, records, records_in, repo, run, run_with};
 use lsp_advantage::{AdvantageConfig, Mode, advantages};
 use lsp_schemas::GameRecordRow;
 
@@ -215,16 +215,7 @@ fn a_staged_run_continues_each_stage_from_the_last_ones_weights() {
     assert_eq!(Path::new(policy), root.join("play/final"));
     assert!(root.join("rl/final/model.safetensors").is_file());
     // Asked again with --report, the finished run writes each stage's report.
-    let out = Command::new(pipeline())
-        .args(["run", "--resume", "--report"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_with(&cfg, &["--resume", "--report"]);
     for stage in ["play", "rl"] {
         let html = std::fs::read_to_string(root.join(stage).join("report/report.html")).unwrap();
         assert!(html.contains(&format!("LSP run {stage}")), "{stage}");

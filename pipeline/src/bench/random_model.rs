@@ -51,8 +51,7 @@ pub fn write_random_model(folder: &Path, config: &HfConfig, seed: i64) -> anyhow
             }
         }
     });
-    let mut named: Vec<_> = vs.variables().into_iter().collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let named: Vec<_> = vs.variables().into_iter().collect();
     lsp_model::write_safetensors(&named, &folder.join("model.safetensors"))?;
 
     let vocab: HashMap<String, u32> = (0..config.vocab_size as u32)

@@ -88,13 +88,12 @@ pub fn load_weights(vs: &mut nn::VarStore, folder: &Path) -> Result<()> {
 /// their checkpoint names.
 pub fn save_weights(vs: &nn::VarStore, folder: &Path) -> Result<()> {
     std::fs::create_dir_all(folder).map_err(ModelError::io(folder))?;
-    let mut named: Vec<(String, Tensor)> = tch::no_grad(|| {
+    let named: Vec<(String, Tensor)> = tch::no_grad(|| {
         vs.variables()
             .into_iter()
             .map(|(name, t)| (name, t.detach().to_kind(tch::Kind::Float)))
             .collect()
     });
-    named.sort_by(|a, b| a.0.cmp(&b.0));
     let path = folder.join("model.safetensors");
     let tmp = folder.join(".model.safetensors.tmp");
     write_safetensors(&named, &tmp)?;

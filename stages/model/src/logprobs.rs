@@ -104,7 +104,7 @@ impl LanguageModel {
         } = self.completion_hidden(pairs)?;
         let total = targets.size()[0];
         let chunk = if hidden.requires_grad() {
-            total.max(1)
+            total
         } else {
             HEAD_CHUNK
         };

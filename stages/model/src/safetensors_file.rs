@@ -24,7 +24,7 @@ use crate::error::{ModelError, Result};
 pub const CHUNK_BYTES: usize = 8 << 20;
 
 /// One tensor's entry in the header.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Entry {
     dtype: String,
     shape: Vec<i64>,

@@ -89,11 +89,8 @@ impl AdamW {
                 if self.weight_decay != 0.0 {
                     let _ = p.g_mul_scalar_(1.0 - lr * self.weight_decay);
                 }
-                if p.kind() == Kind::Float {
-                    let _ = p.addcdiv_(m, &scratch);
-                } else {
-                    let _ = p.g_add_(&(&*m / &scratch).to_kind(p.kind()));
-                }
+                // (A bf16 parameter takes the f32 update rounded, as `to_kind` would.)
+                let _ = p.addcdiv_(m, &scratch);
             }
         });
     }

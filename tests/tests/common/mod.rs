@@ -62,12 +62,17 @@ pub fn config(out: &Path, mode: &str, iterations: u64) -> PathBuf {
 }
 
 pub fn run(config: &Path, resume: bool) -> Output {
-    let mut cmd = Command::new(pipeline());
-    cmd.arg("run").arg(config);
-    if resume {
-        cmd.arg("--resume");
-    }
-    let out = cmd.output().unwrap();
+    run_with(config, if resume { &["--resume"] } else { &[] })
+}
+
+/// `pipeline run CONFIG FLAGS...`, which must succeed.
+pub fn run_with(config: &Path, flags: &[&str]) -> Output {
+    let out = Command::new(pipeline())
+        .arg("run")
+        .arg(config)
+        .args(flags)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "pipeline run failed:\n{}",

@@ -179,7 +179,6 @@ pub fn import_gguf(gguf: &Path, out: &Path) -> Result<ImportSummary> {
         parameters += info.elements();
         named.push((name, tensor));
     }
-    named.sort_by(|a, b| a.0.cmp(&b.0));
     let weights = out.join("model.safetensors");
     let tmp = out.join(".model.safetensors.tmp");
     crate::write_safetensors(&named, &tmp)?;
