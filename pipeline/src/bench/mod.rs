@@ -146,6 +146,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<String> {
             6.0 * params * tokens as f64,
         )
     } else {
+        // As the update stage computes the reference's log-probs.
+        let _stacked = model.transformer().inference_weights();
         for i in 0..=args.runs {
             let start = Instant::now();
             let pairs: Vec<(&[u32], &[u32])> = batch.iter().map(|s| (&s[..1], &s[1..])).collect();

@@ -105,7 +105,7 @@ impl LanguageModel {
         let mut rng = Rng::new(request.seed);
         let device = self.device();
         let transformer = self.transformer();
-        let _packed = transformer.packed_for_inference();
+        let _stacked = transformer.inference_weights();
 
         let (ids, mut key_mask) = left_pad(request.prompts, self.pad_token_id(), device);
         let mut cache = transformer.new_cache(n_prompts as i64, longest + max_new);

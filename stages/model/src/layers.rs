@@ -5,42 +5,70 @@ use std::cell::RefCell;
 
 use tch::{Device, Kind, Tensor, nn};
 
-/// A weight copied into oneDNN's blocked layout for inference. MKL's sgemm repacks
-/// the whole weight on every call, which for the few rows of a decoding step costs as
-/// much as the product; oneDNN keeps the packed copy and also spreads a one-row
-/// product over the cores (2–3× faster per decoding step on this machine).
-#[derive(Debug, Default)]
-pub struct Packed(RefCell<Option<Tensor>>);
+/// `x Wᵀ + b` over the last dimension of `x`, with `weight` `[out, in]`, for passes
+/// that record no gradient.
+///
+/// On the CPU in f32 this runs as oneDNN's inner product (`mkldnn_linear`) straight
+/// on the dense weight. libtorch's `linear` goes to MKL, which on AMD takes its
+/// generic AVX2 code and repacks the whole weight on every call: on this workplace's
+/// Zen 5, oneDNN is 2–3× faster for the few rows of a decoding step and about 2× for
+/// long prompts. Training keeps `linear`: through autograd, the layout conversions
+/// around oneDNN would each save a copy of the activations for the backward pass.
+pub fn inference_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
+    let mut shape = x.size();
+    let inner = *shape.last().expect("at least one dimension");
+    let rows: i64 = shape[..shape.len() - 1].iter().product();
+    let onednn = x.device() == Device::Cpu
+        && x.kind() == Kind::Float
+        && weight.kind() == Kind::Float
+        && rows > 0;
+    if !onednn {
+        return x.linear(weight, bias);
+    }
+    let y = x
+        .reshape([rows, inner])
+        .contiguous()
+        .to_mkldnn()
+        .mkldnn_linear(weight, bias)
+        .to_dense(None, false);
+    *shape.last_mut().expect("at least one dimension") = weight.size()[0];
+    y.reshape(shape.as_slice())
+}
 
-impl Packed {
-    /// Packs `weight` (CPU only; elsewhere nothing changes).
-    pub fn pack(&self, weight: &Tensor) {
-        if weight.device() == Device::Cpu {
-            *self.0.borrow_mut() = Some(tch::no_grad(|| weight.detach().contiguous().to_mkldnn()));
-        }
+/// Several linear maps' weights stacked into one `[Σ out, in]` matrix for inference,
+/// so that one product computes what they would (q, k and v; gate and up).
+#[derive(Debug, Default)]
+pub struct Stacked(RefCell<Option<(Tensor, Option<Tensor>)>>);
+
+impl Stacked {
+    /// Stacks the weights (and biases) of `parts`, with no gradient.
+    pub fn cache(&self, parts: &[&Linear]) {
+        let weights: Vec<&Tensor> = parts.iter().map(|l| &l.weight).collect();
+        let biases: Option<Vec<&Tensor>> = parts.iter().map(|l| l.bias.as_ref()).collect();
+        *self.0.borrow_mut() = Some(tch::no_grad(|| {
+            (
+                Tensor::cat(&weights, 0),
+                biases.map(|b| Tensor::cat(&b, 0)),
+            )
+        }));
     }
 
-    /// Drops the packed copy (it would go stale when the weight changes).
+    /// Drops the stacked copy (it would go stale when the weights change).
     pub fn clear(&self) {
         *self.0.borrow_mut() = None;
     }
 
-    /// `x Wᵀ` with the packed weight, when there is one and `x` needs no gradient.
-    pub fn product(&self, x: &Tensor) -> Option<Tensor> {
-        let packed = self.0.borrow();
-        let w = packed.as_ref()?;
-        if x.requires_grad() {
-            return None;
-        }
-        let mut shape = x.size();
-        let rows: i64 = shape[..shape.len() - 1].iter().product();
-        let flat = x.reshape([rows, shape[shape.len() - 1]]).contiguous();
-        let y = flat
-            .to_mkldnn()
-            .mkldnn_linear::<Tensor>(w, None)
-            .to_dense(None, false);
-        *shape.last_mut().expect("at least one dimension") = y.size()[1];
-        Some(y.reshape(shape.as_slice()))
+    /// Whether a stacked copy is held.
+    pub fn is_cached(&self) -> bool {
+        self.0.borrow().is_some()
+    }
+
+    /// `x [W₁; W₂; …]ᵀ + [b₁; b₂; …]` ([`inference_linear`]), when a stacked copy is
+    /// held and `x` needs no gradient.
+    pub fn infer(&self, x: &Tensor) -> Option<Tensor> {
+        let stacked = self.0.borrow();
+        let (w, b) = stacked.as_ref()?;
+        (!x.requires_grad()).then(|| inference_linear(x, w, b.as_ref()))
     }
 }
 
@@ -51,7 +79,6 @@ pub struct Linear {
     pub weight: Tensor,
     /// `[out]`.
     pub bias: Option<Tensor>,
-    packed: Packed,
 }
 
 impl Linear {
@@ -60,28 +87,16 @@ impl Linear {
         Self {
             weight: path.zeros("weight", &[out_dim, in_dim]),
             bias: bias.then(|| path.zeros("bias", &[out_dim])),
-            packed: Packed::default(),
         }
     }
 
-    /// Applies the map to the last dimension of `x`.
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        match self.packed.product(x) {
-            Some(y) => match &self.bias {
-                Some(b) => y + b,
-                None => y,
-            },
-            None => x.linear(&self.weight, self.bias.as_ref()),
+    /// Applies the map to the last dimension of `x`: through [`inference_linear`]
+    /// when `inference` and `x` needs no gradient, else through autograd.
+    pub fn forward(&self, x: &Tensor, inference: bool) -> Tensor {
+        if inference && !x.requires_grad() {
+            return inference_linear(x, &self.weight, self.bias.as_ref());
         }
-    }
-
-    /// Packs the weight for inference ([`Packed`]), or drops the packed copy.
-    pub fn set_packed(&self, packed: bool) {
-        if packed {
-            self.packed.pack(&self.weight);
-        } else {
-            self.packed.clear();
-        }
+        x.linear(&self.weight, self.bias.as_ref())
     }
 }
 

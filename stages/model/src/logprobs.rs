@@ -181,7 +181,7 @@ impl LanguageModel {
     }
 
     /// Final hidden state at each sequence's last token, `[batch, hidden]`, batched
-    /// with right padding. No gradient.
+    /// with right padding. No gradient: callers hold the inference guard.
     fn last_hidden(&self, seqs: &[Vec<u32>]) -> Result<Tensor> {
         if let Some(i) = seqs.iter().position(Vec::is_empty) {
             return Err(ModelError::Invalid(format!("sequence {i} is empty")));
@@ -210,8 +210,10 @@ impl LanguageModel {
                 (Kind::Float, self.device()),
             ));
         }
+        let transformer = self.transformer();
+        let _stacked = transformer.inference_weights();
         let hidden = self.last_hidden(seqs)?;
-        Ok(self.transformer().logits(&hidden).to_kind(Kind::Float))
+        Ok(transformer.logits(&hidden).to_kind(Kind::Float))
     }
 
     /// Reward-model scores of token sequences: the `score` head at each sequence's
@@ -221,6 +223,7 @@ impl LanguageModel {
         if seqs.is_empty() {
             return Ok(Vec::new());
         }
+        let _stacked = self.transformer().inference_weights();
         let picked = self.last_hidden(seqs)?;
         let scores = self.transformer().score(&picked).ok_or_else(|| {
             ModelError::Invalid(format!(

@@ -5,7 +5,7 @@
 use tch::{Kind, Tensor, nn};
 
 use crate::kv_cache::KvCache;
-use crate::layers::{Embedding, Linear, Packed, RmsNorm};
+use crate::layers::{Embedding, Linear, RmsNorm, Stacked, inference_linear};
 use crate::rope::{Rope, Rotation};
 use crate::spec::{Head, ModelSpec};
 
@@ -16,8 +16,8 @@ pub struct Attention {
     k_proj: Linear,
     v_proj: Linear,
     o_proj: Linear,
-    /// q, k and v stacked into one product while packed for inference.
-    qkv_packed: Packed,
+    /// q, k and v as one product, for inference.
+    qkv: Stacked,
     num_heads: i64,
     num_kv_heads: i64,
     head_dim: i64,
@@ -33,40 +33,26 @@ impl Attention {
             k_proj: Linear::new(&path / "k_proj", h, spec.num_kv_heads * d, bias),
             v_proj: Linear::new(&path / "v_proj", h, spec.num_kv_heads * d, bias),
             o_proj: Linear::new(&path / "o_proj", spec.num_heads * d, h, false),
-            qkv_packed: Packed::default(),
+            qkv: Stacked::default(),
             num_heads: spec.num_heads,
             num_kv_heads: spec.num_kv_heads,
             head_dim: d,
         }
     }
 
-    fn set_packed(&self, packed: bool) {
-        if packed {
-            let w = [
-                &self.q_proj.weight,
-                &self.k_proj.weight,
-                &self.v_proj.weight,
-            ];
-            self.qkv_packed.pack(&tch::no_grad(|| Tensor::cat(&w, 0)));
+    fn cache_stacked(&self, cached: bool) {
+        if cached {
+            self.qkv.cache(&[&self.q_proj, &self.k_proj, &self.v_proj]);
         } else {
-            self.qkv_packed.clear();
+            self.qkv.clear();
         }
-        self.o_proj.set_packed(packed);
     }
 
     /// q, k, v as `[batch, heads, seq, head_dim]`, with q and k rotated.
     fn project(&self, x: &Tensor, rotation: &Rotation) -> (Tensor, Tensor, Tensor) {
         let (b, t) = (x.size()[0], x.size()[1]);
         let (h, kv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        if let Some(mut qkv) = self.qkv_packed.product(x) {
-            if let Some(bq) = &self.q_proj.bias {
-                let biases = [
-                    bq,
-                    self.k_proj.bias.as_ref().expect("q has bias"),
-                    self.v_proj.bias.as_ref().expect("q has bias"),
-                ];
-                qkv += Tensor::cat(&biases, 0);
-            }
+        if let Some(qkv) = self.qkv.infer(x) {
             let qkv = qkv.view([b, t, h + 2 * kv, d]).transpose(1, 2);
             // One rotation for the query and key heads together.
             let qk = rotation.apply(&qkv.narrow(1, 0, h + kv));
@@ -77,9 +63,9 @@ impl Attention {
             );
         }
         let heads = |y: Tensor, n: i64| y.view([b, t, n, d]).transpose(1, 2);
-        let q = rotation.apply(&heads(self.q_proj.forward(x), h));
-        let k = rotation.apply(&heads(self.k_proj.forward(x), kv));
-        let v = heads(self.v_proj.forward(x), kv);
+        let q = rotation.apply(&heads(self.q_proj.forward(x, false), h));
+        let k = rotation.apply(&heads(self.k_proj.forward(x, false), kv));
+        let v = heads(self.v_proj.forward(x, false), kv);
         (q, k, v)
     }
 
@@ -103,16 +89,18 @@ impl Attention {
             AttentionMask::None => (None, false),
             AttentionMask::Additive(m) => (Some(m), false),
         };
+        let inference = self.qkv.is_cached();
         if t == 1 && !q.requires_grad() {
             return self
                 .o_proj
-                .forward(&self.decode_attention(&q, &k, &v, attn_mask));
+                .forward(&self.decode_attention(&q, &k, &v, attn_mask), inference);
         }
         let y =
             Tensor::scaled_dot_product_attention(&q, &k, &v, attn_mask, 0.0, is_causal, None, true);
         self.o_proj.forward(
             &y.transpose(1, 2)
                 .reshape([b, t, self.num_heads * self.head_dim]),
+            inference,
         )
     }
 
@@ -161,8 +149,8 @@ pub struct Mlp {
     gate_proj: Linear,
     up_proj: Linear,
     down_proj: Linear,
-    /// gate and up stacked into one product while packed for inference.
-    gate_up_packed: Packed,
+    /// gate and up as one product, for inference.
+    gate_up: Stacked,
 }
 
 impl Mlp {
@@ -173,34 +161,34 @@ impl Mlp {
             gate_proj: Linear::new(&path / "gate_proj", h, i, false),
             up_proj: Linear::new(&path / "up_proj", h, i, false),
             down_proj: Linear::new(&path / "down_proj", i, h, false),
-            gate_up_packed: Packed::default(),
+            gate_up: Stacked::default(),
         }
     }
 
-    fn set_packed(&self, packed: bool) {
-        if packed {
-            let w = [&self.gate_proj.weight, &self.up_proj.weight];
-            self.gate_up_packed
-                .pack(&tch::no_grad(|| Tensor::cat(&w, 0)));
+    fn cache_stacked(&self, cached: bool) {
+        if cached {
+            self.gate_up.cache(&[&self.gate_proj, &self.up_proj]);
         } else {
-            self.gate_up_packed.clear();
+            self.gate_up.clear();
         }
-        self.down_proj.set_packed(packed);
     }
 
     /// `x`: `[..., hidden]`.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        match self.gate_up_packed.product(x) {
+        match self.gate_up.infer(x) {
             Some(both) => {
                 // Inference: in place in the product's own memory.
                 let i = self.gate_proj.weight.size()[0];
                 let mut gate = both.narrow(-1, 0, i);
                 let _ = gate.silu_().g_mul_(&both.narrow(-1, i, i));
-                self.down_proj.forward(&gate)
+                self.down_proj.forward(&gate, true)
             }
             None => {
-                let (gate, up) = (self.gate_proj.forward(x), self.up_proj.forward(x));
-                self.down_proj.forward(&(gate.silu() * up))
+                let (gate, up) = (
+                    self.gate_proj.forward(x, false),
+                    self.up_proj.forward(x, false),
+                );
+                self.down_proj.forward(&(gate.silu() * up), false)
             }
         }
     }
@@ -253,13 +241,13 @@ fn residual(x: &Tensor, mut y: Tensor) -> Tensor {
     y
 }
 
-/// Keeps a transformer's weights packed for inference while alive.
+/// Keeps a transformer's stacked weights cached for inference while alive.
 #[derive(Debug)]
-pub struct PackedGuard<'a>(&'a Transformer);
+pub struct InferenceGuard<'a>(&'a Transformer);
 
-impl Drop for PackedGuard<'_> {
+impl Drop for InferenceGuard<'_> {
     fn drop(&mut self) {
-        self.0.set_packed(false);
+        self.0.cache_stacked(false);
     }
 }
 
@@ -322,8 +310,6 @@ pub struct Transformer {
     norm: RmsNorm,
     lm_head: Option<Linear>,
     score: Option<Linear>,
-    /// The output head packed for inference (the embedding's own copy when tied).
-    head_packed: Packed,
     rope: Rope,
     spec: ModelSpec,
 }
@@ -350,7 +336,6 @@ impl Transformer {
             norm: RmsNorm::new(&model / "norm", h, spec.rms_norm_eps),
             lm_head,
             score,
-            head_packed: Packed::default(),
             rope: Rope::new(spec, root.device()),
             spec: spec.clone(),
         }
@@ -398,28 +383,27 @@ impl Transformer {
 
     /// Next-token logits of hidden states `[..., hidden]` → `[..., vocab]`.
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
-        self.head_packed
-            .product(hidden)
-            .unwrap_or_else(|| hidden.linear::<&Tensor>(self.output_weight(), None))
-    }
-
-    /// Packs every weight matrix for inference ([`Packed`]) until the guard is
-    /// dropped. Forward passes that need no gradient then use the packed copies;
-    /// the weights themselves, and training, are untouched.
-    pub fn packed_for_inference(&self) -> PackedGuard<'_> {
-        self.set_packed(true);
-        PackedGuard(self)
-    }
-
-    fn set_packed(&self, packed: bool) {
-        for layer in &self.layers {
-            layer.self_attn.set_packed(packed);
-            layer.mlp.set_packed(packed);
+        let inference = self.layers.first().is_none_or(|l| l.mlp.gate_up.is_cached());
+        if inference && !hidden.requires_grad() {
+            return inference_linear(hidden, self.output_weight(), None);
         }
-        if packed {
-            self.head_packed.pack(self.output_weight());
-        } else {
-            self.head_packed.clear();
+        hidden.linear::<&Tensor>(self.output_weight(), None)
+    }
+
+    /// Prepares the weights for inference until the guard is dropped: q|k|v and
+    /// gate|up stacked into one product each ([`Stacked`], about half the model's
+    /// size in memory while alive), and every product of a pass that records no
+    /// gradient through [`inference_linear`]. The weights themselves, and training,
+    /// are untouched.
+    pub fn inference_weights(&self) -> InferenceGuard<'_> {
+        self.cache_stacked(true);
+        InferenceGuard(self)
+    }
+
+    fn cache_stacked(&self, cached: bool) {
+        for layer in &self.layers {
+            layer.self_attn.cache_stacked(cached);
+            layer.mlp.cache_stacked(cached);
         }
     }
 
@@ -427,7 +411,7 @@ impl Transformer {
     pub fn score(&self, hidden: &Tensor) -> Option<Tensor> {
         self.score
             .as_ref()
-            .map(|s| s.forward(hidden).squeeze_dim(-1))
+            .map(|s| s.forward(hidden, false).squeeze_dim(-1))
     }
 
     /// An empty KV cache for `batch` sequences of up to `capacity` positions.

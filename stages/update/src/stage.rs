@@ -149,11 +149,11 @@ impl Update {
                 .map(|&i| (items[i].prompt.as_slice(), items[i].completion.as_slice()))
                 .collect()
         };
-        // The reference's log-probs first, all of them, with its weights packed for
-        // inference; the packed copy is gone before the policy's passes keep
+        // The reference's log-probs first, all of them, with its stacked weights cached
+        // for inference; the cached copy is gone before the policy's passes keep
         // activations for the backward pass, so the two never add up in memory.
         let reference_lps = {
-            let _packed = reference.transformer().packed_for_inference();
+            let _stacked = reference.transformer().inference_weights();
             trainable
                 .chunks(micro)
                 .map(|chunk| tch::no_grad(|| reference.completion_logprobs(&pairs_of(chunk))))
