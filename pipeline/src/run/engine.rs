@@ -19,12 +19,13 @@ use tracing::info;
 
 use super::data::DataQueries;
 use super::mix;
+use super::reference::Reference;
 use crate::config::EpochConfig;
 
 /// The models and stages of a run.
 pub struct Engine {
     pub policy: LanguageModel,
-    pub reference: LanguageModel,
+    reference: Reference,
     challenger: Challenger,
     solver: Solver,
     reward: RewardStage,
@@ -64,17 +65,20 @@ impl Engine {
             .reference
             .as_ref()
             .unwrap_or(&config.model.policy);
-        let reference = if reference_folder == policy_folder {
-            policy.frozen_copy()?
+        let reference_options = LoadOptions {
+            trainable: false,
+            ..options
+        };
+        let reference = if config.model.offload_reference {
+            Reference::offloaded(reference_folder.clone(), reference_options)
+        } else if reference_folder == policy_folder {
+            Reference::resident(policy.frozen_copy()?)
         } else {
-            LanguageModel::load(
-                reference_folder,
-                LoadOptions {
-                    trainable: false,
-                    ..options
-                },
+            Reference::resident(
+                LanguageModel::load(reference_folder, reference_options).with_context(|| {
+                    format!("loading the reference from {}", reference_folder.display())
+                })?,
             )
-            .with_context(|| format!("loading the reference from {}", reference_folder.display()))?
         };
         let mode = config.run.mode;
         let data = match &config.data {
@@ -142,28 +146,30 @@ impl Engine {
 
     /// Stage 3: the external reward.
     pub fn rewards(
-        &self,
+        &mut self,
         (answers, mut s): (AnswerBatch, StageSeconds),
     ) -> anyhow::Result<(RewardBatch, StageSeconds)> {
         let start = Instant::now();
-        let batch = self.reward.process(&self.reference, &answers)?;
+        let reference = match self.reward.needs_reference() {
+            true => Some(self.reference.get()?),
+            false => None,
+        };
+        let batch = self.reward.process(reference, &answers)?;
         s.reward = start.elapsed().as_secs_f64();
         Ok((batch, s))
     }
 
     /// Stage 4: the quality self-reward (mode `lsp` only).
     pub fn self_rewards(
-        &self,
+        &mut self,
         iteration: u64,
         (rewarded, mut s): (RewardBatch, StageSeconds),
     ) -> anyhow::Result<(SelfRewardBatch, StageSeconds)> {
         let start = Instant::now();
         let batch = if self.mode.has_self_reward() {
-            self.self_reward.process(
-                &self.reference,
-                &rewarded,
-                self.seed(iteration, SELF_REWARD),
-            )?
+            let seed = self.seed(iteration, SELF_REWARD);
+            self.self_reward
+                .process(self.reference.get()?, &rewarded, seed)?
         } else {
             SelfReward::disabled(&rewarded)?
         };
@@ -189,9 +195,14 @@ impl Engine {
         (advantaged, mut s): (AdvantageBatch, StageSeconds),
     ) -> anyhow::Result<(GameRecordBatch, StepRow)> {
         let start = Instant::now();
+        let reference_lps = self
+            .update
+            .reference_logprobs(self.reference.get()?, &advantaged)?;
+        // An offloaded reference leaves before the policy's passes keep activations.
+        self.reference.release();
         let (updated, step) =
             self.update
-                .process(&self.policy, &self.reference, &advantaged, iteration)?;
+                .process_with(&self.policy, reference_lps, &advantaged, iteration)?;
         s.update = start.elapsed().as_secs_f64();
         let record =
             GameRecordBatch::assemble(&self.run_id, self.mode.as_str(), &updated, &step, &s)?;

@@ -13,6 +13,7 @@ mod manifest;
 mod operator;
 mod progress;
 mod records;
+mod reference;
 mod summary;
 
 use std::cell::RefCell;
@@ -175,13 +176,13 @@ fn run_one(
                     e2.borrow().answers(t, q)
                 })
                 .stage("reward", failure.clone(), shown.clone(), move |_, a| {
-                    e3.borrow().rewards(a)
+                    e3.borrow_mut().rewards(a)
                 })
                 .stage(
                     "self_reward",
                     failure.clone(),
                     shown.clone(),
-                    move |t, r| e4.borrow().self_rewards(t, r),
+                    move |t, r| e4.borrow_mut().self_rewards(t, r),
                 )
                 .stage("advantage", failure.clone(), shown.clone(), move |_, j| {
                     e5.borrow().advantages(j)

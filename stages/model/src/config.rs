@@ -38,6 +38,12 @@ pub struct ModelConfig {
     pub policy: PathBuf,
     /// Folder of the frozen reference; `null` means the policy's initial weights.
     pub reference: Option<PathBuf>,
+    /// Keep the reference out of memory between its uses: it is loaded from its
+    /// folder when an iteration first needs it (the judge, the KL's log-probs) and
+    /// dropped once the update has its log-probs, so it never shares memory with the
+    /// policy's backward pass (a model's size less at the peak, for one load per
+    /// iteration from the page cache).
+    pub offload_reference: bool,
     /// Weight type.
     pub dtype: Dtype,
     /// Device.
@@ -52,6 +58,7 @@ impl Default for ModelConfig {
         Self {
             policy: PathBuf::from(DEFAULT_MODEL_DIR),
             reference: None,
+            offload_reference: false,
             dtype: Dtype::F32,
             device: DeviceKind::Cpu,
         }

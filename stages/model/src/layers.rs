@@ -46,10 +46,7 @@ impl Stacked {
         let weights: Vec<&Tensor> = parts.iter().map(|l| &l.weight).collect();
         let biases: Option<Vec<&Tensor>> = parts.iter().map(|l| l.bias.as_ref()).collect();
         *self.0.borrow_mut() = Some(tch::no_grad(|| {
-            (
-                Tensor::cat(&weights, 0),
-                biases.map(|b| Tensor::cat(&b, 0)),
-            )
+            (Tensor::cat(&weights, 0), biases.map(|b| Tensor::cat(&b, 0)))
         }));
     }
 

@@ -383,7 +383,10 @@ impl Transformer {
 
     /// Next-token logits of hidden states `[..., hidden]` → `[..., vocab]`.
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
-        let inference = self.layers.first().is_none_or(|l| l.mlp.gate_up.is_cached());
+        let inference = self
+            .layers
+            .first()
+            .is_none_or(|l| l.mlp.gate_up.is_cached());
         if inference && !hidden.requires_grad() {
             return inference_linear(hidden, self.output_weight(), None);
         }

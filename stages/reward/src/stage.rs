@@ -49,8 +49,19 @@ impl RewardStage {
         Ok(Self { config, model })
     }
 
-    /// R for every answer; `reference` is the judge when the config names none.
-    pub fn process(&self, reference: &LanguageModel, answers: &AnswerBatch) -> Result<RewardBatch> {
+    /// Whether [`RewardStage::process`] needs the reference model: a `judge` reward
+    /// whose config names no judge of its own.
+    pub fn needs_reference(&self) -> bool {
+        self.config.kind == RewardKind::Judge && self.model.is_none()
+    }
+
+    /// R for every answer; `reference` is the judge when the config names none (an
+    /// error if it is then `None`).
+    pub fn process(
+        &self,
+        reference: Option<&LanguageModel>,
+        answers: &AnswerBatch,
+    ) -> Result<RewardBatch> {
         let queries = answers.column::<StringArray>(QUERY_TEXT)?;
         let texts = answers.column::<StringArray>(ANSWER_TEXT)?;
         let pairs: Vec<(&str, &str)> = queries
@@ -86,7 +97,11 @@ impl RewardStage {
                 (rewards, pairs.iter().map(|p| content_status(p.1)).collect())
             }
             RewardKind::Judge => {
-                let judge = self.model.as_ref().unwrap_or(reference);
+                let judge = self.model.as_ref().or(reference).ok_or_else(|| {
+                    lsp_model::ModelError::Invalid(
+                        "the judge reward needs the reference model, and none was given".into(),
+                    )
+                })?;
                 let rewards = judge_scores(judge, &pairs, self.config.max_score, batch)?;
                 (rewards, pairs.iter().map(|p| content_status(p.1)).collect())
             }

@@ -74,7 +74,7 @@ fn reward_model_reproduces_transformers_scores() {
     };
     let stage = RewardStage::new(config, LoadOptions::default()).unwrap();
     let rows = stage
-        .process(&reference_model(), &answers(&pairs))
+        .process(Some(&reference_model()), &answers(&pairs))
         .unwrap()
         .to_rows()
         .unwrap();
@@ -89,8 +89,12 @@ fn judge_reward_is_the_expected_score_over_digit_tokens() {
     let judge = reference_model();
     let stage = RewardStage::new(RewardConfig::default(), LoadOptions::default()).unwrap();
     let pairs = [("What is 2 + 2?", "4", None), ("Name a fruit.", "", None)];
+    // With no judge of its own it needs the reference, and says so without one.
+    assert!(stage.needs_reference());
+    let err = stage.process(None, &answers(&pairs)).unwrap_err();
+    assert!(err.to_string().contains("needs the reference"), "{err}");
     let rows = stage
-        .process(&judge, &answers(&pairs))
+        .process(Some(&judge), &answers(&pairs))
         .unwrap()
         .to_rows()
         .unwrap();
@@ -142,7 +146,7 @@ fn verifier_matches_final_numbers() {
         ("q", "5", None),
     ];
     let rows = stage
-        .process(&reference_model(), &answers(&pairs))
+        .process(Some(&reference_model()), &answers(&pairs))
         .unwrap()
         .to_rows()
         .unwrap();
@@ -175,7 +179,7 @@ fn length_reward_is_minus_the_distance_to_the_target() {
         ("q", "ééééééé", None),
     ];
     let rows = stage
-        .process(&reference_model(), &answers(&pairs))
+        .process(Some(&reference_model()), &answers(&pairs))
         .unwrap()
         .to_rows()
         .unwrap();

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Float64Array, ListArray, UInt32Array};
-use lsp_model::LanguageModel;
+use lsp_model::{LanguageModel, TokenLogprobs};
 use lsp_schemas::columns::*;
 use lsp_schemas::problems::{Problems, Validate};
 use lsp_schemas::{AdvantageBatch, StepRow, TypedBatch, UpdatedBatch};
@@ -23,6 +23,19 @@ struct Item {
     /// Its share of the loss: 1/(N·G) for an answer, α_Ch/N for a query.
     weight: f64,
     challenger: bool,
+}
+
+/// The reference's log-probs of a batch's sequences, per micro-batch
+/// ([`Update::reference_logprobs`]).
+#[derive(Debug)]
+pub struct ReferenceLogprobs(Vec<TokenLogprobs>);
+
+/// `(prompt, completion)` of the items at `chunk`.
+fn pairs_of<'a>(items: &'a [Item], chunk: &[usize]) -> Vec<(&'a [u32], &'a [u32])> {
+    chunk
+        .iter()
+        .map(|&i| (items[i].prompt.as_slice(), items[i].completion.as_slice()))
+        .collect()
 }
 
 /// What the step measured of each item (before the weights changed).
@@ -138,27 +151,57 @@ impl Update {
         batch: &AdvantageBatch,
         iteration: u64,
     ) -> Result<(UpdatedBatch, StepRow)> {
+        let reference_lps = self.reference_logprobs(reference, batch)?;
+        self.process_with(policy, reference_lps, batch, iteration)
+    }
+
+    /// The first half of [`Update::process`]: the reference's log-probs of `batch`,
+    /// all of them, with its stacked weights cached for inference. Once they are
+    /// computed the reference is no longer needed, so a caller short of memory can
+    /// drop it before [`Update::process_with`] keeps the policy's activations.
+    pub fn reference_logprobs(
+        &self,
+        reference: &LanguageModel,
+        batch: &AdvantageBatch,
+    ) -> Result<ReferenceLogprobs> {
+        let (items, _) = self.items(batch)?;
+        let _stacked = reference.transformer().inference_weights();
+        let per_chunk = self
+            .micro_batches(&items)
+            .iter()
+            .map(|chunk| tch::no_grad(|| reference.completion_logprobs(&pairs_of(&items, chunk))))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(ReferenceLogprobs(per_chunk))
+    }
+
+    /// The second half of [`Update::process`], given the reference's log-probs of
+    /// the same `batch` from [`Update::reference_logprobs`].
+    pub fn process_with(
+        &mut self,
+        policy: &LanguageModel,
+        reference_lps: ReferenceLogprobs,
+        batch: &AdvantageBatch,
+        iteration: u64,
+    ) -> Result<(UpdatedBatch, StepRow)> {
         let (items, query_item) = self.items(batch)?;
-        let trainable: Vec<usize> = (0..items.len())
-            .filter(|&i| !items[i].completion.is_empty() && !items[i].prompt.is_empty())
-            .collect();
-        let micro = self.config.micro_batch_size as usize;
-        let pairs_of = |chunk: &[usize]| -> Vec<(&[u32], &[u32])> {
+        let chunks = self.micro_batches(&items);
+        let reference_lps = reference_lps.0;
+        let lengths = |chunk: &Vec<usize>| -> Vec<i64> {
             chunk
                 .iter()
-                .map(|&i| (items[i].prompt.as_slice(), items[i].completion.as_slice()))
+                .map(|&i| items[i].completion.len() as i64)
                 .collect()
         };
-        // The reference's log-probs first, all of them, with its stacked weights cached
-        // for inference; the cached copy is gone before the policy's passes keep
-        // activations for the backward pass, so the two never add up in memory.
-        let reference_lps = {
-            let _stacked = reference.transformer().inference_weights();
-            trainable
-                .chunks(micro)
-                .map(|chunk| tch::no_grad(|| reference.completion_logprobs(&pairs_of(chunk))))
-                .collect::<std::result::Result<Vec<_>, _>>()?
-        };
+        if reference_lps.len() != chunks.len()
+            || chunks
+                .iter()
+                .zip(&reference_lps)
+                .any(|(c, r)| r.lengths != lengths(c))
+        {
+            return Err(UpdateError::Mismatch(
+                "they were computed for another batch or micro-batch size".into(),
+            ));
+        }
         let mut measured = vec![Measured::default(); items.len()];
         // L_Sol, and L_Ch before α_Ch (so it is reported when α_Ch = 0 too).
         let (mut loss_solver, mut loss_challenger) = (0.0, 0.0);
@@ -166,8 +209,8 @@ impl Update {
         let mut tokens = 0u64;
         let has_challenger = items.iter().any(|i| i.challenger);
         self.optimizer.zero_grad();
-        for (chunk, reference_lp) in trainable.chunks(micro).zip(&reference_lps) {
-            let pass = policy.training_logprobs(&pairs_of(chunk))?;
+        for (chunk, reference_lp) in chunks.iter().zip(&reference_lps) {
+            let pass = policy.training_logprobs(&pairs_of(&items, chunk))?;
             let lp = &pass.logprobs;
             let advantages: Vec<f64> = chunk.iter().map(|&i| items[i].advantage).collect();
             let (terms, kl) = sequence_terms(
@@ -248,6 +291,18 @@ impl Update {
         };
         let updated = self.record(batch, &measured, &query_item)?;
         Ok((updated, step))
+    }
+
+    /// The items with a prompt and a completion (the others have nothing to train or
+    /// measure), in micro-batches.
+    fn micro_batches(&self, items: &[Item]) -> Vec<Vec<usize>> {
+        let trainable: Vec<usize> = (0..items.len())
+            .filter(|&i| !items[i].completion.is_empty() && !items[i].prompt.is_empty())
+            .collect();
+        trainable
+            .chunks(self.config.micro_batch_size as usize)
+            .map(<[usize]>::to_vec)
+            .collect()
     }
 
     /// Appends the measured log-prob sums and KL terms to the batch.

@@ -267,3 +267,28 @@ fn non_finite_loss_skips_the_step_and_keeps_the_weights() {
             .step_applied
     );
 }
+
+#[test]
+fn reference_logprobs_of_another_batch_are_refused_and_change_nothing() {
+    let policy = policy();
+    let reference = policy.frozen_copy().unwrap();
+    let mut update = Update::new(config(1e-2), &policy).unwrap();
+    let b = batch(&policy, &[(0, &[70, 71], 1.0, None)]);
+    let other = batch(&policy, &[(0, &[70, 71, 72], 1.0, None)]);
+    let before = weights(&policy);
+    let lps = update.reference_logprobs(&reference, &other).unwrap();
+    let err = update.process_with(&policy, lps, &b, 0).unwrap_err();
+    assert!(err.to_string().contains("another batch"), "{err}");
+    for ((name, a), (_, b)) in weights(&policy).iter().zip(&before) {
+        assert!(a.equal(b), "{name} changed");
+    }
+    // Its own batch's log-probs make the same step as process does.
+    let lps = update.reference_logprobs(&reference, &b).unwrap();
+    assert!(
+        update
+            .process_with(&policy, lps, &b, 1)
+            .unwrap()
+            .1
+            .step_applied
+    );
+}

@@ -1,0 +1,54 @@
+//! The frozen reference model of a run: in memory throughout, or offloaded between
+//! its uses (`model.offload_reference`).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use lsp_model::{LanguageModel, LoadOptions};
+use tracing::debug;
+
+/// The reference, loaded or to be loaded.
+pub struct Reference {
+    model: Option<LanguageModel>,
+    /// Where it is reloaded from when offloaded; `None` keeps it resident.
+    offload: Option<(PathBuf, LoadOptions)>,
+}
+
+impl Reference {
+    /// A reference kept in memory for the whole run.
+    pub fn resident(model: LanguageModel) -> Self {
+        Self {
+            model: Some(model),
+            offload: None,
+        }
+    }
+
+    /// A reference loaded from `folder` on first use and dropped by
+    /// [`Reference::release`].
+    pub fn offloaded(folder: PathBuf, options: LoadOptions) -> Self {
+        Self {
+            model: None,
+            offload: Some((folder, options)),
+        }
+    }
+
+    /// The model, loading it first if it is offloaded.
+    pub fn get(&mut self) -> anyhow::Result<&LanguageModel> {
+        if self.model.is_none()
+            && let Some((folder, options)) = &self.offload
+        {
+            let model = LanguageModel::load(folder, *options)
+                .with_context(|| format!("loading the reference from {}", folder.display()))?;
+            debug!(folder = %folder.display(), "reference loaded");
+            self.model = Some(model);
+        }
+        Ok(self.model.as_ref().expect("resident, or loaded just now"))
+    }
+
+    /// Drops an offloaded reference until it is needed again; a resident one stays.
+    pub fn release(&mut self) {
+        if self.offload.is_some() && self.model.take().is_some() {
+            debug!("reference released");
+        }
+    }
+}
