@@ -11,6 +11,7 @@ use tracing::warn;
 use crate::config::SamplingConfig;
 use crate::error::{ModelError, Result};
 use crate::model::LanguageModel;
+use crate::prefill::prefill;
 use crate::sampling::{Rng, next_tokens};
 
 /// Why a sequence stopped.
@@ -107,12 +108,14 @@ impl LanguageModel {
         let transformer = self.transformer();
         let _stacked = transformer.inference_weights();
 
-        let (ids, mut key_mask) = left_pad(request.prompts, self.pad_token_id(), device);
-        let mut cache = transformer.new_cache(n_prompts as i64, longest + max_new);
-        let hidden = transformer.hidden(&ids, &key_mask, Some(&mut cache));
-        let mut logits = transformer
-            .logits(&hidden.select(1, longest - 1))
-            .to_kind(Kind::Float);
+        let (_, mut key_mask) = left_pad(request.prompts, self.pad_token_id(), device);
+        let (mut cache, mut logits) = prefill(
+            transformer,
+            request.prompts,
+            self.pad_token_id(),
+            longest + max_new,
+            device,
+        );
         if request.repeats > 1 {
             let rows = Tensor::arange(n_prompts as i64, (Kind::Int64, device))
                 .repeat_interleave_self_int(request.repeats as i64, 0, None);

@@ -72,6 +72,23 @@ impl KvCache {
         )
     }
 
+    /// Writes every sequence of `part` (its filled positions) into rows `rows` of this
+    /// cache, right-aligned to end at position `end`. The caller then advances the
+    /// length ([`KvCache::advance`]).
+    pub fn place(&mut self, rows: &Tensor, part: &KvCache, end: i64) {
+        let n = part.len;
+        assert!(
+            n <= end && end <= self.capacity,
+            "{n} positions cannot end at {end}"
+        );
+        let pairs = self.keys.iter_mut().zip(&part.keys);
+        for (mine, theirs) in pairs.chain(self.values.iter_mut().zip(&part.values)) {
+            let _ = mine
+                .narrow(2, end - n, n)
+                .index_copy_(0, rows, &theirs.narrow(2, 0, n));
+        }
+    }
+
     /// Marks `new` more positions as filled.
     pub fn advance(&mut self, new: i64) {
         self.len += new;
