@@ -58,14 +58,30 @@ impl KvCache {
     /// advances the length once every layer is written ([`KvCache::advance`]).
     pub fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> (Tensor, Tensor) {
         let new = k.size()[2];
+        let (mut k_slot, mut v_slot) = self.slots(layer, new);
+        k_slot.copy_(k);
+        v_slot.copy_(v);
+        self.filled(layer, new)
+    }
+
+    /// Layer `layer`'s next `new` positions, `[batch, kv_heads, new, head_dim]` each,
+    /// to be written in place (keys, values).
+    pub fn slots(&self, layer: usize, new: i64) -> (Tensor, Tensor) {
         assert!(
             self.len + new <= self.capacity,
             "KV cache overflow: {} + {new} > {}",
             self.len,
             self.capacity
         );
-        self.keys[layer].narrow(2, self.len, new).copy_(k);
-        self.values[layer].narrow(2, self.len, new).copy_(v);
+        (
+            self.keys[layer].narrow(2, self.len, new),
+            self.values[layer].narrow(2, self.len, new),
+        )
+    }
+
+    /// Layer `layer`'s keys and values up to and including the `new` positions after
+    /// the filled ones.
+    pub fn filled(&self, layer: usize, new: i64) -> (Tensor, Tensor) {
         (
             self.keys[layer].narrow(2, 0, self.len + new),
             self.values[layer].narrow(2, 0, self.len + new),

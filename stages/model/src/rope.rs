@@ -39,11 +39,16 @@ pub fn inverse_frequencies(spec: &ModelSpec) -> Vec<f64> {
     }
 }
 
-/// cos and sin tables for the rotation, `[batch, 1, seq, head_dim]`.
+/// The rotation at some positions, for one of two layouts of a head's dimensions.
 #[derive(Debug)]
-pub struct Rotation {
-    cos: Tensor,
-    sin: Tensor,
+pub enum Rotation {
+    /// Transformers' layout, dimension i paired with i + d/2: cos and sin tables,
+    /// `[batch, 1, seq, head_dim]`, applied as x·cos + rotate_half(x)·sin.
+    Halves { cos: Tensor, sin: Tensor },
+    /// Dimension i paired with its neighbour (the inference layout of
+    /// [`pair_layout`]): each pair a complex number, rotated by one complex product
+    /// with `[batch, 1, seq, head_dim / 2]` unit complex numbers (f32 only).
+    Pairs(Tensor),
 }
 
 /// Precomputed inverse frequencies on the model's device.
@@ -64,27 +69,77 @@ impl Rope {
         }
     }
 
-    /// The rotation at `positions` (`[batch, seq]`, int64), in `kind`.
-    pub fn rotation(&self, positions: &Tensor, kind: Kind) -> Rotation {
+    /// The rotation at `positions` (`[batch, seq]`, int64), in `kind`; for the pair
+    /// layout when `pairs` (then `kind` must be f32).
+    pub fn rotation(&self, positions: &Tensor, kind: Kind, pairs: bool) -> Rotation {
         // [b, s, 1] * [d/2] -> [b, s, d/2], in f32 as transformers does.
-        let angles = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
-        let angles = Tensor::cat(&[&angles, &angles], -1).unsqueeze(1);
-        Rotation {
+        let angles = (positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq).unsqueeze(1);
+        if pairs {
+            assert_eq!(kind, Kind::Float, "the pair layout's rotation is f32");
+            return Rotation::Pairs(Tensor::polar(&angles.ones_like(), &angles));
+        }
+        let angles = Tensor::cat(&[&angles, &angles], -1);
+        Rotation::Halves {
             cos: angles.cos().to_kind(kind),
             sin: angles.sin().to_kind(kind),
         }
     }
 }
 
-impl Rotation {
-    /// Rotates `x` (`[batch, heads, seq, head_dim]`): x·cos + rotate_half(x)·sin.
-    pub fn apply(&self, x: &Tensor) -> Tensor {
-        let half = x.size()[3] / 2;
-        let x1 = x.narrow(3, 0, half);
-        let x2 = x.narrow(3, half, half);
-        let rotated = Tensor::cat(&[&x2.neg(), &x1], 3);
-        x * &self.cos + rotated * &self.sin
+/// `x` (`[..., head_dim]`, f32) as `[..., head_dim / 2]` complex numbers, sharing its
+/// memory when its last dimension is contiguous (a copy otherwise).
+fn as_complex(x: &Tensor) -> Tensor {
+    if x.stride().last() != Some(&1) {
+        return as_complex(&x.contiguous());
     }
+    let mut shape = x.size();
+    let d = shape.pop().expect("at least one dimension");
+    shape.extend([d / 2, 2]);
+    x.view(shape.as_slice()).view_as_complex()
+}
+
+impl Rotation {
+    /// Rotates `x` (`[batch, heads, seq, head_dim]`).
+    pub fn apply(&self, x: &Tensor) -> Tensor {
+        match self {
+            Self::Halves { cos, sin } => {
+                let half = x.size()[3] / 2;
+                let x1 = x.narrow(3, 0, half);
+                let x2 = x.narrow(3, half, half);
+                let rotated = Tensor::cat(&[&x2.neg(), &x1], 3);
+                x * cos + rotated * sin
+            }
+            Self::Pairs(unit) => (as_complex(x) * unit).view_as_real().flatten(-2, -1),
+        }
+    }
+
+    /// Rotates `x` into `out` (same shape; e.g. the KV cache's next positions).
+    pub fn apply_into(&self, x: &Tensor, out: &mut Tensor) {
+        match self {
+            Self::Halves { .. } => {
+                let _ = out.copy_(&self.apply(x));
+            }
+            Self::Pairs(unit) => {
+                assert_eq!(out.stride().last(), Some(&1), "written in place");
+                let _ = as_complex(x).mul_out(&as_complex(out), unit);
+            }
+        }
+    }
+}
+
+/// The rows of a q or k projection weight (`[heads · head_dim, in]`) or bias
+/// (`[heads · head_dim]`) reordered within each head so that dimensions i and
+/// i + d/2 become neighbours 2i and 2i + 1: the layout [`Rotation::Pairs`] rotates.
+/// Attention scores are unchanged, since q and k are permuted alike.
+pub fn pair_layout(w: &Tensor, head_dim: i64) -> Tensor {
+    let mut shape = w.size();
+    let rows = shape[0];
+    let rest: Vec<i64> = shape.split_off(1);
+    let mut split = vec![rows / head_dim, 2, head_dim / 2];
+    split.extend(&rest);
+    w.view(split.as_slice())
+        .transpose(1, 2)
+        .reshape([&[rows][..], &rest[..]].concat().as_slice())
 }
 
 #[cfg(test)]
@@ -156,7 +211,7 @@ mod tests {
         let rope = Rope::new(&spec(RopeScaling::None), Device::Cpu);
         let x = Tensor::randn([1, 2, 3, 16], (Kind::Float, Device::Cpu));
         let positions = Tensor::from_slice(&[0i64, 5, 100]).unsqueeze(0);
-        let y = rope.rotation(&positions, Kind::Float).apply(&x);
+        let y = rope.rotation(&positions, Kind::Float, false).apply(&x);
         let first = (y.narrow(2, 0, 1) - x.narrow(2, 0, 1))
             .abs()
             .max()
@@ -165,5 +220,36 @@ mod tests {
         let norms = |t: &Tensor| t.square().sum_dim_intlist(-1, false, Kind::Float);
         let diff = (norms(&y) - norms(&x)).abs().max().double_value(&[]);
         assert!(diff < 1e-4, "{diff}");
+    }
+
+    #[test]
+    fn pair_layout_rotates_as_the_halves_layout_and_keeps_dot_products() {
+        let rope = Rope::new(&spec(RopeScaling::None), Device::Cpu);
+        let (b, h, t, d) = (2, 3, 5, 16);
+        let positions = Tensor::from_slice(&[0i64, 1, 7, 30, 200, 3, 4, 5, 6, 9]).view([b, t]);
+        let q = Tensor::randn([b, h, t, d], (Kind::Float, Device::Cpu));
+        let k = Tensor::randn([b, h, t, d], (Kind::Float, Device::Cpu));
+        let halves = rope.rotation(&positions, Kind::Float, false);
+        let pairs = rope.rotation(&positions, Kind::Float, true);
+        // Weights' rows permuted = outputs' dimensions permuted, head by head.
+        let permute = |x: &Tensor| {
+            pair_layout(&x.permute([3, 0, 1, 2]).reshape([d, -1]), d)
+                .view([d, b, h, t])
+                .permute([1, 2, 3, 0])
+        };
+        let expected = permute(&halves.apply(&q));
+        let got = pairs.apply(&permute(&q));
+        assert!((got - &expected).abs().max().double_value(&[]) < 1e-5);
+        let mut into = Tensor::zeros([b, h, t, d], (Kind::Float, Device::Cpu));
+        pairs.apply_into(&permute(&q), &mut into);
+        assert!((into - expected).abs().max().double_value(&[]) < 1e-5);
+        let scores = |q: &Tensor, k: &Tensor| q.matmul(&k.transpose(-1, -2));
+        let plain = scores(&halves.apply(&q), &halves.apply(&k));
+        let paired = scores(&pairs.apply(&permute(&q)), &pairs.apply(&permute(&k)));
+        assert!((plain - paired).abs().max().double_value(&[]) < 1e-4);
+        // A bias (one dimension) is permuted the same way as a weight's rows.
+        let bias = Tensor::arange(2 * d, (Kind::Float, Device::Cpu));
+        let first: Vec<f32> = Vec::try_from(&pair_layout(&bias, d).narrow(0, 0, 4)).unwrap();
+        assert_eq!(first, [0.0, 8.0, 1.0, 9.0]);
     }
 }

@@ -6,7 +6,7 @@ use tch::{Kind, Tensor, nn};
 
 use crate::kv_cache::KvCache;
 use crate::layers::{Embedding, Linear, RmsNorm, Stacked, inference_linear};
-use crate::rope::{Rope, Rotation};
+use crate::rope::{Rope, Rotation, pair_layout};
 use crate::spec::{Head, ModelSpec};
 
 /// Grouped-query self-attention with RoPE.
@@ -40,33 +40,70 @@ impl Attention {
         }
     }
 
+    /// Stacks q|k|v for inference; in f32 with q and k in the pair layout that
+    /// [`Rotation::Pairs`] rotates in one product.
     fn cache_stacked(&self, cached: bool) {
-        if cached {
-            self.qkv.cache(&[&self.q_proj, &self.k_proj, &self.v_proj]);
-        } else {
+        if !cached {
             self.qkv.clear();
+            return;
         }
+        let d = self.head_dim;
+        let pairs = self.q_proj.weight.kind() == Kind::Float;
+        let layout = |l: &Linear| {
+            let permute = |w: &Tensor| match pairs {
+                true => tch::no_grad(|| pair_layout(w, d)),
+                false => w.shallow_clone(),
+            };
+            Linear {
+                weight: permute(&l.weight),
+                bias: l.bias.as_ref().map(permute),
+            }
+        };
+        let (q, k) = (layout(&self.q_proj), layout(&self.k_proj));
+        self.qkv.cache(&[&q, &k, &self.v_proj]);
     }
 
-    /// q, k, v as `[batch, heads, seq, head_dim]`, with q and k rotated.
+    /// q, k, v as `[batch, heads, seq, head_dim]`, with q and k rotated, through
+    /// autograd.
     fn project(&self, x: &Tensor, rotation: &Rotation) -> (Tensor, Tensor, Tensor) {
         let (b, t) = (x.size()[0], x.size()[1]);
         let (h, kv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        if let Some(qkv) = self.qkv.infer(x) {
-            let qkv = qkv.view([b, t, h + 2 * kv, d]).transpose(1, 2);
-            // One rotation for the query and key heads together.
-            let qk = rotation.apply(&qkv.narrow(1, 0, h + kv));
-            return (
-                qk.narrow(1, 0, h),
-                qk.narrow(1, h, kv),
-                qkv.narrow(1, h + kv, kv),
-            );
-        }
         let heads = |y: Tensor, n: i64| y.view([b, t, n, d]).transpose(1, 2);
         let q = rotation.apply(&heads(self.q_proj.forward(x, false), h));
         let k = rotation.apply(&heads(self.k_proj.forward(x, false), kv));
         let v = heads(self.v_proj.forward(x, false), kv);
         (q, k, v)
+    }
+
+    /// q, k, v from the stacked product `qkv` (`[batch, seq, (heads + 2 kv) ·
+    /// head_dim]`), as [`Attention::project`] gives them; with a cache, the rotated
+    /// keys and the values are written straight into its next positions and k and v
+    /// are all its keys and values so far.
+    fn split_stacked(
+        &self,
+        qkv: &Tensor,
+        rotation: &Rotation,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> (Tensor, Tensor, Tensor) {
+        let (b, t) = (qkv.size()[0], qkv.size()[1]);
+        let (h, kv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let qkv = qkv.view([b, t, h + 2 * kv, d]).transpose(1, 2);
+        let (q, k, v) = (
+            qkv.narrow(1, 0, h),
+            qkv.narrow(1, h, kv),
+            qkv.narrow(1, h + kv, kv),
+        );
+        let q = rotation.apply(&q);
+        match cache {
+            Some((cache, layer)) => {
+                let (mut k_slot, mut v_slot) = cache.slots(layer, t);
+                rotation.apply_into(&k, &mut k_slot);
+                v_slot.copy_(&v);
+                let (k, v) = cache.filled(layer, t);
+                (q, k, v)
+            }
+            None => (q, rotation.apply(&k), v),
+        }
     }
 
     /// `x`: `[batch, seq, hidden]`. With a cache, the new keys and values are appended
@@ -79,21 +116,34 @@ impl Attention {
         cache: Option<(&mut KvCache, usize)>,
     ) -> Tensor {
         let (b, t) = (x.size()[0], x.size()[1]);
-        let (q, k, v) = self.project(x, rotation);
-        let (k, v) = match cache {
-            Some((cache, layer)) => cache.append(layer, &k, &v),
-            None => (k, v),
+        let (q, k, v) = match self.qkv.infer(x) {
+            Some(qkv) => self.split_stacked(&qkv, rotation, cache),
+            None => {
+                let (q, k, v) = self.project(x, rotation);
+                let (k, v) = match cache {
+                    Some((cache, layer)) => cache.append(layer, &k, &v),
+                    None => (k, v),
+                };
+                (q, k, v)
+            }
         };
+        let inference = self.qkv.is_cached();
         let (attn_mask, is_causal) = match mask {
             AttentionMask::Causal => (None, t > 1),
             AttentionMask::None => (None, false),
             AttentionMask::Additive(m) => (Some(m), false),
+            AttentionMask::Grouped(m) => {
+                return self
+                    .o_proj
+                    .forward(&self.decode_attention(&q, &k, &v, Some(m)), inference);
+            }
         };
-        let inference = self.qkv.is_cached();
         if t == 1 && !q.requires_grad() {
-            return self
-                .o_proj
-                .forward(&self.decode_attention(&q, &k, &v, attn_mask), inference);
+            let grouped = attn_mask.map(|m| AttentionMask::group(m, self.num_kv_heads));
+            return self.o_proj.forward(
+                &self.decode_attention(&q, &k, &v, grouped.as_ref()),
+                inference,
+            );
         }
         let y =
             Tensor::scaled_dot_product_attention(&q, &k, &v, attn_mask, 0.0, is_causal, None, true);
@@ -105,7 +155,7 @@ impl Attention {
     }
 
     /// Attention of one new token per sequence (a decoding step), `[batch, 1, heads ·
-    /// head_dim]`, as two batched products over (sequence, key/value head), each with
+    /// head_dim]`, with a mask of [`AttentionMask::group`]'s shape, as two batched products over (sequence, key/value head), each with
     /// the query heads that share that key/value head as rows. libtorch's fused kernel
     /// runs one matrix-vector product per (sequence, query head) instead, which costs
     /// more per call than it computes at this size (1.4–1.7× slower at batch 32).
@@ -129,11 +179,8 @@ impl Attention {
         let v = v.reshape([b * kv, total, d]);
         let scale = 1.0 / (d as f64).sqrt();
         let scores = match mask {
-            // The mask is [b, 1, 1, total]: the same row for every head of a sequence.
-            Some(m) => m
-                .expand([b, kv, h / kv, total], false)
-                .reshape([b * kv, h / kv, total])
-                .baddbmm(&q, &k.transpose(1, 2), 1.0, scale),
+            // [b · kv, 1, total]: one row for the query heads of a group.
+            Some(m) => m.baddbmm(&q, &k.transpose(1, 2), 1.0, scale),
             None => q.bmm(&k.transpose(1, 2)) * scale,
         };
         scores
@@ -261,6 +308,9 @@ pub enum AttentionMask {
     /// `[batch, 1, new, total]` additive mask: 0 where visible, a large negative
     /// elsewhere (finite, so rows of padding give uniform weights rather than NaN).
     Additive(Tensor),
+    /// A decoding step's additive mask laid out for its attention, `[batch ·
+    /// kv_heads, 1, total]` ([`AttentionMask::group`]), built once for every layer.
+    Grouped(Tensor),
 }
 
 impl AttentionMask {
@@ -276,6 +326,14 @@ impl AttentionMask {
             };
         }
         Self::Additive(Self::additive(key_mask, past, new, kind))
+    }
+
+    /// An additive mask of one new position (`[batch, 1, 1, total]`) repeated for each
+    /// key/value head: `[batch · kv_heads, 1, total]`.
+    pub fn group(mask: &Tensor, kv_heads: i64) -> Tensor {
+        let (b, total) = (mask.size()[0], mask.size()[3]);
+        mask.expand([b, kv_heads, 1, total], false)
+            .reshape([b * kv_heads, 1, total])
     }
 
     fn additive(key_mask: &Tensor, past: i64, new: i64, kind: Kind) -> Tensor {
@@ -360,8 +418,15 @@ impl Transformer {
         let x = self.embed_tokens.forward(ids);
         let kind = x.kind();
         let positions = positions(key_mask).narrow(1, past, new);
-        let rotation = self.rope.rotation(&positions, kind);
-        let mask = AttentionMask::build(key_mask, past, new, kind);
+        // Inference in f32 rotates in the pair layout its stacked weights are in.
+        let inference = self.inference() && !x.requires_grad();
+        let rotation = self
+            .rope
+            .rotation(&positions, kind, inference && kind == Kind::Float);
+        let mut mask = AttentionMask::build(key_mask, past, new, kind);
+        if let (AttentionMask::Additive(m), 1, false) = (&mask, new, x.requires_grad()) {
+            mask = AttentionMask::Grouped(AttentionMask::group(m, self.spec.num_kv_heads));
+        }
         let mut x = x;
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
@@ -391,6 +456,13 @@ impl Transformer {
             return inference_linear(hidden, self.output_weight(), None);
         }
         hidden.linear::<&Tensor>(self.output_weight(), None)
+    }
+
+    /// Whether the inference guard ([`Transformer::inference_weights`]) is alive.
+    fn inference(&self) -> bool {
+        self.layers
+            .first()
+            .is_none_or(|l| l.mlp.gate_up.is_cached())
     }
 
     /// Prepares the weights for inference until the guard is dropped: q|k|v and
