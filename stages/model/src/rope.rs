@@ -117,7 +117,7 @@ impl Rotation {
     pub fn apply_into(&self, x: &Tensor, out: &mut Tensor) {
         match self {
             Self::Halves { .. } => {
-                let _ = out.copy_(&self.apply(x));
+                out.copy_(&self.apply(x));
             }
             Self::Pairs(unit) => {
                 assert_eq!(out.stride().last(), Some(&1), "written in place");
