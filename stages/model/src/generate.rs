@@ -106,7 +106,7 @@ impl LanguageModel {
         let mut rng = Rng::new(request.seed);
         let device = self.device();
         let transformer = self.transformer();
-        let _stacked = transformer.inference_weights();
+        let _stacked = transformer.decoding_weights(n_prompts * request.repeats);
 
         let (_, mut key_mask) = left_pad(request.prompts, self.pad_token_id(), device);
         let (mut cache, mut logits) = prefill(

@@ -5,6 +5,8 @@ use std::cell::RefCell;
 
 use tch::{Device, Kind, Tensor, nn};
 
+use crate::panels::Panels;
+
 /// `x Wᵀ + b` over the last dimension of `x`, with `weight` `[out, in]`, for passes
 /// that record no gradient.
 ///
@@ -35,19 +37,38 @@ pub fn inference_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> T
     y.reshape(shape.as_slice())
 }
 
-/// Several linear maps' weights stacked into one `[Σ out, in]` matrix for inference,
-/// so that one product computes what they would (q, k and v; gate and up).
+/// One or several linear maps' weights stacked into one `[Σ out, in]` matrix for
+/// inference, so that one product computes what they would (q, k and v; gate and
+/// up), and for decoding one or two sequences also packed for [`Panels`].
 #[derive(Debug, Default)]
-pub struct Stacked(RefCell<Option<(Tensor, Option<Tensor>)>>);
+pub struct Stacked(RefCell<Option<StackedWeights>>);
+
+#[derive(Debug)]
+struct StackedWeights {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    /// For decoding one or two sequences.
+    panels: Option<Panels>,
+}
 
 impl Stacked {
-    /// Stacks the weights (and biases) of `parts`, with no gradient.
-    pub fn cache(&self, parts: &[&Linear]) {
+    /// Stacks the weights (and biases) of `parts`, with no gradient; with `panels`
+    /// (and in f32) also packs them for [`Panels::product`].
+    pub fn cache(&self, parts: &[&Linear], panels: bool) {
+        let stack = |ts: &[&Tensor]| match ts {
+            [one] => one.detach(),
+            _ => Tensor::cat(ts, 0),
+        };
         let weights: Vec<&Tensor> = parts.iter().map(|l| &l.weight).collect();
         let biases: Option<Vec<&Tensor>> = parts.iter().map(|l| l.bias.as_ref()).collect();
-        *self.0.borrow_mut() = Some(tch::no_grad(|| {
-            (Tensor::cat(&weights, 0), biases.map(|b| Tensor::cat(&b, 0)))
-        }));
+        let (weight, bias) = tch::no_grad(|| (stack(&weights), biases.map(|b| stack(&b))));
+        let panels =
+            (panels && weight.kind() == Kind::Float).then(|| Panels::pack(&weight, bias.as_ref()));
+        *self.0.borrow_mut() = Some(StackedWeights {
+            weight,
+            bias,
+            panels,
+        });
     }
 
     /// Drops the stacked copy (it would go stale when the weights change).
@@ -60,12 +81,18 @@ impl Stacked {
         self.0.borrow().is_some()
     }
 
-    /// `x [W₁; W₂; …]ᵀ + [b₁; b₂; …]` ([`inference_linear`]), when a stacked copy is
-    /// held and `x` needs no gradient.
+    /// `x [W₁; W₂; …]ᵀ + [b₁; b₂; …]` when a stacked copy is held and `x` needs no
+    /// gradient: through the panels for a few rows, else [`inference_linear`].
     pub fn infer(&self, x: &Tensor) -> Option<Tensor> {
         let stacked = self.0.borrow();
-        let (w, b) = stacked.as_ref()?;
-        (!x.requires_grad()).then(|| inference_linear(x, w, b.as_ref()))
+        let s = stacked.as_ref()?;
+        if x.requires_grad() {
+            return None;
+        }
+        if let Some(y) = s.panels.as_ref().and_then(|p| p.product(x)) {
+            return Some(y);
+        }
+        Some(inference_linear(x, &s.weight, s.bias.as_ref()))
     }
 }
 
@@ -87,12 +114,9 @@ impl Linear {
         }
     }
 
-    /// Applies the map to the last dimension of `x`: through [`inference_linear`]
-    /// when `inference` and `x` needs no gradient, else through autograd.
-    pub fn forward(&self, x: &Tensor, inference: bool) -> Tensor {
-        if inference && !x.requires_grad() {
-            return inference_linear(x, &self.weight, self.bias.as_ref());
-        }
+    /// Applies the map to the last dimension of `x`, through autograd (inference
+    /// goes through [`Stacked`]).
+    pub fn forward(&self, x: &Tensor) -> Tensor {
         x.linear(&self.weight, self.bias.as_ref())
     }
 }

@@ -43,6 +43,7 @@ mod kv_cache;
 mod layers;
 mod logprobs;
 mod model;
+mod panels;
 mod prefill;
 mod rope;
 mod safetensors_file;

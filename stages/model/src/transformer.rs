@@ -18,6 +18,8 @@ pub struct Attention {
     o_proj: Linear,
     /// q, k and v as one product, for inference.
     qkv: Stacked,
+    /// o_proj's weight prepared for inference.
+    o: Stacked,
     num_heads: i64,
     num_kv_heads: i64,
     head_dim: i64,
@@ -34,6 +36,7 @@ impl Attention {
             v_proj: Linear::new(&path / "v_proj", h, spec.num_kv_heads * d, bias),
             o_proj: Linear::new(&path / "o_proj", spec.num_heads * d, h, false),
             qkv: Stacked::default(),
+            o: Stacked::default(),
             num_heads: spec.num_heads,
             num_kv_heads: spec.num_kv_heads,
             head_dim: d,
@@ -42,11 +45,13 @@ impl Attention {
 
     /// Stacks q|k|v for inference; in f32 with q and k in the pair layout that
     /// [`Rotation::Pairs`] rotates in one product.
-    fn cache_stacked(&self, cached: bool) {
+    fn cache_stacked(&self, cached: bool, panels: bool) {
         if !cached {
             self.qkv.clear();
+            self.o.clear();
             return;
         }
+        self.o.cache(&[&self.o_proj], panels);
         let d = self.head_dim;
         let pairs = self.q_proj.weight.kind() == Kind::Float;
         let layout = |l: &Linear| {
@@ -60,7 +65,7 @@ impl Attention {
             }
         };
         let (q, k) = (layout(&self.q_proj), layout(&self.k_proj));
-        self.qkv.cache(&[&q, &k, &self.v_proj]);
+        self.qkv.cache(&[&q, &k, &self.v_proj], panels);
     }
 
     /// q, k, v as `[batch, heads, seq, head_dim]`, with q and k rotated, through
@@ -69,9 +74,9 @@ impl Attention {
         let (b, t) = (x.size()[0], x.size()[1]);
         let (h, kv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let heads = |y: Tensor, n: i64| y.view([b, t, n, d]).transpose(1, 2);
-        let q = rotation.apply(&heads(self.q_proj.forward(x, false), h));
-        let k = rotation.apply(&heads(self.k_proj.forward(x, false), kv));
-        let v = heads(self.v_proj.forward(x, false), kv);
+        let q = rotation.apply(&heads(self.q_proj.forward(x), h));
+        let k = rotation.apply(&heads(self.k_proj.forward(x), kv));
+        let v = heads(self.v_proj.forward(x), kv);
         (q, k, v)
     }
 
@@ -127,31 +132,29 @@ impl Attention {
                 (q, k, v)
             }
         };
-        let inference = self.qkv.is_cached();
         let (attn_mask, is_causal) = match mask {
             AttentionMask::Causal => (None, t > 1),
             AttentionMask::None => (None, false),
             AttentionMask::Additive(m) => (Some(m), false),
             AttentionMask::Grouped(m) => {
-                return self
-                    .o_proj
-                    .forward(&self.decode_attention(&q, &k, &v, Some(m)), inference);
+                return self.output(&self.decode_attention(&q, &k, &v, Some(m)));
             }
         };
         if t == 1 && !q.requires_grad() {
             let grouped = attn_mask.map(|m| AttentionMask::group(m, self.num_kv_heads));
-            return self.o_proj.forward(
-                &self.decode_attention(&q, &k, &v, grouped.as_ref()),
-                inference,
-            );
+            return self.output(&self.decode_attention(&q, &k, &v, grouped.as_ref()));
         }
         let y =
             Tensor::scaled_dot_product_attention(&q, &k, &v, attn_mask, 0.0, is_causal, None, true);
-        self.o_proj.forward(
+        self.output(
             &y.transpose(1, 2)
                 .reshape([b, t, self.num_heads * self.head_dim]),
-            inference,
         )
+    }
+
+    /// o_proj of the attention's output `[..., heads · head_dim]`.
+    fn output(&self, y: &Tensor) -> Tensor {
+        self.o.infer(y).unwrap_or_else(|| self.o_proj.forward(y))
     }
 
     /// Attention of one new token per sequence (a decoding step), `[batch, 1, heads ·
@@ -198,6 +201,8 @@ pub struct Mlp {
     down_proj: Linear,
     /// gate and up as one product, for inference.
     gate_up: Stacked,
+    /// down_proj's weight prepared for inference.
+    down: Stacked,
 }
 
 impl Mlp {
@@ -209,14 +214,18 @@ impl Mlp {
             up_proj: Linear::new(&path / "up_proj", h, i, false),
             down_proj: Linear::new(&path / "down_proj", i, h, false),
             gate_up: Stacked::default(),
+            down: Stacked::default(),
         }
     }
 
-    fn cache_stacked(&self, cached: bool) {
+    fn cache_stacked(&self, cached: bool, panels: bool) {
         if cached {
-            self.gate_up.cache(&[&self.gate_proj, &self.up_proj]);
+            self.gate_up
+                .cache(&[&self.gate_proj, &self.up_proj], panels);
+            self.down.cache(&[&self.down_proj], panels);
         } else {
             self.gate_up.clear();
+            self.down.clear();
         }
     }
 
@@ -228,14 +237,13 @@ impl Mlp {
                 let i = self.gate_proj.weight.size()[0];
                 let mut gate = both.narrow(-1, 0, i);
                 let _ = gate.silu_().g_mul_(&both.narrow(-1, i, i));
-                self.down_proj.forward(&gate, true)
+                self.down
+                    .infer(&gate)
+                    .unwrap_or_else(|| self.down_proj.forward(&gate))
             }
             None => {
-                let (gate, up) = (
-                    self.gate_proj.forward(x, false),
-                    self.up_proj.forward(x, false),
-                );
-                self.down_proj.forward(&(gate.silu() * up), false)
+                let (gate, up) = (self.gate_proj.forward(x), self.up_proj.forward(x));
+                self.down_proj.forward(&(gate.silu() * up))
             }
         }
     }
@@ -294,7 +302,7 @@ pub struct InferenceGuard<'a>(&'a Transformer);
 
 impl Drop for InferenceGuard<'_> {
     fn drop(&mut self) {
-        self.0.cache_stacked(false);
+        self.0.cache_stacked(false, false);
     }
 }
 
@@ -471,14 +479,22 @@ impl Transformer {
     /// gradient through [`inference_linear`]. The weights themselves, and training,
     /// are untouched.
     pub fn inference_weights(&self) -> InferenceGuard<'_> {
-        self.cache_stacked(true);
+        self.cache_stacked(true, false);
         InferenceGuard(self)
     }
 
-    fn cache_stacked(&self, cached: bool) {
+    /// [`Transformer::inference_weights`] for decoding `batch` sequences: for one or
+    /// two, the layers' weights are also packed for the Rust kernel of
+    /// [`crate::panels`] (another copy of them while the guard lives).
+    pub fn decoding_weights(&self, batch: usize) -> InferenceGuard<'_> {
+        self.cache_stacked(true, batch <= crate::panels::MAX_ROWS);
+        InferenceGuard(self)
+    }
+
+    fn cache_stacked(&self, cached: bool, panels: bool) {
         for layer in &self.layers {
-            layer.self_attn.cache_stacked(cached);
-            layer.mlp.cache_stacked(cached);
+            layer.self_attn.cache_stacked(cached, panels);
+            layer.mlp.cache_stacked(cached, panels);
         }
     }
 
@@ -486,7 +502,7 @@ impl Transformer {
     pub fn score(&self, hidden: &Tensor) -> Option<Tensor> {
         self.score
             .as_ref()
-            .map(|s| s.forward(hidden, false).squeeze_dim(-1))
+            .map(|s| s.forward(hidden).squeeze_dim(-1))
     }
 
     /// An empty KV cache for `batch` sequences of up to `capacity` positions.
