@@ -52,11 +52,33 @@ impl AdamW {
         self.step
     }
 
-    /// Clears every gradient.
+    /// Clears every gradient, giving a released one ([`AdamW::release_grads`]) its
+    /// memory back as zeros.
     pub fn zero_grad(&mut self) {
-        for (_, p) in &mut self.params {
-            p.zero_grad();
-        }
+        tch::no_grad(|| {
+            for (_, p) in &mut self.params {
+                let mut g = p.grad();
+                if g.defined() && g.numel() == 0 && p.numel() > 0 {
+                    g.set_data(&p.zeros_like());
+                } else {
+                    p.zero_grad();
+                }
+            }
+        });
+    }
+
+    /// Frees the gradients' memory until the next [`AdamW::zero_grad`] (libtorch
+    /// keeps a gradient once made; between steps, while the rollouts run, it would
+    /// hold another copy of the weights for nothing).
+    pub fn release_grads(&mut self) {
+        tch::no_grad(|| {
+            for (_, p) in &self.params {
+                let mut g = p.grad();
+                if g.defined() {
+                    g.set_data(&Tensor::empty([0], (g.kind(), g.device())));
+                }
+            }
+        });
     }
 
     /// One step at learning rate `lr` from the accumulated gradients.

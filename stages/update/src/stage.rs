@@ -276,7 +276,7 @@ impl Update {
                 self.optimizer.step(self.config.learning_rate);
             }
         }
-        self.optimizer.zero_grad();
+        self.optimizer.release_grads();
         debug!(iteration, loss, grad_norm = norm, tokens, "update step");
         let step = StepRow {
             iteration,

@@ -292,3 +292,26 @@ fn reference_logprobs_of_another_batch_are_refused_and_change_nothing() {
             .step_applied
     );
 }
+
+#[test]
+fn gradients_are_freed_between_steps_and_come_back_for_the_next() {
+    let policy = policy();
+    let reference = policy.frozen_copy().unwrap();
+    let mut update = Update::new(config(1e-2), &policy).unwrap();
+    let b = batch(&policy, &[(0, &[70, 71], 1.0, None)]);
+    let released = |u: &mut Update| u.optimizer().params().all(|p| p.grad().numel() == 0);
+    for iteration in 0..2 {
+        let before = weights(&policy);
+        let (_, step) = update.process(&policy, &reference, &b, iteration).unwrap();
+        assert!(step.step_applied && step.grad_norm > 0.0);
+        assert!(
+            released(&mut update),
+            "gradients kept after step {iteration}"
+        );
+        let moved = weights(&policy)
+            .iter()
+            .zip(&before)
+            .any(|((_, a), (_, b))| !a.equal(b));
+        assert!(moved, "step {iteration} changed nothing");
+    }
+}
