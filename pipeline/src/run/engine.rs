@@ -69,16 +69,11 @@ impl Engine {
             trainable: false,
             ..options
         };
-        let reference = if config.model.offload_reference {
-            Reference::offloaded(reference_folder.clone(), reference_options)
-        } else if reference_folder == policy_folder {
+        let offload = config.model.offload_reference;
+        let reference = if !offload && reference_folder == policy_folder {
             Reference::resident(policy.frozen_copy()?)
         } else {
-            Reference::resident(
-                LanguageModel::load(reference_folder, reference_options).with_context(|| {
-                    format!("loading the reference from {}", reference_folder.display())
-                })?,
-            )
+            Reference::from_folder(reference_folder.clone(), reference_options, offload)?
         };
         let mode = config.run.mode;
         let data = match &config.data {

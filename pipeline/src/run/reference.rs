@@ -23,13 +23,22 @@ impl Reference {
         }
     }
 
-    /// A reference loaded from `folder` on first use and dropped by
-    /// [`Reference::release`].
-    pub fn offloaded(folder: PathBuf, options: LoadOptions) -> Self {
-        Self {
+    /// The reference in `folder`: loaded now and kept, or, when `offload`, loaded on
+    /// first use and dropped by [`Reference::release`].
+    pub fn from_folder(
+        folder: PathBuf,
+        options: LoadOptions,
+        offload: bool,
+    ) -> anyhow::Result<Self> {
+        let mut reference = Self {
             model: None,
             offload: Some((folder, options)),
+        };
+        if !offload {
+            reference.get()?;
+            reference.offload = None;
         }
+        Ok(reference)
     }
 
     /// The model, loading it first if it is offloaded.

@@ -96,7 +96,7 @@ mod tests {
                 "{g:?}"
             );
         }
-        // Similar lengths share a group: 39, 39, 40, 41 (padding 4 of 164).
+        // Similar lengths share a group: 39, 39, 40, 41 (padding 5 of 164).
         assert!(groups.iter().any(|g| g.len() >= 4));
         assert_eq!(length_groups(&[7, 7, 7]), [vec![0, 1, 2]]);
         assert!(length_groups(&[]).is_empty());

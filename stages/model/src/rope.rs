@@ -132,14 +132,12 @@ impl Rotation {
 /// i + d/2 become neighbours 2i and 2i + 1: the layout [`Rotation::Pairs`] rotates.
 /// Attention scores are unchanged, since q and k are permuted alike.
 pub fn pair_layout(w: &Tensor, head_dim: i64) -> Tensor {
-    let mut shape = w.size();
-    let rows = shape[0];
-    let rest: Vec<i64> = shape.split_off(1);
-    let mut split = vec![rows / head_dim, 2, head_dim / 2];
-    split.extend(&rest);
+    let shape = w.size();
+    let mut split = vec![shape[0] / head_dim, 2, head_dim / 2];
+    split.extend(&shape[1..]);
     w.view(split.as_slice())
         .transpose(1, 2)
-        .reshape([&[rows][..], &rest[..]].concat().as_slice())
+        .reshape(shape.as_slice())
 }
 
 #[cfg(test)]

@@ -140,9 +140,9 @@ impl Attention {
                 return self.output(&self.decode_attention(&q, &k, &v, Some(m)));
             }
         };
-        if t == 1 && !q.requires_grad() {
-            let grouped = attn_mask.map(|m| AttentionMask::group(m, self.num_kv_heads));
-            return self.output(&self.decode_attention(&q, &k, &v, grouped.as_ref()));
+        // A decoding step with padding came with a `Grouped` mask from `hidden`.
+        if t == 1 && attn_mask.is_none() && !q.requires_grad() {
+            return self.output(&self.decode_attention(&q, &k, &v, None));
         }
         let y =
             Tensor::scaled_dot_product_attention(&q, &k, &v, attn_mask, 0.0, is_causal, None, true);
@@ -158,8 +158,9 @@ impl Attention {
     }
 
     /// Attention of one new token per sequence (a decoding step), `[batch, 1, heads ·
-    /// head_dim]`, with a mask of [`AttentionMask::group`]'s shape, as two batched products over (sequence, key/value head), each with
-    /// the query heads that share that key/value head as rows. libtorch's fused kernel
+    /// head_dim]`, with a mask of [`AttentionMask::group`]'s shape, as two batched
+    /// products over (sequence, key/value head), each with the query heads that share
+    /// that key/value head as rows. libtorch's fused kernel
     /// runs one matrix-vector product per (sequence, query head) instead, which costs
     /// more per call than it computes at this size (1.4–1.7× slower at batch 32).
     fn decode_attention(
@@ -338,7 +339,7 @@ impl AttentionMask {
 
     /// An additive mask of one new position (`[batch, 1, 1, total]`) repeated for each
     /// key/value head: `[batch · kv_heads, 1, total]`.
-    pub fn group(mask: &Tensor, kv_heads: i64) -> Tensor {
+    fn group(mask: &Tensor, kv_heads: i64) -> Tensor {
         let (b, total) = (mask.size()[0], mask.size()[3]);
         mask.expand([b, kv_heads, 1, total], false)
             .reshape([b * kv_heads, 1, total])
@@ -456,11 +457,7 @@ impl Transformer {
 
     /// Next-token logits of hidden states `[..., hidden]` → `[..., vocab]`.
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
-        let inference = self
-            .layers
-            .first()
-            .is_none_or(|l| l.mlp.gate_up.is_cached());
-        if inference && !hidden.requires_grad() {
+        if self.inference() && !hidden.requires_grad() {
             return inference_linear(hidden, self.output_weight(), None);
         }
         hidden.linear::<&Tensor>(self.output_weight(), None)

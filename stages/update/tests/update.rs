@@ -105,6 +105,13 @@ fn weights(model: &LanguageModel) -> Vec<(String, Tensor)> {
     v
 }
 
+/// Every weight of `model` equals its copy in `before` ([`weights`]).
+fn assert_unchanged(model: &LanguageModel, before: &[(String, Tensor)]) {
+    for ((name, a), (_, b)) in weights(model).iter().zip(before) {
+        assert!(a.equal(b), "{name} changed");
+    }
+}
+
 #[test]
 fn advantage_sign_sets_the_direction_of_the_log_prob() {
     for (advantage, rises) in [(1.0, true), (-1.0, false)] {
@@ -254,9 +261,7 @@ fn non_finite_loss_skips_the_step_and_keeps_the_weights() {
         "{:?}",
         step.skip_reason
     );
-    for ((name, a), (_, b)) in weights(&policy).iter().zip(&before) {
-        assert!(a.equal(b), "{name} changed");
-    }
+    assert_unchanged(&policy, &before);
     // The next, finite step works.
     let good = batch(&policy, &[(0, &[70, 71], 1.0, None)]);
     assert!(
@@ -279,9 +284,7 @@ fn reference_logprobs_of_another_batch_are_refused_and_change_nothing() {
     let lps = update.reference_logprobs(&reference, &other).unwrap();
     let err = update.process_with(&policy, lps, &b, 0).unwrap_err();
     assert!(err.to_string().contains("another batch"), "{err}");
-    for ((name, a), (_, b)) in weights(&policy).iter().zip(&before) {
-        assert!(a.equal(b), "{name} changed");
-    }
+    assert_unchanged(&policy, &before);
     // Its own batch's log-probs make the same step as process does.
     let lps = update.reference_logprobs(&reference, &b).unwrap();
     assert!(
