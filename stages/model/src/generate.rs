@@ -4,6 +4,8 @@
 //! they stop costing work. One small host transfer per step (the chosen ids and their
 //! log-probs) decides which sequences are done.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use tch::{Kind, Tensor};
 use tracing::warn;
@@ -106,7 +108,7 @@ impl LanguageModel {
         let mut rng = Rng::new(request.seed);
         let device = self.device();
         let transformer = self.transformer();
-        let _stacked = transformer.decoding_weights(n_prompts * request.repeats);
+        let stacked = transformer.decoding_weights(n_prompts * request.repeats);
 
         let (_, mut key_mask) = left_pad(request.prompts, self.pad_token_id(), device);
         let (mut cache, mut logits) = prefill(
@@ -122,6 +124,10 @@ impl LanguageModel {
             cache.select_rows(&rows);
             key_mask = key_mask.index_select(0, &rows);
             logits = logits.index_select(0, &rows);
+        }
+        let _cores = stacked.cores_to_team();
+        if let Some(team) = stacked.team() {
+            cache.to_host(Arc::clone(team));
         }
 
         let total = n_prompts * request.repeats;

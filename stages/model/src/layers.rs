@@ -2,10 +2,12 @@
 //! its parameters under the checkpoint's tensor names (`weight`, `bias`).
 
 use std::cell::RefCell;
+use std::sync::Arc;
 
 use tch::{Device, Kind, Tensor, nn};
 
 use crate::panels::Panels;
+use crate::team::Team;
 
 /// `x Wᵀ + b` over the last dimension of `x`, with `weight` `[out, in]`, for passes
 /// that record no gradient.
@@ -39,7 +41,7 @@ pub fn inference_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> T
 
 /// One or several linear maps' weights stacked into one `[Σ out, in]` matrix for
 /// inference, so that one product computes what they would (q, k and v; gate and
-/// up), and for decoding one or two sequences also packed for [`Panels`].
+/// up), and for decoding a few sequences also packed for [`Panels`].
 #[derive(Debug, Default)]
 pub struct Stacked(RefCell<Option<StackedWeights>>);
 
@@ -47,14 +49,14 @@ pub struct Stacked(RefCell<Option<StackedWeights>>);
 struct StackedWeights {
     weight: Tensor,
     bias: Option<Tensor>,
-    /// For decoding one or two sequences.
+    /// For decoding a few sequences.
     panels: Option<Panels>,
 }
 
 impl Stacked {
-    /// Stacks the weights (and biases) of `parts`, with no gradient; with `panels`
-    /// (and in f32) also packs them for [`Panels::product`].
-    pub fn cache(&self, parts: &[&Linear], panels: bool) {
+    /// Stacks the weights (and biases) of `parts`, with no gradient; given a `team`
+    /// (and in f32) also packs them for [`Panels::product`] on its threads.
+    pub fn cache(&self, parts: &[&Linear], team: Option<&Arc<Team>>) {
         let stack = |ts: &[&Tensor]| match ts {
             [one] => one.detach(),
             _ => Tensor::cat(ts, 0),
@@ -62,8 +64,9 @@ impl Stacked {
         let weights: Vec<&Tensor> = parts.iter().map(|l| &l.weight).collect();
         let biases: Option<Vec<&Tensor>> = parts.iter().map(|l| l.bias.as_ref()).collect();
         let (weight, bias) = tch::no_grad(|| (stack(&weights), biases.map(|b| stack(&b))));
-        let panels =
-            (panels && weight.kind() == Kind::Float).then(|| Panels::pack(&weight, bias.as_ref()));
+        let panels = team
+            .filter(|_| weight.kind() == Kind::Float)
+            .map(|team| Panels::pack(&weight, bias.as_ref(), Arc::clone(team)));
         *self.0.borrow_mut() = Some(StackedWeights {
             weight,
             bias,

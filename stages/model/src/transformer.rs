@@ -2,12 +2,16 @@
 //! parameter paths equal to the checkpoint's tensor names
 //! (`model.layers.0.self_attn.q_proj.weight`, ...).
 
+use std::sync::Arc;
+
 use tch::{Kind, Tensor, nn};
 
+use crate::host_kv::BLOCKED;
 use crate::kv_cache::KvCache;
 use crate::layers::{Embedding, Linear, RmsNorm, Stacked, inference_linear};
 use crate::rope::{Rope, Rotation, pair_layout};
 use crate::spec::{Head, ModelSpec};
+use crate::team::Team;
 
 /// Grouped-query self-attention with RoPE.
 #[derive(Debug)]
@@ -45,7 +49,7 @@ impl Attention {
 
     /// Stacks q|k|v for inference; in f32 with q and k in the pair layout that
     /// [`Rotation::Pairs`] rotates in one product.
-    fn cache_stacked(&self, cached: bool, panels: bool) {
+    fn cache_stacked(&self, cached: bool, panels: Option<&Arc<Team>>) {
         if !cached {
             self.qkv.clear();
             self.o.clear();
@@ -120,6 +124,10 @@ impl Attention {
         mask: &AttentionMask,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Tensor {
+        if let AttentionMask::Host(mask) = mask {
+            let (cache, layer) = cache.expect("a host mask comes with its cache");
+            return self.output(&self.host_attention(x, rotation, mask, cache, layer));
+        }
         let (b, t) = (x.size()[0], x.size()[1]);
         let (q, k, v) = match self.qkv.infer(x) {
             Some(qkv) => self.split_stacked(&qkv, rotation, cache),
@@ -136,6 +144,7 @@ impl Attention {
             AttentionMask::Causal => (None, t > 1),
             AttentionMask::None => (None, false),
             AttentionMask::Additive(m) => (Some(m), false),
+            AttentionMask::Host(_) => unreachable!("a host mask returned above"),
             AttentionMask::Grouped(m) => {
                 return self.output(&self.decode_attention(&q, &k, &v, Some(m)));
             }
@@ -150,6 +159,36 @@ impl Attention {
             &y.transpose(1, 2)
                 .reshape([b, t, self.num_heads * self.head_dim]),
         )
+    }
+
+    /// A decoding step's attention over a cache on the host ([`crate::host_kv`]):
+    /// `[batch, 1, heads · head_dim]`.
+    fn host_attention(
+        &self,
+        x: &Tensor,
+        rotation: &Rotation,
+        mask: &Arc<Vec<f32>>,
+        cache: &mut KvCache,
+        layer: usize,
+    ) -> Tensor {
+        let b = x.size()[0];
+        let (h, kv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let qkv = self
+            .qkv
+            .infer(x)
+            .expect("decoding holds the stacked weights");
+        let qkv = qkv.view([b, 1, h + 2 * kv, d]).transpose(1, 2);
+        let q = rotation.apply(&qkv.narrow(1, 0, h));
+        let k = rotation.apply(&qkv.narrow(1, h, kv));
+        let host = |t: &Tensor| Vec::<f32>::try_from(&t.contiguous().view([-1])).expect("f32");
+        let y = cache.host_mut().expect("a host cache").attend(
+            layer,
+            host(&q),
+            &host(&k),
+            &host(&qkv.narrow(1, h + kv, kv)),
+            mask,
+        );
+        Tensor::from_slice(&y).view([b, 1, h * d])
     }
 
     /// o_proj of the attention's output `[..., heads · head_dim]`.
@@ -219,7 +258,7 @@ impl Mlp {
         }
     }
 
-    fn cache_stacked(&self, cached: bool, panels: bool) {
+    fn cache_stacked(&self, cached: bool, panels: Option<&Arc<Team>>) {
         if cached {
             self.gate_up
                 .cache(&[&self.gate_proj, &self.up_proj], panels);
@@ -299,11 +338,73 @@ fn residual(x: &Tensor, mut y: Tensor) -> Tensor {
 
 /// Keeps a transformer's stacked weights cached for inference while alive.
 #[derive(Debug)]
-pub struct InferenceGuard<'a>(&'a Transformer);
+pub struct InferenceGuard<'a> {
+    transformer: &'a Transformer,
+    /// The threads of the decoding kernel, when the weights are packed for it.
+    team: Option<Arc<Team>>,
+}
+
+impl InferenceGuard<'_> {
+    /// The decoding kernel's threads, when the weights are packed for it.
+    pub fn team(&self) -> Option<&Arc<Team>> {
+        self.team.as_ref()
+    }
+
+    /// For the decoding steps: libtorch's intra-op pool down to one thread while the
+    /// returned guard lives, when the weights are packed for a team of several. The
+    /// team's helpers then have the other cores to themselves: libgomp's idle
+    /// workers spin after each parallel region, and with the helpers beside them
+    /// batch-1 decoding fell from ~50 to 9 tok/s. The pool size is process-wide, so
+    /// guards alive at once (generations on several threads) count themselves and the
+    /// last one restores it.
+    pub fn cores_to_team(&self) -> TorchThreads {
+        let several = self.team.as_ref().is_some_and(|team| team.size() > 1);
+        let mut handed = HANDED.lock().unwrap_or_else(|e| e.into_inner());
+        match (*handed, several) {
+            (_, false) => return TorchThreads(false),
+            (Some((guards, threads)), true) => *handed = Some((guards + 1, threads)),
+            (None, true) => {
+                let threads = tch::get_num_threads();
+                if threads <= 1 {
+                    return TorchThreads(false);
+                }
+                tch::set_num_threads(1);
+                *handed = Some((1, threads));
+            }
+        }
+        TorchThreads(true)
+    }
+}
+
+/// While decoding teams hold the cores: how many guards, and libtorch's threads
+/// before the first.
+static HANDED: std::sync::Mutex<Option<(usize, i32)>> = std::sync::Mutex::new(None);
+
+/// Gives libtorch its threads back when the last of these is dropped
+/// ([`InferenceGuard::cores_to_team`]).
+#[derive(Debug)]
+pub struct TorchThreads(bool);
+
+impl Drop for TorchThreads {
+    fn drop(&mut self) {
+        if !self.0 {
+            return;
+        }
+        let mut handed = HANDED.lock().unwrap_or_else(|e| e.into_inner());
+        match *handed {
+            Some((1, threads)) => {
+                tch::set_num_threads(threads);
+                *handed = None;
+            }
+            Some((guards, threads)) => *handed = Some((guards - 1, threads)),
+            None => {}
+        }
+    }
+}
 
 impl Drop for InferenceGuard<'_> {
     fn drop(&mut self) {
-        self.0.cache_stacked(false, false);
+        self.transformer.cache_stacked(false, None);
     }
 }
 
@@ -320,6 +421,9 @@ pub enum AttentionMask {
     /// A decoding step's additive mask laid out for its attention, `[batch ·
     /// kv_heads, 1, total]` ([`AttentionMask::group`]), built once for every layer.
     Grouped(Tensor),
+    /// A decoding step over a cache on the host ([`KvCache::to_host`]): the additive
+    /// mask `[batch, total]` as host values (0 or [`BLOCKED`]).
+    Host(Arc<Vec<f32>>),
 }
 
 impl AttentionMask {
@@ -335,6 +439,17 @@ impl AttentionMask {
             };
         }
         Self::Additive(Self::additive(key_mask, past, new, kind))
+    }
+
+    /// [`AttentionMask::Host`] of a decoding step's `key_mask` (`[batch, total]`).
+    fn host(key_mask: &Tensor) -> Self {
+        let real = Vec::<i64>::try_from(&key_mask.to_kind(Kind::Int64).contiguous().view([-1]))
+            .expect("an integer key mask");
+        Self::Host(Arc::new(
+            real.into_iter()
+                .map(|r| if r == 0 { BLOCKED } else { 0.0 })
+                .collect(),
+        ))
     }
 
     /// An additive mask of one new position (`[batch, 1, 1, total]`) repeated for each
@@ -377,6 +492,8 @@ pub struct Transformer {
     norm: RmsNorm,
     lm_head: Option<Linear>,
     score: Option<Linear>,
+    /// The output head packed for decoding a few sequences.
+    head: Stacked,
     rope: Rope,
     spec: ModelSpec,
 }
@@ -403,6 +520,7 @@ impl Transformer {
             norm: RmsNorm::new(&model / "norm", h, spec.rms_norm_eps),
             lm_head,
             score,
+            head: Stacked::default(),
             rope: Rope::new(spec, root.device()),
             spec: spec.clone(),
         }
@@ -432,7 +550,11 @@ impl Transformer {
         let rotation = self
             .rope
             .rotation(&positions, kind, inference && kind == Kind::Float);
-        let mut mask = AttentionMask::build(key_mask, past, new, kind);
+        let host = cache.as_ref().is_some_and(|c| c.is_host());
+        let mut mask = match host {
+            true => AttentionMask::host(key_mask),
+            false => AttentionMask::build(key_mask, past, new, kind),
+        };
         if let (AttentionMask::Additive(m), 1, false) = (&mask, new, x.requires_grad()) {
             mask = AttentionMask::Grouped(AttentionMask::group(m, self.spec.num_kv_heads));
         }
@@ -458,7 +580,10 @@ impl Transformer {
     /// Next-token logits of hidden states `[..., hidden]` → `[..., vocab]`.
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
         if self.inference() && !hidden.requires_grad() {
-            return inference_linear(hidden, self.output_weight(), None);
+            return self
+                .head
+                .infer(hidden)
+                .unwrap_or_else(|| inference_linear(hidden, self.output_weight(), None));
         }
         hidden.linear::<&Tensor>(self.output_weight(), None)
     }
@@ -476,19 +601,41 @@ impl Transformer {
     /// gradient through [`inference_linear`]. The weights themselves, and training,
     /// are untouched.
     pub fn inference_weights(&self) -> InferenceGuard<'_> {
-        self.cache_stacked(true, false);
-        InferenceGuard(self)
+        self.cache_stacked(true, None);
+        InferenceGuard {
+            transformer: self,
+            team: None,
+        }
     }
 
-    /// [`Transformer::inference_weights`] for decoding `batch` sequences: for one or
-    /// two, the layers' weights are also packed for the Rust kernel of
-    /// [`crate::panels`] (another copy of them while the guard lives).
+    /// [`Transformer::inference_weights`] for decoding `batch` sequences: for up to
+    /// [`crate::panels::MAX_ROWS`] in f32 on the CPU, the layers' weights and the
+    /// output head are also packed for the Rust kernel of [`crate::panels`] (another
+    /// copy of them while the guard lives), which runs on a [`Team`] of as many
+    /// threads as libtorch's intra-op pool.
     pub fn decoding_weights(&self, batch: usize) -> InferenceGuard<'_> {
-        self.cache_stacked(true, batch <= crate::panels::MAX_ROWS);
-        InferenceGuard(self)
+        let weight = &self.embed_tokens.weight;
+        let host = weight.kind() == Kind::Float && weight.device() == tch::Device::Cpu;
+        let team = (host && batch <= crate::panels::MAX_ROWS)
+            .then(|| Arc::new(Team::new(tch::get_num_threads().max(1) as usize)));
+        self.cache_stacked(true, team.as_ref());
+        if let Some(team) = &team {
+            let head = Linear {
+                weight: self.output_weight().shallow_clone(),
+                bias: None,
+            };
+            self.head.cache(&[&head], Some(team));
+        }
+        InferenceGuard {
+            transformer: self,
+            team,
+        }
     }
 
-    fn cache_stacked(&self, cached: bool, panels: bool) {
+    fn cache_stacked(&self, cached: bool, panels: Option<&Arc<Team>>) {
+        if !cached {
+            self.head.clear();
+        }
         for layer in &self.layers {
             layer.self_attn.cache_stacked(cached, panels);
             layer.mlp.cache_stacked(cached, panels);

@@ -79,6 +79,46 @@ fn kv_cache_matches_full_forward() {
 }
 
 #[test]
+fn decoding_on_the_host_gives_the_full_forwards_tokens_and_logprobs() {
+    // Batches of up to 16 f32 sequences decode on the Rust kernels (packed weights,
+    // host cache, attention on a team of threads): each greedy token must be the full
+    // forward's argmax at its position, with the full forward's log-prob, for prompts
+    // of different lengths (left padding), each repeated.
+    tch::set_num_threads(2);
+    for name in ["tiny-llama", "tiny-llama3", "tiny-qwen2"] {
+        let model = load(name);
+        let prompts = prompts(&model);
+        let generations = model
+            .generate(&GenerationRequest {
+                prompts: &prompts,
+                sampling: &SamplingConfig::greedy(10),
+                repeats: 2,
+                seed: 0,
+                ignore_eos: false,
+            })
+            .unwrap();
+        for g in &generations {
+            let prompt = &prompts[g.prompt_index];
+            let ids: Vec<u32> = prompt.iter().chain(&g.ids).copied().collect();
+            let full = full_logits(&model, &ids).log_softmax(-1, Kind::Float);
+            for (i, (&token, &logprob)) in g.ids.iter().zip(&g.logprobs).enumerate() {
+                let row = full.get(prompt.len() as i64 - 1 + i as i64);
+                assert_eq!(
+                    row.argmax(0, false).int64_value(&[]),
+                    token as i64,
+                    "{name}"
+                );
+                let want = row.double_value(&[token as i64]);
+                assert!(
+                    (want - logprob as f64).abs() < 1e-4,
+                    "{name}: {want} vs {logprob}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn padded_batch_gives_each_sequence_its_own_result() {
     let model = load("tiny-qwen2");
     let prompts = prompts(&model);

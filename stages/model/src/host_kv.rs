@@ -1,0 +1,306 @@
+//! Decoding's keys, values and attention on the host, in Rust, on the threads of a
+//! [`Team`].
+//!
+//! Once the weights' products run on the team ([`crate::panels`]), libtorch's
+//! intra-op pool is down to one thread while decoding, and its attention over the
+//! cache (small batched products per sequence and key/value head, then a softmax)
+//! took a fifth of a batch-8 step on that one thread: it reads every cached key and
+//! value once per step, which is memory-bound work for every core. Here the cache is
+//! copied to host vectors after the prefill, each step appends the new position, and
+//! each thread attends for a contiguous share of the (sequence, key/value head)
+//! groups: one pass over the keys for the query heads of the group, a softmax, one
+//! pass over the values.
+
+use std::sync::Arc;
+
+use multiversion::multiversion;
+use tch::{Kind, Tensor};
+
+use crate::team::Team;
+
+/// The additive mask value of a padding position, as [`crate::transformer`] uses.
+pub const BLOCKED: f32 = f32::MIN / 2.0;
+
+/// Every layer's keys and values, `[batch, kv_heads, capacity, head_dim]` f32 each,
+/// of which the first `len` positions are filled.
+#[derive(Debug)]
+pub struct HostKv {
+    keys: Vec<Arc<Vec<f32>>>,
+    values: Vec<Arc<Vec<f32>>>,
+    batch: usize,
+    kv_heads: usize,
+    capacity: usize,
+    head_dim: usize,
+    len: usize,
+    team: Arc<Team>,
+}
+
+impl HostKv {
+    /// A copy of cached `keys` and `values` (`[batch, kv_heads, capacity, head_dim]`
+    /// per layer) of which `len` positions are filled.
+    pub fn from_tensors(keys: &[Tensor], values: &[Tensor], len: usize, team: Arc<Team>) -> Self {
+        let shape = keys[0].size();
+        let host = |t: &Tensor| {
+            let flat = tch::no_grad(|| t.to_kind(Kind::Float).contiguous().view([-1]));
+            Arc::new(Vec::<f32>::try_from(&flat).expect("an f32 CPU cache"))
+        };
+        Self {
+            keys: keys.iter().map(host).collect(),
+            values: values.iter().map(host).collect(),
+            batch: shape[0] as usize,
+            kv_heads: shape[1] as usize,
+            capacity: shape[2] as usize,
+            head_dim: shape[3] as usize,
+            len,
+            team,
+        }
+    }
+
+    /// Positions filled so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Sequences in the cache.
+    pub fn batch_size(&self) -> usize {
+        self.batch
+    }
+
+    /// Marks one more position as filled, once every layer has appended it.
+    pub fn advance(&mut self) {
+        self.len += 1;
+    }
+
+    /// Keeps only the sequences at `rows`.
+    pub fn select_rows(&mut self, rows: &[usize]) {
+        let per_row = self.kv_heads * self.capacity * self.head_dim;
+        let select = |all: &Arc<Vec<f32>>| {
+            let mut kept = Vec::with_capacity(rows.len() * per_row);
+            for &r in rows {
+                kept.extend_from_slice(&all[r * per_row..(r + 1) * per_row]);
+            }
+            Arc::new(kept)
+        };
+        self.keys = self.keys.iter().map(select).collect();
+        self.values = self.values.iter().map(select).collect();
+        self.batch = rows.len();
+    }
+
+    /// Layer `layer`'s attention of one new position per sequence: writes its key and
+    /// value (`[batch, kv_heads, head_dim]` each, rotated keys) after the filled
+    /// positions, then attends with queries `q` (`[batch, heads, head_dim]`, rotated)
+    /// over every position, with `mask` (`[batch, len + 1]`, additive: 0 or
+    /// [`BLOCKED`]). Returns `[batch, heads · head_dim]`.
+    pub fn attend(
+        &mut self,
+        layer: usize,
+        q: Vec<f32>,
+        k: &[f32],
+        v: &[f32],
+        mask: &Arc<Vec<f32>>,
+    ) -> Vec<f32> {
+        let (kv, cap, d, pos) = (self.kv_heads, self.capacity, self.head_dim, self.len);
+        assert!(pos < cap, "KV cache overflow: {pos} + 1 > {cap}");
+        for (cache, new) in [(&mut self.keys[layer], k), (&mut self.values[layer], v)] {
+            let cache = Arc::get_mut(cache).expect("no attention part outlives its step");
+            for (group, row) in new.chunks_exact(d).enumerate() {
+                cache[(group * cap + pos) * d..][..d].copy_from_slice(row);
+            }
+        }
+        let groups = self.batch * kv;
+        let heads = q.len() / (self.batch * d);
+        let per_group = heads / kv;
+        let parts = self.team.size();
+        let (keys, values) = (
+            Arc::clone(&self.keys[layer]),
+            Arc::clone(&self.values[layer]),
+        );
+        let (q, mask) = (Arc::new(q), Arc::clone(mask));
+        let total = pos + 1;
+        let scale = 1.0 / (d as f32).sqrt();
+        let shares = self.team.run(Arc::new(move |i: usize| {
+            let (first, end) = (groups * i / parts, groups * (i + 1) / parts);
+            let mut out = vec![0f32; (end - first) * per_group * d];
+            let mut scores = vec![0f32; per_group * total];
+            for (g, out) in (first..end).zip(out.chunks_exact_mut(per_group * d)) {
+                let b = g / kv;
+                let cached = g * cap * d..(g * cap + total) * d;
+                attend_group(
+                    &q[g * per_group * d..(g + 1) * per_group * d],
+                    &keys[cached.clone()],
+                    &values[cached],
+                    &mask[b * total..(b + 1) * total],
+                    scale,
+                    &mut scores,
+                    out,
+                );
+            }
+            out
+        }));
+        shares.concat()
+    }
+}
+
+/// One (sequence, key/value head) group: `queries` (`heads × d`) over `keys` and
+/// `values` (`total × d`), with the sequence's additive `mask` (`total`); `scores` is
+/// scratch (`heads × total`), `out` is `heads × d`.
+#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma"))]
+fn attend_group(
+    queries: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    mask: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let d = queries.len() / (scores.len() / mask.len());
+    let total = mask.len();
+    for (query, row) in queries.chunks_exact(d).zip(scores.chunks_exact_mut(total)) {
+        for ((key, s), m) in keys.chunks_exact(d).zip(row.iter_mut()).zip(mask) {
+            *s = dot(query, key).mul_add(scale, *m);
+        }
+        let max = row.iter().copied().fold(f32::MIN, f32::max);
+        row.iter_mut().for_each(|s| *s = exp(*s - max));
+        let sum: f32 = row.iter().sum();
+        let norm = 1.0 / sum;
+        row.iter_mut().for_each(|s| *s *= norm);
+    }
+    out.fill(0.0);
+    for (t, value) in values.chunks_exact(d).enumerate() {
+        for (o, row) in out.chunks_exact_mut(d).zip(scores.chunks_exact(total)) {
+            let p = row[t];
+            o.iter_mut()
+                .zip(value)
+                .for_each(|(o, v)| *o = p.mul_add(*v, *o));
+        }
+    }
+}
+
+/// `Σ a·b` in 16 lanes (one AVX-512 register), summed at the end.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    for (a, b) in a.chunks_exact(16).zip(b.chunks_exact(16)) {
+        for l in 0..16 {
+            lanes[l] = a[l].mul_add(b[l], lanes[l]);
+        }
+    }
+    let tail: f32 = a
+        .chunks_exact(16)
+        .remainder()
+        .iter()
+        .zip(b.chunks_exact(16).remainder())
+        .map(|(a, b)| a * b)
+        .sum();
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// `eˣ` for `x ≤ 0` to about 2 ulp, in branch-free arithmetic that vectorizes
+/// (Cephes' `expf`: `x = n·ln 2 + r`, a degree-6 polynomial for `eʳ`, `2ⁿ` from the
+/// exponent bits); 0 below −87.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.max(-87.0);
+    let n = (x * LOG2E).round();
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.987_569_1e-4_f32
+        .mul_add(r, 1.398_199_9e-3)
+        .mul_add(r, 8.333_452e-3)
+        .mul_add(r, 4.166_579_6e-2)
+        .mul_add(r, 0.166_666_66)
+        .mul_add(r, 0.5);
+    let er = p.mul_add(r * r, r + 1.0);
+    er * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    #[test]
+    fn exp_matches_the_standard_library_over_the_softmax_range() {
+        for i in 0..=20_000 {
+            let x = -87.0 * i as f32 / 20_000.0;
+            let (got, want) = (exp(x), x.exp());
+            assert!(
+                ((got - want) / want).abs() < 4e-7,
+                "exp({x}) = {got}, not {want}"
+            );
+        }
+        assert_eq!(exp(0.0), 1.0);
+        assert!(exp(-200.0) < 1e-37);
+    }
+
+    #[test]
+    fn host_attention_equals_libtorchs_with_padding_and_dropped_rows() {
+        let f = (Kind::Float, Device::Cpu);
+        let (b, kv, h, cap, d, len) = (3i64, 2i64, 6i64, 9i64, 20i64, 5i64);
+        let keys: Vec<Tensor> = (0..2).map(|_| Tensor::randn([b, kv, cap, d], f)).collect();
+        let values: Vec<Tensor> = (0..2).map(|_| Tensor::randn([b, kv, cap, d], f)).collect();
+        for threads in [1, 2, 3] {
+            let mut host =
+                HostKv::from_tensors(&keys, &values, len as usize, Arc::new(Team::new(threads)));
+            let q = Tensor::randn([b, h, d], f);
+            let (k, v) = (Tensor::randn([b, kv, d], f), Tensor::randn([b, kv, d], f));
+            // Sequence 1 has two padding positions at the front.
+            let mut mask = vec![0f32; (b * (len + 1)) as usize];
+            mask[(len + 1) as usize] = BLOCKED;
+            mask[(len + 2) as usize] = BLOCKED;
+            let host_q = Vec::<f32>::try_from(&q.view([-1])).unwrap();
+            let flat = |t: &Tensor| Vec::<f32>::try_from(&t.contiguous().view([-1])).unwrap();
+            let got = host.attend(1, host_q, &flat(&k), &flat(&v), &Arc::new(mask.clone()));
+            let got = Tensor::from_slice(&got).view([b, h, d]);
+            // libtorch: the layer's cache with the new position, grouped-query attention.
+            let all_k = Tensor::cat(&[keys[1].narrow(2, 0, len), k.unsqueeze(2)], 2);
+            let all_v = Tensor::cat(&[values[1].narrow(2, 0, len), v.unsqueeze(2)], 2);
+            let rep = |t: &Tensor| t.repeat_interleave_self_int(h / kv, 1, None);
+            let m = Tensor::from_slice(&mask).view([b, 1, 1, len + 1]);
+            let want = Tensor::scaled_dot_product_attention(
+                &q.unsqueeze(2),
+                &rep(&all_k),
+                &rep(&all_v),
+                Some(&m),
+                0.0,
+                false,
+                None,
+                false,
+            )
+            .squeeze_dim(2);
+            let diff = (&got - &want).abs().max().double_value(&[]);
+            assert!(diff < 1e-5, "{threads} threads: {diff}");
+            // Dropping sequence 0 keeps the others' caches.
+            host.advance();
+            host.select_rows(&[2, 1]);
+            assert_eq!((host.batch_size(), host.len()), (2, len as usize + 1));
+            let q2 = Tensor::randn([2, h, d], f);
+            let (k2, v2) = (Tensor::randn([2, kv, d], f), Tensor::randn([2, kv, d], f));
+            let mask2 = vec![0f32; 2 * (len + 2) as usize];
+            let got2 = host.attend(1, flat(&q2), &flat(&k2), &flat(&v2), &Arc::new(mask2));
+            let got2 = Tensor::from_slice(&got2).view([2, h, d]);
+            let rows = Tensor::from_slice(&[2i64, 1]);
+            let all_k2 = Tensor::cat(&[all_k.index_select(0, &rows), k2.unsqueeze(2)], 2);
+            let all_v2 = Tensor::cat(&[all_v.index_select(0, &rows), v2.unsqueeze(2)], 2);
+            let want2 = Tensor::scaled_dot_product_attention(
+                &q2.unsqueeze(2),
+                &rep(&all_k2),
+                &rep(&all_v2),
+                None::<Tensor>,
+                0.0,
+                false,
+                None,
+                false,
+            )
+            .squeeze_dim(2);
+            let diff2 = (&got2 - &want2).abs().max().double_value(&[]);
+            assert!(
+                diff2 < 1e-5,
+                "{threads} threads after dropping a row: {diff2}"
+            );
+        }
+    }
+}
