@@ -16,6 +16,7 @@ use std::sync::Arc;
 use multiversion::multiversion;
 use tch::{Kind, Tensor};
 
+use crate::host_math::{dot, exp};
 use crate::team::Team;
 
 /// The additive mask value of a padding position, as [`crate::transformer`] uses.
@@ -177,64 +178,10 @@ fn attend_group(
     }
 }
 
-/// `Σ a·b` in 16 lanes (one AVX-512 register), summed at the end.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 16];
-    for (a, b) in a.chunks_exact(16).zip(b.chunks_exact(16)) {
-        for l in 0..16 {
-            lanes[l] = a[l].mul_add(b[l], lanes[l]);
-        }
-    }
-    let tail: f32 = a
-        .chunks_exact(16)
-        .remainder()
-        .iter()
-        .zip(b.chunks_exact(16).remainder())
-        .map(|(a, b)| a * b)
-        .sum();
-    lanes.iter().sum::<f32>() + tail
-}
-
-/// `eˣ` for `x ≤ 0` to about 2 ulp, in branch-free arithmetic that vectorizes
-/// (Cephes' `expf`: `x = n·ln 2 + r`, a degree-6 polynomial for `eʳ`, `2ⁿ` from the
-/// exponent bits); 0 below −87.
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = x.max(-87.0);
-    let n = (x * LOG2E).round();
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let p = 1.987_569_1e-4_f32
-        .mul_add(r, 1.398_199_9e-3)
-        .mul_add(r, 8.333_452e-3)
-        .mul_add(r, 4.166_579_6e-2)
-        .mul_add(r, 0.166_666_66)
-        .mul_add(r, 0.5);
-    let er = p.mul_add(r * r, r + 1.0);
-    er * f32::from_bits(((n as i32 + 127) as u32) << 23)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use tch::Device;
-
-    #[test]
-    fn exp_matches_the_standard_library_over_the_softmax_range() {
-        for i in 0..=20_000 {
-            let x = -87.0 * i as f32 / 20_000.0;
-            let (got, want) = (exp(x), x.exp());
-            assert!(
-                ((got - want) / want).abs() < 4e-7,
-                "exp({x}) = {got}, not {want}"
-            );
-        }
-        assert_eq!(exp(0.0), 1.0);
-        assert!(exp(-200.0) < 1e-37);
-    }
 
     #[test]
     fn host_attention_equals_libtorchs_with_padding_and_dropped_rows() {

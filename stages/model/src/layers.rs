@@ -79,6 +79,14 @@ impl Stacked {
         *self.0.borrow_mut() = None;
     }
 
+    /// `rows` rows of `x` (row-major) times the stacked weights, through the panels:
+    /// `None` unless they are packed and take that many rows.
+    pub fn apply_host(&self, x: &[f32], rows: usize) -> Option<Vec<f32>> {
+        let stacked = self.0.borrow();
+        let panels = stacked.as_ref()?.panels.as_ref()?;
+        (rows <= crate::panels::MAX_ROWS).then(|| panels.apply(x, rows))
+    }
+
     /// Whether a stacked copy is held.
     pub fn is_cached(&self) -> bool {
         self.0.borrow().is_some()
@@ -129,6 +137,8 @@ impl Linear {
 pub struct RmsNorm {
     weight: Tensor,
     eps: f64,
+    /// The weight on the host, while decoding there ([`RmsNorm::cache_host`]).
+    host: RefCell<Option<Vec<f32>>>,
 }
 
 impl RmsNorm {
@@ -137,7 +147,26 @@ impl RmsNorm {
         Self {
             weight: path.ones("weight", &[dim]),
             eps,
+            host: RefCell::default(),
         }
+    }
+
+    /// Keeps an f32 host copy of the weight for [`RmsNorm::forward_host`] (or drops
+    /// it).
+    pub fn cache_host(&self, cached: bool) {
+        *self.host.borrow_mut() = cached.then(|| {
+            let w = tch::no_grad(|| self.weight.to_device(Device::Cpu).to_kind(Kind::Float));
+            Vec::<f32>::try_from(&w).expect("a flat f32 CPU tensor")
+        });
+    }
+
+    /// [`RmsNorm::forward`] of host rows, with the copy [`RmsNorm::cache_host`] made.
+    pub fn forward_host(&self, x: &[f32]) -> Vec<f32> {
+        let weight = self.host.borrow();
+        let weight = weight
+            .as_ref()
+            .expect("the norm's weight cached for the host");
+        crate::host_math::rms_norm(x, weight, self.eps as f32)
     }
 
     /// Normalises the last dimension of `x`.

@@ -40,6 +40,7 @@ mod generate;
 pub mod gguf;
 mod hf_config;
 mod host_kv;
+mod host_math;
 mod kv_cache;
 mod layers;
 mod logprobs;

@@ -130,20 +130,24 @@ impl Panels {
         let values = Arc::clone(&self.values);
         let shares = self.team.run(Arc::new(move |i: usize| {
             let (first, end) = bounds(i);
-            let mut y = vec![0f32; (end - first) * rows * PANEL];
+            let mut y = vec![0f32; rows * (end - first) * PANEL];
             let weights = &values[first * inner * PANEL..end * inner * PANEL];
-            product(&grouped, rows, inner, weights, &mut y);
+            if !y.is_empty() {
+                product(&grouped, rows, inner, weights, &mut y);
+            }
             y
         }));
-        // [panel][row][PANEL] per share -> [row][out].
+        // Each share is `[row][its columns]`: laid side by side, padding cut.
         let mut out = vec![0f32; rows * self.out];
         for (i, share) in shares.iter().enumerate() {
-            for (p, panel) in share.chunks_exact(rows * PANEL).enumerate() {
-                let column = (bounds(i).0 + p) * PANEL;
-                let width = PANEL.min(self.out - column);
-                for (r, values) in panel.chunks_exact(PANEL).enumerate() {
-                    out[r * self.out + column..][..width].copy_from_slice(&values[..width]);
-                }
+            let (first, end) = bounds(i);
+            let column = first * PANEL;
+            let width = ((end - first) * PANEL).min(self.out.saturating_sub(column));
+            if width == 0 {
+                continue;
+            }
+            for (r, values) in share.chunks_exact((end - first) * PANEL).enumerate() {
+                out[r * self.out + column..][..width].copy_from_slice(&values[..width]);
             }
         }
         if let Some(bias) = &self.bias {
@@ -158,58 +162,77 @@ impl Panels {
 /// `x` (`rows × inner`, row-major) as groups of [`GROUP`] rows (the last may have
 /// fewer), each `inner × rows in the group`: one position's values together.
 fn interleave(x: &[f32], rows: usize, inner: usize) -> Vec<f32> {
-    let mut grouped = Vec::with_capacity(rows * inner);
-    for first in (0..rows).step_by(GROUP) {
-        let group = &x[first * inner..(first + GROUP.min(rows - first)) * inner];
-        for k in 0..inner {
-            grouped.extend(group.iter().skip(k).step_by(inner));
+    let mut grouped = vec![0f32; rows * inner];
+    for (group, out) in x
+        .chunks(GROUP * inner)
+        .zip(grouped.chunks_mut(GROUP * inner))
+    {
+        let n = group.len() / inner;
+        for (r, row) in group.chunks_exact(inner).enumerate() {
+            for (k, &v) in row.iter().enumerate() {
+                out[k * n + r] = v;
+            }
         }
     }
     grouped
 }
 
-/// `y[p][r][l] = Σ_k x[r][k] · w[p·PANEL + l][k]` over the given panels, with `x`
-/// grouped by [`interleave`]; `y` is `[panels][rows][PANEL]`.
+/// `y[r][p·PANEL + l] = Σ_k x[r][k] · w[p·PANEL + l][k]` over the given panels, with
+/// `x` grouped by [`interleave`]; `y` is `[rows][panels · PANEL]`.
 #[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma"))]
 fn product(grouped: &[f32], rows: usize, inner: usize, panels: &[f32], y: &mut [f32]) {
+    let stride = y.len() / rows;
     let mut pairs = panels.chunks_exact(2 * inner * PANEL);
-    let mut outs = y.chunks_exact_mut(2 * rows * PANEL);
-    for (pair, out) in (&mut pairs).zip(&mut outs) {
+    for (p, pair) in (&mut pairs).enumerate() {
         let (w0, w1) = pair.split_at(inner * PANEL);
-        let (y0, y1) = out.split_at_mut(rows * PANEL);
+        let at = Out {
+            stride,
+            column: 2 * p * PANEL,
+        };
         for (g, x) in grouped.chunks(GROUP * inner).enumerate() {
-            let n = x.len() / inner;
-            let y0 = &mut y0[g * GROUP * PANEL..][..n * PANEL];
-            let y1 = &mut y1[g * GROUP * PANEL..][..n * PANEL];
-            match n {
-                1 => two_panels::<1>(x, w0, w1, y0, y1),
-                2 => two_panels::<2>(x, w0, w1, y0, y1),
-                3 => two_panels::<3>(x, w0, w1, y0, y1),
-                _ => two_panels::<GROUP>(x, w0, w1, y0, y1),
+            let at = Out {
+                column: at.column + g * GROUP * stride,
+                ..at
+            };
+            match x.len() / inner {
+                1 => two_panels::<1>(x, w0, w1, y, at),
+                2 => two_panels::<2>(x, w0, w1, y, at),
+                3 => two_panels::<3>(x, w0, w1, y, at),
+                _ => two_panels::<GROUP>(x, w0, w1, y, at),
             }
         }
     }
     let last = pairs.remainder();
     if !last.is_empty() {
-        let out = outs.into_remainder();
+        let column = stride - PANEL;
         for (g, x) in grouped.chunks(GROUP * inner).enumerate() {
-            let n = x.len() / inner;
-            let y0 = &mut out[g * GROUP * PANEL..][..n * PANEL];
-            match n {
-                1 => one_panel::<1>(x, last, y0),
-                2 => one_panel::<2>(x, last, y0),
-                3 => one_panel::<3>(x, last, y0),
-                _ => one_panel::<GROUP>(x, last, y0),
+            let at = Out {
+                stride,
+                column: column + g * GROUP * stride,
+            };
+            match x.len() / inner {
+                1 => one_panel::<1>(x, last, y, at),
+                2 => one_panel::<2>(x, last, y, at),
+                3 => one_panel::<3>(x, last, y, at),
+                _ => one_panel::<GROUP>(x, last, y, at),
             }
         }
     }
+}
+
+/// Where a group's results go in a row-major output: its first value's index
+/// (`column`, of the group's first row) and the rows' `stride`.
+#[derive(Clone, Copy)]
+struct Out {
+    stride: usize,
+    column: usize,
 }
 
 /// `R` grouped rows times two panels: `2R` accumulator registers; per position two
 /// weight loads, `R` broadcasts and `2R` fused multiply-adds. Inlined into each
 /// target's build of [`product`].
 #[inline(always)]
-fn two_panels<const R: usize>(x: &[f32], w0: &[f32], w1: &[f32], y0: &mut [f32], y1: &mut [f32]) {
+fn two_panels<const R: usize>(x: &[f32], w0: &[f32], w1: &[f32], y: &mut [f32], at: Out) {
     let mut a0 = [[0f32; PANEL]; R];
     let mut a1 = [[0f32; PANEL]; R];
     let positions = w0.chunks_exact(PANEL).zip(w1.chunks_exact(PANEL));
@@ -222,14 +245,15 @@ fn two_panels<const R: usize>(x: &[f32], w0: &[f32], w1: &[f32], y0: &mut [f32],
         }
     }
     for r in 0..R {
-        y0[r * PANEL..(r + 1) * PANEL].copy_from_slice(&a0[r]);
-        y1[r * PANEL..(r + 1) * PANEL].copy_from_slice(&a1[r]);
+        let row = &mut y[at.column + r * at.stride..][..2 * PANEL];
+        row[..PANEL].copy_from_slice(&a0[r]);
+        row[PANEL..].copy_from_slice(&a1[r]);
     }
 }
 
 /// [`two_panels`] for an odd panel out.
 #[inline(always)]
-fn one_panel<const R: usize>(x: &[f32], w: &[f32], y: &mut [f32]) {
+fn one_panel<const R: usize>(x: &[f32], w: &[f32], y: &mut [f32], at: Out) {
     let mut a = [[0f32; PANEL]; R];
     for (w, v) in w.chunks_exact(PANEL).zip(x.chunks_exact(R)) {
         for r in 0..R {
@@ -239,7 +263,7 @@ fn one_panel<const R: usize>(x: &[f32], w: &[f32], y: &mut [f32]) {
         }
     }
     for r in 0..R {
-        y[r * PANEL..(r + 1) * PANEL].copy_from_slice(&a[r]);
+        y[at.column + r * at.stride..][..PANEL].copy_from_slice(&a[r]);
     }
 }
 
@@ -249,16 +273,16 @@ mod tests {
 
     #[test]
     fn panels_give_libtorchs_product_for_every_row_count_and_team_size() {
-        // 56 outputs: three full panels and a padded one, so an odd panel out for
-        // some shares; with a bias.
-        let w = Tensor::randn([56, 24], (Kind::Float, Device::Cpu));
-        let b = Tensor::randn([56], (Kind::Float, Device::Cpu));
+        // 72 outputs: four full panels and a padded one, so that some shares end
+        // with an odd panel out (or are only that); with a bias.
+        let w = Tensor::randn([72, 24], (Kind::Float, Device::Cpu));
+        let b = Tensor::randn([72], (Kind::Float, Device::Cpu));
         for threads in [1, 2, 3] {
             let panels = Panels::pack(&w, Some(&b), Arc::new(Team::new(threads)));
             for rows in 1..=MAX_ROWS as i64 {
                 let x = Tensor::randn([rows, 1, 24], (Kind::Float, Device::Cpu));
                 let got = panels.product(&x).unwrap();
-                assert_eq!(got.size(), [rows, 1, 56]);
+                assert_eq!(got.size(), [rows, 1, 72]);
                 let expected = x.linear(&w, Some(&b));
                 let diff = (got - expected).abs().max().double_value(&[]);
                 assert!(diff < 1e-4, "{threads} threads, {rows} rows: {diff}");

@@ -113,6 +113,19 @@ impl Rotation {
         }
     }
 
+    /// For one position per sequence in the pair layout: each sequence's `head_dim`
+    /// values, the cos and sin of each pair's angle interleaved
+    /// ([`crate::host_math::rotate_pairs`]); `None` for the halves layout.
+    pub fn host_turns(&self) -> Option<Vec<f32>> {
+        match self {
+            Self::Halves { .. } => None,
+            Self::Pairs(unit) => {
+                let turns = unit.view_as_real().contiguous().view([-1]);
+                Some(Vec::<f32>::try_from(&turns).expect("f32 turns"))
+            }
+        }
+    }
+
     /// Rotates `x` into `out` (same shape; e.g. the KV cache's next positions).
     pub fn apply_into(&self, x: &Tensor, out: &mut Tensor) {
         match self {

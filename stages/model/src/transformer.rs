@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use tch::{Kind, Tensor, nn};
 
-use crate::host_kv::BLOCKED;
 use crate::kv_cache::KvCache;
 use crate::layers::{Embedding, Linear, RmsNorm, Stacked, inference_linear};
 use crate::rope::{Rope, Rotation, pair_layout};
 use crate::spec::{Head, ModelSpec};
 use crate::team::Team;
+
+mod host;
 
 /// Grouped-query self-attention with RoPE.
 #[derive(Debug)]
@@ -124,10 +125,6 @@ impl Attention {
         mask: &AttentionMask,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Tensor {
-        if let AttentionMask::Host(mask) = mask {
-            let (cache, layer) = cache.expect("a host mask comes with its cache");
-            return self.output(&self.host_attention(x, rotation, mask, cache, layer));
-        }
         let (b, t) = (x.size()[0], x.size()[1]);
         let (q, k, v) = match self.qkv.infer(x) {
             Some(qkv) => self.split_stacked(&qkv, rotation, cache),
@@ -144,7 +141,6 @@ impl Attention {
             AttentionMask::Causal => (None, t > 1),
             AttentionMask::None => (None, false),
             AttentionMask::Additive(m) => (Some(m), false),
-            AttentionMask::Host(_) => unreachable!("a host mask returned above"),
             AttentionMask::Grouped(m) => {
                 return self.output(&self.decode_attention(&q, &k, &v, Some(m)));
             }
@@ -159,36 +155,6 @@ impl Attention {
             &y.transpose(1, 2)
                 .reshape([b, t, self.num_heads * self.head_dim]),
         )
-    }
-
-    /// A decoding step's attention over a cache on the host ([`crate::host_kv`]):
-    /// `[batch, 1, heads · head_dim]`.
-    fn host_attention(
-        &self,
-        x: &Tensor,
-        rotation: &Rotation,
-        mask: &Arc<Vec<f32>>,
-        cache: &mut KvCache,
-        layer: usize,
-    ) -> Tensor {
-        let b = x.size()[0];
-        let (h, kv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let qkv = self
-            .qkv
-            .infer(x)
-            .expect("decoding holds the stacked weights");
-        let qkv = qkv.view([b, 1, h + 2 * kv, d]).transpose(1, 2);
-        let q = rotation.apply(&qkv.narrow(1, 0, h));
-        let k = rotation.apply(&qkv.narrow(1, h, kv));
-        let host = |t: &Tensor| Vec::<f32>::try_from(&t.contiguous().view([-1])).expect("f32");
-        let y = cache.host_mut().expect("a host cache").attend(
-            layer,
-            host(&q),
-            &host(&k),
-            &host(&qkv.narrow(1, h + kv, kv)),
-            mask,
-        );
-        Tensor::from_slice(&y).view([b, 1, h * d])
     }
 
     /// o_proj of the attention's output `[..., heads · head_dim]`.
@@ -421,9 +387,6 @@ pub enum AttentionMask {
     /// A decoding step's additive mask laid out for its attention, `[batch ·
     /// kv_heads, 1, total]` ([`AttentionMask::group`]), built once for every layer.
     Grouped(Tensor),
-    /// A decoding step over a cache on the host ([`KvCache::to_host`]): the additive
-    /// mask `[batch, total]` as host values (0 or [`BLOCKED`]).
-    Host(Arc<Vec<f32>>),
 }
 
 impl AttentionMask {
@@ -439,17 +402,6 @@ impl AttentionMask {
             };
         }
         Self::Additive(Self::additive(key_mask, past, new, kind))
-    }
-
-    /// [`AttentionMask::Host`] of a decoding step's `key_mask` (`[batch, total]`).
-    fn host(key_mask: &Tensor) -> Self {
-        let real = Vec::<i64>::try_from(&key_mask.to_kind(Kind::Int64).contiguous().view([-1]))
-            .expect("an integer key mask");
-        Self::Host(Arc::new(
-            real.into_iter()
-                .map(|r| if r == 0 { BLOCKED } else { 0.0 })
-                .collect(),
-        ))
     }
 
     /// An additive mask of one new position (`[batch, 1, 1, total]`) repeated for each
@@ -550,11 +502,10 @@ impl Transformer {
         let rotation = self
             .rope
             .rotation(&positions, kind, inference && kind == Kind::Float);
-        let host = cache.as_ref().is_some_and(|c| c.is_host());
-        let mut mask = match host {
-            true => AttentionMask::host(key_mask),
-            false => AttentionMask::build(key_mask, past, new, kind),
-        };
+        if let Some(cache) = cache.as_deref_mut().filter(|c| c.is_host()) {
+            return self.hidden_on_host(&x, key_mask, &rotation, cache);
+        }
+        let mut mask = AttentionMask::build(key_mask, past, new, kind);
         if let (AttentionMask::Additive(m), 1, false) = (&mask, new, x.requires_grad()) {
             mask = AttentionMask::Grouped(AttentionMask::group(m, self.spec.num_kv_heads));
         }
@@ -639,6 +590,8 @@ impl Transformer {
         for layer in &self.layers {
             layer.self_attn.cache_stacked(cached, panels);
             layer.mlp.cache_stacked(cached, panels);
+            layer.input_layernorm.cache_host(panels.is_some());
+            layer.post_attention_layernorm.cache_host(panels.is_some());
         }
     }
 

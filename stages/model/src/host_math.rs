@@ -1,0 +1,142 @@
+//! The arithmetic of a decoding step on host vectors ([`crate::host_decode`]):
+//! RMSNorm, RoPE in the pair layout, SwiGLU's activation, the exponential and a dot
+//! product, in forms the compiler vectorizes (lanes of independent accumulators,
+//! branch-free), each built for AVX-512 and AVX2 where it loops over much data.
+
+use multiversion::multiversion;
+
+/// Lanes of the vectorized reductions: one AVX-512 register of f32.
+const LANES: usize = 16;
+
+/// `Σ a·b` in [`LANES`] lanes, summed at the end.
+#[inline(always)]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; LANES];
+    for (a, b) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
+        for l in 0..LANES {
+            lanes[l] = a[l].mul_add(b[l], lanes[l]);
+        }
+    }
+    let (a, b) = (
+        a.chunks_exact(LANES).remainder(),
+        b.chunks_exact(LANES).remainder(),
+    );
+    lanes.iter().sum::<f32>() + a.iter().zip(b).map(|(a, b)| a * b).sum::<f32>()
+}
+
+/// `eˣ` to about 2 ulp for `x` in [−87, 88] (clamped to it), in branch-free
+/// arithmetic that vectorizes: Cephes' `expf` (`x = n·ln 2 + r`, a degree-6
+/// polynomial for `eʳ`, `2ⁿ` from the exponent bits).
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * std::f32::consts::LOG2_E).round();
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.987_569_1e-4_f32
+        .mul_add(r, 1.398_199_9e-3)
+        .mul_add(r, 8.333_452e-3)
+        .mul_add(r, 4.166_579_6e-2)
+        .mul_add(r, 0.166_666_66)
+        .mul_add(r, 0.5);
+    let er = p.mul_add(r * r, r + 1.0);
+    er * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// Each row of `x` (rows of `weight.len()`) normalised by its root mean square and
+/// scaled by `weight`, as transformers' `LlamaRMSNorm` in f32: `w · (x / √(mean x² +
+/// ε))`.
+#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma"))]
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
+    let mut out = Vec::with_capacity(x.len());
+    for row in x.chunks_exact(weight.len()) {
+        let scale = 1.0 / (dot(row, row) / row.len() as f32 + eps).sqrt();
+        out.extend(row.iter().zip(weight).map(|(x, w)| w * (x * scale)));
+    }
+    out
+}
+
+/// Rotates each head (`d` values in the pair layout of [`crate::rope::pair_layout`])
+/// of `heads` by `turn` (`d` values: cos and sin of each pair's angle, interleaved),
+/// as the complex product of [`crate::rope::Rotation::Pairs`].
+pub fn rotate_pairs(heads: &mut [f32], turn: &[f32]) {
+    for head in heads.chunks_exact_mut(turn.len()) {
+        for (pair, cs) in head.chunks_exact_mut(2).zip(turn.chunks_exact(2)) {
+            let (a, b, cos, sin) = (pair[0], pair[1], cs[0], cs[1]);
+            pair[0] = a * cos - b * sin;
+            pair[1] = a * sin + b * cos;
+        }
+    }
+}
+
+/// SwiGLU's activation: each row of `gate_up` (`[gate | up]`, `2i` values) gives
+/// `silu(gate) · up` (`i` values), `silu(g) = g / (1 + e⁻ᵍ)`.
+#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma"))]
+pub fn silu_times(gate_up: &[f32], i: usize) -> Vec<f32> {
+    let mut out = vec![0f32; gate_up.len() / 2];
+    for (row, out) in gate_up.chunks_exact(2 * i).zip(out.chunks_exact_mut(i)) {
+        let (gate, up) = row.split_at(i);
+        for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+            *o = g / (1.0 + exp(-g)) * u;
+        }
+    }
+    out
+}
+
+/// `x += y`, elementwise.
+pub fn add(x: &mut [f32], y: &[f32]) {
+    x.iter_mut().zip(y).for_each(|(x, y)| *x += y);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind, Tensor};
+
+    #[test]
+    fn exp_matches_the_standard_library_over_its_range() {
+        for i in 0..=40_000 {
+            let x = -87.0 + 175.0 * i as f32 / 40_000.0;
+            let (got, want) = (exp(x), x.exp());
+            assert!(
+                ((got - want) / want).abs() < 4e-7,
+                "exp({x}) = {got}, not {want}"
+            );
+        }
+        assert_eq!(exp(0.0), 1.0);
+        assert!(exp(-200.0) < 1e-37 && exp(200.0) > 1e38);
+    }
+
+    #[test]
+    fn norm_and_activation_equal_libtorchs() {
+        let f = (Kind::Float, Device::Cpu);
+        let host = |t: &Tensor| Vec::<f32>::try_from(&t.contiguous().view([-1])).unwrap();
+        let (x, w) = (Tensor::randn([3, 40], f) * 3, Tensor::randn([40], f));
+        let want = x.rms_norm([40i64].as_slice(), Some(&w), 1e-5);
+        let got = Tensor::from_slice(&rms_norm(&host(&x), &host(&w), 1e-5)).view([3, 40]);
+        assert!((got - want).abs().max().double_value(&[]) < 1e-5);
+        let gate_up = Tensor::randn([2, 2 * 24], f) * 8;
+        let want = gate_up.narrow(1, 0, 24).silu() * gate_up.narrow(1, 24, 24);
+        let got = Tensor::from_slice(&silu_times(&host(&gate_up), 24)).view([2, 24]);
+        assert!((got - want).abs().max().double_value(&[]) < 1e-5);
+    }
+
+    #[test]
+    fn pairs_rotate_as_complex_products() {
+        let mut heads = vec![1.0, 2.0, 3.0, 4.0, -1.0, 0.5, 2.0, -2.0];
+        let (c0, s0, c1, s1) = (0.6f32, 0.8f32, 0.0f32, 1.0f32);
+        rotate_pairs(&mut heads, &[c0, s0, c1, s1]);
+        let expected = [
+            1.0 * c0 - 2.0 * s0,
+            1.0 * s0 + 2.0 * c0,
+            3.0 * c1 - 4.0 * s1,
+            3.0 * s1 + 4.0 * c1,
+            -c0 - 0.5 * s0,
+            -s0 + 0.5 * c0,
+            2.0 * c1 + 2.0 * s1,
+            2.0 * s1 - 2.0 * c1,
+        ];
+        assert_eq!(heads, expected);
+    }
+}
