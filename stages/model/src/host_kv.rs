@@ -16,14 +16,16 @@ use std::sync::Arc;
 use multiversion::multiversion;
 use tch::{Kind, Tensor};
 
-use crate::host_math::{dot, exp};
+use crate::host_math::{exp, lanes_max, lanes_sum};
 use crate::team::Team;
 
 /// The additive mask value of a padding position, as [`crate::transformer`] uses.
 pub const BLOCKED: f32 = f32::MIN / 2.0;
 
-/// Every layer's keys and values, `[batch, kv_heads, capacity, head_dim]` f32 each,
-/// of which the first `len` positions are filled.
+/// Every layer's keys, `[batch, kv_heads, head_dim, capacity]` (transposed, so that
+/// a query's scores over all positions are vertical multiply-adds with no horizontal
+/// sums), and values, `[batch, kv_heads, capacity, head_dim]`, f32, of which the
+/// first `len` positions are filled.
 #[derive(Debug)]
 pub struct HostKv {
     keys: Vec<Arc<Vec<f32>>>,
@@ -46,7 +48,7 @@ impl HostKv {
             Arc::new(Vec::<f32>::try_from(&flat).expect("an f32 CPU cache"))
         };
         Self {
-            keys: keys.iter().map(host).collect(),
+            keys: keys.iter().map(|k| host(&k.transpose(2, 3))).collect(),
             values: values.iter().map(host).collect(),
             batch: shape[0] as usize,
             kv_heads: shape[1] as usize,
@@ -102,11 +104,16 @@ impl HostKv {
     ) -> Vec<f32> {
         let (kv, cap, d, pos) = (self.kv_heads, self.capacity, self.head_dim, self.len);
         assert!(pos < cap, "KV cache overflow: {pos} + 1 > {cap}");
-        for (cache, new) in [(&mut self.keys[layer], k), (&mut self.values[layer], v)] {
-            let cache = Arc::get_mut(cache).expect("no attention part outlives its step");
-            for (group, row) in new.chunks_exact(d).enumerate() {
-                cache[(group * cap + pos) * d..][..d].copy_from_slice(row);
+        let outlived = "no attention part outlives its step";
+        let keys = Arc::get_mut(&mut self.keys[layer]).expect(outlived);
+        for (group, key) in keys.chunks_exact_mut(d * cap).zip(k.chunks_exact(d)) {
+            for (column, &value) in group.chunks_exact_mut(cap).zip(key) {
+                column[pos] = value;
             }
+        }
+        let values = Arc::get_mut(&mut self.values[layer]).expect(outlived);
+        for (group, value) in values.chunks_exact_mut(cap * d).zip(v.chunks_exact(d)) {
+            group[pos * d..][..d].copy_from_slice(value);
         }
         let groups = self.batch * kv;
         let heads = q.len() / (self.batch * d);
@@ -125,11 +132,10 @@ impl HostKv {
             let mut scores = vec![0f32; per_group * total];
             for (g, out) in (first..end).zip(out.chunks_exact_mut(per_group * d)) {
                 let b = g / kv;
-                let cached = g * cap * d..(g * cap + total) * d;
                 attend_group(
                     &q[g * per_group * d..(g + 1) * per_group * d],
-                    &keys[cached.clone()],
-                    &values[cached],
+                    &keys[g * d * cap..(g + 1) * d * cap],
+                    &values[g * cap * d..(g * cap + total) * d],
                     &mask[b * total..(b + 1) * total],
                     scale,
                     &mut scores,
@@ -142,9 +148,10 @@ impl HostKv {
     }
 }
 
-/// One (sequence, key/value head) group: `queries` (`heads × d`) over `keys` and
-/// `values` (`total × d`), with the sequence's additive `mask` (`total`); `scores` is
-/// scratch (`heads × total`), `out` is `heads × d`.
+/// One (sequence, key/value head) group: `queries` (`heads × d`) over `keys`
+/// (`d × capacity`, the first `total` columns filled) and `values` (`total × d`),
+/// with the sequence's additive `mask` (`total`); `scores` is scratch (`heads ×
+/// total`), `out` is `heads × d`.
 #[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma"))]
 fn attend_group(
     queries: &[f32],
@@ -155,16 +162,22 @@ fn attend_group(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    let d = queries.len() / (scores.len() / mask.len());
     let total = mask.len();
+    let d = queries.len() / (scores.len() / total);
+    let capacity = keys.len() / d;
     for (query, row) in queries.chunks_exact(d).zip(scores.chunks_exact_mut(total)) {
-        for ((key, s), m) in keys.chunks_exact(d).zip(row.iter_mut()).zip(mask) {
-            *s = dot(query, key).mul_add(scale, *m);
+        row.fill(0.0);
+        for (&q, column) in query.iter().zip(keys.chunks_exact(capacity)) {
+            for (s, &k) in row.iter_mut().zip(&column[..total]) {
+                *s = q.mul_add(k, *s);
+            }
         }
-        let max = row.iter().copied().fold(f32::MIN, f32::max);
+        for (s, &m) in row.iter_mut().zip(mask) {
+            *s = s.mul_add(scale, m);
+        }
+        let max = lanes_max(row);
         row.iter_mut().for_each(|s| *s = exp(*s - max));
-        let sum: f32 = row.iter().sum();
-        let norm = 1.0 / sum;
+        let norm = 1.0 / lanes_sum(row);
         row.iter_mut().for_each(|s| *s *= norm);
     }
     out.fill(0.0);

@@ -24,6 +24,31 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + a.iter().zip(b).map(|(a, b)| a * b).sum::<f32>()
 }
 
+/// The largest of `x` (`f32::MIN` if empty), in [`LANES`] lanes.
+#[inline(always)]
+pub fn lanes_max(x: &[f32]) -> f32 {
+    let mut lanes = [f32::MIN; LANES];
+    for chunk in x.chunks_exact(LANES) {
+        for l in 0..LANES {
+            lanes[l] = lanes[l].max(chunk[l]);
+        }
+    }
+    let tail = x.chunks_exact(LANES).remainder().iter();
+    lanes.iter().chain(tail).copied().fold(f32::MIN, f32::max)
+}
+
+/// `Σ x` in [`LANES`] lanes.
+#[inline(always)]
+pub fn lanes_sum(x: &[f32]) -> f32 {
+    let mut lanes = [0f32; LANES];
+    for chunk in x.chunks_exact(LANES) {
+        for l in 0..LANES {
+            lanes[l] += chunk[l];
+        }
+    }
+    lanes.iter().sum::<f32>() + x.chunks_exact(LANES).remainder().iter().sum::<f32>()
+}
+
 /// `eˣ` to about 2 ulp for `x` in [−87, 88] (clamped to it), in branch-free
 /// arithmetic that vectorizes: Cephes' `expf` (`x = n·ln 2 + r`, a degree-6
 /// polynomial for `eʳ`, `2ⁿ` from the exponent bits).

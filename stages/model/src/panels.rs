@@ -16,7 +16,11 @@
 //! Measured on this workplace's 2-core Zen 5 over the 30 layers of SmolLM2-135M
 //! (425 MB of weights): one thread reads them at 33 GB/s for one row and 20 GB/s
 //! for eight; two threads at 43 and 38 GB/s, where oneDNN with its conversions
-//! managed about 17 GB/s at eight rows.
+//! managed about 17 GB/s at eight rows. Up to 32 rows the kernel stays ahead: the
+//! rollout benchmark at batch 32 went from 400–450 tok/s (oneDNN) to ~510, for
+//! another copy of the weights (0.5 GB) while decoding. A kernel of eight rows by
+//! two panels (16 accumulators) did not vectorize (the compiler's SLP pass gives up:
+//! 20× slower), hence groups of four.
 
 use std::sync::Arc;
 
@@ -34,8 +38,9 @@ const CHUNK: usize = 1 << 20;
 /// Input rows the kernel takes at a time.
 const GROUP: usize = 4;
 
-/// Most input rows the panels take (decoding's batch); more go through oneDNN.
-pub const MAX_ROWS: usize = 16;
+/// Most input rows the panels take (decoding's batch); more go through oneDNN (the
+/// kernel, compute-bound from about 16 rows, was not measured past 32).
+pub const MAX_ROWS: usize = 32;
 
 /// A weight `[out, in]` (and bias `[out]`) packed into panels, f32, with the team
 /// that computes its products.
