@@ -110,8 +110,7 @@ impl LanguageModel {
         let transformer = self.transformer();
         let stacked = transformer.decoding_weights(n_prompts * request.repeats);
 
-        let (_, mut key_mask) = left_pad(request.prompts, self.pad_token_id(), device);
-        let (mut cache, mut logits) = prefill(
+        let (mut cache, mut logits, mut key_mask) = prefill(
             transformer,
             request.prompts,
             self.pad_token_id(),

@@ -153,6 +153,20 @@ impl KvCache {
         }
     }
 
+    /// A new cache of the sequences at `rows` (int64 indices, repeats allowed), with
+    /// this one's length and capacity.
+    pub fn rows(&self, rows: &Tensor) -> KvCache {
+        assert!(self.host.is_none(), "the cache has moved to the host");
+        let select = |ts: &[Tensor]| ts.iter().map(|t| t.index_select(0, rows)).collect();
+        KvCache {
+            keys: select(&self.keys),
+            values: select(&self.values),
+            len: self.len,
+            capacity: self.capacity,
+            host: None,
+        }
+    }
+
     /// Keeps only the sequences at `rows` (int64 indices), e.g. to drop finished ones,
     /// or to repeat a shared prompt's cache for several answers.
     pub fn select_rows(&mut self, rows: &Tensor) {

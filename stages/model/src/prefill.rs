@@ -39,41 +39,99 @@ pub(crate) fn length_groups(lengths: &[usize]) -> Vec<Vec<usize>> {
     groups
 }
 
-/// Runs `prompts` (none empty) into a new cache of `capacity` positions, left-padded to
-/// the longest prompt as decoding expects, and returns it with the next-token logits
-/// after each prompt (`[prompts, vocab]`, f32).
+/// Fewest tokens all prompts must share at their start for [`prefill`] to run them
+/// once ([`shared_prefix`]).
+const MIN_SHARED: usize = 32;
+
+/// How many tokens every prompt starts with alike (short of each prompt's last
+/// token, whose logits every prompt needs of its own), when there are several
+/// prompts and it is at least [`MIN_SHARED`]; else 0. The judge's prompts share the
+/// chat header and the 7-point instructions (about half of each prompt).
+pub(crate) fn shared_prefix(prompts: &[Vec<u32>]) -> usize {
+    let Some((first, rest)) = prompts.split_first() else {
+        return 0;
+    };
+    let shortest = prompts.iter().map(Vec::len).min().unwrap_or(0);
+    let common = rest.iter().fold(shortest.saturating_sub(1), |n, p| {
+        first
+            .iter()
+            .zip(p)
+            .take(n)
+            .take_while(|(a, b)| a == b)
+            .count()
+    });
+    match rest.is_empty() || common < MIN_SHARED {
+        true => 0,
+        false => common,
+    }
+}
+
+/// Runs `prompts` (none empty) into a new cache of `capacity` positions and returns
+/// it with the next-token logits after each prompt (`[prompts, vocab]`, f32) and the
+/// cache's key mask (`[prompts, filled]`, 1 = real token) that decoding extends.
+///
+/// A prefix every prompt shares ([`shared_prefix`]) runs once and its keys and values
+/// are copied in front of each group's pass; the rest runs by groups of similar
+/// length. Each row of the cache then reads `[padding][prefix][group's padding]
+/// [rest]`: positions count real tokens only, so every value is what the prompt alone
+/// would have given.
 pub(crate) fn prefill(
     transformer: &Transformer,
     prompts: &[Vec<u32>],
     pad: u32,
     capacity: i64,
     device: Device,
-) -> (KvCache, Tensor) {
-    let lengths: Vec<usize> = prompts.iter().map(Vec::len).collect();
+) -> (KvCache, Tensor, Tensor) {
+    let shared = shared_prefix(prompts);
+    let prefix = (shared > 0).then(|| {
+        let (ids, key_mask) = left_pad(&[prompts[0][..shared].to_vec()], pad, device);
+        let mut cache = transformer.new_cache(1, shared as i64);
+        let _ = transformer.hidden(&ids, &key_mask, Some(&mut cache));
+        cache
+    });
+    let lengths: Vec<usize> = prompts.iter().map(|p| p.len() - shared).collect();
     let longest = lengths.iter().copied().max().unwrap_or(0) as i64;
+    let filled = shared as i64 + longest;
     let mut cache = transformer.new_cache(prompts.len() as i64, capacity);
     let mut logits: Vec<Option<Tensor>> = (0..prompts.len()).map(|_| None).collect();
+    let mut masks: Vec<Option<Tensor>> = (0..prompts.len()).map(|_| None).collect();
     for group in length_groups(&lengths) {
-        let members: Vec<Vec<u32>> = group.iter().map(|&i| prompts[i].clone()).collect();
-        let (ids, key_mask) = left_pad(&members, pad, device);
-        let width = ids.size()[1];
-        let mut part = transformer.new_cache(members.len() as i64, width);
+        let members: Vec<Vec<u32>> = group
+            .iter()
+            .map(|&i| prompts[i][shared..].to_vec())
+            .collect();
+        let (ids, rest_mask) = left_pad(&members, pad, device);
+        let (n, width) = (ids.size()[0], ids.size()[1]);
+        let mut part = transformer.new_cache(n, shared as i64 + width);
+        if let Some(prefix) = &prefix {
+            let all = Tensor::arange(n, (Kind::Int64, device));
+            part.place(&all, &prefix.rows(&all.zeros_like()), shared as i64);
+            part.advance(shared as i64);
+        }
+        let ones = Tensor::ones([n, shared as i64], (rest_mask.kind(), device));
+        let key_mask = Tensor::cat(&[ones, rest_mask], 1);
         let hidden = transformer.hidden(&ids, &key_mask, Some(&mut part));
         let last = transformer
             .logits(&hidden.select(1, width - 1))
             .to_kind(Kind::Float);
         let rows: Vec<i64> = group.iter().map(|&i| i as i64).collect();
-        cache.place(&Tensor::from_slice(&rows).to_device(device), &part, longest);
+        cache.place(&Tensor::from_slice(&rows).to_device(device), &part, filled);
+        let padding = Tensor::zeros([n, longest - width], (key_mask.kind(), device));
+        let key_mask = Tensor::cat(&[padding, key_mask], 1);
         for (k, &i) in group.iter().enumerate() {
             logits[i] = Some(last.get(k as i64));
+            masks[i] = Some(key_mask.get(k as i64));
         }
     }
-    cache.advance(longest);
-    let logits: Vec<Tensor> = logits
-        .into_iter()
-        .map(|l| l.expect("every prompt in a group"))
-        .collect();
-    (cache, Tensor::stack(&logits, 0))
+    cache.advance(filled);
+    let stack = |rows: Vec<Option<Tensor>>| {
+        let rows: Vec<Tensor> = rows
+            .into_iter()
+            .map(|r| r.expect("every prompt in a group"))
+            .collect();
+        Tensor::stack(&rows, 0)
+    };
+    (cache, stack(logits), stack(masks))
 }
 
 #[cfg(test)]
@@ -100,5 +158,25 @@ mod tests {
         assert!(groups.iter().any(|g| g.len() >= 4));
         assert_eq!(length_groups(&[7, 7, 7]), [vec![0, 1, 2]]);
         assert!(length_groups(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_shared_prefix_stops_short_of_the_shortest_prompts_last_token() {
+        let head: Vec<u32> = (0..40).collect();
+        let with = |tail: &[u32]| [head.as_slice(), tail].concat();
+        // 40 shared, then the prompts part.
+        assert_eq!(
+            shared_prefix(&[with(&[1, 2]), with(&[3]), with(&[1, 5, 6])]),
+            40
+        );
+        // One prompt is all prefix: its last token stays its own.
+        assert_eq!(shared_prefix(&[with(&[]), with(&[7, 8])]), 39);
+        // Too short to be worth a pass, one prompt, none.
+        assert_eq!(
+            shared_prefix(&[head[..20].to_vec(), head[..30].to_vec()]),
+            0
+        );
+        assert_eq!(shared_prefix(&[with(&[1])]), 0);
+        assert_eq!(shared_prefix(&[]), 0);
     }
 }
