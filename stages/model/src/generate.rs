@@ -4,8 +4,6 @@
 //! they stop costing work. One small host transfer per step (the chosen ids and their
 //! log-probs) decides which sequences are done.
 
-use std::sync::Arc;
-
 use serde::Serialize;
 use tch::{Kind, Tensor};
 use tracing::warn;
@@ -124,10 +122,7 @@ impl LanguageModel {
             key_mask = key_mask.index_select(0, &rows);
             logits = logits.index_select(0, &rows);
         }
-        let _cores = stacked.cores_to_team();
-        if let Some(team) = stacked.team() {
-            cache.to_host(Arc::clone(team));
-        }
+        let _cores = stacked.decode_on_host(&mut cache);
 
         let total = n_prompts * request.repeats;
         let mut seqs: Vec<Running> = (0..total)

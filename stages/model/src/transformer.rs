@@ -311,19 +311,18 @@ pub struct InferenceGuard<'a> {
 }
 
 impl InferenceGuard<'_> {
-    /// The decoding kernel's threads, when the weights are packed for it.
-    pub fn team(&self) -> Option<&Arc<Team>> {
-        self.team.as_ref()
-    }
-
-    /// For the decoding steps: libtorch's intra-op pool down to one thread while the
-    /// returned guard lives, when the weights are packed for a team of several. The
-    /// team's helpers then have the other cores to themselves: libgomp's idle
-    /// workers spin after each parallel region, and with the helpers beside them
-    /// batch-1 decoding fell from ~50 to 9 tok/s. The pool size is process-wide, so
-    /// guards alive at once (generations on several threads) count themselves and the
-    /// last one restores it.
-    pub fn cores_to_team(&self) -> TorchThreads {
+    /// For the decoding steps after the prefill, when the weights are packed for a
+    /// team: moves `cache` to the host ([`KvCache::to_host`]), and turns libtorch's
+    /// intra-op pool down to one thread while the returned guard lives if the team
+    /// has several. The team's helpers then have the other cores to themselves:
+    /// libgomp's idle workers spin after each parallel region, and with the helpers
+    /// beside them batch-1 decoding fell from ~50 to 9 tok/s. The pool size is
+    /// process-wide, so guards alive at once (generations on several threads) count
+    /// themselves and the last one restores it.
+    pub fn decode_on_host(&self, cache: &mut KvCache) -> TorchThreads {
+        if let Some(team) = &self.team {
+            cache.to_host(Arc::clone(team));
+        }
         let several = self.team.as_ref().is_some_and(|team| team.size() > 1);
         let mut handed = HANDED.lock().unwrap_or_else(|e| e.into_inner());
         match (*handed, several) {
@@ -347,7 +346,7 @@ impl InferenceGuard<'_> {
 static HANDED: std::sync::Mutex<Option<(usize, i32)>> = std::sync::Mutex::new(None);
 
 /// Gives libtorch its threads back when the last of these is dropped
-/// ([`InferenceGuard::cores_to_team`]).
+/// ([`InferenceGuard::decode_on_host`]).
 #[derive(Debug)]
 pub struct TorchThreads(bool);
 
@@ -570,13 +569,6 @@ impl Transformer {
         let team = (host && batch <= crate::panels::MAX_ROWS)
             .then(|| Arc::new(Team::new(tch::get_num_threads().max(1) as usize)));
         self.cache_stacked(true, team.as_ref());
-        if let Some(team) = &team {
-            let head = Linear {
-                weight: self.output_weight().shallow_clone(),
-                bias: None,
-            };
-            self.head.cache(&[&head], Some(team));
-        }
         InferenceGuard {
             transformer: self,
             team,
@@ -584,8 +576,16 @@ impl Transformer {
     }
 
     fn cache_stacked(&self, cached: bool, panels: Option<&Arc<Team>>) {
-        if !cached {
-            self.head.clear();
+        match panels {
+            // The head only needs packing: its dense weight serves as it is.
+            Some(team) => {
+                let head = Linear {
+                    weight: self.output_weight().shallow_clone(),
+                    bias: None,
+                };
+                self.head.cache(&[&head], Some(team));
+            }
+            None => self.head.clear(),
         }
         for layer in &self.layers {
             layer.self_attn.cache_stacked(cached, panels);
