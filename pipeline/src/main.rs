@@ -4,6 +4,7 @@ mod bench;
 mod commands;
 mod config;
 mod eval;
+mod jsonl;
 mod monitor;
 mod report;
 mod run;

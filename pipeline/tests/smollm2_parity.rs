@@ -133,7 +133,7 @@ fn last_position_top10_and_token_logprobs_match() {
         let mask = tch::Tensor::ones([1, n], (tch::Kind::Int64, tch::Device::Cpu));
         let last = tch::no_grad(|| {
             let t = model.transformer();
-            t.logits(&t.hidden(&input, &mask, None).select(1, n - 1))
+            t.logits(&t.forward(&input, &mask, None).select(1, n - 1))
                 .squeeze_dim(0)
         });
         let (values, indices) = last.topk(10, -1, true, true);

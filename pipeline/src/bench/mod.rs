@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use lsp_model::{LanguageModel, LoadOptions};
+use lsp_model::{InferenceWeights, LanguageModel, LoadOptions};
 
 use crate::commands::ModelArgs;
 
@@ -147,11 +147,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<String> {
         )
     } else {
         // As the update stage computes the reference's log-probs.
-        let _stacked = model.transformer().inference_weights();
+        let weights = InferenceWeights::new(model.transformer());
         for i in 0..=args.runs {
             let start = Instant::now();
             let pairs: Vec<(&[u32], &[u32])> = batch.iter().map(|s| (&s[..1], &s[1..])).collect();
-            let lp = tch::no_grad(|| model.completion_logprobs(&pairs))?;
+            let lp = model.completion_logprobs_with(&weights, &pairs)?;
             anyhow::ensure!(lp.lengths.iter().sum::<i64>() as u64 == tokens);
             if i > 0 {
                 times.push(start.elapsed());

@@ -7,30 +7,10 @@ use anyhow::Context;
 use lsp_model::Rng;
 use serde::de::DeserializeOwned;
 
-/// Every line of a JSONL file as `T`, with the line number in errors.
+/// Every line of a benchmark file as `T`.
 pub fn read_jsonl<T: DeserializeOwned>(path: &Path) -> anyhow::Result<Vec<T>> {
-    let text = std::fs::read_to_string(path).with_context(|| {
-        format!(
-            "reading {} (the repository's datasets/ has the benchmark files; --data names another)",
-            path.display()
-        )
-    })?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l)
-                .with_context(|| format!("{}:{}: not a valid record", path.display(), i + 1))
-        })
-        .collect()
-}
-
-/// Seeded Fisher–Yates.
-fn shuffle(indices: &mut [usize], rng: &mut Rng) {
-    for i in (1..indices.len()).rev() {
-        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-        indices.swap(i, j);
-    }
+    crate::jsonl::read_jsonl(path)
+        .context("the repository's datasets/ has the benchmark files; --data names another")
 }
 
 /// Indices of a sample of `limit` items (all when `None` or larger), stratified by
@@ -68,7 +48,7 @@ pub fn stratified<T>(
     let mut picked = Vec::with_capacity(limit);
     for (quota, _, name) in quotas {
         let mut members = strata[name].clone();
-        shuffle(&mut members, &mut rng);
+        rng.shuffle(&mut members);
         picked.extend(members.into_iter().take(quota));
     }
     picked.sort_unstable();

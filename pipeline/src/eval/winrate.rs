@@ -4,10 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use lsp_model::{LanguageModel, Message};
+use lsp_model::LanguageModel;
 use lsp_schemas::WinRateRow;
 use serde::{Deserialize, Serialize};
-use tch::Kind;
 
 use super::stats::{Estimate, mean_interval};
 
@@ -25,26 +24,14 @@ pub const PAIRWISE_PROMPT: &str = include_str!("pairwise_judge.txt");
 
 /// The pairwise prompt for one ordering.
 pub fn pairwise_prompt(instruction: &str, a: &str, b: &str) -> String {
-    // Filled in one pass, so that a response containing a slot name stays as written.
-    let mut out = String::new();
-    let mut rest = PAIRWISE_PROMPT.trim_end();
-    while let Some(start) = rest.find('{') {
-        out.push_str(&rest[..start]);
-        let tail = &rest[start..];
-        let (value, len) = if tail.starts_with("{instruction}") {
-            (instruction, "{instruction}".len())
-        } else if tail.starts_with("{response_a}") {
-            (a, "{response_a}".len())
-        } else if tail.starts_with("{response_b}") {
-            (b, "{response_b}".len())
-        } else {
-            ("{", 1)
-        };
-        out.push_str(value);
-        rest = &tail[len..];
-    }
-    out.push_str(rest);
-    out
+    lsp_model::fill_slots(
+        PAIRWISE_PROMPT.trim_end(),
+        &[
+            ("instruction", instruction),
+            ("response_a", a),
+            ("response_b", b),
+        ],
+    )
 }
 
 /// The outcome of one comparison in the two orders: each order votes for the response
@@ -73,44 +60,19 @@ pub fn score_outcome(candidate: f64, baseline: f64) -> f64 {
     }
 }
 
-/// The single token id of `letter` in the judge's vocabulary.
-fn letter_id(judge: &LanguageModel, letter: &str) -> anyhow::Result<i64> {
-    let ids = judge.tokenizer().encode(letter)?;
-    match ids.as_slice() {
-        [id] => Ok(i64::from(*id)),
-        _ => anyhow::bail!(
-            "the llm judge needs {letter:?} to be one token; it is {} in {}",
-            ids.len(),
-            judge.folder().display()
-        ),
-    }
-}
-
 /// P(A) against P(B) at the judge's first answer token, for each (instruction, A, B).
 pub fn prefer_a(
     judge: &LanguageModel,
     triples: &[(&str, &str, &str)],
     batch: usize,
 ) -> anyhow::Result<Vec<f64>> {
-    let index = tch::Tensor::from_slice(&[letter_id(judge, "A")?, letter_id(judge, "B")?])
-        .to_device(judge.device());
-    let mut out = Vec::with_capacity(triples.len());
-    for chunk in triples.chunks(batch.max(1)) {
-        let prompts: Vec<Vec<u32>> = chunk
-            .iter()
-            .map(|(i, a, b)| {
-                judge
-                    .tokenizer()
-                    .chat_prompt_messages(&[Message::user(pairwise_prompt(i, a, b))])
-            })
-            .collect::<Result<_, _>>()?;
-        let logits = judge.last_logits(&prompts)?;
-        let probs = logits.index_select(1, &index).softmax(-1, Kind::Double);
-        let p: Vec<f64> =
-            Vec::<f64>::try_from(probs.select(1, 0)).map_err(lsp_model::ModelError::from)?;
-        out.extend(p);
-    }
-    Ok(out)
+    let prompts: Vec<String> = triples
+        .iter()
+        .map(|(i, a, b)| pairwise_prompt(i, a, b))
+        .collect();
+    let letters = ["A".to_string(), "B".to_string()];
+    let probs = lsp_reward::choice_probabilities(judge, &prompts, &letters, batch)?;
+    Ok(probs.iter().map(|p| p[0]).collect())
 }
 
 /// Win rates, overall and per subset, and average lengths.

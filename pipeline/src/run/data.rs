@@ -22,23 +22,21 @@ fn read_jsonl(
     prompt: &str,
     answer: Option<&str>,
 ) -> anyhow::Result<Vec<(String, Option<String>)>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut items = Vec::new();
-    for (i, line) in text
-        .lines()
+    let rows: Vec<serde_json::Value> = crate::jsonl::read_jsonl(path)?;
+    rows.into_iter()
         .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let value: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
-        let Some(p) = value[prompt].as_str() else {
-            bail!("{}:{}: no string field `{prompt}`", path.display(), i + 1);
-        };
-        let a = answer.and_then(|a| value[a].as_str()).map(str::to_string);
-        items.push((p.to_string(), a));
-    }
-    Ok(items)
+        .map(|(i, row)| {
+            let Some(p) = row[prompt].as_str() else {
+                bail!(
+                    "{} row {}: no string field `{prompt}`",
+                    path.display(),
+                    i + 1
+                );
+            };
+            let a = answer.and_then(|a| row[a].as_str()).map(str::to_string);
+            Ok((p.to_string(), a))
+        })
+        .collect()
 }
 
 fn read_parquet_file(
@@ -82,12 +80,7 @@ impl DataQueries {
         if items.is_empty() {
             bail!("{} has no rows", config.path.display());
         }
-        // Fisher–Yates with a SplitMix64 stream: a fixed order per seed.
-        let mut state = seed;
-        for i in (1..items.len()).rev() {
-            state = super::mix(state, i as u64);
-            items.swap(i, (state % (i as u64 + 1)) as usize);
-        }
+        lsp_model::Rng::new(seed).shuffle(&mut items);
         let name = config
             .path
             .file_stem()

@@ -18,7 +18,6 @@ use lsp_update::Update;
 use tracing::info;
 
 use super::data::DataQueries;
-use super::mix;
 use super::reference::Reference;
 use crate::config::EpochConfig;
 
@@ -104,7 +103,7 @@ impl Engine {
     }
 
     fn seed(&self, iteration: u64, stage: u64) -> u64 {
-        mix(mix(self.seed, iteration), stage)
+        lsp_model::mix(lsp_model::mix(self.seed, iteration), stage)
     }
 
     /// Stage 1: queries written by the challenger, or taken from data.

@@ -7,9 +7,7 @@ pub const CHALLENGER_PROMPT: &str = include_str!("../prompts/challenger.txt");
 pub fn challenger_prompt(task: Option<&str>, template: Option<&str>) -> String {
     let task = task.filter(|t| !t.trim().is_empty()).unwrap_or("None");
     let template = template.filter(|t| !t.trim().is_empty()).unwrap_or("None");
-    CHALLENGER_PROMPT
-        .replace("{task}", task)
-        .replace("{template}", template)
+    lsp_model::fill_slots(CHALLENGER_PROMPT, &[("task", task), ("template", template)])
 }
 
 #[cfg(test)]

@@ -5,13 +5,13 @@
 //! log-probs) decides which sequences are done.
 
 use serde::Serialize;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 use tracing::warn;
 
 use crate::config::SamplingConfig;
+use crate::decoder::DecoderKind;
 use crate::error::{ModelError, Result};
 use crate::model::LanguageModel;
-use crate::prefill::prefill;
 use crate::sampling::{Rng, next_tokens};
 
 /// Why a sequence stopped.
@@ -77,8 +77,20 @@ struct Running {
 
 impl LanguageModel {
     /// Generates `request.repeats` continuations of every prompt, in prompt order
-    /// (prompt 0's repeats first). Runs without gradients.
+    /// (prompt 0's repeats first), on the decoder [`DecoderKind::choose`] picks.
+    /// Runs without gradients.
     pub fn generate(&self, request: &GenerationRequest<'_>) -> Result<Vec<Generation>> {
+        let batch = request.prompts.len() * request.repeats;
+        self.generate_on(DecoderKind::choose(self.transformer(), batch), request)
+    }
+
+    /// [`LanguageModel::generate`] on the decoder `decoder`: an error if it does not
+    /// run this model's weights ([`DecoderKind::supports`]).
+    pub fn generate_on(
+        &self,
+        decoder: DecoderKind,
+        request: &GenerationRequest<'_>,
+    ) -> Result<Vec<Generation>> {
         self.require_causal_lm()?;
         let _guard = tch::no_grad_guard();
         let sampling = request.sampling;
@@ -104,27 +116,14 @@ impl LanguageModel {
             }
         }
         let mut rng = Rng::new(request.seed);
-        let device = self.device();
-        let transformer = self.transformer();
-        let stacked = transformer.decoding_weights(n_prompts * request.repeats);
-
-        let (mut cache, mut logits, mut key_mask) = prefill(
-            transformer,
+        let total = n_prompts * request.repeats;
+        let mut decoder = decoder.build(self.transformer(), total)?;
+        let mut logits = decoder.prefill(
             request.prompts,
+            request.repeats,
             self.pad_token_id(),
             longest + max_new,
-            device,
         );
-        if request.repeats > 1 {
-            let rows = Tensor::arange(n_prompts as i64, (Kind::Int64, device))
-                .repeat_interleave_self_int(request.repeats as i64, 0, None);
-            cache.select_rows(&rows);
-            key_mask = key_mask.index_select(0, &rows);
-            logits = logits.index_select(0, &rows);
-        }
-        let _cores = stacked.decode_on_host(&mut cache);
-
-        let total = n_prompts * request.repeats;
         let mut seqs: Vec<Running> = (0..total)
             .map(|_| Running {
                 ids: Vec::with_capacity(max_new as usize),
@@ -160,18 +159,11 @@ impl LanguageModel {
             }
             let mut next = next;
             if keep.len() < active.len() {
-                let rows = Tensor::from_slice(&keep).to_device(device);
-                cache.select_rows(&rows);
-                key_mask = key_mask.index_select(0, &rows);
-                next = next.index_select(0, &rows);
+                decoder.retain(&keep);
+                next = next.index_select(0, &Tensor::from_slice(&keep).to_device(next.device()));
                 active = keep.iter().map(|&row| active[row as usize]).collect();
             }
-            let ones = Tensor::ones([active.len() as i64, 1], (key_mask.kind(), device));
-            key_mask = Tensor::cat(&[&key_mask, &ones], 1);
-            let hidden = transformer.hidden(&next.unsqueeze(1), &key_mask, Some(&mut cache));
-            logits = transformer
-                .logits(&hidden.squeeze_dim(1))
-                .to_kind(Kind::Float);
+            logits = decoder.step(&next);
         }
 
         seqs.into_iter()

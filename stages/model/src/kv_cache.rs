@@ -1,12 +1,7 @@
 //! The key/value cache for incremental decoding: one preallocated buffer per layer,
 //! filled in place, so a decoding step allocates no new cache memory.
 
-use std::sync::Arc;
-
 use tch::{Device, Kind, Tensor};
-
-use crate::host_kv::HostKv;
-use crate::team::Team;
 
 /// Keys and values of every layer for a batch of sequences, `[batch, kv_heads,
 /// capacity, head_dim]` each, of which the first `len` positions are filled.
@@ -16,8 +11,6 @@ pub struct KvCache {
     values: Vec<Tensor>,
     len: i64,
     capacity: i64,
-    /// Set by [`KvCache::to_host`]: the cache lives there from then on.
-    host: Option<HostKv>,
 }
 
 impl KvCache {
@@ -37,34 +30,18 @@ impl KvCache {
             values: (0..layers).map(|_| buffer()).collect(),
             len: 0,
             capacity,
-            host: None,
         }
     }
 
-    /// Moves the cache to host vectors for decoding on `team`'s threads
-    /// ([`HostKv`]); the tensors are freed, so only one-position steps follow.
-    pub fn to_host(&mut self, team: Arc<Team>) {
-        if self.host.is_none() {
-            let host = HostKv::from_tensors(&self.keys, &self.values, self.len as usize, team);
-            self.host = Some(host);
-            self.keys.clear();
-            self.values.clear();
-        }
-    }
-
-    /// The host cache, once [`KvCache::to_host`] made one.
-    pub fn host_mut(&mut self) -> Option<&mut HostKv> {
-        self.host.as_mut()
-    }
-
-    /// Whether the cache lives on the host ([`KvCache::to_host`]).
-    pub fn is_host(&self) -> bool {
-        self.host.is_some()
+    /// Every layer's keys and values (`[batch, kv_heads, capacity, head_dim]` each),
+    /// for a decoder that keeps them elsewhere.
+    pub fn layers(&self) -> (&[Tensor], &[Tensor]) {
+        (&self.keys, &self.values)
     }
 
     /// Positions filled so far.
     pub fn len(&self) -> i64 {
-        self.host.as_ref().map_or(self.len, |h| h.len() as i64)
+        self.len
     }
 
     /// Whether nothing is cached yet.
@@ -79,10 +56,7 @@ impl KvCache {
 
     /// Sequences in the cache.
     pub fn batch_size(&self) -> i64 {
-        match &self.host {
-            Some(host) => host.batch_size() as i64,
-            None => self.keys.first().map_or(0, |k| k.size()[0]),
-        }
+        self.keys.first().map_or(0, |k| k.size()[0])
     }
 
     /// Writes layer `layer`'s new keys and values (`[batch, kv_heads, new, head_dim]`)
@@ -99,7 +73,6 @@ impl KvCache {
     /// Layer `layer`'s next `new` positions, `[batch, kv_heads, new, head_dim]` each,
     /// to be written in place (keys, values).
     pub fn slots(&self, layer: usize, new: i64) -> (Tensor, Tensor) {
-        assert!(self.host.is_none(), "the cache has moved to the host");
         assert!(
             self.len + new <= self.capacity,
             "KV cache overflow: {} + {new} > {}",
@@ -125,10 +98,6 @@ impl KvCache {
     /// cache, right-aligned to end at position `end`. The caller then advances the
     /// length ([`KvCache::advance`]).
     pub fn place(&mut self, rows: &Tensor, part: &KvCache, end: i64) {
-        assert!(
-            self.host.is_none() && part.host.is_none(),
-            "the cache has moved to the host"
-        );
         let n = part.len;
         assert!(
             n <= end && end <= self.capacity,
@@ -144,38 +113,24 @@ impl KvCache {
 
     /// Marks `new` more positions as filled.
     pub fn advance(&mut self, new: i64) {
-        match &mut self.host {
-            Some(host) => {
-                assert_eq!(new, 1, "the host cache takes one position per step");
-                host.advance();
-            }
-            None => self.len += new,
-        }
+        self.len += new;
     }
 
     /// A new cache of the sequences at `rows` (int64 indices, repeats allowed), with
     /// this one's length and capacity.
     pub fn rows(&self, rows: &Tensor) -> KvCache {
-        assert!(self.host.is_none(), "the cache has moved to the host");
         let select = |ts: &[Tensor]| ts.iter().map(|t| t.index_select(0, rows)).collect();
         KvCache {
             keys: select(&self.keys),
             values: select(&self.values),
             len: self.len,
             capacity: self.capacity,
-            host: None,
         }
     }
 
     /// Keeps only the sequences at `rows` (int64 indices), e.g. to drop finished ones,
     /// or to repeat a shared prompt's cache for several answers.
     pub fn select_rows(&mut self, rows: &Tensor) {
-        if let Some(host) = &mut self.host {
-            let rows = Vec::<i64>::try_from(rows).expect("int64 row indices");
-            let rows: Vec<usize> = rows.into_iter().map(|r| r as usize).collect();
-            host.select_rows(&rows);
-            return;
-        }
         for t in self.keys.iter_mut().chain(self.values.iter_mut()) {
             *t = t.index_select(0, rows);
         }

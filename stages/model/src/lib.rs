@@ -7,8 +7,11 @@
 //!   `LlamaForCausalLM`, `Qwen2ForCausalLM` and their `ForSequenceClassification`
 //!   reward-model forms; [`LanguageModel::save`] writes one transformers loads.
 //! - [`TextTokenizer`] renders the model's own Jinja chat template.
-//! - [`LanguageModel::generate`] samples batches with a KV cache (greedy, temperature,
-//!   top-k, top-p; seeded), [`LanguageModel::completion_logprobs`] gives
+//! - [`Transformer`] holds the weights and the one forward pass; [`InferenceWeights`]
+//!   are its products prepared for passes without gradient.
+//! - [`LanguageModel::generate`] samples batches (greedy, temperature, top-k, top-p;
+//!   seeded) on a [`decoder`]: libtorch's, or the CPU decoder's Rust kernels, chosen
+//!   by [`DecoderKind::choose`]. [`LanguageModel::completion_logprobs`] gives
 //!   teacher-forced log-probs with or without gradient,
 //!   [`LanguageModel::training_logprobs`] the same for a training step (the output
 //!   head's backward written out, to save memory), and
@@ -35,39 +38,42 @@
 mod chat_template;
 mod checkpoint;
 mod config;
+pub mod decoder;
 mod error;
 mod generate;
 pub mod gguf;
 mod hf_config;
-mod host_kv;
-mod host_math;
+mod inference;
 mod kv_cache;
 mod layers;
 mod logprobs;
+mod mask;
 mod model;
-mod panels;
 mod prefill;
 mod rope;
 mod safetensors_file;
 mod sampling;
 mod shared_prefix;
+mod slots;
 mod spec;
-mod team;
 mod tokenizer;
 mod training;
 mod transformer;
 
 pub use chat_template::{ChatTemplate, Message};
 pub use config::{DEFAULT_MODEL_DIR, DeviceKind, Dtype, ModelConfig, SamplingConfig};
+pub use decoder::{Decoder, DecoderKind};
 pub use error::{ModelError, Result};
 pub use generate::{FinishReason, Generation, GenerationRequest};
 pub use hf_config::{HfConfig, TokenIds};
+pub use inference::InferenceWeights;
 pub use kv_cache::KvCache;
 pub use logprobs::TokenLogprobs;
 pub use model::{LanguageModel, LoadOptions, torch_device};
 pub use safetensors_file::{SafetensorsFile, write_safetensors};
-pub use sampling::Rng;
+pub use sampling::{Rng, mix};
+pub use slots::fill_slots;
 pub use spec::{Architecture, Head, ModelSpec, RopeScaling};
 pub use tokenizer::TextTokenizer;
 pub use training::TrainingLogprobs;
-pub use transformer::Transformer;
+pub use transformer::{Projections, Transformer};

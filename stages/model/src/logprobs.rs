@@ -6,7 +6,9 @@
 use tch::{Kind, Tensor};
 
 use crate::error::{ModelError, Result};
+use crate::inference::InferenceWeights;
 use crate::model::LanguageModel;
+use crate::transformer::Projections;
 
 /// Positions sent through the output head at once when no gradient is kept, which
 /// bounds the `[positions, vocab]` logits held in memory.
@@ -93,29 +95,39 @@ pub(crate) struct CompletionHidden {
 
 impl LanguageModel {
     /// Log-prob of each completion token given its prompt, for `(prompt, completion)`
-    /// pairs. Gradients flow when the model is trainable and grad mode is on; wrap in
-    /// `tch::no_grad` for the reference. (A training step uses
-    /// [`LanguageModel::training_logprobs`], which needs less memory.)
+    /// pairs, through autograd on the model's own weights. Gradients flow when the
+    /// model is trainable and grad mode is on. (A training step uses
+    /// [`LanguageModel::training_logprobs`], which needs less memory; a pass without
+    /// gradient, [`LanguageModel::completion_logprobs_with`] and [`InferenceWeights`].)
     pub fn completion_logprobs(&self, pairs: &[(&[u32], &[u32])]) -> Result<TokenLogprobs> {
+        self.completion_logprobs_with(self.transformer(), pairs)
+    }
+
+    /// [`LanguageModel::completion_logprobs`] with the products of `maps`: e.g. the
+    /// reference's [`InferenceWeights`], built once for several batches.
+    pub fn completion_logprobs_with(
+        &self,
+        maps: &impl Projections,
+        pairs: &[(&[u32], &[u32])],
+    ) -> Result<TokenLogprobs> {
         let CompletionHidden {
             hidden,
             targets,
             lengths,
-        } = self.completion_hidden(pairs)?;
+        } = self.completion_hidden(maps, pairs)?;
         let total = targets.size()[0];
         let chunk = if hidden.requires_grad() {
             total
         } else {
             HEAD_CHUNK
         };
-        let transformer = self.transformer();
         let mut parts = vec![Tensor::zeros([0], (Kind::Float, self.device()))];
         let mut start = 0;
         while start < total {
             let n = chunk.min(total - start);
             let h = hidden.narrow(0, start, n);
             let t = targets.narrow(0, start, n);
-            let logits = transformer.logits(&h).to_kind(Kind::Float);
+            let logits = maps.head(&h).to_kind(Kind::Float);
             let chosen = logits.gather(1, &t.unsqueeze(1), false).squeeze_dim(1);
             parts.push(chosen - logits.logsumexp([1i64].as_slice(), false));
             start += n;
@@ -128,7 +140,11 @@ impl LanguageModel {
 
     /// The hidden states and targets of [`CompletionHidden`]; a prompt several pairs
     /// share runs once.
-    pub(crate) fn completion_hidden(&self, pairs: &[(&[u32], &[u32])]) -> Result<CompletionHidden> {
+    pub(crate) fn completion_hidden(
+        &self,
+        maps: &impl Projections,
+        pairs: &[(&[u32], &[u32])],
+    ) -> Result<CompletionHidden> {
         self.require_causal_lm()?;
         if let Some(i) = pairs.iter().position(|(p, _)| p.is_empty()) {
             return Err(ModelError::Invalid(format!("pair {i} has an empty prompt")));
@@ -149,7 +165,7 @@ impl LanguageModel {
                 lengths,
             });
         }
-        let hidden = match self.shared_prefix_hidden(pairs)? {
+        let hidden = match self.shared_prefix_hidden(maps, pairs)? {
             Some(hidden) => hidden,
             None => {
                 let seqs: Vec<Vec<i64>> = pairs
@@ -168,7 +184,7 @@ impl LanguageModel {
                     .collect();
                 let rows = Tensor::from_slice(&rows).to_device(device);
                 self.transformer()
-                    .hidden(&ids, &key_mask, None)
+                    .forward_with(maps, &ids, &key_mask, None)
                     .view([-1, hidden_size])
                     .index_select(0, &rows)
             }
@@ -181,8 +197,8 @@ impl LanguageModel {
     }
 
     /// Final hidden state at each sequence's last token, `[batch, hidden]`, batched
-    /// with right padding. No gradient: callers hold the inference guard.
-    fn last_hidden(&self, seqs: &[Vec<u32>]) -> Result<Tensor> {
+    /// with right padding, without gradient.
+    fn last_hidden(&self, weights: &InferenceWeights<'_>, seqs: &[Vec<u32>]) -> Result<Tensor> {
         if let Some(i) = seqs.iter().position(Vec::is_empty) {
             return Err(ModelError::Invalid(format!("sequence {i} is empty")));
         }
@@ -192,7 +208,7 @@ impl LanguageModel {
             .map(|s| s.iter().map(|&t| t as i64).collect())
             .collect();
         let (ids, key_mask) = right_pad(&seqs, self.pad_token_id() as i64, device);
-        let hidden = self.transformer().hidden(&ids, &key_mask, None);
+        let hidden = weights.forward(&ids, &key_mask, None);
         let last: Vec<i64> = seqs.iter().map(|s| s.len() as i64 - 1).collect();
         let last = Tensor::from_slice(&last).to_device(device);
         let rows = Tensor::arange(seqs.len() as i64, (Kind::Int64, device));
@@ -210,10 +226,9 @@ impl LanguageModel {
                 (Kind::Float, self.device()),
             ));
         }
-        let transformer = self.transformer();
-        let _stacked = transformer.inference_weights();
-        let hidden = self.last_hidden(seqs)?;
-        Ok(transformer.logits(&hidden).to_kind(Kind::Float))
+        let weights = InferenceWeights::new(self.transformer());
+        let hidden = self.last_hidden(&weights, seqs)?;
+        Ok(weights.logits(&hidden).to_kind(Kind::Float))
     }
 
     /// Reward-model scores of token sequences: the `score` head at each sequence's
@@ -223,8 +238,8 @@ impl LanguageModel {
         if seqs.is_empty() {
             return Ok(Vec::new());
         }
-        let _stacked = self.transformer().inference_weights();
-        let picked = self.last_hidden(seqs)?;
+        let weights = InferenceWeights::new(self.transformer());
+        let picked = self.last_hidden(&weights, seqs)?;
         let scores = self.transformer().score(&picked).ok_or_else(|| {
             ModelError::Invalid(format!(
                 "{} is a causal LM, not a reward model (no `score` head)",

@@ -6,11 +6,11 @@
 //! left-padding puts them: positions count real tokens only, so they are the values a
 //! single padded pass would have computed.
 
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use crate::generate::left_pad;
+use crate::inference::InferenceWeights;
 use crate::kv_cache::KvCache;
-use crate::transformer::Transformer;
 
 /// Most padding a group may carry, as a fraction of its positions.
 const MAX_PADDING: f64 = 0.125;
@@ -66,9 +66,18 @@ pub(crate) fn shared_prefix(prompts: &[Vec<u32>]) -> usize {
     }
 }
 
-/// Runs `prompts` (none empty) into a new cache of `capacity` positions and returns
-/// it with the next-token logits after each prompt (`[prompts, vocab]`, f32) and the
-/// cache's key mask (`[prompts, filled]`, 1 = real token) that decoding extends.
+/// The prompts' pass: a cache of every row's keys and values, the next-token logits
+/// after each row (`[rows, vocab]`, f32) and the cache's key mask (`[rows, filled]`,
+/// 1 = real token) that decoding extends.
+#[derive(Debug)]
+pub(crate) struct Prefilled {
+    pub cache: KvCache,
+    pub logits: Tensor,
+    pub key_mask: Tensor,
+}
+
+/// Runs `prompts` (none empty) into a new cache of `capacity` positions, with
+/// `repeats` rows for each prompt (prompt 0's first), sharing its pass.
 ///
 /// A prefix every prompt shares ([`shared_prefix`]) runs once and its keys and values
 /// are copied in front of each group's pass; the rest runs by groups of similar
@@ -76,17 +85,19 @@ pub(crate) fn shared_prefix(prompts: &[Vec<u32>]) -> usize {
 /// [rest]`: positions count real tokens only, so every value is what the prompt alone
 /// would have given.
 pub(crate) fn prefill(
-    transformer: &Transformer,
+    weights: &InferenceWeights<'_>,
     prompts: &[Vec<u32>],
+    repeats: usize,
     pad: u32,
     capacity: i64,
-    device: Device,
-) -> (KvCache, Tensor, Tensor) {
+) -> Prefilled {
+    let transformer = weights.transformer();
+    let device = transformer.kind_and_device().1;
     let shared = shared_prefix(prompts);
     let prefix = (shared > 0).then(|| {
         let (ids, key_mask) = left_pad(&[prompts[0][..shared].to_vec()], pad, device);
         let mut cache = transformer.new_cache(1, shared as i64);
-        let _ = transformer.hidden(&ids, &key_mask, Some(&mut cache));
+        let _ = weights.forward(&ids, &key_mask, Some(&mut cache));
         cache
     });
     let lengths: Vec<usize> = prompts.iter().map(|p| p.len() - shared).collect();
@@ -110,8 +121,8 @@ pub(crate) fn prefill(
         }
         let ones = Tensor::ones([n, shared as i64], (rest_mask.kind(), device));
         let key_mask = Tensor::cat(&[ones, rest_mask], 1);
-        let hidden = transformer.hidden(&ids, &key_mask, Some(&mut part));
-        let last = transformer
+        let hidden = weights.forward(&ids, &key_mask, Some(&mut part));
+        let last = weights
             .logits(&hidden.select(1, width - 1))
             .to_kind(Kind::Float);
         let rows: Vec<i64> = group.iter().map(|&i| i as i64).collect();
@@ -131,7 +142,19 @@ pub(crate) fn prefill(
             .collect();
         Tensor::stack(&rows, 0)
     };
-    (cache, stack(logits), stack(masks))
+    let (mut logits, mut key_mask) = (stack(logits), stack(masks));
+    if repeats > 1 {
+        let rows = Tensor::arange(prompts.len() as i64, (Kind::Int64, device))
+            .repeat_interleave_self_int(repeats as i64, 0, None);
+        cache.select_rows(&rows);
+        key_mask = key_mask.index_select(0, &rows);
+        logits = logits.index_select(0, &rows);
+    }
+    Prefilled {
+        cache,
+        logits,
+        key_mask,
+    }
 }
 
 #[cfg(test)]

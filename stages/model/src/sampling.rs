@@ -46,6 +46,22 @@ fn draw(probs: Tensor, rng: &mut Rng) -> Tensor {
         .clamp_max(vocab - 1)
 }
 
+/// SplitMix64's increment, 2⁶⁴ / φ.
+const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// SplitMix64's output mixing of a state.
+fn finalize(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A seed derived from two values (a run's seed and an iteration, a stage, a query),
+/// by SplitMix64's mixing: nearby inputs give unrelated seeds.
+pub fn mix(a: u64, b: u64) -> u64 {
+    finalize(a ^ b.wrapping_mul(GOLDEN))
+}
+
 /// A small seeded generator (SplitMix64): the same seed gives the same stream on
 /// every platform and thread.
 #[derive(Debug, Clone)]
@@ -59,11 +75,16 @@ impl Rng {
 
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0 = self.0.wrapping_add(GOLDEN);
+        finalize(self.0)
+    }
+
+    /// Shuffles `items` in place (Fisher–Yates): the same seed gives the same order.
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = (self.next_u64() % (i as u64 + 1)) as usize;
+            items.swap(i, j);
+        }
     }
 
     /// A uniform draw in [0, 1) with 24 random bits.

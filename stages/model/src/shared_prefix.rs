@@ -10,6 +10,7 @@ use tch::{Kind, Tensor};
 use crate::error::Result;
 use crate::logprobs::right_pad;
 use crate::model::LanguageModel;
+use crate::transformer::Projections;
 
 /// Pair indices grouped by identical prompt, in order of first appearance.
 pub(crate) fn prompt_groups<'a>(pairs: &[(&'a [u32], &[u32])]) -> Vec<(&'a [u32], Vec<usize>)> {
@@ -29,6 +30,7 @@ impl LanguageModel {
     /// when no two pairs share a prompt (the plain batched pass is then as cheap).
     pub(crate) fn shared_prefix_hidden(
         &self,
+        maps: &impl Projections,
         pairs: &[(&[u32], &[u32])],
     ) -> Result<Option<Tensor>> {
         let groups = prompt_groups(pairs);
@@ -52,7 +54,7 @@ impl LanguageModel {
             let mut cache = transformer.new_cache(1, p + longest);
             let ids: Vec<i64> = prompt.iter().map(|&t| i64::from(t)).collect();
             let ids = Tensor::from_slice(&ids).view([1, p]).to_device(device);
-            let prefix = transformer.hidden(&ids, &ones(1, p), Some(&mut cache));
+            let prefix = transformer.forward_with(maps, &ids, &ones(1, p), Some(&mut cache));
             // The prompt's last position predicts every completion's first token.
             let last = prefix.select(1, p - 1);
             let g = members.len() as i64;
@@ -63,7 +65,7 @@ impl LanguageModel {
                 .collect();
             let (cids, cmask) = right_pad(&completions, self.pad_token_id() as i64, device);
             let key_mask = Tensor::cat(&[ones(g, p), cmask], 1);
-            let hidden = transformer.hidden(&cids, &key_mask, Some(&mut cache));
+            let hidden = transformer.forward_with(maps, &cids, &key_mask, Some(&mut cache));
             for (k, &i) in members.iter().enumerate() {
                 let n = pairs[i].1.len() as i64;
                 per_pair[i] = Some(if n == 0 {

@@ -41,7 +41,7 @@ impl LanguageModel {
             hidden,
             targets,
             lengths,
-        } = self.completion_hidden(pairs)?;
+        } = self.completion_hidden(self.transformer(), pairs)?;
         let head = self.transformer().output_weight().shallow_clone();
         let (values, probs) = tch::no_grad(|| head_softmax(&hidden.detach(), &head, &targets));
         Ok(TrainingLogprobs {

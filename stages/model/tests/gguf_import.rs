@@ -269,7 +269,7 @@ fn check_import(name: &str, arch: &str) {
         let logits = tch::no_grad(|| {
             let t = model.transformer();
             let mask = Tensor::ones([1, n], (Kind::Int64, tch::Device::Cpu));
-            t.logits(&t.hidden(&Tensor::from_slice(&want).view([1, n]), &mask, None))
+            t.logits(&t.forward(&Tensor::from_slice(&want).view([1, n]), &mask, None))
         });
         let got = Vec::<f32>::try_from(&logits.flatten(0, -1)).unwrap();
         let expected: Vec<f64> = case["logits"]

@@ -29,7 +29,7 @@ fn full_logits(model: &LanguageModel, ids: &[u32]) -> Tensor {
     let t = model.transformer();
     tch::no_grad(|| {
         let mask = Tensor::ones([1, n], (Kind::Int64, tch::Device::Cpu));
-        t.logits(&t.hidden(&Tensor::from_slice(&ids).view([1, n]), &mask, None))
+        t.logits(&t.forward(&Tensor::from_slice(&ids).view([1, n]), &mask, None))
             .squeeze_dim(0)
     })
 }
@@ -52,19 +52,19 @@ fn kv_cache_matches_full_forward() {
         let mut cache = t.new_cache(1, n);
         let prefix = 10;
         let stepped = tch::no_grad(|| {
-            let mut parts = vec![t.logits(&t.hidden(
+            let mut parts = vec![t.logits(&t.forward(
                 &all.narrow(1, 0, prefix),
                 &mask.narrow(1, 0, prefix),
                 Some(&mut cache),
             ))];
             // Two tokens at once, then one at a time.
-            parts.push(t.logits(&t.hidden(
+            parts.push(t.logits(&t.forward(
                 &all.narrow(1, prefix, 2),
                 &mask.narrow(1, 0, prefix + 2),
                 Some(&mut cache),
             )));
             for i in prefix + 2..n {
-                parts.push(t.logits(&t.hidden(
+                parts.push(t.logits(&t.forward(
                     &all.narrow(1, i, 1),
                     &mask.narrow(1, 0, i + 1),
                     Some(&mut cache),
@@ -75,54 +75,6 @@ fn kv_cache_matches_full_forward() {
         assert_eq!(cache.len(), n);
         let diff = max_diff(&stepped, &full);
         assert!(diff < 1e-4, "{name}: cached logits differ by {diff}");
-    }
-}
-
-#[test]
-fn decoding_on_the_host_gives_the_full_forwards_tokens_and_logprobs() {
-    // Batches of up to 32 f32 sequences decode on the Rust kernels (packed weights,
-    // host cache, attention on a team of threads): each greedy token must be the full
-    // forward's argmax at its position, with the full forward's log-prob, for prompts
-    // of different lengths (left padding), each repeated, and for prompts with a long
-    // shared start (as the judge's), which the prefill runs once.
-    tch::set_num_threads(2);
-    let rules = "Score the response with the additive scoring system described below, \
-        one point per criterion met, and justify the score briefly in a few words.";
-    for name in ["tiny-llama", "tiny-llama3", "tiny-qwen2"] {
-        let model = load(name);
-        let judged: Vec<Vec<u32>> = ["Instruction: add 2 and 3.", "Instruction: name any colour."]
-            .iter()
-            .map(|tail| {
-                model
-                    .tokenizer()
-                    .chat_prompt(&format!("{rules} {tail}"))
-                    .unwrap()
-            })
-            .collect();
-        for prompts in [prompts(&model), judged] {
-            let generations = model
-                .generate(&GenerationRequest {
-                    prompts: &prompts,
-                    sampling: &SamplingConfig::greedy(10),
-                    repeats: 2,
-                    seed: 0,
-                    ignore_eos: false,
-                })
-                .unwrap();
-            for g in &generations {
-                let prompt = &prompts[g.prompt_index];
-                let ids: Vec<u32> = prompt.iter().chain(&g.ids).copied().collect();
-                let full = full_logits(&model, &ids).log_softmax(-1, Kind::Float);
-                for (i, (&token, &logprob)) in g.ids.iter().zip(&g.logprobs).enumerate() {
-                    let row = full.get(prompt.len() as i64 - 1 + i as i64);
-                    let best = row.argmax(0, false).int64_value(&[]);
-                    assert_eq!(best, token as i64, "{name}");
-                    let want = row.double_value(&[token as i64]);
-                    let diff = (want - logprob as f64).abs();
-                    assert!(diff < 1e-4, "{name}: {want} vs {logprob}");
-                }
-            }
-        }
     }
 }
 

@@ -61,7 +61,7 @@ fn logits_match_within_1e4() {
             let mask = Tensor::ones([1, n], (Kind::Int64, tch::Device::Cpu));
             let logits = tch::no_grad(|| {
                 let t = model.transformer();
-                t.logits(&t.hidden(&input, &mask, None))
+                t.logits(&t.forward(&input, &mask, None))
             });
             let got = Vec::<f32>::try_from(&logits.flatten(0, -1)).unwrap();
             let got: Vec<f64> = got.iter().map(|&x| x as f64).collect();

@@ -2,7 +2,7 @@
 //! probability-weighted mean of the score tokens at the next position, a continuous
 //! reward from one forward pass.
 
-use lsp_model::{LanguageModel, Message};
+use lsp_model::LanguageModel;
 use tch::Kind;
 
 use crate::error::{Result, RewardError};
@@ -15,67 +15,79 @@ Reply with the rating only: one digit from 1 to {max}.";
 
 /// The judge prompt for one pair.
 pub fn judge_prompt(instruction: &str, response: &str, max: u64) -> String {
-    let (head, rest) = JUDGE_PROMPT.split_once("{instruction}").expect("slot");
-    let (middle, tail) = rest.split_once("{response}").expect("slot");
     let max = max.to_string();
-    [
-        head.replace("{max}", &max).as_str(),
-        instruction,
-        middle,
-        response,
-        &tail.replace("{max}", &max),
-    ]
-    .concat()
+    lsp_model::fill_slots(
+        JUDGE_PROMPT,
+        &[
+            ("max", &max),
+            ("instruction", instruction),
+            ("response", response),
+        ],
+    )
 }
 
-/// The token id of each score `1..=max`; an error unless each is one token.
-pub fn score_token_ids(judge: &LanguageModel, max: u64) -> Result<Vec<i64>> {
-    (1..=max)
-        .map(|k| {
-            let ids = judge.tokenizer().encode(&k.to_string())?;
+/// The single token id of each of `choices` in the judge's vocabulary; an error
+/// naming the first that is not one token.
+fn choice_token_ids(judge: &LanguageModel, choices: &[String]) -> Result<Vec<i64>> {
+    choices
+        .iter()
+        .map(|choice| {
+            let ids = judge.tokenizer().encode(choice)?;
             match ids.as_slice() {
-                [id] => Ok(*id as i64),
+                [id] => Ok(i64::from(*id)),
                 _ => Err(RewardError::Judge {
                     model: judge.folder().display().to_string(),
-                    message: format!("the score {k} is {} tokens, not one", ids.len()),
+                    message: format!(
+                        "the judge's answer {choice:?} is {} tokens, not one",
+                        ids.len()
+                    ),
                 }),
             }
         })
         .collect()
 }
 
-/// Expected score Σ k·p(k) / Σ p(k) over the score tokens, for each pair.
+/// An LLM judge's answer without generation: for each of `prompts` (a user message,
+/// rendered with the judge's chat template), the probabilities of `choices` (each
+/// one token) at the judge's next position, renormalised over the choices. One
+/// forward pass per batch of `batch` prompts.
+pub fn choice_probabilities(
+    judge: &LanguageModel,
+    prompts: &[String],
+    choices: &[String],
+    batch: usize,
+) -> Result<Vec<Vec<f64>>> {
+    let ids = choice_token_ids(judge, choices)?;
+    let index = tch::Tensor::from_slice(&ids).to_device(judge.device());
+    let mut out = Vec::with_capacity(prompts.len());
+    for chunk in prompts.chunks(batch.max(1)) {
+        let ids: Vec<Vec<u32>> = chunk
+            .iter()
+            .map(|p| judge.tokenizer().chat_prompt(p))
+            .collect::<Result<_, _>>()?;
+        let logits = judge.last_logits(&ids)?;
+        let probs = logits.index_select(1, &index).softmax(-1, Kind::Double);
+        let flat = Vec::<f64>::try_from(&probs.view([-1])).map_err(lsp_model::ModelError::from)?;
+        out.extend(flat.chunks(choices.len()).map(<[f64]>::to_vec));
+    }
+    Ok(out)
+}
+
+/// Expected score Σ k·p(k) / Σ p(k) over the score tokens `1..=max`, for each
+/// (instruction, response) pair.
 pub fn judge_scores(
     judge: &LanguageModel,
     pairs: &[(&str, &str)],
     max: u64,
     batch: usize,
 ) -> Result<Vec<f64>> {
-    let ids = score_token_ids(judge, max)?;
-    let index = tch::Tensor::from_slice(&ids).to_device(judge.device());
-    let values = tch::Tensor::arange_start(1, max as i64 + 1, (Kind::Float, judge.device()));
-    let mut out = Vec::with_capacity(pairs.len());
-    for chunk in pairs.chunks(batch.max(1)) {
-        let prompts: Vec<Vec<u32>> = chunk
-            .iter()
-            .map(|(q, a)| {
-                let text = judge
-                    .tokenizer()
-                    .render_chat(&[Message::user(judge_prompt(q, a, max))], true)?;
-                judge.tokenizer().encode(&text)
-            })
-            .collect::<Result<_, _>>()?;
-        let logits = judge.last_logits(&prompts)?;
-        let probs = logits.index_select(1, &index).softmax(-1, Kind::Float);
-        let expected = (probs * &values).sum_dim_intlist(-1, false, Kind::Float);
-        out.extend(
-            Vec::<f32>::try_from(&expected)
-                .map_err(lsp_model::ModelError::from)?
-                .iter()
-                .map(|&x| x as f64),
-        );
-    }
-    Ok(out)
+    let prompts: Vec<String> = pairs.iter().map(|(q, a)| judge_prompt(q, a, max)).collect();
+    let scores: Vec<String> = (1..=max).map(|k| k.to_string()).collect();
+    let probs = choice_probabilities(judge, &prompts, &scores, batch)?;
+    Ok(probs
+        .iter()
+        .map(|p| p.iter().zip(1..).map(|(p, k)| p * f64::from(k)).sum())
+        .collect())
 }
 
 #[cfg(test)]

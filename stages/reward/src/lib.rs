@@ -15,6 +15,6 @@ mod verifier;
 
 pub use config::{RewardConfig, RewardKind};
 pub use error::{Result, RewardError};
-pub use judge::{JUDGE_PROMPT, judge_prompt, judge_scores, score_token_ids};
+pub use judge::{JUDGE_PROMPT, choice_probabilities, judge_prompt, judge_scores};
 pub use stage::{RewardStage, reward_model_scores};
 pub use verifier::{last_number, reference_number, verify};

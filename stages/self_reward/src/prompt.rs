@@ -7,13 +7,10 @@ pub const SELF_REWARD_PROMPT: &str = include_str!("../prompts/self_reward.txt");
 /// Box 3 filled with a query and an answer. The slots are filled in one pass, so an
 /// answer that itself contains `{instruction}` is left as written.
 pub fn self_reward_prompt(instruction: &str, response: &str) -> String {
-    let (head, rest) = SELF_REWARD_PROMPT
-        .split_once("{instruction}")
-        .expect("Box 3 has an {instruction} slot");
-    let (middle, tail) = rest
-        .split_once("{response}")
-        .expect("Box 3 has a {response} slot");
-    [head, instruction, middle, response, tail].concat()
+    lsp_model::fill_slots(
+        SELF_REWARD_PROMPT,
+        &[("instruction", instruction), ("response", response)],
+    )
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Float64Array, ListArray, UInt32Array};
-use lsp_model::{LanguageModel, TokenLogprobs};
+use lsp_model::{InferenceWeights, LanguageModel, TokenLogprobs};
 use lsp_schemas::columns::*;
 use lsp_schemas::problems::{Problems, Validate};
 use lsp_schemas::{AdvantageBatch, StepRow, TypedBatch, UpdatedBatch};
@@ -165,11 +165,11 @@ impl Update {
         batch: &AdvantageBatch,
     ) -> Result<ReferenceLogprobs> {
         let (items, _) = self.items(batch)?;
-        let _stacked = reference.transformer().inference_weights();
+        let weights = InferenceWeights::new(reference.transformer());
         let per_chunk = self
             .micro_batches(&items)
             .iter()
-            .map(|chunk| tch::no_grad(|| reference.completion_logprobs(&pairs_of(&items, chunk))))
+            .map(|chunk| reference.completion_logprobs_with(&weights, &pairs_of(&items, chunk)))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         Ok(ReferenceLogprobs(per_chunk))
     }

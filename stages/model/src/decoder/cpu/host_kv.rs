@@ -1,7 +1,7 @@
 //! Decoding's keys, values and attention on the host, in Rust, on the threads of a
 //! [`Team`].
 //!
-//! Once the weights' products run on the team ([`crate::panels`]), libtorch's
+//! Once the weights' products run on the team ([`super::panels`]), libtorch's
 //! intra-op pool is down to one thread while decoding, and its attention over the
 //! cache (small batched products per sequence and key/value head, then a softmax)
 //! took a fifth of a batch-8 step on that one thread: it reads every cached key and
@@ -16,10 +16,10 @@ use std::sync::Arc;
 use multiversion::multiversion;
 use tch::{Kind, Tensor};
 
-use crate::host_math::{exp, lanes_max, lanes_sum};
-use crate::team::Team;
+use super::host_math::{exp, lanes_max, lanes_sum};
+use super::team::Team;
 
-/// The additive mask value of a padding position, as [`crate::transformer`] uses.
+/// The additive mask value of a padding position, as [`crate::mask`] uses.
 pub const BLOCKED: f32 = f32::MIN / 2.0;
 
 /// Every layer's keys, `[batch, kv_heads, head_dim, capacity]` (transposed, so that

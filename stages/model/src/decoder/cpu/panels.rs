@@ -1,4 +1,4 @@
-//! The product of a decoding step's few rows (up to [`MAX_ROWS`]) with a weight
+//! The product of a decoding step's few rows (runs of up to [`MAX_ROWS`]) with a weight
 //! matrix, in Rust, on every thread of a [`Team`].
 //!
 //! Per call, libtorch's path to oneDNN converts the input and the output between
@@ -27,7 +27,7 @@ use std::sync::Arc;
 use multiversion::multiversion;
 use tch::{Device, Kind, Tensor};
 
-use crate::team::Team;
+use super::team::Team;
 
 /// Output rows per panel: one AVX-512 register of f32, two of AVX2.
 const PANEL: usize = 16;
@@ -92,33 +92,27 @@ impl Panels {
         }
     }
 
-    /// Whether [`Panels::product`] takes `x`: f32 on the CPU, at most [`MAX_ROWS`]
-    /// rows in all.
-    fn takes(x: &Tensor) -> bool {
-        let shape = x.size();
-        let rows: i64 = shape[..shape.len() - 1].iter().product();
-        x.device() == Device::Cpu
-            && x.kind() == Kind::Float
-            && rows > 0
-            && rows as usize <= MAX_ROWS
-    }
-
-    /// `x Wᵀ + b` for an `x` (`[..., in]`) that [`Panels::takes`]; `None` otherwise.
-    pub fn product(&self, x: &Tensor) -> Option<Tensor> {
-        if !Self::takes(x) {
-            return None;
-        }
-        let mut shape = x.size();
-        let rows: i64 = shape[..shape.len() - 1].iter().product();
-        let input = Vec::<f32>::try_from(&x.reshape([-1])).ok()?;
-        let y = self.apply(&input, rows as usize);
-        *shape.last_mut().expect("at least one dimension") = self.out as i64;
-        Some(Tensor::from_slice(&y).view(shape.as_slice()))
-    }
-
     /// `rows` rows of `input` (`rows × in`, row-major) times the weight, plus the
-    /// bias: `rows × out`, row-major.
+    /// bias: `rows × out`, row-major. Past [`MAX_ROWS`] rows, in runs of that many.
     pub fn apply(&self, input: &[f32], rows: usize) -> Vec<f32> {
+        assert_eq!(
+            input.len(),
+            rows * self.inner,
+            "{rows} rows of {}",
+            self.inner
+        );
+        if rows <= MAX_ROWS {
+            return self.apply_few(input, rows);
+        }
+        let mut out = Vec::with_capacity(rows * self.out);
+        for run in input.chunks(MAX_ROWS * self.inner) {
+            out.extend(self.apply_few(run, run.len() / self.inner));
+        }
+        out
+    }
+
+    /// [`Panels::apply`] of 1 to [`MAX_ROWS`] rows.
+    fn apply_few(&self, input: &[f32], rows: usize) -> Vec<f32> {
         assert!((1..=MAX_ROWS).contains(&rows) && input.len() == rows * self.inner);
         let inner = self.inner;
         let panels = self.values.len() / (inner * PANEL);
@@ -284,16 +278,15 @@ mod tests {
         let b = Tensor::randn([72], (Kind::Float, Device::Cpu));
         for threads in [1, 2, 3] {
             let panels = Panels::pack(&w, Some(&b), Arc::new(Team::new(threads)));
-            for rows in 1..=MAX_ROWS as i64 {
-                let x = Tensor::randn([rows, 1, 24], (Kind::Float, Device::Cpu));
-                let got = panels.product(&x).unwrap();
-                assert_eq!(got.size(), [rows, 1, 72]);
-                let expected = x.linear(&w, Some(&b));
+            // Past MAX_ROWS, in runs: a full run and a part of one.
+            for rows in (1..=MAX_ROWS as i64).chain([2 * MAX_ROWS as i64 + 5]) {
+                let x = Tensor::randn([rows, 24], (Kind::Float, Device::Cpu));
+                let input = Vec::<f32>::try_from(&x.view([-1])).unwrap();
+                let got = Tensor::from_slice(&panels.apply(&input, rows as usize));
+                let expected = x.linear(&w, Some(&b)).view([-1]);
                 let diff = (got - expected).abs().max().double_value(&[]);
                 assert!(diff < 1e-4, "{threads} threads, {rows} rows: {diff}");
             }
-            let many = Tensor::randn([MAX_ROWS as i64 + 1, 24], (Kind::Float, Device::Cpu));
-            assert!(panels.product(&many).is_none());
         }
     }
 

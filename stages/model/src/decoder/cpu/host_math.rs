@@ -1,4 +1,4 @@
-//! The arithmetic of a decoding step on host vectors ([`crate::host_decode`]):
+//! The arithmetic of a decoding step on host vectors ([`super::blocks`]):
 //! RMSNorm, RoPE in the pair layout, SwiGLU's activation, the exponential and a dot
 //! product, in forms the compiler vectorizes (lanes of independent accumulators,
 //! branch-free), each built for AVX-512 and AVX2 where it loops over much data.

@@ -1,5 +1,5 @@
 //! A few long-lived helper threads that take parts of a decoding step's products,
-//! so that the Rust kernel of [`crate::panels`] reads the weights with every core.
+//! so that the Rust kernel of [`super::panels`] reads the weights with every core.
 //!
 //! A decoding step makes about 120 small products, one every ~50 µs; starting
 //! threads for each (scoped threads) cost more than they saved (measured slower than

@@ -1,0 +1,157 @@
+//! The CPU decoder: f32 weights packed into panels ([`panels`]), a team of threads
+//! ([`team`]), the KV cache on host vectors ([`host_kv`]) and a step's block in Rust
+//! ([`blocks`], [`host_math`]).
+//!
+//! The prefill runs through libtorch ([`crate::prefill`]); its cache then moves to
+//! the host, and every step runs from the token's embedding to the final norm with
+//! no libtorch call between. Through libtorch a block of a decoding step made about
+//! twenty calls (norms, views, the rotation, copies, the activation, residual sums),
+//! each a few microseconds of dispatch for a few thousand values, and each product
+//! two layout conversions: together most of a step at the batch sizes of a rollout.
+
+mod blocks;
+mod host_kv;
+mod host_math;
+mod panels;
+mod team;
+mod threads;
+
+use std::sync::Arc;
+
+use tch::{Kind, Tensor};
+
+use self::blocks::{PackedLayer, Step};
+use self::host_kv::HostKv;
+use self::panels::Panels;
+use self::team::Team;
+use self::threads::TorchThreads;
+use super::{Decoder, DecoderKind};
+use crate::error::{ModelError, Result};
+use crate::inference::InferenceWeights;
+use crate::mask::positions;
+use crate::prefill::prefill;
+use crate::transformer::Transformer;
+
+/// The CPU decoder: packed weights and a team; after the prefill, a host cache.
+#[derive(Debug)]
+pub struct CpuDecoder<'a> {
+    transformer: &'a Transformer,
+    /// The prefill's weights, dropped once it has run.
+    prefill_weights: Option<InferenceWeights<'a>>,
+    layers: Vec<PackedLayer>,
+    head: Panels,
+    team: Arc<Team>,
+    state: Option<HostState>,
+}
+
+/// The cache after the prefill.
+#[derive(Debug)]
+struct HostState {
+    cache: HostKv,
+    /// `[rows, filled]`, 1 = real token.
+    key_mask: Tensor,
+    /// libtorch's pool handed to the team while decoding.
+    _cores: TorchThreads,
+}
+
+impl<'a> CpuDecoder<'a> {
+    /// Most sequences the decoder is chosen for ([`DecoderKind::choose`]): its
+    /// products were measured ahead of oneDNN's up to here (it takes any number).
+    pub const MAX_BATCH: usize = panels::MAX_ROWS;
+
+    /// Packs `weights` (f32 on the CPU) for a team of as many threads as libtorch's
+    /// intra-op pool. `_batch` is the decoder interface's size hint.
+    pub fn new(weights: InferenceWeights<'a>, _batch: usize) -> Result<Self> {
+        let transformer = weights.transformer();
+        let (kind, device) = transformer.kind_and_device();
+        if !DecoderKind::Cpu.supports(kind, device) {
+            return Err(ModelError::Invalid(format!(
+                "the CPU decoder runs f32 weights on the CPU, not {kind:?} on {device:?}: \
+                 use the libtorch decoder"
+            )));
+        }
+        let team = Arc::new(Team::new(tch::get_num_threads().max(1) as usize));
+        let layers = transformer
+            .layers
+            .iter()
+            .zip(&weights.layers)
+            .map(|(block, maps)| PackedLayer::pack(block, maps, transformer.spec(), &team))
+            .collect();
+        let head = Panels::pack(transformer.output_weight(), None, Arc::clone(&team));
+        Ok(Self {
+            transformer,
+            prefill_weights: Some(weights),
+            layers,
+            head,
+            team,
+            state: None,
+        })
+    }
+
+    fn state(&mut self) -> &mut HostState {
+        self.state.as_mut().expect("prefill before decoding")
+    }
+}
+
+impl Decoder for CpuDecoder<'_> {
+    /// Runs once per decoder: the stacked weights of the prefill are dropped after it.
+    fn prefill(&mut self, prompts: &[Vec<u32>], repeats: usize, pad: u32, capacity: i64) -> Tensor {
+        let weights = self
+            .prefill_weights
+            .take()
+            .expect("one prefill per CPU decoder");
+        let done = prefill(&weights, prompts, repeats, pad, capacity);
+        let (keys, values) = done.cache.layers();
+        let len = done.cache.len() as usize;
+        self.state = Some(HostState {
+            cache: HostKv::from_tensors(keys, values, len, Arc::clone(&self.team)),
+            key_mask: done.key_mask,
+            _cores: TorchThreads::hand_to_team(self.team.size()),
+        });
+        done.logits
+    }
+
+    fn step(&mut self, tokens: &Tensor) -> Tensor {
+        let transformer = self.transformer;
+        let state = self.state.as_mut().expect("prefill before decoding");
+        let rows = tokens.size()[0];
+        debug_assert_eq!(state.cache.batch_size(), rows as usize);
+        let ones = Tensor::ones([rows, 1], (state.key_mask.kind(), state.key_mask.device()));
+        state.key_mask = Tensor::cat(&[&state.key_mask, &ones], 1);
+        let past = state.cache.len() as i64;
+        let at = positions(&state.key_mask).narrow(1, past, 1);
+        let turns = transformer
+            .rope()
+            .rotation(&at, Kind::Float, true)
+            .host_turns()
+            .expect("the pair layout's rotation");
+        let mask = blocks::host_mask(&state.key_mask);
+        let x = transformer
+            .embed(&tokens.unsqueeze(1))
+            .contiguous()
+            .view([-1]);
+        let mut x = Vec::<f32>::try_from(&x).expect("f32 embeddings");
+        let step = Step {
+            rows: rows as usize,
+            turns: &turns,
+            mask: &mask,
+        };
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(x, &step, &mut state.cache, i);
+        }
+        state.cache.advance();
+        let hidden = Tensor::from_slice(&x).view([rows, transformer.spec().hidden_size]);
+        let normed = transformer.final_norm().forward(&hidden);
+        let normed = Vec::<f32>::try_from(&normed.contiguous().view([-1])).expect("f32 rows");
+        let logits = self.head.apply(&normed, rows as usize);
+        Tensor::from_slice(&logits).view([rows, -1])
+    }
+
+    fn retain(&mut self, rows: &[i64]) {
+        let state = self.state();
+        let kept: Vec<usize> = rows.iter().map(|&r| r as usize).collect();
+        state.cache.select_rows(&kept);
+        let rows = Tensor::from_slice(rows);
+        state.key_mask = state.key_mask.index_select(0, &rows);
+    }
+}

@@ -1,0 +1,118 @@
+//! Decoders: the prefill of a batch of prompts and the one-token steps after it,
+//! each with the KV cache it owns. Two are built, both tested against
+//! [`crate::Transformer::forward`] (`tests/decoders.rs`):
+//!
+//! - [`LibtorchDecoder`]: every step through libtorch on [`InferenceWeights`]; any
+//!   dtype, any device, any batch.
+//! - [`CpuDecoder`]: f32 on the CPU; after libtorch's prefill, the steps run in Rust
+//!   on host vectors (weights packed into panels, the cache on the host, attention
+//!   and the products on a team of threads). Fastest for the few sequences of a
+//!   rollout, where libtorch's per-call overhead dominates a step.
+//!
+//! [`DecoderKind::choose`] is the one place that picks between them.
+
+mod cpu;
+mod libtorch;
+
+use std::sync::Mutex;
+
+use tch::{Device, Kind, Tensor};
+use tracing::info;
+
+pub use cpu::CpuDecoder;
+pub use libtorch::LibtorchDecoder;
+
+use crate::error::Result;
+use crate::inference::InferenceWeights;
+use crate::transformer::Transformer;
+
+/// Prefill and one-token steps over a KV cache the decoder owns.
+pub trait Decoder {
+    /// Runs `prompts` (none empty), each into `repeats` rows sharing its pass (prompt
+    /// 0's rows first), into a cache of `capacity` positions. Returns the next-token
+    /// logits of every row, `[rows, vocab]`, f32.
+    fn prefill(&mut self, prompts: &[Vec<u32>], repeats: usize, pad: u32, capacity: i64) -> Tensor;
+
+    /// Appends one token to each row (`tokens` `[rows]`, int64) and returns the
+    /// next-token logits, `[rows, vocab]`, f32.
+    fn step(&mut self, tokens: &Tensor) -> Tensor;
+
+    /// Keeps only the rows at `rows` (increasing indices into the current rows), e.g.
+    /// to drop finished sequences.
+    fn retain(&mut self, rows: &[i64]);
+}
+
+/// The decoders, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecoderKind {
+    /// [`LibtorchDecoder`].
+    Libtorch,
+    /// [`CpuDecoder`].
+    Cpu,
+}
+
+impl DecoderKind {
+    /// Every decoder.
+    pub const ALL: [Self; 2] = [Self::Libtorch, Self::Cpu];
+
+    /// The name used in logs and tests.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Libtorch => "libtorch",
+            Self::Cpu => "cpu",
+        }
+    }
+
+    /// Whether this decoder runs weights of `kind` on `device`.
+    pub fn supports(self, kind: Kind, device: Device) -> bool {
+        match self {
+            Self::Libtorch => true,
+            Self::Cpu => kind == Kind::Float && device == Device::Cpu,
+        }
+    }
+
+    /// The decoder for `batch` sequences of `transformer`: the CPU decoder for f32 on
+    /// the CPU up to [`CpuDecoder::MAX_BATCH`] sequences, where its kernels were
+    /// measured ahead; libtorch otherwise. Logs each choice once per process.
+    pub fn choose(transformer: &Transformer, batch: usize) -> Self {
+        let (kind, device) = transformer.kind_and_device();
+        let (choice, reason) = if !Self::Cpu.supports(kind, device) {
+            (Self::Libtorch, "weights not f32 on the CPU")
+        } else if batch > CpuDecoder::MAX_BATCH {
+            (
+                Self::Libtorch,
+                "more sequences than the CPU decoder's kernels take",
+            )
+        } else {
+            (Self::Cpu, "f32 on the CPU, few sequences")
+        };
+        static SAID: Mutex<Vec<(DecoderKind, &str)>> = Mutex::new(Vec::new());
+        let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
+        if !said.contains(&(choice, reason)) {
+            said.push((choice, reason));
+            info!(
+                decoder = choice.name(),
+                batch,
+                ?kind,
+                ?device,
+                reason,
+                "Decoder chosen"
+            );
+        }
+        choice
+    }
+
+    /// This decoder over `transformer`'s weights (prepared for it here), for up to
+    /// `batch` sequences.
+    pub fn build<'a>(
+        self,
+        transformer: &'a Transformer,
+        batch: usize,
+    ) -> Result<Box<dyn Decoder + 'a>> {
+        let weights = InferenceWeights::new(transformer);
+        Ok(match self {
+            Self::Libtorch => Box::new(LibtorchDecoder::new(weights)),
+            Self::Cpu => Box::new(CpuDecoder::new(weights, batch)?),
+        })
+    }
+}

@@ -1,0 +1,157 @@
+//! The weights of passes without gradient: each layer's q|k|v and gate|up stacked
+//! into one product, in f32 with q and k in the pair layout, every product through
+//! [`inference_linear`]. Built from the transformer's weights when a pass needs them
+//! and dropped after it (about half the model's size while alive); the weights
+//! themselves are untouched.
+
+use tch::{Kind, Tensor};
+
+use crate::layers::{Linear, inference_linear};
+use crate::rope::pair_layout;
+use crate::transformer::{Projections, Transformer};
+
+/// One matrix that computes several linear maps at once.
+#[derive(Debug)]
+pub(crate) struct StackedMap {
+    /// `[Σ out, in]`.
+    pub(crate) weight: Tensor,
+    /// `[Σ out]`.
+    pub(crate) bias: Option<Tensor>,
+}
+
+impl StackedMap {
+    /// The maps of `parts` stacked (no gradient recorded).
+    fn new(parts: &[&Linear]) -> Self {
+        let stack = |ts: &[&Tensor]| match ts {
+            [one] => one.detach(),
+            _ => Tensor::cat(ts, 0),
+        };
+        let weights: Vec<&Tensor> = parts.iter().map(|l| &l.weight).collect();
+        let biases: Option<Vec<&Tensor>> = parts.iter().map(|l| l.bias.as_ref()).collect();
+        tch::no_grad(|| Self {
+            weight: stack(&weights),
+            bias: biases.map(|b| stack(&b)),
+        })
+    }
+
+    fn apply(&self, x: &Tensor) -> Tensor {
+        inference_linear(x, &self.weight, self.bias.as_ref())
+    }
+}
+
+/// One layer's stacked maps.
+#[derive(Debug)]
+pub(crate) struct LayerMaps {
+    /// q | k | v, q and k in the pair layout when [`InferenceWeights::pairs`].
+    pub(crate) qkv: StackedMap,
+    pub(crate) o: StackedMap,
+    /// gate | up.
+    pub(crate) gate_up: StackedMap,
+    pub(crate) down: StackedMap,
+}
+
+/// The transformer's weights prepared for passes without gradient: the log-probs of
+/// the reference, a judge's logits, a reward model's scores, and the prefill and
+/// steps of [`crate::decoder`].
+#[derive(Debug)]
+pub struct InferenceWeights<'a> {
+    transformer: &'a Transformer,
+    pub(crate) layers: Vec<LayerMaps>,
+    /// Rows of q and k in the pair layout, rotated by one complex product (f32).
+    pairs: bool,
+}
+
+impl<'a> InferenceWeights<'a> {
+    /// Stacks `transformer`'s maps (a copy of the layers' weights).
+    pub fn new(transformer: &'a Transformer) -> Self {
+        let spec = transformer.spec();
+        let pairs = transformer.kind_and_device().0 == Kind::Float;
+        let layout = |l: &Linear| {
+            let permute = |w: &Tensor| match pairs {
+                true => tch::no_grad(|| pair_layout(w, spec.head_dim)),
+                false => w.shallow_clone(),
+            };
+            Linear {
+                weight: permute(&l.weight),
+                bias: l.bias.as_ref().map(permute),
+            }
+        };
+        let layers = transformer
+            .layers
+            .iter()
+            .map(|block| {
+                let (a, m) = (&block.self_attn, &block.mlp);
+                let (q, k) = (layout(&a.q_proj), layout(&a.k_proj));
+                LayerMaps {
+                    qkv: StackedMap::new(&[&q, &k, &a.v_proj]),
+                    o: StackedMap::new(&[&a.o_proj]),
+                    gate_up: StackedMap::new(&[&m.gate_proj, &m.up_proj]),
+                    down: StackedMap::new(&[&m.down_proj]),
+                }
+            })
+            .collect();
+        Self {
+            transformer,
+            layers,
+            pairs,
+        }
+    }
+
+    /// The transformer these weights come from.
+    pub fn transformer(&self) -> &'a Transformer {
+        self.transformer
+    }
+
+    /// Final hidden states, as [`Transformer::forward`] gives them, without gradient.
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        key_mask: &Tensor,
+        cache: Option<&mut crate::KvCache>,
+    ) -> Tensor {
+        self.transformer.forward_with(self, ids, key_mask, cache)
+    }
+
+    /// Next-token logits of hidden states `[..., hidden]` → `[..., vocab]`.
+    pub fn logits(&self, hidden: &Tensor) -> Tensor {
+        tch::no_grad(|| inference_linear(hidden, self.transformer.output_weight(), None))
+    }
+}
+
+impl Projections for InferenceWeights<'_> {
+    fn pairs(&self) -> bool {
+        self.pairs
+    }
+
+    fn qkv(&self, layer: usize, x: &Tensor) -> (Tensor, Tensor, Tensor) {
+        let spec = self.transformer.spec();
+        let (q, kv) = (
+            spec.num_heads * spec.head_dim,
+            spec.num_kv_heads * spec.head_dim,
+        );
+        let all = self.layers[layer].qkv.apply(x);
+        (
+            all.narrow(-1, 0, q),
+            all.narrow(-1, q, kv),
+            all.narrow(-1, q + kv, kv),
+        )
+    }
+
+    fn o(&self, layer: usize, x: &Tensor) -> Tensor {
+        self.layers[layer].o.apply(x)
+    }
+
+    fn gate_up(&self, layer: usize, x: &Tensor) -> (Tensor, Tensor) {
+        let i = self.transformer.spec().intermediate_size;
+        let both = self.layers[layer].gate_up.apply(x);
+        (both.narrow(-1, 0, i), both.narrow(-1, i, i))
+    }
+
+    fn down(&self, layer: usize, x: &Tensor) -> Tensor {
+        self.layers[layer].down.apply(x)
+    }
+
+    fn head(&self, hidden: &Tensor) -> Tensor {
+        self.logits(hidden)
+    }
+}
