@@ -101,6 +101,7 @@ fn greedy_continuations_match_token_for_token() {
             sampling: &SamplingConfig::greedy(24),
             repeats: 1,
             seed: 0,
+            sequence_ids: None,
             ignore_eos: false,
         })
         .unwrap();

@@ -51,21 +51,6 @@ pub(crate) fn token_logprobs(name: &str) -> Field {
     Field::new(name, DataType::List(Arc::new(item)), false)
 }
 
-/// A nullable unsigned 64-bit column.
-pub(crate) fn u64_or_null(name: &str) -> Field {
-    Field::new(name, DataType::UInt64, true)
-}
-
-/// A nullable unsigned 32-bit column.
-pub(crate) fn u32_or_null(name: &str) -> Field {
-    Field::new(name, DataType::UInt32, true)
-}
-
-/// A nullable boolean column.
-pub(crate) fn bool_or_null(name: &str) -> Field {
-    Field::new(name, DataType::Boolean, true)
-}
-
 /// A non-null list of strings.
 pub(crate) fn utf8_list(name: &str) -> Field {
     let item = Field::new("item", DataType::Utf8, false);

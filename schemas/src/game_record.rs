@@ -9,83 +9,25 @@ use arrow::array::{
     ArrayRef, BooleanArray, Float64Array, ListArray, StringArray, UInt32Array, UInt64Array,
     new_null_array,
 };
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::{DataType, FieldRef, SchemaRef};
 use serde::{Deserialize, Serialize};
+use serde_arrow::schema::{SchemaLike, TracingOptions};
 
 use crate::boundary::update::{StepRow, UpdatedBatch};
 use crate::columns::*;
 use crate::error::{Result, SchemaError};
-use crate::field;
 use crate::typed::{TypedBatch, schema_of};
 
-/// Columns copied unchanged from [`UpdatedBatch`], in record order after `run_id` and
-/// `mode`; the token counts and the step's broadcast figures follow them.
-const FROM_UPDATED: [&str; 28] = [
-    ITERATION,
-    QUERY_ID,
-    ANSWER_INDEX,
-    PROMPT_ID,
-    PROMPT_VERSION,
-    QUERY_TEXT,
-    QUERY_FINISH_REASON,
-    QUERY_STATUS,
-    REFERENCE_ANSWER,
-    ANSWER_TEXT,
-    ANSWER_FINISH_REASON,
-    QUERY_LOGPROB_POLICY,
-    QUERY_LOGPROB_REF,
-    ANSWER_LOGPROB_POLICY,
-    ANSWER_LOGPROB_REF,
-    REWARD,
-    REWARD_STATUS,
-    SELF_REWARD,
-    SELF_REWARD_STATUS,
-    JUDGE_TEXT,
-    VALUE,
-    VALUE_Q,
-    SOLVER_REWARD,
-    CHALLENGER_REWARD,
-    ADV_SOLVER,
-    ADV_CHALLENGER,
-    KL_QUERY,
-    KL_ANSWER,
-];
-
-/// Schema of [`GameRecordBatch`].
+/// Schema of [`GameRecordBatch`]: the fields of [`GameRecordRow`], in its order,
+/// traced from the struct (strings as `Utf8`, `Option` as nullable). The struct is the
+/// one place a column is declared; [`GameRecordBatch::assemble`] copies every column
+/// that [`UpdatedBatch`] has and computes the rest by name.
 pub fn game_record_schema() -> SchemaRef {
     static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
-        let updated = crate::boundary::update::updated_schema();
-        let mut fields = vec![field::utf8(RUN_ID), field::utf8(MODE)];
-        for name in FROM_UPDATED {
-            let f = updated
-                .field_with_name(name)
-                .expect("column of UpdatedBatch");
-            fields.push(f.clone());
-        }
-        fields.extend([
-            field::u32(QUERY_TOKENS),
-            field::u32(ANSWER_TOKENS),
-            field::f64(LOSS),
-            field::f64(LOSS_SOLVER),
-            field::f64_or_null(LOSS_CHALLENGER),
-            field::f64(GRAD_NORM),
-            field::bool(STEP_APPLIED),
-            field::utf8_or_null(SKIP_REASON),
-            field::f64(LEARNING_RATE),
-            field::f64(SECONDS_CHALLENGER),
-            field::f64(SECONDS_SOLVER),
-            field::f64(SECONDS_REWARD),
-            field::f64(SECONDS_SELF_REWARD),
-            field::f64(SECONDS_ADVANTAGE),
-            field::f64(SECONDS_UPDATE),
-            field::f64_or_null(QUERY_SIMILARITY),
-            field::u64_or_null(QUERY_SIMILAR_ITERATION),
-            field::u32_or_null(QUERY_SIMILAR_ID),
-            field::bool_or_null(QUERY_ASKS_CODE),
-            field::f64_or_null(ANSWER_CODE_FRACTION),
-            field::bool_or_null(ANSWER_IS_CODE),
-        ]);
-        schema_of(fields)
+        let options = TracingOptions::default().strings_as_large_utf8(false);
+        let fields = Vec::<FieldRef>::from_type::<GameRecordRow>(options)
+            .expect("the game record's row is a flat struct");
+        schema_of(fields.iter().map(|f| f.as_ref().clone()).collect())
     });
     SCHEMA.clone()
 }
@@ -227,35 +169,39 @@ impl GameRecordBatch {
             Ok(Arc::new(counts))
         };
         let batch = updated.batch();
-        let mut columns: Vec<ArrayRef> = vec![text(run_id), text(mode)];
-        for name in FROM_UPDATED {
-            let column = batch.column_by_name(name).expect("checked schema");
-            columns.push(column.clone());
-        }
-        columns.extend([
-            lengths(QUERY_TOKEN_IDS)?,
-            lengths(ANSWER_TOKEN_IDS)?,
-            float(step.loss),
-            float(step.loss_solver),
-            float_or_null(step.loss_challenger),
-            float(step.grad_norm),
-            Arc::new(BooleanArray::from(vec![step.step_applied; n])),
-            match &step.skip_reason {
-                Some(reason) => text(reason),
-                None => new_null_array(&DataType::Utf8, n),
-            },
-            float(step.learning_rate),
-            float(seconds.challenger),
-            float(seconds.solver),
-            float(seconds.reward),
-            float(seconds.self_reward),
-            float(seconds.advantage),
-            float(seconds.update),
-        ]);
         let schema = game_record_schema();
-        for name in MONITOR_COLUMNS {
-            let field = schema.field_with_name(name).expect("monitor column");
-            columns.push(new_null_array(field.data_type(), n));
+        let mut columns = Vec::with_capacity(schema.fields().len());
+        for field in schema.fields() {
+            let name = field.name().as_str();
+            if let Some(column) = batch.column_by_name(name) {
+                columns.push(column.clone());
+                continue;
+            }
+            columns.push(match name {
+                RUN_ID => text(run_id),
+                MODE => text(mode),
+                QUERY_TOKENS => lengths(QUERY_TOKEN_IDS)?,
+                ANSWER_TOKENS => lengths(ANSWER_TOKEN_IDS)?,
+                LOSS => float(step.loss),
+                LOSS_SOLVER => float(step.loss_solver),
+                LOSS_CHALLENGER => float_or_null(step.loss_challenger),
+                GRAD_NORM => float(step.grad_norm),
+                STEP_APPLIED => Arc::new(BooleanArray::from(vec![step.step_applied; n])),
+                SKIP_REASON => match &step.skip_reason {
+                    Some(reason) => text(reason),
+                    None => new_null_array(&DataType::Utf8, n),
+                },
+                LEARNING_RATE => float(step.learning_rate),
+                SECONDS_CHALLENGER => float(seconds.challenger),
+                SECONDS_SOLVER => float(seconds.solver),
+                SECONDS_REWARD => float(seconds.reward),
+                SECONDS_SELF_REWARD => float(seconds.self_reward),
+                SECONDS_ADVANTAGE => float(seconds.advantage),
+                SECONDS_UPDATE => float(seconds.update),
+                // The live monitor's, null until it fills them.
+                name if MONITOR_COLUMNS.contains(&name) => new_null_array(field.data_type(), n),
+                other => unreachable!("the game record's column {other} has no source"),
+            });
         }
         Self::from_columns(columns)
     }
@@ -299,5 +245,36 @@ impl GameRecordBatch {
             columns[index] = array;
         }
         Self::from_columns(columns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rows_columns_keep_the_updates_types_in_plain_arrow_types() {
+        let record = game_record_schema();
+        let updated = crate::boundary::update::updated_schema();
+        assert_eq!(record.fields().len(), 51);
+        assert_eq!(record.field(0).name(), RUN_ID);
+        let mut copied = 0;
+        for field in record.fields() {
+            if let Ok(u) = updated.field_with_name(field.name()) {
+                assert_eq!(u, field.as_ref(), "{}", field.name());
+                copied += 1;
+            }
+            // What DuckDB and Polars users read: plain strings, no large types.
+            assert!(
+                !matches!(
+                    field.data_type(),
+                    DataType::LargeUtf8 | DataType::LargeList(_)
+                ),
+                "{field}"
+            );
+        }
+        assert_eq!(copied, 28);
+        let nullable = |name: &str| record.field_with_name(name).unwrap().is_nullable();
+        assert!(nullable(LOSS_CHALLENGER) && nullable(QUERY_SIMILARITY) && !nullable(LOSS));
     }
 }

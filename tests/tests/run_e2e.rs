@@ -150,7 +150,8 @@ fn a_broken_config_is_refused_before_any_model_loads() {
     let cfg = dir.path().join("broken.yaml");
     std::fs::write(
         &cfg,
-        "run: {iterations: 0, workers: 2}\nsolver: {answers_per_query: x}\n",
+        "run: {iterations: 0, workers: 0, processes: 2, process: 2}\n\
+         solver: {answers_per_query: x}\n",
     )
     .unwrap();
     let out = Command::new(pipeline())
@@ -164,10 +165,13 @@ fn a_broken_config_is_refused_before_any_model_loads() {
         stderr.contains("run.iterations: must be at least 1"),
         "{stderr}"
     );
-    assert!(
-        stderr.contains("run.workers: 2 workers: only 1 is supported"),
-        "{stderr}"
-    );
+    for problem in [
+        "run.workers: must be at least 1",
+        "run.process: process 2 of 2: processes are numbered from 0",
+        "run.hostfile: 2 processes need a hostfile",
+    ] {
+        assert!(stderr.contains(problem), "{stderr}");
+    }
     assert!(
         stderr.contains("solver.answers_per_query: invalid type"),
         "{stderr}"

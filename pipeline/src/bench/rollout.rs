@@ -59,6 +59,7 @@ pub fn run(
                 sampling: &sampling,
                 repeats: 1,
                 seed: i as u64,
+                sequence_ids: None,
                 ignore_eos: true,
             })?;
             anyhow::ensure!(generated.iter().all(|g| g.ids.len() as u64 == new_tokens));

@@ -85,6 +85,7 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<String> {
         sampling: &sampling,
         repeats: 1,
         seed: args.seed,
+        sequence_ids: None,
         ignore_eos: false,
     })?;
     let g = &out[0];

@@ -29,6 +29,19 @@ pub fn plan(config: &EpochConfig) -> anyhow::Result<String> {
         format!("{:?}", config.model.device).to_lowercase(),
         run.output_dir.join(&run.name).display(),
     )?;
+    if run.total_workers() > 1 {
+        writeln!(
+            out,
+            "#   {} worker(s) x {} process(es), {} libtorch thread(s) each; query i on worker i mod {}",
+            run.workers,
+            run.processes,
+            run.threads,
+            run.total_workers()
+        )?;
+    }
+    if let Some(warning) = run.oversubscription() {
+        writeln!(out, "# warning: {warning}")?;
+    }
     let g = config.solver.answers_per_query;
     let n = if mode.has_challenger() {
         let n = config.challenger.num_queries;

@@ -60,6 +60,9 @@ impl EpochConfig {
             }
         };
         resolve(&mut self.run.output_dir);
+        if let Some(hostfile) = &mut self.run.hostfile {
+            resolve(hostfile);
+        }
         resolve(&mut self.model.policy);
         if let Some(reference) = &mut self.model.reference {
             resolve(reference);

@@ -22,9 +22,19 @@ pub struct RunConfig {
     pub checkpoint_every: u64,
     /// libtorch intra-op threads per worker.
     pub threads: u64,
-    /// timely workers. libtorch's threads and timely's workers share the cores:
-    /// `threads × workers` should not exceed them.
+    /// timely workers (threads) per process, each with a replica of the models and
+    /// its share of the queries. libtorch's threads and timely's workers share the
+    /// cores: `threads × workers` should not exceed them.
     pub workers: u64,
+    /// Processes of the run (`--processes`); more than one needs `hostfile`.
+    pub processes: u64,
+    /// This process's index among them, from 0 (`--process`).
+    pub process: u64,
+    /// One `host:port` per line, a line per process in order (`--hostfile`).
+    pub hostfile: Option<PathBuf>,
+    /// Compare a hash of every replica's weights every this many iterations (0:
+    /// never); replicas that differ stop the run.
+    pub replica_check_every: u64,
     /// Output root.
     pub output_dir: PathBuf,
 }
@@ -39,6 +49,10 @@ impl Default for RunConfig {
             checkpoint_every: 1,
             threads: 2,
             workers: 1,
+            processes: 1,
+            process: 0,
+            hostfile: None,
+            replica_check_every: 1,
             output_dir: PathBuf::from("data-out"),
         }
     }
@@ -61,13 +75,45 @@ impl Validate for RunConfig {
         });
         problems.positive(&p("iterations"), self.iterations);
         problems.positive(&p("threads"), self.threads);
-        problems.check(self.workers == 1, &p("workers"), || {
+        problems.positive(&p("workers"), self.workers);
+        problems.positive(&p("processes"), self.processes);
+        problems.check(self.process < self.processes, &p("process"), || {
             format!(
-                "{} workers: only 1 is supported, since the models are not yet replicated \
-                 across timely workers (use `threads` for libtorch's parallelism)",
-                self.workers
+                "process {} of {}: processes are numbered from 0",
+                self.process, self.processes
             )
         });
+        problems.check(
+            self.processes == 1 || self.hostfile.is_some(),
+            &p("hostfile"),
+            || {
+                format!(
+                    "{} processes need a hostfile: one host:port per line, one line per process",
+                    self.processes
+                )
+            },
+        );
+    }
+}
+
+impl RunConfig {
+    /// Workers of the whole run, over every process.
+    pub fn total_workers(&self) -> u64 {
+        self.workers * self.processes
+    }
+
+    /// A warning when this process's workers and their libtorch threads ask for more
+    /// cores than the machine has.
+    pub fn oversubscription(&self) -> Option<String> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+        let wanted = self.workers * self.threads;
+        (wanted > cores).then(|| {
+            format!(
+                "run.workers × run.threads = {} × {} = {wanted} threads on {cores} cores: \
+                 they will slow each other down (lower run.threads)",
+                self.workers, self.threads
+            )
+        })
     }
 }
 

@@ -45,6 +45,7 @@ pub fn answers(
             sampling,
             repeats: 1,
             seed: seed + b as u64,
+            sequence_ids: None,
             ignore_eos: false,
         })?;
         out.extend(generations.into_iter().map(|g| Answer {

@@ -4,19 +4,21 @@
 use std::time::Instant;
 
 use anyhow::Context;
-use lsp_advantage::{AdvantageStage, Mode};
+use lsp_advantage::{AdvantageStage, Mode, QueryTally};
 use lsp_challenger::Challenger;
 use lsp_model::{LanguageModel, LoadOptions};
 use lsp_reward::RewardStage;
 use lsp_schemas::{
     AdvantageBatch, AnswerBatch, GameRecordBatch, QueryBatch, RewardBatch, SelfRewardBatch,
-    StageSeconds, StepRow,
+    StageSeconds, StepRow, TypedBatch,
 };
 use lsp_self_reward::SelfReward;
 use lsp_solver::Solver;
-use lsp_update::Update;
+use lsp_update::{BatchTotals, LocalStep, StepSums, Update};
+use tch::Tensor;
 use tracing::info;
 
+use super::cluster::Shard;
 use super::data::DataQueries;
 use super::reference::Reference;
 use crate::config::EpochConfig;
@@ -36,6 +38,19 @@ pub struct Engine {
     pub seed: u64,
     pub mode: Mode,
     pub run_id: String,
+    /// This worker's share of each iteration.
+    pub shard: Shard,
+}
+
+/// A worker's half of an update, waiting for the gradient sum.
+#[derive(Debug, Clone)]
+pub struct LocalUpdate {
+    /// Its rows with the measured columns.
+    pub updated: lsp_schemas::UpdatedBatch,
+    /// Its loss parts.
+    pub sums: StepSums,
+    /// Its stage timings so far.
+    pub seconds: StageSeconds,
 }
 
 /// Stage numbers that make each stage's seed distinct.
@@ -50,6 +65,7 @@ impl Engine {
         config: &EpochConfig,
         policy_folder: &std::path::Path,
         run_id: &str,
+        shard: Shard,
     ) -> anyhow::Result<Self> {
         let options = LoadOptions {
             dtype: config.model.dtype,
@@ -99,6 +115,7 @@ impl Engine {
             seed: config.run.seed,
             mode,
             run_id: run_id.to_string(),
+            shard,
         })
     }
 
@@ -110,11 +127,19 @@ impl Engine {
     pub fn queries(&self, iteration: u64) -> anyhow::Result<(QueryBatch, StageSeconds)> {
         let start = Instant::now();
         let batch = match &self.data {
-            Some(data) => data.queries(iteration, self.num_queries)?,
-            None => self.challenger.process(
+            Some(data) => {
+                let all = data.queries(iteration, self.num_queries)?.to_rows()?;
+                let mine: Vec<_> = all
+                    .into_iter()
+                    .filter(|q| self.shard.owns(q.query_id))
+                    .collect();
+                QueryBatch::from_rows(&mine)?
+            }
+            None => self.challenger.process_shard(
                 &self.policy,
                 iteration,
                 self.seed(iteration, CHALLENGER),
+                &self.shard.queries(self.num_queries as u32),
             )?,
         };
         let seconds = StageSeconds {
@@ -171,35 +196,77 @@ impl Engine {
         Ok((batch, s))
     }
 
-    /// Stage 5: advantages.
+    /// Each query's part in the batch-wide figures (its rows, its challenger reward),
+    /// for every worker to see.
+    pub fn tally(&self, judged: &SelfRewardBatch) -> anyhow::Result<Vec<QueryTally>> {
+        Ok(self.advantage.tally(judged)?)
+    }
+
+    /// Stage 5: advantages, the challenger's baseline over `all` the iteration's
+    /// queries (every worker's tallies); with the counts the loss is normalised by.
     pub fn advantages(
         &self,
         (judged, mut s): (SelfRewardBatch, StageSeconds),
-    ) -> anyhow::Result<(AdvantageBatch, StageSeconds)> {
+        all: &[QueryTally],
+    ) -> anyhow::Result<(AdvantageBatch, StageSeconds, BatchTotals)> {
         let start = Instant::now();
-        let batch = self.advantage.process(&judged)?;
+        let batch = self.advantage.process_among(&judged, all)?;
+        let totals = BatchTotals {
+            answers: all.iter().map(|t| t.rows as usize).sum(),
+            queries: all.iter().filter(|t| t.challenger_reward.is_some()).count(),
+        };
         s.advantage = start.elapsed().as_secs_f64();
-        Ok((batch, s))
+        Ok((batch, s, totals))
     }
 
-    /// Stage 6: the update, and the iteration's game record.
-    pub fn update(
+    /// Stage 6, this worker's half: the reference's log-probs, then the loss over
+    /// this worker's rows and its gradient (one tensor per parameter).
+    pub fn backward(
         &mut self,
-        iteration: u64,
-        (advantaged, mut s): (AdvantageBatch, StageSeconds),
-    ) -> anyhow::Result<(GameRecordBatch, StepRow)> {
+        (advantaged, mut s, totals): (AdvantageBatch, StageSeconds, BatchTotals),
+    ) -> anyhow::Result<(LocalUpdate, Vec<Tensor>)> {
         let start = Instant::now();
         let reference_lps = self
             .update
             .reference_logprobs(self.reference.get()?, &advantaged)?;
         // An offloaded reference leaves before the policy's passes keep activations.
         self.reference.release();
-        let (updated, step) =
-            self.update
-                .process_with(&self.policy, reference_lps, &advantaged, iteration)?;
+        let LocalStep {
+            updated,
+            sums,
+            gradients,
+        } = self
+            .update
+            .backward(&self.policy, reference_lps, &advantaged, totals)?;
         s.update = start.elapsed().as_secs_f64();
+        let local = LocalUpdate {
+            updated,
+            sums,
+            seconds: s,
+        };
+        Ok((local, gradients))
+    }
+
+    /// Frees the gradient [`Engine::backward`] left, once it has been sent.
+    pub fn release_gradients(&mut self) {
+        self.update.release_gradients();
+    }
+
+    /// Stage 6, together: the AdamW step with every worker's summed gradient and loss
+    /// parts, and this worker's rows of the iteration's game record.
+    pub fn step(
+        &mut self,
+        iteration: u64,
+        local: LocalUpdate,
+        gradients: &[Tensor],
+        sums: StepSums,
+    ) -> anyhow::Result<(GameRecordBatch, StepRow)> {
+        let start = Instant::now();
+        let step = self.update.step(iteration, sums, gradients);
+        let mut s = local.seconds;
+        s.update += start.elapsed().as_secs_f64();
         let record =
-            GameRecordBatch::assemble(&self.run_id, self.mode.as_str(), &updated, &step, &s)?;
+            GameRecordBatch::assemble(&self.run_id, self.mode.as_str(), &local.updated, &step, &s)?;
         info!(
             iteration,
             loss = step.loss,
@@ -207,5 +274,29 @@ impl Engine {
             "update done"
         );
         Ok((record, step))
+    }
+
+    /// The shape, kind and device of each trained parameter, in the optimizer's
+    /// order (what a gradient sum is turned back into).
+    pub fn parameter_layouts(&mut self) -> Vec<(Vec<i64>, tch::Kind, tch::Device)> {
+        self.update
+            .optimizer()
+            .params()
+            .map(|p| (p.size(), p.kind(), p.device()))
+            .collect()
+    }
+
+    /// A hash of every trained parameter's bytes, in order: equal on replicas that
+    /// hold the same weights.
+    pub fn weights_hash(&mut self) -> anyhow::Result<u64> {
+        let mut hash = 0xcbf2_9ce4_8422_2325u64;
+        for p in self.update.optimizer().params() {
+            let flat = tch::no_grad(|| p.to_kind(tch::Kind::Float).contiguous().view([-1]));
+            let values = Vec::<f32>::try_from(&flat)?;
+            for v in values {
+                hash = lsp_model::mix(hash, u64::from(v.to_bits()));
+            }
+        }
+        Ok(hash)
     }
 }

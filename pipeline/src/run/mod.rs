@@ -6,8 +6,11 @@
 //! free of gaps and duplicates across a kill.
 
 mod checkpoint;
+mod cluster;
+mod collective;
 mod data;
 mod engine;
+mod game;
 pub mod layout;
 mod manifest;
 mod operator;
@@ -24,16 +27,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use clap::Args;
-use lsp_schemas::{GameRecordBatch, MonitorBatch, MonitorRow, StepRow, TypedBatch};
-use timely::dataflow::operators::{Input, Inspect, Probe};
-use timely::dataflow::{InputHandle, ProbeHandle};
+use lsp_schemas::{GameRecordBatch, MonitorBatch, MonitorRow, TypedBatch};
+use timely::dataflow::InputHandle;
 use tracing::{info, warn};
 
 use crate::config::{EpochConfig, load_epoch};
 use crate::monitor::{LiveMonitor, MonitorConfig, observe};
 use engine::Engine;
 use layout::RunDir;
-use operator::{Failure, StageOperator};
+use operator::Failure;
 use records::RecordWriter;
 pub use summary::Summary;
 
@@ -51,6 +53,43 @@ pub struct RunArgs {
     /// Write `pipeline report` into each run folder when the run stops.
     #[arg(long)]
     report: bool,
+    /// timely workers in this process (`run.workers`).
+    #[arg(long)]
+    workers: Option<u64>,
+    /// Processes of the run (`run.processes`); each is started with the same config
+    /// and its own `--process`.
+    #[arg(long)]
+    processes: Option<u64>,
+    /// This process's index, from 0 (`run.process`); process 0 writes the outputs.
+    #[arg(long)]
+    process: Option<u64>,
+    /// One `host:port` per line, a line per process (`run.hostfile`).
+    #[arg(long)]
+    hostfile: Option<PathBuf>,
+}
+
+impl RunArgs {
+    /// The command line's cluster settings over the config's, checked again.
+    fn apply(&self, config: &mut EpochConfig) -> anyhow::Result<()> {
+        let run = &mut config.run;
+        if let Some(workers) = self.workers {
+            run.workers = workers;
+        }
+        if let Some(processes) = self.processes {
+            run.processes = processes;
+        }
+        if let Some(process) = self.process {
+            run.process = process;
+        }
+        if let Some(hostfile) = &self.hostfile {
+            run.hostfile = Some(hostfile.clone());
+        }
+        let mut problems = lsp_schemas::problems::Problems::new();
+        lsp_schemas::problems::Validate::validate(&*run, "run", &mut problems);
+        problems
+            .into_result()
+            .map_err(|p| anyhow::anyhow!("{}:\n{p}", self.config.display()))
+    }
 }
 
 /// Set by Ctrl-C: the run stops after the iteration in progress.
@@ -72,7 +111,11 @@ fn interrupted() -> Arc<AtomicBool> {
 /// Runs the config (each of its stages in turn, if it has them); returns the closing
 /// message.
 pub fn run(args: &RunArgs) -> anyhow::Result<String> {
-    let config = load_epoch(&args.config)?;
+    let mut config = load_epoch(&args.config)?;
+    args.apply(&mut config)?;
+    if let Some(warning) = config.run.oversubscription() {
+        warn!("{warning}");
+    }
     tch::set_num_threads(config.run.threads as i32);
     tch::set_num_interop_threads(1);
     if config.stages.is_empty() {
@@ -110,14 +153,15 @@ fn with_report(message: String, dir: &RunDir, report: bool) -> anyhow::Result<St
     Ok(message + &crate::report::write_report(dir.root(), None)?)
 }
 
-/// Runs one config into `dir`.
+/// Runs one config into `dir`, on every worker of this process.
 fn run_one(
     config: EpochConfig,
     dir: RunDir,
     resume: bool,
     progress: progress::ProgressMode,
 ) -> anyhow::Result<String> {
-    let (start, policy_folder) = plan_start(&config, &dir, resume)?;
+    let writes = config.run.process == 0;
+    let (start, policy_folder) = plan_start(&config, &dir, resume, writes)?;
     let total = config.run.iterations;
     if start > total {
         return Ok(format!(
@@ -125,87 +169,141 @@ fn run_one(
             dir.root().display()
         ));
     }
-    manifest::write_or_note_resume(&dir, &config, start)?;
+    if writes {
+        manifest::write_or_note_resume(&dir, &config, start)?;
+    }
     let stop = interrupted();
+    let timely_config = cluster::timely_config(&config.run)?;
+    if config.run.processes > 1 {
+        cluster::exit_when_a_peer_is_lost();
+    }
+    let connected = cluster::connection_watchdog(&config.run);
+    let workers_per_process = config.run.workers as usize;
     let config = Arc::new(config);
-    let dir_for_worker = dir.clone();
-    let done = timely::execute_directly(move |worker| -> anyhow::Result<u64> {
-        let dir = dir_for_worker;
-        let run_id = config.run.name.clone();
-        let mut engine = Engine::build(&config, &policy_folder, &run_id)?;
-        if start > 1 {
-            engine
-                .update
-                .optimizer()
-                .load(&dir.checkpoint(start - 1).join("optimizer.safetensors"))?;
-        }
-        let engine = Rc::new(RefCell::new(engine));
-        let shown = progress::Progress::new(progress, start, total);
-        let failure = Failure::default();
-        let finished: Rc<RefCell<Vec<(GameRecordBatch, StepRow)>>> = Rc::default();
-        let mut input = InputHandle::new();
-        let probe = ProbeHandle::new();
-        worker.dataflow(|scope| {
-            let (e1, e2, e3, e4, e5, e6) = (
-                engine.clone(),
-                engine.clone(),
-                engine.clone(),
-                engine.clone(),
-                engine.clone(),
-                engine.clone(),
-            );
-            let sink = finished.clone();
-            scope
-                .input_from(&mut input)
-                .container::<Vec<u64>>()
-                .stage(
-                    "challenger",
-                    failure.clone(),
-                    shown.clone(),
-                    move |t, _: u64| e1.borrow().queries(t),
-                )
-                .stage("solver", failure.clone(), shown.clone(), move |t, q| {
-                    e2.borrow().answers(t, q)
-                })
-                .stage("reward", failure.clone(), shown.clone(), move |_, a| {
-                    e3.borrow_mut().rewards(a)
-                })
-                .stage(
-                    "self_reward",
-                    failure.clone(),
-                    shown.clone(),
-                    move |t, r| e4.borrow_mut().self_rewards(t, r),
-                )
-                .stage("advantage", failure.clone(), shown.clone(), move |_, j| {
-                    e5.borrow().advantages(j)
-                })
-                .stage("update", failure.clone(), shown.clone(), move |t, a| {
-                    e6.borrow_mut().update(t, a)
-                })
-                .inspect(move |out| sink.borrow_mut().push(out.clone()))
-                .probe_with(&probe);
-        });
-        let mut monitor = if config.monitor.enabled {
-            Some(start_monitor(worker, &dir, &config.monitor, start)?)
-        } else {
-            None
+    let dir_for_workers = dir.clone();
+    let guards = timely::execute(timely_config, move |worker| {
+        let first = worker.index() == 0;
+        let progress = match first {
+            true => progress,
+            false => progress::ProgressMode::None,
         };
-        let mut writer = RecordWriter::start();
-        input.advance_to(start);
-        let mut last = start - 1;
-        for t in start..=total {
-            input.send(t);
-            input.advance_to(t + 1);
-            while probe.less_than(input.time()) && !failure.is_set() {
-                worker.step();
-            }
-            if let Some(e) = failure.take() {
+        play(
+            worker,
+            &config,
+            &dir_for_workers,
+            &policy_folder,
+            (start, total),
+            progress,
+            stop.clone(),
+        )
+        .map_err(|e| (first, e))
+    })
+    .map_err(|e| anyhow::anyhow!("starting the run's workers: {e}"))?;
+    connected.store(true, Ordering::SeqCst);
+    let mut done = None;
+    let mut errors = Vec::new();
+    for (i, result) in guards.join().into_iter().enumerate() {
+        match result {
+            Ok(Ok(last)) => done = Some(done.map_or(last, |d: u64| d.min(last))),
+            Ok(Err((_, e))) => errors.push(e),
+            Err(panic) => errors.push(anyhow::anyhow!(
+                "worker {i} of this process ({workers_per_process}) panicked: {panic}"
+            )),
+        }
+    }
+    // A worker's own error before the others' "another worker failed".
+    errors.sort_by_key(|e| format!("{e:#}").contains("another worker of the run failed"));
+    if let Some(e) = errors.into_iter().next() {
+        return Err(e);
+    }
+    let done = done.context("the run had no workers")?;
+    Ok(format!(
+        "run {}: iterations {start}..={done} done; records in {}, final model {}\n",
+        dir.root().display(),
+        dir.records().display(),
+        if done == total {
+            dir.final_model().display().to_string()
+        } else {
+            "not written (stopped early)".into()
+        }
+    ))
+}
+
+/// One worker's run: its replica of the models, the game's dataflow, and the loop
+/// that feeds it iterations; worker 0 also writes the records, the monitor's rows,
+/// the checkpoints and the final model. Returns the last iteration done.
+fn play(
+    worker: &mut timely::worker::Worker,
+    config: &EpochConfig,
+    dir: &RunDir,
+    policy_folder: &std::path::Path,
+    (start, total): (u64, u64),
+    progress: progress::ProgressMode,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<u64> {
+    tch::set_num_threads(config.run.threads as i32);
+    let shard = cluster::Shard {
+        index: worker.index(),
+        peers: worker.peers(),
+    };
+    let run_id = config.run.name.clone();
+    let mut engine = Engine::build(config, policy_folder, &run_id, shard)?;
+    if start > 1 {
+        engine
+            .update
+            .optimizer()
+            .load(&dir.checkpoint(start - 1).join("optimizer.safetensors"))?;
+    }
+    let engine = Rc::new(RefCell::new(engine));
+    let shown = progress::Progress::new(progress, start, total);
+    let failure = Failure::default();
+    let mut input = InputHandle::new();
+    let cx = game::GameContext {
+        engine: engine.clone(),
+        failure: failure.clone(),
+        progress: shown.clone(),
+        stop,
+        replica_check_every: config.run.replica_check_every,
+    };
+    let (outputs, probe) = worker.dataflow(|scope| game::game(scope, &mut input, cx));
+    let mut monitor = if config.monitor.enabled {
+        Some(start_monitor(
+            worker,
+            dir,
+            &config.monitor,
+            start,
+            shard.writes(),
+        )?)
+    } else {
+        None
+    };
+    let mut writer = shard.writes().then(RecordWriter::start);
+    input.advance_to(start);
+    let mut last = start - 1;
+    for t in start..=total {
+        input.send(t);
+        input.advance_to(t + 1);
+        // Until the iteration has left every stage, also after a failure: the other
+        // workers then see this one's parts missing and stop at the same iteration.
+        while probe.less_than(input.time()) {
+            worker.step();
+        }
+        if let Some(e) = failure.take() {
+            if let Some(writer) = writer {
                 writer.finish()?;
-                return Err(e);
             }
-            let (record, _step) = finished
+            return Err(e);
+        }
+        let (_, stopping) = outputs
+            .steps
+            .borrow_mut()
+            .remove(&t)
+            .context("the iteration produced no step")?;
+        if let Some(writer) = writer.as_mut() {
+            let record = outputs
+                .records
                 .borrow_mut()
-                .pop()
+                .remove(&t)
                 .context("the iteration produced no record")?;
             let (record, monitored) = match monitor.as_mut() {
                 Some(live) => {
@@ -223,31 +321,26 @@ fn run_one(
             if (every > 0 && t % every == 0) || t == total {
                 // Records up to t are on disk before the checkpoint says t is done.
                 writer.flush()?;
-                checkpoint::save(&dir, &mut engine.borrow_mut(), t)?;
+                checkpoint::save(dir, &mut engine.borrow_mut(), t)?;
             }
-            last = t;
-            if stop.load(Ordering::SeqCst) {
-                warn!(iteration = t, "interrupted: stopping after this iteration");
-                break;
-            }
+        } else if let Some(live) = monitor.as_mut() {
+            // The monitor's dataflow spans every worker: the others step it alike.
+            live.observe(worker, t, &[], &[]);
         }
-        shown.finish();
+        last = t;
+        if stopping {
+            warn!(iteration = t, "interrupted: stopping after this iteration");
+            break;
+        }
+    }
+    shown.finish();
+    if let Some(writer) = writer {
         writer.finish()?;
         if last == total {
             engine.borrow().policy.save(&dir.final_model())?;
         }
-        Ok(last)
-    })?;
-    Ok(format!(
-        "run {}: iterations {start}..={done} done; records in {}, final model {}\n",
-        dir.root().display(),
-        dir.records().display(),
-        if done == total {
-            dir.final_model().display().to_string()
-        } else {
-            "not written (stopped early)".into()
-        }
-    ))
+    }
+    Ok(last)
 }
 
 /// The live monitor, caught up with the records of the iterations before `start` (a
@@ -257,15 +350,19 @@ fn start_monitor(
     dir: &RunDir,
     config: &MonitorConfig,
     start: u64,
+    writes: bool,
 ) -> anyhow::Result<LiveMonitor> {
     let mut live = LiveMonitor::new(worker);
+    // Every worker steps the monitor through the same iterations; the writer feeds it.
     for t in dir
         .recorded_iterations()?
         .into_iter()
         .filter(|&t| t < start)
     {
-        let rows = dir.read_record(t)?.to_rows()?;
-        let (queries, answers) = observe(&rows, config);
+        let (queries, answers) = match writes {
+            true => observe(&dir.read_record(t)?.to_rows()?, config),
+            false => Default::default(),
+        };
         live.observe(worker, t, &queries, &answers);
     }
     Ok(live)
@@ -293,7 +390,20 @@ fn watch(
 
 /// Where to start: iteration 1 from the configured policy, or after the last complete
 /// checkpoint when resuming, with any record past it removed (it will be redone).
-fn plan_start(config: &EpochConfig, dir: &RunDir, resume: bool) -> anyhow::Result<(u64, PathBuf)> {
+/// A process that does not write (`writes` false: not process 0) only reads where
+/// the run stands.
+fn plan_start(
+    config: &EpochConfig,
+    dir: &RunDir,
+    resume: bool,
+    writes: bool,
+) -> anyhow::Result<(u64, PathBuf)> {
+    if !writes {
+        return match dir.last_checkpoint()?.filter(|_| resume) {
+            Some(c) => Ok((c + 1, dir.checkpoint(c).join("model"))),
+            None => Ok((1, config.model.policy.clone())),
+        };
+    }
     if !dir.has_output() {
         return Ok((1, config.model.policy.clone()));
     }

@@ -31,6 +31,26 @@ impl Failure {
     pub fn take(&self) -> Option<anyhow::Error> {
         self.0.borrow_mut().take()
     }
+
+    /// `logic()`'s output as a one-item list, unless an error is kept already (an
+    /// empty list) or `logic` fails (its error kept, in `stage` of `iteration`).
+    pub fn attempt<O>(
+        &self,
+        iteration: u64,
+        stage: &str,
+        logic: impl FnOnce() -> anyhow::Result<O>,
+    ) -> Vec<O> {
+        if self.is_set() {
+            return Vec::new();
+        }
+        match logic() {
+            Ok(out) => vec![out],
+            Err(e) => {
+                self.set(e.context(format!("{stage} stage, iteration {iteration}")));
+                Vec::new()
+            }
+        }
+    }
 }
 
 /// Applies a stage to every batch of a stream of iteration-stamped batches.

@@ -17,5 +17,5 @@ mod maths;
 mod stage;
 
 pub use config::{AdvantageConfig, Mode};
-pub use maths::{centred, group_advantages, groups, mean, std};
-pub use stage::{AdvantageError, AdvantageStage, Advantages, advantages};
+pub use maths::{centred, centred_in, group_advantages, groups, mean, std};
+pub use stage::{AdvantageError, AdvantageStage, Advantages, QueryTally, advantages};

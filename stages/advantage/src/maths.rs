@@ -23,8 +23,14 @@ pub fn std(xs: &[f64]) -> f64 {
 /// `x − mean`, divided by the standard deviation when `normalize` (a group whose
 /// values are all equal gets advantage 0 either way).
 pub fn centred(xs: &[f64], normalize: bool) -> Vec<f64> {
-    let m = mean(xs);
-    let s = std(xs);
+    centred_in(xs, xs, normalize)
+}
+
+/// [`centred`] with the mean and standard deviation of `population` (of which `xs`
+/// are some): a worker's share of the queries, centred by all of them.
+pub fn centred_in(xs: &[f64], population: &[f64], normalize: bool) -> Vec<f64> {
+    let m = mean(population);
+    let s = std(population);
     xs.iter()
         .map(|x| {
             let d = x - m;

@@ -6,9 +6,10 @@ use arrow::array::{Array, ArrayRef, Float64Array, UInt32Array};
 use lsp_schemas::columns::{QUERY_ID, REWARD, SELF_REWARD};
 use lsp_schemas::problems::{Problems, Validate};
 use lsp_schemas::{AdvantageBatch, SchemaError, SelfRewardBatch, TypedBatch};
+use serde::{Deserialize, Serialize};
 
 use crate::config::{AdvantageConfig, Mode};
-use crate::maths::{centred, group_advantages, groups};
+use crate::maths::{centred_in, group_advantages, groups};
 
 /// What went wrong computing advantages.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,19 @@ pub struct Advantages {
     pub adv_challenger: Option<Vec<f64>>,
 }
 
+/// One query's part in what the whole iteration's batch shares (all workers' rows):
+/// how many rows it has, and its challenger reward, which the challenger's baseline
+/// V̄ averages over every query.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueryTally {
+    /// The query.
+    pub query_id: u32,
+    /// Its rows (answers).
+    pub rows: u32,
+    /// −V(q) + w·V_Q(q); none without a challenger (`grpo`).
+    pub challenger_reward: Option<f64>,
+}
+
 /// The advantages of `mode` for rows grouped by `query_ids`. `self_rewards` is used
 /// only in mode `lsp`, where every row must have one.
 pub fn advantages(
@@ -52,6 +66,20 @@ pub fn advantages(
     query_ids: &[u32],
     rewards: &[f64],
     self_rewards: &[Option<f64>],
+) -> Result<Advantages, AdvantageError> {
+    advantages_among(mode, config, query_ids, rewards, self_rewards, None)
+}
+
+/// [`advantages`] of some of a batch's queries, the challenger's advantages centred
+/// by the challenger rewards of all of them (`population`, in query order; `None`:
+/// these queries are the whole batch).
+fn advantages_among(
+    mode: Mode,
+    config: &AdvantageConfig,
+    query_ids: &[u32],
+    rewards: &[f64],
+    self_rewards: &[Option<f64>],
+    population: Option<&[f64]>,
 ) -> Result<Advantages, AdvantageError> {
     let w = config.self_reward_weight;
     let normalize = config.normalize_std;
@@ -85,7 +113,7 @@ pub fn advantages(
                 -v + w * v_q
             })
             .collect();
-        let adv = centred(&per_query, normalize);
+        let adv = centred_in(&per_query, population.unwrap_or(&per_query), normalize);
         let mut reward_rows = vec![0.0; rewards.len()];
         let mut adv_rows = vec![0.0; rewards.len()];
         for ((g, c), a) in groups.iter().zip(&per_query).zip(&adv) {
@@ -124,12 +152,37 @@ impl AdvantageStage {
         Ok(Self { mode, config })
     }
 
-    /// Appends V, V_Q, the role rewards and the advantages to `judged`.
+    /// Appends V, V_Q, the role rewards and the advantages to `judged`, the whole
+    /// iteration's batch.
     pub fn process(&self, judged: &SelfRewardBatch) -> Result<AdvantageBatch, AdvantageError> {
-        let ids = judged.column::<UInt32Array>(QUERY_ID)?.values().to_vec();
-        let rewards = judged.column::<Float64Array>(REWARD)?.values().to_vec();
-        let r_q: Vec<Option<f64>> = judged.column::<Float64Array>(SELF_REWARD)?.iter().collect();
-        let a = advantages(self.mode, &self.config, &ids, &rewards, &r_q)?;
+        self.process_among(judged, &self.tally(judged)?)
+    }
+
+    /// Each query's [`QueryTally`] in `judged`, in query order.
+    pub fn tally(&self, judged: &SelfRewardBatch) -> Result<Vec<QueryTally>, AdvantageError> {
+        let (ids, a) = self.local(judged, None)?;
+        Ok(groups(&ids)
+            .into_iter()
+            .map(|g| QueryTally {
+                query_id: ids[g[0]],
+                rows: g.len() as u32,
+                challenger_reward: a.challenger_reward.as_ref().map(|c| c[g[0]]),
+            })
+            .collect())
+    }
+
+    /// [`AdvantageStage::process`] of a share of the iteration's queries: the
+    /// challenger's advantages are centred by the tallies of `all` its queries (every
+    /// worker's, in any order).
+    pub fn process_among(
+        &self,
+        judged: &SelfRewardBatch,
+        all: &[QueryTally],
+    ) -> Result<AdvantageBatch, AdvantageError> {
+        let mut all = all.to_vec();
+        all.sort_by_key(|t| t.query_id);
+        let population: Vec<f64> = all.iter().filter_map(|t| t.challenger_reward).collect();
+        let (ids, a) = self.local(judged, Some(&population))?;
         let column = |v: Vec<f64>| Arc::new(Float64Array::from(v)) as ArrayRef;
         let nullable = |v: Option<Vec<f64>>| -> ArrayRef {
             match v {
@@ -149,6 +202,19 @@ impl AdvantageStage {
         ];
         debug_assert!(columns.iter().all(|c| c.len() == ids.len()));
         Ok(AdvantageBatch::extend(judged, columns)?)
+    }
+
+    /// The query ids of `judged`'s rows and their [`advantages_among`].
+    fn local(
+        &self,
+        judged: &SelfRewardBatch,
+        population: Option<&[f64]>,
+    ) -> Result<(Vec<u32>, Advantages), AdvantageError> {
+        let ids = judged.column::<UInt32Array>(QUERY_ID)?.values().to_vec();
+        let rewards = judged.column::<Float64Array>(REWARD)?.values().to_vec();
+        let r_q: Vec<Option<f64>> = judged.column::<Float64Array>(SELF_REWARD)?.iter().collect();
+        let a = advantages_among(self.mode, &self.config, &ids, &rewards, &r_q, population)?;
+        Ok((ids, a))
     }
 }
 
@@ -263,6 +329,60 @@ mod tests {
         assert_eq!(adv, [-3.0, 3.0, -1.0, 1.0]);
         assert_eq!(out[2].adv_challenger, Some(-2.5));
         assert_eq!(out[0].judged, rows[0]);
+        // Tallies: rows and challenger reward per query, in query order.
+        let tallies = stage.tally(&judged).unwrap();
+        assert_eq!(
+            tallies,
+            [
+                QueryTally {
+                    query_id: 0,
+                    rows: 2,
+                    challenger_reward: Some(2.0)
+                },
+                QueryTally {
+                    query_id: 1,
+                    rows: 2,
+                    challenger_reward: Some(-3.0)
+                }
+            ]
+        );
+        // Query 1's rows as a worker's share, with every tally: the same rows.
+        let share = SelfRewardBatch::from_rows(&rows[2..]).unwrap();
+        let reversed: Vec<QueryTally> = tallies.iter().rev().cloned().collect();
+        let out_share = stage
+            .process_among(&share, &reversed)
+            .unwrap()
+            .to_rows()
+            .unwrap();
+        assert_eq!(out_share, out[2..]);
+    }
+
+    #[test]
+    fn a_share_of_the_queries_is_centred_by_all_of_them() {
+        // Query 1 alone (a worker's share), with both queries' challenger rewards
+        // [2 | −3] as the population: the whole batch's values for its rows.
+        let whole = advantages(Mode::Lsp, &AdvantageConfig::default(), &IDS, &R, &RQ).unwrap();
+        let share = advantages_among(
+            Mode::Lsp,
+            &AdvantageConfig::default(),
+            &IDS[2..],
+            &R[2..],
+            &RQ[2..],
+            Some(&[2.0, -3.0]),
+        )
+        .unwrap();
+        assert_eq!(share.adv_challenger, Some(vec![-2.5, -2.5]));
+        assert_eq!(share.adv_solver, whole.adv_solver[2..]);
+        // Without the population, the share would be its own baseline: 0.
+        let alone = advantages(
+            Mode::Lsp,
+            &AdvantageConfig::default(),
+            &IDS[2..],
+            &R[2..],
+            &RQ[2..],
+        )
+        .unwrap();
+        assert_eq!(alone.adv_challenger, Some(vec![0.0, 0.0]));
     }
 
     #[test]

@@ -52,23 +52,38 @@ impl Challenger {
     /// are the sampled ones (what the update trains on); the text is cleaned
     /// ([`clean_query`]) and its status recorded.
     pub fn process(&self, policy: &LanguageModel, iteration: u64, seed: u64) -> Result<QueryBatch> {
+        let all: Vec<u32> = (0..self.config.num_queries as u32).collect();
+        self.process_shard(policy, iteration, seed, &all)
+    }
+
+    /// The queries numbered `query_ids` of the N of [`Challenger::process`]: each
+    /// query's draws follow the seed and its number alone, so the queries a worker
+    /// writes for its share are those one worker writes for all.
+    pub fn process_shard(
+        &self,
+        policy: &LanguageModel,
+        iteration: u64,
+        seed: u64,
+        query_ids: &[u32],
+    ) -> Result<QueryBatch> {
         let prompt_ids = policy.tokenizer().chat_prompt(&self.prompt)?;
-        let n = self.config.num_queries as usize;
+        let sequence_ids: Vec<u64> = query_ids.iter().map(|&q| u64::from(q)).collect();
         let generated = policy.generate(&GenerationRequest {
             prompts: std::slice::from_ref(&prompt_ids),
             sampling: &self.config.sampling,
-            repeats: n,
+            repeats: query_ids.len(),
             seed,
+            sequence_ids: Some(&sequence_ids),
             ignore_eos: false,
         })?;
         let rows: Vec<QueryRow> = generated
             .into_iter()
-            .enumerate()
-            .map(|(i, g)| {
+            .zip(query_ids)
+            .map(|(g, &query_id)| {
                 let (text, status) = clean_query(&g.text, g.finish_reason == FinishReason::Length);
                 QueryRow {
                     iteration,
-                    query_id: i as u32,
+                    query_id,
                     prompt_id: PROMPT_ID.to_string(),
                     prompt_version: self.version.clone(),
                     prompt_token_ids: prompt_ids.clone(),
@@ -139,6 +154,13 @@ mod tests {
             .unwrap();
         assert_eq!(rows, again);
         assert!(batch.batch().column_by_name(columns::QUERY_TEXT).is_some());
+        // A worker's share is the same queries, whatever else is written beside them.
+        let share = challenger
+            .process_shard(&policy, 7, 42, &[2, 0])
+            .unwrap()
+            .to_rows()
+            .unwrap();
+        assert_eq!(share, [rows[2].clone(), rows[0].clone()]);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::config::SamplingConfig;
 use crate::decoder::DecoderKind;
 use crate::error::{ModelError, Result};
 use crate::model::LanguageModel;
-use crate::sampling::{Rng, next_tokens};
+use crate::sampling::{Rng, mix, next_tokens};
 
 /// Why a sequence stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -46,8 +46,14 @@ pub struct GenerationRequest<'a> {
     pub sampling: &'a SamplingConfig,
     /// Sequences per prompt, sharing the prompt's prefill.
     pub repeats: usize,
-    /// Seed of the draws: the same seed, prompts and settings give the same tokens.
+    /// Seed of the draws. Each sequence draws from its own generator, seeded by
+    /// [`crate::mix`]`(seed, id)` with its id from `sequence_ids`, so its tokens depend
+    /// on the seed, its prompt and its id, not on the other sequences of the batch (up
+    /// to the float rounding of batched products).
     pub seed: u64,
+    /// Each sequence's id, prompt-major (a prompt's repeats together): e.g. a query's
+    /// number in its iteration, whichever worker samples it. `None`: 0, 1, 2, ….
+    pub sequence_ids: Option<&'a [u64]>,
     /// Keep going past EOS ids (for benchmarks that force a length).
     pub ignore_eos: bool,
 }
@@ -115,8 +121,22 @@ impl LanguageModel {
                 );
             }
         }
-        let mut rng = Rng::new(request.seed);
         let total = n_prompts * request.repeats;
+        let mut rngs: Vec<Rng> = match request.sequence_ids {
+            Some(ids) if ids.len() != total => {
+                return Err(ModelError::Invalid(format!(
+                    "{} sequence ids for {total} sequences",
+                    ids.len()
+                )));
+            }
+            Some(ids) => ids
+                .iter()
+                .map(|&id| Rng::new(mix(request.seed, id)))
+                .collect(),
+            None => (0..total as u64)
+                .map(|id| Rng::new(mix(request.seed, id)))
+                .collect(),
+        };
         let mut decoder = decoder.build(self.transformer(), total)?;
         let mut logits = decoder.prefill(
             request.prompts,
@@ -134,7 +154,7 @@ impl LanguageModel {
         // active[i]: which sequence row i of the batch is.
         let mut active: Vec<usize> = (0..total).collect();
         for step in 0..max_new {
-            let (next, logprob) = next_tokens(&logits, sampling, &mut rng);
+            let (next, logprob) = next_tokens(&logits, sampling, &mut rngs);
             let next_host = Vec::<i64>::try_from(&next)?;
             let logprob_host = Vec::<f32>::try_from(&logprob)?;
             let last_step = step + 1 == max_new;
@@ -160,6 +180,7 @@ impl LanguageModel {
             let mut next = next;
             if keep.len() < active.len() {
                 decoder.retain(&keep);
+                rngs = keep.iter().map(|&row| rngs[row as usize].clone()).collect();
                 next = next.index_select(0, &Tensor::from_slice(&keep).to_device(next.device()));
                 active = keep.iter().map(|&row| active[row as usize]).collect();
             }

@@ -29,6 +29,7 @@
 //!     sampling: &SamplingConfig::greedy(16),
 //!     repeats: 1,
 //!     seed: 0,
+//!     sequence_ids: None,
 //!     ignore_eos: false,
 //! })?;
 //! println!("{}", out[0].text);

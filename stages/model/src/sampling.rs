@@ -9,8 +9,13 @@ use crate::config::SamplingConfig;
 
 /// The next token of each row of `logits` (`[batch, vocab]`, f32) and its log-prob
 /// under the model's own distribution (before temperature and filtering, which is
-/// what the policy gradient needs): `([batch] int64, [batch] f32)`.
-pub fn next_tokens(logits: &Tensor, sampling: &SamplingConfig, rng: &mut Rng) -> (Tensor, Tensor) {
+/// what the policy gradient needs): `([batch] int64, [batch] f32)`. Row i draws from
+/// `rngs[i]`.
+pub fn next_tokens(
+    logits: &Tensor,
+    sampling: &SamplingConfig,
+    rngs: &mut [Rng],
+) -> (Tensor, Tensor) {
     let lse = logits.logsumexp([-1i64].as_slice(), true);
     let next = if sampling.temperature == 0.0 {
         logits.argmax(-1, true)
@@ -21,7 +26,7 @@ pub fn next_tokens(logits: &Tensor, sampling: &SamplingConfig, rng: &mut Rng) ->
         } else {
             filtered.softmax(-1, Kind::Float)
         };
-        draw(probs, rng)
+        draw(probs, rngs)
     };
     let logprob = logits.gather(-1, &next, false) - lse;
     (next.squeeze_dim(-1), logprob.squeeze_dim(-1))
@@ -31,12 +36,13 @@ pub fn next_tokens(logits: &Tensor, sampling: &SamplingConfig, rng: &mut Rng) ->
 /// inverting the cumulative distribution at a uniform draw. libtorch's `multinomial`
 /// does the same work several times slower on CPU (25 ms against 2 ms for 32 rows of
 /// 49152).
-fn draw(probs: Tensor, rng: &mut Rng) -> Tensor {
+fn draw(probs: Tensor, rngs: &mut [Rng]) -> Tensor {
     let (rows, vocab) = (probs.size()[0], probs.size()[1]);
+    assert_eq!(rows as usize, rngs.len(), "one generator per row");
     let mut cdf = probs;
     let _ = cdf.cumsum_(-1, Kind::Float);
     let total = cdf.narrow(1, vocab - 1, 1);
-    let uniforms: Vec<f32> = (0..rows).map(|_| rng.uniform()).collect();
+    let uniforms: Vec<f32> = rngs.iter_mut().map(Rng::uniform).collect();
     let u = Tensor::from_slice(&uniforms)
         .view([rows, 1])
         .to_device(cdf.device())
@@ -170,7 +176,11 @@ mod tests {
     #[test]
     fn greedy_picks_the_argmax_with_its_model_logprob() {
         let logits = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 0.0, 5.0, 1.0, 1.0, 1.0]).view([2, 4]);
-        let (next, logprob) = next_tokens(&logits, &SamplingConfig::greedy(1), &mut Rng::new(0));
+        let (next, logprob) = next_tokens(
+            &logits,
+            &SamplingConfig::greedy(1),
+            &mut [Rng::new(0), Rng::new(1)],
+        );
         assert_eq!(Vec::<i64>::try_from(&next).unwrap(), [2, 0]);
         let lp = Vec::<f32>::try_from(&logprob).unwrap();
         let expected0 = 3.0 - (1f64.exp() + 2f64.exp() + 3f64.exp() + 1.0).ln();
@@ -198,7 +208,12 @@ mod tests {
         let probs = Tensor::from_slice(&[0.1f32, 0.2, 0.0, 0.7])
             .view([1, 4])
             .repeat([20000, 1]);
-        let drawn = draw(probs.copy(), &mut Rng::new(0)).squeeze_dim(-1);
+        // One stream: the same generator's draws, one row at a time.
+        let mut rng = Rng::new(0);
+        let rows: Vec<Tensor> = (0..20000)
+            .map(|i| draw(probs.get(i).unsqueeze(0), std::slice::from_mut(&mut rng)))
+            .collect();
+        let drawn = Tensor::cat(&rows, 0).squeeze_dim(-1);
         let counts = drawn.bincount::<Tensor>(None, 4).to_kind(Kind::Float) / 20000.0;
         let freq = Vec::<f32>::try_from(&counts).unwrap();
         for (f, p) in freq.iter().zip([0.1f32, 0.2, 0.0, 0.7]) {
@@ -213,7 +228,8 @@ mod tests {
             .view([1, 8])
             .repeat([64, 1]);
         let draw = |seed: u64, sampling: &SamplingConfig| {
-            Vec::<i64>::try_from(&next_tokens(&logits, sampling, &mut Rng::new(seed)).0).unwrap()
+            let mut rngs: Vec<Rng> = (0..64).map(|row| Rng::new(mix(seed, row))).collect();
+            Vec::<i64>::try_from(&next_tokens(&logits, sampling, &mut rngs).0).unwrap()
         };
         let free = config(1.0, 0, 1.0);
         assert_eq!(draw(7, &free), draw(7, &free));

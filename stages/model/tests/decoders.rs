@@ -79,6 +79,7 @@ fn check(model: &LanguageModel, decoder: DecoderKind, prompts: &[Vec<u32>], tol:
                 sampling: &SamplingConfig::greedy(NEW_TOKENS),
                 repeats: 1,
                 seed: 0,
+                sequence_ids: None,
                 ignore_eos: false,
             },
         )
@@ -201,6 +202,7 @@ fn the_choice_follows_dtype_device_and_batch() {
                 sampling: &SamplingConfig::greedy(2),
                 repeats: 1,
                 seed: 0,
+                sequence_ids: None,
                 ignore_eos: false,
             },
         )

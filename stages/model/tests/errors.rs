@@ -180,6 +180,7 @@ fn a_reward_model_does_not_generate() {
         sampling: &sampling,
         repeats: 1,
         seed: 0,
+        sequence_ids: None,
         ignore_eos: false,
     };
     let err = model.generate(&request).unwrap_err().to_string();

@@ -107,6 +107,7 @@ fn padded_batch_gives_each_sequence_its_own_result() {
                 sampling: &greedy,
                 repeats: 1,
                 seed: 0,
+                sequence_ids: None,
                 ignore_eos: true,
             })
             .unwrap()
@@ -130,6 +131,7 @@ fn repeats_share_a_prefill_and_seeds_reproduce_draws() {
                 sampling,
                 repeats,
                 seed,
+                sequence_ids: None,
                 ignore_eos: true,
             })
             .unwrap()
@@ -164,6 +166,55 @@ fn repeats_share_a_prefill_and_seeds_reproduce_draws() {
 }
 
 #[test]
+fn a_sequences_draws_depend_on_its_id_not_on_its_batch() {
+    // As a worker of a sharded run samples only its own queries: sequences 4, 3 and 9
+    // (prompt-major: 0–4 answer prompt 0, 5–9 prompt 1) sampled on their own give what
+    // they gave among ten, and another id gives other tokens.
+    let model = load("tiny-llama");
+    let prompts = prompts(&model);
+    let free = SamplingConfig {
+        max_new_tokens: 12,
+        ..SamplingConfig::default()
+    };
+    let run = |prompts: &[Vec<u32>], repeats: usize, ids: &[u64]| {
+        model
+            .generate(&GenerationRequest {
+                prompts,
+                sampling: &free,
+                repeats,
+                seed: 5,
+                sequence_ids: Some(ids),
+                ignore_eos: true,
+            })
+            .unwrap()
+    };
+    let ten: Vec<u64> = (0..10).collect();
+    let all = run(&prompts[..2], 5, &ten);
+    let alone = run(&prompts[..1], 2, &[4, 3]);
+    assert_eq!(alone[0].ids, all[4].ids);
+    assert_eq!(alone[1].ids, all[3].ids);
+    let second = run(&prompts[1..2], 1, &[9]);
+    assert_eq!(second[0].ids, all[9].ids);
+    let other = run(&prompts[1..2], 1, &[10]);
+    assert_ne!(other[0].ids, all[9].ids);
+    // Ids must cover every sequence.
+    let err = model
+        .generate(&GenerationRequest {
+            prompts: &prompts[..1],
+            sampling: &free,
+            repeats: 2,
+            seed: 5,
+            sequence_ids: Some(&[1]),
+            ignore_eos: true,
+        })
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("1 sequence ids for 2 sequences"),
+        "{err}"
+    );
+}
+
+#[test]
 fn each_sequence_stops_on_its_own() {
     let model = load("tiny-llama");
     let prompts = prompts(&model);
@@ -174,6 +225,7 @@ fn each_sequence_stops_on_its_own() {
             sampling: &greedy,
             repeats: 1,
             seed: 0,
+            sequence_ids: None,
             ignore_eos: true,
         })
         .unwrap();
@@ -195,6 +247,7 @@ fn each_sequence_stops_on_its_own() {
             sampling: &with_stop,
             repeats: 1,
             seed: 0,
+            sequence_ids: None,
             ignore_eos: true,
         })
         .unwrap();
@@ -222,6 +275,7 @@ fn eos_ends_a_sequence_and_is_left_out_of_its_text() {
             sampling: &SamplingConfig::greedy(3),
             repeats: 1,
             seed: 0,
+            sequence_ids: None,
             ignore_eos: true,
         })
         .unwrap()[0]
@@ -239,6 +293,7 @@ fn eos_ends_a_sequence_and_is_left_out_of_its_text() {
             sampling: &SamplingConfig::greedy(10),
             repeats: 1,
             seed: 0,
+            sequence_ids: None,
             ignore_eos: false,
         })
         .unwrap();

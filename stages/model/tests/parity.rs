@@ -104,6 +104,7 @@ fn greedy_continuations_and_logprobs_match() {
                 sampling: &SamplingConfig::greedy(16),
                 repeats: 1,
                 seed: 0,
+                sequence_ids: None,
                 ignore_eos: false,
             })
             .unwrap();

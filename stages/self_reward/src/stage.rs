@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float64Array, StringArray, new_null_array};
+use arrow::array::{ArrayRef, Float64Array, StringArray, UInt32Array, new_null_array};
 use arrow::datatypes::DataType;
 use lsp_model::{GenerationRequest, LanguageModel, Message};
-use lsp_schemas::columns::{ANSWER_TEXT, QUERY_TEXT};
+use lsp_schemas::columns::{ANSWER_INDEX, ANSWER_TEXT, QUERY_ID, QUERY_TEXT};
 use lsp_schemas::problems::{Problems, Validate};
 use lsp_schemas::{RewardBatch, SelfRewardBatch, TypedBatch};
 use tracing::{debug, warn};
@@ -50,11 +50,21 @@ impl SelfReward {
                     .chat_prompt_messages(&[Message::user(box3)])
             })
             .collect::<Result<_, _>>()?;
+        // Each judgement draws from its own generator, keyed by its (query, answer).
+        let query_ids = rewarded.column::<UInt32Array>(QUERY_ID)?;
+        let answer_indices = rewarded.column::<UInt32Array>(ANSWER_INDEX)?;
+        let sequence_ids: Vec<u64> = query_ids
+            .values()
+            .iter()
+            .zip(answer_indices.values().iter())
+            .map(|(&q, &a)| (u64::from(q) << 32) | u64::from(a))
+            .collect();
         let replies = reference.generate(&GenerationRequest {
             prompts: &prompts,
             sampling: &self.config.sampling,
             repeats: 1,
             seed,
+            sequence_ids: Some(&sequence_ids),
             ignore_eos: false,
         })?;
         let mut scores = Vec::with_capacity(replies.len());

@@ -38,11 +38,18 @@ impl Solver {
             .map(|q| policy.tokenizer().chat_prompt(&q.query_text))
             .collect::<Result<_, _>>()?;
         let g = self.config.answers_per_query as usize;
+        // Answer j to query q draws from its own generator, whichever batch (worker)
+        // samples it.
+        let sequence_ids: Vec<u64> = queries
+            .iter()
+            .flat_map(|q| (0..g as u64).map(move |j| u64::from(q.query_id) * g as u64 + j))
+            .collect();
         let generated = policy.generate(&GenerationRequest {
             prompts: &prompts,
             sampling: &self.config.sampling,
             repeats: g,
             seed,
+            sequence_ids: Some(&sequence_ids),
             ignore_eos: false,
         })?;
         let rows: Vec<AnswerRow> = generated
@@ -135,5 +142,123 @@ mod tests {
             .to_rows()
             .unwrap();
         assert_eq!(rows, again);
+    }
+
+    fn solver(g: u64, sampling: SamplingConfig) -> Solver {
+        Solver::new(SolverConfig {
+            answers_per_query: g,
+            sampling,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn each_answer_follows_its_query_and_index_not_its_batch() {
+        // As a worker answers only its share: query 1 answered alone gets the answers
+        // it got beside query 0, and another seed other answers.
+        let policy = policy();
+        let free = SamplingConfig {
+            max_new_tokens: 8,
+            ..SamplingConfig::default()
+        };
+        let solver = solver(2, free);
+        let both = solver
+            .process(&policy, &queries(), 4)
+            .unwrap()
+            .to_rows()
+            .unwrap();
+        let second = QueryBatch::from_rows(&queries().to_rows().unwrap()[1..]).unwrap();
+        let alone = solver
+            .process(&policy, &second, 4)
+            .unwrap()
+            .to_rows()
+            .unwrap();
+        assert_eq!(alone.len(), 2);
+        for (a, b) in alone.iter().zip(&both[2..]) {
+            assert_eq!(
+                (a.answer_index, &a.answer_token_ids),
+                (b.answer_index, &b.answer_token_ids)
+            );
+            // Log-probs up to the rounding of a differently shaped batch.
+            for (x, y) in a.answer_token_logprobs.iter().zip(&b.answer_token_logprobs) {
+                assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+            }
+        }
+        let other = solver
+            .process(&policy, &second, 5)
+            .unwrap()
+            .to_rows()
+            .unwrap();
+        assert_ne!(
+            other
+                .iter()
+                .map(|r| &r.answer_token_ids)
+                .collect::<Vec<_>>(),
+            alone
+                .iter()
+                .map(|r| &r.answer_token_ids)
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn finish_reasons_say_why_each_answer_ended() {
+        let policy = policy();
+        // Greedy, 6 tokens: the answer to each query is one sequence repeated G times.
+        let greedy = solver(2, SamplingConfig::greedy(6));
+        let rows = greedy
+            .process(&policy, &queries(), 0)
+            .unwrap()
+            .to_rows()
+            .unwrap();
+        assert_eq!(rows[0].answer_token_ids, rows[1].answer_token_ids);
+        for r in &rows {
+            match r.answer_finish_reason.as_str() {
+                "length" => assert_eq!(r.answer_token_ids.len(), 6),
+                "eos" => assert!(
+                    policy
+                        .eos_token_ids()
+                        .contains(r.answer_token_ids.last().unwrap())
+                ),
+                other => panic!("unexpected finish reason {other}"),
+            }
+        }
+        // A stop string taken from the greedy answer's text ends it there.
+        let text = &rows[0].answer_text;
+        let stop: String = text.chars().skip(1).take(2).collect();
+        assert_eq!(rows[0].answer_finish_reason, "length", "{text:?}");
+        assert_eq!(stop.chars().count(), 2, "{text:?}");
+        let stopped = solver(
+            1,
+            SamplingConfig {
+                stop: vec![stop.clone()],
+                ..SamplingConfig::greedy(6)
+            },
+        );
+        let rows = stopped
+            .process(&policy, &queries(), 0)
+            .unwrap()
+            .to_rows()
+            .unwrap();
+        assert_eq!(rows[0].answer_finish_reason, "stop", "{text:?} / {stop:?}");
+        assert!(!rows[0].answer_text.contains(&stop));
+    }
+
+    #[test]
+    fn a_bad_config_is_refused_with_every_problem() {
+        let err = Solver::new(SolverConfig {
+            answers_per_query: 0,
+            sampling: SamplingConfig {
+                temperature: -1.0,
+                ..SamplingConfig::default()
+            },
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("answers_per_query: must be at least 1"),
+            "{err}"
+        );
+        assert!(err.contains("sampling.temperature"), "{err}");
     }
 }

@@ -81,18 +81,36 @@ impl AdamW {
         });
     }
 
+    /// Each parameter's accumulated gradient, in order; zeros where none was made.
+    pub fn gradients(&self) -> Vec<Tensor> {
+        self.params
+            .iter()
+            .map(|(_, p)| {
+                let g = p.grad();
+                match g.defined() && g.numel() == p.numel() {
+                    true => g,
+                    false => tch::no_grad(|| p.zeros_like()),
+                }
+            })
+            .collect()
+    }
+
     /// One step at learning rate `lr` from the accumulated gradients.
     pub fn step(&mut self, lr: f64) {
+        let grads = self.gradients();
+        self.step_with(lr, &grads);
+    }
+
+    /// One step at learning rate `lr` with gradient `grads[i]` for parameter i (e.g.
+    /// the sum of every worker's, [`AdamW::gradients`]).
+    pub fn step_with(&mut self, lr: f64, grads: &[Tensor]) {
+        assert_eq!(grads.len(), self.params.len(), "one gradient per parameter");
         self.step += 1;
         let (b1, b2) = self.betas;
         let bias1 = 1.0 - b1.powi(self.step as i32);
         let bias2 = 1.0 - b2.powi(self.step as i32);
         tch::no_grad(|| {
-            for (i, (_, p)) in self.params.iter_mut().enumerate() {
-                let g = p.grad();
-                if !g.defined() {
-                    continue;
-                }
+            for (i, ((_, p), g)) in self.params.iter_mut().zip(grads).enumerate() {
                 // In place, one parameter at a time, with one temporary of the
                 // parameter's size (the largest is the embedding): the step is taken at
                 // the update's memory peak, when every gradient is alive.

@@ -24,4 +24,4 @@ pub use adamw::AdamW;
 pub use config::{Aggregation, KlEstimator, UpdateConfig};
 pub use error::{Result, UpdateError};
 pub use loss::{aggregate, grad_norm, kl_per_token, sequence_terms};
-pub use stage::{ReferenceLogprobs, Update};
+pub use stage::{BatchTotals, LocalStep, ReferenceLogprobs, StepSums, Update};

@@ -56,11 +56,10 @@ pub fn sequence_terms(
     )
 }
 
-/// Global L2 norm of the gradients of `vars` (undefined gradients count as zero).
-pub fn grad_norm(vars: &[Tensor]) -> f64 {
+/// Global L2 norm of `grads` (undefined ones count as zero).
+pub fn grad_norm(grads: &[Tensor]) -> f64 {
     let mut total = 0.0;
-    for v in vars {
-        let g = v.grad();
+    for g in grads {
         if g.defined() {
             // The norm of each tensor (no temporary of its size), summed in f64.
             total += g.norm().double_value(&[]).powi(2);

@@ -46,6 +46,73 @@ struct Measured {
     kl: f64,
 }
 
+/// The counts of an iteration's whole batch (every worker's rows) that the loss is
+/// normalised by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchTotals {
+    /// Answers: each weighs 1/answers in L_Sol.
+    pub answers: usize,
+    /// Queries the challenger is trained on: each weighs α_Ch/queries.
+    pub queries: usize,
+}
+
+impl BatchTotals {
+    /// The totals of `batch` as a whole iteration.
+    pub fn of(batch: &AdvantageBatch) -> Result<Self> {
+        let query_ids = batch.column::<UInt32Array>(QUERY_ID)?;
+        let adv_challenger = batch.column::<Float64Array>(ADV_CHALLENGER)?;
+        let mut queries: Vec<u32> = (0..batch.num_rows())
+            .filter(|&row| !adv_challenger.is_null(row))
+            .map(|row| query_ids.value(row))
+            .collect();
+        queries.sort_unstable();
+        queries.dedup();
+        Ok(Self {
+            answers: batch.num_rows(),
+            queries: queries.len(),
+        })
+    }
+}
+
+/// A step's loss parts; each worker's [`Update::backward`] gives its own, and the
+/// step takes their sums.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StepSums {
+    /// L_Sol's part.
+    pub loss_solver: f64,
+    /// L_Ch's part (before α_Ch).
+    pub loss_challenger: f64,
+    /// Tokens that carried gradient.
+    pub tokens: u64,
+    /// Whether any query trained the challenger.
+    pub has_challenger: bool,
+}
+
+impl std::ops::Add for StepSums {
+    type Output = Self;
+
+    /// The sum of two workers' parts.
+    fn add(self, other: Self) -> Self {
+        Self {
+            loss_solver: self.loss_solver + other.loss_solver,
+            loss_challenger: self.loss_challenger + other.loss_challenger,
+            tokens: self.tokens + other.tokens,
+            has_challenger: self.has_challenger || other.has_challenger,
+        }
+    }
+}
+
+/// One worker's half of a step ([`Update::backward`]).
+#[derive(Debug)]
+pub struct LocalStep {
+    /// Its rows with the measured log-prob sums and KL terms.
+    pub updated: UpdatedBatch,
+    /// Its loss parts.
+    pub sums: StepSums,
+    /// Its gradient, one tensor per parameter in [`AdamW::params`]'s order.
+    pub gradients: Vec<Tensor>,
+}
+
 /// Trains the policy, one optimizer step per iteration.
 #[derive(Debug)]
 pub struct Update {
@@ -90,8 +157,13 @@ impl Update {
     }
 
     /// The sequences of the loss: every answer, and each query once when the
-    /// challenger is trained (its advantage column is not null).
-    fn items(&self, batch: &AdvantageBatch) -> Result<(Vec<Item>, Vec<Option<usize>>)> {
+    /// challenger is trained (its advantage column is not null), weighted by the
+    /// whole iteration's `totals`.
+    fn items(
+        &self,
+        batch: &AdvantageBatch,
+        totals: BatchTotals,
+    ) -> Result<(Vec<Item>, Vec<Option<usize>>)> {
         let n_rows = batch.num_rows();
         let query_ids = batch.column::<UInt32Array>(QUERY_ID)?;
         let adv_solver = batch.column::<Float64Array>(ADV_SOLVER)?;
@@ -102,7 +174,7 @@ impl Update {
                 prompt: list(batch, ANSWER_PROMPT_TOKEN_IDS, row)?,
                 completion: list(batch, ANSWER_TOKEN_IDS, row)?,
                 advantage: adv_solver.value(row),
-                weight: 1.0 / n_rows as f64,
+                weight: 1.0 / totals.answers.max(1) as f64,
                 challenger: false,
             });
         }
@@ -126,7 +198,7 @@ impl Update {
                 prompt: list(batch, PROMPT_TOKEN_IDS, row)?,
                 completion: list(batch, QUERY_TOKEN_IDS, row)?,
                 advantage: adv_challenger.value(row),
-                weight: self.config.challenger_coef / queries.len() as f64,
+                weight: self.config.challenger_coef / totals.queries.max(1) as f64,
                 challenger: true,
             });
         }
@@ -164,7 +236,7 @@ impl Update {
         reference: &LanguageModel,
         batch: &AdvantageBatch,
     ) -> Result<ReferenceLogprobs> {
-        let (items, _) = self.items(batch)?;
+        let (items, _) = self.items(batch, BatchTotals::of(batch)?)?;
         let weights = InferenceWeights::new(reference.transformer());
         let per_chunk = self
             .micro_batches(&items)
@@ -175,7 +247,8 @@ impl Update {
     }
 
     /// The second half of [`Update::process`], given the reference's log-probs of
-    /// the same `batch` from [`Update::reference_logprobs`].
+    /// the same `batch` from [`Update::reference_logprobs`]: [`Update::backward`] and
+    /// [`Update::step`] with the batch as the whole iteration.
     pub fn process_with(
         &mut self,
         policy: &LanguageModel,
@@ -183,7 +256,23 @@ impl Update {
         batch: &AdvantageBatch,
         iteration: u64,
     ) -> Result<(UpdatedBatch, StepRow)> {
-        let (items, query_item) = self.items(batch)?;
+        let local = self.backward(policy, reference_lps, batch, BatchTotals::of(batch)?)?;
+        let step = self.step(iteration, local.sums, &local.gradients);
+        Ok((local.updated, step))
+    }
+
+    /// The loss over `batch` (this worker's rows of an iteration whose every row is
+    /// counted in `totals`), in micro-batches, its gradient accumulated: the measured
+    /// columns, the loss parts and the gradient, for [`Update::step`] once every
+    /// worker's are summed.
+    pub fn backward(
+        &mut self,
+        policy: &LanguageModel,
+        reference_lps: ReferenceLogprobs,
+        batch: &AdvantageBatch,
+        totals: BatchTotals,
+    ) -> Result<LocalStep> {
+        let (items, query_item) = self.items(batch, totals)?;
         let chunks = self.micro_batches(&items);
         let reference_lps = reference_lps.0;
         let lengths = |chunk: &Vec<usize>| -> Vec<i64> {
@@ -204,10 +293,11 @@ impl Update {
         }
         let mut measured = vec![Measured::default(); items.len()];
         // L_Sol, and L_Ch before α_Ch (so it is reported when α_Ch = 0 too).
-        let (mut loss_solver, mut loss_challenger) = (0.0, 0.0);
-        let n_queries = items.iter().filter(|i| i.challenger).count().max(1) as f64;
-        let mut tokens = 0u64;
-        let has_challenger = items.iter().any(|i| i.challenger);
+        let mut sums = StepSums {
+            has_challenger: items.iter().any(|i| i.challenger),
+            ..StepSums::default()
+        };
+        let n_queries = totals.queries.max(1) as f64;
         self.optimizer.zero_grad();
         for (chunk, reference_lp) in chunks.iter().zip(&reference_lps) {
             let pass = policy.training_logprobs(&pairs_of(&items, chunk))?;
@@ -226,7 +316,7 @@ impl Update {
             let per_seq = -(terms.to_kind(Kind::Double) * weights);
             let loss = per_seq.sum(Kind::Double);
             loss.backward();
-            let sums = Vec::<f32>::try_from(&lp.sums().detach())?;
+            let lp_sums = Vec::<f32>::try_from(&lp.sums().detach())?;
             pass.backward();
             let per_seq = Vec::<f64>::try_from(&per_seq.detach())?;
             let terms = Vec::<f32>::try_from(&terms.detach())?;
@@ -234,21 +324,43 @@ impl Update {
             let kl = Vec::<f32>::try_from(&kl)?;
             for (k, &i) in chunk.iter().enumerate() {
                 measured[i] = Measured {
-                    policy: sums[k] as f64,
+                    policy: lp_sums[k] as f64,
                     reference: ref_sums[k] as f64,
                     kl: kl[k] as f64,
                 };
                 if items[i].challenger {
-                    loss_challenger -= terms[k] as f64 / n_queries;
+                    sums.loss_challenger -= terms[k] as f64 / n_queries;
                 } else {
-                    loss_solver += per_seq[k];
+                    sums.loss_solver += per_seq[k];
                 }
-                tokens += items[i].completion.len() as u64;
+                sums.tokens += items[i].completion.len() as u64;
             }
         }
+        Ok(LocalStep {
+            updated: self.record(batch, &measured, &query_item)?,
+            sums,
+            gradients: self.optimizer.gradients(),
+        })
+    }
+
+    /// Frees the gradients [`Update::backward`] accumulated (once copied elsewhere).
+    pub fn release_gradients(&mut self) {
+        self.optimizer.release_grads();
+    }
+
+    /// One AdamW step with `gradients` (every worker's summed, in
+    /// [`AdamW::params`]'s order) and the loss parts `sums`, unless the loss or
+    /// gradient is not finite: then the weights are left untouched and the step row
+    /// says why.
+    pub fn step(&mut self, iteration: u64, sums: StepSums, gradients: &[Tensor]) -> StepRow {
+        let StepSums {
+            loss_solver,
+            loss_challenger,
+            tokens,
+            has_challenger,
+        } = sums;
         let loss = loss_solver + self.config.challenger_coef * loss_challenger;
-        let vars: Vec<Tensor> = self.optimizer.params().map(Tensor::shallow_clone).collect();
-        let norm = grad_norm(&vars);
+        let norm = grad_norm(gradients);
         let skip_reason = if !loss.is_finite() {
             Some(format!("non-finite loss ({loss})"))
         } else if !norm.is_finite() {
@@ -265,20 +377,18 @@ impl Update {
                 let max = self.config.max_grad_norm;
                 if max > 0.0 && norm > max {
                     tch::no_grad(|| {
-                        for v in &vars {
-                            let mut g = v.grad();
-                            if g.defined() {
-                                let _ = g.g_mul_scalar_(max / norm);
-                            }
+                        for g in gradients {
+                            let _ = g.shallow_clone().g_mul_scalar_(max / norm);
                         }
                     });
                 }
-                self.optimizer.step(self.config.learning_rate);
+                self.optimizer
+                    .step_with(self.config.learning_rate, gradients);
             }
         }
         self.optimizer.release_grads();
         debug!(iteration, loss, grad_norm = norm, tokens, "update step");
-        let step = StepRow {
+        StepRow {
             iteration,
             loss,
             loss_solver,
@@ -288,9 +398,7 @@ impl Update {
             skip_reason,
             learning_rate: self.config.learning_rate,
             update_tokens: tokens,
-        };
-        let updated = self.record(batch, &measured, &query_item)?;
-        Ok((updated, step))
+        }
     }
 
     /// The items with a prompt and a completion (the others have nothing to train or

@@ -1,0 +1,306 @@
+//! The game of one iteration as a timely dataflow, the same on every worker. Each
+//! worker plays its share of the queries through the six stages on its own replica
+//! of the models; what the stages need of the whole iteration goes through the
+//! dataflow's collective steps ([`super::collective`]):
+//!
+//! ```text
+//! iteration ─ challenger ─ solver ─ reward ─ self_reward ─┬──────────── advantage ─ backward ─┬─ local ──────────── step ─ record rows ─ gather to worker 0
+//!                                                         └ tallies (to all) ┘                 ├─ loss parts (to all) ┘
+//!                                                                                              └─ gradient (all-reduce) ┘
+//! ```
+//!
+//! - the tallies: each query's rows and challenger reward, so that V̄ and the loss's
+//!   normalising counts are the whole iteration's;
+//! - the gradient: summed across workers by a reduce-scatter and all-gather of one
+//!   chunk per parameter, so every replica takes the same AdamW step;
+//! - the loss parts and the stop request, summed, so every worker reports the same
+//!   loss and stops after the same iteration.
+//!
+//! A worker that fails sends nothing more for that iteration; the others find its
+//! part missing in the next collective step and fail too, so every worker leaves the
+//! iteration with an error instead of waiting.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use lsp_advantage::QueryTally;
+use lsp_schemas::{GameRecordBatch, GameRecordRow, StepRow, TypedBatch};
+use lsp_update::StepSums;
+use tch::{Kind, Tensor};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::vec::{Map, Partition};
+use timely::dataflow::operators::{Input, Probe};
+use timely::dataflow::{InputHandle, ProbeHandle, Scope};
+use tracing::info;
+
+use super::collective::{Chunk, Collective, all_reduce, join_at};
+use super::engine::{Engine, LocalUpdate};
+use super::operator::{Failure, StageOperator};
+use super::progress::Progress;
+
+/// What a worker's dataflow leaves for its driver, by iteration.
+#[derive(Debug, Clone, Default)]
+pub struct GameOutputs {
+    /// The whole iteration's game record (worker 0 only).
+    pub records: Rc<RefCell<BTreeMap<u64, GameRecordBatch>>>,
+    /// The step, and whether the run stops after it (every worker alike).
+    pub steps: Rc<RefCell<BTreeMap<u64, (StepRow, bool)>>>,
+}
+
+/// One of the update's three outputs.
+#[derive(Debug, Clone)]
+enum UpdatePart {
+    /// The worker's rows and loss parts, for its own step.
+    Local(LocalUpdate),
+    /// Its loss parts and stop request, for every worker.
+    Sums(u32, StepSums, bool),
+    /// One parameter's gradient, for the all-reduce.
+    Gradient(Chunk),
+}
+
+/// What the dataflow shares.
+#[derive(Clone)]
+pub struct GameContext {
+    pub engine: Rc<RefCell<Engine>>,
+    pub failure: Failure,
+    pub progress: Progress,
+    /// Set by Ctrl-C: the run stops after the iteration in progress.
+    pub stop: Arc<AtomicBool>,
+    /// Compare the replicas' weights every this many iterations (0: never).
+    pub replica_check_every: u64,
+}
+
+/// The game's dataflow in `scope`, fed iteration numbers by `input`; the probe
+/// passes an iteration once its record has reached worker 0.
+pub fn game<'scope>(
+    scope: Scope<'scope, u64>,
+    input: &mut InputHandle<u64, CapacityContainerBuilder<Vec<u64>>>,
+    cx: GameContext,
+) -> (GameOutputs, ProbeHandle<u64>) {
+    let index = scope.index() as u32;
+    let peers = scope.peers();
+    let outputs = GameOutputs::default();
+    let probe = ProbeHandle::new();
+    let e = |cx: &GameContext| cx.engine.clone();
+    let (e1, e2, e3, e4, e5) = (e(&cx), e(&cx), e(&cx), e(&cx), e(&cx));
+    let (f, p) = (cx.failure.clone(), cx.progress.clone());
+    let judged = scope
+        .input_from(input)
+        .container::<Vec<u64>>()
+        .stage("challenger", f.clone(), p.clone(), move |t, _: u64| {
+            e1.borrow().queries(t)
+        })
+        .stage("solver", f.clone(), p.clone(), move |t, q| {
+            e2.borrow().answers(t, q)
+        })
+        .stage("reward", f.clone(), p.clone(), move |_, a| {
+            e3.borrow_mut().rewards(a)
+        })
+        .stage("self_reward", f.clone(), p.clone(), move |t, r| {
+            e4.borrow_mut().self_rewards(t, r)
+        });
+
+    let tallies = judged
+        .clone()
+        .stage("tally", f.clone(), p.clone(), move |_, (batch, _)| {
+            Ok((index, e5.borrow().tally(&batch)?))
+        })
+        .gather_everywhere("tallies", |_, all: Vec<(u32, Vec<QueryTally>)>| vec![all]);
+
+    let (e6, f6) = (e(&cx), f.clone());
+    let advantaged = join_at(judged, tallies, "advantage", move |t, judged, tallies| {
+        let (Some(judged), Some(all)) = (judged.into_iter().next(), tallies.into_iter().next())
+        else {
+            return missing(&f6, t, "their queries' tallies");
+        };
+        if all.len() != peers {
+            return missing(&f6, t, "their queries' tallies");
+        }
+        let all: Vec<QueryTally> = all.into_iter().flat_map(|(_, t)| t).collect();
+        f6.attempt(t, "advantage", || e6.borrow().advantages(judged, &all))
+    });
+
+    let (e7, stop) = (e(&cx), cx.stop.clone());
+    let mut parts = advantaged
+        .stage("update", f.clone(), p.clone(), move |_, advantaged| {
+            let mut engine = e7.borrow_mut();
+            let (local, gradients) = engine.backward(advantaged)?;
+            let mut out = Vec::with_capacity(gradients.len() + 2);
+            for (i, g) in gradients.iter().enumerate() {
+                let flat = tch::no_grad(|| g.to_kind(Kind::Float).contiguous().view([-1]));
+                out.push(UpdatePart::Gradient((
+                    i as u32,
+                    index,
+                    Vec::<f32>::try_from(&flat)?,
+                )));
+            }
+            drop(gradients);
+            engine.release_gradients();
+            out.push(UpdatePart::Sums(
+                index,
+                local.sums,
+                stop.load(Ordering::SeqCst),
+            ));
+            out.push(UpdatePart::Local(local));
+            Ok(out)
+        })
+        .flat_map(|parts| parts)
+        .partition(3, |part| {
+            let port = match &part {
+                UpdatePart::Local(_) => 0,
+                UpdatePart::Sums(..) => 1,
+                UpdatePart::Gradient(_) => 2,
+            };
+            (port, part)
+        })
+        .into_iter();
+    let (local, sums, gradient) = (
+        parts.next().expect("three parts"),
+        parts.next().expect("three parts"),
+        parts.next().expect("three parts"),
+    );
+    let local = local.flat_map(|part| match part {
+        UpdatePart::Local(local) => Some((local, Instant::now())),
+        _ => None,
+    });
+    let sums = sums
+        .flat_map(|part| match part {
+            UpdatePart::Sums(from, sums, stop) => Some((from, sums, stop)),
+            _ => None,
+        })
+        .gather_everywhere("loss parts", |_, mut all: Vec<(u32, StepSums, bool)>| {
+            all.sort_by_key(|(from, _, _)| *from);
+            vec![all]
+        });
+    let gradient = all_reduce(
+        gradient.flat_map(|part| match part {
+            UpdatePart::Gradient(chunk) => Some(chunk),
+            _ => None,
+        }),
+        "gradient",
+    );
+
+    let f8 = f.clone();
+    let with_gradient = join_at(local, gradient, "gradient sum", move |t, local, chunks| {
+        let Some((local, sent)) = local.into_iter().next() else {
+            return Vec::new();
+        };
+        if chunks.is_empty()
+            || chunks
+                .iter()
+                .any(|(_, senders, _)| *senders as usize != peers)
+        {
+            return missing(&f8, t, "their gradients");
+        }
+        let bytes: usize = chunks.iter().map(|(_, _, v)| 4 * v.len()).sum();
+        info!(
+            iteration = t,
+            workers = peers,
+            gradient_bytes = bytes,
+            seconds = sent.elapsed().as_secs_f64(),
+            "gradient all-reduced"
+        );
+        vec![(local, chunks)]
+    });
+
+    let (e9, f9) = (e(&cx), f.clone());
+    let every = cx.replica_check_every;
+    let stepped = join_at(with_gradient, sums, "step", move |t, local, sums| {
+        let Some((local, chunks)) = local.into_iter().next() else {
+            return Vec::new();
+        };
+        let Some(all) = sums.into_iter().next().filter(|all| all.len() == peers) else {
+            return missing(&f9, t, "their loss parts");
+        };
+        let stop = all.iter().any(|(_, _, stop)| *stop);
+        let sums = all
+            .iter()
+            .fold(StepSums::default(), |total, (_, s, _)| total + *s);
+        f9.attempt(t, "update", || {
+            let mut engine = e9.borrow_mut();
+            let layouts = engine.parameter_layouts();
+            anyhow::ensure!(
+                layouts.len() == chunks.len(),
+                "{} gradient chunks for {} parameters",
+                chunks.len(),
+                layouts.len()
+            );
+            let gradients: Vec<Tensor> = chunks
+                .into_iter()
+                .zip(layouts)
+                .map(|((_, _, values), (shape, kind, device))| {
+                    Tensor::from_slice(&values)
+                        .view(shape.as_slice())
+                        .to_kind(kind)
+                        .to_device(device)
+                })
+                .collect();
+            let (record, step) = engine.step(t, local, &gradients, sums)?;
+            drop(gradients);
+            let check = peers > 1 && every > 0 && t % every == 0;
+            let hash = if check {
+                Some(engine.weights_hash()?)
+            } else {
+                None
+            };
+            Ok((index, record.to_rows()?, step, stop, hash))
+        })
+    });
+
+    let steps = outputs.steps.clone();
+    let records = outputs.records.clone();
+    let f10 = f.clone();
+    stepped
+        .map(move |(from, rows, step, stop, hash)| {
+            steps.borrow_mut().insert(step.iteration, (step, stop));
+            (from, rows, hash)
+        })
+        .gather_at(
+            "game record",
+            |_| 0,
+            move |t, mut parts: Vec<(u32, Vec<GameRecordRow>, Option<u64>)>| {
+                if parts.len() != peers {
+                    return missing(&f10, t, "their rows of the game record");
+                }
+                parts.sort_by_key(|(from, _, _)| *from);
+                let hashes: Vec<Option<u64>> = parts.iter().map(|(_, _, h)| *h).collect();
+                if hashes.iter().any(|h| *h != hashes[0]) {
+                    f10.set(anyhow::anyhow!(
+                        "iteration {t}: the replicas' weights differ after the step \
+                         (hashes {hashes:?} by worker): the workers no longer train one \
+                         model; stopping"
+                    ));
+                    return Vec::<()>::new();
+                }
+                let mut rows: Vec<GameRecordRow> =
+                    parts.into_iter().flat_map(|(_, rows, _)| rows).collect();
+                rows.sort_by_key(|r| (r.query_id, r.answer_index));
+                match GameRecordBatch::from_rows(&rows) {
+                    Ok(record) => {
+                        records.borrow_mut().insert(t, record);
+                    }
+                    Err(e) => f10
+                        .set(anyhow::Error::from(e).context(format!("game record, iteration {t}"))),
+                }
+                Vec::new()
+            },
+        )
+        .probe_with(&probe);
+    (outputs, probe)
+}
+
+/// Records that other workers' parts of iteration `t` did not come (one of them
+/// failed), unless this worker has failed already; nothing goes on.
+fn missing<O>(failure: &Failure, t: u64, what: &str) -> Vec<O> {
+    if !failure.is_set() {
+        failure.set(anyhow::anyhow!(
+            "iteration {t}: another worker of the run failed (its error is reported \
+             beside this one): {what} did not all arrive"
+        ));
+    }
+    Vec::new()
+}

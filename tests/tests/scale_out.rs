@@ -1,0 +1,241 @@
+//! The game across timely workers: one worker, two worker threads in one process and
+//! two processes over localhost TCP play the same game (texts, rewards, advantages)
+//! and train the same weights, in every mode and with N not a multiple of the
+//! workers; a killed process stops the other promptly, and a resume with one worker
+//! completes the record as an uninterrupted run would have.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{config_with, pipeline, records, repo, run_with};
+use lsp_model::SafetensorsFile;
+use lsp_schemas::GameRecordRow;
+
+/// The tiny game of `mode` with N = 5 queries of 2 answers.
+fn game_config(out: &Path, mode: &str, iterations: u64) -> PathBuf {
+    let rm = repo().join("tests/fixtures/tiny-reward");
+    let (reward, extra) = match mode {
+        "grpo" => (
+            "{kind: verifier}".to_string(),
+            format!(
+                "data: {{path: {}, prompt_column: question, answer_column: answer}}\n",
+                repo().join("datasets/gsm8k_train.jsonl").display()
+            ),
+        ),
+        _ => (
+            format!("{{kind: reward_model, model: {}}}", rm.display()),
+            String::new(),
+        ),
+    };
+    let cfg = config_with(out, mode, iterations, &reward, &extra);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("num_queries: 3", "num_queries: 5");
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
+/// A hostfile of `n` free localhost ports in `dir`.
+fn hostfile(dir: &Path, n: usize) -> PathBuf {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let lines: Vec<String> = listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().to_string())
+        .collect();
+    let path = dir.join("hosts.txt");
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path
+}
+
+/// Process `process` of a 2-process run of `cfg`.
+fn start_process(cfg: &Path, hosts: &Path, process: usize, flags: &[&str]) -> Child {
+    Command::new(pipeline())
+        .arg("run")
+        .arg(cfg)
+        .args(["--processes", "2", "--process", &process.to_string()])
+        .arg("--hostfile")
+        .arg(hosts)
+        .args(flags)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn succeeded(out: Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `cfg` as two processes on localhost, both of which must succeed.
+fn run_two_processes(cfg: &Path, dir: &Path) {
+    let hosts = hostfile(dir, 2);
+    let second = start_process(cfg, &hosts, 1, &[]);
+    let first = start_process(cfg, &hosts, 0, &[]);
+    succeeded(first.wait_with_output().unwrap(), "process 0");
+    succeeded(second.wait_with_output().unwrap(), "process 1");
+}
+
+/// Whether two floats agree up to the rounding of batched products.
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-5 * (1.0 + a.abs())
+}
+
+fn close_option(a: Option<f64>, b: Option<f64>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => close(a, b),
+        (a, b) => a == b,
+    }
+}
+
+/// The same game: texts exactly, every reward, value and advantage closely.
+fn assert_same_game(a: &[GameRecordRow], b: &[GameRecordRow], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: rows");
+    for (x, y) in a.iter().zip(b) {
+        let key = (x.iteration, x.query_id, x.answer_index);
+        assert_eq!(key, (y.iteration, y.query_id, y.answer_index), "{what}");
+        assert_eq!(
+            (&x.query_text, &x.answer_text, &x.judge_text),
+            (&y.query_text, &y.answer_text, &y.judge_text),
+            "{what}: texts of {key:?}"
+        );
+        let floats = [
+            (x.reward, y.reward),
+            (x.value, y.value),
+            (x.solver_reward, y.solver_reward),
+            (x.adv_solver, y.adv_solver),
+            (x.answer_logprob_policy, y.answer_logprob_policy),
+            (x.kl_answer, y.kl_answer),
+            (x.loss, y.loss),
+            (x.grad_norm, y.grad_norm),
+        ];
+        for (i, (p, q)) in floats.into_iter().enumerate() {
+            assert!(close(p, q), "{what}: value {i} of {key:?}: {p} vs {q}");
+        }
+        for (p, q) in [
+            (x.self_reward, y.self_reward),
+            (x.value_q, y.value_q),
+            (x.challenger_reward, y.challenger_reward),
+            (x.adv_challenger, y.adv_challenger),
+        ] {
+            assert!(close_option(p, q), "{what}: {key:?}: {p:?} vs {q:?}");
+        }
+        assert_eq!(x.step_applied, y.step_applied, "{what}");
+    }
+}
+
+/// Largest difference between two saved models' weights.
+fn weights_differ_by(a: &Path, b: &Path) -> f64 {
+    let (mut a, mut b) = (
+        SafetensorsFile::open(&a.join("model.safetensors")).unwrap(),
+        SafetensorsFile::open(&b.join("model.safetensors")).unwrap(),
+    );
+    let names: Vec<String> = a.names().map(str::to_string).collect();
+    assert!(!names.is_empty());
+    names
+        .iter()
+        .map(|name| {
+            let (x, y) = (a.read(name).unwrap(), b.read(name).unwrap());
+            (x - y).abs().max().double_value(&[])
+        })
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn one_worker_two_threads_and_two_processes_play_the_same_game() {
+    for mode in ["lsp", "lsp_zero", "grpo"] {
+        let (one, threads, processes) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        run_with(&game_config(one.path(), mode, 3), &[]);
+        run_with(&game_config(threads.path(), mode, 3), &["--workers", "2"]);
+        run_two_processes(&game_config(processes.path(), mode, 3), processes.path());
+        let base = records(one.path());
+        assert_eq!(base.len(), 3 * 5 * 2, "{mode}");
+        assert_same_game(
+            &base,
+            &records(threads.path()),
+            &format!("{mode}, 2 threads"),
+        );
+        assert_same_game(
+            &base,
+            &records(processes.path()),
+            &format!("{mode}, 2 processes"),
+        );
+        let final_of = |d: &tempfile::TempDir| d.path().join("e2e/final");
+        for (other, what) in [(&threads, "2 threads"), (&processes, "2 processes")] {
+            let diff = weights_differ_by(&final_of(&one), &final_of(other));
+            assert!(diff <= 1e-5, "{mode}, {what}: weights differ by {diff}");
+        }
+    }
+}
+
+#[test]
+fn a_killed_process_stops_the_other_and_a_resume_with_one_worker_completes_the_record() {
+    let (dir, whole) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cfg = game_config(dir.path(), "lsp_zero", 30);
+    let hosts = hostfile(dir.path(), 2);
+    let mut second = start_process(&cfg, &hosts, 1, &[]);
+    let first = start_process(&cfg, &hosts, 0, &[]);
+    let state = dir
+        .path()
+        .join("e2e/checkpoints/iteration-000002/state.json");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !state.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(state.exists(), "the run did not reach iteration 2");
+    second.kill().unwrap(); // SIGKILL
+    second.wait().unwrap();
+    let killed = Instant::now();
+    let out = first.wait_with_output().unwrap();
+    let waited = killed.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "process 0 went on without process 1");
+    assert!(
+        waited < Duration::from_secs(20),
+        "process 0 took {waited:?} to stop"
+    );
+    assert!(
+        stderr.contains("lost the connection to another process"),
+        "{stderr}"
+    );
+    // Resumed by one worker alone: the record of an uninterrupted run.
+    run_with(&cfg, &["--resume"]);
+    run_with(&game_config(whole.path(), "lsp_zero", 30), &[]);
+    assert_same_game(&records(whole.path()), &records(dir.path()), "resumed");
+}
+
+#[test]
+fn an_unreachable_peer_or_a_short_hostfile_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = game_config(dir.path(), "lsp", 1);
+    let hosts = dir.path().join("hosts.txt");
+    std::fs::write(&hosts, "127.0.0.1:1\nno-such-host.invalid:2\n").unwrap();
+    let out = start_process(&cfg, &hosts, 0, &[])
+        .wait_with_output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no-such-host.invalid:2"), "{stderr}");
+    std::fs::write(&hosts, "127.0.0.1:1\n").unwrap();
+    let out = start_process(&cfg, &hosts, 0, &[])
+        .wait_with_output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("1 host:port lines for 2 processes"),
+        "{stderr}"
+    );
+}
