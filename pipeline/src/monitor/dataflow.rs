@@ -203,7 +203,7 @@ impl LiveMonitor {
         self.queries.flush();
         self.answers.flush();
         let next = iteration + 1;
-        worker.step_while(|| self.probe.less_than(&next));
+        worker.step_or_park_while(None, || self.probe.less_than(&next));
         self.take(iteration)
     }
 

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
 use timely::ExchangeData;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::StreamVec;
@@ -136,9 +137,41 @@ where
     )
 }
 
+/// f32 values as their bytes, so that a chunk crosses processes in one copy
+/// (bincode writes a `Vec<f32>` value by value).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Floats(#[serde(with = "serde_bytes")] Vec<u8>);
+
+impl Floats {
+    /// The bytes of `values` (native order: the workers of a run share a machine
+    /// type).
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        assert_eq!(bytes.len() % 4, 0, "f32 values take 4 bytes each");
+        Self(bytes)
+    }
+
+    /// The values' bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// How many values.
+    pub fn len(&self) -> usize {
+        self.0.len() / 4
+    }
+
+    /// `self + other`, element-wise.
+    fn add(&mut self, other: &Floats) {
+        let mut sum: Vec<f32> = bytemuck::pod_collect_to_vec(&self.0);
+        let other: Vec<f32> = bytemuck::pod_collect_to_vec(&other.0);
+        sum.iter_mut().zip(&other).for_each(|(s, v)| *s += v);
+        self.0 = bytemuck::cast_slice(&sum).to_vec();
+    }
+}
+
 /// One worker's part of a vector to be summed across workers: chunk `index` of it,
 /// from worker `from`.
-pub type Chunk = (u32, u32, Vec<f32>);
+pub type Chunk = (u32, u32, Floats);
 
 /// The element-wise sum over workers of each chunk index, on every worker: each
 /// worker sends chunk i to worker i mod W, which sums the W parts it receives (in
@@ -160,7 +193,7 @@ pub fn all_reduce<'scope>(
                     match sums.last_mut() {
                         Some((i, senders, sum)) if *i == index => {
                             *senders += 1;
-                            sum.iter_mut().zip(&values).for_each(|(s, v)| *s += v);
+                            sum.add(&values);
                         }
                         _ => sums.push((index, 1, values)),
                     }
@@ -172,4 +205,25 @@ pub fn all_reduce<'scope>(
             sums.sort_by_key(|(index, _, _)| *index);
             sums
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floats_round_trip_their_bytes_and_add() {
+        let values = [1.5f32, -2.0, 3.25];
+        let mut a = Floats::from_bytes(bytemuck::cast_slice(&values).to_vec());
+        assert_eq!(a.len(), 3);
+        a.add(&Floats::from_bytes(
+            bytemuck::cast_slice(&[0.5f32, 2.0, -0.25]).to_vec(),
+        ));
+        let sum: Vec<f32> = bytemuck::pod_collect_to_vec(a.bytes());
+        assert_eq!(sum, [2.0, 0.0, 3.0]);
+        // Across processes, as timely sends it (bincode).
+        let wire = bincode::serialize(&a).unwrap();
+        assert_eq!(wire.len(), 8 + 12);
+        assert_eq!(bincode::deserialize::<Floats>(&wire).unwrap(), a);
+    }
 }

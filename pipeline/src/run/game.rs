@@ -37,7 +37,7 @@ use timely::dataflow::operators::{Input, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle, Scope};
 use tracing::info;
 
-use super::collective::{Chunk, Collective, all_reduce, join_at};
+use super::collective::{Chunk, Collective, Floats, all_reduce, join_at};
 use super::engine::{Engine, LocalUpdate};
 use super::operator::{Failure, StageOperator};
 use super::progress::Progress;
@@ -50,6 +50,9 @@ pub struct GameOutputs {
     /// The step, and whether the run stops after it (every worker alike).
     pub steps: Rc<RefCell<BTreeMap<u64, (StepRow, bool)>>>,
 }
+
+/// Values of a gradient piece sent through the all-reduce (4 MB).
+const PIECE: usize = 1 << 20;
 
 /// One of the update's three outputs.
 #[derive(Debug, Clone)]
@@ -130,13 +133,24 @@ pub fn game<'scope>(
             let mut engine = e7.borrow_mut();
             let (local, gradients) = engine.backward(advantaged)?;
             let mut out = Vec::with_capacity(gradients.len() + 2);
-            for (i, g) in gradients.iter().enumerate() {
-                let flat = tch::no_grad(|| g.to_kind(Kind::Float).contiguous().view([-1]));
-                out.push(UpdatePart::Gradient((
-                    i as u32,
-                    index,
-                    Vec::<f32>::try_from(&flat)?,
-                )));
+            // Each parameter's f32 values as bytes, in pieces of at most PIECE values
+            // numbered across parameters: the pieces stream through the all-reduce
+            // rather than waiting on whole tensors (the embedding alone is 113 MB).
+            let mut piece = 0u32;
+            for g in &gradients {
+                let bytes = tch::no_grad(|| {
+                    g.to_kind(Kind::Float)
+                        .to_device(tch::Device::Cpu)
+                        .contiguous()
+                        .view([-1])
+                        .view_dtype(Kind::Uint8)
+                });
+                let bytes = Vec::<u8>::try_from(&bytes)?;
+                for part in bytes.chunks(4 * PIECE) {
+                    let part = Floats::from_bytes(part.to_vec());
+                    out.push(UpdatePart::Gradient((piece, index, part)));
+                    piece += 1;
+                }
             }
             drop(gradients);
             engine.release_gradients();
@@ -223,18 +237,26 @@ pub fn game<'scope>(
         f9.attempt(t, "update", || {
             let mut engine = e9.borrow_mut();
             let layouts = engine.parameter_layouts();
+            let pieces: usize = layouts
+                .iter()
+                .map(|(shape, _, _)| (shape.iter().product::<i64>() as usize).div_ceil(PIECE))
+                .sum();
             anyhow::ensure!(
-                layouts.len() == chunks.len(),
-                "{} gradient chunks for {} parameters",
+                pieces == chunks.len(),
+                "{} gradient pieces for {} parameters in {pieces} pieces",
                 chunks.len(),
                 layouts.len()
             );
-            let gradients: Vec<Tensor> = chunks
+            let mut chunks = chunks.into_iter();
+            let gradients: Vec<Tensor> = layouts
                 .into_iter()
-                .zip(layouts)
-                .map(|((_, _, values), (shape, kind, device))| {
-                    Tensor::from_slice(&values)
-                        .view(shape.as_slice())
+                .map(|(shape, kind, device)| {
+                    let n = shape.iter().product::<i64>() as usize;
+                    let mut bytes = Vec::with_capacity(4 * n);
+                    for (_, _, part) in chunks.by_ref().take(n.div_ceil(PIECE)) {
+                        bytes.extend_from_slice(part.bytes());
+                    }
+                    Tensor::from_data_size(&bytes, &shape, Kind::Float)
                         .to_kind(kind)
                         .to_device(device)
                 })

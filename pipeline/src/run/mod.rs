@@ -285,9 +285,9 @@ fn play(
         input.advance_to(t + 1);
         // Until the iteration has left every stage, also after a failure: the other
         // workers then see this one's parts missing and stop at the same iteration.
-        while probe.less_than(input.time()) {
-            worker.step();
-        }
+        // A worker with nothing to do parks rather than spins: its core goes to the
+        // workers still computing and to the threads moving the others' data.
+        worker.step_or_park_while(None, || probe.less_than(input.time()));
         if let Some(e) = failure.take() {
             if let Some(writer) = writer {
                 writer.finish()?;
