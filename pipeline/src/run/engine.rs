@@ -51,6 +51,8 @@ pub struct LocalUpdate {
     pub sums: StepSums,
     /// Its stage timings so far.
     pub seconds: StageSeconds,
+    /// Its gradient, kept when it is the run's only worker (nothing to sum).
+    pub gradients: Option<std::rc::Rc<Vec<Tensor>>>,
 }
 
 /// Stage numbers that make each stage's seed distinct.
@@ -243,13 +245,9 @@ impl Engine {
             updated,
             sums,
             seconds: s,
+            gradients: None,
         };
         Ok((local, gradients))
-    }
-
-    /// Frees the gradient [`Engine::backward`] left, once it has been sent.
-    pub fn release_gradients(&mut self) {
-        self.update.release_gradients();
     }
 
     /// Stage 6, together: the AdamW step with every worker's summed gradient and loss

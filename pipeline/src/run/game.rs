@@ -131,29 +131,14 @@ pub fn game<'scope>(
     let mut parts = advantaged
         .stage("update", f.clone(), p.clone(), move |_, advantaged| {
             let mut engine = e7.borrow_mut();
-            let (local, gradients) = engine.backward(advantaged)?;
-            let mut out = Vec::with_capacity(gradients.len() + 2);
-            // Each parameter's f32 values as bytes, in pieces of at most PIECE values
-            // numbered across parameters: the pieces stream through the all-reduce
-            // rather than waiting on whole tensors (the embedding alone is 113 MB).
-            let mut piece = 0u32;
-            for g in &gradients {
-                let bytes = tch::no_grad(|| {
-                    g.to_kind(Kind::Float)
-                        .to_device(tch::Device::Cpu)
-                        .contiguous()
-                        .view([-1])
-                        .view_dtype(Kind::Uint8)
-                });
-                let bytes = Vec::<u8>::try_from(&bytes)?;
-                for part in bytes.chunks(4 * PIECE) {
-                    let part = Floats::from_bytes(part.to_vec());
-                    out.push(UpdatePart::Gradient((piece, index, part)));
-                    piece += 1;
-                }
+            let (mut local, gradients) = engine.backward(advantaged)?;
+            let mut out = Vec::new();
+            if peers == 1 {
+                // The run's only worker: its gradient is the sum.
+                local.gradients = Some(Rc::new(gradients));
+            } else {
+                send_gradient(&gradients, index, &mut out)?;
             }
-            drop(gradients);
-            engine.release_gradients();
             out.push(UpdatePart::Sums(
                 index,
                 local.sums,
@@ -203,11 +188,13 @@ pub fn game<'scope>(
         let Some((local, sent)) = local.into_iter().next() else {
             return Vec::new();
         };
-        if chunks.is_empty()
-            || chunks
-                .iter()
-                .any(|(_, senders, _)| *senders as usize != peers)
-        {
+        // The only worker keeps its gradient; otherwise every piece from every worker.
+        let summed = local.gradients.is_some()
+            || (!chunks.is_empty()
+                && chunks
+                    .iter()
+                    .all(|(_, senders, _)| *senders as usize == peers));
+        if !summed {
             return missing(&f8, t, "their gradients");
         }
         let bytes: usize = chunks.iter().map(|(_, _, v)| 4 * v.len()).sum();
@@ -224,7 +211,7 @@ pub fn game<'scope>(
     let (e9, f9) = (e(&cx), f.clone());
     let every = cx.replica_check_every;
     let stepped = join_at(with_gradient, sums, "step", move |t, local, sums| {
-        let Some((local, chunks)) = local.into_iter().next() else {
+        let Some((mut local, chunks)) = local.into_iter().next() else {
             return Vec::new();
         };
         let Some(all) = sums.into_iter().next().filter(|all| all.len() == peers) else {
@@ -236,31 +223,11 @@ pub fn game<'scope>(
             .fold(StepSums::default(), |total, (_, s, _)| total + *s);
         f9.attempt(t, "update", || {
             let mut engine = e9.borrow_mut();
-            let layouts = engine.parameter_layouts();
-            let pieces: usize = layouts
-                .iter()
-                .map(|(shape, _, _)| (shape.iter().product::<i64>() as usize).div_ceil(PIECE))
-                .sum();
-            anyhow::ensure!(
-                pieces == chunks.len(),
-                "{} gradient pieces for {} parameters in {pieces} pieces",
-                chunks.len(),
-                layouts.len()
-            );
-            let mut chunks = chunks.into_iter();
-            let gradients: Vec<Tensor> = layouts
-                .into_iter()
-                .map(|(shape, kind, device)| {
-                    let n = shape.iter().product::<i64>() as usize;
-                    let mut bytes = Vec::with_capacity(4 * n);
-                    for (_, _, part) in chunks.by_ref().take(n.div_ceil(PIECE)) {
-                        bytes.extend_from_slice(part.bytes());
-                    }
-                    Tensor::from_data_size(&bytes, &shape, Kind::Float)
-                        .to_kind(kind)
-                        .to_device(device)
-                })
-                .collect();
+            let gradients = match local.gradients.take() {
+                Some(kept) => Rc::try_unwrap(kept)
+                    .unwrap_or_else(|shared| shared.iter().map(Tensor::shallow_clone).collect()),
+                None => receive_gradient(engine.parameter_layouts(), chunks)?,
+            };
             let (record, step) = engine.step(t, local, &gradients, sums)?;
             drop(gradients);
             let check = peers > 1 && every > 0 && t % every == 0;
@@ -313,6 +280,68 @@ pub fn game<'scope>(
         )
         .probe_with(&probe);
     (outputs, probe)
+}
+
+/// Each of `gradients` (one per parameter) as f32 bytes, in pieces of at most
+/// [`PIECE`] values numbered across parameters, onto `out`; each gradient's memory
+/// goes as soon as its bytes are out. The pieces stream through the all-reduce rather
+/// than waiting on whole tensors (the embedding alone is 113 MB), as raw bytes (one
+/// copy in bincode).
+fn send_gradient(
+    gradients: &[Tensor],
+    worker: u32,
+    out: &mut Vec<UpdatePart>,
+) -> anyhow::Result<()> {
+    let mut piece = 0u32;
+    for g in gradients {
+        let bytes = tch::no_grad(|| {
+            g.to_kind(Kind::Float)
+                .to_device(tch::Device::Cpu)
+                .contiguous()
+                .view([-1])
+                .view_dtype(Kind::Uint8)
+        });
+        let bytes = Vec::<u8>::try_from(&bytes)?;
+        lsp_update::AdamW::release_grad(g);
+        for part in bytes.chunks(4 * PIECE) {
+            let part = Floats::from_bytes(part.to_vec());
+            out.push(UpdatePart::Gradient((piece, worker, part)));
+            piece += 1;
+        }
+    }
+    Ok(())
+}
+
+/// The gradient sum as one tensor per parameter of `layouts` (shape, kind, device),
+/// from the all-reduced pieces of [`send_gradient`], in order.
+fn receive_gradient(
+    layouts: Vec<(Vec<i64>, Kind, tch::Device)>,
+    chunks: Vec<Chunk>,
+) -> anyhow::Result<Vec<Tensor>> {
+    let pieces: usize = layouts
+        .iter()
+        .map(|(shape, _, _)| (shape.iter().product::<i64>() as usize).div_ceil(PIECE))
+        .sum();
+    anyhow::ensure!(
+        pieces == chunks.len(),
+        "{} gradient pieces for {} parameters in {pieces} pieces",
+        chunks.len(),
+        layouts.len()
+    );
+    let mut chunks = chunks.into_iter();
+    Ok(layouts
+        .into_iter()
+        .map(|(shape, kind, device)| {
+            let n = shape.iter().product::<i64>() as usize;
+            let mut bytes = Vec::with_capacity(4 * n);
+            for (_, _, part) in chunks.by_ref().take(n.div_ceil(PIECE)) {
+                bytes.extend_from_slice(part.bytes());
+            }
+            Tensor::from_data_size(&bytes, &shape, Kind::Float)
+                .to_kind(kind)
+                .to_device(device)
+        })
+        .collect())
 }
 
 /// Records that other workers' parts of iteration `t` did not come (one of them

@@ -71,14 +71,18 @@ impl AdamW {
     /// keeps a gradient once made; between steps, while the rollouts run, it would
     /// hold another copy of the weights for nothing).
     pub fn release_grads(&mut self) {
-        tch::no_grad(|| {
-            for (_, p) in &self.params {
-                let mut g = p.grad();
-                if g.defined() {
-                    g.set_data(&Tensor::empty([0], (g.kind(), g.device())));
-                }
-            }
-        });
+        for (_, p) in &self.params {
+            Self::release_grad(&p.grad());
+        }
+    }
+
+    /// Frees one gradient's memory ([`AdamW::release_grads`]); `grad` is a handle of
+    /// a parameter's gradient.
+    pub fn release_grad(grad: &Tensor) {
+        if grad.defined() {
+            let mut g = grad.shallow_clone();
+            tch::no_grad(|| g.set_data(&Tensor::empty([0], (g.kind(), g.device()))));
+        }
     }
 
     /// Each parameter's accumulated gradient, in order; zeros where none was made.

@@ -343,11 +343,6 @@ impl Update {
         })
     }
 
-    /// Frees the gradients [`Update::backward`] accumulated (once copied elsewhere).
-    pub fn release_gradients(&mut self) {
-        self.optimizer.release_grads();
-    }
-
     /// One AdamW step with `gradients` (every worker's summed, in
     /// [`AdamW::params`]'s order) and the loss parts `sums`, unless the loss or
     /// gradient is not finite: then the weights are left untouched and the step row
