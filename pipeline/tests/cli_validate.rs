@@ -129,3 +129,31 @@ fn stage_problems_are_reported_under_their_stage() {
         );
     }
 }
+
+#[test]
+fn workers_are_planned_and_more_threads_than_cores_are_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = repo().join("tests/fixtures/tiny-llama");
+    let config = dir.path().join("workers.yaml");
+    let write = |workers: u64, threads: u64| {
+        let text = format!(
+            "run: {{workers: {workers}, threads: {threads}}}\nmodel: {{policy: {}}}\n",
+            policy.display()
+        );
+        std::fs::write(&config, text).unwrap();
+        let out = validate(&config);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // 64 × 64 threads exceed any machine's cores; one worker of one thread none.
+    let plan = write(64, 64);
+    assert!(
+        plan.contains("64 worker(s) x 1 process(es), 64 libtorch thread(s) each"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("# warning: run.workers × run.threads = 64 × 64 = 4096 threads on"),
+        "{plan}"
+    );
+    assert!(!write(1, 1).contains("# warning"));
+}
