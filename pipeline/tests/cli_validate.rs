@@ -142,7 +142,11 @@ fn workers_are_planned_and_more_threads_than_cores_are_warned_about() {
         );
         std::fs::write(&config, text).unwrap();
         let out = validate(&config);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
     // 64 × 64 threads exceed any machine's cores; one worker of one thread none.
