@@ -257,12 +257,8 @@ pub fn game<'scope>(
                 }
                 parts.sort_by_key(|(from, _, _)| *from);
                 let hashes: Vec<Option<u64>> = parts.iter().map(|(_, _, h)| *h).collect();
-                if hashes.iter().any(|h| *h != hashes[0]) {
-                    f10.set(anyhow::anyhow!(
-                        "iteration {t}: the replicas' weights differ after the step \
-                         (hashes {hashes:?} by worker): the workers no longer train one \
-                         model; stopping"
-                    ));
+                if let Err(e) = replicas_agree(t, &hashes) {
+                    f10.set(e);
                     return Vec::<()>::new();
                 }
                 let mut rows: Vec<GameRecordRow> =
@@ -344,6 +340,18 @@ fn receive_gradient(
         .collect())
 }
 
+/// An error unless every worker's weights hash (in worker order; `None` where none was
+/// taken this iteration) is the same.
+fn replicas_agree(t: u64, hashes: &[Option<u64>]) -> anyhow::Result<()> {
+    if hashes.iter().any(|h| *h != hashes[0]) {
+        anyhow::bail!(
+            "iteration {t}: the replicas' weights differ after the step (hashes {hashes:?} \
+             by worker): the workers no longer train one model; stopping"
+        );
+    }
+    Ok(())
+}
+
 /// Records that other workers' parts of iteration `t` did not come (one of them
 /// failed), unless this worker has failed already; nothing goes on.
 fn missing<O>(failure: &Failure, t: u64, what: &str) -> Vec<O> {
@@ -354,4 +362,37 @@ fn missing<O>(failure: &Failure, t: u64, what: &str) -> Vec<O> {
         ));
     }
     Vec::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicas_that_differ_stop_the_run() {
+        assert!(replicas_agree(3, &[Some(7), Some(7), Some(7)]).is_ok());
+        assert!(replicas_agree(4, &[None, None]).is_ok());
+        let err = replicas_agree(5, &[Some(7), Some(8)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("iteration 5: the replicas' weights differ after the step"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_missing_part_fails_the_iteration_once() {
+        let failure = Failure::default();
+        assert!(missing::<u8>(&failure, 2, "their gradients").is_empty());
+        let err = failure.take().unwrap().to_string();
+        assert!(
+            err.contains("iteration 2: another worker of the run failed"),
+            "{err}"
+        );
+        // A worker's own error is kept, not replaced.
+        failure.set(anyhow::anyhow!("own"));
+        let _ = missing::<u8>(&failure, 2, "their gradients");
+        assert_eq!(failure.take().unwrap().to_string(), "own");
+    }
 }
