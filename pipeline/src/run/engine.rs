@@ -15,6 +15,7 @@ use lsp_schemas::{
 use lsp_self_reward::SelfReward;
 use lsp_solver::Solver;
 use lsp_update::{BatchTotals, LocalStep, StepSums, Update};
+use sha2::{Digest, Sha256};
 use tch::Tensor;
 use tracing::info;
 
@@ -284,17 +285,20 @@ impl Engine {
             .collect()
     }
 
-    /// A hash of every trained parameter's bytes, in order: equal on replicas that
+    /// A SHA-256 of every trained parameter's bytes, in order: equal on replicas that
     /// hold the same weights.
     pub fn weights_hash(&mut self) -> anyhow::Result<u64> {
-        let mut hash = 0xcbf2_9ce4_8422_2325u64;
+        let mut hasher = Sha256::new();
         for p in self.update.optimizer().params() {
-            let flat = tch::no_grad(|| p.to_kind(tch::Kind::Float).contiguous().view([-1]));
-            let values = Vec::<f32>::try_from(&flat)?;
-            for v in values {
-                hash = lsp_model::mix(hash, u64::from(v.to_bits()));
-            }
+            let bytes = tch::no_grad(|| {
+                p.to_kind(tch::Kind::Float)
+                    .contiguous()
+                    .view([-1])
+                    .view_dtype(tch::Kind::Uint8)
+            });
+            hasher.update(Vec::<u8>::try_from(&bytes)?);
         }
-        Ok(hash)
+        let digest = hasher.finalize();
+        Ok(u64::from_le_bytes(digest[..8].try_into().expect("8 bytes")))
     }
 }

@@ -137,7 +137,7 @@ impl LanguageModel {
                 .map(|id| Rng::new(mix(request.seed, id)))
                 .collect(),
         };
-        let mut decoder = decoder.build(self.transformer(), total)?;
+        let mut decoder = decoder.build(self.transformer())?;
         let mut logits = decoder.prefill(
             request.prompts,
             request.repeats,

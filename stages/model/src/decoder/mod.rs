@@ -102,17 +102,12 @@ impl DecoderKind {
         choice
     }
 
-    /// This decoder over `transformer`'s weights (prepared for it here), for up to
-    /// `batch` sequences.
-    pub fn build<'a>(
-        self,
-        transformer: &'a Transformer,
-        batch: usize,
-    ) -> Result<Box<dyn Decoder + 'a>> {
+    /// This decoder over `transformer`'s weights (prepared for it here).
+    pub fn build<'a>(self, transformer: &'a Transformer) -> Result<Box<dyn Decoder + 'a>> {
         let weights = InferenceWeights::new(transformer);
         Ok(match self {
             Self::Libtorch => Box::new(LibtorchDecoder::new(weights)),
-            Self::Cpu => Box::new(CpuDecoder::new(weights, batch)?),
+            Self::Cpu => Box::new(CpuDecoder::new(weights)?),
         })
     }
 }

@@ -60,8 +60,8 @@ impl<'a> CpuDecoder<'a> {
     pub const MAX_BATCH: usize = panels::MAX_ROWS;
 
     /// Packs `weights` (f32 on the CPU) for a team of as many threads as libtorch's
-    /// intra-op pool. `_batch` is the decoder interface's size hint.
-    pub fn new(weights: InferenceWeights<'a>, _batch: usize) -> Result<Self> {
+    /// intra-op pool.
+    pub fn new(weights: InferenceWeights<'a>) -> Result<Self> {
         let transformer = weights.transformer();
         let (kind, device) = transformer.kind_and_device();
         if !DecoderKind::Cpu.supports(kind, device) {
