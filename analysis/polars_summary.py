@@ -15,6 +15,7 @@ import polars as pl
 def summary(run: pathlib.Path) -> pl.DataFrame:
     records = pl.scan_parquet(run / "records" / "*.parquet")
     failed = pl.col("self_reward_status").is_in(["missing", "out_of_range"])
+    read_out = pl.col("self_reward_status") == "read_out"
     judged = pl.col("self_reward_status") != "disabled"
     plain = ~pl.col("query_asks_code")
     per_answer = records.group_by("iteration").agg(
@@ -24,6 +25,7 @@ def summary(run: pathlib.Path) -> pl.DataFrame:
         pl.col("kl_answer").mean().alias("mean_kl_answer"),
         pl.col("answer_tokens").mean().alias("mean_answer_tokens"),
         (failed.sum() / judged.sum()).alias("judge_failure_rate"),
+        (read_out.sum() / judged.sum()).alias("judge_read_out_rate"),
         ((plain & pl.col("answer_is_code")).sum() / plain.sum()).alias("code_drift"),
     )
     per_query = (

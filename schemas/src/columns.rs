@@ -45,13 +45,20 @@ pub const ANSWER_FINISH_REASON: &str = "answer_finish_reason";
 pub const REWARD: &str = "reward";
 /// How R was obtained: `ok`, or the recorded fallback (`empty_answer`, ...).
 pub const REWARD_STATUS: &str = "reward_status";
+/// The parts of a `sum` reward: a list of {name, weight, reward, reward_status}
+/// (null for a single reward); `reward` is Σ weight · reward.
+pub const REWARD_PARTS: &str = "reward_parts";
 
 /// Quality self-reward R_Q (null when the mode has none or the reply was unusable
 /// and no fallback applies).
 pub const SELF_REWARD: &str = "self_reward";
-/// Judge reply parse status: `ok`, `calculation_mismatch`, `missing`, `out_of_range`,
-/// or `disabled` when the mode has no self-reward.
+/// How R_Q was obtained: parsed from the reply (`ok`, `calculation_mismatch`), read
+/// out of the judge's score distribution (`read_out`), the fallback for a reply
+/// without a usable score (`missing`, `out_of_range`), or `disabled` when the mode
+/// has no self-reward.
 pub const SELF_REWARD_STATUS: &str = "self_reward_status";
+/// The read-out's top score probability (null when R_Q was not read out).
+pub const SELF_REWARD_TOP_PROBABILITY: &str = "self_reward_top_probability";
 /// The judge's raw reply.
 pub const JUDGE_TEXT: &str = "judge_text";
 
@@ -153,7 +160,11 @@ pub const MEAN_QUERY_TOKENS: &str = "mean_query_tokens";
 pub const MEAN_ANSWER_TOKENS: &str = "mean_answer_tokens";
 /// Mean judge reply length in characters (null without a judge).
 pub const MEAN_JUDGE_CHARS: &str = "mean_judge_chars";
-/// Share of judged answers whose judge reply had no usable score (null without a judge).
+/// Share of judged answers that got the fallback R_Q: no usable score in the reply and
+/// no read-out (null without a judge).
 pub const JUDGE_FAILURE_RATE: &str = "judge_failure_rate";
+/// Share of judged answers whose R_Q was read out of the judge's score distribution
+/// (null without a judge).
+pub const JUDGE_READ_OUT_RATE: &str = "judge_read_out_rate";
 /// Thresholds the iteration crossed, as sentences.
 pub const WARNINGS: &str = "warnings";

@@ -51,6 +51,21 @@ pub(crate) fn token_logprobs(name: &str) -> Field {
     Field::new(name, DataType::List(Arc::new(item)), false)
 }
 
+/// A nullable list of a sum reward's parts (`RewardPart`'s fields).
+pub(crate) fn reward_parts(name: &str) -> Field {
+    let part = DataType::Struct(
+        vec![
+            utf8("name"),
+            f64("weight"),
+            f64("reward"),
+            utf8("reward_status"),
+        ]
+        .into(),
+    );
+    let item = Field::new("element", part, false);
+    Field::new(name, DataType::List(Arc::new(item)), true)
+}
+
 /// A non-null list of strings.
 pub(crate) fn utf8_list(name: &str) -> Field {
     let item = Field::new("item", DataType::Utf8, false);

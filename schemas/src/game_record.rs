@@ -13,6 +13,7 @@ use arrow::datatypes::{DataType, FieldRef, SchemaRef};
 use serde::{Deserialize, Serialize};
 use serde_arrow::schema::{SchemaLike, TracingOptions};
 
+use crate::boundary::reward::RewardPart;
 use crate::boundary::update::{StepRow, UpdatedBatch};
 use crate::columns::*;
 use crate::error::{Result, SchemaError};
@@ -24,7 +25,9 @@ use crate::typed::{TypedBatch, schema_of};
 /// that [`UpdatedBatch`] has and computes the rest by name.
 pub fn game_record_schema() -> SchemaRef {
     static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
-        let options = TracingOptions::default().strings_as_large_utf8(false);
+        let options = TracingOptions::default()
+            .strings_as_large_utf8(false)
+            .sequence_as_large_list(false);
         let fields = Vec::<FieldRef>::from_type::<GameRecordRow>(options)
             .expect("the game record's row is a flat struct");
         schema_of(fields.iter().map(|f| f.as_ref().clone()).collect())
@@ -72,8 +75,10 @@ pub struct GameRecordRow {
     pub answer_logprob_ref: f64,
     pub reward: f64,
     pub reward_status: String,
+    pub reward_parts: Option<Vec<RewardPart>>,
     pub self_reward: Option<f64>,
     pub self_reward_status: String,
+    pub self_reward_top_probability: Option<f64>,
     pub judge_text: Option<String>,
     pub value: f64,
     pub value_q: Option<f64>,
@@ -256,7 +261,7 @@ mod tests {
     fn the_rows_columns_keep_the_updates_types_in_plain_arrow_types() {
         let record = game_record_schema();
         let updated = crate::boundary::update::updated_schema();
-        assert_eq!(record.fields().len(), 51);
+        assert_eq!(record.fields().len(), 53);
         assert_eq!(record.field(0).name(), RUN_ID);
         let mut copied = 0;
         for field in record.fields() {
@@ -273,7 +278,7 @@ mod tests {
                 "{field}"
             );
         }
-        assert_eq!(copied, 28);
+        assert_eq!(copied, 30);
         let nullable = |name: &str| record.field_with_name(name).unwrap().is_nullable();
         assert!(nullable(LOSS_CHALLENGER) && nullable(QUERY_SIMILARITY) && !nullable(LOSS));
     }

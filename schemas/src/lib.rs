@@ -42,7 +42,7 @@ mod typed;
 pub use boundary::advantage::{AdvantageBatch, AdvantageRow, advantage_schema};
 pub use boundary::answer::{AnswerBatch, AnswerRow, answer_schema};
 pub use boundary::query::{QueryBatch, QueryRow, query_schema};
-pub use boundary::reward::{RewardBatch, RewardRow, reward_schema};
+pub use boundary::reward::{RewardBatch, RewardPart, RewardRow, reward_parts_array, reward_schema};
 pub use boundary::self_reward::{SelfRewardBatch, SelfRewardRow, self_reward_schema};
 pub use boundary::update::{
     StepBatch, StepRow, UpdatedBatch, UpdatedRow, step_schema, updated_schema,

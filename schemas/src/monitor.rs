@@ -29,6 +29,7 @@ pub fn monitor_schema() -> SchemaRef {
             field::f64(MEAN_ANSWER_TOKENS),
             field::f64_or_null(MEAN_JUDGE_CHARS),
             field::f64_or_null(JUDGE_FAILURE_RATE),
+            field::f64_or_null(JUDGE_READ_OUT_RATE),
             field::utf8_list(WARNINGS),
         ])
     });
@@ -53,6 +54,7 @@ pub struct MonitorRow {
     pub mean_answer_tokens: f64,
     pub mean_judge_chars: Option<f64>,
     pub judge_failure_rate: Option<f64>,
+    pub judge_read_out_rate: Option<f64>,
     pub warnings: Vec<String>,
 }
 
@@ -85,6 +87,7 @@ mod tests {
             mean_answer_tokens: 40.0,
             mean_judge_chars: Some(300.0),
             judge_failure_rate: Some(0.5),
+            judge_read_out_rate: Some(0.25),
             warnings: vec!["judge failures 50% > 40%".into()],
         };
         let batch = MonitorBatch::from_rows(std::slice::from_ref(&row)).unwrap();

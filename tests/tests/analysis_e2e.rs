@@ -155,7 +155,16 @@ fn recipes_report_and_monitor_agree_with_rust_on_a_real_run() {
             .iter()
             .filter(|r| matches!(r.self_reward_status.as_str(), "missing" | "out_of_range"))
             .count();
+        let read_outs = rows
+            .iter()
+            .filter(|r| r.self_reward_status == "read_out")
+            .count();
         assert_eq!(judge[i]["failures"].as_u64(), Some(failed as u64));
+        assert_eq!(judge[i]["read_outs"].as_u64(), Some(read_outs as u64));
+        assert_eq!(
+            monitor[i].judge_read_out_rate,
+            Some(read_outs as f64 / judged as f64)
+        );
         assert!(close(
             num(&judge[i]["failure_rate"]),
             failed as f64 / judged as f64

@@ -3,7 +3,7 @@
 use std::fmt::Write;
 use std::path::Path;
 
-use lsp_reward::RewardKind;
+use lsp_self_reward::ReadOut;
 
 use crate::config::{EpochConfig, load_epoch};
 
@@ -62,25 +62,23 @@ pub fn plan(config: &EpochConfig) -> anyhow::Result<String> {
         n * g,
         config.solver.sampling.max_new_tokens
     )?;
-    let model = config
-        .reward
-        .model
-        .as_ref()
-        .map(|m| m.display().to_string());
-    let reward = match (config.reward.kind, model) {
-        (RewardKind::RewardModel, m) => format!("reward model {}", m.unwrap_or_default()),
-        (RewardKind::Judge, Some(m)) => format!("judge {m}"),
-        (RewardKind::Judge, None) => "judge = the frozen reference".to_string(),
-        (RewardKind::Verifier, _) => "verifier of reference answers".to_string(),
-        (RewardKind::Length, _) => format!("-|answer chars - {}|", config.reward.target_chars),
-    };
-    writeln!(out, "#   reward: {} scores by {reward}", n * g)?;
+    writeln!(
+        out,
+        "#   reward: {} scores by {}",
+        n * g,
+        config.reward.describe()
+    )?;
     if mode.has_self_reward() {
+        let read_out = match config.self_reward.read_out {
+            ReadOut::WhenUnusable => "read out of the judge when the reply has none",
+            ReadOut::Always => "always read out of the judge",
+            ReadOut::Never => "the fallback when the reply has none",
+        };
         writeln!(
             out,
-            "#   self-reward: {} judge replies (<= {} tokens each)",
+            "#   self-reward: {} judge replies (<= {} tokens each), score {read_out}",
             n * g,
-            config.self_reward.sampling.max_new_tokens
+            config.self_reward.reply_tokens()
         )?;
     }
     writeln!(

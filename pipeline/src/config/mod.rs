@@ -67,9 +67,7 @@ impl EpochConfig {
         if let Some(reference) = &mut self.model.reference {
             resolve(reference);
         }
-        if let Some(model) = &mut self.reward.model {
-            resolve(model);
-        }
+        self.reward.resolve_paths(base);
         if let Some(data) = &mut self.data {
             resolve(&mut data.path);
         }
@@ -77,8 +75,8 @@ impl EpochConfig {
             if let Some(data) = &mut stage.data {
                 resolve(&mut data.path);
             }
-            if let Some(model) = stage.reward.as_mut().and_then(|r| r.model.as_mut()) {
-                resolve(model);
+            if let Some(reward) = &mut stage.reward {
+                reward.resolve_paths(base);
             }
         }
     }
@@ -127,7 +125,7 @@ impl EpochConfig {
             ),
             (None, _) => {}
         }
-        if self.reward.kind == RewardKind::Verifier {
+        if self.reward.uses(RewardKind::Verifier) {
             let has_answers = self
                 .data
                 .as_ref()

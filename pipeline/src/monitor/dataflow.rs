@@ -36,8 +36,8 @@ enum Figure {
     /// n-grams first seen in an iteration.
     New(u64, u64),
     /// Answer sums of an iteration: answers, tokens, code, plain, plain code, judged,
-    /// judge failures, judge characters.
-    Answers(u64, [u64; 8]),
+    /// judge failures, judge read-outs, judge characters.
+    Answers(u64, [u64; 9]),
 }
 
 impl Figure {
@@ -150,6 +150,7 @@ impl LiveMonitor {
                     u64::from(plain && a.is_code),
                     u64::from(a.judge_failed.is_some()),
                     u64::from(a.judge_failed == Some(true)),
+                    u64::from(a.judge_read_out),
                     a.judge_chars,
                 ]
             })
@@ -240,6 +241,7 @@ impl LiveMonitor {
                         c.plain_code_answers,
                         c.judged,
                         c.judge_failures,
+                        c.judge_read_outs,
                         c.judge_chars,
                     ] = s;
                 }

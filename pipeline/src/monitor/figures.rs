@@ -30,6 +30,7 @@ pub struct IterationCounts {
     pub plain_code_answers: u64,
     pub judged: u64,
     pub judge_failures: u64,
+    pub judge_read_outs: u64,
     pub judge_chars: u64,
 }
 
@@ -106,6 +107,7 @@ impl IterationResult {
             mean_answer_tokens: ratio(c.answer_tokens, c.answers),
             mean_judge_chars: (c.judged > 0).then(|| ratio(c.judge_chars, c.judged)),
             judge_failure_rate: (c.judged > 0).then(|| ratio(c.judge_failures, c.judged)),
+            judge_read_out_rate: (c.judged > 0).then(|| ratio(c.judge_read_outs, c.judged)),
             warnings: Vec::new(),
         };
         row.warnings = warnings(&row, &config.warn, config.distinct_n);
@@ -165,7 +167,7 @@ fn warnings(row: &MonitorRow, warn: &WarnThresholds, n: usize) -> Vec<String> {
         && rate > limit
     {
         out.push(format!(
-            "judge parse failures {} > {}: R_Q is mostly the fallback score",
+            "judge fallbacks {} > {}: R_Q is mostly the fallback score",
             pct(rate),
             pct(limit)
         ));
@@ -211,6 +213,7 @@ mod tests {
                 plain_code_answers: 2,
                 judged: 8,
                 judge_failures: 6,
+                judge_read_outs: 1,
                 judge_chars: 800,
             },
             similar: [(1, similar(3, 4, (1, 0))), (2, similar(1, 4, (0, 3)))].into(),
@@ -226,13 +229,17 @@ mod tests {
             (10.0, 12.5)
         );
         assert_eq!(
-            (row.mean_judge_chars, row.judge_failure_rate),
-            (Some(100.0), Some(0.75))
+            (
+                row.mean_judge_chars,
+                row.judge_failure_rate,
+                row.judge_read_out_rate
+            ),
+            (Some(100.0), Some(0.75), Some(0.125))
         );
         // distinct 0.4 < 0.5, drift 50% > 30%, failures 75% > 50%; duplicates 25% ≤ 50%.
         assert_eq!(row.warnings.len(), 3, "{:?}", row.warnings);
         assert!(row.warnings[0].starts_with("distinct-2 of the queries 0.400 < 0.5"));
         assert!(row.warnings[1].contains("code drift"));
-        assert!(row.warnings[2].starts_with("judge parse failures 75% > 50%"));
+        assert!(row.warnings[2].starts_with("judge fallbacks 75% > 50%"));
     }
 }

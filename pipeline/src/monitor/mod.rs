@@ -17,7 +17,7 @@ mod sequential;
 pub mod text;
 
 pub use dataflow::LiveMonitor;
-pub use observation::{judge_failed, observe};
+pub use observation::observe;
 pub use sequential::SequentialMonitor;
 
 use lsp_schemas::problems::{Problems, Validate, join_path};

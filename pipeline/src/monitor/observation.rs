@@ -3,6 +3,7 @@
 //! reference start from these.
 
 use lsp_schemas::GameRecordRow;
+use lsp_self_reward::ScoreSource;
 use serde::{Deserialize, Serialize};
 
 use super::MonitorConfig;
@@ -30,18 +31,18 @@ pub struct AnswerObservation {
     pub tokens: u32,
     pub is_code: bool,
     pub query_asks_code: bool,
-    /// `Some(failed)` when a judge rated it; whether its reply had no usable score.
+    /// `Some(failed)` when a judge rated it; whether it got the fallback R_Q.
     pub judge_failed: Option<bool>,
+    /// Whether its R_Q was read out of the judge's score distribution.
+    pub judge_read_out: bool,
     /// Characters of the judge's reply (0 without one).
     pub judge_chars: u64,
 }
 
-/// Whether a self-reward status is a judge failure.
-pub fn judge_failed(status: &str) -> Option<bool> {
-    match status {
-        "disabled" => None,
-        s => Some(matches!(s, "missing" | "out_of_range")),
-    }
+/// Whether a self-reward status is a judge failure (the fallback R_Q); `None` when
+/// the mode has no self-reward.
+fn judge_failed(status: &str) -> Option<bool> {
+    ScoreSource::of_status(status).map(|s| s == ScoreSource::Fallback)
 }
 
 /// The observations of one iteration's rows.
@@ -67,6 +68,8 @@ pub fn observe(
             is_code: code_fraction(&r.answer_text) >= MOSTLY_CODE,
             query_asks_code: asks_for_code(&r.query_text),
             judge_failed: judge_failed(&r.self_reward_status),
+            judge_read_out: ScoreSource::of_status(&r.self_reward_status)
+                == Some(ScoreSource::ReadOut),
             judge_chars: r
                 .judge_text
                 .as_deref()

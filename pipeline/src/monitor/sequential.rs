@@ -82,6 +82,7 @@ impl SequentialMonitor {
             if let Some(failed) = a.judge_failed {
                 c.judged += 1;
                 c.judge_failures += u64::from(failed);
+                c.judge_read_outs += u64::from(a.judge_read_out);
                 c.judge_chars += a.judge_chars;
             }
         }

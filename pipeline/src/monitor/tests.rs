@@ -60,8 +60,10 @@ fn row(
         answer_logprob_ref: -1.0,
         reward: 0.0,
         reward_status: "ok".into(),
+        reward_parts: None,
         self_reward: None,
         self_reward_status: status.into(),
+        self_reward_top_probability: (status == "read_out").then_some(0.6),
         judge_text: (status != "disabled").then(|| format!("judge {query_id}/{answer_index}")),
         value: 0.0,
         value_q: None,
@@ -98,7 +100,7 @@ fn row(
 /// `iterations` records of `queries` × `answers` rows.
 fn records(iterations: u64, queries: u32, answers: u32) -> Vec<Vec<GameRecordRow>> {
     let mut texts = Texts(7);
-    let statuses = ["ok", "missing", "disabled", "out_of_range"];
+    let statuses = ["ok", "missing", "disabled", "out_of_range", "read_out"];
     (1..=iterations)
         .map(|t| {
             let mut rows = Vec::new();
@@ -180,7 +182,7 @@ fn the_first_iteration_is_all_new_and_exact_repeats_are_found() {
     ];
     let second = vec![
         row(2, 0, 0, "write a POEM about the sea", "Foam.", "ok"),
-        row(2, 1, 0, "Name three prime numbers.", "2, 3, 5", "ok"),
+        row(2, 1, 0, "Name three prime numbers.", "2, 3, 5", "read_out"),
     ];
     let results = timely::execute_directly(move |worker| {
         let mut monitor = LiveMonitor::new(worker);
@@ -198,9 +200,16 @@ fn the_first_iteration_is_all_new_and_exact_repeats_are_found() {
     assert_eq!((one.novelty, one.near_duplicates), (1.0, 0));
     // "Explain why the sky is blue." asks for no code; its answer is all code.
     assert_eq!((one.code_share, one.code_drift), (0.5, Some(0.5)));
-    assert_eq!(one.judge_failure_rate, Some(0.5));
+    assert_eq!(
+        (one.judge_failure_rate, one.judge_read_out_rate),
+        (Some(0.5), Some(0.0))
+    );
     let two = results[1].row("t", 2, &config);
     assert_eq!(two.near_duplicates, 1);
+    assert_eq!(
+        (two.judge_failure_rate, two.judge_read_out_rate),
+        (Some(0.0), Some(0.5))
+    );
     let same = results[1].similar[&0];
     assert_eq!((same.jaccard(), same.earlier), (1.0, (1, 0)));
     assert!(!results[1].similar.contains_key(&1));

@@ -100,7 +100,8 @@ pub fn charts(run: &RunStats) -> Vec<Chart> {
                     Some(x.monitor.near_duplicate_share)
                 }),
                 line("code share", s, |x| Some(x.monitor.code_share)),
-                line("judge parse failures", s, |x| x.judge_failure_rate),
+                line("judge read-outs", s, |x| x.judge_read_out_rate),
+                line("judge fallbacks", s, |x| x.judge_failure_rate),
             ],
         ),
         chart(

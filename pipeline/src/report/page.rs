@@ -27,10 +27,6 @@ fn spread(s: &Spread) -> String {
     format!("{:.3} ± {:.3}", s.mean, s.std)
 }
 
-fn opt(x: Option<f64>, f: impl Fn(f64) -> String) -> String {
-    x.map_or("–".to_string(), f)
-}
-
 fn pct(x: f64) -> String {
     format!("{:.0}%", 100.0 * x)
 }
@@ -46,7 +42,7 @@ pub fn table(stats: &[IterationStats]) -> (Vec<&'static str>, Vec<Vec<String>>) 
         "KL",
         "query tok",
         "answer tok",
-        "judge failures",
+        "judge read-out / fallback",
         "distinct-n",
         "novelty",
         "near-dup",
@@ -66,7 +62,10 @@ pub fn table(stats: &[IterationStats]) -> (Vec<&'static str>, Vec<Vec<String>>) 
                 format!("{:.3e}", s.kl_answer),
                 format!("{:.1}", s.query_tokens),
                 format!("{:.1}", s.answer_tokens),
-                opt(s.judge_failure_rate, pct),
+                match (s.judge_read_out_rate, s.judge_failure_rate) {
+                    (Some(r), Some(f)) => format!("{} / {}", pct(r), pct(f)),
+                    _ => "–".into(),
+                },
                 format!("{:.3}", s.monitor.distinct_n),
                 format!("{:.3}", s.monitor.novelty),
                 format!("{}/{}", s.monitor.near_duplicates, s.monitor.queries),

@@ -68,6 +68,7 @@ pub struct IterationStats {
     pub query_tokens: f64,
     pub answer_tokens: f64,
     pub judge_failure_rate: Option<f64>,
+    pub judge_read_out_rate: Option<f64>,
     pub tokens_per_second: f64,
     /// challenger, solver, reward, self_reward, advantage, update.
     pub seconds: [f64; 6],
@@ -114,6 +115,9 @@ impl IterationStats {
             query_tokens: summary.query_tokens,
             answer_tokens: summary.answer_tokens,
             judge_failure_rate: summary.judge_failures,
+            judge_read_out_rate: summary
+                .judge_sources
+                .map(|[p, r, f]| r as f64 / (p + r + f) as f64),
             tokens_per_second: summary.tokens_per_second,
             seconds: summary.seconds,
             monitor,

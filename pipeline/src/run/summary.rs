@@ -2,7 +2,7 @@
 
 use lsp_schemas::{GameRecordBatch, MonitorRow, TypedBatch};
 
-use crate::monitor::judge_failed;
+use lsp_self_reward::ScoreSource;
 
 /// Figures of one iteration, from its game record.
 #[derive(Debug, Clone, PartialEq)]
@@ -13,6 +13,8 @@ pub struct Summary {
     pub self_reward: Option<f64>,
     pub value_challenger: Option<f64>,
     pub judge_failures: Option<f64>,
+    /// Judged answers whose R_Q was parsed, read out, or the fallback.
+    pub judge_sources: Option<[usize; 3]>,
     pub kl: f64,
     pub query_tokens: f64,
     pub answer_tokens: f64,
@@ -37,10 +39,14 @@ impl Summary {
             .iter()
             .filter(|r| r.self_reward_status != "disabled")
             .collect();
-        let failures = judged
-            .iter()
-            .filter(|r| judge_failed(&r.self_reward_status) == Some(true))
-            .count();
+        let sources = judged.iter().fold([0; 3], |mut n, r| {
+            match ScoreSource::of_status(&r.self_reward_status) {
+                Some(ScoreSource::Parsed) => n[0] += 1,
+                Some(ScoreSource::ReadOut) => n[1] += 1,
+                _ => n[2] += 1,
+            }
+            n
+        });
         let seconds = [
             r0.seconds_challenger,
             r0.seconds_solver,
@@ -65,7 +71,8 @@ impl Summary {
             value_challenger: r0
                 .challenger_reward
                 .map(|_| mean(rows.iter().filter_map(|r| r.challenger_reward))),
-            judge_failures: (!judged.is_empty()).then(|| failures as f64 / judged.len() as f64),
+            judge_failures: (!judged.is_empty()).then(|| sources[2] as f64 / judged.len() as f64),
+            judge_sources: (!judged.is_empty()).then_some(sources),
             kl: mean(rows.iter().map(|r| r.kl_answer)),
             query_tokens: mean(
                 rows.iter()
@@ -89,15 +96,17 @@ impl Summary {
         let opt = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3}"));
         let [c, so, r, sr, a, u] = self.seconds;
         format!(
-            "iteration {}/{of}: R {:.3} | R_Q {} | challenger reward {} | judge failures {} | KL {:.3e} | \
+            "iteration {}/{of}: R {:.3} | R_Q {} | challenger reward {} | judge {} | KL {:.3e} | \
              loss {:.3e}{} | query {:.0} tok, answer {:.0} tok | {:.1} tok/s | s: challenger {c:.1} solver {so:.1} \
              reward {r:.1} self-reward {sr:.1} advantage {a:.2} update {u:.1}",
             self.iteration,
             self.reward,
             opt(self.self_reward),
             opt(self.value_challenger),
-            self.judge_failures
-                .map_or("-".to_string(), |f| format!("{:.0}%", 100.0 * f)),
+            self.judge_sources
+                .map_or("-".to_string(), |[p, r, f]| format!(
+                    "parsed {p} read-out {r} fallback {f}"
+                )),
             self.kl,
             self.loss,
             if self.step_applied {

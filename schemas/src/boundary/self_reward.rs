@@ -10,12 +10,13 @@ use crate::columns::*;
 use crate::field;
 use crate::typed::schema_of;
 
-/// The reward columns followed by R_Q, its parse status and the judge's reply.
+/// The reward columns followed by R_Q, how it was obtained and the judge's reply.
 pub(crate) fn self_reward_fields() -> Vec<Field> {
     let mut fields = reward_fields();
     fields.extend([
         field::f64_or_null(SELF_REWARD),
         field::utf8(SELF_REWARD_STATUS),
+        field::f64_or_null(SELF_REWARD_TOP_PROBABILITY),
         field::utf8_or_null(JUDGE_TEXT),
     ]);
     fields
@@ -36,8 +37,11 @@ pub struct SelfRewardRow {
     /// R_Q in 0..=7, the fallback when the reply had no usable score, or null when
     /// the mode has no self-reward.
     pub self_reward: Option<f64>,
-    /// `ok`, `calculation_mismatch`, `missing`, `out_of_range` or `disabled`.
+    /// `ok`, `calculation_mismatch`, `read_out`, `missing`, `out_of_range` or
+    /// `disabled`.
     pub self_reward_status: String,
+    /// The read-out's top score probability (null when not read out).
+    pub self_reward_top_probability: Option<f64>,
     /// The judge's raw reply (null when disabled).
     pub judge_text: Option<String>,
 }

@@ -35,11 +35,28 @@ pub fn updated(query_id: u32, answer_index: u32) -> UpdatedRow {
         answer,
         reward: 0.5 * answer_index as f64,
         reward_status: "ok".into(),
+        reward_parts: (answer_index == 0).then(|| {
+            vec![
+                RewardPart {
+                    name: "format".into(),
+                    weight: 0.5,
+                    reward: 1.0,
+                    reward_status: "ok".into(),
+                },
+                RewardPart {
+                    name: "gsm8k".into(),
+                    weight: 1.0,
+                    reward: 0.0,
+                    reward_status: "reward_timeout".into(),
+                },
+            ]
+        }),
     };
     let judged = SelfRewardRow {
         rewarded,
         self_reward: (answer_index != 1).then_some(5.0),
         self_reward_status: if answer_index == 1 { "missing" } else { "ok" }.into(),
+        self_reward_top_probability: None,
         judge_text: Some("<Score>5</Score>".into()),
     };
     let advantaged = AdvantageRow {

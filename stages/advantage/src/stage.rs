@@ -316,9 +316,11 @@ mod tests {
                     },
                     reward: R[i],
                     reward_status: "ok".into(),
+                    reward_parts: None,
                 },
                 self_reward: RQ[i],
                 self_reward_status: "ok".into(),
+                self_reward_top_probability: None,
                 judge_text: Some("<Score>1</Score>".into()),
             })
             .collect();

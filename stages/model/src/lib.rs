@@ -38,6 +38,7 @@
 
 mod chat_template;
 mod checkpoint;
+mod choices;
 mod config;
 pub mod decoder;
 mod error;

@@ -12,12 +12,21 @@ pub enum RewardError {
     /// A batch could not be read or built.
     #[error(transparent)]
     Schema(#[from] lsp_schemas::SchemaError),
-    /// The judge's tokenizer cannot express the score scale.
-    #[error("judge {model}: {message}")]
-    Judge {
-        /// The judge model's folder.
-        model: String,
-        /// What is wrong.
+    /// The user's reward code failed on a row and `on_failure` is `error`.
+    #[error(
+        "the `{name}` reward failed on query {query_id}, answer {answer_index} of iteration \
+         {iteration}: {message} (set `on_failure: fallback` to give such rows `fallback_reward`)"
+    )]
+    External {
+        /// The reward's name (its kind, or its name in a sum).
+        name: String,
+        /// Where.
+        iteration: u64,
+        /// Where.
+        query_id: u32,
+        /// Where.
+        answer_index: u32,
+        /// What went wrong.
         message: String,
     },
 }

@@ -3,9 +3,8 @@
 //! reward from one forward pass.
 
 use lsp_model::LanguageModel;
-use tch::Kind;
 
-use crate::error::{Result, RewardError};
+use crate::error::Result;
 
 /// The rating prompt; `{max}`, `{instruction}` and `{response}` are filled.
 pub const JUDGE_PROMPT: &str = "Rate how well the response answers the instruction, \
@@ -26,51 +25,21 @@ pub fn judge_prompt(instruction: &str, response: &str, max: u64) -> String {
     )
 }
 
-/// The single token id of each of `choices` in the judge's vocabulary; an error
-/// naming the first that is not one token.
-fn choice_token_ids(judge: &LanguageModel, choices: &[String]) -> Result<Vec<i64>> {
-    choices
-        .iter()
-        .map(|choice| {
-            let ids = judge.tokenizer().encode(choice)?;
-            match ids.as_slice() {
-                [id] => Ok(i64::from(*id)),
-                _ => Err(RewardError::Judge {
-                    model: judge.folder().display().to_string(),
-                    message: format!(
-                        "the judge's answer {choice:?} is {} tokens, not one",
-                        ids.len()
-                    ),
-                }),
-            }
-        })
-        .collect()
-}
-
 /// An LLM judge's answer without generation: for each of `prompts` (a user message,
 /// rendered with the judge's chat template), the probabilities of `choices` (each
-/// one token) at the judge's next position, renormalised over the choices. One
-/// forward pass per batch of `batch` prompts.
+/// one token) at the judge's next position, renormalised over the choices.
 pub fn choice_probabilities(
     judge: &LanguageModel,
     prompts: &[String],
     choices: &[String],
     batch: usize,
 ) -> Result<Vec<Vec<f64>>> {
-    let ids = choice_token_ids(judge, choices)?;
-    let index = tch::Tensor::from_slice(&ids).to_device(judge.device());
-    let mut out = Vec::with_capacity(prompts.len());
-    for chunk in prompts.chunks(batch.max(1)) {
-        let ids: Vec<Vec<u32>> = chunk
-            .iter()
-            .map(|p| judge.tokenizer().chat_prompt(p))
-            .collect::<Result<_, _>>()?;
-        let logits = judge.last_logits(&ids)?;
-        let probs = logits.index_select(1, &index).softmax(-1, Kind::Double);
-        let flat = Vec::<f64>::try_from(&probs.view([-1])).map_err(lsp_model::ModelError::from)?;
-        out.extend(flat.chunks(choices.len()).map(<[f64]>::to_vec));
-    }
-    Ok(out)
+    let ids = judge.choice_token_ids(choices)?;
+    let seqs: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| judge.tokenizer().chat_prompt(p))
+        .collect::<Result<_, _>>()?;
+    Ok(judge.choice_probabilities(&seqs, &ids, batch)?)
 }
 
 /// Expected score Σ k·p(k) / Σ p(k) over the score tokens `1..=max`, for each

@@ -9,12 +9,14 @@
 
 mod config;
 mod error;
+mod external;
 mod judge;
 mod stage;
 mod verifier;
 
-pub use config::{RewardConfig, RewardKind};
+pub use config::{OnFailure, RewardConfig, RewardKind};
 pub use error::{Result, RewardError};
+pub use external::{Failure, RewardRequest};
 pub use judge::{JUDGE_PROMPT, choice_probabilities, judge_prompt, judge_scores};
 pub use stage::{RewardStage, reward_model_scores};
 pub use verifier::{last_number, reference_number, verify};

@@ -32,6 +32,32 @@ impl ParseStatus {
     }
 }
 
+/// Where an answer's R_Q came from, from its `self_reward_status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScoreSource {
+    /// The number the judge's reply wrote (`ok`, `calculation_mismatch`).
+    Parsed,
+    /// The expected score of the judge's distribution after `<Score>` (`read_out`).
+    ReadOut,
+    /// The configured fallback (`missing`, `out_of_range`).
+    Fallback,
+}
+
+/// The status of an R_Q read out of the judge's score distribution.
+pub const READ_OUT: &str = "read_out";
+
+impl ScoreSource {
+    /// The source a status names; `None` for `disabled` (no self-reward).
+    pub fn of_status(status: &str) -> Option<Self> {
+        match status {
+            "disabled" => None,
+            "ok" | "calculation_mismatch" => Some(Self::Parsed),
+            READ_OUT => Some(Self::ReadOut),
+            _ => Some(Self::Fallback),
+        }
+    }
+}
+
 /// The text between the last `<tag>` and its `</tag>`.
 fn last_tagged<'a>(text: &'a str, tag: &str) -> Option<&'a str> {
     let open = format!("<{tag}>");
@@ -122,5 +148,19 @@ mod tests {
         );
         assert_eq!(parse_judgement("<Score>5"), (None, ParseStatus::Missing));
         assert!(ParseStatus::CalculationMismatch.has_score() && !ParseStatus::Missing.has_score());
+    }
+
+    #[test]
+    fn every_status_names_its_source() {
+        for (status, source) in [
+            (ParseStatus::Ok, ScoreSource::Parsed),
+            (ParseStatus::CalculationMismatch, ScoreSource::Parsed),
+            (ParseStatus::Missing, ScoreSource::Fallback),
+            (ParseStatus::OutOfRange, ScoreSource::Fallback),
+        ] {
+            assert_eq!(ScoreSource::of_status(status.as_str()), Some(source));
+        }
+        assert_eq!(ScoreSource::of_status(READ_OUT), Some(ScoreSource::ReadOut));
+        assert_eq!(ScoreSource::of_status("disabled"), None);
     }
 }
