@@ -73,7 +73,11 @@ fn main() -> ExitCode {
         }
         Err(err) => {
             eprintln!("error: {}", describe(&err));
-            ExitCode::FAILURE
+            // 128 + SIGINT, as a shell reports an interrupted program.
+            match err.downcast_ref::<run::Stopped>() {
+                Some(_) => ExitCode::from(130),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -83,7 +83,7 @@ pub const QUERY_LOGPROB_REF: &str = "query_logprob_ref";
 pub const ANSWER_LOGPROB_POLICY: &str = "answer_logprob_policy";
 /// Sum of the answer tokens' log-probs under the frozen reference.
 pub const ANSWER_LOGPROB_REF: &str = "answer_logprob_ref";
-/// KL estimate of the query (per the configured estimator and aggregation).
+/// KL estimate of the query (the configured estimator, mean over its tokens).
 pub const KL_QUERY: &str = "kl_query";
 /// KL estimate of the answer.
 pub const KL_ANSWER: &str = "kl_answer";

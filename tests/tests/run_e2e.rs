@@ -227,47 +227,61 @@ fn a_staged_run_continues_each_stage_from_the_last_ones_weights() {
 }
 
 #[test]
-fn ctrl_c_stops_after_the_iteration_in_progress_and_keeps_what_is_finished() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), "lsp_zero", 40);
-    let child = Command::new(pipeline())
-        .arg("run")
-        .arg(&cfg)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let state = dir
-        .path()
-        .join("e2e/checkpoints/iteration-000002/state.json");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while !state.exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(2));
+fn sigint_and_sigterm_stop_after_the_iteration_in_progress_with_status_130() {
+    for signal in ["-INT", "-TERM"] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), "lsp_zero", 40);
+        let child = Command::new(pipeline())
+            .arg("run")
+            .arg(&cfg)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let state = dir
+            .path()
+            .join("e2e/checkpoints/iteration-000002/state.json");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while !state.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(130), "{signal}: {stderr}");
+        assert!(
+            stderr.contains("interrupted: stopping after this iteration"),
+            "{stderr}"
+        );
+        // Every finished iteration is recorded and, the last one too, checkpointed,
+        // in order, with no gap; no final model.
+        let rows = records(dir.path());
+        let done = iterations(&rows);
+        assert!(done.len() >= 2 && done.len() < 40, "{done:?}");
+        assert_eq!(done, (1..=done.len() as u64).collect::<Vec<_>>());
+        let last = *done.last().unwrap();
+        assert!(
+            stderr.contains(&format!("stopped at iteration {last} of 40"))
+                && stderr.contains("--resume"),
+            "{stderr}"
+        );
+        assert!(
+            dir.path()
+                .join(format!("e2e/checkpoints/iteration-{last:06}/state.json"))
+                .exists()
+        );
+        assert!(!dir.path().join("e2e/final").exists());
+        // The resume keeps them and finishes.
+        run(&cfg, true);
+        assert_eq!(
+            iterations(&records(dir.path())),
+            (1..=40).collect::<Vec<_>>()
+        );
     }
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("interrupted: stopping after this iteration"),
-        "{stderr}"
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("not written (stopped early)"));
-    // Every finished iteration is recorded and checkpointed, in order, with no gap.
-    let rows = records(dir.path());
-    let done = iterations(&rows);
-    assert!(done.len() >= 2 && done.len() < 40, "{done:?}");
-    assert_eq!(done, (1..=done.len() as u64).collect::<Vec<_>>());
-    let last = *done.last().unwrap();
-    assert!(
-        dir.path()
-            .join(format!("e2e/checkpoints/iteration-{last:06}/state.json"))
-            .exists()
-    );
 }
 
 #[test]

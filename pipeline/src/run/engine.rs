@@ -110,7 +110,10 @@ impl Engine {
             )?,
             self_reward: SelfReward::new(config.self_reward.clone())?,
             advantage: AdvantageStage::new(mode, config.advantage.clone())?,
-            update: Update::new(config.update.clone(), &policy)?,
+            update: Update::new(config.update.clone(), &policy)?.with_length_limits(
+                config.solver.sampling.max_new_tokens,
+                config.challenger.sampling.max_new_tokens,
+            ),
             policy,
             reference,
             data,
@@ -214,9 +217,12 @@ impl Engine {
     ) -> anyhow::Result<(AdvantageBatch, StageSeconds, BatchTotals)> {
         let start = Instant::now();
         let batch = self.advantage.process_among(&judged, all)?;
+        let challenged = || all.iter().filter(|t| t.challenger_reward.is_some());
         let totals = BatchTotals {
             answers: all.iter().map(|t| t.rows as usize).sum(),
-            queries: all.iter().filter(|t| t.challenger_reward.is_some()).count(),
+            queries: challenged().count(),
+            answer_tokens: all.iter().map(|t| t.answer_tokens).sum(),
+            query_tokens: challenged().map(|t| t.query_tokens).sum(),
         };
         s.advantage = start.elapsed().as_secs_f64();
         Ok((batch, s, totals))

@@ -112,6 +112,33 @@ impl RunDir {
     pub fn has_output(&self) -> bool {
         self.records().is_dir() || self.root.join("checkpoints").is_dir()
     }
+
+    /// Takes the run folder's exclusive lock (`.lock`, an OS file lock: released when
+    /// the returned file closes, at exit or on a kill), creating the folder; a clear
+    /// error when another process holds it.
+    pub fn lock(&self) -> anyhow::Result<std::fs::File> {
+        std::fs::create_dir_all(&self.root)
+            .with_context(|| format!("creating {}", self.root.display()))?;
+        let path = self.root.join(".lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+                "{} is in use by another `pipeline run` (it holds {}): wait for it to \
+                 stop, or set another run.name or run.output_dir",
+                self.root.display(),
+                path.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("locking {}", path.display()))
+            }
+        }
+    }
 }
 
 /// Numbers `N` of the entries `prefix N suffix` in `dir` (none when it is missing).

@@ -108,6 +108,21 @@ fn interrupted() -> Arc<AtomicBool> {
     .clone()
 }
 
+/// A run stopped by a signal before its last iteration (exit status 130).
+#[derive(Debug)]
+pub struct Stopped {
+    /// Where it stopped and how to continue.
+    pub message: String,
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Stopped {}
+
 /// Runs the config (each of its stages in turn, if it has them); returns the closing
 /// message.
 pub fn run(args: &RunArgs) -> anyhow::Result<String> {
@@ -161,6 +176,11 @@ fn run_one(
     progress: progress::ProgressMode,
 ) -> anyhow::Result<String> {
     let writes = config.run.process == 0;
+    // Held until this function returns; the OS releases it if the process dies.
+    let _lock = match writes {
+        true => Some(dir.lock()?),
+        false => None,
+    };
     let (start, policy_folder) = plan_start(&config, &dir, resume, writes)?;
     let total = config.run.iterations;
     if start > total {
@@ -217,15 +237,21 @@ fn run_one(
         return Err(e);
     }
     let done = done.context("the run had no workers")?;
+    if done < total {
+        return Err(Stopped {
+            message: format!(
+                "stopped at iteration {done} of {total} (interrupted); its records and a \
+                 checkpoint are in {}: continue with `pipeline run <config> --resume`",
+                dir.root().display()
+            ),
+        }
+        .into());
+    }
     Ok(format!(
         "run {}: iterations {start}..={done} done; records in {}, final model {}\n",
         dir.root().display(),
         dir.records().display(),
-        if done == total {
-            dir.final_model().display().to_string()
-        } else {
-            "not written (stopped early)".into()
-        }
+        dir.final_model().display()
     ))
 }
 
@@ -318,7 +344,8 @@ fn play(
                 writer.write(dir.monitor_row(t), MonitorBatch::from_rows(&[row])?);
             }
             let every = config.run.checkpoint_every;
-            if (every > 0 && t % every == 0) || t == total {
+            // A stop (Ctrl-C, SIGTERM) checkpoints too: the iteration it finished is kept.
+            if (every > 0 && t % every == 0) || t == total || stopping {
                 // Records up to t are on disk before the checkpoint says t is done.
                 writer.flush()?;
                 checkpoint::save(dir, &mut engine.borrow_mut(), t)?;

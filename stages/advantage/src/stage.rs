@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, Float64Array, UInt32Array};
-use lsp_schemas::columns::{QUERY_ID, REWARD, SELF_REWARD};
+use arrow::array::{Array, ArrayRef, Float64Array, ListArray, UInt32Array};
+use lsp_schemas::columns::{ANSWER_TOKEN_IDS, QUERY_ID, QUERY_TOKEN_IDS, REWARD, SELF_REWARD};
 use lsp_schemas::problems::{Problems, Validate};
 use lsp_schemas::{AdvantageBatch, SchemaError, SelfRewardBatch, TypedBatch};
 use serde::{Deserialize, Serialize};
@@ -56,6 +56,10 @@ pub struct QueryTally {
     pub rows: u32,
     /// −V(q) + w·V_Q(q); none without a challenger (`grpo`).
     pub challenger_reward: Option<f64>,
+    /// Its answers' tokens.
+    pub answer_tokens: u64,
+    /// Its own tokens.
+    pub query_tokens: u64,
 }
 
 /// The advantages of `mode` for rows grouped by `query_ids`. `self_rewards` is used
@@ -161,12 +165,16 @@ impl AdvantageStage {
     /// Each query's [`QueryTally`] in `judged`, in query order.
     pub fn tally(&self, judged: &SelfRewardBatch) -> Result<Vec<QueryTally>, AdvantageError> {
         let (ids, a) = self.local(judged, None)?;
+        let answers = judged.column::<ListArray>(ANSWER_TOKEN_IDS)?;
+        let queries = judged.column::<ListArray>(QUERY_TOKEN_IDS)?;
         Ok(groups(&ids)
             .into_iter()
             .map(|g| QueryTally {
                 query_id: ids[g[0]],
                 rows: g.len() as u32,
                 challenger_reward: a.challenger_reward.as_ref().map(|c| c[g[0]]),
+                answer_tokens: g.iter().map(|&r| answers.value_length(r) as u64).sum(),
+                query_tokens: queries.value_length(g[0]) as u64,
             })
             .collect())
     }
@@ -331,7 +339,7 @@ mod tests {
         assert_eq!(adv, [-3.0, 3.0, -1.0, 1.0]);
         assert_eq!(out[2].adv_challenger, Some(-2.5));
         assert_eq!(out[0].judged, rows[0]);
-        // Tallies: rows and challenger reward per query, in query order.
+        // Tallies: rows, challenger reward and tokens per query, in query order.
         let tallies = stage.tally(&judged).unwrap();
         assert_eq!(
             tallies,
@@ -339,12 +347,16 @@ mod tests {
                 QueryTally {
                     query_id: 0,
                     rows: 2,
-                    challenger_reward: Some(2.0)
+                    challenger_reward: Some(2.0),
+                    answer_tokens: 2,
+                    query_tokens: 1,
                 },
                 QueryTally {
                     query_id: 1,
                     rows: 2,
-                    challenger_reward: Some(-3.0)
+                    challenger_reward: Some(-3.0),
+                    answer_tokens: 2,
+                    query_tokens: 1,
                 }
             ]
         );

@@ -28,6 +28,11 @@ impl Validate for SolverConfig {
     fn validate(&self, path: &str, problems: &mut Problems) {
         let g = join_path(path, "answers_per_query");
         problems.positive(&g, self.answers_per_query);
+        problems.check(self.answers_per_query != 1, &g, || {
+            "1 makes every solver advantage 0 (A_Sol = R − the mean R of the query's answers, \
+             a group of one): use 2 or more"
+                .into()
+        });
         self.sampling
             .validate(&join_path(path, "sampling"), problems);
     }

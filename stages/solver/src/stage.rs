@@ -229,7 +229,7 @@ mod tests {
         assert_eq!(rows[0].answer_finish_reason, "length", "{text:?}");
         assert_eq!(stop.chars().count(), 2, "{text:?}");
         let stopped = solver(
-            1,
+            2,
             SamplingConfig {
                 stop: vec![stop.clone()],
                 ..SamplingConfig::greedy(6)
@@ -260,5 +260,16 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("sampling.temperature"), "{err}");
+        // One answer per query is a group of one: its advantage is always 0.
+        let one = Solver::new(SolverConfig {
+            answers_per_query: 1,
+            ..SolverConfig::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            one.contains("answers_per_query: 1 makes every solver advantage 0"),
+            "{one}"
+        );
     }
 }

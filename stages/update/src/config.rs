@@ -14,15 +14,28 @@ pub enum KlEstimator {
     K3,
 }
 
-/// How per-token terms are combined into a sequence's loss.
+/// How the per-token terms `l` of a role's sequences (the answers; the queries, times
+/// α_Ch) are normalised into its loss, with TRL's names. `B` is the role's sequences
+/// in the iteration, `|o_i|` sequence i's tokens, `T` all its tokens in the iteration.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Aggregation {
-    /// Mean over the sequence's tokens (long answers do not dominate).
+pub enum Loss {
+    /// `(1/B) Σ_i (1/|o_i|) Σ_t l`: each sequence's token mean, averaged (TRL's
+    /// `grpo`; this project's default).
     #[default]
-    TokenMean,
-    /// Sum over the tokens: the sequence log-prob of the paper's formula.
+    Grpo,
+    /// `(1/B) Σ_i Σ_t l`: each sequence's token sum, the sequence log-prob of the
+    /// paper's formula.
     SequenceSum,
+    /// `(1/(B·L)) Σ_i Σ_t l` with `L` the role's `max_new_tokens` (Dr. GRPO: no
+    /// length bias).
+    DrGrpo,
+    /// `(1/T) Σ_i Σ_t l`: the token mean over the whole iteration (DAPO).
+    Dapo,
+    /// Each micro-batch's token mean, the micro-batches weighted by their share of
+    /// the role's sequences: `Σ_m (B_m/B)(1/T_m) Σ_{i∈m} Σ_t l` (TRL's `bnpo`, which
+    /// is this with equal micro-batches; it depends on the micro-batch partition).
+    Bnpo,
 }
 
 /// Loss, optimizer and step settings.
@@ -43,8 +56,8 @@ pub struct UpdateConfig {
     pub challenger_coef: f64,
     /// KL estimator.
     pub kl_estimator: KlEstimator,
-    /// Token aggregation.
-    pub aggregation: Aggregation,
+    /// How per-token terms are normalised ([`Loss`]).
+    pub loss: Loss,
     /// Sequences per forward/backward pass; gradients accumulate over micro-batches.
     pub micro_batch_size: u64,
     /// Clip the gradient's global norm to this (0 turns clipping off).
@@ -61,7 +74,7 @@ impl Default for UpdateConfig {
             kl_coef: 0.05,
             challenger_coef: 1.0,
             kl_estimator: KlEstimator::K1,
-            aggregation: Aggregation::TokenMean,
+            loss: Loss::Grpo,
             micro_batch_size: 4,
             max_grad_norm: 1.0,
         }

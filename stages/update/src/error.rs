@@ -12,6 +12,9 @@ pub enum UpdateError {
     /// libtorch failed outside a model call (the optimizer).
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    /// The update was built without what its loss needs.
+    #[error("update: {0}")]
+    Setup(String),
     /// The reference's log-probs do not belong to the batch.
     #[error("reference log-probs: {0}")]
     Mismatch(String),

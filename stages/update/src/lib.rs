@@ -21,7 +21,7 @@ mod loss;
 mod stage;
 
 pub use adamw::AdamW;
-pub use config::{Aggregation, KlEstimator, UpdateConfig};
+pub use config::{KlEstimator, Loss, UpdateConfig};
 pub use error::{Result, UpdateError};
-pub use loss::{aggregate, grad_norm, kl_per_token, sequence_terms};
+pub use loss::{RoleCounts, grad_norm, kl_per_token, sequence_terms, sequence_weight};
 pub use stage::{BatchTotals, LocalStep, ReferenceLogprobs, StepSums, Update};

@@ -11,17 +11,15 @@ use tch::{Kind, Tensor};
 use tracing::{debug, warn};
 
 use crate::adamw::AdamW;
-use crate::config::UpdateConfig;
+use crate::config::{Loss, UpdateConfig};
 use crate::error::{Result, UpdateError};
-use crate::loss::{grad_norm, sequence_terms};
+use crate::loss::{RoleCounts, grad_norm, sequence_terms, sequence_weight};
 
 /// One sequence the loss covers.
 struct Item {
     prompt: Vec<u32>,
     completion: Vec<u32>,
     advantage: f64,
-    /// Its share of the loss: 1/(N·G) for an answer, α_Ch/N for a query.
-    weight: f64,
     challenger: bool,
 }
 
@@ -54,6 +52,10 @@ pub struct BatchTotals {
     pub answers: usize,
     /// Queries the challenger is trained on: each weighs α_Ch/queries.
     pub queries: usize,
+    /// The answers' tokens (the `dapo` loss's normaliser).
+    pub answer_tokens: u64,
+    /// The trained queries' tokens.
+    pub query_tokens: u64,
 }
 
 impl BatchTotals {
@@ -61,15 +63,21 @@ impl BatchTotals {
     pub fn of(batch: &AdvantageBatch) -> Result<Self> {
         let query_ids = batch.column::<UInt32Array>(QUERY_ID)?;
         let adv_challenger = batch.column::<Float64Array>(ADV_CHALLENGER)?;
-        let mut queries: Vec<u32> = (0..batch.num_rows())
+        let answer_lists = batch.column::<ListArray>(ANSWER_TOKEN_IDS)?;
+        let query_lists = batch.column::<ListArray>(QUERY_TOKEN_IDS)?;
+        let mut queries: Vec<(u32, u64)> = (0..batch.num_rows())
             .filter(|&row| !adv_challenger.is_null(row))
-            .map(|row| query_ids.value(row))
+            .map(|row| (query_ids.value(row), query_lists.value_length(row) as u64))
             .collect();
         queries.sort_unstable();
         queries.dedup();
         Ok(Self {
             answers: batch.num_rows(),
             queries: queries.len(),
+            answer_tokens: (0..batch.num_rows())
+                .map(|row| answer_lists.value_length(row) as u64)
+                .sum(),
+            query_tokens: queries.iter().map(|(_, n)| n).sum(),
         })
     }
 }
@@ -118,6 +126,8 @@ pub struct LocalStep {
 pub struct Update {
     config: UpdateConfig,
     optimizer: AdamW,
+    /// The solver's and the challenger's `max_new_tokens` (the `dr_grpo` loss's `L`).
+    limits: (u64, u64),
 }
 
 fn list(batch: &AdvantageBatch, name: &str, row: usize) -> Result<Vec<u32>> {
@@ -148,7 +158,18 @@ impl Update {
             config.eps,
             config.weight_decay,
         );
-        Ok(Self { config, optimizer })
+        Ok(Self {
+            config,
+            optimizer,
+            limits: (0, 0),
+        })
+    }
+
+    /// Sets the answers' and queries' most new tokens, which the `dr_grpo` loss
+    /// divides by.
+    pub fn with_length_limits(mut self, answers: u64, queries: u64) -> Self {
+        self.limits = (answers, queries);
+        self
     }
 
     /// The optimizer (to save or restore its state with a checkpoint).
@@ -157,13 +178,8 @@ impl Update {
     }
 
     /// The sequences of the loss: every answer, and each query once when the
-    /// challenger is trained (its advantage column is not null), weighted by the
-    /// whole iteration's `totals`.
-    fn items(
-        &self,
-        batch: &AdvantageBatch,
-        totals: BatchTotals,
-    ) -> Result<(Vec<Item>, Vec<Option<usize>>)> {
+    /// challenger is trained (its advantage column is not null).
+    fn items(&self, batch: &AdvantageBatch) -> Result<(Vec<Item>, Vec<Option<usize>>)> {
         let n_rows = batch.num_rows();
         let query_ids = batch.column::<UInt32Array>(QUERY_ID)?;
         let adv_solver = batch.column::<Float64Array>(ADV_SOLVER)?;
@@ -174,7 +190,6 @@ impl Update {
                 prompt: list(batch, ANSWER_PROMPT_TOKEN_IDS, row)?,
                 completion: list(batch, ANSWER_TOKEN_IDS, row)?,
                 advantage: adv_solver.value(row),
-                weight: 1.0 / totals.answers.max(1) as f64,
                 challenger: false,
             });
         }
@@ -198,7 +213,6 @@ impl Update {
                 prompt: list(batch, PROMPT_TOKEN_IDS, row)?,
                 completion: list(batch, QUERY_TOKEN_IDS, row)?,
                 advantage: adv_challenger.value(row),
-                weight: self.config.challenger_coef / totals.queries.max(1) as f64,
                 challenger: true,
             });
         }
@@ -236,7 +250,7 @@ impl Update {
         reference: &LanguageModel,
         batch: &AdvantageBatch,
     ) -> Result<ReferenceLogprobs> {
-        let (items, _) = self.items(batch, BatchTotals::of(batch)?)?;
+        let (items, _) = self.items(batch)?;
         let weights = InferenceWeights::new(reference.transformer());
         let per_chunk = self
             .micro_batches(&items)
@@ -272,7 +286,7 @@ impl Update {
         batch: &AdvantageBatch,
         totals: BatchTotals,
     ) -> Result<LocalStep> {
-        let (items, query_item) = self.items(batch, totals)?;
+        let (items, query_item) = self.items(batch)?;
         let chunks = self.micro_batches(&items);
         let reference_lps = reference_lps.0;
         let lengths = |chunk: &Vec<usize>| -> Vec<i64> {
@@ -297,7 +311,23 @@ impl Update {
             has_challenger: items.iter().any(|i| i.challenger),
             ..StepSums::default()
         };
-        let n_queries = totals.queries.max(1) as f64;
+        if self.config.loss == Loss::DrGrpo && self.limits.0 == 0 {
+            return Err(UpdateError::Setup(
+                "the dr_grpo loss needs the most new tokens (Update::with_length_limits)".into(),
+            ));
+        }
+        let roles = [
+            RoleCounts {
+                sequences: totals.answers as f64,
+                tokens: totals.answer_tokens as f64,
+                limit: self.limits.0 as f64,
+            },
+            RoleCounts {
+                sequences: totals.queries as f64,
+                tokens: totals.query_tokens as f64,
+                limit: self.limits.1 as f64,
+            },
+        ];
         self.optimizer.zero_grad();
         for (chunk, reference_lp) in chunks.iter().zip(&reference_lps) {
             let pass = policy.training_logprobs(&pairs_of(&items, chunk))?;
@@ -309,9 +339,37 @@ impl Update {
                 &advantages,
                 self.config.kl_coef,
                 self.config.kl_estimator,
-                self.config.aggregation,
             );
-            let weights: Vec<f64> = chunk.iter().map(|&i| items[i].weight).collect();
+            // Each sequence's weight in its role's loss (before α_Ch).
+            let micro = |challenger: bool| {
+                chunk
+                    .iter()
+                    .filter(|&&i| items[i].challenger == challenger)
+                    .fold((0.0, 0.0), |(n, t), &i| {
+                        (n + 1.0, t + items[i].completion.len() as f64)
+                    })
+            };
+            let micro = [micro(false), micro(true)];
+            let role_weights: Vec<f64> = chunk
+                .iter()
+                .map(|&i| {
+                    let item = &items[i];
+                    sequence_weight(
+                        self.config.loss,
+                        roles[usize::from(item.challenger)],
+                        item.completion.len() as f64,
+                        micro[usize::from(item.challenger)],
+                    )
+                })
+                .collect();
+            let weights: Vec<f64> = chunk
+                .iter()
+                .zip(&role_weights)
+                .map(|(&i, w)| match items[i].challenger {
+                    true => w * self.config.challenger_coef,
+                    false => *w,
+                })
+                .collect();
             let weights = Tensor::from_slice(&weights).to_device(terms.device());
             let per_seq = -(terms.to_kind(Kind::Double) * weights);
             let loss = per_seq.sum(Kind::Double);
@@ -329,7 +387,7 @@ impl Update {
                     kl: kl[k] as f64,
                 };
                 if items[i].challenger {
-                    sums.loss_challenger -= terms[k] as f64 / n_queries;
+                    sums.loss_challenger -= terms[k] as f64 * role_weights[k];
                 } else {
                     sums.loss_solver += per_seq[k];
                 }

@@ -9,7 +9,7 @@ use lsp_model::{LanguageModel, LoadOptions};
 use lsp_schemas::{
     AdvantageBatch, AdvantageRow, AnswerRow, QueryRow, RewardRow, SelfRewardRow, TypedBatch,
 };
-use lsp_update::{Aggregation, KlEstimator, Update, UpdateConfig};
+use lsp_update::{KlEstimator, Loss, Update, UpdateConfig};
 use tch::Tensor;
 
 fn policy() -> LanguageModel {
@@ -224,7 +224,7 @@ fn micro_batches_equal_one_batch() {
         let cfg = UpdateConfig {
             micro_batch_size: micro,
             kl_coef: 0.05,
-            aggregation: Aggregation::SequenceSum,
+            loss: Loss::SequenceSum,
             // A large ε makes AdamW's first step proportional to the gradient (instead
             // of ≈ lr·sign(g), which float noise in a near-zero gradient can flip), so
             // equal gradients show as equal weights.
@@ -244,6 +244,70 @@ fn micro_batches_equal_one_batch() {
             assert!(diff < 1e-6, "{name}: {diff}");
         }
     }
+}
+
+#[test]
+fn each_loss_normalises_as_its_equation_says() {
+    // Answers of 3, 1, 2, 4 tokens with A_Sol 1, −0.5, 0.25, 0.75 (Σ|o|·A = 6, T = 10,
+    // B = 4); queries of 3 tokens with A_Ch 0.5 and 0.25 (Σ|o|·A = 2.25, T = 6, B = 2);
+    // most new tokens L = 8 for both. With β = 0 every token's term is its A, so
+    // each loss is −Σ_i w_i·|o_i|·A_i by hand.
+    let rows: &[(u32, &[u32], f64, Option<f64>)] = &[
+        (0, &[70, 71, 72], 1.0, Some(0.5)),
+        (0, &[73], -0.5, Some(0.5)),
+        (1, &[74, 75], 0.25, Some(0.25)),
+        (1, &[76, 77, 78, 79], 0.75, Some(0.25)),
+    ];
+    // bnpo, micro-batches of 2: answers {3, 1 tokens}, {2, 4}, then both queries.
+    let bnpo = 0.5 * (3.0 - 0.5) / 4.0 + 0.5 * (0.5 + 3.0) / 6.0;
+    let cases = [
+        (
+            Loss::Grpo,
+            (1.0 - 0.5 + 0.25 + 0.75) / 4.0,
+            (0.5 + 0.25) / 2.0,
+        ),
+        (Loss::SequenceSum, 6.0 / 4.0, 2.25 / 2.0),
+        (Loss::DrGrpo, 6.0 / 32.0, 2.25 / 16.0),
+        (Loss::Dapo, 6.0 / 10.0, 2.25 / 6.0),
+        (Loss::Bnpo, bnpo, 2.25 / 6.0),
+    ];
+    for (loss, solver, challenger) in cases {
+        let policy = policy();
+        let reference = policy.frozen_copy().unwrap();
+        let b = batch(&policy, rows);
+        let cfg = UpdateConfig {
+            loss,
+            micro_batch_size: 2,
+            challenger_coef: 0.5,
+            ..config(1e-3)
+        };
+        let mut update = Update::new(cfg, &policy).unwrap().with_length_limits(8, 8);
+        let (_, step) = update.process(&policy, &reference, &b, 0).unwrap();
+        assert!(
+            (step.loss_solver + solver).abs() < 1e-6,
+            "{loss:?}: {}",
+            step.loss_solver
+        );
+        let got = step.loss_challenger.unwrap();
+        assert!((got + challenger).abs() < 1e-6, "{loss:?}: {got}");
+        assert!((step.loss - (step.loss_solver + 0.5 * got)).abs() < 1e-12);
+    }
+    // dr_grpo without the limits is refused before any pass.
+    let policy = policy();
+    let cfg = UpdateConfig {
+        loss: Loss::DrGrpo,
+        ..config(1e-3)
+    };
+    let err = Update::new(cfg, &policy)
+        .unwrap()
+        .process(
+            &policy,
+            &policy.frozen_copy().unwrap(),
+            &batch(&policy, rows),
+            0,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("dr_grpo loss needs"), "{err}");
 }
 
 #[test]
