@@ -87,6 +87,12 @@ pub const ANSWER_LOGPROB_REF: &str = "answer_logprob_ref";
 pub const KL_QUERY: &str = "kl_query";
 /// KL estimate of the answer.
 pub const KL_ANSWER: &str = "kl_answer";
+/// The policy's entropy (nats) at the query's tokens, mean over them (null when the
+/// challenger is not trained).
+pub const QUERY_ENTROPY: &str = "query_entropy";
+/// The policy's entropy (nats) at the answer's tokens, mean over them: falling
+/// towards 0 is a collapse signal.
+pub const ANSWER_ENTROPY: &str = "answer_entropy";
 
 /// Total loss of the iteration's step.
 pub const LOSS: &str = "loss";
@@ -166,5 +172,7 @@ pub const JUDGE_FAILURE_RATE: &str = "judge_failure_rate";
 /// Share of judged answers whose R_Q was read out of the judge's score distribution
 /// (null without a judge).
 pub const JUDGE_READ_OUT_RATE: &str = "judge_read_out_rate";
+/// Mean over the iteration's answers of their mean token entropy (nats).
+pub const MEAN_ANSWER_ENTROPY: &str = "mean_answer_entropy";
 /// Thresholds the iteration crossed, as sentences.
 pub const WARNINGS: &str = "warnings";

@@ -88,6 +88,8 @@ pub struct GameRecordRow {
     pub adv_challenger: Option<f64>,
     pub kl_query: Option<f64>,
     pub kl_answer: f64,
+    pub query_entropy: Option<f64>,
+    pub answer_entropy: f64,
     pub query_tokens: u32,
     pub answer_tokens: u32,
     pub loss: f64,
@@ -261,7 +263,7 @@ mod tests {
     fn the_rows_columns_keep_the_updates_types_in_plain_arrow_types() {
         let record = game_record_schema();
         let updated = crate::boundary::update::updated_schema();
-        assert_eq!(record.fields().len(), 53);
+        assert_eq!(record.fields().len(), 55);
         assert_eq!(record.field(0).name(), RUN_ID);
         let mut copied = 0;
         for field in record.fields() {
@@ -278,7 +280,7 @@ mod tests {
                 "{field}"
             );
         }
-        assert_eq!(copied, 30);
+        assert_eq!(copied, 32);
         let nullable = |name: &str| record.field_with_name(name).unwrap().is_nullable();
         assert!(nullable(LOSS_CHALLENGER) && nullable(QUERY_SIMILARITY) && !nullable(LOSS));
     }

@@ -30,6 +30,7 @@ pub fn monitor_schema() -> SchemaRef {
             field::f64_or_null(MEAN_JUDGE_CHARS),
             field::f64_or_null(JUDGE_FAILURE_RATE),
             field::f64_or_null(JUDGE_READ_OUT_RATE),
+            field::f64(MEAN_ANSWER_ENTROPY),
             field::utf8_list(WARNINGS),
         ])
     });
@@ -55,6 +56,7 @@ pub struct MonitorRow {
     pub mean_judge_chars: Option<f64>,
     pub judge_failure_rate: Option<f64>,
     pub judge_read_out_rate: Option<f64>,
+    pub mean_answer_entropy: f64,
     pub warnings: Vec<String>,
 }
 
@@ -88,6 +90,7 @@ mod tests {
             mean_judge_chars: Some(300.0),
             judge_failure_rate: Some(0.5),
             judge_read_out_rate: Some(0.25),
+            mean_answer_entropy: 1.5,
             warnings: vec!["judge failures 50% > 40%".into()],
         };
         let batch = MonitorBatch::from_rows(std::slice::from_ref(&row)).unwrap();

@@ -161,6 +161,15 @@ fn recipes_report_and_monitor_agree_with_rust_on_a_real_run() {
             .count();
         assert_eq!(judge[i]["failures"].as_u64(), Some(failed as u64));
         assert_eq!(judge[i]["read_outs"].as_u64(), Some(read_outs as u64));
+        // The policy's entropy: recorded per answer, positive, at most ln(vocab), and
+        // the monitor's mean is theirs.
+        let entropies: Vec<f64> = rows.iter().map(|r| r.answer_entropy).collect();
+        assert!(
+            entropies
+                .iter()
+                .all(|&h| h > 0.0 && h <= (400f64).ln() + 1e-6)
+        );
+        assert!((monitor[i].mean_answer_entropy - mean(entropies.into_iter())).abs() < 1e-5);
         assert_eq!(
             monitor[i].judge_read_out_rate,
             Some(read_outs as f64 / judged as f64)
@@ -317,6 +326,7 @@ fn check_report(run_dir: &Path, its: &BTreeMap<u64, Vec<&GameRecordRow>>, monito
         "rewards",
         "values",
         "kl",
+        "entropy",
         "lengths",
         "diversity",
         "speed",

@@ -36,8 +36,8 @@ enum Figure {
     /// n-grams first seen in an iteration.
     New(u64, u64),
     /// Answer sums of an iteration: answers, tokens, code, plain, plain code, judged,
-    /// judge failures, judge read-outs, judge characters.
-    Answers(u64, [u64; 9]),
+    /// judge failures, judge read-outs, judge characters, entropy (micro-nats).
+    Answers(u64, [u64; 10]),
 }
 
 impl Figure {
@@ -152,6 +152,7 @@ impl LiveMonitor {
                     u64::from(a.judge_failed == Some(true)),
                     u64::from(a.judge_read_out),
                     a.judge_chars,
+                    a.entropy_micro,
                 ]
             })
             .map(|(iteration, s)| Figure::Answers(iteration, s));
@@ -243,6 +244,7 @@ impl LiveMonitor {
                         c.judge_failures,
                         c.judge_read_outs,
                         c.judge_chars,
+                        c.entropy_micro,
                     ] = s;
                 }
             }

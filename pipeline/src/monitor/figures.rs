@@ -32,6 +32,8 @@ pub struct IterationCounts {
     pub judge_failures: u64,
     pub judge_read_outs: u64,
     pub judge_chars: u64,
+    /// Σ of the answers' mean entropies, in micro-nats.
+    pub entropy_micro: u64,
 }
 
 /// A query's closest earlier query: the one with the highest Jaccard similarity of
@@ -108,6 +110,7 @@ impl IterationResult {
             mean_judge_chars: (c.judged > 0).then(|| ratio(c.judge_chars, c.judged)),
             judge_failure_rate: (c.judged > 0).then(|| ratio(c.judge_failures, c.judged)),
             judge_read_out_rate: (c.judged > 0).then(|| ratio(c.judge_read_outs, c.judged)),
+            mean_answer_entropy: ratio(c.entropy_micro, c.answers) / 1e6,
             warnings: Vec::new(),
         };
         row.warnings = warnings(&row, &config.warn, config.distinct_n);
@@ -163,6 +166,15 @@ fn warnings(row: &MonitorRow, warn: &WarnThresholds, n: usize) -> Vec<String> {
             pct(limit)
         ));
     }
+    if let Some(limit) = warn.entropy_below
+        && row.answers > 0
+        && row.mean_answer_entropy < limit
+    {
+        out.push(format!(
+            "answer entropy {:.3} < {limit} nats: the policy is collapsing onto fixed answers",
+            row.mean_answer_entropy
+        ));
+    }
     if let (Some(limit), Some(rate)) = (warn.judge_failures_above, row.judge_failure_rate)
         && rate > limit
     {
@@ -215,6 +227,7 @@ mod tests {
                 judge_failures: 6,
                 judge_read_outs: 1,
                 judge_chars: 800,
+                entropy_micro: 8 * 20_000,
             },
             similar: [(1, similar(3, 4, (1, 0))), (2, similar(1, 4, (0, 3)))].into(),
         };
@@ -236,10 +249,13 @@ mod tests {
             ),
             (Some(100.0), Some(0.75), Some(0.125))
         );
-        // distinct 0.4 < 0.5, drift 50% > 30%, failures 75% > 50%; duplicates 25% ≤ 50%.
-        assert_eq!(row.warnings.len(), 3, "{:?}", row.warnings);
+        assert_eq!(row.mean_answer_entropy, 0.02);
+        // distinct 0.4 < 0.5, drift 50% > 30%, entropy 0.02 < 0.05, failures 75% > 50%;
+        // duplicates 25% ≤ 50%.
+        assert_eq!(row.warnings.len(), 4, "{:?}", row.warnings);
         assert!(row.warnings[0].starts_with("distinct-2 of the queries 0.400 < 0.5"));
         assert!(row.warnings[1].contains("code drift"));
-        assert!(row.warnings[2].starts_with("judge fallbacks 75% > 50%"));
+        assert!(row.warnings[2].starts_with("answer entropy 0.020 < 0.05 nats"));
+        assert!(row.warnings[3].starts_with("judge fallbacks 75% > 50%"));
     }
 }

@@ -63,6 +63,8 @@ pub struct WarnThresholds {
     pub code_drift_above: Option<f64>,
     /// Share of judge replies without a usable score.
     pub judge_failures_above: Option<f64>,
+    /// The answers' mean entropy, in nats: near 0 the policy always writes the same.
+    pub entropy_below: Option<f64>,
 }
 
 impl Default for WarnThresholds {
@@ -72,6 +74,7 @@ impl Default for WarnThresholds {
             distinct_below: Some(0.5),
             code_drift_above: Some(0.3),
             judge_failures_above: Some(0.5),
+            entropy_below: Some(0.05),
         }
     }
 }
@@ -102,6 +105,11 @@ impl Validate for MonitorConfig {
             w.judge_failures_above,
             problems,
         );
+        if let Some(x) = w.entropy_below {
+            problems.check(x.is_finite() && x >= 0.0, &p("warn.entropy_below"), || {
+                format!("{x} is not an entropy: use nats >= 0, or null")
+            });
+        }
     }
 }
 

@@ -37,6 +37,9 @@ pub struct AnswerObservation {
     pub judge_read_out: bool,
     /// Characters of the judge's reply (0 without one).
     pub judge_chars: u64,
+    /// The policy's mean entropy over the answer's tokens, in micro-nats (integer
+    /// sums add up alike in every worker's order).
+    pub entropy_micro: u64,
 }
 
 /// Whether a self-reward status is a judge failure (the fallback R_Q); `None` when
@@ -74,6 +77,7 @@ pub fn observe(
                 .judge_text
                 .as_deref()
                 .map_or(0, |t| t.chars().count() as u64),
+            entropy_micro: (r.answer_entropy.max(0.0) * 1e6).round() as u64,
         })
         .collect();
     (queries, answers)

@@ -73,6 +73,8 @@ fn row(
         adv_challenger: None,
         kl_query: None,
         kl_answer: 0.0,
+        query_entropy: None,
+        answer_entropy: 1.0 + f64::from(answer_index),
         query_tokens: 3 + query_id,
         answer_tokens: 10 + answer_index,
         loss: 0.0,

@@ -81,6 +81,12 @@ pub fn charts(run: &RunStats) -> Vec<Chart> {
             ],
         ),
         chart(
+            "entropy",
+            "Policy entropy (a collapse signal)",
+            "nats per token",
+            vec![line("answers", s, |x| Some(x.monitor.mean_answer_entropy))],
+        ),
+        chart(
             "lengths",
             "Lengths",
             "tokens",

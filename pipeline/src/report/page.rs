@@ -40,6 +40,7 @@ pub fn table(stats: &[IterationStats]) -> (Vec<&'static str>, Vec<Vec<String>>) 
         "V(q)",
         "challenger reward",
         "KL",
+        "entropy",
         "query tok",
         "answer tok",
         "judge read-out / fallback",
@@ -60,6 +61,7 @@ pub fn table(stats: &[IterationStats]) -> (Vec<&'static str>, Vec<Vec<String>>) 
                 spread(&s.value),
                 s.challenger_reward.as_ref().map_or("–".into(), spread),
                 format!("{:.3e}", s.kl_answer),
+                format!("{:.2}", s.monitor.mean_answer_entropy),
                 format!("{:.1}", s.query_tokens),
                 format!("{:.1}", s.answer_tokens),
                 match (s.judge_read_out_rate, s.judge_failure_rate) {

@@ -16,6 +16,8 @@ pub struct Summary {
     /// Judged answers whose R_Q was parsed, read out, or the fallback.
     pub judge_sources: Option<[usize; 3]>,
     pub kl: f64,
+    /// Mean over answers of their mean token entropy.
+    pub entropy: f64,
     pub query_tokens: f64,
     pub answer_tokens: f64,
     pub tokens_per_second: f64,
@@ -74,6 +76,7 @@ impl Summary {
             judge_failures: (!judged.is_empty()).then(|| sources[2] as f64 / judged.len() as f64),
             judge_sources: (!judged.is_empty()).then_some(sources),
             kl: mean(rows.iter().map(|r| r.kl_answer)),
+            entropy: mean(rows.iter().map(|r| r.answer_entropy)),
             query_tokens: mean(
                 rows.iter()
                     .filter(|r| r.answer_index == 0)
@@ -96,7 +99,7 @@ impl Summary {
         let opt = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3}"));
         let [c, so, r, sr, a, u] = self.seconds;
         format!(
-            "iteration {}/{of}: R {:.3} | R_Q {} | challenger reward {} | judge {} | KL {:.3e} | \
+            "iteration {}/{of}: R {:.3} | R_Q {} | challenger reward {} | judge {} | KL {:.3e} | entropy {:.2} | \
              loss {:.3e}{} | query {:.0} tok, answer {:.0} tok | {:.1} tok/s | s: challenger {c:.1} solver {so:.1} \
              reward {r:.1} self-reward {sr:.1} advantage {a:.2} update {u:.1}",
             self.iteration,
@@ -108,6 +111,7 @@ impl Summary {
                     "parsed {p} read-out {r} fallback {f}"
                 )),
             self.kl,
+            self.entropy,
             self.loss,
             if self.step_applied {
                 ""

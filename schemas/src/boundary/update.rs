@@ -21,6 +21,8 @@ pub(crate) fn updated_fields() -> Vec<Field> {
         field::f64(ANSWER_LOGPROB_REF),
         field::f64_or_null(KL_QUERY),
         field::f64(KL_ANSWER),
+        field::f64_or_null(QUERY_ENTROPY),
+        field::f64(ANSWER_ENTROPY),
     ]);
     fields
 }
@@ -49,6 +51,10 @@ pub struct UpdatedRow {
     pub kl_query: Option<f64>,
     /// KL estimate of the answer.
     pub kl_answer: f64,
+    /// The policy's mean entropy over the query's tokens.
+    pub query_entropy: Option<f64>,
+    /// The policy's mean entropy over the answer's tokens.
+    pub answer_entropy: f64,
 }
 
 crate::typed_batch!(

@@ -76,6 +76,8 @@ pub fn updated(query_id: u32, answer_index: u32) -> UpdatedRow {
         answer_logprob_ref: -1.25,
         kl_query: Some(-0.375),
         kl_answer: 0.25,
+        query_entropy: Some(2.5),
+        answer_entropy: 1.75,
     }
 }
 

@@ -45,6 +45,14 @@ impl TokenLogprobs {
         out.index_add(0, &self.sequence_index(), per_token)
     }
 
+    /// Per-sequence mean of `per_token` (`[total]`) over each sequence's tokens (0
+    /// for an empty one), `[sequences]`.
+    pub fn mean_per_sequence(&self, per_token: &Tensor) -> Tensor {
+        let lengths: Vec<f32> = self.lengths.iter().map(|&n| n.max(1) as f32).collect();
+        self.sum_per_sequence(per_token)
+            / Tensor::from_slice(&lengths).to_device(per_token.device())
+    }
+
     /// Per-sequence sums of the log-probs, `[sequences]`.
     pub fn sums(&self) -> Tensor {
         self.sum_per_sequence(&self.values)

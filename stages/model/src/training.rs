@@ -21,6 +21,9 @@ use crate::model::LanguageModel;
 pub struct TrainingLogprobs {
     /// The log-probs; `values` is a leaf that collects the loss's gradient.
     pub logprobs: TokenLogprobs,
+    /// The entropy of the policy's distribution at each completion position,
+    /// `[total]` f32, without gradient (a collapse signal).
+    pub entropy: Tensor,
     /// Final hidden states `[total, hidden]`, attached to the transformer's graph.
     hidden: Tensor,
     /// Softmax over the vocabulary at each position, `[total, vocab]` f32.
@@ -43,12 +46,14 @@ impl LanguageModel {
             lengths,
         } = self.completion_hidden(self.transformer(), pairs)?;
         let head = self.transformer().output_weight().shallow_clone();
-        let (values, probs) = tch::no_grad(|| head_softmax(&hidden.detach(), &head, &targets));
+        let (values, probs, entropy) =
+            tch::no_grad(|| head_softmax(&hidden.detach(), &head, &targets));
         Ok(TrainingLogprobs {
             logprobs: TokenLogprobs {
                 values: values.set_requires_grad(true),
                 lengths,
             },
+            entropy,
             hidden,
             probs,
             targets,
@@ -61,14 +66,15 @@ impl LanguageModel {
 /// the log-sum-exp stays at a few megabytes beside the softmax kept for the backward.
 const HEAD_CHUNK: i64 = 64;
 
-/// The log-prob of each target (`[total]`) and the softmax at each position
-/// (`[total, vocab]` f32), a chunk of positions at a time, each chunk's logits written
-/// straight into the softmax's memory.
-fn head_softmax(hidden: &Tensor, head: &Tensor, targets: &Tensor) -> (Tensor, Tensor) {
+/// The log-prob of each target (`[total]`), the softmax at each position
+/// (`[total, vocab]` f32) and its entropy (`[total]`), a chunk of positions at a time,
+/// each chunk's logits written straight into the softmax's memory.
+fn head_softmax(hidden: &Tensor, head: &Tensor, targets: &Tensor) -> (Tensor, Tensor, Tensor) {
     let total = hidden.size()[0];
     let vocab = head.size()[0];
     let probs = Tensor::empty([total, vocab], (Kind::Float, hidden.device()));
     let mut values = Vec::new();
+    let mut entropies = Vec::new();
     let mut start = 0;
     while start < total {
         let n = HEAD_CHUNK.min(total - start);
@@ -82,14 +88,17 @@ fn head_softmax(hidden: &Tensor, head: &Tensor, targets: &Tensor) -> (Tensor, Te
         let lse = logits.logsumexp([1i64].as_slice(), true);
         let chosen = logits.gather(1, &targets.narrow(0, start, n).unsqueeze(1), false);
         values.push((chosen - &lse).squeeze_dim(1));
-        let _ = logits.g_sub_(&lse).exp_();
+        // log p in place, then −Σ p·log p, then p in place.
+        let _ = logits.g_sub_(&lse);
+        entropies.push(-(logits.exp() * &logits).sum_dim_intlist(1, false, Kind::Float));
+        let _ = logits.exp_();
         start += n;
     }
-    let values = match values.len() {
+    let cat = |parts: Vec<Tensor>| match parts.len() {
         0 => Tensor::zeros([0], (Kind::Float, hidden.device())),
-        _ => Tensor::cat(&values, 0),
+        _ => Tensor::cat(&parts, 0),
     };
-    (values, probs)
+    (cat(values), probs, cat(entropies))
 }
 
 impl TrainingLogprobs {

@@ -507,6 +507,25 @@ fn training_logprobs_give_autograds_values_and_gradients() {
             .backward();
         let values = pass.logprobs.values.detach();
         let lengths = pass.logprobs.lengths.clone();
+        // The entropy at each completion position, against the full forward's
+        // softmax by hand: −Σ p·log p.
+        let entropy = Vec::<f32>::try_from(&pass.entropy).unwrap();
+        let mut at = 0;
+        for (prompt, completion) in &pairs {
+            let seq = [*prompt, *completion].concat();
+            let log_p = full_logits(&policy, &seq).log_softmax(-1, Kind::Double);
+            for k in 0..completion.len() {
+                let row = log_p.get((prompt.len() + k - 1) as i64);
+                let by_hand = -(row.exp() * &row).sum(Kind::Double).double_value(&[]);
+                assert!(
+                    (entropy[at] as f64 - by_hand).abs() < 1e-4,
+                    "{name}: {} vs {by_hand}",
+                    entropy[at]
+                );
+                at += 1;
+            }
+        }
+        assert_eq!(at, entropy.len());
         pass.backward();
         let got = grads();
         let reference = policy.completion_logprobs(&pairs).unwrap();

@@ -38,11 +38,9 @@ pub fn sequence_terms(
         .index_select(0, &lp.sequence_index());
     let kl = kl_per_token(&lp.values, reference, estimator);
     let per_token = ratio * adv_tokens - &kl * kl_coef;
-    let lengths: Vec<f32> = lp.lengths.iter().map(|&n| n.max(1) as f32).collect();
-    let lengths = Tensor::from_slice(&lengths).to_device(device);
     (
         lp.sum_per_sequence(&per_token),
-        lp.sum_per_sequence(&kl.detach()) / lengths,
+        lp.mean_per_sequence(&kl.detach()),
     )
 }
 

@@ -42,6 +42,7 @@ struct Measured {
     policy: f64,
     reference: f64,
     kl: f64,
+    entropy: f64,
 }
 
 /// The counts of an iteration's whole batch (every worker's rows) that the loss is
@@ -375,6 +376,7 @@ impl Update {
             let loss = per_seq.sum(Kind::Double);
             loss.backward();
             let lp_sums = Vec::<f32>::try_from(&lp.sums().detach())?;
+            let entropy = Vec::<f32>::try_from(&lp.mean_per_sequence(&pass.entropy))?;
             pass.backward();
             let per_seq = Vec::<f64>::try_from(&per_seq.detach())?;
             let terms = Vec::<f32>::try_from(&terms.detach())?;
@@ -385,6 +387,7 @@ impl Update {
                     policy: lp_sums[k] as f64,
                     reference: ref_sums[k] as f64,
                     kl: kl[k] as f64,
+                    entropy: entropy[k] as f64,
                 };
                 if items[i].challenger {
                     sums.loss_challenger -= terms[k] as f64 * role_weights[k];
@@ -494,6 +497,8 @@ impl Update {
             answer(|m| m.reference),
             query(|m| m.kl),
             answer(|m| m.kl),
+            query(|m| m.entropy),
+            answer(|m| m.entropy),
         ];
         Ok(UpdatedBatch::extend(batch, columns)?)
     }
