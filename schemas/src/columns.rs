@@ -110,6 +110,10 @@ pub const SKIP_REASON: &str = "skip_reason";
 pub const LEARNING_RATE: &str = "learning_rate";
 /// Tokens that carried gradient in the step.
 pub const UPDATE_TOKENS: &str = "update_tokens";
+/// Share of the step's tokens whose probability ratio was clipped below (PPO epochs).
+pub const CLIP_LOW_FRACTION: &str = "clip_low_fraction";
+/// Share of the step's tokens whose probability ratio was clipped above.
+pub const CLIP_HIGH_FRACTION: &str = "clip_high_fraction";
 
 /// Number of query tokens.
 pub const QUERY_TOKENS: &str = "query_tokens";

@@ -99,6 +99,8 @@ pub struct GameRecordRow {
     pub step_applied: bool,
     pub skip_reason: Option<String>,
     pub learning_rate: f64,
+    pub clip_low_fraction: f64,
+    pub clip_high_fraction: f64,
     pub seconds_challenger: f64,
     pub seconds_solver: f64,
     pub seconds_reward: f64,
@@ -199,6 +201,8 @@ impl GameRecordBatch {
                     None => new_null_array(&DataType::Utf8, n),
                 },
                 LEARNING_RATE => float(step.learning_rate),
+                CLIP_LOW_FRACTION => float(step.clip_low_fraction),
+                CLIP_HIGH_FRACTION => float(step.clip_high_fraction),
                 SECONDS_CHALLENGER => float(seconds.challenger),
                 SECONDS_SOLVER => float(seconds.solver),
                 SECONDS_REWARD => float(seconds.reward),
@@ -263,7 +267,7 @@ mod tests {
     fn the_rows_columns_keep_the_updates_types_in_plain_arrow_types() {
         let record = game_record_schema();
         let updated = crate::boundary::update::updated_schema();
-        assert_eq!(record.fields().len(), 55);
+        assert_eq!(record.fields().len(), 57);
         assert_eq!(record.field(0).name(), RUN_ID);
         let mut copied = 0;
         for field in record.fields() {

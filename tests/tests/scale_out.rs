@@ -15,8 +15,20 @@ use common::{config_with, pipeline, records, repo, run_with};
 use lsp_model::SafetensorsFile;
 use lsp_schemas::GameRecordRow;
 
-/// The tiny game of `mode` with N = 5 queries of 2 answers.
+/// The tiny game of `mode` with N = 5 queries of 2 answers; `lsp+ppo` is `lsp` with
+/// two clipped epochs per iteration and the `dapo` loss (whole-iteration token
+/// counts).
 fn game_config(out: &Path, mode: &str, iterations: u64) -> PathBuf {
+    if mode == "lsp+ppo" {
+        let cfg = game_config(out, "lsp", iterations);
+        let text = std::fs::read_to_string(&cfg).unwrap().replace(
+            "update: {learning_rate: 1.0e-3, micro_batch_size: 2}",
+            "update: {learning_rate: 1.0e-3, micro_batch_size: 2, epochs: 2, clip_high: 0.28, loss: dapo}",
+        );
+        assert!(text.contains("epochs: 2"));
+        std::fs::write(&cfg, text).unwrap();
+        return cfg;
+    }
     let rm = repo().join("tests/fixtures/tiny-reward");
     let (reward, extra) = match mode {
         "grpo" => (
@@ -117,6 +129,9 @@ fn assert_same_game(a: &[GameRecordRow], b: &[GameRecordRow], what: &str) {
             (x.kl_answer, y.kl_answer),
             (x.loss, y.loss),
             (x.grad_norm, y.grad_norm),
+            (x.answer_entropy, y.answer_entropy),
+            (x.clip_low_fraction, y.clip_low_fraction),
+            (x.clip_high_fraction, y.clip_high_fraction),
         ];
         for (i, (p, q)) in floats.into_iter().enumerate() {
             assert!(close(p, q), "{what}: value {i} of {key:?}: {p} vs {q}");
@@ -152,7 +167,7 @@ fn weights_differ_by(a: &Path, b: &Path) -> f64 {
 
 #[test]
 fn one_worker_two_threads_and_two_processes_play_the_same_game() {
-    for mode in ["lsp", "lsp_zero", "grpo"] {
+    for mode in ["lsp", "lsp_zero", "grpo", "lsp+ppo"] {
         let (one, threads, processes) = (
             tempfile::tempdir().unwrap(),
             tempfile::tempdir().unwrap(),
@@ -163,6 +178,16 @@ fn one_worker_two_threads_and_two_processes_play_the_same_game() {
         run_two_processes(&game_config(processes.path(), mode, 3), processes.path());
         let base = records(one.path());
         assert_eq!(base.len(), 3 * 5 * 2, "{mode}");
+        if mode == "lsp+ppo" {
+            // Two epochs: the sampler's log-probs are the old policy, so the
+            // second epoch's ratios move and some clip.
+            assert!(base.iter().all(|r| r.step_applied));
+            assert!(
+                base.iter()
+                    .any(|r| r.clip_low_fraction + r.clip_high_fraction > 0.0),
+                "no ratio clipped in 3 iterations of 2 epochs at lr 1e-3"
+            );
+        }
         assert_same_game(
             &base,
             &records(threads.path()),
@@ -176,7 +201,13 @@ fn one_worker_two_threads_and_two_processes_play_the_same_game() {
         let final_of = |d: &tempfile::TempDir| d.path().join("e2e/final");
         for (other, what) in [(&threads, "2 threads"), (&processes, "2 processes")] {
             let diff = weights_differ_by(&final_of(&one), &final_of(other));
-            assert!(diff <= 1e-5, "{mode}, {what}: weights differ by {diff}");
+            // Rounding of the gradient sum's order, per AdamW step: 3 steps, or 6
+            // with two epochs.
+            let steps = if mode == "lsp+ppo" { 6.0 } else { 3.0 };
+            assert!(
+                diff <= steps * 0.34e-5,
+                "{mode}, {what}: weights differ by {diff}"
+            );
         }
     }
 }

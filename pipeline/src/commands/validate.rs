@@ -74,16 +74,26 @@ pub fn plan(config: &EpochConfig) -> anyhow::Result<String> {
             ReadOut::Always => "always read out of the judge",
             ReadOut::Never => "the fallback when the reply has none",
         };
-        writeln!(
-            out,
-            "#   self-reward: {} judge replies (<= {} tokens each), score {read_out}",
-            n * g,
-            config.self_reward.reply_tokens()
-        )?;
+        match config.self_reward.reply_tokens() {
+            0 => writeln!(
+                out,
+                "#   self-reward: {} scores read out of the judge right after Box 3 (no reply)",
+                n * g
+            )?,
+            tokens => writeln!(
+                out,
+                "#   self-reward: {} judge replies (<= {tokens} tokens each), score {read_out}",
+                n * g
+            )?,
+        }
     }
     writeln!(
         out,
-        "#   update: 1 AdamW step (lr {}, beta {}, alpha_Ch {}), micro-batches of {}",
+        "#   update: {} AdamW step(s) (loss {}, lr {}, beta {}, alpha_Ch {}), micro-batches of {}",
+        config.update.epochs,
+        serde_json::to_value(config.update.loss)?
+            .as_str()
+            .unwrap_or_default(),
         config.update.learning_rate,
         config.update.kl_coef,
         config.update.challenger_coef,

@@ -84,6 +84,8 @@ fn row(
         step_applied: true,
         skip_reason: None,
         learning_rate: 0.0,
+        clip_low_fraction: 0.0,
+        clip_high_fraction: 0.0,
         seconds_challenger: 0.0,
         seconds_solver: 0.0,
         seconds_reward: 0.0,

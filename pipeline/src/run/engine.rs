@@ -14,7 +14,7 @@ use lsp_schemas::{
 };
 use lsp_self_reward::SelfReward;
 use lsp_solver::Solver;
-use lsp_update::{BatchTotals, LocalStep, StepSums, Update};
+use lsp_update::{BatchTotals, LocalStep, ReferenceLogprobs, StepSums, Update, over_epochs};
 use sha2::{Digest, Sha256};
 use tch::Tensor;
 use tracing::info;
@@ -41,6 +41,18 @@ pub struct Engine {
     pub run_id: String,
     /// This worker's share of each iteration.
     pub shard: Shard,
+    /// The iteration between its epochs' steps (`update.epochs` > 1).
+    round: Option<Round>,
+}
+
+/// What the later epochs of an iteration's update reuse, and the earlier epochs'
+/// step rows.
+#[derive(Debug)]
+struct Round {
+    advantaged: AdvantageBatch,
+    reference_lps: ReferenceLogprobs,
+    totals: BatchTotals,
+    steps: Vec<StepRow>,
 }
 
 /// A worker's half of an update, waiting for the gradient sum.
@@ -122,6 +134,7 @@ impl Engine {
             mode,
             run_id: run_id.to_string(),
             shard,
+            round: None,
         })
     }
 
@@ -246,7 +259,15 @@ impl Engine {
             gradients,
         } = self
             .update
-            .backward(&self.policy, reference_lps, &advantaged, totals)?;
+            .backward(&self.policy, &reference_lps, &advantaged, totals)?;
+        if self.update.epochs() > 1 {
+            self.round = Some(Round {
+                advantaged,
+                reference_lps,
+                totals,
+                steps: Vec::new(),
+            });
+        }
         s.update = start.elapsed().as_secs_f64();
         let local = LocalUpdate {
             updated,
@@ -257,8 +278,36 @@ impl Engine {
         Ok((local, gradients))
     }
 
-    /// Stage 6, together: the AdamW step with every worker's summed gradient and loss
-    /// parts, and this worker's rows of the iteration's game record.
+    /// An epoch's step before the iteration's last (`update.epochs` > 1), then this
+    /// worker's loss over its rows again for the next: its loss parts and gradient,
+    /// the time added to `local`'s.
+    pub fn next_epoch(
+        &mut self,
+        iteration: u64,
+        local: &mut LocalUpdate,
+        gradients: &[Tensor],
+        sums: StepSums,
+    ) -> anyhow::Result<Vec<Tensor>> {
+        let start = Instant::now();
+        let step = self.update.step(iteration, sums, gradients);
+        let round = self
+            .round
+            .as_mut()
+            .context("an epoch after the iteration's last")?;
+        round.steps.push(step);
+        let again = self.update.backward(
+            &self.policy,
+            &round.reference_lps,
+            &round.advantaged,
+            round.totals,
+        )?;
+        local.sums = again.sums;
+        local.seconds.update += start.elapsed().as_secs_f64();
+        Ok(again.gradients)
+    }
+
+    /// Stage 6, together: the (last epoch's) AdamW step with every worker's summed
+    /// gradient and loss parts, and this worker's rows of the iteration's game record.
     pub fn step(
         &mut self,
         iteration: u64,
@@ -267,7 +316,11 @@ impl Engine {
         sums: StepSums,
     ) -> anyhow::Result<(GameRecordBatch, StepRow)> {
         let start = Instant::now();
-        let step = self.update.step(iteration, sums, gradients);
+        let last = self.update.step(iteration, sums, gradients);
+        let step = match self.round.take() {
+            Some(round) => over_epochs(round.steps.into_iter().chain([last]).collect()),
+            None => last,
+        };
         let mut s = local.seconds;
         s.update += start.elapsed().as_secs_f64();
         let record =

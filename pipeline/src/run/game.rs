@@ -16,6 +16,9 @@
 //! - the loss parts and the stop request, summed, so every worker reports the same
 //!   loss and stops after the same iteration.
 //!
+//! With `update.epochs` = μ > 1 the update's collective steps run μ times in a row:
+//! each epoch but the last takes its AdamW step and the loss again for the next.
+//!
 //! A worker that fails sends nothing more for that iteration; the others find its
 //! part missing in the next collective step and fail too, so every worker leaves the
 //! iteration with an error instead of waiting.
@@ -34,7 +37,7 @@ use tch::{Kind, Tensor};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::vec::{Map, Partition};
 use timely::dataflow::operators::{Input, Probe};
-use timely::dataflow::{InputHandle, ProbeHandle, Scope};
+use timely::dataflow::{InputHandle, ProbeHandle, Scope, StreamVec};
 use tracing::info;
 
 use super::collective::{Chunk, Collective, Floats, all_reduce, join_at};
@@ -128,106 +131,37 @@ pub fn game<'scope>(
     });
 
     let (e7, stop) = (e(&cx), cx.stop.clone());
-    let mut parts = advantaged
-        .stage("update", f.clone(), p.clone(), move |_, advantaged| {
-            let mut engine = e7.borrow_mut();
-            let (mut local, gradients) = engine.backward(advantaged)?;
-            let mut out = Vec::new();
-            if peers == 1 {
-                // The run's only worker: its gradient is the sum.
-                local.gradients = Some(Rc::new(gradients));
-            } else {
-                send_gradient(&gradients, index, &mut out)?;
-            }
-            out.push(UpdatePart::Sums(
-                index,
-                local.sums,
-                stop.load(Ordering::SeqCst),
-            ));
-            out.push(UpdatePart::Local(local));
-            Ok(out)
-        })
-        .flat_map(|parts| parts)
-        .partition(3, |part| {
-            let port = match &part {
-                UpdatePart::Local(_) => 0,
-                UpdatePart::Sums(..) => 1,
-                UpdatePart::Gradient(_) => 2,
-            };
-            (port, part)
-        })
-        .into_iter();
-    let (local, sums, gradient) = (
-        parts.next().expect("three parts"),
-        parts.next().expect("three parts"),
-        parts.next().expect("three parts"),
-    );
-    let local = local.flat_map(|part| match part {
-        UpdatePart::Local(local) => Some((local, Instant::now())),
-        _ => None,
+    let mut parts = advantaged.stage("update", f.clone(), p.clone(), move |_, advantaged| {
+        let (local, gradients) = e7.borrow_mut().backward(advantaged)?;
+        share_update(local, gradients, index, peers, stop.load(Ordering::SeqCst))
     });
-    let sums = sums
-        .flat_map(|part| match part {
-            UpdatePart::Sums(from, sums, stop) => Some((from, sums, stop)),
-            _ => None,
-        })
-        .gather_everywhere("loss parts", |_, mut all: Vec<(u32, StepSums, bool)>| {
-            all.sort_by_key(|(from, _, _)| *from);
-            vec![all]
-        });
-    let gradient = all_reduce(
-        gradient.flat_map(|part| match part {
-            UpdatePart::Gradient(chunk) => Some(chunk),
-            _ => None,
-        }),
-        "gradient",
-    );
-
-    let f8 = f.clone();
-    let with_gradient = join_at(local, gradient, "gradient sum", move |t, local, chunks| {
-        let Some((local, sent)) = local.into_iter().next() else {
-            return Vec::new();
-        };
-        // The only worker keeps its gradient; otherwise every piece from every worker.
-        let summed = local.gradients.is_some()
-            || (!chunks.is_empty()
-                && chunks
-                    .iter()
-                    .all(|(_, senders, _)| *senders as usize == peers));
-        if !summed {
-            return missing(&f8, t, "their gradients");
-        }
-        let bytes: usize = chunks.iter().map(|(_, _, v)| 4 * v.len()).sum();
-        info!(
-            iteration = t,
-            workers = peers,
-            gradient_bytes = bytes,
-            seconds = sent.elapsed().as_secs_f64(),
-            "gradient all-reduced"
+    // `update.epochs` > 1: every epoch but the last steps, and the loss is taken
+    // again for the next, each through the same collective steps.
+    let epochs = cx.engine.borrow().update.epochs();
+    for epoch in 2..=epochs {
+        let (en, stop) = (e(&cx), cx.stop.clone());
+        parts = summed(parts, peers, &f).stage(
+            &format!("update, epoch {epoch}"),
+            f.clone(),
+            p.clone(),
+            move |t, (mut local, chunks, sums, _): Summed| {
+                let mut engine = en.borrow_mut();
+                let gradients = gradient_of(&mut engine, &mut local, chunks)?;
+                let again = engine.next_epoch(t, &mut local, &gradients, sums)?;
+                drop(gradients);
+                share_update(local, again, index, peers, stop.load(Ordering::SeqCst))
+            },
         );
-        vec![(local, chunks)]
-    });
-
-    let (e9, f9) = (e(&cx), f.clone());
+    }
+    let e9 = e(&cx);
     let every = cx.replica_check_every;
-    let stepped = join_at(with_gradient, sums, "step", move |t, local, sums| {
-        let Some((mut local, chunks)) = local.into_iter().next() else {
-            return Vec::new();
-        };
-        let Some(all) = sums.into_iter().next().filter(|all| all.len() == peers) else {
-            return missing(&f9, t, "their loss parts");
-        };
-        let stop = all.iter().any(|(_, _, stop)| *stop);
-        let sums = all
-            .iter()
-            .fold(StepSums::default(), |total, (_, s, _)| total + *s);
-        f9.attempt(t, "update", || {
+    let stepped = summed(parts, peers, &f).stage(
+        "step",
+        f.clone(),
+        p.clone(),
+        move |t, (mut local, chunks, sums, stop): Summed| {
             let mut engine = e9.borrow_mut();
-            let gradients = match local.gradients.take() {
-                Some(kept) => Rc::try_unwrap(kept)
-                    .unwrap_or_else(|shared| shared.iter().map(Tensor::shallow_clone).collect()),
-                None => receive_gradient(engine.parameter_layouts(), chunks)?,
-            };
+            let gradients = gradient_of(&mut engine, &mut local, chunks)?;
             let (record, step) = engine.step(t, local, &gradients, sums)?;
             drop(gradients);
             let check = peers > 1 && every > 0 && t % every == 0;
@@ -237,8 +171,8 @@ pub fn game<'scope>(
                 None
             };
             Ok((index, record.to_rows()?, step, stop, hash))
-        })
-    });
+        },
+    );
 
     let steps = outputs.steps.clone();
     let records = outputs.records.clone();
@@ -276,6 +210,127 @@ pub fn game<'scope>(
         )
         .probe_with(&probe);
     (outputs, probe)
+}
+
+/// A worker's update parts: its own (rows and loss parts), its loss parts and stop
+/// request for every worker, and its gradient for the all-reduce (kept whole when it
+/// is the run's only worker).
+fn share_update(
+    mut local: LocalUpdate,
+    gradients: Vec<Tensor>,
+    index: u32,
+    peers: usize,
+    stop: bool,
+) -> anyhow::Result<Vec<UpdatePart>> {
+    let mut out = Vec::new();
+    if peers == 1 {
+        local.gradients = Some(Rc::new(gradients));
+    } else {
+        send_gradient(&gradients, index, &mut out)?;
+    }
+    out.push(UpdatePart::Sums(index, local.sums, stop));
+    out.push(UpdatePart::Local(local));
+    Ok(out)
+}
+
+/// A worker's update with the gradient sum's pieces, the summed loss parts and
+/// whether any worker asked to stop.
+type Summed = (LocalUpdate, Vec<Chunk>, StepSums, bool);
+
+/// The collective steps of an update: every worker's loss parts gathered everywhere
+/// and the gradient all-reduced, joined with each worker's own part.
+fn summed<'scope>(
+    parts: StreamVec<'scope, u64, Vec<UpdatePart>>,
+    peers: usize,
+    failure: &Failure,
+) -> StreamVec<'scope, u64, Summed> {
+    let mut parts = parts
+        .flat_map(|parts| parts)
+        .partition(3, |part| {
+            let port = match &part {
+                UpdatePart::Local(_) => 0,
+                UpdatePart::Sums(..) => 1,
+                UpdatePart::Gradient(_) => 2,
+            };
+            (port, part)
+        })
+        .into_iter();
+    let (local, sums, gradient) = (
+        parts.next().expect("three parts"),
+        parts.next().expect("three parts"),
+        parts.next().expect("three parts"),
+    );
+    let local = local.flat_map(|part| match part {
+        UpdatePart::Local(local) => Some((local, Instant::now())),
+        _ => None,
+    });
+    let sums = sums
+        .flat_map(|part| match part {
+            UpdatePart::Sums(from, sums, stop) => Some((from, sums, stop)),
+            _ => None,
+        })
+        .gather_everywhere("loss parts", |_, mut all: Vec<(u32, StepSums, bool)>| {
+            all.sort_by_key(|(from, _, _)| *from);
+            vec![all]
+        });
+    let gradient = all_reduce(
+        gradient.flat_map(|part| match part {
+            UpdatePart::Gradient(chunk) => Some(chunk),
+            _ => None,
+        }),
+        "gradient",
+    );
+    let f8 = failure.clone();
+    let with_gradient = join_at(local, gradient, "gradient sum", move |t, local, chunks| {
+        let Some((local, sent)) = local.into_iter().next() else {
+            return Vec::new();
+        };
+        // The only worker keeps its gradient; otherwise every piece from every worker.
+        let summed = local.gradients.is_some()
+            || (!chunks.is_empty()
+                && chunks
+                    .iter()
+                    .all(|(_, senders, _)| *senders as usize == peers));
+        if !summed {
+            return missing(&f8, t, "their gradients");
+        }
+        let bytes: usize = chunks.iter().map(|(_, _, v)| 4 * v.len()).sum();
+        info!(
+            iteration = t,
+            workers = peers,
+            gradient_bytes = bytes,
+            seconds = sent.elapsed().as_secs_f64(),
+            "gradient all-reduced"
+        );
+        vec![(local, chunks)]
+    });
+    let f9 = failure.clone();
+    join_at(with_gradient, sums, "loss sum", move |t, local, sums| {
+        let Some((local, chunks)) = local.into_iter().next() else {
+            return Vec::new();
+        };
+        let Some(all) = sums.into_iter().next().filter(|all| all.len() == peers) else {
+            return missing(&f9, t, "their loss parts");
+        };
+        let stop = all.iter().any(|(_, _, stop)| *stop);
+        let sums = all
+            .iter()
+            .fold(StepSums::default(), |total, (_, s, _)| total + *s);
+        vec![(local, chunks, sums, stop)]
+    })
+}
+
+/// The gradient sum: the only worker's own, or the all-reduced pieces as tensors.
+fn gradient_of(
+    engine: &mut Engine,
+    local: &mut LocalUpdate,
+    chunks: Vec<Chunk>,
+) -> anyhow::Result<Vec<Tensor>> {
+    Ok(match local.gradients.take() {
+        Some(kept) => Rc::try_unwrap(kept)
+            .unwrap_or_else(|shared| shared.iter().map(Tensor::shallow_clone).collect()),
+        None => receive_gradient(engine.parameter_layouts(), chunks)?,
+    })
 }
 
 /// Each of `gradients` (one per parameter) as f32 bytes, in pieces of at most

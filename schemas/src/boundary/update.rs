@@ -77,6 +77,8 @@ pub fn step_schema() -> SchemaRef {
             field::utf8_or_null(SKIP_REASON),
             field::f64(LEARNING_RATE),
             field::u64(UPDATE_TOKENS),
+            field::f64(CLIP_LOW_FRACTION),
+            field::f64(CLIP_HIGH_FRACTION),
         ])
     });
     SCHEMA.clone()
@@ -101,8 +103,12 @@ pub struct StepRow {
     pub skip_reason: Option<String>,
     /// Learning rate used.
     pub learning_rate: f64,
-    /// Tokens that carried gradient.
+    /// Tokens that carried gradient (over every epoch).
     pub update_tokens: u64,
+    /// Share of those tokens whose ratio was clipped below (A < 0, r < 1 − clip_low).
+    pub clip_low_fraction: f64,
+    /// Share clipped above (A > 0, r > 1 + clip_high).
+    pub clip_high_fraction: f64,
 }
 
 crate::typed_batch!(

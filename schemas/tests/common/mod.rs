@@ -99,6 +99,8 @@ pub fn step() -> StepRow {
         skip_reason: Some("non-finite gradient".into()),
         learning_rate: 3e-6,
         update_tokens: 40,
+        clip_low_fraction: 0.0,
+        clip_high_fraction: 0.125,
     }
 }
 

@@ -62,6 +62,15 @@ pub struct UpdateConfig {
     pub micro_batch_size: u64,
     /// Clip the gradient's global norm to this (0 turns clipping off).
     pub max_grad_norm: f64,
+    /// μ: optimizer steps over each iteration's batch. 1 (the paper's) is on-policy:
+    /// the ratio is 1 and never clipped. Above 1, PPO's clipped ratio against the
+    /// sampling pass's log-probs.
+    pub epochs: u64,
+    /// ε_low: the ratio of a token with A < 0 is clipped at 1 − clip_low.
+    pub clip_low: f64,
+    /// ε_high: the ratio of a token with A > 0 is clipped at 1 + clip_high (DAPO's
+    /// clip-higher: 0.28).
+    pub clip_high: f64,
 }
 
 impl Default for UpdateConfig {
@@ -77,6 +86,9 @@ impl Default for UpdateConfig {
             loss: Loss::Grpo,
             micro_batch_size: 4,
             max_grad_norm: 1.0,
+            epochs: 1,
+            clip_low: 0.2,
+            clip_high: 0.2,
         }
     }
 }
@@ -109,6 +121,18 @@ impl Validate for UpdateConfig {
         problems.in_range(&p("challenger_coef"), self.challenger_coef, 0.0, 1e3);
         problems.positive(&p("micro_batch_size"), self.micro_batch_size);
         problems.in_range(&p("max_grad_norm"), self.max_grad_norm, 0.0, 1e9);
+        problems.positive(&p("epochs"), self.epochs);
+        problems.check(
+            self.clip_low >= 0.0 && self.clip_low < 1.0,
+            &p("clip_low"),
+            || {
+                format!(
+                    "{} is out of range: expected 0 <= clip_low < 1",
+                    self.clip_low
+                )
+            },
+        );
+        problems.in_range(&p("clip_high"), self.clip_high, 0.0, 1e3);
     }
 }
 

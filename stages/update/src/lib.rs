@@ -23,5 +23,6 @@ mod stage;
 pub use adamw::AdamW;
 pub use config::{KlEstimator, Loss, UpdateConfig};
 pub use error::{Result, UpdateError};
-pub use loss::{RoleCounts, grad_norm, kl_per_token, sequence_terms, sequence_weight};
+pub use loss::{Clip, RoleCounts, Terms, grad_norm, kl_per_token, sequence_terms, sequence_weight};
+pub use stage::over_epochs;
 pub use stage::{BatchTotals, LocalStep, ReferenceLogprobs, StepSums, Update};

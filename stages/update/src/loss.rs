@@ -21,27 +21,69 @@ pub fn kl_per_token(lp: &Tensor, reference: &Tensor, estimator: KlEstimator) -> 
     }
 }
 
-/// Per-sequence token sums `Σ_t (ratio·A − β·kl)` and the per-sequence KL token
-/// means.
+/// PPO's clipped ratio: the sampling pass's log-probs of the same tokens, and the
+/// bounds `1 − low`, `1 + high`.
+#[derive(Debug)]
+pub struct Clip {
+    /// Old log-probs, `[tokens]` in the log-probs' order.
+    pub old: Tensor,
+    /// ε_low.
+    pub low: f64,
+    /// ε_high.
+    pub high: f64,
+}
+
+/// A micro-batch's terms.
+#[derive(Debug)]
+pub struct Terms {
+    /// Per-sequence token sums of the objective `[sequences]` (with gradient).
+    pub sums: Tensor,
+    /// Per-sequence KL token means `[sequences]`.
+    pub kl: Tensor,
+    /// Tokens whose ratio was clipped below (A < 0) and above (A > 0).
+    pub clipped: (u64, u64),
+}
+
+/// Per-sequence token sums of `obj − β·kl`, where `obj = ratio·A` on-policy
+/// (`ratio = exp(lp − stop_grad(lp))`: 1 in value, REINFORCE's gradient) and, with
+/// `clip`, `min(r·A, clamp(r, 1 − ε_low, 1 + ε_high)·A)` with `r = exp(lp − old)`;
+/// with the per-sequence KL token means and the clipped token counts.
 pub fn sequence_terms(
     lp: &TokenLogprobs,
     reference: &Tensor,
     advantages: &[f64],
     kl_coef: f64,
     estimator: KlEstimator,
-) -> (Tensor, Tensor) {
+    clip: Option<&Clip>,
+) -> Terms {
     let device = lp.values.device();
-    let ratio = (&lp.values - lp.values.detach()).exp();
     let adv: Vec<f32> = advantages.iter().map(|&a| a as f32).collect();
     let adv_tokens = Tensor::from_slice(&adv)
         .to_device(device)
         .index_select(0, &lp.sequence_index());
+    let (objective, clipped) = match clip {
+        None => (
+            (&lp.values - lp.values.detach()).exp() * &adv_tokens,
+            (0, 0),
+        ),
+        Some(clip) => {
+            let ratio = (&lp.values - &clip.old).exp();
+            let bounded = ratio.clamp(1.0 - clip.low, 1.0 + clip.high);
+            let objective = (&ratio * &adv_tokens).minimum(&(bounded * &adv_tokens));
+            let r = ratio.detach();
+            let count = |mask: Tensor| mask.sum(tch::Kind::Int64).int64_value(&[]) as u64;
+            let low = count(r.lt(1.0 - clip.low).logical_and(&adv_tokens.lt(0.0)));
+            let high = count(r.gt(1.0 + clip.high).logical_and(&adv_tokens.gt(0.0)));
+            (objective, (low, high))
+        }
+    };
     let kl = kl_per_token(&lp.values, reference, estimator);
-    let per_token = ratio * adv_tokens - &kl * kl_coef;
-    (
-        lp.sum_per_sequence(&per_token),
-        lp.mean_per_sequence(&kl.detach()),
-    )
+    let per_token = objective - &kl * kl_coef;
+    Terms {
+        sums: lp.sum_per_sequence(&per_token),
+        kl: lp.mean_per_sequence(&kl.detach()),
+        clipped,
+    }
 }
 
 /// What a role's sequences of one iteration count, for [`sequence_weight`].
@@ -104,14 +146,40 @@ mod tests {
             values: Tensor::from_slice(&[-1.0f32, -2.0, -3.0]),
             lengths: vec![2, 1],
         };
-        let (sum, kl) = sequence_terms(&lp, &lp.values.copy(), &[2.0, -1.0], 0.1, KlEstimator::K1);
-        assert_eq!(Vec::<f32>::try_from(&sum).unwrap(), [4.0, -1.0]);
-        assert_eq!(Vec::<f32>::try_from(&kl).unwrap(), [0.0, 0.0]);
+        let terms = |reference: &Tensor, clip: Option<&Clip>| {
+            sequence_terms(&lp, reference, &[2.0, -1.0], 0.1, KlEstimator::K1, clip)
+        };
+        let on_policy = terms(&lp.values.copy(), None);
+        assert_eq!(Vec::<f32>::try_from(&on_policy.sums).unwrap(), [4.0, -1.0]);
+        assert_eq!(Vec::<f32>::try_from(&on_policy.kl).unwrap(), [0.0, 0.0]);
+        assert_eq!(on_policy.clipped, (0, 0));
         // A reference 0.5 lower on the first token: k1 = 0.5 there, mean 0.25.
         let reference = Tensor::from_slice(&[-1.5f32, -2.0, -3.0]);
-        let (sum, kl) = sequence_terms(&lp, &reference, &[2.0, -1.0], 0.1, KlEstimator::K1);
-        assert_eq!(Vec::<f32>::try_from(&kl).unwrap(), [0.25, 0.0]);
-        assert!((sum.double_value(&[0]) - (4.0 - 0.05)).abs() < 1e-6);
+        let t = terms(&reference, None);
+        assert_eq!(Vec::<f32>::try_from(&t.kl).unwrap(), [0.25, 0.0]);
+        assert!((t.sums.double_value(&[0]) - (4.0 - 0.05)).abs() < 1e-6);
+        // Old log-probs 1 lower on sequence 0 (r = e > 1.2, A = 2 > 0: clipped at 1.2),
+        // 0.1 lower on the first token... of sequence 1 (r = e^0.1 ≈ 1.105, A = −1:
+        // min(−1.105, −1.105) — unclipped, as the clip binds only below for A < 0).
+        let clip = Clip {
+            old: Tensor::from_slice(&[-2.0f32, -3.0, -3.1]),
+            low: 0.2,
+            high: 0.2,
+        };
+        let c = terms(&lp.values.copy(), Some(&clip));
+        let sums = Vec::<f32>::try_from(&c.sums).unwrap();
+        assert!((sums[0] - 2.0 * 1.2 * 2.0).abs() < 1e-5, "{sums:?}");
+        assert!((sums[1] + 0.1f32.exp()).abs() < 1e-5, "{sums:?}");
+        assert_eq!(c.clipped, (0, 2));
+        // Old log-probs higher with A < 0: r = e^−1 < 0.8, clipped at 0.8 below.
+        let below = Clip {
+            old: Tensor::from_slice(&[-1.0f32, -2.0, -2.0]),
+            ..clip
+        };
+        let b = terms(&lp.values.copy(), Some(&below));
+        let sums = Vec::<f32>::try_from(&b.sums).unwrap();
+        assert!((sums[1] + 0.8).abs() < 1e-6, "{sums:?}");
+        assert_eq!(b.clipped, (1, 0));
     }
 
     #[test]

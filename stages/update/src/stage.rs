@@ -13,12 +13,14 @@ use tracing::{debug, warn};
 use crate::adamw::AdamW;
 use crate::config::{Loss, UpdateConfig};
 use crate::error::{Result, UpdateError};
-use crate::loss::{RoleCounts, grad_norm, sequence_terms, sequence_weight};
+use crate::loss::{Clip, RoleCounts, Terms, grad_norm, sequence_terms, sequence_weight};
 
 /// One sequence the loss covers.
 struct Item {
     prompt: Vec<u32>,
     completion: Vec<u32>,
+    /// The sampling pass's log-probs of `completion` (PPO's old policy).
+    old: Vec<f32>,
     advantage: f64,
     challenger: bool,
 }
@@ -95,6 +97,8 @@ pub struct StepSums {
     pub tokens: u64,
     /// Whether any query trained the challenger.
     pub has_challenger: bool,
+    /// Tokens whose ratio was clipped below and above.
+    pub clipped: (u64, u64),
 }
 
 impl std::ops::Add for StepSums {
@@ -107,6 +111,10 @@ impl std::ops::Add for StepSums {
             loss_challenger: self.loss_challenger + other.loss_challenger,
             tokens: self.tokens + other.tokens,
             has_challenger: self.has_challenger || other.has_challenger,
+            clipped: (
+                self.clipped.0 + other.clipped.0,
+                self.clipped.1 + other.clipped.1,
+            ),
         }
     }
 }
@@ -129,6 +137,16 @@ pub struct Update {
     optimizer: AdamW,
     /// The solver's and the challenger's `max_new_tokens` (the `dr_grpo` loss's `L`).
     limits: (u64, u64),
+}
+
+fn floats(batch: &AdvantageBatch, name: &str, row: usize) -> Result<Vec<f32>> {
+    let lists = batch.column::<ListArray>(name)?;
+    let values = lists.value(row);
+    let values = values
+        .as_any()
+        .downcast_ref::<arrow::array::Float32Array>()
+        .expect("token log-prob lists hold f32 by schema");
+    Ok(values.values().to_vec())
 }
 
 fn list(batch: &AdvantageBatch, name: &str, row: usize) -> Result<Vec<u32>> {
@@ -190,6 +208,7 @@ impl Update {
             items.push(Item {
                 prompt: list(batch, ANSWER_PROMPT_TOKEN_IDS, row)?,
                 completion: list(batch, ANSWER_TOKEN_IDS, row)?,
+                old: floats(batch, ANSWER_TOKEN_LOGPROBS, row)?,
                 advantage: adv_solver.value(row),
                 challenger: false,
             });
@@ -213,6 +232,7 @@ impl Update {
             items.push(Item {
                 prompt: list(batch, PROMPT_TOKEN_IDS, row)?,
                 completion: list(batch, QUERY_TOKEN_IDS, row)?,
+                old: floats(batch, QUERY_TOKEN_LOGPROBS, row)?,
                 advantage: adv_challenger.value(row),
                 challenger: true,
             });
@@ -263,7 +283,8 @@ impl Update {
 
     /// The second half of [`Update::process`], given the reference's log-probs of
     /// the same `batch` from [`Update::reference_logprobs`]: [`Update::backward`] and
-    /// [`Update::step`] with the batch as the whole iteration.
+    /// [`Update::step`] with the batch as the whole iteration, `epochs` times; the
+    /// rows are measured before the first step, the step row is [`over_epochs`].
     pub fn process_with(
         &mut self,
         policy: &LanguageModel,
@@ -271,9 +292,20 @@ impl Update {
         batch: &AdvantageBatch,
         iteration: u64,
     ) -> Result<(UpdatedBatch, StepRow)> {
-        let local = self.backward(policy, reference_lps, batch, BatchTotals::of(batch)?)?;
-        let step = self.step(iteration, local.sums, &local.gradients);
-        Ok((local.updated, step))
+        let totals = BatchTotals::of(batch)?;
+        let mut updated = None;
+        let mut steps = Vec::new();
+        for _ in 0..self.config.epochs {
+            let local = self.backward(policy, &reference_lps, batch, totals)?;
+            steps.push(self.step(iteration, local.sums, &local.gradients));
+            updated.get_or_insert(local.updated);
+        }
+        Ok((updated.expect("at least one epoch"), over_epochs(steps)))
+    }
+
+    /// Optimizer steps over each iteration's batch (`update.epochs`).
+    pub fn epochs(&self) -> u64 {
+        self.config.epochs
     }
 
     /// The loss over `batch` (this worker's rows of an iteration whose every row is
@@ -283,13 +315,13 @@ impl Update {
     pub fn backward(
         &mut self,
         policy: &LanguageModel,
-        reference_lps: ReferenceLogprobs,
+        reference_lps: &ReferenceLogprobs,
         batch: &AdvantageBatch,
         totals: BatchTotals,
     ) -> Result<LocalStep> {
         let (items, query_item) = self.items(batch)?;
         let chunks = self.micro_batches(&items);
-        let reference_lps = reference_lps.0;
+        let reference_lps = &reference_lps.0;
         let lengths = |chunk: &Vec<usize>| -> Vec<i64> {
             chunk
                 .iter()
@@ -299,7 +331,7 @@ impl Update {
         if reference_lps.len() != chunks.len()
             || chunks
                 .iter()
-                .zip(&reference_lps)
+                .zip(reference_lps)
                 .any(|(c, r)| r.lengths != lengths(c))
         {
             return Err(UpdateError::Mismatch(
@@ -330,17 +362,36 @@ impl Update {
             },
         ];
         self.optimizer.zero_grad();
-        for (chunk, reference_lp) in chunks.iter().zip(&reference_lps) {
+        for (chunk, reference_lp) in chunks.iter().zip(reference_lps) {
             let pass = policy.training_logprobs(&pairs_of(&items, chunk))?;
             let lp = &pass.logprobs;
             let advantages: Vec<f64> = chunk.iter().map(|&i| items[i].advantage).collect();
-            let (terms, kl) = sequence_terms(
+            // Several epochs: PPO's ratio against the sampling pass's log-probs.
+            let clip = (self.config.epochs > 1).then(|| {
+                let old: Vec<f32> = chunk
+                    .iter()
+                    .flat_map(|&i| items[i].old.iter().copied())
+                    .collect();
+                Clip {
+                    old: Tensor::from_slice(&old).to_device(lp.values.device()),
+                    low: self.config.clip_low,
+                    high: self.config.clip_high,
+                }
+            });
+            let Terms {
+                sums: terms,
+                kl,
+                clipped,
+            } = sequence_terms(
                 lp,
                 &reference_lp.values,
                 &advantages,
                 self.config.kl_coef,
                 self.config.kl_estimator,
+                clip.as_ref(),
             );
+            sums.clipped.0 += clipped.0;
+            sums.clipped.1 += clipped.1;
             // Each sequence's weight in its role's loss (before α_Ch).
             let micro = |challenger: bool| {
                 chunk
@@ -414,7 +465,9 @@ impl Update {
             loss_challenger,
             tokens,
             has_challenger,
+            clipped,
         } = sums;
+        let share = |n: u64| n as f64 / tokens.max(1) as f64;
         let loss = loss_solver + self.config.challenger_coef * loss_challenger;
         let norm = grad_norm(gradients);
         let skip_reason = if !loss.is_finite() {
@@ -454,6 +507,8 @@ impl Update {
             skip_reason,
             learning_rate: self.config.learning_rate,
             update_tokens: tokens,
+            clip_low_fraction: share(clipped.0),
+            clip_high_fraction: share(clipped.1),
         }
     }
 
@@ -501,5 +556,39 @@ impl Update {
             answer(|m| m.entropy),
         ];
         Ok(UpdatedBatch::extend(batch, columns)?)
+    }
+}
+
+/// One iteration's step row from its epochs' rows (in order): the losses and gradient
+/// norms averaged, the step applied if every epoch's was (the first reason otherwise),
+/// the tokens summed and the clip fractions over all of them.
+pub fn over_epochs(steps: Vec<StepRow>) -> StepRow {
+    let n = steps.len() as f64;
+    let mut rows = steps.into_iter();
+    let first = rows.next().expect("at least one epoch");
+    let rest: Vec<StepRow> = rows.collect();
+    if rest.is_empty() {
+        return first;
+    }
+    let all = || std::iter::once(&first).chain(&rest);
+    let mean = |f: fn(&StepRow) -> f64| all().map(f).sum::<f64>() / n;
+    let tokens: u64 = all().map(|s| s.update_tokens).sum();
+    let clipped = |f: fn(&StepRow) -> f64| {
+        all().map(|s| f(s) * s.update_tokens as f64).sum::<f64>() / tokens.max(1) as f64
+    };
+    StepRow {
+        iteration: first.iteration,
+        loss: mean(|s| s.loss),
+        loss_solver: mean(|s| s.loss_solver),
+        loss_challenger: first
+            .loss_challenger
+            .map(|_| mean(|s| s.loss_challenger.unwrap_or(0.0))),
+        grad_norm: mean(|s| s.grad_norm),
+        step_applied: all().all(|s| s.step_applied),
+        skip_reason: all().find_map(|s| s.skip_reason.clone()),
+        learning_rate: first.learning_rate,
+        update_tokens: tokens,
+        clip_low_fraction: clipped(|s| s.clip_low_fraction),
+        clip_high_fraction: clipped(|s| s.clip_high_fraction),
     }
 }

@@ -311,6 +311,81 @@ fn each_loss_normalises_as_its_equation_says() {
 }
 
 #[test]
+fn ppo_epochs_clip_the_ratio_against_the_sampling_log_probs() {
+    // The batch's sampling log-probs are −1 per token while the tiny model's are near
+    // −ln 400 ≈ −6: r = exp(lp − old) ≈ e^−5, far below 1 − ε_low.
+    let rows_neg: &[(u32, &[u32], f64, Option<f64>)] =
+        &[(0, &[70, 71, 72], -1.0, None), (0, &[73], -0.5, None)];
+    let rows_pos: &[(u32, &[u32], f64, Option<f64>)] =
+        &[(0, &[70, 71, 72], 1.0, None), (0, &[73], 0.5, None)];
+    let run = |rows, epochs| {
+        let policy = policy();
+        let reference = policy.frozen_copy().unwrap();
+        let b = batch(&policy, rows);
+        let cfg = UpdateConfig {
+            epochs,
+            ..config(1e-3)
+        };
+        let before = weights(&policy);
+        let mut update = Update::new(cfg, &policy).unwrap();
+        let (updated, step) = update.process(&policy, &reference, &b, 0).unwrap();
+        let moved = weights(&policy)
+            .iter()
+            .zip(&before)
+            .any(|((_, a), (_, b))| !a.equal(b));
+        (updated.to_rows().unwrap(), step, moved)
+    };
+    // A < 0 and r < 0.8: every token clipped below, so no gradient and no change.
+    let (_, clipped, moved) = run(rows_neg, 2);
+    assert_eq!(
+        (clipped.clip_low_fraction, clipped.clip_high_fraction),
+        (1.0, 0.0)
+    );
+    assert_eq!(clipped.grad_norm, 0.0);
+    assert!(!moved);
+    assert_eq!(clipped.update_tokens, 2 * 4, "two epochs of 4 tokens");
+    // Its loss: −(1/2)(mean_t 0.8·(−1) + 0.8·(−0.5)) per epoch, the same both.
+    assert!(
+        (clipped.loss_solver - 0.8 * 0.75).abs() < 1e-6,
+        "{}",
+        clipped.loss_solver
+    );
+    // A > 0: min(r·A, clip(r)·A) = r·A for r < 1 + ε_high, unclipped, and trains.
+    let (rows, unclipped, moved) = run(rows_pos, 2);
+    assert_eq!(
+        (unclipped.clip_low_fraction, unclipped.clip_high_fraction),
+        (0.0, 0.0)
+    );
+    assert!(moved && unclipped.grad_norm > 0.0);
+    // The rows are measured before the first step: as one epoch measures them.
+    let (one_rows, one, _) = run(rows_pos, 1);
+    for (a, b) in rows.iter().zip(&one_rows) {
+        assert_eq!(a.answer_logprob_policy, b.answer_logprob_policy);
+        assert_eq!(a.answer_entropy, b.answer_entropy);
+    }
+    // One epoch is on-policy: the ratio is 1 whatever the sampler said.
+    assert_eq!((one.clip_low_fraction, one.clip_high_fraction), (0.0, 0.0));
+    assert_eq!(one.update_tokens, 4);
+    // −(1/2)(1 + 0.5) with the grpo loss.
+    assert!((one.loss_solver + 0.75).abs() < 1e-6, "{}", one.loss_solver);
+    // A bad config is refused with every problem.
+    let err = Update::new(
+        UpdateConfig {
+            epochs: 0,
+            clip_low: 1.0,
+            ..UpdateConfig::default()
+        },
+        &policy(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("update.epochs") && err.contains("update.clip_low"),
+        "{err}"
+    );
+}
+
+#[test]
 fn non_finite_loss_skips_the_step_and_keeps_the_weights() {
     let policy = policy();
     let reference = policy.frozen_copy().unwrap();
