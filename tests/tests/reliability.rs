@@ -69,3 +69,151 @@ fn a_live_run_locks_its_folder_and_a_kill_releases_it() {
     // plays up to 3; either way the lock is taken and released without error.
     run(&cfg_short, true);
 }
+
+/// `pipeline run CONFIG FLAGS...`, expected to fail: its stderr.
+fn run_fails(config: &std::path::Path, flags: &[&str]) -> String {
+    let out = Command::new(pipeline())
+        .arg("run")
+        .arg(config)
+        .args(flags)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "run {flags:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Overwrites `n` bytes in the middle of `path` with a pattern.
+fn damage(path: &std::path::Path, n: usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let start = bytes.len() / 2;
+    for (i, b) in bytes[start..start + n].iter_mut().enumerate() {
+        *b = (i * 151 % 251) as u8;
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn a_damaged_or_missing_final_model_is_rewritten_from_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "lsp", 2);
+    run(&cfg, false);
+    let root = dir.path().join("e2e");
+    let weights = root.join("final/model.safetensors");
+    let checkpoint = root.join("checkpoints/iteration-000002/model/model.safetensors");
+    assert_eq!(
+        std::fs::read(&weights).unwrap(),
+        std::fs::read(&checkpoint).unwrap()
+    );
+    // Truncated (a full disk while writing it), then gone altogether.
+    let full = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &full[..full.len() / 3]).unwrap();
+    let out = run(&cfg, true);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("model.safetensors is corrupt")
+            && stdout.contains("rewritten from checkpoint 2"),
+        "{stdout}"
+    );
+    assert_eq!(std::fs::read(&weights).unwrap(), full);
+    std::fs::remove_dir_all(root.join("final")).unwrap();
+    let out = run(&cfg, true);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rewritten from checkpoint 2"));
+    assert_eq!(std::fs::read(&weights).unwrap(), full);
+    // A sound final model is left alone.
+    let out = run(&cfg, true);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("already finished") && !stdout.contains("rewritten"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn damaged_checkpoints_and_non_finite_weights_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "lsp", 3);
+    run(&cfg, false);
+    // The last checkpoint's weights get 2,000 stray bytes: resuming refuses it.
+    let root = dir.path().join("e2e");
+    std::fs::remove_dir_all(root.join("final")).unwrap();
+    damage(
+        &root.join("checkpoints/iteration-000003/model/model.safetensors"),
+        2000,
+    );
+    let longer = common::config_with(
+        dir.path(),
+        "lsp",
+        4,
+        &format!(
+            "{{kind: reward_model, model: {}}}",
+            common::repo().join("tests/fixtures/tiny-reward").display()
+        ),
+        "",
+    );
+    let stderr = run_fails(&longer, &["--resume"]);
+    assert!(
+        stderr.contains("checkpoint 3 is damaged")
+            && stderr.contains("model/model.safetensors is corrupt"),
+        "{stderr}"
+    );
+    // A policy folder with a NaN weight (no checksum of ours to catch it) is refused
+    // at load, before any iteration.
+    let policy = dir.path().join("nan-policy");
+    std::fs::create_dir_all(&policy).unwrap();
+    let fixture = common::repo().join("tests/fixtures/tiny-llama");
+    for entry in std::fs::read_dir(&fixture).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, policy.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let weights = policy.join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let end = bytes.len();
+    bytes[end - 4..].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&weights, bytes).unwrap();
+    let fresh = tempfile::tempdir().unwrap();
+    let cfg = config(fresh.path(), "lsp", 1);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &fixture.display().to_string(),
+        &policy.display().to_string(),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let stderr = run_fails(&cfg, &[]);
+    assert!(stderr.contains("holds NaN or infinite values"), "{stderr}");
+    assert!(!fresh.path().join("e2e/records").exists());
+}
+
+#[test]
+fn a_run_whose_steps_are_all_skipped_stops_with_an_error() {
+    // A reward program whose rewards overflow the loss: every step is skipped.
+    let dir = tempfile::tempdir().unwrap();
+    let program = dir.path().join("huge.py");
+    std::fs::write(
+        &program,
+        "import json, sys\n\
+         for line in sys.stdin:\n\
+         \x20   r = json.loads(line)\n\
+         \x20   print(json.dumps({'reward': 1e308 if r['answer_index'] == 0 else -1e308}), flush=True)\n",
+    )
+    .unwrap();
+    let reward = format!(
+        "{{kind: command, command: [{}, {}]}}",
+        common::python().display(),
+        program.display()
+    );
+    let cfg = common::config_with(dir.path(), "lsp_zero", 10, &reward, "");
+    let stderr = run_fails(&cfg, &[]);
+    assert!(
+        stderr.contains("the optimizer steps of iterations 1..=3 were all skipped")
+            && stderr.contains("non-finite"),
+        "{stderr}"
+    );
+    // What was played is recorded, each row saying why its step was skipped.
+    let rows = records(dir.path());
+    assert_eq!(rows.len(), 3 * 3 * 2);
+    assert!(
+        rows.iter()
+            .all(|r| !r.step_applied && r.skip_reason.is_some())
+    );
+}

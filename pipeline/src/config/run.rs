@@ -35,6 +35,9 @@ pub struct RunConfig {
     /// Compare a hash of every replica's weights every this many iterations (0:
     /// never); replicas that differ stop the run.
     pub replica_check_every: u64,
+    /// Stop with an error after this many optimizer steps in a row were skipped (a
+    /// non-finite loss or gradient); 0 never stops.
+    pub max_skipped_steps: u64,
     /// Output root.
     pub output_dir: PathBuf,
 }
@@ -53,6 +56,7 @@ impl Default for RunConfig {
             process: 0,
             hostfile: None,
             replica_check_every: 1,
+            max_skipped_steps: 3,
             output_dir: PathBuf::from("data-out"),
         }
     }

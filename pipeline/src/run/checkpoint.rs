@@ -1,12 +1,16 @@
 //! Checkpoints: the policy as a Hugging Face folder, the optimizer's state, and the
 //! iteration, with `state.json` written last so that a half-written checkpoint is
-//! never taken for a complete one.
+//! never taken for a complete one. `state.json` holds the SHA-256 of every other
+//! file, verified before a resume loads them; `final.json` does the same for the
+//! final model, which finishing verifies and rewrites from the last checkpoint when
+//! it is missing or damaged.
 
 use std::path::Path;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+use super::checksums::{Digests, digest_folder, verify};
 use super::engine::Engine;
 use super::layout::RunDir;
 
@@ -19,6 +23,18 @@ pub struct CheckpointState {
     pub seed: u64,
     /// Optimizer steps taken.
     pub optimizer_steps: i64,
+    /// SHA-256 of each file of the checkpoint (empty in checkpoints of earlier
+    /// versions, which are then not verified).
+    #[serde(default)]
+    pub files: Digests,
+}
+
+/// `final.json` beside the final model: the iteration it is from and its files'
+/// digests.
+#[derive(Debug, Serialize, Deserialize)]
+struct FinalState {
+    iteration: u64,
+    files: Digests,
 }
 
 /// Saves the engine's policy and optimizer after `iteration`.
@@ -36,6 +52,7 @@ pub fn save(dir: &RunDir, engine: &mut Engine, iteration: u64) -> anyhow::Result
         iteration,
         seed: engine.seed,
         optimizer_steps: engine.update.optimizer().steps(),
+        files: digest_folder(&folder, &[super::layout::COMPLETE])?,
     };
     write_atomic(
         &dir.checkpoint_state(iteration),
@@ -48,6 +65,82 @@ pub fn load_state(dir: &RunDir, iteration: u64) -> anyhow::Result<CheckpointStat
     let path = dir.checkpoint_state(iteration);
     let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_slice(&text).with_context(|| format!("{} is corrupt", path.display()))
+}
+
+/// Reads checkpoint `iteration`'s state and verifies its files against it.
+pub fn load_verified(dir: &RunDir, iteration: u64) -> anyhow::Result<CheckpointState> {
+    let state = load_state(dir, iteration)?;
+    if state.files.is_empty() {
+        tracing::warn!(
+            iteration,
+            "checkpoint without checksums (an earlier version's): not verified"
+        );
+    } else {
+        verify(&dir.checkpoint(iteration), &state.files).with_context(|| {
+            format!(
+                "checkpoint {iteration} is damaged: remove {} to resume from the one before",
+                dir.checkpoint(iteration).display()
+            )
+        })?;
+    }
+    Ok(state)
+}
+
+/// Saves the final model of `iteration` and its digests.
+pub fn save_final(dir: &RunDir, engine: &Engine, iteration: u64) -> anyhow::Result<()> {
+    let folder = dir.final_model();
+    if folder.exists() {
+        std::fs::remove_dir_all(&folder)?;
+    }
+    engine.policy.save(&folder)?;
+    seal_final(dir, iteration)
+}
+
+/// Writes `final.json` for the final model as it is on disk.
+fn seal_final(dir: &RunDir, iteration: u64) -> anyhow::Result<()> {
+    let state = FinalState {
+        iteration,
+        files: digest_folder(&dir.final_model(), &[])?,
+    };
+    write_atomic(&dir.final_state(), &serde_json::to_vec_pretty(&state)?)
+}
+
+/// Verifies the final model of a finished run of `total` iterations; when it is
+/// missing or damaged, rewrites it from checkpoint `total` (itself verified) and
+/// says so.
+pub fn ensure_final(dir: &RunDir, total: u64) -> anyhow::Result<Option<String>> {
+    let sound = std::fs::read(dir.final_state())
+        .map_err(anyhow::Error::from)
+        .and_then(|bytes| Ok(serde_json::from_slice::<FinalState>(&bytes)?))
+        .and_then(|state| {
+            anyhow::ensure!(
+                state.iteration == total,
+                "it is from iteration {}",
+                state.iteration
+            );
+            verify(&dir.final_model(), &state.files)
+        });
+    let Err(problem) = sound else {
+        return Ok(None);
+    };
+    load_verified(dir, total).with_context(|| {
+        format!("the final model is unusable ({problem:#}) and cannot be rewritten")
+    })?;
+    let folder = dir.final_model();
+    if folder.exists() {
+        std::fs::remove_dir_all(&folder)?;
+    }
+    std::fs::create_dir_all(&folder)?;
+    let source = dir.checkpoint(total).join("model");
+    for entry in std::fs::read_dir(&source)? {
+        let path = entry?.path();
+        std::fs::copy(&path, folder.join(path.file_name().expect("a file")))
+            .with_context(|| format!("copying {} into {}", path.display(), folder.display()))?;
+    }
+    seal_final(dir, total)?;
+    Ok(Some(format!(
+        "the final model was unusable ({problem:#}): rewritten from checkpoint {total}"
+    )))
 }
 
 /// Writes `bytes` to a temporary file beside `path` and renames it into place.

@@ -14,7 +14,7 @@ pub struct RunDir {
 }
 
 /// Written last into a checkpoint folder: the checkpoint is complete only with it.
-const COMPLETE: &str = "state.json";
+pub const COMPLETE: &str = "state.json";
 
 impl RunDir {
     /// The folder of run `name` under `output_dir`.
@@ -83,6 +83,11 @@ impl RunDir {
     /// The final model.
     pub fn final_model(&self) -> PathBuf {
         self.root.join("final")
+    }
+
+    /// The final model's iteration and checksums.
+    pub fn final_state(&self) -> PathBuf {
+        self.root.join("final.json")
     }
 
     /// Iterations of the record files present, sorted.

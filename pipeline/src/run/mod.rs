@@ -6,6 +6,7 @@
 //! free of gaps and duplicates across a kill.
 
 mod checkpoint;
+mod checksums;
 mod cluster;
 mod collective;
 mod data;
@@ -184,9 +185,17 @@ fn run_one(
     let (start, policy_folder) = plan_start(&config, &dir, resume, writes)?;
     let total = config.run.iterations;
     if start > total {
+        let repaired = match writes {
+            true => checkpoint::ensure_final(&dir, total)?,
+            false => None,
+        };
+        if let Some(note) = &repaired {
+            warn!("{note}");
+        }
         return Ok(format!(
-            "run {} already finished its {total} iterations\n",
-            dir.root().display()
+            "run {} already finished its {total} iterations{}\n",
+            dir.root().display(),
+            repaired.map_or(String::new(), |note| format!("; {note}"))
         ));
     }
     if writes {
@@ -306,6 +315,7 @@ fn play(
     let mut writer = shard.writes().then(RecordWriter::start);
     input.advance_to(start);
     let mut last = start - 1;
+    let mut skipped: Vec<String> = Vec::new();
     for t in start..=total {
         input.send(t);
         input.advance_to(t + 1);
@@ -320,7 +330,7 @@ fn play(
             }
             return Err(e);
         }
-        let (_, stopping) = outputs
+        let (step, stopping) = outputs
             .steps
             .borrow_mut()
             .remove(&t)
@@ -355,6 +365,24 @@ fn play(
             live.observe(worker, t, &[], &[]);
         }
         last = t;
+        match &step.skip_reason {
+            Some(reason) => skipped.push(reason.clone()),
+            None => skipped.clear(),
+        }
+        let limit = config.run.max_skipped_steps as usize;
+        if limit > 0 && skipped.len() >= limit {
+            if let Some(writer) = writer {
+                writer.finish()?;
+            }
+            anyhow::bail!(
+                "the optimizer steps of iterations {}..={t} were all skipped (last: {}): the \
+                 policy no longer trains; stopping (run.max_skipped_steps: {limit}). The \
+                 records are kept; resume from a checkpoint before the trouble with a lower \
+                 learning rate",
+                t + 1 - limit as u64,
+                skipped.last().expect("limit > 0")
+            );
+        }
         if stopping {
             warn!(iteration = t, "interrupted: stopping after this iteration");
             break;
@@ -364,7 +392,7 @@ fn play(
     if let Some(writer) = writer {
         writer.finish()?;
         if last == total {
-            engine.borrow().policy.save(&dir.final_model())?;
+            checkpoint::save_final(dir, &engine.borrow(), total)?;
         }
     }
     Ok(last)
@@ -457,7 +485,7 @@ fn plan_start(
     }
     match last {
         Some(c) => {
-            let state = checkpoint::load_state(dir, c)?;
+            let state = checkpoint::load_verified(dir, c)?;
             info!(
                 checkpoint = c,
                 optimizer_steps = state.optimizer_steps,

@@ -50,6 +50,23 @@ pub fn torch_device(kind: DeviceKind) -> Result<Device> {
     }
 }
 
+/// An error naming the first weight that holds a NaN or an infinity: such a model
+/// cannot be trained or trusted (a damaged file loads as NaN).
+fn refuse_non_finite(vs: &nn::VarStore, folder: &Path) -> Result<()> {
+    let _guard = tch::no_grad_guard();
+    let mut variables: Vec<(String, tch::Tensor)> = vs.variables().into_iter().collect();
+    variables.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, tensor) in variables {
+        if !bool::try_from(tensor.isfinite().all())? {
+            return Err(ModelError::Invalid(format!(
+                "{}: weight {name} holds NaN or infinite values (a damaged file?)",
+                folder.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl LanguageModel {
     /// Loads the model in `folder`: `config.json`, the safetensors weights, the
     /// tokenizer and, when present, `generation_config.json`.
@@ -72,6 +89,7 @@ impl LanguageModel {
         let mut vs = nn::VarStore::new(device);
         let transformer = Transformer::new(&vs.root(), &spec);
         load_weights(&mut vs, folder)?;
+        refuse_non_finite(&vs, folder)?;
         if options.dtype == Dtype::Bf16 {
             vs.bfloat16();
         }
