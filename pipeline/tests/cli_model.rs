@@ -152,7 +152,7 @@ fn wrong_models_and_settings_are_refused_clearly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         stderr.trim(),
-        "error: loading /no/such: /no/such/config.json: No such file or directory (os error 2)"
+        "error: loading /no/such: /no/such is not a folder: a model is a Hugging Face folder with config.json, tokenizer.json and model.safetensors"
     );
 
     let out = pipeline(&[

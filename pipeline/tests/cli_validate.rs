@@ -161,3 +161,85 @@ fn workers_are_planned_and_more_threads_than_cores_are_warned_about() {
     );
     assert!(!write(1, 1).contains("# warning"));
 }
+
+#[test]
+fn validate_opens_the_model_folders_and_bounds_new_tokens_by_the_context() {
+    let dir = tempfile::tempdir().unwrap();
+    // A copy of tiny-llama whose config.json misstates the vocabulary.
+    let fixture = repo().join("tests/fixtures/tiny-llama");
+    let policy = dir.path().join("policy");
+    std::fs::create_dir_all(&policy).unwrap();
+    for entry in std::fs::read_dir(&fixture).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, policy.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let config_json = policy.join("config.json");
+    let mut hf: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_json).unwrap()).unwrap();
+    hf["vocab_size"] = 100.into();
+    std::fs::write(&config_json, hf.to_string()).unwrap();
+    let a_file = dir.path().join("model.safetensors");
+    std::fs::write(&a_file, b"not a folder").unwrap();
+    let config = dir.path().join("models.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "model: {{policy: {}, reference: {}}}\n\
+             challenger: {{sampling: {{max_new_tokens: 100000000}}}}\n\
+             reward: {{kind: reward_model, model: {}}}\n",
+            policy.display(),
+            a_file.display(),
+            fixture.display()
+        ),
+    )
+    .unwrap();
+    let out = validate(&config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for expected in [
+        // The config is blamed, not the tokenizer.
+        "model.policy: ",
+        "config.json describes model.embed_tokens.weight as [100, 64] but the weights hold [400, 64]",
+        "model.reference: ",
+        "model.safetensors is a file, not a folder",
+        // tiny-llama is a causal LM: it loads, so only a run finds it has no score head.
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    // With a sound policy, new tokens are bounded by its context (512).
+    std::fs::write(
+        &config,
+        format!(
+            "model: {{policy: {}}}\nchallenger: {{sampling: {{max_new_tokens: 100000000}}}}\n\
+             reward: {{kind: length}}\n",
+            fixture.display()
+        ),
+    )
+    .unwrap();
+    let out = validate(&config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "challenger.sampling.max_new_tokens: 100000000 is more than the policy's whole context of 512 tokens"
+        ),
+        "{stderr}"
+    );
+    // `generate` refuses instead of allocating for 1e8 tokens.
+    let out = Command::new(env!("CARGO_BIN_EXE_pipeline"))
+        .args(["generate", "--model"])
+        .arg(&fixture)
+        .args(["--chat", "Hi", "--max-new-tokens", "100000000"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is more than") && stderr.contains("whole context of 512"),
+        "{stderr}"
+    );
+}

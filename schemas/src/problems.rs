@@ -62,7 +62,12 @@ impl Problems {
 
     /// Checks that `dir` is a folder holding `file` (a model folder's `config.json`).
     pub fn folder_with(&mut self, path: &str, dir: &Path, file: &str, hint: &str) {
-        if !dir.is_dir() {
+        if dir.is_file() {
+            self.push(
+                path,
+                format!("{} is a file, not a folder{hint}", dir.display()),
+            );
+        } else if !dir.is_dir() {
             self.push(
                 path,
                 format!("folder {} does not exist{hint}", dir.display()),

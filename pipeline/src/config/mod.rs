@@ -85,6 +85,29 @@ impl EpochConfig {
 impl Validate for EpochConfig {
     fn validate(&self, _path: &str, problems: &mut Problems) {
         self.model.validate("model", problems);
+        // New tokens past the policy's whole context can never be generated.
+        if let Ok(spec) = lsp_model::LanguageModel::inspect(&self.model.policy) {
+            let context = spec.max_position_embeddings as u64;
+            let mut bound = |at: &str, tokens: u64| {
+                problems.check(tokens <= context, at, || {
+                    format!("{tokens} is more than the policy's whole context of {context} tokens")
+                });
+            };
+            bound(
+                "challenger.sampling.max_new_tokens",
+                self.challenger.sampling.max_new_tokens,
+            );
+            bound(
+                "solver.sampling.max_new_tokens",
+                self.solver.sampling.max_new_tokens,
+            );
+            if self.run.mode.has_self_reward() {
+                bound(
+                    "self_reward.justification_tokens",
+                    self.self_reward.reply_tokens(),
+                );
+            }
+        }
         self.validate_sections("", problems);
         let mut names = std::collections::HashSet::new();
         for (i, stage) in self.stages.iter().enumerate() {

@@ -11,6 +11,7 @@ use tracing::debug;
 
 use crate::error::{ModelError, Result};
 use crate::safetensors_file::{SafetensorsFile, write_safetensors};
+use crate::spec::ModelSpec;
 
 /// The weight files of a model folder.
 pub fn weight_files(folder: &Path) -> Result<Vec<PathBuf>> {
@@ -44,6 +45,75 @@ pub fn weight_files(folder: &Path) -> Result<Vec<PathBuf>> {
 /// Copies the checkpoint in `folder` into the variables of `vs`, checking that every
 /// variable has its tensor with the right shape. Tensors the model does not use
 /// (a tied `lm_head`, cached rotary tables) are skipped.
+/// The weight files' headers against `spec`: the embedding's rows and width, the
+/// number of decoder blocks and the first block's projections, so that a config that
+/// does not describe its weights is named as such (read from the headers only).
+pub fn check_weight_headers(folder: &Path, spec: &ModelSpec) -> Result<()> {
+    let mut shapes: HashMap<String, Vec<i64>> = HashMap::new();
+    for file in weight_files(folder)? {
+        let reader = SafetensorsFile::open(&file)?;
+        for name in reader.names() {
+            shapes.insert(
+                name.to_string(),
+                reader.shape(name).expect("listed").to_vec(),
+            );
+        }
+    }
+    let (h, d) = (spec.hidden_size, spec.head_dim);
+    let expected = [
+        ("model.embed_tokens.weight", vec![spec.vocab_size, h]),
+        (
+            "model.layers.0.self_attn.q_proj.weight",
+            vec![spec.num_heads * d, h],
+        ),
+        (
+            "model.layers.0.self_attn.k_proj.weight",
+            vec![spec.num_kv_heads * d, h],
+        ),
+        (
+            "model.layers.0.mlp.gate_proj.weight",
+            vec![spec.intermediate_size, h],
+        ),
+    ];
+    for (name, want) in expected {
+        match shapes.get(name) {
+            Some(got) if *got != want => {
+                return Err(ModelError::Invalid(format!(
+                    "{}: config.json describes {name} as {want:?} but the weights hold {got:?}: \
+                     config.json does not belong to these weights",
+                    folder.display()
+                )));
+            }
+            Some(_) => {}
+            None => {
+                return Err(ModelError::MissingTensor {
+                    folder: folder.to_path_buf(),
+                    name: name.to_string(),
+                });
+            }
+        }
+    }
+    let blocks = shapes
+        .keys()
+        .filter_map(|n| {
+            n.strip_prefix("model.layers.")?
+                .split('.')
+                .next()?
+                .parse::<i64>()
+                .ok()
+        })
+        .max()
+        .map_or(0, |last| last + 1);
+    if blocks != spec.num_layers {
+        return Err(ModelError::Invalid(format!(
+            "{}: config.json says num_hidden_layers {} but the weights hold {blocks} blocks",
+            folder.display(),
+            spec.num_layers
+        )));
+    }
+    Ok(())
+}
+
 pub fn load_weights(vs: &mut nn::VarStore, folder: &Path) -> Result<()> {
     let mut wanted: HashMap<String, Tensor> = vs.variables();
     let total = wanted.len();

@@ -72,14 +72,19 @@ impl Validate for ModelConfig {
         } else {
             ""
         };
-        problems.folder_with(
-            &join_path(path, "policy"),
-            &self.policy,
-            "config.json",
-            hint,
-        );
+        let mut folder = |key: &str, dir: &std::path::Path, hint: &str| {
+            let at = join_path(path, key);
+            let before = problems.len();
+            problems.folder_with(&at, dir, "config.json", hint);
+            if problems.len() == before
+                && let Err(e) = crate::LanguageModel::inspect(dir)
+            {
+                problems.push(at, e.to_string());
+            }
+        };
+        folder("policy", &self.policy, hint);
         if let Some(reference) = &self.reference {
-            problems.folder_with(&join_path(path, "reference"), reference, "config.json", "");
+            folder("reference", reference, "");
         }
     }
 }

@@ -110,6 +110,12 @@ impl LanguageModel {
         let max_new = sampling.max_new_tokens as i64;
         let longest = request.prompts.iter().map(Vec::len).max().unwrap_or(0) as i64;
         let context = self.spec().max_position_embeddings;
+        if max_new > context {
+            return Err(ModelError::Invalid(format!(
+                "max_new_tokens {max_new} is more than {}'s whole context of {context} tokens",
+                self.folder().display()
+            )));
+        }
         if longest + max_new > context {
             // RoPE has no table to run off, so this computes; quality past the trained
             // context is the model's own business. Said once per process.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use tch::{Device, nn};
 use tracing::info;
 
-use crate::checkpoint::{copy_companions, load_weights, save_weights};
+use crate::checkpoint::{check_weight_headers, copy_companions, load_weights, save_weights};
 use crate::config::{DeviceKind, Dtype};
 use crate::error::{ModelError, Result};
 use crate::hf_config::{HfConfig, TokenIds};
@@ -67,25 +67,47 @@ fn refuse_non_finite(vs: &nn::VarStore, folder: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A model folder's spec and tokenizer, checked against each other and against the
+/// weight files' headers: what [`LanguageModel::load`] checks before reading weights.
+fn read_folder(folder: &Path) -> Result<(ModelSpec, TextTokenizer)> {
+    if !folder.is_dir() {
+        return Err(ModelError::Invalid(format!(
+            "{} is not a folder: a model is a Hugging Face folder with config.json, \
+             tokenizer.json and model.safetensors",
+            folder.display()
+        )));
+    }
+    let config_path = folder.join("config.json");
+    let spec = HfConfig::read(&config_path)?.to_spec(&config_path)?;
+    check_weight_headers(folder, &spec)?;
+    let tokenizer = TextTokenizer::from_folder(folder)?;
+    if tokenizer.vocab_size() as i64 > spec.vocab_size {
+        return Err(ModelError::Tokenizer {
+            path: folder.join("tokenizer.json"),
+            message: format!(
+                "the tokenizer has {} tokens but the model's embedding only {} rows: \
+                 this tokenizer belongs to another model",
+                tokenizer.vocab_size(),
+                spec.vocab_size
+            ),
+        });
+    }
+    Ok((spec, tokenizer))
+}
+
 impl LanguageModel {
+    /// Checks the model folder without loading its weights (`pipeline validate`):
+    /// config.json parses and names a supported architecture, the weight files'
+    /// headers fit it, and the tokenizer fits the embedding. Its spec.
+    pub fn inspect(folder: &Path) -> Result<ModelSpec> {
+        Ok(read_folder(folder)?.0)
+    }
+
     /// Loads the model in `folder`: `config.json`, the safetensors weights, the
     /// tokenizer and, when present, `generation_config.json`.
     pub fn load(folder: &Path, options: LoadOptions) -> Result<Self> {
         let device = torch_device(options.device)?;
-        let config_path = folder.join("config.json");
-        let spec = HfConfig::read(&config_path)?.to_spec(&config_path)?;
-        let tokenizer = TextTokenizer::from_folder(folder)?;
-        if tokenizer.vocab_size() as i64 > spec.vocab_size {
-            return Err(ModelError::Tokenizer {
-                path: folder.join("tokenizer.json"),
-                message: format!(
-                    "the tokenizer has {} tokens but the model's embedding only {} rows: \
-                     this tokenizer belongs to another model",
-                    tokenizer.vocab_size(),
-                    spec.vocab_size
-                ),
-            });
-        }
+        let (spec, tokenizer) = read_folder(folder)?;
         let mut vs = nn::VarStore::new(device);
         let transformer = Transformer::new(&vs.root(), &spec);
         load_weights(&mut vs, folder)?;

@@ -45,7 +45,8 @@ fn shape_mismatch_names_the_tensor_and_both_shapes() {
             "\"intermediate_size\": 170",
         )
     });
-    assert!(err.contains("tensor `model.layers.0.mlp.down_proj.weight` has shape [64, 176], config.json implies [64, 170]"), "{err}");
+    // The weights' headers are read first: the config is named as the odd one out.
+    assert!(err.contains("config.json describes model.layers.0.mlp.gate_proj.weight as [170, 64] but the weights hold [176, 64]"), "{err}");
 }
 
 #[test]
@@ -67,9 +68,30 @@ fn missing_tensor_is_named() {
 
 #[test]
 fn tokenizer_larger_than_the_embedding_is_refused() {
+    // A config that misstates the vocabulary is blamed on the config, not the tokenizer.
     let (_d, err) = broken_copy(|d| edit_config(d, "\"vocab_size\": 400", "\"vocab_size\": 300"));
     assert!(
-        err.contains("the tokenizer has 400 tokens but the model's embedding only 300 rows"),
+        err.contains("config.json describes model.embed_tokens.weight as [300, 64] but the weights hold [400, 64]"),
+        "{err}"
+    );
+    // A tokenizer with more tokens than the embedding has rows is another model's.
+    let (_d, err) = broken_copy(|d| {
+        let path = d.join("tokenizer.json");
+        let mut t: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for id in 400..405 {
+            t["added_tokens"]
+                .as_array_mut()
+                .unwrap()
+                .push(serde_json::json!({
+                    "id": id, "content": format!("<extra_{id}>"), "single_word": false,
+                    "lstrip": false, "rstrip": false, "normalized": false, "special": true
+                }));
+        }
+        std::fs::write(&path, t.to_string()).unwrap();
+    });
+    assert!(
+        err.contains("the tokenizer has 405 tokens but the model's embedding only 400 rows"),
         "{err}"
     );
 }
@@ -94,7 +116,8 @@ fn corrupt_and_missing_files_are_named() {
     assert!(err.contains("config.json: EOF while parsing"), "{err}");
     let err = LanguageModel::load(Path::new("/no/such/model"), LoadOptions::default()).unwrap_err();
     assert!(
-        err.to_string().starts_with("/no/such/model/config.json: "),
+        err.to_string()
+            .starts_with("/no/such/model is not a folder"),
         "{err}"
     );
 }

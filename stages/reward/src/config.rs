@@ -186,7 +186,13 @@ impl Validate for RewardConfig {
         let p = |f: &str| join_path(path, f);
         match (self.kind, &self.model) {
             (RewardKind::Judge | RewardKind::RewardModel, Some(model)) => {
-                problems.folder_with(&p("model"), model, "config.json", "")
+                let before = problems.len();
+                problems.folder_with(&p("model"), model, "config.json", "");
+                if problems.len() == before
+                    && let Err(e) = lsp_model::LanguageModel::inspect(model)
+                {
+                    problems.push(p("model"), e.to_string());
+                }
             }
             (kind, Some(_)) if kind != RewardKind::Judge => problems.push(
                 p("model"),
