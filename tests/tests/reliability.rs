@@ -217,3 +217,53 @@ fn a_run_whose_steps_are_all_skipped_stops_with_an_error() {
             .all(|r| !r.step_applied && r.skip_reason.is_some())
     );
 }
+
+#[test]
+fn a_lost_record_or_damaged_monitor_row_is_played_again_on_resume() {
+    let (dir, whole) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    run(&config(whole.path(), "lsp", 5), false);
+    let expected = records(whole.path());
+    let cfg = config(dir.path(), "lsp", 5);
+    run(&cfg, false);
+    let root = dir.path().join("e2e");
+    // The record of iteration 3 deleted, the monitor row of 4 truncated, and the
+    // temporary files of an interrupted write: a resume of the finished run would
+    // leave a gap, so it plays 3..=5 again from checkpoint 2.
+    std::fs::remove_file(root.join("records/iteration-000003.parquet")).unwrap();
+    let row = root.join("monitor/iteration-000004.parquet");
+    let bytes = std::fs::read(&row).unwrap();
+    std::fs::write(&row, &bytes[..bytes.len() / 2]).unwrap();
+    std::fs::write(
+        root.join("monitor/.iteration-000005.parquet.tmp-12345"),
+        b"partial",
+    )
+    .unwrap();
+    std::fs::remove_dir_all(root.join("final")).unwrap();
+    let out = run(&cfg, true);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "iteration-000003.parquet is missing: playing again from the checkpoint before it"
+        ),
+        "{stderr}"
+    );
+    // The same game as an uninterrupted run, every file readable, nothing left over.
+    let again = records(dir.path());
+    assert_eq!(again.len(), expected.len());
+    for (a, b) in again.iter().zip(&expected) {
+        assert_eq!(
+            (a.iteration, &a.query_text, &a.answer_text, a.reward),
+            (b.iteration, &b.query_text, &b.answer_text, b.reward)
+        );
+    }
+    for t in 1..=5 {
+        lsp_schemas::read_batches(&root.join(format!("monitor/iteration-{t:06}.parquet"))).unwrap();
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(root.join("monitor"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert!(root.join("final/model.safetensors").is_file());
+}

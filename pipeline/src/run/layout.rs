@@ -106,11 +106,57 @@ impl RunDir {
 
     /// The newest checkpoint whose state file was written.
     pub fn last_checkpoint(&self) -> anyhow::Result<Option<u64>> {
+        Ok(self.checkpoints()?.last().copied())
+    }
+
+    /// The iterations of the complete checkpoints (state file written), sorted.
+    pub fn checkpoints(&self) -> anyhow::Result<Vec<u64>> {
         let all = numbered(&self.root.join("checkpoints"), "iteration-", "")?;
         Ok(all
             .into_iter()
-            .rev()
-            .find(|&i| self.checkpoint_state(i).is_file()))
+            .filter(|&i| self.checkpoint_state(i).is_file())
+            .collect())
+    }
+
+    /// The first iteration up to `done` whose record — or monitor row, when the
+    /// monitor ran — is missing or unreadable, and why.
+    pub fn first_unsound(&self, done: u64, monitored: bool) -> Option<(u64, String)> {
+        (1..=done).find_map(|t| {
+            let mut files = vec![("record", self.record(t))];
+            if monitored {
+                files.push(("monitor row", self.monitor_row(t)));
+            }
+            files.into_iter().find_map(|(what, path)| {
+                let problem = match path.is_file() {
+                    false => Some(format!("its {what} {} is missing", path.display())),
+                    true => read_batches(&path)
+                        .err()
+                        .map(|e| format!("its {what} {} is unreadable ({e})", path.display())),
+                };
+                problem.map(|p| (t, p))
+            })
+        })
+    }
+
+    /// Removes the leftovers of writes a kill interrupted (`.NAME.tmp-PID`) in the
+    /// records and monitor folders; how many.
+    pub fn remove_partial_writes(&self) -> anyhow::Result<usize> {
+        let mut removed = 0;
+        for folder in [self.records(), self.monitor()] {
+            if !folder.is_dir() {
+                continue;
+            }
+            for entry in std::fs::read_dir(&folder)? {
+                let path = entry?.path();
+                let name = path.file_name().unwrap_or_default().to_string_lossy();
+                if name.starts_with('.') && name.contains(".tmp-") {
+                    std::fs::remove_file(&path)
+                        .with_context(|| format!("removing {}", path.display()))?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// Whether the run has produced anything yet.

@@ -467,7 +467,31 @@ fn plan_start(
         "{} already holds a run: continue it with --resume, or set another run.name",
         dir.root().display()
     );
-    let last = dir.last_checkpoint()?;
+    let partial = dir.remove_partial_writes()?;
+    if partial > 0 {
+        info!(files = partial, "removed the partial writes a kill left");
+    }
+    let mut last = dir.last_checkpoint()?;
+    // Every iteration a checkpoint covers must have its record (and monitor row): one
+    // lost or damaged is played again from the newest checkpoint before it.
+    let monitored = config.monitor.enabled;
+    if let Some((bad, why)) = dir.first_unsound(last.unwrap_or(0), monitored) {
+        anyhow::ensure!(
+            config.run.processes == 1,
+            "iteration {bad} cannot be resumed: {why}. Restore the file, or remove the \
+             checkpoints from iteration {bad} on so that --resume plays it again"
+        );
+        let before = dir.checkpoints()?.into_iter().rfind(|&c| c < bad);
+        warn!(
+            iteration = bad,
+            from = before.unwrap_or(0),
+            "{why}: playing again from the checkpoint before it"
+        );
+        for c in dir.checkpoints()?.into_iter().filter(|&c| c >= bad) {
+            std::fs::remove_dir_all(dir.checkpoint(c))?;
+        }
+        last = before;
+    }
     let done = last.unwrap_or(0);
     for iteration in dir.recorded_iterations()? {
         if iteration > done {
