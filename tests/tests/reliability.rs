@@ -267,3 +267,68 @@ fn a_lost_record_or_damaged_monitor_row_is_played_again_on_resume() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
     assert!(root.join("final/model.safetensors").is_file());
 }
+
+fn manifest(dir: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("e2e/manifest.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn a_resume_keeps_the_runs_config_or_records_the_change_it_was_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    // A start that fails in its first iteration (its reward program does not exist)
+    // leaves a manifest; the next fresh start writes its own.
+    let missing = "{kind: command, command: [./no-such-reward-program]}";
+    let failing = common::config_with(dir.path(), "lsp", 2, missing, "");
+    let stderr = run_fails(&failing, &[]);
+    assert!(stderr.contains("cannot start"), "{stderr}");
+    assert!(dir.path().join("e2e/manifest.json").is_file());
+    let cfg = config(dir.path(), "lsp", 2);
+    run(&cfg, false);
+    let m = manifest(dir.path());
+    assert_eq!(m["config"]["reward"]["kind"], "reward_model");
+    assert_eq!(m["resumes"].as_array().unwrap().len(), 0);
+    // Longer, on two workers: free changes; the resume is recorded.
+    let longer = common::config_with(
+        dir.path(),
+        "lsp",
+        3,
+        &format!(
+            "{{kind: reward_model, model: {}}}",
+            common::repo().join("tests/fixtures/tiny-reward").display()
+        ),
+        "",
+    );
+    common::run_with(&longer, &["--resume", "--workers", "2"]);
+    let resumes = manifest(dir.path())["resumes"].clone();
+    assert_eq!(resumes.as_array().unwrap().len(), 1);
+    assert_eq!(
+        (
+            resumes[0]["from_iteration"].as_u64(),
+            resumes[0]["to_iteration"].as_u64()
+        ),
+        (Some(3), Some(3))
+    );
+    assert!(resumes[0].get("changed").is_none());
+    // Another learning rate: refused, and the refusal adds no entry.
+    let text = std::fs::read_to_string(&longer).unwrap();
+    let changed = dir.path().join("changed.yaml");
+    std::fs::write(
+        &changed,
+        text.replace("iterations: 3", "iterations: 4")
+            .replace("learning_rate: 1.0e-3", "learning_rate: 2.0e-3"),
+    )
+    .unwrap();
+    let stderr = run_fails(&changed, &["--resume"]);
+    assert!(
+        stderr.contains("the config differs from the one")
+            && stderr.contains("in update.learning_rate:"),
+        "{stderr}"
+    );
+    assert_eq!(manifest(dir.path())["resumes"].as_array().unwrap().len(), 1);
+    // Allowed: applied, and recorded with the config it ran with.
+    common::run_with(&changed, &["--resume", "--allow-config-change"]);
+    let last = manifest(dir.path())["resumes"][1].clone();
+    assert_eq!(last["changed"], serde_json::json!(["update.learning_rate"]));
+    assert_eq!(last["config"]["update"]["learning_rate"], 2.0e-3);
+    assert_eq!(records(dir.path()).len(), 4 * 3 * 2);
+}

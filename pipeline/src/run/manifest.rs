@@ -1,16 +1,32 @@
-//! `manifest.json`: what a run was started with, so its records can be traced back.
+//! `manifest.json`: what a run was started with, and each resume with the config it
+//! ran with, so its records can be traced back. A fresh run writes a fresh manifest;
+//! a resume whose config differs from the manifest's in anything but the run's
+//! length and its layout over workers is refused unless the change is allowed, and
+//! then recorded.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::checkpoint::write_atomic;
 use super::layout::RunDir;
 use crate::config::EpochConfig;
 
-fn file_hash(path: &std::path::Path) -> serde_json::Value {
-    crate::commands::sha256_file(path).map_or(serde_json::Value::Null, serde_json::Value::String)
+/// Keys a resume may change freely: how long the run is and how it is spread over
+/// threads, workers, processes and hosts (the game does not depend on them).
+const FREE: [&str; 7] = [
+    "run.iterations",
+    "run.threads",
+    "run.workers",
+    "run.processes",
+    "run.process",
+    "run.hostfile",
+    "run.replica_check_every",
+];
+
+fn file_hash(path: &std::path::Path) -> Value {
+    crate::commands::sha256_file(path).map_or(Value::Null, Value::String)
 }
 
 fn now() -> u64 {
@@ -19,39 +35,127 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Writes the manifest of a new run, or records a resume in an existing one.
-pub fn write_or_note_resume(dir: &RunDir, config: &EpochConfig, start: u64) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir.root())
-        .with_context(|| format!("creating {}", dir.root().display()))?;
-    let path = dir.manifest();
-    let mut manifest = if path.is_file() {
-        serde_json::from_slice(&std::fs::read(&path)?)
-            .with_context(|| format!("{} is corrupt", path.display()))?
-    } else {
-        let policy = &config.model.policy;
-        json!({
-            "run": config.run.name,
-            "config": config,
-            "seed": config.run.seed,
-            "started_unix": now(),
-            "policy": {
-                "folder": policy,
-                "model_sha256": file_hash(&policy.join("model.safetensors")),
-                "tokenizer_sha256": file_hash(&policy.join("tokenizer.json")),
-            },
-            "versions": {
-                "lsp": env!("CARGO_PKG_VERSION"),
-                "libtorch": "2.13.0",
-                "tch": "0.26.0",
-            },
-            "resumes": [],
-        })
-    };
-    if start > 1 || path.is_file() {
-        manifest["resumes"]
-            .as_array_mut()
-            .context("manifest.json: `resumes` is not a list")?
-            .push(json!({"at_iteration": start, "unix": now()}));
+/// Every leaf of `value` as (dotted path, value).
+fn leaves(prefix: &str, value: &Value, out: &mut Vec<(String, Value)>) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map {
+                let path = match prefix.is_empty() {
+                    true => key.clone(),
+                    false => format!("{prefix}.{key}"),
+                };
+                leaves(&path, v, out);
+            }
+        }
+        leaf => out.push((prefix.to_string(), leaf.clone())),
     }
-    write_atomic(&path, &serde_json::to_vec_pretty(&manifest)?)
+}
+
+/// The dotted keys whose values differ between two configs, but for [`FREE`] ones.
+pub fn changed_keys(before: &Value, now: &Value) -> Vec<String> {
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    leaves("", before, &mut a);
+    leaves("", now, &mut b);
+    let mut keys: Vec<String> = a
+        .iter()
+        .filter(|(k, v)| b.iter().find(|(l, _)| l == k).map(|(_, w)| w) != Some(v))
+        .map(|(k, _)| k.clone())
+        .chain(
+            b.iter()
+                .filter(|(k, _)| !a.iter().any(|(l, _)| l == k))
+                .map(|(k, _)| k.clone()),
+        )
+        .filter(|k| !FREE.contains(&k.as_str()))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// Writes the manifest of a fresh run (replacing one a failed start may have left).
+pub fn write_fresh(dir: &RunDir, config: &EpochConfig) -> anyhow::Result<()> {
+    let policy = &config.model.policy;
+    let manifest = json!({
+        "run": config.run.name,
+        "config": config,
+        "seed": config.run.seed,
+        "started_unix": now(),
+        "policy": {
+            "folder": policy,
+            "model_sha256": file_hash(&policy.join("model.safetensors")),
+            "tokenizer_sha256": file_hash(&policy.join("tokenizer.json")),
+        },
+        "versions": {
+            "lsp": env!("CARGO_PKG_VERSION"),
+            "libtorch": "2.13.0",
+            "tch": "0.26.0",
+        },
+        "resumes": [],
+    });
+    write_atomic(&dir.manifest(), &serde_json::to_vec_pretty(&manifest)?)
+}
+
+fn read(dir: &RunDir) -> anyhow::Result<Value> {
+    let path = dir.manifest();
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("{} is corrupt", path.display()))
+}
+
+/// The keys a resume with `config` changes against the run's manifest (an error
+/// listing them unless `allow`).
+pub fn check_resume(
+    dir: &RunDir,
+    config: &EpochConfig,
+    allow: bool,
+) -> anyhow::Result<Vec<String>> {
+    let manifest = read(dir)?;
+    let changed = changed_keys(&manifest["config"], &serde_json::to_value(config)?);
+    anyhow::ensure!(
+        changed.is_empty() || allow,
+        "the config differs from the one {} was started with, in {}: resume with the same \
+         config (only run.iterations and the run's layout over workers may change), or \
+         pass --allow-config-change to apply it and have it recorded in manifest.json",
+        dir.root().display(),
+        changed.join(", ")
+    );
+    Ok(changed)
+}
+
+/// Records a resume that played iterations `from..=to` with `config`; its config is
+/// kept when it changed `changed` keys.
+pub fn note_resume(
+    dir: &RunDir,
+    config: &EpochConfig,
+    (from, to): (u64, u64),
+    changed: &[String],
+) -> anyhow::Result<()> {
+    let mut manifest = read(dir)?;
+    let mut entry = json!({"from_iteration": from, "to_iteration": to, "unix": now()});
+    if !changed.is_empty() {
+        entry["changed"] = json!(changed);
+        entry["config"] = serde_json::to_value(config)?;
+    }
+    manifest["resumes"]
+        .as_array_mut()
+        .context("manifest.json: `resumes` is not a list")?
+        .push(entry);
+    write_atomic(&dir.manifest(), &serde_json::to_vec_pretty(&manifest)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_length_and_the_layout_change_freely() {
+        let before = json!({"run": {"iterations": 3, "workers": 1, "seed": 0},
+            "update": {"learning_rate": 3e-6}, "stages": []});
+        let now = json!({"run": {"iterations": 9, "workers": 2, "seed": 1},
+            "update": {"learning_rate": 1e-5, "epochs": 2}, "stages": []});
+        assert_eq!(
+            changed_keys(&before, &now),
+            ["run.seed", "update.epochs", "update.learning_rate"]
+        );
+        assert!(changed_keys(&before, &before).is_empty());
+    }
 }

@@ -48,6 +48,10 @@ pub struct RunArgs {
     /// Continue the run from its last complete checkpoint.
     #[arg(long)]
     resume: bool,
+    /// With --resume: apply a config that differs from the run's (beyond
+    /// run.iterations and the workers' layout), recorded in manifest.json.
+    #[arg(long, requires = "resume")]
+    allow_config_change: bool,
     /// Progress bar: `auto` (when stderr is a terminal), `bar` or `none`.
     #[arg(long, value_enum, default_value = "auto")]
     progress: progress::ProgressMode,
@@ -136,7 +140,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<String> {
     tch::set_num_interop_threads(1);
     if config.stages.is_empty() {
         let dir = RunDir::new(&config.run.output_dir, &config.run.name);
-        let message = run_one(config, dir.clone(), args.resume, args.progress)?;
+        let message = run_one(config, dir.clone(), args)?;
         return with_report(message, &dir, args.report);
     }
     // A staged run: output_dir/name/<stage>/, each stage starting from the previous
@@ -149,7 +153,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<String> {
         staged.model.policy = policy.clone();
         let dir = RunDir::new(&root, &stage.name);
         info!(stage = stage.name, mode = staged.run.mode.as_str(), policy = %policy.display(), "stage");
-        let done = run_one(staged, dir.clone(), args.resume, args.progress)?;
+        let done = run_one(staged, dir.clone(), args)?;
         message.push_str(&with_report(done, &dir, args.report)?);
         anyhow::ensure!(
             dir.final_model().is_dir(),
@@ -170,17 +174,19 @@ fn with_report(message: String, dir: &RunDir, report: bool) -> anyhow::Result<St
 }
 
 /// Runs one config into `dir`, on every worker of this process.
-fn run_one(
-    config: EpochConfig,
-    dir: RunDir,
-    resume: bool,
-    progress: progress::ProgressMode,
-) -> anyhow::Result<String> {
+fn run_one(config: EpochConfig, dir: RunDir, args: &RunArgs) -> anyhow::Result<String> {
+    let (resume, progress) = (args.resume, args.progress);
     let writes = config.run.process == 0;
     // Held until this function returns; the OS releases it if the process dies.
     let _lock = match writes {
         true => Some(dir.lock()?),
         false => None,
+    };
+    // A resume plays on with the config the run was started with, unless allowed.
+    let resumed = writes && resume && dir.has_output();
+    let changed = match resumed && dir.manifest().is_file() {
+        true => manifest::check_resume(&dir, &config, args.allow_config_change)?,
+        false => Vec::new(),
     };
     let (start, policy_folder) = plan_start(&config, &dir, resume, writes)?;
     let total = config.run.iterations;
@@ -198,9 +204,15 @@ fn run_one(
             repaired.map_or(String::new(), |note| format!("; {note}"))
         ));
     }
-    if writes {
-        manifest::write_or_note_resume(&dir, &config, start)?;
+    if writes && !resumed {
+        manifest::write_fresh(&dir, &config)?;
     }
+    // A resume is recorded once it has played (a failed one leaves no entry).
+    let resumed_with = (resumed && dir.manifest().is_file()).then(|| config.clone());
+    let note = |done: u64| match &resumed_with {
+        Some(config) => manifest::note_resume(&dir, config, (start, done), &changed),
+        None => Ok(()),
+    };
     let stop = interrupted();
     let timely_config = cluster::timely_config(&config.run)?;
     if config.run.processes > 1 {
@@ -246,6 +258,7 @@ fn run_one(
         return Err(e);
     }
     let done = done.context("the run had no workers")?;
+    note(done)?;
     if done < total {
         return Err(Stopped {
             message: format!(
