@@ -55,16 +55,7 @@ fn a_live_run_locks_its_folder_and_a_kill_releases_it() {
     assert!(dir.path().join("e2e/.lock").is_file());
     let checkpointed = records(dir.path()).len();
     assert!(checkpointed > 0);
-    let cfg_short = common::config_with(
-        dir.path(),
-        "lsp",
-        3,
-        &format!(
-            "{{kind: reward_model, model: {}}}",
-            common::repo().join("tests/fixtures/tiny-reward").display()
-        ),
-        "",
-    );
+    let cfg_short = config(dir.path(), "lsp", 3);
     // Same run name and folder, fewer iterations: resuming finishes at once or
     // plays up to 3; either way the lock is taken and released without error.
     run(&cfg_short, true);
@@ -140,16 +131,7 @@ fn damaged_checkpoints_and_non_finite_weights_are_refused() {
         &root.join("checkpoints/iteration-000003/model/model.safetensors"),
         2000,
     );
-    let longer = common::config_with(
-        dir.path(),
-        "lsp",
-        4,
-        &format!(
-            "{{kind: reward_model, model: {}}}",
-            common::repo().join("tests/fixtures/tiny-reward").display()
-        ),
-        "",
-    );
+    let longer = config(dir.path(), "lsp", 4);
     let stderr = run_fails(&longer, &["--resume"]);
     assert!(
         stderr.contains("checkpoint 3 is damaged")
@@ -288,16 +270,7 @@ fn a_resume_keeps_the_runs_config_or_records_the_change_it_was_allowed() {
     assert_eq!(m["config"]["reward"]["kind"], "reward_model");
     assert_eq!(m["resumes"].as_array().unwrap().len(), 0);
     // Longer, on two workers: free changes; the resume is recorded.
-    let longer = common::config_with(
-        dir.path(),
-        "lsp",
-        3,
-        &format!(
-            "{{kind: reward_model, model: {}}}",
-            common::repo().join("tests/fixtures/tiny-reward").display()
-        ),
-        "",
-    );
+    let longer = config(dir.path(), "lsp", 3);
     common::run_with(&longer, &["--resume", "--workers", "2"]);
     let resumes = manifest(dir.path())["resumes"].clone();
     assert_eq!(resumes.as_array().unwrap().len(), 1);
