@@ -9,6 +9,8 @@ mod gsm8k;
 mod humaneval;
 mod sample;
 pub mod sandbox;
+#[cfg(test)]
+mod sandbox_hostile;
 mod stats;
 mod winrate;
 

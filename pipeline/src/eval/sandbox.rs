@@ -4,15 +4,20 @@
 //! 1. its own temporary folder as working directory and `HOME`, an empty environment,
 //!    no standard input, output read up to a cap;
 //! 2. a wall-clock limit, after which its whole process group and PID namespace die;
-//! 3. `prlimit`: CPU seconds, address space, file size, open files and processes;
-//! 4. `unshare`: a new network namespace (no network at all) and PID namespace — as
-//!    root directly, otherwise inside an unprivileged user namespace;
-//! 5. as root, `setpriv` drops to the unprivileged `nobody` user, which owns only the
-//!    temporary folder;
-//! 6. inside Python, an audit hook (`guard.py`) refuses writes and deletions outside
+//! 3. `prlimit`: CPU seconds, address space, file size, open files, and no new
+//!    processes at all (`RLIMIT_NPROC` 0: fork, clone and threads fail in the kernel,
+//!    whatever route the program takes to them);
+//! 4. `unshare`: new network (no network at all), PID and mount namespaces — as root
+//!    directly, otherwise inside an unprivileged user namespace;
+//! 5. a minimal root (`sandbox_root.sh`): chrooted into an empty read-only file
+//!    system with only /usr, a fresh /proc, private /tmp and /dev/shm and the
+//!    program's folder — no host file to read or write;
+//! 6. as root, `setpriv` drops to the unprivileged `nobody` user, which owns only the
+//!    program's folder;
+//! 7. inside Python, an audit hook (`guard.py`) refuses writes and deletions outside
 //!    the folder, new processes, signals, sockets and native code.
 //!
-//! Which of 4 and 5 were available is recorded with every result.
+//! Which of 4–6 were available is recorded with every result.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -22,6 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 const GUARD: &str = include_str!("guard.py");
+const ROOT_SCRIPT: &str = include_str!("sandbox_root.sh");
 /// The `nobody` user and group.
 const NOBODY: u32 = 65534;
 /// Output kept from each stream.
@@ -44,7 +50,7 @@ impl Default for Limits {
             cpu_seconds: 10,
             memory_bytes: 1 << 30,
             file_bytes: 16 << 20,
-            processes: 8,
+            processes: 0,
         }
     }
 }
@@ -88,7 +94,17 @@ pub struct Sandbox {
     namespaces: Vec<&'static str>,
     /// Whether to drop to `nobody` (running as root).
     drop_to_nobody: bool,
+    /// Whether the program runs in the minimal root (a mount namespace works here
+    /// and the Python lives under /usr).
+    minimal_root: bool,
+    /// The in-process layer (off only in tests of the layers below it).
+    guard: &'static str,
 }
+
+/// What runs the program when the audit hook is off: the program alone.
+#[cfg(test)]
+const NO_GUARD: &str = "exec(compile(open('program.py').read(), 'program.py', 'exec'), \
+    {'__name__': '__main__'})\n";
 
 fn works(program: &str, args: &[&str]) -> bool {
     Command::new(program)
@@ -138,13 +154,27 @@ impl Sandbox {
                 "setpriv",
                 &["--reuid=65534", "--regid=65534", "--clear-groups", "true"],
             );
-        let sandbox = Self {
+        let mut sandbox = Self {
             python: python.to_path_buf(),
             limits,
             namespaces,
             drop_to_nobody,
+            minimal_root: false,
+            guard: GUARD,
         };
-        let probe = sandbox.run("import sys\nassert sys.version_info >= (3, 8)\n")?;
+        let check = "import sys\nassert sys.version_info >= (3, 8)\n";
+        if !sandbox.namespaces.is_empty() && python.starts_with("/usr") {
+            sandbox.minimal_root = true;
+            let probe = sandbox.run(check)?;
+            if probe.status != Status::Passed {
+                tracing::warn!(
+                    stderr = probe.stderr,
+                    "the sandbox's minimal root does not work here: running without it"
+                );
+                sandbox.minimal_root = false;
+            }
+        }
+        let probe = sandbox.run(check)?;
         anyhow::ensure!(
             probe.status == Status::Passed,
             "{} does not run in the sandbox (it must be Python ≥ 3.8 that the `nobody` user can \
@@ -155,6 +185,14 @@ impl Sandbox {
         Ok(sandbox)
     }
 
+    /// This sandbox without its in-process audit hook: what the operating system's
+    /// layers hold by themselves.
+    #[cfg(test)]
+    pub fn without_audit_hook(mut self) -> Self {
+        self.guard = NO_GUARD;
+        self
+    }
+
     /// The layers in use, for the record.
     pub fn layers(&self) -> String {
         let mut layers = vec!["tempdir", "timeout", "prlimit", "audit-hook"];
@@ -163,18 +201,29 @@ impl Sandbox {
         } else if !self.namespaces.is_empty() {
             layers.push("netns+pidns");
         }
+        if self.minimal_root {
+            layers.push("mountns+minimal-root");
+        }
         if self.drop_to_nobody {
             layers.push("nobody");
         }
         layers.join(",")
     }
 
-    fn command(&self, dir: &Path) -> Command {
+    /// The command that runs `guard.py` in `base/work` (with `base/root` as the
+    /// minimal root's mount point).
+    fn command(&self, base: &Path) -> Command {
         let l = &self.limits;
+        let dir = base.join("work");
         let mut argv: Vec<String> = Vec::new();
         if !self.namespaces.is_empty() {
             argv.push("unshare".into());
             argv.extend(self.namespaces.iter().map(|s| s.to_string()));
+        }
+        if self.minimal_root {
+            argv.extend(["--mount".to_string(), "sh".to_string()]);
+            argv.push(base.join("root.sh").display().to_string());
+            argv.push(base.display().to_string());
         }
         if self.drop_to_nobody {
             argv.extend(
@@ -200,13 +249,17 @@ impl Sandbox {
         argv.push(self.python.display().to_string());
         argv.extend(["-I", "-B", "guard.py"].map(String::from));
         let mut command = Command::new(&argv[0]);
+        let inner = match self.minimal_root {
+            true => PathBuf::from("/work"),
+            false => dir.clone(),
+        };
         command
             .args(&argv[1..])
-            .current_dir(dir)
+            .current_dir(&dir)
             .env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env("HOME", dir)
-            .env("TMPDIR", dir)
+            .env("HOME", &inner)
+            .env("TMPDIR", &inner)
             .env("LANG", "C.UTF-8")
             .env("PYTHONHASHSEED", "0")
             .stdin(Stdio::null())
@@ -218,18 +271,27 @@ impl Sandbox {
 
     /// Runs `program` (Python source) and says how it ended.
     pub fn run(&self, program: &str) -> anyhow::Result<Outcome> {
-        let dir = tempfile::Builder::new().prefix("lsp-sandbox-").tempdir()?;
-        std::fs::write(dir.path().join("program.py"), program)?;
-        std::fs::write(dir.path().join("guard.py"), GUARD)?;
+        let base = tempfile::Builder::new().prefix("lsp-sandbox-").tempdir()?;
+        let dir = base.path().join("work");
+        std::fs::create_dir_all(&dir)?;
+        // `nobody` passes through to its folder, and sees nothing else here.
+        std::fs::set_permissions(
+            base.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )?;
+        std::fs::create_dir_all(base.path().join("root"))?;
+        std::fs::write(base.path().join("root.sh"), ROOT_SCRIPT)?;
+        std::fs::write(dir.join("program.py"), program)?;
+        std::fs::write(dir.join("guard.py"), self.guard)?;
         if self.drop_to_nobody {
             for entry in ["", "program.py", "guard.py"] {
-                std::os::unix::fs::chown(dir.path().join(entry), Some(NOBODY), Some(NOBODY))
+                std::os::unix::fs::chown(dir.join(entry), Some(NOBODY), Some(NOBODY))
                     .context("giving the sandbox folder to nobody")?;
             }
         }
         let start = Instant::now();
         let mut child = self
-            .command(dir.path())
+            .command(base.path())
             .spawn()
             .context("starting the sandbox")?;
         let stderr = drain(child.stderr.take());
