@@ -119,7 +119,8 @@ impl Engine {
                     trainable: false,
                     ..options
                 },
-            )?,
+            )
+            .with_context(|| format!("the reward stage ({})", config.reward.describe()))?,
             self_reward: SelfReward::new(config.self_reward.clone())?,
             advantage: AdvantageStage::new(mode, config.advantage.clone())?,
             update: Update::new(config.update.clone(), &policy)?.with_length_limits(

@@ -210,6 +210,19 @@ impl LanguageModel {
         if let Some(i) = seqs.iter().position(Vec::is_empty) {
             return Err(ModelError::Invalid(format!("sequence {i} is empty")));
         }
+        let context = self.spec().max_position_embeddings as usize;
+        if let Some(longest) = seqs.iter().map(Vec::len).max().filter(|&n| n > context) {
+            // Scored all the same (RoPE runs on); said once per process.
+            static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(
+                    model = %self.folder().display(),
+                    longest,
+                    context,
+                    "a scored sequence is longer than the model's context: its score is unreliable"
+                );
+            }
+        }
         let device = self.device();
         let seqs: Vec<Vec<i64>> = seqs
             .iter()
