@@ -242,4 +242,32 @@ fn validate_opens_the_model_folders_and_bounds_new_tokens_by_the_context() {
         stderr.contains("is more than") && stderr.contains("whole context of 512"),
         "{stderr}"
     );
+    // A prompt that with its new tokens runs past the context: an error unless allowed.
+    let long = "Tell me about the sea and the sky. ".repeat(100);
+    let past = |allow: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_pipeline"));
+        command.args(["generate", "--model"]).arg(&fixture).args([
+            "--chat",
+            &long,
+            "--max-new-tokens",
+            "8",
+        ]);
+        if allow {
+            command.arg("--allow-past-context");
+        }
+        command.output().unwrap()
+    };
+    let refused = past(false);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("runs past") && stderr.contains("context of 512 tokens"),
+        "{stderr}"
+    );
+    let allowed = past(true);
+    assert!(
+        allowed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&allowed.stderr)
+    );
 }

@@ -40,6 +40,9 @@ pub struct ModelArgs {
     /// libtorch threads (default: the number of cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Let a prompt plus its new tokens run past the model's context.
+    #[arg(long)]
+    allow_past_context: bool,
 }
 
 impl ModelArgs {
@@ -64,6 +67,7 @@ impl ModelArgs {
                 DeviceArg::Cuda => DeviceKind::Cuda,
             },
             trainable: false,
+            allow_past_context: self.allow_past_context,
         }
     }
 }

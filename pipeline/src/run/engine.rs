@@ -86,6 +86,7 @@ impl Engine {
             dtype: config.model.dtype,
             device: config.model.device,
             trainable: true,
+            allow_past_context: config.model.allow_past_context,
         };
         let policy = LanguageModel::load(policy_folder, options)
             .with_context(|| format!("loading the policy from {}", policy_folder.display()))?;

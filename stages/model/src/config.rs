@@ -48,6 +48,10 @@ pub struct ModelConfig {
     pub dtype: Dtype,
     /// Device.
     pub device: DeviceKind,
+    /// Let a prompt plus its new tokens run past a model's context (RoPE runs on;
+    /// quality there is the model's own business). Off, such a generation stops the
+    /// run with an error.
+    pub allow_past_context: bool,
 }
 
 /// Where `pipeline model fetch smollm2-135m-instruct` puts the embedded default.
@@ -61,6 +65,7 @@ impl Default for ModelConfig {
             offload_reference: false,
             dtype: Dtype::F32,
             device: DeviceKind::Cpu,
+            allow_past_context: false,
         }
     }
 }

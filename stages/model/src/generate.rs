@@ -116,9 +116,17 @@ impl LanguageModel {
                 self.folder().display()
             )));
         }
+        if longest + max_new > context && !self.options.allow_past_context {
+            return Err(ModelError::Invalid(format!(
+                "a prompt of {longest} tokens plus {max_new} new ones runs past {}'s context \
+                 of {context} tokens: shorten them, or allow it (model.allow_past_context: \
+                 true, --allow-past-context)",
+                self.folder().display()
+            )));
+        }
         if longest + max_new > context {
-            // RoPE has no table to run off, so this computes; quality past the trained
-            // context is the model's own business. Said once per process.
+            // Allowed: RoPE has no table to run off, so this computes; quality past the
+            // trained context is the model's own business. Said once per process.
             static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
             if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
                 warn!(

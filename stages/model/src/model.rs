@@ -24,6 +24,9 @@ pub struct LoadOptions {
     /// Whether the weights take gradients (the policy) or are frozen (the reference,
     /// the judge, a reward model).
     pub trainable: bool,
+    /// Whether a generation may run past the model's context (prompt plus new
+    /// tokens longer than `max_position_embeddings`); off, it is an error.
+    pub allow_past_context: bool,
 }
 
 /// A Hugging Face model folder loaded for inference or training.
@@ -34,7 +37,7 @@ pub struct LanguageModel {
     tokenizer: TextTokenizer,
     folder: PathBuf,
     eos_token_ids: Vec<u32>,
-    options: LoadOptions,
+    pub(crate) options: LoadOptions,
 }
 
 /// The torch device for `kind`; CUDA only when libtorch has it.

@@ -34,7 +34,7 @@ pub fn config_with(out: &Path, mode: &str, iterations: u64, reward: &str, extra:
     let fixtures = repo().join("tests/fixtures");
     let text = format!(
         "run: {{name: e2e, mode: {mode}, iterations: {iterations}, seed: 3, threads: 1, output_dir: {out}}}\n\
-         model: {{policy: {policy}}}\n\
+         model: {{policy: {policy}, allow_past_context: true}}\n\
          challenger: {{num_queries: 3, sampling: {{max_new_tokens: 6}}}}\n\
          solver: {{answers_per_query: 2, sampling: {{max_new_tokens: 6}}}}\n\
          reward: {reward}\n\
