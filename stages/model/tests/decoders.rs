@@ -135,6 +135,7 @@ fn load(name: &str, dtype: Dtype, device: DeviceKind) -> LanguageModel {
         dtype,
         device,
         trainable: false,
+        allow_past_context: false,
     };
     LanguageModel::load(&fixture(name), options).unwrap()
 }
