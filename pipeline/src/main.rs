@@ -56,6 +56,20 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    // A panic is a bug of ours: said as one line with where, not as a backtrace.
+    // (Workers' panics are caught by the run and reported as its error.)
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("(no message)");
+        let at = info
+            .location()
+            .map_or(String::new(), |l| format!(" at {l}"));
+        eprintln!("error: internal error{at}: {message} (a bug: please report it)");
+    }));
     let result = match cli.command {
         Command::Validate { config } => commands::validate::validate(&config),
         Command::Run(args) => run::run(&args),
