@@ -59,12 +59,7 @@ fn main() -> ExitCode {
     // A panic is a bug of ours: said as one line with where, not as a backtrace.
     // (Workers' panics are caught by the run and reported as its error.)
     std::panic::set_hook(Box::new(|info| {
-        let message = info
-            .payload()
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| info.payload().downcast_ref::<&str>().copied())
-            .unwrap_or("(no message)");
+        let message = panic_message(info);
         let at = info
             .location()
             .map_or(String::new(), |l| format!(" at {l}"));
@@ -94,6 +89,15 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// A panic's message (empty when it carries none).
+pub fn panic_message<'a>(info: &'a std::panic::PanicHookInfo<'_>) -> &'a str {
+    info.payload()
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| info.payload().downcast_ref::<&str>().copied())
+        .unwrap_or("")
 }
 
 /// The error and its causes on one line. Library errors show their cause in their own

@@ -6,7 +6,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{config, pipeline, records, run};
+use common::{config, pipeline, records, run, run_fails};
 
 #[test]
 fn a_live_run_locks_its_folder_and_a_kill_releases_it() {
@@ -59,18 +59,6 @@ fn a_live_run_locks_its_folder_and_a_kill_releases_it() {
     // Same run name and folder, fewer iterations: resuming finishes at once or
     // plays up to 3; either way the lock is taken and released without error.
     run(&cfg_short, true);
-}
-
-/// `pipeline run CONFIG FLAGS...`, expected to fail: its stderr.
-fn run_fails(config: &std::path::Path, flags: &[&str]) -> String {
-    let out = Command::new(pipeline())
-        .arg("run")
-        .arg(config)
-        .args(flags)
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "run {flags:?} succeeded");
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Overwrites `n` bytes in the middle of `path` with a pattern.

@@ -85,8 +85,11 @@ impl EpochConfig {
 impl Validate for EpochConfig {
     fn validate(&self, _path: &str, problems: &mut Problems) {
         self.model.validate("model", problems);
-        // New tokens past the policy's whole context can never be generated.
-        if let Ok(spec) = lsp_model::LanguageModel::inspect(&self.model.policy) {
+        // New tokens past the policy's whole context can never be generated (the folder
+        // itself was inspected just above; its config.json alone says the context).
+        let config_json = self.model.policy.join("config.json");
+        let spec = lsp_model::HfConfig::read(&config_json).and_then(|c| c.to_spec(&config_json));
+        if let Ok(spec) = spec {
             let context = spec.max_position_embeddings as u64;
             let mut bound = |at: &str, tokens: u64| {
                 problems.check(tokens <= context, at, || {

@@ -185,6 +185,17 @@ impl Sandbox {
         Ok(sandbox)
     }
 
+    /// The sandbox of this machine with `seconds` of wall and CPU time per program.
+    #[cfg(test)]
+    pub fn for_tests(seconds: u64) -> Self {
+        let limits = Limits {
+            wall: Duration::from_secs(seconds),
+            cpu_seconds: seconds,
+            ..Limits::default()
+        };
+        Self::new(&default_python(), limits).expect("a sandbox on this machine")
+    }
+
     /// This sandbox without its in-process audit hook: what the operating system's
     /// layers hold by themselves.
     #[cfg(test)]
@@ -362,12 +373,7 @@ mod tests {
     use super::*;
 
     fn sandbox() -> Sandbox {
-        let limits = Limits {
-            wall: Duration::from_secs(3),
-            cpu_seconds: 3,
-            ..Limits::default()
-        };
-        Sandbox::new(&default_python(), limits).expect("a sandbox on this machine")
+        Sandbox::for_tests(3)
     }
 
     #[test]

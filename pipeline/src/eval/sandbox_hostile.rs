@@ -8,17 +8,11 @@
 //! shown to hold by themselves.
 
 use std::path::Path;
-use std::time::Duration;
 
-use super::sandbox::{Limits, Sandbox, Status, default_python};
+use super::sandbox::{Sandbox, Status};
 
 fn sandbox() -> Sandbox {
-    let limits = Limits {
-        wall: Duration::from_secs(5),
-        cpu_seconds: 5,
-        ..Limits::default()
-    };
-    Sandbox::new(&default_python(), limits).expect("a sandbox on this machine")
+    Sandbox::for_tests(5)
 }
 
 /// Every entry under `dir`, for "nothing appeared or changed there".

@@ -114,10 +114,8 @@ impl IterationStats {
             grad_norm: r0.grad_norm,
             query_tokens: summary.query_tokens,
             answer_tokens: summary.answer_tokens,
-            judge_failure_rate: summary.judge_failures,
-            judge_read_out_rate: summary
-                .judge_sources
-                .map(|[p, r, f]| r as f64 / (p + r + f) as f64),
+            judge_failure_rate: summary.judge_shares().map(|(_, f)| f),
+            judge_read_out_rate: summary.judge_shares().map(|(r, _)| r),
             tokens_per_second: summary.tokens_per_second,
             seconds: summary.seconds,
             monitor,

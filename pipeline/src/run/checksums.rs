@@ -3,11 +3,11 @@
 //! file is found instead of loaded.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::Path;
 
 use anyhow::Context;
-use sha2::{Digest, Sha256};
+
+use crate::commands::sha256_file;
 
 /// Relative path (with `/`) → SHA-256 in hex, of every regular file under a folder.
 pub type Digests = BTreeMap<String, String>;
@@ -29,29 +29,11 @@ pub fn digest_folder(root: &Path, skip: &[&str]) -> anyhow::Result<Digests> {
             if path.is_dir() {
                 pending.push(path);
             } else if !skip.contains(&name.as_str()) {
-                out.insert(name, digest_file(&path)?);
+                out.insert(name, sha256_file(&path)?);
             }
         }
     }
     Ok(out)
-}
-
-/// The SHA-256 of one file, in hex.
-fn digest_file(path: &Path) -> anyhow::Result<String> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let n = file
-            .read(&mut buffer)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-    }
-    Ok(format!("{:x}", hasher.finalize()))
 }
 
 /// An error naming every file under `root` that is missing or differs from
@@ -62,7 +44,7 @@ pub fn verify(root: &Path, expected: &Digests) -> anyhow::Result<()> {
         let path = root.join(name);
         match path.is_file() {
             false => bad.push(format!("{name} is missing")),
-            true if digest_file(&path)? != *digest => bad.push(format!("{name} is corrupt")),
+            true if sha256_file(&path)? != *digest => bad.push(format!("{name} is corrupt")),
             true => {}
         }
     }

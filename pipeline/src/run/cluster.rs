@@ -139,12 +139,7 @@ pub fn connection_watchdog(run: &RunConfig) -> Arc<AtomicBool> {
 pub fn exit_when_a_peer_is_lost() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        let message = info
-            .payload()
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| info.payload().downcast_ref::<&str>().copied())
-            .unwrap_or("");
+        let message = crate::panic_message(info);
         if message.starts_with("timely communication error")
             || message.contains("MergeQueue poisoned")
         {

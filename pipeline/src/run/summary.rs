@@ -12,7 +12,6 @@ pub struct Summary {
     pub reward: f64,
     pub self_reward: Option<f64>,
     pub value_challenger: Option<f64>,
-    pub judge_failures: Option<f64>,
     /// Judged answers whose R_Q was parsed, read out, or the fallback.
     pub judge_sources: Option<[usize; 3]>,
     pub kl: f64,
@@ -32,6 +31,14 @@ fn mean(xs: impl Iterator<Item = f64>) -> f64 {
 }
 
 impl Summary {
+    /// Shares of the judged answers whose R_Q was read out and was the fallback.
+    pub fn judge_shares(&self) -> Option<(f64, f64)> {
+        self.judge_sources.map(|[p, r, f]| {
+            let n = (p + r + f) as f64;
+            (r as f64 / n, f as f64 / n)
+        })
+    }
+
     /// The figures of `record`.
     pub fn of(record: &GameRecordBatch) -> anyhow::Result<Self> {
         let rows = record.to_rows()?;
@@ -73,7 +80,6 @@ impl Summary {
             value_challenger: r0
                 .challenger_reward
                 .map(|_| mean(rows.iter().filter_map(|r| r.challenger_reward))),
-            judge_failures: (!judged.is_empty()).then(|| sources[2] as f64 / judged.len() as f64),
             judge_sources: (!judged.is_empty()).then_some(sources),
             kl: mean(rows.iter().map(|r| r.kl_answer)),
             entropy: mean(rows.iter().map(|r| r.answer_entropy)),

@@ -88,10 +88,11 @@ fn head_softmax(hidden: &Tensor, head: &Tensor, targets: &Tensor) -> (Tensor, Te
         let lse = logits.logsumexp([1i64].as_slice(), true);
         let chosen = logits.gather(1, &targets.narrow(0, start, n).unsqueeze(1), false);
         values.push((chosen - &lse).squeeze_dim(1));
-        // log p in place, then −Σ p·log p, then p in place.
+        // log p in place, kept; p in place (the one exp); then −Σ p·log p.
         let _ = logits.g_sub_(&lse);
-        entropies.push(-(logits.exp() * &logits).sum_dim_intlist(1, false, Kind::Float));
+        let log_p = logits.copy();
         let _ = logits.exp_();
+        entropies.push(-(&logits * &log_p).sum_dim_intlist(1, false, Kind::Float));
         start += n;
     }
     let cat = |parts: Vec<Tensor>| match parts.len() {

@@ -65,20 +65,32 @@ pub fn run(config: &Path, resume: bool) -> Output {
     run_with(config, if resume { &["--resume"] } else { &[] })
 }
 
-/// `pipeline run CONFIG FLAGS...`, which must succeed.
-pub fn run_with(config: &Path, flags: &[&str]) -> Output {
-    let out = Command::new(pipeline())
+/// `pipeline run CONFIG FLAGS...`, however it ends.
+fn run_output(config: &Path, flags: &[&str]) -> Output {
+    Command::new(pipeline())
         .arg("run")
         .arg(config)
         .args(flags)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// `pipeline run CONFIG FLAGS...`, which must succeed.
+pub fn run_with(config: &Path, flags: &[&str]) -> Output {
+    let out = run_output(config, flags);
     assert!(
         out.status.success(),
         "pipeline run failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// `pipeline run CONFIG FLAGS...`, which must fail: its stderr.
+pub fn run_fails(config: &Path, flags: &[&str]) -> String {
+    let out = run_output(config, flags);
+    assert!(!out.status.success(), "run {flags:?} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Every game-record row of the run in `out` (run name `e2e`).
