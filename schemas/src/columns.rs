@@ -83,6 +83,11 @@ pub const QUERY_LOGPROB_REF: &str = "query_logprob_ref";
 pub const ANSWER_LOGPROB_POLICY: &str = "answer_logprob_policy";
 /// Sum of the answer tokens' log-probs under the frozen reference.
 pub const ANSWER_LOGPROB_REF: &str = "answer_logprob_ref";
+/// Sum of the query tokens' log-probs as the sampler computed them while generating
+/// (bf16 rollouts differ from the trainer's `query_logprob_policy`).
+pub const QUERY_LOGPROB_SAMPLER: &str = "query_logprob_sampler";
+/// Sum of the answer tokens' log-probs as the sampler computed them.
+pub const ANSWER_LOGPROB_SAMPLER: &str = "answer_logprob_sampler";
 /// KL estimate of the query (the configured estimator, mean over its tokens).
 pub const KL_QUERY: &str = "kl_query";
 /// KL estimate of the answer.
@@ -114,6 +119,9 @@ pub const UPDATE_TOKENS: &str = "update_tokens";
 pub const CLIP_LOW_FRACTION: &str = "clip_low_fraction";
 /// Share of the step's tokens whose probability ratio was clipped above.
 pub const CLIP_HIGH_FRACTION: &str = "clip_high_fraction";
+/// Rollout/training mismatch of the step: mean |log π_trainer − log π_sampler| over its
+/// tokens (first epoch), 0 when both compute alike.
+pub const ROLLOUT_MISMATCH: &str = "rollout_mismatch";
 
 /// Number of query tokens.
 pub const QUERY_TOKENS: &str = "query_tokens";

@@ -73,6 +73,8 @@ pub struct GameRecordRow {
     pub query_logprob_ref: Option<f64>,
     pub answer_logprob_policy: f64,
     pub answer_logprob_ref: f64,
+    pub query_logprob_sampler: Option<f64>,
+    pub answer_logprob_sampler: f64,
     pub reward: f64,
     pub reward_status: String,
     pub reward_parts: Option<Vec<RewardPart>>,
@@ -101,6 +103,7 @@ pub struct GameRecordRow {
     pub learning_rate: f64,
     pub clip_low_fraction: f64,
     pub clip_high_fraction: f64,
+    pub rollout_mismatch: f64,
     pub seconds_challenger: f64,
     pub seconds_solver: f64,
     pub seconds_reward: f64,
@@ -203,6 +206,7 @@ impl GameRecordBatch {
                 LEARNING_RATE => float(step.learning_rate),
                 CLIP_LOW_FRACTION => float(step.clip_low_fraction),
                 CLIP_HIGH_FRACTION => float(step.clip_high_fraction),
+                ROLLOUT_MISMATCH => float(step.rollout_mismatch),
                 SECONDS_CHALLENGER => float(seconds.challenger),
                 SECONDS_SOLVER => float(seconds.solver),
                 SECONDS_REWARD => float(seconds.reward),
@@ -267,7 +271,7 @@ mod tests {
     fn the_rows_columns_keep_the_updates_types_in_plain_arrow_types() {
         let record = game_record_schema();
         let updated = crate::boundary::update::updated_schema();
-        assert_eq!(record.fields().len(), 57);
+        assert_eq!(record.fields().len(), 60);
         assert_eq!(record.field(0).name(), RUN_ID);
         let mut copied = 0;
         for field in record.fields() {
@@ -284,7 +288,7 @@ mod tests {
                 "{field}"
             );
         }
-        assert_eq!(copied, 32);
+        assert_eq!(copied, 34);
         let nullable = |name: &str| record.field_with_name(name).unwrap().is_nullable();
         assert!(nullable(LOSS_CHALLENGER) && nullable(QUERY_SIMILARITY) && !nullable(LOSS));
     }

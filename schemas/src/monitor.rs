@@ -31,6 +31,7 @@ pub fn monitor_schema() -> SchemaRef {
             field::f64_or_null(JUDGE_FAILURE_RATE),
             field::f64_or_null(JUDGE_READ_OUT_RATE),
             field::f64(MEAN_ANSWER_ENTROPY),
+            field::f64(ROLLOUT_MISMATCH),
             field::utf8_list(WARNINGS),
         ])
     });
@@ -57,6 +58,7 @@ pub struct MonitorRow {
     pub judge_failure_rate: Option<f64>,
     pub judge_read_out_rate: Option<f64>,
     pub mean_answer_entropy: f64,
+    pub rollout_mismatch: f64,
     pub warnings: Vec<String>,
 }
 
@@ -91,6 +93,7 @@ mod tests {
             judge_failure_rate: Some(0.5),
             judge_read_out_rate: Some(0.25),
             mean_answer_entropy: 1.5,
+            rollout_mismatch: 0.01,
             warnings: vec!["judge failures 50% > 40%".into()],
         };
         let batch = MonitorBatch::from_rows(std::slice::from_ref(&row)).unwrap();

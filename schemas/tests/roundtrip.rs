@@ -135,7 +135,7 @@ fn parquet_round_trip_is_exact_and_atomic() {
     // A typed read of a file of another schema is refused.
     let err = read_parquet::<QueryBatch>(&path).unwrap_err();
     assert!(
-        err.to_string().starts_with("QueryBatch: has 57 columns"),
+        err.to_string().starts_with("QueryBatch: has 60 columns"),
         "{err}"
     );
     // A file that is not Parquet names the file.

@@ -37,8 +37,9 @@ impl TrainStep {
         let total: usize = pairs.iter().map(|(_, c)| c.len()).sum();
         self.optimizer.zero_grad();
         let mut loss_sum = 0.0;
+        let weights = model.training_weights();
         for chunk in pairs.chunks(micro_batch.max(1)) {
-            let pass = model.training_logprobs(chunk)?;
+            let pass = model.training_logprobs(&weights, chunk)?;
             let loss = -pass.logprobs.values.sum(Kind::Float) / total as f64;
             loss.backward();
             pass.backward();

@@ -8,7 +8,7 @@ pub mod score;
 pub mod validate;
 
 use clap::{Args, ValueEnum};
-use lsp_model::{DeviceKind, Dtype, LoadOptions};
+use lsp_model::{DeviceKind, Dtype, LoadOptions, Precision};
 
 /// Weight type, as a command-line value.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -28,12 +28,26 @@ pub enum DeviceArg {
     Cuda,
 }
 
+/// `--precision`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PrecisionArg {
+    /// Everything in the weights' type.
+    F32,
+    /// f32 weights, bf16 products.
+    #[value(name = "mixed_bf16", alias = "mixed-bf16")]
+    MixedBf16,
+}
+
 /// How a model runs: weight type, device, threads.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
     /// Weight type.
     #[arg(long, value_enum, default_value = "f32")]
     dtype: DtypeArg,
+    /// Compute precision: `mixed-bf16` keeps f32 weights and computes the products
+    /// (rollouts, log-probs, training) in bf16.
+    #[arg(long, value_enum, default_value = "f32")]
+    precision: PrecisionArg,
     /// Device.
     #[arg(long, value_enum, default_value = "cpu")]
     device: DeviceArg,
@@ -61,6 +75,10 @@ impl ModelArgs {
             dtype: match self.dtype {
                 DtypeArg::F32 => Dtype::F32,
                 DtypeArg::Bf16 => Dtype::Bf16,
+            },
+            precision: match self.precision {
+                PrecisionArg::F32 => Precision::F32,
+                PrecisionArg::MixedBf16 => Precision::MixedBf16,
             },
             device: match self.device {
                 DeviceArg::Cpu => DeviceKind::Cpu,

@@ -36,8 +36,9 @@ enum Figure {
     /// n-grams first seen in an iteration.
     New(u64, u64),
     /// Answer sums of an iteration: answers, tokens, code, plain, plain code, judged,
-    /// judge failures, judge read-outs, judge characters, entropy (micro-nats).
-    Answers(u64, [u64; 10]),
+    /// judge failures, judge read-outs, judge characters, entropy and rollout mismatch
+    /// (micro-nats).
+    Answers(u64, [u64; 11]),
 }
 
 impl Figure {
@@ -153,6 +154,7 @@ impl LiveMonitor {
                     u64::from(a.judge_read_out),
                     a.judge_chars,
                     a.entropy_micro,
+                    a.mismatch_micro,
                 ]
             })
             .map(|(iteration, s)| Figure::Answers(iteration, s));
@@ -245,6 +247,7 @@ impl LiveMonitor {
                         c.judge_read_outs,
                         c.judge_chars,
                         c.entropy_micro,
+                        c.mismatch_micro,
                     ] = s;
                 }
             }

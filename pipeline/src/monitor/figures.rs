@@ -34,6 +34,8 @@ pub struct IterationCounts {
     pub judge_chars: u64,
     /// Σ of the answers' mean entropies, in micro-nats.
     pub entropy_micro: u64,
+    /// Σ over the answers of the step's rollout mismatch, in micro-nats.
+    pub mismatch_micro: u64,
 }
 
 /// A query's closest earlier query: the one with the highest Jaccard similarity of
@@ -111,6 +113,7 @@ impl IterationResult {
             judge_failure_rate: (c.judged > 0).then(|| ratio(c.judge_failures, c.judged)),
             judge_read_out_rate: (c.judged > 0).then(|| ratio(c.judge_read_outs, c.judged)),
             mean_answer_entropy: ratio(c.entropy_micro, c.answers) / 1e6,
+            rollout_mismatch: ratio(c.mismatch_micro, c.answers) / 1e6,
             warnings: Vec::new(),
         };
         row.warnings = warnings(&row, &config.warn, config.distinct_n);
@@ -228,6 +231,7 @@ mod tests {
                 judge_read_outs: 1,
                 judge_chars: 800,
                 entropy_micro: 8 * 20_000,
+                mismatch_micro: 8 * 1_500,
             },
             similar: [(1, similar(3, 4, (1, 0))), (2, similar(1, 4, (0, 3)))].into(),
         };
@@ -250,6 +254,7 @@ mod tests {
             (Some(100.0), Some(0.75), Some(0.125))
         );
         assert_eq!(row.mean_answer_entropy, 0.02);
+        assert_eq!(row.rollout_mismatch, 0.0015);
         // distinct 0.4 < 0.5, drift 50% > 30%, entropy 0.02 < 0.05, failures 75% > 50%;
         // duplicates 25% ≤ 50%.
         assert_eq!(row.warnings.len(), 4, "{:?}", row.warnings);

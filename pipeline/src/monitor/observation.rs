@@ -40,6 +40,9 @@ pub struct AnswerObservation {
     /// The policy's mean entropy over the answer's tokens, in micro-nats (integer
     /// sums add up alike in every worker's order).
     pub entropy_micro: u64,
+    /// The step's rollout/training mismatch (mean |Δ log-prob| per token), in
+    /// micro-nats: the same in every row of an iteration.
+    pub mismatch_micro: u64,
 }
 
 /// Whether a self-reward status is a judge failure (the fallback R_Q); `None` when
@@ -78,6 +81,7 @@ pub fn observe(
                 .as_deref()
                 .map_or(0, |t| t.chars().count() as u64),
             entropy_micro: (r.answer_entropy.max(0.0) * 1e6).round() as u64,
+            mismatch_micro: (r.rollout_mismatch.max(0.0) * 1e6).round() as u64,
         })
         .collect();
     (queries, answers)

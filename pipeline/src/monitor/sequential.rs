@@ -76,6 +76,7 @@ impl SequentialMonitor {
             c.answer_tokens += u64::from(a.tokens);
             c.code_answers += u64::from(a.is_code);
             c.entropy_micro += a.entropy_micro;
+            c.mismatch_micro += a.mismatch_micro;
             if !a.query_asks_code {
                 c.plain_answers += 1;
                 c.plain_code_answers += u64::from(a.is_code);

@@ -84,6 +84,7 @@ impl Engine {
     ) -> anyhow::Result<Self> {
         let options = LoadOptions {
             dtype: config.model.dtype,
+            precision: config.model.precision,
             device: config.model.device,
             trainable: true,
             allow_past_context: config.model.allow_past_context,

@@ -17,6 +17,8 @@ pub struct Summary {
     pub kl: f64,
     /// Mean over answers of their mean token entropy.
     pub entropy: f64,
+    /// The step's rollout/training mismatch (mean |Δ log-prob| per token).
+    pub mismatch: f64,
     pub query_tokens: f64,
     pub answer_tokens: f64,
     pub tokens_per_second: f64,
@@ -83,6 +85,7 @@ impl Summary {
             judge_sources: (!judged.is_empty()).then_some(sources),
             kl: mean(rows.iter().map(|r| r.kl_answer)),
             entropy: mean(rows.iter().map(|r| r.answer_entropy)),
+            mismatch: r0.rollout_mismatch,
             query_tokens: mean(
                 rows.iter()
                     .filter(|r| r.answer_index == 0)
@@ -105,7 +108,7 @@ impl Summary {
         let opt = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3}"));
         let [c, so, r, sr, a, u] = self.seconds;
         format!(
-            "iteration {}/{of}: R {:.3} | R_Q {} | challenger reward {} | judge {} | KL {:.3e} | entropy {:.2} | \
+            "iteration {}/{of}: R {:.3} | R_Q {} | challenger reward {} | judge {} | KL {:.3e} | entropy {:.2} | mismatch {:.1e} | \
              loss {:.3e}{} | query {:.0} tok, answer {:.0} tok | {:.1} tok/s | s: challenger {c:.1} solver {so:.1} \
              reward {r:.1} self-reward {sr:.1} advantage {a:.2} update {u:.1}",
             self.iteration,
@@ -118,6 +121,7 @@ impl Summary {
                 )),
             self.kl,
             self.entropy,
+            self.mismatch,
             self.loss,
             if self.step_applied {
                 ""

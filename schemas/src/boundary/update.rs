@@ -19,6 +19,8 @@ pub(crate) fn updated_fields() -> Vec<Field> {
         field::f64_or_null(QUERY_LOGPROB_REF),
         field::f64(ANSWER_LOGPROB_POLICY),
         field::f64(ANSWER_LOGPROB_REF),
+        field::f64_or_null(QUERY_LOGPROB_SAMPLER),
+        field::f64(ANSWER_LOGPROB_SAMPLER),
         field::f64_or_null(KL_QUERY),
         field::f64(KL_ANSWER),
         field::f64_or_null(QUERY_ENTROPY),
@@ -47,6 +49,10 @@ pub struct UpdatedRow {
     pub answer_logprob_policy: f64,
     /// Σ log π_ref(answer tokens).
     pub answer_logprob_ref: f64,
+    /// Σ of the query tokens' log-probs as sampled.
+    pub query_logprob_sampler: Option<f64>,
+    /// Σ of the answer tokens' log-probs as sampled.
+    pub answer_logprob_sampler: f64,
     /// KL estimate of the query.
     pub kl_query: Option<f64>,
     /// KL estimate of the answer.
@@ -79,6 +85,7 @@ pub fn step_schema() -> SchemaRef {
             field::u64(UPDATE_TOKENS),
             field::f64(CLIP_LOW_FRACTION),
             field::f64(CLIP_HIGH_FRACTION),
+            field::f64(ROLLOUT_MISMATCH),
         ])
     });
     SCHEMA.clone()
@@ -109,6 +116,8 @@ pub struct StepRow {
     pub clip_low_fraction: f64,
     /// Share clipped above (A > 0, r > 1 + clip_high).
     pub clip_high_fraction: f64,
+    /// Mean |log π_trainer − log π_sampler| per token (the first epoch's).
+    pub rollout_mismatch: f64,
 }
 
 crate::typed_batch!(

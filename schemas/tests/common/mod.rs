@@ -74,6 +74,8 @@ pub fn updated(query_id: u32, answer_index: u32) -> UpdatedRow {
         query_logprob_ref: Some(-3.5),
         answer_logprob_policy: -1.0,
         answer_logprob_ref: -1.25,
+        query_logprob_sampler: None,
+        answer_logprob_sampler: -1.5,
         kl_query: Some(-0.375),
         kl_answer: 0.25,
         query_entropy: Some(2.5),
@@ -101,6 +103,7 @@ pub fn step() -> StepRow {
         update_tokens: 40,
         clip_low_fraction: 0.0,
         clip_high_fraction: 0.125,
+        rollout_mismatch: 0.01,
     }
 }
 

@@ -17,6 +17,31 @@ pub enum Dtype {
     Bf16,
 }
 
+/// How a trainable policy computes (`model.precision`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// Everything in the weights' own type (default; exact against the fixtures).
+    #[default]
+    F32,
+    /// f32 weights (the policy's masters, and its AdamW state); the products of the
+    /// forward and backward passes, the rollouts and every pass of the frozen models
+    /// (reference, judge, reward model) in bf16, from bf16 copies made once per
+    /// optimizer step or pass; norms, softmax, attention, log-probs, losses and
+    /// reductions in f32.
+    MixedBf16,
+}
+
+impl Precision {
+    /// The name written in YAML and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::MixedBf16 => "mixed_bf16",
+        }
+    }
+}
+
 /// Where the model runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -46,6 +71,9 @@ pub struct ModelConfig {
     pub offload_reference: bool,
     /// Weight type.
     pub dtype: Dtype,
+    /// Compute precision ([`Precision`]); `mixed_bf16` needs `dtype: f32` (the master
+    /// weights).
+    pub precision: Precision,
     /// Device.
     pub device: DeviceKind,
     /// Let a prompt plus its new tokens run past a model's context (RoPE runs on;
@@ -64,6 +92,7 @@ impl Default for ModelConfig {
             reference: None,
             offload_reference: false,
             dtype: Dtype::F32,
+            precision: Precision::F32,
             device: DeviceKind::Cpu,
             allow_past_context: false,
         }
@@ -77,6 +106,13 @@ impl Validate for ModelConfig {
         } else {
             ""
         };
+        if self.precision == Precision::MixedBf16 && self.dtype != Dtype::F32 {
+            problems.push(
+                join_path(path, "precision"),
+                "mixed_bf16 keeps f32 master weights: set dtype: f32 (dtype: bf16 is pure \
+                 bf16, no master copy)",
+            );
+        }
         let mut folder = |key: &str, dir: &std::path::Path, hint: &str| {
             let at = join_path(path, key);
             let before = problems.len();

@@ -1,6 +1,7 @@
 //! The weights of passes without gradient: each layer's q|k|v and gate|up stacked
-//! into one product, in f32 with q and k in the pair layout, every product through
-//! [`inference_linear`]. Built from the transformer's weights when a pass needs them
+//! into one product, in the transformer's product kind (bf16 under mixed precision,
+//! the output head too), with q and k in the pair layout when activations are f32,
+//! every product through [`inference_linear`]. Built from the transformer's weights when a pass needs them
 //! and dropped after it (about half the model's size while alive); the weights
 //! themselves are untouched.
 
@@ -20,11 +21,11 @@ pub(crate) struct StackedMap {
 }
 
 impl StackedMap {
-    /// The maps of `parts` stacked (no gradient recorded).
-    fn new(parts: &[&Linear]) -> Self {
+    /// The maps of `parts` stacked, in `kind` (no gradient recorded).
+    fn new(parts: &[&Linear], kind: Kind) -> Self {
         let stack = |ts: &[&Tensor]| match ts {
-            [one] => one.detach(),
-            _ => Tensor::cat(ts, 0),
+            [one] => one.detach().to_kind(kind),
+            _ => Tensor::cat(ts, 0).to_kind(kind),
         };
         let weights: Vec<&Tensor> = parts.iter().map(|l| &l.weight).collect();
         let biases: Option<Vec<&Tensor>> = parts.iter().map(|l| l.bias.as_ref()).collect();
@@ -57,6 +58,8 @@ pub(crate) struct LayerMaps {
 pub struct InferenceWeights<'a> {
     transformer: &'a Transformer,
     pub(crate) layers: Vec<LayerMaps>,
+    /// The output head in the product kind, when that is not the weights' own.
+    head: Option<Tensor>,
     /// Rows of q and k in the pair layout, rotated by one complex product (f32).
     pairs: bool,
 }
@@ -65,7 +68,9 @@ impl<'a> InferenceWeights<'a> {
     /// Stacks `transformer`'s maps (a copy of the layers' weights).
     pub fn new(transformer: &'a Transformer) -> Self {
         let spec = transformer.spec();
-        let pairs = transformer.kind_and_device().0 == Kind::Float;
+        let weights_kind = transformer.kind_and_device().0;
+        let kind = transformer.product_kind();
+        let pairs = weights_kind == Kind::Float;
         let layout = |l: &Linear| {
             let permute = |w: &Tensor| match pairs {
                 true => tch::no_grad(|| pair_layout(w, spec.head_dim)),
@@ -83,18 +88,28 @@ impl<'a> InferenceWeights<'a> {
                 let (a, m) = (&block.self_attn, &block.mlp);
                 let (q, k) = (layout(&a.q_proj), layout(&a.k_proj));
                 LayerMaps {
-                    qkv: StackedMap::new(&[&q, &k, &a.v_proj]),
-                    o: StackedMap::new(&[&a.o_proj]),
-                    gate_up: StackedMap::new(&[&m.gate_proj, &m.up_proj]),
-                    down: StackedMap::new(&[&m.down_proj]),
+                    qkv: StackedMap::new(&[&q, &k, &a.v_proj], kind),
+                    o: StackedMap::new(&[&a.o_proj], kind),
+                    gate_up: StackedMap::new(&[&m.gate_proj, &m.up_proj], kind),
+                    down: StackedMap::new(&[&m.down_proj], kind),
                 }
             })
             .collect();
+        let head = (kind != weights_kind)
+            .then(|| tch::no_grad(|| transformer.output_weight().to_kind(kind)));
         Self {
             transformer,
             layers,
+            head,
             pairs,
         }
+    }
+
+    /// The output head's weight `[vocab, hidden]` in the product kind.
+    pub fn head_weight(&self) -> &Tensor {
+        self.head
+            .as_ref()
+            .unwrap_or_else(|| self.transformer.output_weight())
     }
 
     /// The transformer these weights come from.
@@ -114,7 +129,7 @@ impl<'a> InferenceWeights<'a> {
 
     /// Next-token logits of hidden states `[..., hidden]` → `[..., vocab]`.
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
-        tch::no_grad(|| inference_linear(hidden, self.transformer.output_weight(), None))
+        tch::no_grad(|| inference_linear(hidden, self.head_weight(), None))
     }
 }
 

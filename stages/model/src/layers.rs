@@ -4,7 +4,9 @@
 use tch::{Device, Kind, Tensor, nn};
 
 /// `x Wᵀ + b` over the last dimension of `x`, with `weight` `[out, in]`, for passes
-/// that record no gradient.
+/// that record no gradient. A weight of another kind than `x` (bf16 products of f32
+/// activations under mixed precision) computes in its own kind; the result comes back
+/// in `x`'s.
 ///
 /// On the CPU in f32 this runs as oneDNN's inner product (`mkldnn_linear`) straight
 /// on the dense weight. libtorch's `linear` goes to MKL, which on AMD takes its
@@ -20,6 +22,12 @@ pub fn inference_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> T
         && x.kind() == Kind::Float
         && weight.kind() == Kind::Float
         && rows > 0;
+    if x.kind() != weight.kind() {
+        return x
+            .to_kind(weight.kind())
+            .linear(weight, bias)
+            .to_kind(x.kind());
+    }
     if !onednn {
         return x.linear(weight, bias);
     }

@@ -60,10 +60,11 @@ mod slots;
 mod spec;
 mod tokenizer;
 mod training;
+mod training_weights;
 mod transformer;
 
 pub use chat_template::{ChatTemplate, Message};
-pub use config::{DEFAULT_MODEL_DIR, DeviceKind, Dtype, ModelConfig, SamplingConfig};
+pub use config::{DEFAULT_MODEL_DIR, DeviceKind, Dtype, ModelConfig, Precision, SamplingConfig};
 pub use decoder::{Decoder, DecoderKind};
 pub use error::{ModelError, Result};
 pub use generate::{FinishReason, Generation, GenerationRequest};
@@ -78,4 +79,5 @@ pub use slots::fill_slots;
 pub use spec::{Architecture, Head, ModelSpec, RopeScaling};
 pub use tokenizer::TextTokenizer;
 pub use training::TrainingLogprobs;
+pub use training_weights::TrainingWeights;
 pub use transformer::{Projections, Transformer};

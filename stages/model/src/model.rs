@@ -3,11 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use tch::{Device, nn};
+use tch::{Device, Kind, nn};
 use tracing::info;
 
 use crate::checkpoint::{check_weight_headers, copy_companions, load_weights, save_weights};
-use crate::config::{DeviceKind, Dtype};
+use crate::config::{DeviceKind, Dtype, Precision};
 use crate::error::{ModelError, Result};
 use crate::hf_config::{HfConfig, TokenIds};
 use crate::spec::{Head, ModelSpec};
@@ -19,6 +19,9 @@ use crate::transformer::Transformer;
 pub struct LoadOptions {
     /// Weight type.
     pub dtype: Dtype,
+    /// Compute precision: with `mixed_bf16` the weights stay f32 (a trainable
+    /// model's masters) and every pass computes its products in bf16.
+    pub precision: Precision,
     /// Device.
     pub device: DeviceKind,
     /// Whether the weights take gradients (the policy) or are frozen (the reference,
@@ -27,6 +30,20 @@ pub struct LoadOptions {
     /// Whether a generation may run past the model's context (prompt plus new
     /// tokens longer than `max_position_embeddings`); off, it is an error.
     pub allow_past_context: bool,
+}
+
+impl LoadOptions {
+    /// Whether the weights are stored in bf16 (`dtype: bf16`).
+    fn stores_bf16(&self) -> bool {
+        self.dtype == Dtype::Bf16
+    }
+
+    /// The kind of the products when not the weights' own: bf16 under mixed precision
+    /// (f32 weights — a trainable model's masters — and bf16 products, for the
+    /// frozen models too).
+    fn product_kind(&self) -> Option<Kind> {
+        (self.precision == Precision::MixedBf16).then_some(Kind::BFloat16)
+    }
 }
 
 /// A Hugging Face model folder loaded for inference or training.
@@ -109,15 +126,21 @@ impl LanguageModel {
     /// Loads the model in `folder`: `config.json`, the safetensors weights, the
     /// tokenizer and, when present, `generation_config.json`.
     pub fn load(folder: &Path, options: LoadOptions) -> Result<Self> {
+        if options.precision == Precision::MixedBf16 && options.dtype != Dtype::F32 {
+            return Err(ModelError::Invalid(
+                "precision mixed_bf16 keeps f32 master weights: load with dtype f32".into(),
+            ));
+        }
         let device = torch_device(options.device)?;
         let (spec, tokenizer) = read_folder(folder)?;
         let mut vs = nn::VarStore::new(device);
-        let transformer = Transformer::new(&vs.root(), &spec);
+        let mut transformer = Transformer::new(&vs.root(), &spec);
         load_weights(&mut vs, folder)?;
         refuse_non_finite(&vs, folder)?;
-        if options.dtype == Dtype::Bf16 {
+        if options.stores_bf16() {
             vs.bfloat16();
         }
+        transformer.set_product_kind(options.product_kind());
         if !options.trainable {
             vs.freeze();
         }
@@ -127,6 +150,7 @@ impl LanguageModel {
             parameters = spec.num_parameters(),
             ?device,
             dtype = ?options.dtype,
+            precision = options.precision.name(),
             "model loaded"
         );
         Ok(Self {
@@ -146,10 +170,11 @@ impl LanguageModel {
             ..self.options
         };
         let mut vs = nn::VarStore::new(self.vs.device());
-        let transformer = Transformer::new(&vs.root(), self.spec());
-        if self.options.dtype == Dtype::Bf16 {
+        let mut transformer = Transformer::new(&vs.root(), self.spec());
+        if options.stores_bf16() {
             vs.bfloat16();
         }
+        transformer.set_product_kind(options.product_kind());
         vs.copy(&self.vs)?;
         vs.freeze();
         Ok(Self {

@@ -14,6 +14,7 @@ use tch::{Kind, Tensor};
 use crate::error::Result;
 use crate::logprobs::{CompletionHidden, TokenLogprobs};
 use crate::model::LanguageModel;
+use crate::training_weights::TrainingWeights;
 
 /// Log-probs of completion tokens whose gradient reaches the model through
 /// [`TrainingLogprobs::backward`].
@@ -30,22 +31,31 @@ pub struct TrainingLogprobs {
     probs: Tensor,
     /// Completion tokens, `[total]` int64.
     targets: Tensor,
-    /// The output head's weight `[vocab, hidden]` (a handle to the model's own).
+    /// The output head's weight `[vocab, hidden]` its products use (the model's own,
+    /// or its bf16 cast under mixed precision).
     head: Tensor,
+    /// The model's own head weight, whose gradient the backward pass adds to.
+    master: Tensor,
 }
 
 impl LanguageModel {
     /// Log-probs of each completion token given its prompt, as
     /// [`LanguageModel::completion_logprobs`], for a loss to be built on and then
-    /// [`TrainingLogprobs::backward`]. Memory: the transformer's activations plus one
-    /// `[completion tokens, vocab]` f32 softmax.
-    pub fn training_logprobs(&self, pairs: &[(&[u32], &[u32])]) -> Result<TrainingLogprobs> {
+    /// [`TrainingLogprobs::backward`], with the products of `weights` (this step's
+    /// [`LanguageModel::training_weights`]). Memory: the transformer's activations
+    /// plus one `[completion tokens, vocab]` f32 softmax.
+    pub fn training_logprobs(
+        &self,
+        weights: &TrainingWeights<'_>,
+        pairs: &[(&[u32], &[u32])],
+    ) -> Result<TrainingLogprobs> {
         let CompletionHidden {
             hidden,
             targets,
             lengths,
-        } = self.completion_hidden(self.transformer(), pairs)?;
-        let head = self.transformer().output_weight().shallow_clone();
+        } = self.completion_hidden(weights, pairs)?;
+        let head = weights.head().shallow_clone();
+        let master = weights.head_master().shallow_clone();
         let (values, probs, entropy) =
             tch::no_grad(|| head_softmax(&hidden.detach(), &head, &targets));
         Ok(TrainingLogprobs {
@@ -58,6 +68,7 @@ impl LanguageModel {
             probs,
             targets,
             head,
+            master,
         })
     }
 }
@@ -80,10 +91,10 @@ fn head_softmax(hidden: &Tensor, head: &Tensor, targets: &Tensor) -> (Tensor, Te
         let n = HEAD_CHUNK.min(total - start);
         let h = hidden.narrow(0, start, n);
         let mut logits = probs.narrow(0, start, n);
-        if head.kind() == Kind::Float {
+        if head.kind() == Kind::Float && h.kind() == Kind::Float {
             let _ = h.mm_out(&logits, &head.tr());
         } else {
-            logits.copy_(&h.mm(&head.tr()));
+            logits.copy_(&h.to_kind(head.kind()).mm(&head.tr()));
         }
         let lse = logits.logsumexp([1i64].as_slice(), true);
         let chosen = logits.gather(1, &targets.narrow(0, start, n).unsqueeze(1), false);
@@ -111,21 +122,29 @@ impl TrainingLogprobs {
         if !g.defined() || self.targets.size()[0] == 0 {
             return;
         }
-        let train_head = self.head.requires_grad();
-        if train_head && !self.head.grad().defined() {
+        let train_head = self.master.requires_grad();
+        if train_head && !self.master.grad().defined() {
             // A zero gradient to add into (autograd makes a contiguous one).
-            (self.head.sum(Kind::Float) * 0.0).backward();
+            (self.master.sum(Kind::Float) * 0.0).backward();
         }
         let dh = tch::no_grad(|| {
             // dlp/dlogits = onehot(target) − softmax, scaled by each token's gradient.
             let mut d = self.probs;
             let _ = d.g_mul_(&(-&g).unsqueeze(1));
             let _ = d.scatter_add_(1, &self.targets.unsqueeze(1), &g.unsqueeze(1));
-            let d = d.to_kind(self.head.kind());
+            let kind = self.head.kind();
+            let d = d.to_kind(kind);
+            let h = self.hidden.detach().to_kind(kind);
             if train_head {
-                let _ = self.head.grad().addmm_(&d.tr(), &self.hidden.detach());
+                let mut grad = self.master.grad();
+                if grad.kind() == kind {
+                    let _ = grad.addmm_(&d.tr(), &h);
+                } else {
+                    // bf16 products into the f32 master's gradient.
+                    let _ = grad.g_add_(&d.tr().mm(&h));
+                }
             }
-            d.mm(&self.head)
+            d.mm(&self.head).to_kind(self.hidden.kind())
         });
         if self.hidden.requires_grad() {
             (self.hidden * dh).sum(Kind::Float).backward();

@@ -116,6 +116,9 @@ pub struct Transformer {
     score: Option<Linear>,
     rope: Rope,
     spec: ModelSpec,
+    /// The kind of the linear maps' products when not the weights' own (bf16 under
+    /// mixed precision); activations, norms and attention stay in the weights' kind.
+    product_kind: Option<Kind>,
 }
 
 /// The transformer's own weights, each map on its own through autograd: training,
@@ -180,6 +183,7 @@ impl Transformer {
             score,
             rope: Rope::new(spec, root.device()),
             spec: spec.clone(),
+            product_kind: None,
         }
     }
 
@@ -360,6 +364,17 @@ impl Transformer {
         self.score
             .as_ref()
             .map(|s| s.forward(hidden).squeeze_dim(-1))
+    }
+
+    /// Computes the linear maps' products in `kind` (`None`: the weights' own kind).
+    pub(crate) fn set_product_kind(&mut self, kind: Option<Kind>) {
+        self.product_kind = kind.filter(|&k| k != self.kind_and_device().0);
+    }
+
+    /// The kind of the linear maps' products: bf16 under mixed precision, else the
+    /// weights' kind.
+    pub fn product_kind(&self) -> Kind {
+        self.product_kind.unwrap_or(self.kind_and_device().0)
     }
 
     /// The weights' kind and device.

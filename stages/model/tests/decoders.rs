@@ -8,7 +8,8 @@ mod common;
 
 use common::fixture;
 use lsp_model::{
-    DecoderKind, DeviceKind, Dtype, GenerationRequest, LanguageModel, LoadOptions, SamplingConfig,
+    DecoderKind, DeviceKind, Dtype, GenerationRequest, LanguageModel, LoadOptions, Precision,
+    SamplingConfig,
 };
 use tch::{Kind, Tensor};
 
@@ -63,8 +64,14 @@ const BF16: Tolerance = Tolerance {
     tie: 0.15,
 };
 
-/// Generates greedily on `decoder` and checks every token against the forward.
-fn check(model: &LanguageModel, decoder: DecoderKind, prompts: &[Vec<u32>], tol: &Tolerance) {
+/// Generates greedily on `decoder` and checks every token against the forward: the
+/// near-ties and the tokens generated.
+fn check(
+    model: &LanguageModel,
+    decoder: DecoderKind,
+    prompts: &[Vec<u32>],
+    tol: &Tolerance,
+) -> (usize, usize) {
     let name = format!(
         "{} on {} ({} prompts)",
         model.folder().display(),
@@ -123,16 +130,17 @@ fn check(model: &LanguageModel, decoder: DecoderKind, prompts: &[Vec<u32>], tol:
             );
         }
     }
-    // Ties are rare: a decoder that disagreed often would not be this close.
-    assert!(
-        ties * 20 <= generations.len() * NEW_TOKENS as usize,
-        "{name}: {ties} near-ties"
-    );
+    (ties, generations.iter().map(|g| g.ids.len()).sum())
 }
 
 fn load(name: &str, dtype: Dtype, device: DeviceKind) -> LanguageModel {
+    load_with(name, dtype, Precision::F32, device)
+}
+
+fn load_with(name: &str, dtype: Dtype, precision: Precision, device: DeviceKind) -> LanguageModel {
     let options = LoadOptions {
         dtype,
+        precision,
         device,
         trainable: false,
         allow_past_context: false,
@@ -149,10 +157,18 @@ fn check_every_decoder(model: &LanguageModel, tol: &Tolerance) {
         .collect();
     assert!(!decoders.is_empty());
     for decoder in decoders {
+        let (mut ties, mut tokens) = check(model, decoder, &judged(model, 7), tol);
         for batch in [1, 7, 33, 40] {
-            check(model, decoder, &prompts(model, batch), tol);
+            let (t, n) = check(model, decoder, &prompts(model, batch), tol);
+            (ties, tokens) = (ties + t, tokens + n);
         }
-        check(model, decoder, &judged(model, 7), tol);
+        // Ties are rare: a decoder that disagreed often would not be this close.
+        assert!(
+            ties * 20 <= tokens,
+            "{} on {}: {ties} near-ties in {tokens} tokens",
+            model.folder().display(),
+            decoder.name()
+        );
     }
 }
 
@@ -169,6 +185,18 @@ fn every_decoder_gives_the_forwards_greedy_tokens_and_logprobs_in_bf16() {
     tch::set_num_threads(2);
     for name in MODELS {
         check_every_decoder(&load(name, Dtype::Bf16, DeviceKind::Cpu), &BF16);
+    }
+}
+
+/// Mixed precision: f32 weights, bf16 products (the CPU decoder's bf16 panels, and
+/// libtorch's bf16 products), against the f32 forward of the same weights.
+#[test]
+fn every_decoder_gives_the_forwards_greedy_tokens_and_logprobs_in_mixed_bf16() {
+    tch::set_num_threads(2);
+    for name in MODELS {
+        let model = load_with(name, Dtype::F32, Precision::MixedBf16, DeviceKind::Cpu);
+        assert_eq!(model.transformer().product_kind(), Kind::BFloat16);
+        check_every_decoder(&model, &BF16);
     }
 }
 
@@ -189,7 +217,14 @@ fn every_decoder_gives_the_forwards_greedy_tokens_and_logprobs_on_cuda() {
 fn the_choice_follows_dtype_device_and_batch() {
     let f32 = load("tiny-llama", Dtype::F32, DeviceKind::Cpu);
     let bf16 = load("tiny-llama", Dtype::Bf16, DeviceKind::Cpu);
+    let mixed = load_with(
+        "tiny-llama",
+        Dtype::F32,
+        Precision::MixedBf16,
+        DeviceKind::Cpu,
+    );
     let choose = |m: &LanguageModel, batch| DecoderKind::choose(m.transformer(), batch);
+    assert_eq!(choose(&mixed, 8), DecoderKind::Cpu);
     assert_eq!(choose(&f32, 1), DecoderKind::Cpu);
     assert_eq!(choose(&f32, 32), DecoderKind::Cpu);
     assert_eq!(choose(&f32, 33), DecoderKind::Libtorch);

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use common::{fixture, load};
 use lsp_model::{
-    Dtype, FinishReason, GenerationRequest, LanguageModel, LoadOptions, SamplingConfig,
+    Dtype, FinishReason, GenerationRequest, LanguageModel, LoadOptions, Precision, SamplingConfig,
 };
 use tch::{Kind, Tensor};
 
@@ -501,7 +501,9 @@ fn training_logprobs_give_autograds_values_and_gradients() {
             out
         };
         // The written-out backward first, while no gradient exists yet.
-        let pass = policy.training_logprobs(&pairs).unwrap();
+        let pass = policy
+            .training_logprobs(&policy.training_weights(), &pairs)
+            .unwrap();
         (&pass.logprobs.values * &weights)
             .sum(Kind::Float)
             .backward();
@@ -539,6 +541,78 @@ fn training_logprobs_give_autograds_values_and_gradients() {
             assert!(
                 diff <= 1e-4 * scale,
                 "{name} {param}: gradient differs by {diff} (scale {scale})"
+            );
+        }
+    }
+}
+
+#[test]
+fn mixed_precision_training_follows_f32_with_gradients_in_the_f32_masters() {
+    // The same weights trained in f32 and in mixed bf16: one set of casts for two
+    // micro-batches (the gradient accumulates through them into the masters), tied
+    // and untied heads. bf16 products move the log-probs by about 1e-2 and each
+    // gradient by a few percent; the masters and their gradients stay f32.
+    for name in ["tiny-llama", "tiny-llama3"] {
+        let load = |precision| {
+            let options = LoadOptions {
+                trainable: true,
+                precision,
+                ..LoadOptions::default()
+            };
+            LanguageModel::load(&fixture(name), options).unwrap()
+        };
+        let (exact, mixed) = (load(Precision::F32), load(Precision::MixedBf16));
+        let prompts = prompts(&exact);
+        let completions: Vec<Vec<u32>> = vec![vec![5, 9, 13, 2, 40, 41], vec![7, 8], vec![11, 3]];
+        let pairs: Vec<(&[u32], &[u32])> = vec![
+            (&prompts[0], &completions[0]),
+            (&prompts[1], &completions[1]),
+            (&prompts[2], &completions[2]),
+        ];
+        let run = |policy: &LanguageModel| -> (Vec<f32>, Vec<(String, Tensor)>) {
+            let weights = policy.training_weights();
+            let mut values = Vec::new();
+            for micro in [&pairs[..2], &pairs[2..]] {
+                let pass = policy.training_logprobs(&weights, micro).unwrap();
+                (-pass.logprobs.values.sum(Kind::Float)).backward();
+                values.extend(Vec::<f32>::try_from(&pass.logprobs.values.detach()).unwrap());
+                pass.backward();
+            }
+            let mut grads: Vec<(String, Tensor)> = policy
+                .var_store()
+                .variables()
+                .into_iter()
+                .map(|(n, p)| {
+                    assert_eq!(p.kind(), Kind::Float, "{name} {n}: master weight");
+                    assert_eq!(p.grad().kind(), Kind::Float, "{name} {n}: master gradient");
+                    (n, p.grad().copy())
+                })
+                .collect();
+            grads.sort_by(|a, b| a.0.cmp(&b.0));
+            (values, grads)
+        };
+        let (lp_exact, grads_exact) = run(&exact);
+        let (lp_mixed, grads_mixed) = run(&mixed);
+        let moved = lp_exact
+            .iter()
+            .zip(&lp_mixed)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            moved > 1e-6 && moved < 0.1,
+            "{name}: log-probs moved by {moved} (0: the products did not run in bf16)"
+        );
+        for ((param, g), (_, h)) in grads_mixed.iter().zip(&grads_exact) {
+            let norm = h.norm().double_value(&[]);
+            if norm < 1e-6 {
+                continue;
+            }
+            let relative = (g - h).norm().double_value(&[]) / norm;
+            // Measured: 1.5–5.3% on these fixtures (hidden 64, near-uniform logits); a
+            // gradient lost or sent to the wrong place is off by 100%.
+            assert!(
+                relative < 0.1,
+                "{name} {param}: gradient off by {relative:.4} (relative)"
             );
         }
     }

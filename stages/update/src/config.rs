@@ -38,6 +38,21 @@ pub enum Loss {
     Bnpo,
 }
 
+/// How the step corrects for the sampler computing other log-probs than the trainer
+/// (bf16 rollouts, another engine): the rollout/training mismatch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutCorrection {
+    /// Train on the samples as if the trainer had drawn them (the mismatch is still
+    /// measured and recorded).
+    #[default]
+    None,
+    /// Truncated importance sampling (as TRL, verl and OpenRLHF offer): each token's
+    /// policy-gradient term weighed by `min(π_trainer / π_sampler, tis_cap)`, the
+    /// weight without gradient.
+    Tis,
+}
+
 /// Loss, optimizer and step settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -71,6 +86,10 @@ pub struct UpdateConfig {
     /// ε_high: the ratio of a token with A > 0 is clipped at 1 + clip_high (DAPO's
     /// clip-higher: 0.28).
     pub clip_high: f64,
+    /// Correction for the rollout/training mismatch ([`RolloutCorrection`]).
+    pub rollout_correction: RolloutCorrection,
+    /// The truncation of `tis`'s importance weights (≥ 1).
+    pub tis_cap: f64,
 }
 
 impl Default for UpdateConfig {
@@ -89,6 +108,8 @@ impl Default for UpdateConfig {
             epochs: 1,
             clip_low: 0.2,
             clip_high: 0.2,
+            rollout_correction: RolloutCorrection::None,
+            tis_cap: 2.0,
         }
     }
 }
@@ -133,6 +154,16 @@ impl Validate for UpdateConfig {
             },
         );
         problems.in_range(&p("clip_high"), self.clip_high, 0.0, 1e3);
+        problems.in_range(&p("tis_cap"), self.tis_cap, 1.0, 1e6);
+        problems.check(
+            self.rollout_correction == RolloutCorrection::None || self.epochs == 1,
+            &p("rollout_correction"),
+            || {
+                "tis runs with epochs: 1; over several epochs PPO's ratio is taken against \
+                 the sampler's log-probs and its clip already bounds the mismatch"
+                    .to_string()
+            },
+        );
     }
 }
 

@@ -21,7 +21,7 @@ mod loss;
 mod stage;
 
 pub use adamw::AdamW;
-pub use config::{KlEstimator, Loss, UpdateConfig};
+pub use config::{KlEstimator, Loss, RolloutCorrection, UpdateConfig};
 pub use error::{Result, UpdateError};
 pub use loss::{Clip, RoleCounts, Terms, grad_norm, kl_per_token, sequence_terms, sequence_weight};
 pub use stage::over_epochs;

@@ -44,10 +44,11 @@ pub struct Terms {
     pub clipped: (u64, u64),
 }
 
-/// Per-sequence token sums of `obj − β·kl`, where `obj = ratio·A` on-policy
+/// Per-sequence token sums of `w·obj − β·kl`, where `obj = ratio·A` on-policy
 /// (`ratio = exp(lp − stop_grad(lp))`: 1 in value, REINFORCE's gradient) and, with
 /// `clip`, `min(r·A, clamp(r, 1 − ε_low, 1 + ε_high)·A)` with `r = exp(lp − old)`;
-/// with the per-sequence KL token means and the clipped token counts.
+/// `w` is each token's importance weight (`weights`, without gradient; 1 when
+/// `None`); with the per-sequence KL token means and the clipped token counts.
 pub fn sequence_terms(
     lp: &TokenLogprobs,
     reference: &Tensor,
@@ -55,6 +56,7 @@ pub fn sequence_terms(
     kl_coef: f64,
     estimator: KlEstimator,
     clip: Option<&Clip>,
+    weights: Option<&Tensor>,
 ) -> Terms {
     let device = lp.values.device();
     let adv: Vec<f32> = advantages.iter().map(|&a| a as f32).collect();
@@ -76,6 +78,10 @@ pub fn sequence_terms(
             let high = count(r.gt(1.0 + clip.high).logical_and(&adv_tokens.gt(0.0)));
             (objective, (low, high))
         }
+    };
+    let objective = match weights {
+        Some(w) => objective * w,
+        None => objective,
     };
     let kl = kl_per_token(&lp.values, reference, estimator);
     let per_token = objective - &kl * kl_coef;
@@ -147,7 +153,15 @@ mod tests {
             lengths: vec![2, 1],
         };
         let terms = |reference: &Tensor, clip: Option<&Clip>| {
-            sequence_terms(&lp, reference, &[2.0, -1.0], 0.1, KlEstimator::K1, clip)
+            sequence_terms(
+                &lp,
+                reference,
+                &[2.0, -1.0],
+                0.1,
+                KlEstimator::K1,
+                clip,
+                None,
+            )
         };
         let on_policy = terms(&lp.values.copy(), None);
         assert_eq!(Vec::<f32>::try_from(&on_policy.sums).unwrap(), [4.0, -1.0]);

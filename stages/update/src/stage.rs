@@ -11,7 +11,7 @@ use tch::{Kind, Tensor};
 use tracing::{debug, warn};
 
 use crate::adamw::AdamW;
-use crate::config::{Loss, UpdateConfig};
+use crate::config::{Loss, RolloutCorrection, UpdateConfig};
 use crate::error::{Result, UpdateError};
 use crate::loss::{Clip, RoleCounts, Terms, grad_norm, sequence_terms, sequence_weight};
 
@@ -19,7 +19,8 @@ use crate::loss::{Clip, RoleCounts, Terms, grad_norm, sequence_terms, sequence_w
 struct Item {
     prompt: Vec<u32>,
     completion: Vec<u32>,
-    /// The sampling pass's log-probs of `completion` (PPO's old policy).
+    /// The sampler's log-probs of `completion`, computed while generating (PPO's old
+    /// policy, and the other side of the rollout/training mismatch).
     old: Vec<f32>,
     advantage: f64,
     challenger: bool,
@@ -43,6 +44,7 @@ fn pairs_of<'a>(items: &'a [Item], chunk: &[usize]) -> Vec<(&'a [u32], &'a [u32]
 struct Measured {
     policy: f64,
     reference: f64,
+    sampler: f64,
     kl: f64,
     entropy: f64,
 }
@@ -99,6 +101,8 @@ pub struct StepSums {
     pub has_challenger: bool,
     /// Tokens whose ratio was clipped below and above.
     pub clipped: (u64, u64),
+    /// Σ |log π_trainer − log π_sampler| over the tokens.
+    pub mismatch: f64,
 }
 
 impl std::ops::Add for StepSums {
@@ -115,6 +119,7 @@ impl std::ops::Add for StepSums {
                 self.clipped.0 + other.clipped.0,
                 self.clipped.1 + other.clipped.1,
             ),
+            mismatch: self.mismatch + other.mismatch,
         }
     }
 }
@@ -321,6 +326,18 @@ impl Update {
     ) -> Result<LocalStep> {
         let (items, query_item) = self.items(batch)?;
         let chunks = self.micro_batches(&items);
+        if let Some(item) = chunks
+            .iter()
+            .flatten()
+            .map(|&i| &items[i])
+            .find(|item| item.old.len() != item.completion.len())
+        {
+            return Err(UpdateError::Mismatch(format!(
+                "a sequence of {} tokens has {} sampled log-probs",
+                item.completion.len(),
+                item.old.len()
+            )));
+        }
         let reference_lps = &reference_lps.0;
         let lengths = |chunk: &Vec<usize>| -> Vec<i64> {
             chunk
@@ -362,21 +379,27 @@ impl Update {
             },
         ];
         self.optimizer.zero_grad();
+        // This step's products (bf16 casts under mixed precision), made once.
+        let weights = policy.training_weights();
         for (chunk, reference_lp) in chunks.iter().zip(reference_lps) {
-            let pass = policy.training_logprobs(&pairs_of(&items, chunk))?;
+            let pass = policy.training_logprobs(&weights, &pairs_of(&items, chunk))?;
             let lp = &pass.logprobs;
             let advantages: Vec<f64> = chunk.iter().map(|&i| items[i].advantage).collect();
-            // Several epochs: PPO's ratio against the sampling pass's log-probs.
-            let clip = (self.config.epochs > 1).then(|| {
-                let old: Vec<f32> = chunk
-                    .iter()
-                    .flat_map(|&i| items[i].old.iter().copied())
-                    .collect();
-                Clip {
-                    old: Tensor::from_slice(&old).to_device(lp.values.device()),
-                    low: self.config.clip_low,
-                    high: self.config.clip_high,
-                }
+            let sampled: Vec<f32> = chunk
+                .iter()
+                .flat_map(|&i| items[i].old.iter().copied())
+                .collect();
+            let sampled = Tensor::from_slice(&sampled).to_device(lp.values.device());
+            // log π_trainer − log π_sampler per token: the mismatch, and TIS's weight.
+            let log_ratio = lp.values.detach() - &sampled;
+            sums.mismatch += log_ratio.abs().sum(Kind::Double).double_value(&[]);
+            let tis = (self.config.rollout_correction == RolloutCorrection::Tis)
+                .then(|| log_ratio.exp().clamp_max(self.config.tis_cap));
+            // Several epochs: PPO's ratio against the sampler's log-probs.
+            let clip = (self.config.epochs > 1).then(|| Clip {
+                old: sampled.shallow_clone(),
+                low: self.config.clip_low,
+                high: self.config.clip_high,
             });
             let Terms {
                 sums: terms,
@@ -389,6 +412,7 @@ impl Update {
                 self.config.kl_coef,
                 self.config.kl_estimator,
                 clip.as_ref(),
+                tis.as_ref(),
             );
             sums.clipped.0 += clipped.0;
             sums.clipped.1 += clipped.1;
@@ -437,6 +461,7 @@ impl Update {
                 measured[i] = Measured {
                     policy: lp_sums[k] as f64,
                     reference: ref_sums[k] as f64,
+                    sampler: items[i].old.iter().map(|&x| f64::from(x)).sum(),
                     kl: kl[k] as f64,
                     entropy: entropy[k] as f64,
                 };
@@ -466,6 +491,7 @@ impl Update {
             tokens,
             has_challenger,
             clipped,
+            mismatch,
         } = sums;
         let share = |n: u64| n as f64 / tokens.max(1) as f64;
         let loss = loss_solver + self.config.challenger_coef * loss_challenger;
@@ -509,6 +535,7 @@ impl Update {
             update_tokens: tokens,
             clip_low_fraction: share(clipped.0),
             clip_high_fraction: share(clipped.1),
+            rollout_mismatch: mismatch / tokens.max(1) as f64,
         }
     }
 
@@ -550,6 +577,8 @@ impl Update {
             query(|m| m.reference),
             answer(|m| m.policy),
             answer(|m| m.reference),
+            query(|m| m.sampler),
+            answer(|m| m.sampler),
             query(|m| m.kl),
             answer(|m| m.kl),
             query(|m| m.entropy),
@@ -590,5 +619,7 @@ pub fn over_epochs(steps: Vec<StepRow>) -> StepRow {
         update_tokens: tokens,
         clip_low_fraction: clipped(|s| s.clip_low_fraction),
         clip_high_fraction: clipped(|s| s.clip_high_fraction),
+        // Measured before the first step: later epochs' drift is the policy's own.
+        rollout_mismatch: first.rollout_mismatch,
     }
 }

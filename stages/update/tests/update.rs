@@ -9,7 +9,7 @@ use lsp_model::{LanguageModel, LoadOptions};
 use lsp_schemas::{
     AdvantageBatch, AdvantageRow, AnswerRow, QueryRow, RewardRow, SelfRewardRow, TypedBatch,
 };
-use lsp_update::{KlEstimator, Loss, Update, UpdateConfig};
+use lsp_update::{KlEstimator, Loss, RolloutCorrection, Update, UpdateConfig};
 use tch::Tensor;
 
 fn policy() -> LanguageModel {
@@ -458,4 +458,111 @@ fn gradients_are_freed_between_steps_and_come_back_for_the_next() {
             .any(|((_, a), (_, b))| !a.equal(b));
         assert!(moved, "step {iteration} changed nothing");
     }
+}
+
+#[test]
+fn the_rollout_mismatch_is_recorded_and_tis_weighs_each_token_by_its_capped_ratio() {
+    // Two answers (3 and 2 tokens, A = 1 and −0.5) whose sampler said `sampled` per
+    // token, against the tiny model's log-probs (near −6): the mismatch is the mean
+    // |lp − sampled|; under TIS each token's term is min(e^(lp − sampled), cap)·A.
+    let answers: [&[u32]; 2] = [&[5, 9, 13], &[7, 8]];
+    let advantages = [1.0, -0.5];
+    let run = |sampled: f32, correction, cap| {
+        let policy = policy();
+        let reference = policy.frozen_copy().unwrap();
+        let b = batch(
+            &policy,
+            &[
+                (0, answers[0], advantages[0], None),
+                (0, answers[1], advantages[1], None),
+            ],
+        );
+        let mut rows = b.to_rows().unwrap();
+        for r in &mut rows {
+            let a = &mut r.judged.rewarded.answer;
+            a.answer_token_logprobs = vec![sampled; a.answer_token_ids.len()];
+        }
+        let b = AdvantageBatch::from_rows(&rows).unwrap();
+        let lps: Vec<Vec<f32>> = rows
+            .iter()
+            .map(|r| {
+                let a = &r.judged.rewarded.answer;
+                let pair = (
+                    a.answer_prompt_token_ids.as_slice(),
+                    a.answer_token_ids.as_slice(),
+                );
+                let lp = tch::no_grad(|| policy.completion_logprobs(&[pair])).unwrap();
+                lp.to_vecs().unwrap().remove(0)
+            })
+            .collect();
+        let cfg = UpdateConfig {
+            rollout_correction: correction,
+            tis_cap: cap,
+            ..config(1e-9)
+        };
+        let mut update = Update::new(cfg, &policy).unwrap();
+        let (updated, step) = update.process(&policy, &reference, &b, 0).unwrap();
+        (lps, updated.to_rows().unwrap(), step)
+    };
+    for (sampled, correction, cap) in [
+        (-1.0, RolloutCorrection::None, 2.0),
+        (-1.0, RolloutCorrection::Tis, 2.0),
+        (-20.0, RolloutCorrection::Tis, 2.0),
+    ] {
+        let (lps, rows, step) = run(sampled, correction, cap);
+        let at = format!("sampled {sampled}, {correction:?}");
+        let tokens: Vec<f32> = lps.iter().flatten().copied().collect();
+        let mismatch = tokens
+            .iter()
+            .map(|&lp| (lp - sampled).abs() as f64)
+            .sum::<f64>()
+            / 5.0;
+        assert!(
+            (step.rollout_mismatch - mismatch).abs() < 1e-4,
+            "{at}: {}",
+            step.rollout_mismatch
+        );
+        for (row, answer) in rows.iter().zip(answers) {
+            assert_eq!(
+                row.answer_logprob_sampler,
+                sampled as f64 * answer.len() as f64,
+                "{at}"
+            );
+        }
+        // grpo: −(1/2) Σ_i A_i · mean_t w_t.
+        let weight = |lp: f32| match correction {
+            RolloutCorrection::None => 1.0,
+            RolloutCorrection::Tis => ((lp - sampled) as f64).exp().min(cap),
+        };
+        let expected = -0.5
+            * lps
+                .iter()
+                .zip(advantages)
+                .map(|(lp, a)| a * lp.iter().map(|&x| weight(x)).sum::<f64>() / lp.len() as f64)
+                .sum::<f64>();
+        assert!(
+            (step.loss_solver - expected).abs() < 1e-5,
+            "{at}: {} vs {expected}",
+            step.loss_solver
+        );
+    }
+    // Truncated at the cap: the sampler 14 nats below the trainer gives weight 2.
+    let (_, _, capped) = run(-20.0, RolloutCorrection::Tis, 2.0);
+    assert!((capped.loss_solver - 2.0 * -0.5 * (1.0 - 0.5)).abs() < 1e-5);
+    // TIS with several epochs is refused (PPO's clip covers the mismatch there).
+    let err = Update::new(
+        UpdateConfig {
+            epochs: 2,
+            rollout_correction: RolloutCorrection::Tis,
+            tis_cap: 0.5,
+            ..UpdateConfig::default()
+        },
+        &policy(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("update.rollout_correction") && err.contains("update.tis_cap"),
+        "{err}"
+    );
 }

@@ -1,4 +1,5 @@
-//! The CPU decoder: f32 weights packed into panels ([`panels`]), a team of threads
+//! The CPU decoder: f32 or bf16 weights packed into panels ([`panels`]) whose
+//! products run on the CPU's widest instruction set ([`isa`]), a team of threads
 //! ([`team`]), the KV cache on host vectors ([`host_kv`]) and a step's block in Rust
 //! ([`blocks`], [`host_math`]).
 //!
@@ -12,6 +13,7 @@
 mod blocks;
 mod host_kv;
 mod host_math;
+mod isa;
 mod panels;
 mod team;
 mod threads;
@@ -77,7 +79,7 @@ impl<'a> CpuDecoder<'a> {
             .zip(&weights.layers)
             .map(|(block, maps)| PackedLayer::pack(block, maps, transformer.spec(), &team))
             .collect();
-        let head = Panels::pack(transformer.output_weight(), None, Arc::clone(&team));
+        let head = Panels::pack(weights.head_weight(), None, Arc::clone(&team));
         Ok(Self {
             transformer,
             prefill_weights: Some(weights),

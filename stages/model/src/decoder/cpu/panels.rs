@@ -11,7 +11,11 @@
 //! accumulators in registers; the input is interleaved by groups of rows so that
 //! one position's values lie together. The team's threads each take a contiguous
 //! share of the panels. Compiled for AVX-512 and AVX2 and picked at run time
-//! (`multiversion`), with a portable build as fallback.
+//! ([`Isa`]), with a portable build as fallback.
+//!
+//! Panels hold f32, or bf16 (mixed precision's rollouts): the kernel widens each
+//! loaded bf16 panel to f32 in registers (a shift of its 16 bits) and accumulates in
+//! f32, so a step reads half the bytes and adds bf16's rounding of the weights only.
 //!
 //! Measured on this workplace's 2-core Zen 5 over the 30 layers of SmolLM2-135M
 //! (425 MB of weights): one thread reads them at 33 GB/s for one row and 20 GB/s
@@ -27,6 +31,7 @@ use std::sync::Arc;
 use multiversion::multiversion;
 use tch::{Device, Kind, Tensor};
 
+use super::isa::Isa;
 use super::team::Team;
 
 /// Output rows per panel: one AVX-512 register of f32, two of AVX2.
@@ -42,46 +47,100 @@ const GROUP: usize = 4;
 /// kernel, compute-bound from about 16 rows, was not measured past 32).
 pub const MAX_ROWS: usize = 32;
 
-/// A weight `[out, in]` (and bias `[out]`) packed into panels, f32, with the team
-/// that computes its products.
+/// A value a panel holds: f32, or bf16's bits, widened to f32 in the kernel.
+pub trait PanelValue: Copy + Default + Send + Sync + 'static {
+    /// The value as f32.
+    fn widen(self) -> f32;
+}
+
+impl PanelValue for f32 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+}
+
+/// A bfloat16's bits: the high half of an f32's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bf16(pub u16);
+
+impl PanelValue for Bf16 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        f32::from_bits(u32::from(self.0) << 16)
+    }
+}
+
+/// The packed weight, in its stored type.
+#[derive(Debug)]
+enum Values {
+    F32(Arc<Vec<f32>>),
+    Bf16(Arc<Vec<Bf16>>),
+}
+
+/// A weight `[out, in]` (and bias `[out]`) packed into panels of f32 or bf16, with
+/// the team that computes its products.
 #[derive(Debug)]
 pub struct Panels {
-    values: Arc<Vec<f32>>,
+    values: Values,
     bias: Option<Vec<f32>>,
     out: usize,
     inner: usize,
     team: Arc<Team>,
 }
 
-impl Panels {
-    /// Packs `weight` (`[out, in]`, any float kind, on any device) and `bias`.
-    ///
-    /// The weight is read in chunks of rows into one small buffer and scattered into
-    /// the panels from there: one large allocation (the panels) instead of three
-    /// (a transposed copy in libtorch, its host copy, the panels), which halved the
-    /// time to pack, most of it spent faulting in fresh pages.
-    pub fn pack(weight: &Tensor, bias: Option<&Tensor>, team: Arc<Team>) -> Self {
-        let (out, inner) = (weight.size()[0] as usize, weight.size()[1] as usize);
-        let weight = tch::no_grad(|| weight.to_device(Device::Cpu).to_kind(Kind::Float));
-        let mut values = vec![0f32; out.div_ceil(PANEL) * PANEL * inner];
-        let chunk_rows = (CHUNK / inner.max(1)).max(1);
-        let mut chunk = vec![0f32; chunk_rows * inner];
-        for first in (0..out).step_by(chunk_rows) {
-            let n = chunk_rows.min(out - first);
-            let rows = &mut chunk[..n * inner];
-            weight
-                .narrow(0, first as i64, n as i64)
-                .copy_data(rows, n * inner);
-            for (i, row) in rows.chunks_exact(inner).enumerate() {
-                let (panel, lane) = ((first + i) / PANEL, (first + i) % PANEL);
-                let panel = &mut values[panel * PANEL * inner..][..PANEL * inner];
-                for (slot, &v) in panel.chunks_exact_mut(PANEL).zip(row) {
-                    slot[lane] = v;
-                }
+/// `weight` (`[out, in]`, on any device) as panels of `T`, read through `read`, which
+/// copies a narrowed `[n, in]` CPU tensor's values into a slice.
+///
+/// The weight is read in chunks of rows into one small buffer and scattered into
+/// the panels from there: one large allocation (the panels) instead of three
+/// (a transposed copy in libtorch, its host copy, the panels), which halved the
+/// time to pack, most of it spent faulting in fresh pages.
+fn pack_values<T: PanelValue>(weight: &Tensor, read: impl Fn(&Tensor, &mut [T])) -> Vec<T> {
+    let (out, inner) = (weight.size()[0] as usize, weight.size()[1] as usize);
+    let mut values = vec![T::default(); out.div_ceil(PANEL) * PANEL * inner];
+    let chunk_rows = (CHUNK / inner.max(1)).max(1);
+    let mut chunk = vec![T::default(); chunk_rows * inner];
+    for first in (0..out).step_by(chunk_rows) {
+        let n = chunk_rows.min(out - first);
+        let rows = &mut chunk[..n * inner];
+        read(&weight.narrow(0, first as i64, n as i64), rows);
+        for (i, row) in rows.chunks_exact(inner).enumerate() {
+            let (panel, lane) = ((first + i) / PANEL, (first + i) % PANEL);
+            let panel = &mut values[panel * PANEL * inner..][..PANEL * inner];
+            for (slot, &v) in panel.chunks_exact_mut(PANEL).zip(row) {
+                slot[lane] = v;
             }
         }
+    }
+    values
+}
+
+impl Panels {
+    /// Packs `weight` (`[out, in]`, on any device) and `bias`: bf16 panels for a bf16
+    /// weight, f32 panels for any other float kind.
+    pub fn pack(weight: &Tensor, bias: Option<&Tensor>, team: Arc<Team>) -> Self {
+        let (out, inner) = (weight.size()[0] as usize, weight.size()[1] as usize);
+        let values = tch::no_grad(|| {
+            let weight = weight.to_device(Device::Cpu);
+            if weight.kind() == Kind::BFloat16 {
+                let bits = weight.view_dtype(Kind::Int16);
+                Values::Bf16(Arc::new(pack_values(&bits, |rows, into: &mut [Bf16]| {
+                    let mut raw = vec![0i16; into.len()];
+                    rows.copy_data(&mut raw, into.len());
+                    for (slot, r) in into.iter_mut().zip(raw) {
+                        *slot = Bf16(r as u16);
+                    }
+                })))
+            } else {
+                let weight = weight.to_kind(Kind::Float);
+                Values::F32(Arc::new(pack_values(&weight, |rows, into: &mut [f32]| {
+                    rows.copy_data(into, into.len())
+                })))
+            }
+        });
         Self {
-            values: Arc::new(values),
+            values,
             bias: bias.map(|b| {
                 let b = tch::no_grad(|| b.to_device(Device::Cpu).to_kind(Kind::Float).view([-1]));
                 Vec::<f32>::try_from(&b).expect("a flat f32 CPU tensor")
@@ -92,9 +151,22 @@ impl Panels {
         }
     }
 
+    /// Whether the panels hold bf16.
+    #[cfg(test)]
+    pub fn is_bf16(&self) -> bool {
+        matches!(self.values, Values::Bf16(_))
+    }
+
     /// `rows` rows of `input` (`rows × in`, row-major) times the weight, plus the
     /// bias: `rows × out`, row-major. Past [`MAX_ROWS`] rows, in runs of that many.
+    /// Runs the CPU's widest build ([`Isa::detected`]).
     pub fn apply(&self, input: &[f32], rows: usize) -> Vec<f32> {
+        self.apply_on(Isa::detected(), input, rows)
+    }
+
+    /// [`Panels::apply`] on the build `isa` (one the CPU runs).
+    pub fn apply_on(&self, isa: Isa, input: &[f32], rows: usize) -> Vec<f32> {
+        assert!(isa.supported(), "{} is not supported here", isa.name());
         assert_eq!(
             input.len(),
             rows * self.inner,
@@ -102,20 +174,34 @@ impl Panels {
             self.inner
         );
         if rows <= MAX_ROWS {
-            return self.apply_few(input, rows);
+            return self.apply_few(isa, input, rows);
         }
         let mut out = Vec::with_capacity(rows * self.out);
         for run in input.chunks(MAX_ROWS * self.inner) {
-            out.extend(self.apply_few(run, run.len() / self.inner));
+            out.extend(self.apply_few(isa, run, run.len() / self.inner));
         }
         out
     }
 
-    /// [`Panels::apply`] of 1 to [`MAX_ROWS`] rows.
-    fn apply_few(&self, input: &[f32], rows: usize) -> Vec<f32> {
+    /// [`Panels::apply_on`] of 1 to [`MAX_ROWS`] rows.
+    fn apply_few(&self, isa: Isa, input: &[f32], rows: usize) -> Vec<f32> {
+        match &self.values {
+            Values::F32(values) => self.apply_values(isa, values, input, rows),
+            Values::Bf16(values) => self.apply_values(isa, values, input, rows),
+        }
+    }
+
+    /// [`Panels::apply_few`] over the panels `values`.
+    fn apply_values<T: PanelValue>(
+        &self,
+        isa: Isa,
+        values: &Arc<Vec<T>>,
+        input: &[f32],
+        rows: usize,
+    ) -> Vec<f32> {
         assert!((1..=MAX_ROWS).contains(&rows) && input.len() == rows * self.inner);
         let inner = self.inner;
-        let panels = self.values.len() / (inner * PANEL);
+        let panels = values.len() / (inner * PANEL);
         let parts = self.team.size();
         // Each thread's share: a contiguous run of panels, in pairs.
         let bounds = move |i: usize| {
@@ -126,13 +212,13 @@ impl Panels {
             )
         };
         let grouped = Arc::new(interleave(input, rows, inner));
-        let values = Arc::clone(&self.values);
+        let values = Arc::clone(values);
         let shares = self.team.run(Arc::new(move |i: usize| {
             let (first, end) = bounds(i);
             let mut y = vec![0f32; rows * (end - first) * PANEL];
             let weights = &values[first * inner * PANEL..end * inner * PANEL];
             if !y.is_empty() {
-                product(&grouped, rows, inner, weights, &mut y);
+                product(isa, &grouped, rows, inner, weights, &mut y);
             }
             y
         }));
@@ -177,9 +263,50 @@ fn interleave(x: &[f32], rows: usize, inner: usize) -> Vec<f32> {
 }
 
 /// `y[r][p·PANEL + l] = Σ_k x[r][k] · w[p·PANEL + l][k]` over the given panels, with
-/// `x` grouped by [`interleave`]; `y` is `[rows][panels · PANEL]`.
-#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma"))]
-fn product(grouped: &[f32], rows: usize, inner: usize, panels: &[f32], y: &mut [f32]) {
+/// `x` grouped by [`interleave`]; `y` is `[rows][panels · PANEL]`. Built for `isa`.
+fn product<T: PanelValue>(
+    isa: Isa,
+    grouped: &[f32],
+    rows: usize,
+    inner: usize,
+    panels: &[T],
+    y: &mut [f32],
+) {
+    match isa {
+        Isa::Avx512 => product_avx512(grouped, rows, inner, panels, y),
+        Isa::Avx2 => product_avx2(grouped, rows, inner, panels, y),
+        Isa::Portable => product_body::<T, false>(grouped, rows, inner, panels, y),
+    }
+}
+
+/// [`product_body`] built for AVX-512 (the portable build where the CPU lacks it;
+/// [`Isa::supported`] is checked before).
+#[multiversion(targets("x86_64+avx512f+avx512vl+fma"))]
+fn product_avx512<T: PanelValue>(g: &[f32], rows: usize, inner: usize, p: &[T], y: &mut [f32]) {
+    product_body::<T, true>(g, rows, inner, p, y)
+}
+
+/// [`product_body`] built for AVX2.
+#[multiversion(targets("x86_64+avx2+fma"))]
+fn product_avx2<T: PanelValue>(g: &[f32], rows: usize, inner: usize, p: &[T], y: &mut [f32]) {
+    product_body::<T, true>(g, rows, inner, p, y)
+}
+
+/// `a + v·w`: fused where the build has FMA.
+#[inline(always)]
+fn fma<const FUSED: bool>(v: f32, w: f32, a: f32) -> f32 {
+    if FUSED { v.mul_add(w, a) } else { a + v * w }
+}
+
+/// [`product`]'s loops, inlined into each build.
+#[inline(always)]
+fn product_body<T: PanelValue, const FUSED: bool>(
+    grouped: &[f32],
+    rows: usize,
+    inner: usize,
+    panels: &[T],
+    y: &mut [f32],
+) {
     let stride = y.len() / rows;
     let mut pairs = panels.chunks_exact(2 * inner * PANEL);
     for (p, pair) in (&mut pairs).enumerate() {
@@ -194,10 +321,10 @@ fn product(grouped: &[f32], rows: usize, inner: usize, panels: &[f32], y: &mut [
                 ..at
             };
             match x.len() / inner {
-                1 => two_panels::<1>(x, w0, w1, y, at),
-                2 => two_panels::<2>(x, w0, w1, y, at),
-                3 => two_panels::<3>(x, w0, w1, y, at),
-                _ => two_panels::<GROUP>(x, w0, w1, y, at),
+                1 => two_panels::<T, FUSED, 1>(x, w0, w1, y, at),
+                2 => two_panels::<T, FUSED, 2>(x, w0, w1, y, at),
+                3 => two_panels::<T, FUSED, 3>(x, w0, w1, y, at),
+                _ => two_panels::<T, FUSED, GROUP>(x, w0, w1, y, at),
             }
         }
     }
@@ -210,10 +337,10 @@ fn product(grouped: &[f32], rows: usize, inner: usize, panels: &[f32], y: &mut [
                 column: column + g * GROUP * stride,
             };
             match x.len() / inner {
-                1 => one_panel::<1>(x, last, y, at),
-                2 => one_panel::<2>(x, last, y, at),
-                3 => one_panel::<3>(x, last, y, at),
-                _ => one_panel::<GROUP>(x, last, y, at),
+                1 => one_panel::<T, FUSED, 1>(x, last, y, at),
+                2 => one_panel::<T, FUSED, 2>(x, last, y, at),
+                3 => one_panel::<T, FUSED, 3>(x, last, y, at),
+                _ => one_panel::<T, FUSED, GROUP>(x, last, y, at),
             }
         }
     }
@@ -227,19 +354,36 @@ struct Out {
     column: usize,
 }
 
-/// `R` grouped rows times two panels: `2R` accumulator registers; per position two
-/// weight loads, `R` broadcasts and `2R` fused multiply-adds. Inlined into each
-/// target's build of [`product`].
+/// A panel's values at one position, widened to f32.
 #[inline(always)]
-fn two_panels<const R: usize>(x: &[f32], w0: &[f32], w1: &[f32], y: &mut [f32], at: Out) {
+fn widened<T: PanelValue>(w: &[T]) -> [f32; PANEL] {
+    let mut out = [0f32; PANEL];
+    for (o, v) in out.iter_mut().zip(w) {
+        *o = v.widen();
+    }
+    out
+}
+
+/// `R` grouped rows times two panels: `2R` accumulator registers; per position two
+/// weight loads (widened once), `R` broadcasts and `2R` fused multiply-adds. Inlined
+/// into each target's build of [`product`].
+#[inline(always)]
+fn two_panels<T: PanelValue, const FUSED: bool, const R: usize>(
+    x: &[f32],
+    w0: &[T],
+    w1: &[T],
+    y: &mut [f32],
+    at: Out,
+) {
     let mut a0 = [[0f32; PANEL]; R];
     let mut a1 = [[0f32; PANEL]; R];
     let positions = w0.chunks_exact(PANEL).zip(w1.chunks_exact(PANEL));
     for ((w0, w1), v) in positions.zip(x.chunks_exact(R)) {
+        let (w0, w1) = (widened(w0), widened(w1));
         for r in 0..R {
             for l in 0..PANEL {
-                a0[r][l] = v[r].mul_add(w0[l], a0[r][l]);
-                a1[r][l] = v[r].mul_add(w1[l], a1[r][l]);
+                a0[r][l] = fma::<FUSED>(v[r], w0[l], a0[r][l]);
+                a1[r][l] = fma::<FUSED>(v[r], w1[l], a1[r][l]);
             }
         }
     }
@@ -252,12 +396,18 @@ fn two_panels<const R: usize>(x: &[f32], w0: &[f32], w1: &[f32], y: &mut [f32], 
 
 /// [`two_panels`] for an odd panel out.
 #[inline(always)]
-fn one_panel<const R: usize>(x: &[f32], w: &[f32], y: &mut [f32], at: Out) {
+fn one_panel<T: PanelValue, const FUSED: bool, const R: usize>(
+    x: &[f32],
+    w: &[T],
+    y: &mut [f32],
+    at: Out,
+) {
     let mut a = [[0f32; PANEL]; R];
     for (w, v) in w.chunks_exact(PANEL).zip(x.chunks_exact(R)) {
+        let w = widened(w);
         for r in 0..R {
             for l in 0..PANEL {
-                a[r][l] = v[r].mul_add(w[l], a[r][l]);
+                a[r][l] = fma::<FUSED>(v[r], w[l], a[r][l]);
             }
         }
     }
@@ -271,23 +421,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn panels_give_libtorchs_product_for_every_row_count_and_team_size() {
+    fn panels_give_libtorchs_product_for_every_build_row_count_and_team_size() {
         // 72 outputs: four full panels and a padded one, so that some shares end
-        // with an odd panel out (or are only that); with a bias.
+        // with an odd panel out (or are only that); with a bias. bf16 panels against
+        // the f32 product of the bf16-rounded weight (the kernel adds no rounding of
+        // its own: it widens exactly and accumulates in f32).
         let w = Tensor::randn([72, 24], (Kind::Float, Device::Cpu));
         let b = Tensor::randn([72], (Kind::Float, Device::Cpu));
-        for threads in [1, 2, 3] {
-            let panels = Panels::pack(&w, Some(&b), Arc::new(Team::new(threads)));
-            // Past MAX_ROWS, in runs: a full run and a part of one.
-            for rows in (1..=MAX_ROWS as i64).chain([2 * MAX_ROWS as i64 + 5]) {
-                let x = Tensor::randn([rows, 24], (Kind::Float, Device::Cpu));
-                let input = Vec::<f32>::try_from(&x.view([-1])).unwrap();
-                let got = Tensor::from_slice(&panels.apply(&input, rows as usize));
-                let expected = x.linear(&w, Some(&b)).view([-1]);
-                let diff = (got - expected).abs().max().double_value(&[]);
-                assert!(diff < 1e-4, "{threads} threads, {rows} rows: {diff}");
+        let w16 = w.to_kind(Kind::BFloat16);
+        let cases = [
+            (&w, w.shallow_clone(), false),
+            (&w16, w16.to_kind(Kind::Float), true),
+        ];
+        let isas = Isa::available();
+        assert!(isas.contains(&Isa::Portable));
+        for (stored, exact, bf16) in &cases {
+            for threads in [1, 2, 3] {
+                let panels = Panels::pack(stored, Some(&b), Arc::new(Team::new(threads)));
+                assert_eq!(panels.is_bf16(), *bf16);
+                // Past MAX_ROWS, in runs: a full run and a part of one.
+                for rows in (1..=MAX_ROWS as i64).chain([2 * MAX_ROWS as i64 + 5]) {
+                    let x = Tensor::randn([rows, 24], (Kind::Float, Device::Cpu));
+                    let input = Vec::<f32>::try_from(&x.view([-1])).unwrap();
+                    let expected = x.linear(exact, Some(&b)).view([-1]);
+                    for &isa in &isas {
+                        let got = panels.apply_on(isa, &input, rows as usize);
+                        let diff = (Tensor::from_slice(&got) - &expected)
+                            .abs()
+                            .max()
+                            .double_value(&[]);
+                        let at = format!("{} {bf16} {threads} threads, {rows} rows", isa.name());
+                        assert!(diff < 1e-4, "{at}: {diff}");
+                    }
+                }
             }
         }
+    }
+
+    #[test]
+    fn bf16_panels_are_bf16s_rounding_of_the_weight() {
+        let w = Tensor::from_slice(&[1.0f32, 1.0 + 1.0 / 256.0, -3.140625, 65504.0]).view([4, 1]);
+        let panels = Panels::pack(&w.to_kind(Kind::BFloat16), None, Arc::new(Team::new(1)));
+        // 1 + 2⁻⁸ is a tie between bf16's 1 and 1 + 2⁻⁷: rounds to even, 1.
+        assert_eq!(panels.apply(&[1.0], 1), [1.0, 1.0, -3.140625, 65536.0]);
     }
 
     #[test]
