@@ -181,3 +181,71 @@ fn fetch_is_idempotent_and_names_unknown_models() {
         "{stderr}"
     );
 }
+
+/// Mixed precision (f32 weights, bf16 products) on the real model: each greedy token
+/// against the f32 forward pass of the same prefix. A token other than f32's argmax
+/// must be a near-tie there; the figures go to the README.
+#[test]
+#[allow(clippy::print_stderr)] // The fidelity figures, read by whoever runs it.
+fn mixed_precision_greedy_follows_f32_except_at_near_ties() {
+    let exact = model();
+    let options = LoadOptions {
+        precision: lsp_model::Precision::MixedBf16,
+        ..LoadOptions::default()
+    };
+    let mixed = LanguageModel::load(model_dir(), options).unwrap();
+    let reference = reference();
+    let cases = reference["cases"].as_array().unwrap();
+    let prompts: Vec<Vec<u32>> = cases.iter().map(|c| u32s(&c["input_ids"])).collect();
+    let (mut tokens, mut ties, mut widest) = (0, 0, 0f64);
+    let mut diffs = Vec::new();
+    // One prompt at a time and all four at once: both of the CPU decoder's sizes.
+    for batch in [&prompts[..1], &prompts[..]] {
+        let out = mixed
+            .generate(&GenerationRequest {
+                prompts: batch,
+                sampling: &SamplingConfig::greedy(24),
+                repeats: 1,
+                seed: 0,
+                sequence_ids: None,
+                ignore_eos: false,
+            })
+            .unwrap();
+        for g in &out {
+            let prompt = &batch[g.prompt_index];
+            let ids: Vec<i64> = prompt.iter().chain(&g.ids).map(|&i| i64::from(i)).collect();
+            let n = ids.len() as i64;
+            let full = tch::no_grad(|| {
+                let t = exact.transformer();
+                let input = tch::Tensor::from_slice(&ids).view([1, n]);
+                t.logits(&t.forward(&input, &input.ones_like(), None))
+                    .squeeze_dim(0)
+                    .log_softmax(-1, tch::Kind::Double)
+            });
+            for (i, (&token, &logprob)) in g.ids.iter().zip(&g.logprobs).enumerate() {
+                let row = full.get(prompt.len() as i64 - 1 + i as i64);
+                let best = row.argmax(0, false).int64_value(&[]);
+                let want = row.double_value(&[i64::from(token)]);
+                if best != i64::from(token) {
+                    let margin = row.double_value(&[best]) - want;
+                    widest = widest.max(margin);
+                    ties += 1;
+                }
+                diffs.push((want - f64::from(logprob)).abs());
+                tokens += 1;
+            }
+        }
+    }
+    let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
+    let max = diffs.iter().copied().fold(0.0, f64::max);
+    eprintln!(
+        "mixed bf16 vs f32 on SmolLM2: {ties} of {tokens} greedy tokens not f32's argmax \
+         (largest margin {widest:.3} nats); |Δ log-prob| per token mean {mean:.4}, max {max:.4}"
+    );
+    assert!(
+        widest < 0.5,
+        "a token {widest} nats below f32's best is no near-tie"
+    );
+    assert!(ties * 10 <= tokens, "{ties} of {tokens}");
+    assert!(max < 0.5 && mean < 0.05, "mean {mean}, max {max}");
+}

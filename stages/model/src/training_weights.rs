@@ -143,6 +143,10 @@ impl Projections for TrainingWeights<'_> {
         }
     }
 
+    fn attention_kind(&self) -> Option<tch::Kind> {
+        self.casts.as_ref().map(|(_, head)| head.kind())
+    }
+
     fn head(&self, hidden: &Tensor) -> Tensor {
         hidden
             .to_kind(self.head().kind())

@@ -39,6 +39,12 @@ pub trait Projections {
     fn down(&self, layer: usize, x: &Tensor) -> Tensor;
     /// The output head: next-token logits of final hidden states.
     fn head(&self, hidden: &Tensor) -> Tensor;
+    /// The kind attention's products run in over whole sequences, when not the
+    /// activations' (bf16 under mixed precision: libtorch's fused attention keeps its
+    /// softmax in f32); its output comes back in the activations' kind.
+    fn attention_kind(&self) -> Option<Kind> {
+        None
+    }
 }
 
 /// Grouped-query self-attention's weights.
@@ -289,8 +295,19 @@ impl Transformer {
         if t == 1 && attn_mask.is_none() && !q.requires_grad() {
             return maps.o(layer, &self.decode_attention(&q, &k, &v, None));
         }
-        let y =
-            Tensor::scaled_dot_product_attention(&q, &k, &v, attn_mask, 0.0, is_causal, None, true);
+        let sdpa = |q: &Tensor, k: &Tensor, v: &Tensor, m: Option<&Tensor>| {
+            Tensor::scaled_dot_product_attention(q, k, v, m, 0.0, is_causal, None, true)
+        };
+        let y = match maps.attention_kind().filter(|&kind| kind != q.kind()) {
+            Some(kind) => sdpa(
+                &q.to_kind(kind),
+                &k.to_kind(kind),
+                &v.to_kind(kind),
+                attn_mask.map(|m| m.to_kind(kind)).as_ref(),
+            )
+            .to_kind(q.kind()),
+            None => sdpa(&q, &k, &v, attn_mask),
+        };
         maps.o(layer, &y.transpose(1, 2).reshape([b, t, h * d]))
     }
 

@@ -225,6 +225,13 @@ fn the_choice_follows_dtype_device_and_batch() {
     );
     let choose = |m: &LanguageModel, batch| DecoderKind::choose(m.transformer(), batch);
     assert_eq!(choose(&mixed, 8), DecoderKind::Cpu);
+    // Past 8 with bf16 products, oneDNN's bf16 kernels where the CPU has bf16 units.
+    let past = match lsp_model::decoder::bf16_units() {
+        true => DecoderKind::Libtorch,
+        false => DecoderKind::Cpu,
+    };
+    assert_eq!(choose(&mixed, 9), past);
+    assert_eq!(choose(&mixed, 33), DecoderKind::Libtorch);
     assert_eq!(choose(&f32, 1), DecoderKind::Cpu);
     assert_eq!(choose(&f32, 32), DecoderKind::Cpu);
     assert_eq!(choose(&f32, 33), DecoderKind::Libtorch);

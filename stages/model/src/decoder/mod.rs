@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use tch::{Device, Kind, Tensor};
 use tracing::info;
 
-pub use cpu::CpuDecoder;
+pub use cpu::{CpuDecoder, bf16_units};
 pub use libtorch::LibtorchDecoder;
 
 use crate::error::Result;
@@ -71,13 +71,22 @@ impl DecoderKind {
         }
     }
 
-    /// The decoder for `batch` sequences of `transformer`: the CPU decoder for f32 on
-    /// the CPU up to [`CpuDecoder::MAX_BATCH`] sequences, where its kernels were
-    /// measured ahead; libtorch otherwise. Logs each choice once per process.
+    /// The decoder for `batch` sequences of `transformer`: the CPU decoder for f32
+    /// weights on the CPU up to [`CpuDecoder::MAX_BATCH`] sequences, where its kernels
+    /// were measured ahead — with bf16 products (mixed precision) on a CPU with bf16
+    /// units, up to [`CpuDecoder::MAX_BF16_BATCH`]; libtorch otherwise. Logs each
+    /// choice once per process.
     pub fn choose(transformer: &Transformer, batch: usize) -> Self {
         let (kind, device) = transformer.kind_and_device();
+        let bf16_products = transformer.product_kind() == Kind::BFloat16;
         let (choice, reason) = if !Self::Cpu.supports(kind, device) {
             (Self::Libtorch, "weights not f32 on the CPU")
+        } else if bf16_products && bf16_units() && batch > CpuDecoder::MAX_BF16_BATCH {
+            (
+                Self::Libtorch,
+                "bf16 products for more sequences than the CPU decoder leads at: \
+                 oneDNN's bf16 kernels",
+            )
         } else if batch > CpuDecoder::MAX_BATCH {
             (
                 Self::Libtorch,

@@ -64,22 +64,26 @@ impl Isa {
         static ISA: OnceLock<Isa> = OnceLock::new();
         *ISA.get_or_init(|| {
             let isa = Self::available()[0];
-            let bf16_units = cfg!(target_arch = "x86_64") && {
-                #[cfg(target_arch = "x86_64")]
-                {
-                    std::arch::is_x86_feature_detected!("avx512bf16")
-                }
-                #[cfg(not(target_arch = "x86_64"))]
-                {
-                    false
-                }
-            };
             info!(
                 isa = isa.name(),
-                avx512_bf16 = bf16_units,
+                bf16_units = bf16_units(),
                 "CPU decoder kernels: f32 and bf16 panels (bf16 widened to f32 in registers)"
             );
             isa
         })
+    }
+}
+
+/// Whether the CPU computes bf16 products natively (AVX512-BF16's dot products; the
+/// CPUs with AMX-BF16 tiles have it too), which libtorch's oneDNN kernels use: without
+/// them bf16 products are emulated and slower than f32.
+pub fn bf16_units() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }

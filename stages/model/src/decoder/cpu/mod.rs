@@ -24,6 +24,7 @@ use tch::{Kind, Tensor};
 
 use self::blocks::{PackedLayer, Step};
 use self::host_kv::HostKv;
+pub use self::isa::bf16_units;
 use self::panels::Panels;
 use self::team::Team;
 use self::threads::TorchThreads;
@@ -60,6 +61,12 @@ impl<'a> CpuDecoder<'a> {
     /// Most sequences the decoder is chosen for ([`DecoderKind::choose`]): its
     /// products were measured ahead of oneDNN's up to here (it takes any number).
     pub const MAX_BATCH: usize = panels::MAX_ROWS;
+
+    /// Most sequences it is chosen for with bf16 products on a CPU with bf16 units,
+    /// where oneDNN's bf16 kernels lead beyond (on an Intel Xeon with AMX-BF16, mixed
+    /// precision, 128 tokens: this decoder 64.6 / 243 / 357 tok/s at batch 1 / 8 /
+    /// 32, libtorch's 35.6 / 229 / 531).
+    pub const MAX_BF16_BATCH: usize = 8;
 
     /// Packs `weights` (f32 on the CPU) for a team of as many threads as libtorch's
     /// intra-op pool.
