@@ -71,7 +71,9 @@ impl<'a> InferenceWeights<'a> {
         let weights_kind = transformer.kind_and_device().0;
         let kind = transformer.product_kind();
         let pairs = weights_kind == Kind::Float;
+        // Each map with its adapter (if any) merged: W + scale · B A.
         let layout = |l: &Linear| {
+            let l = l.merged();
             let permute = |w: &Tensor| match pairs {
                 true => tch::no_grad(|| pair_layout(w, spec.head_dim)),
                 false => w.shallow_clone(),
@@ -79,6 +81,7 @@ impl<'a> InferenceWeights<'a> {
             Linear {
                 weight: permute(&l.weight),
                 bias: l.bias.as_ref().map(permute),
+                lora: None,
             }
         };
         let layers = transformer
@@ -87,11 +90,13 @@ impl<'a> InferenceWeights<'a> {
             .map(|block| {
                 let (a, m) = (&block.self_attn, &block.mlp);
                 let (q, k) = (layout(&a.q_proj), layout(&a.k_proj));
+                let v = a.v_proj.merged();
+                let (gate, up) = (m.gate_proj.merged(), m.up_proj.merged());
                 LayerMaps {
-                    qkv: StackedMap::new(&[&q, &k, &a.v_proj], kind),
-                    o: StackedMap::new(&[&a.o_proj], kind),
-                    gate_up: StackedMap::new(&[&m.gate_proj, &m.up_proj], kind),
-                    down: StackedMap::new(&[&m.down_proj], kind),
+                    qkv: StackedMap::new(&[&q, &k, &v], kind),
+                    o: StackedMap::new(&[&a.o_proj.merged()], kind),
+                    gate_up: StackedMap::new(&[&gate, &up], kind),
+                    down: StackedMap::new(&[&m.down_proj.merged()], kind),
                 }
             })
             .collect();

@@ -41,13 +41,57 @@ pub fn inference_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> T
     y.reshape(shape.as_slice())
 }
 
-/// `y = x Wᵀ + b`, with `weight` `[out, in]` and an optional `bias`.
+/// `y = x Wᵀ + b`, with `weight` `[out, in]` and an optional `bias`, plus a LoRA
+/// adapter's `scale · (x Aᵀ) Bᵀ` when one is attached.
 #[derive(Debug)]
 pub struct Linear {
     /// `[out, in]`.
     pub weight: Tensor,
     /// `[out]`.
     pub bias: Option<Tensor>,
+    /// The adapter on this map, if any ([`crate::lora`]).
+    pub lora: Option<LoraPair>,
+}
+
+/// A LoRA adapter's two factors on one linear map: `ΔW = scale · B A`.
+#[derive(Debug)]
+pub struct LoraPair {
+    /// `[r, in]`.
+    pub a: Tensor,
+    /// `[out, r]`.
+    pub b: Tensor,
+    /// `alpha / r`, or `alpha / √r` (rsLoRA).
+    pub scale: f64,
+    /// Dropout on the adapter's input while training (0: none).
+    pub dropout: f64,
+}
+
+impl LoraPair {
+    /// The same factors in `kind` (through autograd: gradients reach these).
+    pub fn to_kind(&self, kind: Kind) -> Self {
+        Self {
+            a: self.a.to_kind(kind),
+            b: self.b.to_kind(kind),
+            ..*self
+        }
+    }
+
+    /// `scale · (x Aᵀ) Bᵀ`: two thin products (dropout on `x` when the factors train).
+    fn apply(&self, x: &Tensor) -> Tensor {
+        let train = self.dropout > 0.0 && self.a.requires_grad();
+        let x = match train {
+            true => x.dropout(self.dropout, true),
+            false => x.shallow_clone(),
+        };
+        x.linear::<&Tensor>(&self.a, None)
+            .linear::<&Tensor>(&self.b, None)
+            * self.scale
+    }
+
+    /// `scale · B A`, `[out, in]`, without gradient.
+    pub fn delta(&self) -> Tensor {
+        tch::no_grad(|| self.b.mm(&self.a) * self.scale)
+    }
 }
 
 impl Linear {
@@ -56,13 +100,45 @@ impl Linear {
         Self {
             weight: path.zeros("weight", &[out_dim, in_dim]),
             bias: bias.then(|| path.zeros("bias", &[out_dim])),
+            lora: None,
         }
     }
 
-    /// Applies the map to the last dimension of `x`, through autograd (inference goes
-    /// through [`crate::InferenceWeights`]).
+    /// Applies the map (and its adapter) to the last dimension of `x`, through
+    /// autograd (inference goes through [`crate::InferenceWeights`]).
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, self.bias.as_ref())
+        let y = x.linear(&self.weight, self.bias.as_ref());
+        match &self.lora {
+            Some(lora) => y + lora.apply(x),
+            None => y,
+        }
+    }
+
+    /// The same map sharing the weights, with or without the adapter.
+    pub fn shallow_copy(&self, adapters: bool) -> Self {
+        Self {
+            weight: self.weight.shallow_clone(),
+            bias: self.bias.as_ref().map(Tensor::shallow_clone),
+            lora: self.lora.as_ref().filter(|_| adapters).map(|l| LoraPair {
+                a: l.a.shallow_clone(),
+                b: l.b.shallow_clone(),
+                ..*l
+            }),
+        }
+    }
+
+    /// The map with its adapter merged into the weight (`W + scale · B A`, a new
+    /// tensor), or the weight itself without one; no gradient, no adapter.
+    pub fn merged(&self) -> Self {
+        let weight = match &self.lora {
+            Some(lora) => tch::no_grad(|| &self.weight + lora.delta().to_kind(self.weight.kind())),
+            None => self.weight.shallow_clone(),
+        };
+        Self {
+            weight,
+            bias: self.bias.as_ref().map(Tensor::shallow_clone),
+            lora: None,
+        }
     }
 }
 
@@ -79,6 +155,14 @@ impl RmsNorm {
         Self {
             weight: path.ones("weight", &[dim]),
             eps,
+        }
+    }
+
+    /// The same norm sharing its weight.
+    pub fn shallow_copy(&self) -> Self {
+        Self {
+            weight: self.weight.shallow_clone(),
+            eps: self.eps,
         }
     }
 
@@ -119,6 +203,13 @@ impl Embedding {
     pub fn new(path: nn::Path<'_>, vocab: i64, dim: i64) -> Self {
         Self {
             weight: path.zeros("weight", &[vocab, dim]),
+        }
+    }
+
+    /// The same embedding sharing its weight.
+    pub fn shallow_copy(&self) -> Self {
+        Self {
+            weight: self.weight.shallow_clone(),
         }
     }
 

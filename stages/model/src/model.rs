@@ -10,6 +10,7 @@ use crate::checkpoint::{check_weight_headers, copy_companions, load_weights, sav
 use crate::config::{DeviceKind, Dtype, Precision};
 use crate::error::{ModelError, Result};
 use crate::hf_config::{HfConfig, TokenIds};
+use crate::lora::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, Adapter, LoraConfig};
 use crate::spec::{Head, ModelSpec};
 use crate::tokenizer::TextTokenizer;
 use crate::transformer::Transformer;
@@ -55,6 +56,8 @@ pub struct LanguageModel {
     folder: PathBuf,
     eos_token_ids: Vec<u32>,
     pub(crate) options: LoadOptions,
+    /// A LoRA adapter on the (then frozen) weights.
+    adapter: Option<Adapter>,
 }
 
 /// The torch device for `kind`; CUDA only when libtorch has it.
@@ -160,7 +163,136 @@ impl LanguageModel {
             folder: folder.to_path_buf(),
             eos_token_ids,
             options,
+            adapter: None,
         })
+    }
+
+    /// Attaches a fresh LoRA adapter of `config` (PEFT's initialisation: the model is
+    /// still its base; seed libtorch first for replicas to agree) and freezes the
+    /// base weights: only the adapter trains.
+    pub fn attach_adapter(&mut self, config: &LoraConfig) -> Result<()> {
+        self.adapt(config, None)
+    }
+
+    /// Attaches the PEFT adapter in `folder` (`adapter_config.json`,
+    /// `adapter_model.safetensors`) and freezes the base weights; its settings.
+    pub fn load_adapter(&mut self, folder: &Path) -> Result<LoraConfig> {
+        let config = LoraConfig::from_peft(&folder.join(ADAPTER_CONFIG))?;
+        self.adapt(&config, Some(&folder.join(ADAPTER_WEIGHTS)))?;
+        Ok(config)
+    }
+
+    fn adapt(&mut self, config: &LoraConfig, weights: Option<&Path>) -> Result<()> {
+        let mut problems = lsp_schemas::problems::Problems::new();
+        lsp_schemas::problems::Validate::validate(config, "lora", &mut problems);
+        problems
+            .into_result()
+            .map_err(|e| ModelError::Invalid(e.to_string()))?;
+        if self.adapter.is_some() {
+            return Err(ModelError::Invalid(
+                "the model has an adapter already".into(),
+            ));
+        }
+        self.require_causal_lm()?;
+        self.vs.freeze();
+        let device = self.vs.device();
+        let mut adapter = Adapter::attach(&mut self.transformer, config, device, weights)?;
+        if !self.options.trainable {
+            adapter.freeze();
+        }
+        info!(
+            r = config.r,
+            alpha = config.alpha,
+            targets = config.target_modules.join(","),
+            parameters = adapter
+                .variables()
+                .iter()
+                .map(|(_, t)| t.numel())
+                .sum::<usize>(),
+            "LoRA adapter attached"
+        );
+        self.adapter = Some(adapter);
+        Ok(())
+    }
+
+    /// The LoRA adapter, if one is attached.
+    pub fn adapter(&self) -> Option<&Adapter> {
+        self.adapter.as_ref()
+    }
+
+    /// The variables an optimizer trains, sorted by name: the adapter's factors when
+    /// one is attached, else every weight that takes gradients.
+    pub fn trainable_variables(&self) -> Vec<(String, tch::Tensor)> {
+        let mut vars: Vec<(String, tch::Tensor)> = match &self.adapter {
+            Some(adapter) => adapter.variables(),
+            None => self.vs.variables().into_iter().collect(),
+        };
+        vars.retain(|(_, t)| t.requires_grad());
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars
+    }
+
+    /// The base model with the adapter switched off, sharing this model's weights (no
+    /// copy): the frozen reference and judge of a LoRA run.
+    pub fn base_view(&self) -> Result<Self> {
+        Ok(Self {
+            vs: nn::VarStore::new(self.vs.device()),
+            transformer: self.transformer.shallow_copy(false),
+            tokenizer: TextTokenizer::from_folder(&self.folder)?,
+            folder: self.folder.clone(),
+            eos_token_ids: self.eos_token_ids.clone(),
+            options: LoadOptions {
+                trainable: false,
+                ..self.options
+            },
+            adapter: None,
+        })
+    }
+
+    /// Saves the adapter as PEFT does (an error without one).
+    pub fn save_adapter(&self, folder: &Path) -> Result<()> {
+        let adapter = self
+            .adapter
+            .as_ref()
+            .ok_or_else(|| ModelError::Invalid("the model has no adapter to save".into()))?;
+        adapter.save(folder, &self.folder.display().to_string())
+    }
+
+    /// Saves a Hugging Face folder whose weights are the base's with the adapter
+    /// merged in (`W + scale · B A` on every targeted map), in f32: transformers loads
+    /// it without PEFT.
+    pub fn save_merged(&self, folder: &Path) -> Result<()> {
+        copy_companions(&self.folder, folder)?;
+        let Some(adapter) = &self.adapter else {
+            return save_weights(&self.vs, folder);
+        };
+        let factors: std::collections::HashMap<String, tch::Tensor> =
+            adapter.variables().into_iter().collect();
+        let scale = adapter.config().scale();
+        let _guard = tch::no_grad_guard();
+        let named: Vec<(String, tch::Tensor)> = self
+            .vs
+            .variables()
+            .into_iter()
+            .map(|(name, weight)| {
+                let module = name.strip_suffix(".weight").unwrap_or("");
+                let factor =
+                    |f: &str| factors.get(&format!("base_model.model.{module}.lora_{f}.weight"));
+                let weight = weight.to_kind(Kind::Float);
+                let value = match (factor("A"), factor("B")) {
+                    (Some(a), Some(b)) => {
+                        weight + b.to_kind(Kind::Float).mm(&a.to_kind(Kind::Float)) * scale
+                    }
+                    _ => weight,
+                };
+                (name, value)
+            })
+            .collect();
+        std::fs::create_dir_all(folder).map_err(ModelError::io(folder))?;
+        let path = folder.join("model.safetensors");
+        let tmp = folder.join(".model.safetensors.tmp");
+        crate::safetensors_file::write_safetensors(&named, &tmp)?;
+        std::fs::rename(&tmp, &path).map_err(ModelError::io(&path))
     }
 
     /// A frozen copy of the current weights (the reference policy).
@@ -184,6 +316,7 @@ impl LanguageModel {
             folder: self.folder.clone(),
             eos_token_ids: self.eos_token_ids.clone(),
             options,
+            adapter: None,
         })
     }
 

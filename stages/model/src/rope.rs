@@ -58,6 +58,13 @@ pub struct Rope {
 }
 
 impl Rope {
+    /// The same frequencies, shared.
+    pub fn shallow_copy(&self) -> Self {
+        Self {
+            inv_freq: self.inv_freq.shallow_clone(),
+        }
+    }
+
     /// The spec's frequencies on `device`.
     pub fn new(spec: &ModelSpec, device: Device) -> Self {
         let freqs: Vec<f32> = inverse_frequencies(spec)

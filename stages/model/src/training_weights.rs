@@ -53,6 +53,7 @@ impl LanguageModel {
         let cast = |l: &Linear| Linear {
             weight: l.weight.to_kind(kind),
             bias: l.bias.as_ref().map(|b| b.to_kind(kind)),
+            lora: l.lora.as_ref().map(|pair| pair.to_kind(kind)),
         };
         let layers = transformer
             .layers
@@ -99,11 +100,10 @@ impl TrainingWeights<'_> {
     }
 }
 
-/// `x`'s map by the cast `l`: computed in `l`'s kind, returned in `x`'s.
+/// `x`'s map by the cast `l` (with its adapter): computed in `l`'s kind, returned in
+/// `x`'s.
 fn product(l: &Linear, x: &Tensor) -> Tensor {
-    x.to_kind(l.weight.kind())
-        .linear(&l.weight, l.bias.as_ref())
-        .to_kind(x.kind())
+    l.forward(&x.to_kind(l.weight.kind())).to_kind(x.kind())
 }
 
 impl Projections for TrainingWeights<'_> {

@@ -198,6 +198,68 @@ impl Transformer {
         &self.spec
     }
 
+    /// The same transformer sharing every weight (no copy), with or without the LoRA
+    /// adapters attached to its maps.
+    pub fn shallow_copy(&self, adapters: bool) -> Self {
+        let map = |l: &Linear| l.shallow_copy(adapters);
+        Self {
+            embed_tokens: self.embed_tokens.shallow_copy(),
+            layers: self
+                .layers
+                .iter()
+                .map(|b| Block {
+                    input_layernorm: b.input_layernorm.shallow_copy(),
+                    self_attn: Attention {
+                        q_proj: map(&b.self_attn.q_proj),
+                        k_proj: map(&b.self_attn.k_proj),
+                        v_proj: map(&b.self_attn.v_proj),
+                        o_proj: map(&b.self_attn.o_proj),
+                    },
+                    post_attention_layernorm: b.post_attention_layernorm.shallow_copy(),
+                    mlp: Mlp {
+                        gate_proj: map(&b.mlp.gate_proj),
+                        up_proj: map(&b.mlp.up_proj),
+                        down_proj: map(&b.mlp.down_proj),
+                    },
+                })
+                .collect(),
+            norm: self.norm.shallow_copy(),
+            lm_head: self.lm_head.as_ref().map(map),
+            score: self.score.as_ref().map(map),
+            rope: self.rope.shallow_copy(),
+            spec: self.spec.clone(),
+            product_kind: self.product_kind,
+        }
+    }
+
+    /// The linear maps LoRA may target, by PEFT's module path (`model.layers.0.
+    /// self_attn.q_proj`, ...) and short name (`q_proj`), mutably.
+    pub(crate) fn adaptable_maps(&mut self) -> Vec<(String, &'static str, &mut Linear)> {
+        let mut out = Vec::new();
+        for (i, b) in self.layers.iter_mut().enumerate() {
+            let a = &mut b.self_attn;
+            let m = &mut b.mlp;
+            let attn = format!("model.layers.{i}.self_attn");
+            let mlp = format!("model.layers.{i}.mlp");
+            for (name, map) in [
+                ("q_proj", &mut a.q_proj),
+                ("k_proj", &mut a.k_proj),
+                ("v_proj", &mut a.v_proj),
+                ("o_proj", &mut a.o_proj),
+            ] {
+                out.push((format!("{attn}.{name}"), name, map));
+            }
+            for (name, map) in [
+                ("gate_proj", &mut m.gate_proj),
+                ("up_proj", &mut m.up_proj),
+                ("down_proj", &mut m.down_proj),
+            ] {
+                out.push((format!("{mlp}.{name}"), name, map));
+            }
+        }
+        out
+    }
+
     /// Final hidden states `[batch, new, hidden]` of `ids` (`[batch, new]`), which
     /// follow the cache's positions, through autograd on the model's own weights.
     /// `key_mask` (`[batch, past + new]`, 1 = real token, 0 = padding) covers the
