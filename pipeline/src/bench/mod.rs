@@ -1,7 +1,7 @@
 //! `pipeline bench`: the engine's speed and memory figures, printed (never asserted).
 
 mod figures;
-mod random_model;
+pub mod random_model;
 mod rollout;
 mod training;
 
@@ -45,6 +45,13 @@ pub struct BenchArgs {
     /// Timed runs (after one warm-up); the median is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Without --model: the random model's shape.
+    #[arg(long, value_enum, default_value = "smollm2")]
+    shape: random_model::Shape,
+    /// Train-step: a fresh LoRA adapter instead of every weight, `r=16` (alpha 2r) or
+    /// `r=16,alpha=32`.
+    #[arg(long, value_parser = parse_lora)]
+    lora: Option<lsp_model::LoraConfig>,
     #[command(flatten)]
     runtime: ModelArgs,
 }
@@ -96,8 +103,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<String> {
     let folder = match &args.model {
         Some(folder) => folder.clone(),
         None => {
-            let folder = scratch.path().join("smollm2-shape");
-            random_model::write_random_model(&folder, &random_model::smollm2_shape(), 0)?;
+            let folder = scratch.path().join("random");
+            random_model::write_random_model(&folder, &args.shape.config(), 0)?;
             folder
         }
     };
@@ -106,7 +113,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<String> {
         trainable: train,
         ..args.runtime.load_options()
     };
-    let model = LanguageModel::load(&folder, options)?;
+    let mut model = LanguageModel::load(&folder, options)?;
+    if let Some(lora) = args.lora.as_ref().filter(|_| train) {
+        tch::manual_seed(0);
+        model.attach_adapter(lora)?;
+    }
     let params = model.spec().num_parameters() as f64;
     let batch = random_batch(&model, args.batch, args.seq_len);
     let tokens = (args.batch * (args.seq_len - 1)) as u64;
@@ -114,7 +125,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<String> {
         "model: {} ({:.1}M parameters), batch {} x {} tokens, {} threads{}\n",
         args.model
             .as_ref()
-            .map_or("random SmolLM2-135M shape".to_string(), |m| m
+            .map_or(format!("random {:?} shape", args.shape), |m| m
                 .display()
                 .to_string()),
         params / 1e6,
@@ -122,7 +133,15 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<String> {
         args.seq_len,
         tch::get_num_threads(),
         if train {
-            format!(", micro-batches of {}", args.micro_batch)
+            format!(
+                ", micro-batches of {}{}, {}",
+                args.micro_batch,
+                args.lora.as_ref().map_or(String::new(), |l| format!(
+                    ", LoRA r {} alpha {}",
+                    l.r, l.alpha
+                )),
+                args.runtime.load_options().precision.name()
+            )
         } else {
             String::new()
         },
@@ -169,6 +188,24 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<String> {
     header.push_str(&line);
     header.push('\n');
     Ok(header)
+}
+
+/// `--lora r=16` or `r=16,alpha=32` (alpha defaults to 2r, every target map).
+fn parse_lora(text: &str) -> Result<lsp_model::LoraConfig, String> {
+    let mut config = lsp_model::LoraConfig::default();
+    let mut alpha = None;
+    for part in text.split(',') {
+        let (key, value) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?}: write key=value, e.g. r=16"))?;
+        match key.trim() {
+            "r" => config.r = value.trim().parse().map_err(|e| format!("r: {e}"))?,
+            "alpha" => alpha = Some(value.trim().parse().map_err(|e| format!("alpha: {e}"))?),
+            other => return Err(format!("unknown LoRA setting {other:?} (r, alpha)")),
+        }
+    }
+    config.alpha = alpha.unwrap_or(2.0 * config.r as f64);
+    Ok(config)
 }
 
 /// `batch` sequences of `len` random token ids (seeded).

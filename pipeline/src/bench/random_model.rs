@@ -34,6 +34,44 @@ pub fn smollm2_shape() -> HfConfig {
     }
 }
 
+/// `config.json` of Llama-3.2-1B's shape: 16 layers, hidden 2048, 32 heads over 8 KV
+/// heads, FFN 8192, vocab 128256, tied embeddings (1.24B parameters).
+pub fn llama32_1b_shape() -> HfConfig {
+    HfConfig {
+        vocab_size: 128_256,
+        hidden_size: 2048,
+        intermediate_size: 8192,
+        num_hidden_layers: 16,
+        num_attention_heads: 32,
+        num_key_value_heads: Some(8),
+        head_dim: Some(64),
+        max_position_embeddings: 131_072,
+        rope_theta: Some(500_000.0),
+        ..smollm2_shape()
+    }
+}
+
+/// The shapes a random model is made in.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Shape {
+    /// SmolLM2-135M.
+    #[value(name = "smollm2")]
+    Smollm2,
+    /// Llama-3.2-1B.
+    #[value(name = "llama3.2-1b")]
+    Llama32_1b,
+}
+
+impl Shape {
+    /// The shape's `config.json`.
+    pub fn config(self) -> HfConfig {
+        match self {
+            Self::Smollm2 => smollm2_shape(),
+            Self::Llama32_1b => llama32_1b_shape(),
+        }
+    }
+}
+
 /// Writes a random model of `config`'s shape into `folder` (weights N(0, 0.02),
 /// norms 1), seeded.
 pub fn write_random_model(folder: &Path, config: &HfConfig, seed: i64) -> anyhow::Result<()> {

@@ -13,12 +13,7 @@ pub struct TrainStep {
 impl TrainStep {
     /// AdamW (betas 0.9, 0.999) at the paper's learning rate.
     pub fn new(model: &LanguageModel) -> anyhow::Result<Self> {
-        let params = model
-            .var_store()
-            .variables()
-            .into_iter()
-            .filter(|(_, t)| t.requires_grad())
-            .collect();
+        let params = model.trainable_variables().into_iter().collect();
         Ok(Self {
             optimizer: AdamW::new(params, (0.9, 0.999), 1e-8, 0.0),
         })

@@ -2,9 +2,8 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::Args;
-use lsp_model::{GenerationRequest, LanguageModel, LoadOptions, SamplingConfig};
+use lsp_model::{GenerationRequest, SamplingConfig};
 use serde::Serialize;
 
 use super::ModelArgs;
@@ -73,12 +72,7 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<String> {
         problems.is_empty(),
         "invalid sampling settings:\n{problems}"
     );
-    let options = LoadOptions {
-        trainable: false,
-        ..args.runtime.load_options()
-    };
-    let model = LanguageModel::load(&args.model, options)
-        .with_context(|| format!("loading {}", args.model.display()))?;
+    let model = args.runtime.load(&args.model, true)?;
     let prompt = model.tokenizer().chat_prompt(&args.chat)?;
     let out = model.generate(&GenerationRequest {
         prompts: std::slice::from_ref(&prompt),

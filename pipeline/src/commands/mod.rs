@@ -8,7 +8,7 @@ pub mod score;
 pub mod validate;
 
 use clap::{Args, ValueEnum};
-use lsp_model::{DeviceKind, Dtype, LoadOptions, Precision};
+use lsp_model::{DeviceKind, Dtype, LanguageModel, LoadOptions, Precision};
 
 /// Weight type, as a command-line value.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -57,6 +57,10 @@ pub struct ModelArgs {
     /// Let a prompt plus its new tokens run past the model's context.
     #[arg(long)]
     allow_past_context: bool,
+    /// A PEFT LoRA adapter folder to apply to the model (`eval`: to the model under
+    /// test, not the baseline or the judge).
+    #[arg(long)]
+    adapter: Option<std::path::PathBuf>,
 }
 
 impl ModelArgs {
@@ -67,6 +71,23 @@ impl ModelArgs {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         tch::set_num_threads(threads as i32);
         tch::set_num_interop_threads(1);
+    }
+
+    /// The model in `folder`, frozen, with `--adapter` applied when `adapted`.
+    pub fn load(&self, folder: &std::path::Path, adapted: bool) -> anyhow::Result<LanguageModel> {
+        use anyhow::Context;
+        let options = LoadOptions {
+            trainable: false,
+            ..self.load_options()
+        };
+        let mut model = LanguageModel::load(folder, options)
+            .with_context(|| format!("loading {}", folder.display()))?;
+        if let Some(adapter) = self.adapter.as_ref().filter(|_| adapted) {
+            model
+                .load_adapter(adapter)
+                .with_context(|| format!("applying the adapter in {}", adapter.display()))?;
+        }
+        Ok(model)
     }
 
     /// Load options for these settings.

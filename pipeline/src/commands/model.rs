@@ -41,6 +41,21 @@ enum ModelAction {
         /// The GGUF file.
         file: PathBuf,
     },
+    /// Write a model of a known shape with random weights (N(0, 0.02)), for
+    /// benchmarks: a word-level stand-in tokenizer, or another model's tokenizer and
+    /// chat template (`--tokenizer-from`; the vocabulary then becomes that
+    /// tokenizer's, so that the model can play the game).
+    Random {
+        /// The shape.
+        #[arg(long, value_enum)]
+        shape: crate::bench::random_model::Shape,
+        /// The folder to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// A model folder whose tokenizer files to use.
+        #[arg(long)]
+        tokenizer_from: Option<PathBuf>,
+    },
 }
 
 /// Runs the command; returns what to print.
@@ -55,6 +70,35 @@ pub fn run(command: &ModelCommand) -> anyhow::Result<String> {
                 summary.architecture,
                 summary.tensors,
                 summary.parameters as f64 / 1e6,
+                out.display()
+            ))
+        }
+        ModelAction::Random {
+            shape,
+            out,
+            tokenizer_from,
+        } => {
+            let mut config = shape.config();
+            if let Some(from) = tokenizer_from {
+                let tokenizer = lsp_model::TextTokenizer::from_folder(from)?;
+                config.vocab_size = tokenizer.vocab_size() as i64;
+            }
+            crate::bench::random_model::write_random_model(out, &config, 0)?;
+            if let Some(from) = tokenizer_from {
+                for name in [
+                    "tokenizer.json",
+                    "tokenizer_config.json",
+                    "special_tokens_map.json",
+                ] {
+                    if from.join(name).is_file() {
+                        std::fs::copy(from.join(name), out.join(name))
+                            .with_context(|| format!("copying {name}"))?;
+                    }
+                }
+            }
+            Ok(format!(
+                "wrote a random {shape:?}-shaped model (vocabulary {}) into {}\n",
+                config.vocab_size,
                 out.display()
             ))
         }

@@ -2,9 +2,8 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::Args;
-use lsp_model::{LanguageModel, LoadOptions, Message};
+use lsp_model::Message;
 
 use super::ModelArgs;
 
@@ -30,12 +29,7 @@ pub struct ScoreArgs {
 /// Runs the command; returns what to print.
 pub fn run(args: &ScoreArgs) -> anyhow::Result<String> {
     args.runtime.apply();
-    let options = LoadOptions {
-        trainable: false,
-        ..args.runtime.load_options()
-    };
-    let model = LanguageModel::load(&args.model, options)
-        .with_context(|| format!("loading {}", args.model.display()))?;
+    let model = args.runtime.load(&args.model, true)?;
     let messages = [
         Message::user(args.instruction.as_str()),
         Message {

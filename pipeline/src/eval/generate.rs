@@ -1,27 +1,12 @@
 //! Chat answers of a model to a list of user messages, in batches.
 
-use std::path::Path;
-
-use anyhow::Context;
-use lsp_model::{GenerationRequest, LanguageModel, LoadOptions, SamplingConfig};
+use lsp_model::{GenerationRequest, LanguageModel, SamplingConfig};
 
 /// One answer.
 #[derive(Debug, Clone)]
 pub struct Answer {
     pub text: String,
     pub finish_reason: String,
-}
-
-/// Loads the model in `folder`.
-pub fn load(folder: &Path, options: LoadOptions) -> anyhow::Result<LanguageModel> {
-    LanguageModel::load(
-        folder,
-        LoadOptions {
-            trainable: false,
-            ..options
-        },
-    )
-    .with_context(|| format!("loading {}", folder.display()))
 }
 
 /// The model's answer to each message (its chat template applied), `batch` at a time;

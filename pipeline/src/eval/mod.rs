@@ -161,10 +161,11 @@ impl Common {
     fn answers(
         &self,
         folder: &Path,
+        adapted: bool,
         messages: &[String],
         sampling: &SamplingConfig,
     ) -> anyhow::Result<Vec<generate::Answer>> {
-        let model = generate::load(folder, self.runtime.load_options())?;
+        let model = self.runtime.load(folder, adapted)?;
         info!(model = %folder.display(), n = messages.len(), "generating");
         generate::answers(
             &model,
@@ -228,9 +229,9 @@ fn run_winrate(args: &WinRateArgs) -> anyhow::Result<String> {
         .map(|i| items[i].clone())
         .collect();
     let messages: Vec<String> = picked.iter().map(|i| i.instruction.clone()).collect();
-    let candidate = &c.answers(&args.candidate, &messages, &sampling)?;
-    let baseline = &c.answers(&args.baseline, &messages, &sampling)?;
-    let judge = generate::load(&args.judge_model, c.runtime.load_options())?;
+    let candidate = &c.answers(&args.candidate, true, &messages, &sampling)?;
+    let baseline = &c.answers(&args.baseline, false, &messages, &sampling)?;
+    let judge = c.runtime.load(&args.judge_model, false)?;
     let n = picked.len();
     let (mut scores, mut probs) = (vec![(None, None); n], vec![(None, None); n]);
     let outcomes: Vec<f64> = match args.judge {
@@ -328,7 +329,7 @@ fn run_gsm8k(args: &TaskArgs) -> anyhow::Result<String> {
         .iter()
         .map(|&i| gsm8k::message(&problems[i].question))
         .collect();
-    let answers = c.answers(&args.model, &messages, &sampling)?;
+    let answers = c.answers(&args.model, true, &messages, &sampling)?;
     let rows: Vec<TaskRow> = picked
         .iter()
         .zip(messages.iter().zip(&answers))
@@ -381,7 +382,7 @@ fn run_humaneval(args: &HumanEvalArgs) -> anyhow::Result<String> {
         .iter()
         .map(|&i| humaneval::message(&tasks[i]))
         .collect();
-    let answers = c.answers(&args.task.model, &messages, &sampling)?;
+    let answers = c.answers(&args.task.model, true, &messages, &sampling)?;
     let mut rows = Vec::with_capacity(picked.len());
     for (&i, (m, a)) in picked.iter().zip(messages.iter().zip(&answers)) {
         let task = &tasks[i];

@@ -93,6 +93,9 @@ pub fn save_final(dir: &RunDir, engine: &Engine, iteration: u64) -> anyhow::Resu
         std::fs::remove_dir_all(&folder)?;
     }
     engine.policy.save(&folder)?;
+    if engine.save_merged {
+        engine.policy.save_merged(&folder.join("merged"))?;
+    }
     seal_final(dir, iteration)
 }
 

@@ -38,6 +38,8 @@ pub struct Engine {
     num_queries: usize,
     pub seed: u64,
     pub mode: Mode,
+    /// Write `final/merged/` beside a trained adapter (`model.save_merged`).
+    pub save_merged: bool,
     pub run_id: String,
     /// This worker's share of each iteration.
     pub shard: Shard,
@@ -68,6 +70,45 @@ pub struct LocalUpdate {
     pub gradients: Option<std::rc::Rc<Vec<Tensor>>>,
 }
 
+/// The policy of a run from `folder` (the configured one, or a checkpoint's): with an
+/// adapter (`model.lora` or `model.adapter`), the configured base with the adapter of
+/// the checkpoint, of `model.adapter`, or a fresh one seeded by the run's seed (every
+/// replica the same).
+fn load_policy(
+    config: &EpochConfig,
+    folder: &std::path::Path,
+    options: LoadOptions,
+) -> anyhow::Result<LanguageModel> {
+    let model = &config.model;
+    if model.lora.is_none() && model.adapter.is_none() {
+        return LanguageModel::load(folder, options)
+            .with_context(|| format!("loading the policy from {}", folder.display()));
+    }
+    let mut policy = LanguageModel::load(&model.policy, options)
+        .with_context(|| format!("loading the base model from {}", model.policy.display()))?;
+    let resumed = folder != model.policy.as_path();
+    let adapter = match resumed {
+        true => Some(folder),
+        false => model.adapter.as_deref(),
+    };
+    match (adapter, &model.lora) {
+        (Some(dir), lora) => {
+            let own = policy
+                .load_adapter(dir)
+                .with_context(|| format!("loading the adapter in {}", dir.display()))?;
+            if let Some(lora) = lora {
+                lora.check_agrees(&own).map_err(anyhow::Error::msg)?;
+            }
+        }
+        (None, Some(lora)) => {
+            tch::manual_seed(config.run.seed as i64);
+            policy.attach_adapter(lora)?;
+        }
+        (None, None) => unreachable!("an adapter is configured"),
+    }
+    Ok(policy)
+}
+
 /// Stage numbers that make each stage's seed distinct.
 const CHALLENGER: u64 = 1;
 const SOLVER: u64 = 2;
@@ -89,8 +130,7 @@ impl Engine {
             trainable: true,
             allow_past_context: config.model.allow_past_context,
         };
-        let policy = LanguageModel::load(policy_folder, options)
-            .with_context(|| format!("loading the policy from {}", policy_folder.display()))?;
+        let policy = load_policy(config, policy_folder, options)?;
         // The reference is the initial policy: the configured folder, never a checkpoint.
         let reference_folder = config
             .model
@@ -102,7 +142,10 @@ impl Engine {
             ..options
         };
         let offload = config.model.offload_reference;
-        let reference = if !offload && reference_folder == policy_folder {
+        let reference = if policy.adapter().is_some() && config.model.reference.is_none() {
+            // The base with the adapter off: the same weights, no copy.
+            Reference::resident(policy.base_view()?)
+        } else if !offload && reference_folder == policy_folder {
             Reference::resident(policy.frozen_copy()?)
         } else {
             Reference::from_folder(reference_folder.clone(), reference_options, offload)?
@@ -135,6 +178,7 @@ impl Engine {
             num_queries: config.challenger.num_queries as usize,
             seed: config.run.seed,
             mode,
+            save_merged: config.model.save_merged,
             run_id: run_id.to_string(),
             shard,
             round: None,

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use lsp_schemas::problems::{Problems, Validate, join_path};
 use serde::{Deserialize, Serialize};
 
+use crate::lora::LoraConfig;
+
 /// Floating-point type of the weights.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -80,6 +82,15 @@ pub struct ModelConfig {
     /// quality there is the model's own business). Off, such a generation stops the
     /// run with an error.
     pub allow_past_context: bool,
+    /// Train a LoRA adapter instead of every weight ([`LoraConfig`]): the base is
+    /// frozen, the reference and the judge are the base with the adapter off.
+    pub lora: Option<LoraConfig>,
+    /// Continue from the PEFT adapter in this folder (its `adapter_config.json` sets
+    /// the adapter's shape; `lora`, if given too, must agree).
+    pub adapter: Option<PathBuf>,
+    /// With an adapter: also write `final/merged/`, a Hugging Face folder with the
+    /// adapter merged into the base weights.
+    pub save_merged: bool,
 }
 
 /// Where `pipeline model fetch smollm2-135m-instruct` puts the embedded default.
@@ -95,6 +106,9 @@ impl Default for ModelConfig {
             precision: Precision::F32,
             device: DeviceKind::Cpu,
             allow_past_context: false,
+            lora: None,
+            adapter: None,
+            save_merged: false,
         }
     }
 }
@@ -126,6 +140,26 @@ impl Validate for ModelConfig {
         folder("policy", &self.policy, hint);
         if let Some(reference) = &self.reference {
             folder("reference", reference, "");
+        }
+        if let Some(lora) = &self.lora {
+            lora.validate(&join_path(path, "lora"), problems);
+        }
+        if let Some(adapter) = &self.adapter {
+            let at = join_path(path, "adapter");
+            let before = problems.len();
+            problems.folder_with(&at, adapter, crate::lora::ADAPTER_CONFIG, "");
+            if problems.len() == before
+                && let Ok(spec) = crate::LanguageModel::inspect(&self.policy)
+                && let Err(e) = crate::lora::check_adapter(adapter, &spec, self.lora.as_ref())
+            {
+                problems.push(at, e.to_string());
+            }
+        }
+        if self.save_merged && self.lora.is_none() && self.adapter.is_none() {
+            problems.push(
+                join_path(path, "save_merged"),
+                "there is no adapter to merge: set model.lora or model.adapter",
+            );
         }
     }
 }

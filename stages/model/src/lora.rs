@@ -116,10 +116,7 @@ impl LoraConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        let bad = |message: String| ModelError::Checkpoint {
-            path: path.to_path_buf(),
-            message,
-        };
+        let bad = |message: String| ModelError::Invalid(format!("{}: {message}", path.display()));
         let field = |name: &str| v.get(name).filter(|x| !x.is_null());
         if field("peft_type").and_then(Value::as_str) != Some("LORA") {
             return Err(bad("peft_type is not LORA".into()));
@@ -340,10 +337,7 @@ impl Adapter {
 /// not have, or does not target, means the adapter belongs to another model).
 fn read_factors(file: &Path, names: &[(String, Tensor)]) -> Result<()> {
     let mut reader = SafetensorsFile::open(file)?;
-    let bad = |message: String| ModelError::Checkpoint {
-        path: file.to_path_buf(),
-        message,
-    };
+    let bad = |message: String| ModelError::Invalid(format!("{}: {message}", file.display()));
     let mut extra: Vec<String> = reader
         .names()
         .filter(|n| !names.iter().any(|(m, _)| m == n))
@@ -372,4 +366,107 @@ fn read_factors(file: &Path, names: &[(String, Tensor)]) -> Result<()> {
         tch::no_grad(|| reader.read_into(name, var))?;
     }
     Ok(())
+}
+
+impl LoraConfig {
+    /// An error naming each setting where `other` (an adapter's own) differs from
+    /// this one (the run's `model.lora`); the dropout may differ (it is training's).
+    pub fn check_agrees(&self, other: &LoraConfig) -> std::result::Result<(), String> {
+        let sorted = |c: &LoraConfig| {
+            let mut t = c.target_modules.clone();
+            t.sort();
+            t
+        };
+        let mut differ = Vec::new();
+        if self.r != other.r {
+            differ.push(format!("r {} vs {}", self.r, other.r));
+        }
+        if self.alpha != other.alpha {
+            differ.push(format!("alpha {} vs {}", self.alpha, other.alpha));
+        }
+        if self.rslora != other.rslora {
+            differ.push(format!("rslora {} vs {}", self.rslora, other.rslora));
+        }
+        if sorted(self) != sorted(other) {
+            differ.push(format!(
+                "target_modules {:?} vs {:?}",
+                sorted(self),
+                sorted(other)
+            ));
+        }
+        match differ.is_empty() {
+            true => Ok(()),
+            false => Err(format!(
+                "model.lora differs from the adapter's own settings: {}",
+                differ.join(", ")
+            )),
+        }
+    }
+}
+
+/// Checks the PEFT adapter in `folder` against a model of `spec` without loading
+/// either (`pipeline validate`): its config is plain LoRA (and agrees with `lora`
+/// when given), and its file holds exactly the factors of the targeted maps, each of
+/// the shape the model's map needs. Its settings.
+pub fn check_adapter(
+    folder: &Path,
+    spec: &crate::spec::ModelSpec,
+    lora: Option<&LoraConfig>,
+) -> Result<LoraConfig> {
+    let config = LoraConfig::from_peft(&folder.join(ADAPTER_CONFIG))?;
+    if let Some(lora) = lora {
+        lora.check_agrees(&config).map_err(ModelError::Invalid)?;
+    }
+    let file = folder.join(ADAPTER_WEIGHTS);
+    let reader = SafetensorsFile::open(&file)?;
+    let bad = |message: String| ModelError::Invalid(format!("{}: {message}", file.display()));
+    let (q, kv) = (
+        spec.num_heads * spec.head_dim,
+        spec.num_kv_heads * spec.head_dim,
+    );
+    let (h, i) = (spec.hidden_size, spec.intermediate_size);
+    let mut expected = std::collections::BTreeMap::new();
+    for layer in 0..spec.num_layers {
+        for (block, name, out, inner) in [
+            ("self_attn", "q_proj", q, h),
+            ("self_attn", "k_proj", kv, h),
+            ("self_attn", "v_proj", kv, h),
+            ("self_attn", "o_proj", h, q),
+            ("mlp", "gate_proj", i, h),
+            ("mlp", "up_proj", i, h),
+            ("mlp", "down_proj", h, i),
+        ] {
+            if !config.target_modules.iter().any(|t| t == name) {
+                continue;
+            }
+            let module = format!("model.layers.{layer}.{block}.{name}");
+            expected.insert(peft_name(&module, "A"), vec![config.r, inner]);
+            expected.insert(peft_name(&module, "B"), vec![out, config.r]);
+        }
+    }
+    let mut names: Vec<&str> = reader.names().collect();
+    names.sort();
+    for name in names {
+        let shape = reader.shape(name).expect("a listed name");
+        match expected.remove(name) {
+            None => {
+                return Err(bad(format!(
+                    "tensor {name} fits no targeted map of this model ({} layers, targets {})",
+                    spec.num_layers,
+                    config.target_modules.join(", ")
+                )));
+            }
+            Some(want) if want != shape => {
+                return Err(bad(format!(
+                    "tensor {name} has shape {shape:?}, this model's map needs {want:?} \
+                     (another base model, or another rank)"
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(name) = expected.keys().next() {
+        return Err(bad(format!("tensor {name} is missing")));
+    }
+    Ok(config)
 }

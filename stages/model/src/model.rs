@@ -323,7 +323,12 @@ impl LanguageModel {
     /// Saves the model as a Hugging Face folder transformers loads: the weights as
     /// `model.safetensors` (in f32), and the source folder's config, tokenizer and
     /// generation files.
+    ///
+    /// With an adapter, the adapter as PEFT saves it instead (the base is unchanged).
     pub fn save(&self, folder: &Path) -> Result<()> {
+        if self.adapter.is_some() {
+            return self.save_adapter(folder);
+        }
         copy_companions(&self.folder, folder)?;
         save_weights(&self.vs, folder)
     }

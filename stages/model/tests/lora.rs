@@ -290,3 +290,41 @@ fn a_fresh_adapter_starts_as_the_base_and_mixed_precision_keeps_its_factors_f32(
         }
     }
 }
+
+#[test]
+fn validate_checks_an_adapters_tensors_against_the_models_config_alone() {
+    let folder = fixture("tiny-llama-lora");
+    let spec = LanguageModel::inspect(&fixture("tiny-llama")).unwrap();
+    let config = lsp_model::lora::check_adapter(&folder, &spec, None).unwrap();
+    assert_eq!(config.r, 4);
+    // A model of another width, or with fewer layers, does not fit.
+    let narrow = lsp_model::ModelSpec {
+        hidden_size: 32,
+        ..spec.clone()
+    };
+    let err = lsp_model::lora::check_adapter(&folder, &narrow, None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("needs [32, 4]"), "{err}");
+    let shallow = lsp_model::ModelSpec {
+        num_layers: 1,
+        ..spec.clone()
+    };
+    let err = lsp_model::lora::check_adapter(&folder, &shallow, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("model.layers.1.") && err.contains("fits no targeted map"),
+        "{err}"
+    );
+    // The run's model.lora must agree with the adapter's own settings.
+    let other = LoraConfig {
+        r: 4,
+        alpha: 16.0,
+        ..LoraConfig::default()
+    };
+    let err = lsp_model::lora::check_adapter(&folder, &spec, Some(&other))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("alpha 16 vs 8"), "{err}");
+}

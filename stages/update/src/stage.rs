@@ -170,12 +170,7 @@ impl Update {
         let mut problems = Problems::new();
         config.validate("update", &mut problems);
         problems.into_result().map_err(UpdateError::Config)?;
-        let params = policy
-            .var_store()
-            .variables()
-            .into_iter()
-            .filter(|(_, t)| t.requires_grad())
-            .collect();
+        let params = policy.trainable_variables().into_iter().collect();
         let optimizer = AdamW::new(
             params,
             (config.betas[0], config.betas[1]),
