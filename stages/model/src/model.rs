@@ -144,6 +144,15 @@ impl LanguageModel {
             vs.bfloat16();
         }
         transformer.set_product_kind(options.product_kind());
+        if options.precision == Precision::MixedBf16
+            && device == Device::Cpu
+            && !crate::decoder::bf16_units()
+        {
+            tracing::warn!(
+                "precision mixed_bf16 on a CPU without bf16 units (no avx512_bf16): libtorch \
+                 emulates bf16 products there, and f32 is likely faster"
+            );
+        }
         if !options.trainable {
             vs.freeze();
         }
