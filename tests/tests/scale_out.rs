@@ -1,8 +1,8 @@
 //! The game across timely workers: one worker, two worker threads in one process and
 //! two processes over localhost TCP play the same game (texts, rewards, advantages)
-//! and train the same weights, in every mode and with N not a multiple of the
-//! workers; a killed process stops the other promptly, and a resume with one worker
-//! completes the record as an uninterrupted run would have.
+//! and train the same weights (or LoRA adapter), in every mode and with N not a
+//! multiple of the workers; a killed process stops the other promptly, and a resume
+//! with one worker completes the record as an uninterrupted run would have.
 
 mod common;
 
@@ -19,6 +19,17 @@ use lsp_schemas::GameRecordRow;
 /// two clipped epochs per iteration and the `dapo` loss (whole-iteration token
 /// counts).
 fn game_config(out: &Path, mode: &str, iterations: u64) -> PathBuf {
+    if mode == "lsp+lora" {
+        // Only the adapter trains and goes through the all-reduce.
+        let cfg = game_config(out, "lsp", iterations);
+        let text = std::fs::read_to_string(&cfg).unwrap().replace(
+            "allow_past_context: true}",
+            "allow_past_context: true, lora: {r: 4, alpha: 8}}",
+        );
+        assert!(text.contains("lora: {r: 4"));
+        std::fs::write(&cfg, text).unwrap();
+        return cfg;
+    }
     if mode == "lsp+ppo" {
         let cfg = game_config(out, "lsp", iterations);
         let text = std::fs::read_to_string(&cfg).unwrap().replace(
@@ -148,11 +159,15 @@ fn assert_same_game(a: &[GameRecordRow], b: &[GameRecordRow], what: &str) {
     }
 }
 
-/// Largest difference between two saved models' weights.
+/// Largest difference between two saved models' weights (or LoRA adapters').
 fn weights_differ_by(a: &Path, b: &Path) -> f64 {
+    let file = match a.join("adapter_model.safetensors").is_file() {
+        true => "adapter_model.safetensors",
+        false => "model.safetensors",
+    };
     let (mut a, mut b) = (
-        SafetensorsFile::open(&a.join("model.safetensors")).unwrap(),
-        SafetensorsFile::open(&b.join("model.safetensors")).unwrap(),
+        SafetensorsFile::open(&a.join(file)).unwrap(),
+        SafetensorsFile::open(&b.join(file)).unwrap(),
     );
     let names: Vec<String> = a.names().map(str::to_string).collect();
     assert!(!names.is_empty());
@@ -167,7 +182,7 @@ fn weights_differ_by(a: &Path, b: &Path) -> f64 {
 
 #[test]
 fn one_worker_two_threads_and_two_processes_play_the_same_game() {
-    for mode in ["lsp", "lsp_zero", "grpo", "lsp+ppo"] {
+    for mode in ["lsp", "lsp_zero", "grpo", "lsp+ppo", "lsp+lora"] {
         let (one, threads, processes) = (
             tempfile::tempdir().unwrap(),
             tempfile::tempdir().unwrap(),
