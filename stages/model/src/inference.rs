@@ -174,4 +174,8 @@ impl Projections for InferenceWeights<'_> {
     fn head(&self, hidden: &Tensor) -> Tensor {
         self.logits(hidden)
     }
+
+    fn attention_kind(&self) -> Option<Kind> {
+        self.head.as_ref().map(Tensor::kind)
+    }
 }
