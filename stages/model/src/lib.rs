@@ -16,6 +16,9 @@
 //!   [`LanguageModel::training_logprobs`] the same for a training step (the output
 //!   head's backward written out, to save memory), and
 //!   [`LanguageModel::score_sequences`] a reward model's scores.
+//! - `precision: mixed_bf16` keeps f32 weights and computes products in bf16
+//!   ([`TrainingWeights`]: casts made once per optimizer step); [`lora`] attaches PEFT
+//!   LoRA adapters ([`LanguageModel::load_adapter`], [`LanguageModel::base_view`]).
 //!
 //! (Not run as a doctest: rustdoc's binaries live outside `target/`, where the rpath to
 //! libtorch does not reach. `tests/parity.rs` runs the same calls.)
