@@ -127,17 +127,19 @@ impl Validate for ModelConfig {
                  bf16, no master copy)",
             );
         }
+        // A model folder's spec, or its problems.
         let mut folder = |key: &str, dir: &std::path::Path, hint: &str| {
             let at = join_path(path, key);
             let before = problems.len();
             problems.folder_with(&at, dir, "config.json", hint);
-            if problems.len() == before
-                && let Err(e) = crate::LanguageModel::inspect(dir)
-            {
-                problems.push(at, e.to_string());
+            if problems.len() != before {
+                return None;
             }
+            crate::LanguageModel::inspect(dir)
+                .map_err(|e| problems.push(at, e.to_string()))
+                .ok()
         };
-        folder("policy", &self.policy, hint);
+        let policy = folder("policy", &self.policy, hint);
         if let Some(reference) = &self.reference {
             folder("reference", reference, "");
         }
@@ -149,8 +151,8 @@ impl Validate for ModelConfig {
             let before = problems.len();
             problems.folder_with(&at, adapter, crate::lora::ADAPTER_CONFIG, "");
             if problems.len() == before
-                && let Ok(spec) = crate::LanguageModel::inspect(&self.policy)
-                && let Err(e) = crate::lora::check_adapter(adapter, &spec, self.lora.as_ref())
+                && let Some(spec) = &policy
+                && let Err(e) = crate::lora::check_adapter(adapter, spec, self.lora.as_ref())
             {
                 problems.push(at, e.to_string());
             }

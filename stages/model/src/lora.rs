@@ -219,7 +219,7 @@ impl LoraConfig {
 }
 
 /// PEFT's saved name of factor `A` or `B` of the map at `module`.
-fn peft_name(module: &str, factor: &str) -> String {
+pub(crate) fn peft_name(module: &str, factor: &str) -> String {
     format!("base_model.model.{module}.lora_{factor}.weight")
 }
 

@@ -285,8 +285,7 @@ impl LanguageModel {
             .into_iter()
             .map(|(name, weight)| {
                 let module = name.strip_suffix(".weight").unwrap_or("");
-                let factor =
-                    |f: &str| factors.get(&format!("base_model.model.{module}.lora_{f}.weight"));
+                let factor = |f: &str| factors.get(&crate::lora::peft_name(module, f));
                 let weight = weight.to_kind(Kind::Float);
                 let value = match (factor("A"), factor("B")) {
                     (Some(a), Some(b)) => {

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{fixture, load};
+use common::{fixture, full_logits, load, max_diff};
 use lsp_model::{
     Dtype, FinishReason, GenerationRequest, LanguageModel, LoadOptions, Precision, SamplingConfig,
 };
@@ -21,21 +21,6 @@ fn prompts(model: &LanguageModel) -> Vec<Vec<u32>> {
     .iter()
     .map(|p| model.tokenizer().chat_prompt(p).unwrap())
     .collect()
-}
-
-fn full_logits(model: &LanguageModel, ids: &[u32]) -> Tensor {
-    let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
-    let n = ids.len() as i64;
-    let t = model.transformer();
-    tch::no_grad(|| {
-        let mask = Tensor::ones([1, n], (Kind::Int64, tch::Device::Cpu));
-        t.logits(&t.forward(&Tensor::from_slice(&ids).view([1, n]), &mask, None))
-            .squeeze_dim(0)
-    })
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b).abs().max().double_value(&[])
 }
 
 #[test]

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{f64s, fixture, reference, u32s};
+use common::{f64s, fixture, full_logits, max_diff, reference, u32s};
 use lsp_model::{
     DecoderKind, GenerationRequest, InferenceWeights, LanguageModel, LoadOptions, LoraConfig,
     Precision, SamplingConfig,
@@ -21,19 +21,6 @@ fn adapted(options: LoadOptions) -> LanguageModel {
     model
 }
 
-/// Full logits `[seq, vocab]` of `ids` through the transformer's own forward (the
-/// adapter's two thin products beside each base product).
-fn logits(model: &LanguageModel, ids: &[u32]) -> Tensor {
-    let n = ids.len() as i64;
-    let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
-    tch::no_grad(|| {
-        let t = model.transformer();
-        let input = Tensor::from_slice(&ids).view([1, n]);
-        t.logits(&t.forward(&input, &input.ones_like(), None))
-            .squeeze_dim(0)
-    })
-}
-
 fn table(v: &Value) -> Tensor {
     let rows: Vec<Tensor> = v
         .as_array()
@@ -42,10 +29,6 @@ fn table(v: &Value) -> Tensor {
         .map(|r| Tensor::from_slice(&f64s(r)).to_kind(Kind::Float))
         .collect();
     Tensor::stack(&rows, 0)
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b).abs().max().double_value(&[])
 }
 
 #[test]
@@ -62,10 +45,10 @@ fn the_adapter_on_gives_pefts_logits_logprobs_and_greedy_tokens() {
     {
         let ids = u32s(&plain_case["input_ids"]);
         let want = table(&case["logits_adapted"]);
-        let diff = max_diff(&logits(&model, &ids), &want);
+        let diff = max_diff(&full_logits(&model, &ids), &want);
         assert!(diff < 1e-4, "adapter on: {diff}");
         // Adapters off: the base model's own logits.
-        let diff = max_diff(&logits(&base, &ids), &table(&plain_case["logits"]));
+        let diff = max_diff(&full_logits(&base, &ids), &table(&plain_case["logits"]));
         assert!(diff < 1e-4, "adapter off: {diff}");
         // Merged weights, the passes without gradient.
         let lp = model
@@ -199,7 +182,7 @@ fn a_saved_adapter_loads_back_bit_for_bit_and_merges_into_a_plain_folder() {
     model.save_merged(&merged).unwrap();
     let plain = LanguageModel::load(&merged, LoadOptions::default()).unwrap();
     let ids = u32s(&reference("tiny-llama")["cases"][0]["input_ids"]);
-    let diff = max_diff(&logits(&plain, &ids), &logits(&model, &ids));
+    let diff = max_diff(&full_logits(&plain, &ids), &full_logits(&model, &ids));
     assert!(diff < 1e-4, "merged: {diff}");
 }
 
@@ -275,7 +258,7 @@ fn a_fresh_adapter_starts_as_the_base_and_mixed_precision_keeps_its_factors_f32(
     }
     let ids = u32s(&reference("tiny-llama")["cases"][0]["input_ids"]);
     let base = model.base_view().unwrap();
-    assert!(logits(&model, &ids).equal(&logits(&base, &ids)));
+    assert!(full_logits(&model, &ids).equal(&full_logits(&base, &ids)));
     // A training pass through the bf16 casts reaches the f32 factors.
     let pass = model
         .training_logprobs(&model.training_weights(), &[(&ids[..4], &ids[4..])])

@@ -19,6 +19,23 @@ pub fn load(name: &str) -> LanguageModel {
     LanguageModel::load(&fixture(name), LoadOptions::default()).unwrap()
 }
 
+/// Full logits `[seq, vocab]` of `ids` through the transformer's own forward pass.
+pub fn full_logits(model: &LanguageModel, ids: &[u32]) -> tch::Tensor {
+    let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+    let n = ids.len() as i64;
+    let t = model.transformer();
+    tch::no_grad(|| {
+        let mask = tch::Tensor::ones([1, n], (tch::Kind::Int64, tch::Device::Cpu));
+        t.logits(&t.forward(&tch::Tensor::from_slice(&ids).view([1, n]), &mask, None))
+            .squeeze_dim(0)
+    })
+}
+
+/// Largest absolute difference between two tensors.
+pub fn max_diff(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
+
 /// A fixture's `reference.json`.
 pub fn reference(name: &str) -> Value {
     let text = std::fs::read_to_string(fixture(name).join("reference.json")).unwrap();
