@@ -52,6 +52,22 @@ pub struct StageSeconds {
     pub update: f64,
 }
 
+impl StageSeconds {
+    /// The seconds of the stage called `stage` (its name in the dataflow, as the
+    /// field), if there is one.
+    pub fn of_stage(&mut self, stage: &str) -> Option<&mut f64> {
+        Some(match stage {
+            "challenger" => &mut self.challenger,
+            "solver" => &mut self.solver,
+            "reward" => &mut self.reward,
+            "self_reward" => &mut self.self_reward,
+            "advantage" => &mut self.advantage,
+            "update" => &mut self.update,
+            _ => return None,
+        })
+    }
+}
+
 /// One row of the game record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[allow(missing_docs)] // Each field is the column of the same name in `columns`.

@@ -6,6 +6,7 @@
 //!
 //! | boundary | wrapper | one row per |
 //! |---|---|---|
+//! | driver → challenger | [`SlotBatch`] | query to write |
 //! | challenger → solver | [`QueryBatch`] | query |
 //! | solver → reward | [`AnswerBatch`] | (query, answer) |
 //! | reward → self-reward | [`RewardBatch`] | (query, answer) |
@@ -44,6 +45,7 @@ pub use boundary::answer::{AnswerBatch, AnswerRow, answer_schema};
 pub use boundary::query::{QueryBatch, QueryRow, query_schema};
 pub use boundary::reward::{RewardBatch, RewardPart, RewardRow, reward_parts_array, reward_schema};
 pub use boundary::self_reward::{SelfRewardBatch, SelfRewardRow, self_reward_schema};
+pub use boundary::slot::{SlotBatch, SlotRow, slot_schema};
 pub use boundary::update::{
     StepBatch, StepRow, UpdatedBatch, UpdatedRow, step_schema, updated_schema,
 };

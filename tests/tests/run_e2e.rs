@@ -9,8 +9,9 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{config, config_with, pipeline, records, records_in, repo, run, run_with};
-use lsp_advantage::{AdvantageConfig, Mode, advantages};
+use lsp_advantage::{AdvantageConfig, advantages};
 use lsp_schemas::GameRecordRow;
+use lsp_stage::Mode;
 
 fn iterations(rows: &[GameRecordRow]) -> Vec<u64> {
     let mut its: Vec<u64> = rows.iter().map(|r| r.iteration).collect();

@@ -8,13 +8,14 @@ pub use run::{DataConfig, RunConfig, StageConfig};
 
 use std::path::Path;
 
-use lsp_advantage::{AdvantageConfig, Mode};
+use lsp_advantage::AdvantageConfig;
 use lsp_challenger::ChallengerConfig;
 use lsp_model::ModelConfig;
 use lsp_reward::{RewardConfig, RewardKind};
 use lsp_schemas::problems::{Problems, Validate, join_path};
 use lsp_self_reward::SelfRewardConfig;
 use lsp_solver::SolverConfig;
+use lsp_stage::Mode;
 use lsp_update::UpdateConfig;
 use serde::{Deserialize, Serialize};
 

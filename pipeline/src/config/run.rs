@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use lsp_advantage::Mode;
 use lsp_schemas::problems::{Problems, Validate, join_path};
+use lsp_stage::Mode;
 use serde::{Deserialize, Serialize};
 
 /// Run-wide settings.

@@ -45,13 +45,14 @@ pub fn save(dir: &RunDir, engine: &mut Engine, iteration: u64) -> anyhow::Result
     }
     engine.policy.save(&folder.join("model"))?;
     engine
+        .stages
         .update
         .optimizer()
         .save(&folder.join("optimizer.safetensors"))?;
     let state = CheckpointState {
         iteration,
         seed: engine.seed,
-        optimizer_steps: engine.update.optimizer().steps(),
+        optimizer_steps: engine.stages.update.optimizer().steps(),
         files: digest_folder(&folder, &[super::layout::COMPLETE])?,
     };
     write_atomic(

@@ -34,11 +34,6 @@ impl Shard {
             .collect()
     }
 
-    /// Whether query `query_id` is this worker's.
-    pub fn owns(&self, query_id: u32) -> bool {
-        query_id as usize % self.peers == self.index
-    }
-
     /// Whether this worker writes the run's outputs (records, checkpoints, the final
     /// model): worker 0, in process 0.
     pub fn writes(&self) -> bool {
@@ -164,7 +159,7 @@ mod tests {
         let dealt: Vec<Vec<u32>> = shards(2).map(|s| s.queries(5)).collect();
         assert_eq!(dealt, [vec![0, 2, 4], vec![1, 3]]);
         assert!(shards(3).all(|s| s.queries(2).len() <= 1));
-        assert!(Shard { index: 1, peers: 2 }.owns(3));
+        assert!(Shard { index: 1, peers: 2 }.queries(5).contains(&3));
         assert!(Shard { index: 0, peers: 1 }.writes());
     }
 

@@ -4,9 +4,11 @@
 
 use std::path::Path;
 
-use anyhow::{Context, bail};
+use anyhow::{Context as _, bail};
 use arrow::array::{Array, StringArray};
-use lsp_schemas::{QueryBatch, QueryRow, TypedBatch, read_batches};
+use lsp_model::LanguageModel;
+use lsp_schemas::{QueryBatch, QueryRow, SlotBatch, TypedBatch, read_batches};
+use lsp_stage::{Context, Stage};
 
 use crate::config::DataConfig;
 
@@ -15,6 +17,8 @@ use crate::config::DataConfig;
 pub struct DataQueries {
     name: String,
     items: Vec<(String, Option<String>)>,
+    /// Queries per iteration (N).
+    per_iteration: usize,
 }
 
 fn read_jsonl(
@@ -70,8 +74,9 @@ fn read_parquet_file(
 }
 
 impl DataQueries {
-    /// Reads the data set and orders it by `seed`.
-    pub fn load(config: &DataConfig, seed: u64) -> anyhow::Result<Self> {
+    /// Reads the data set and orders it by `seed`; each iteration takes the next
+    /// `per_iteration`.
+    pub fn load(config: &DataConfig, seed: u64, per_iteration: usize) -> anyhow::Result<Self> {
         let answer = config.answer_column.as_deref();
         let mut items = match config.path.extension().and_then(|e| e.to_str()) {
             Some("parquet") => read_parquet_file(&config.path, &config.prompt_column, answer)?,
@@ -86,18 +91,38 @@ impl DataQueries {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        Ok(Self { name, items })
+        Ok(Self {
+            name,
+            items,
+            per_iteration,
+        })
     }
+}
 
-    /// The `n` queries of `iteration` (1-based), cycling through the data.
-    pub fn queries(&self, iteration: u64, n: usize) -> anyhow::Result<QueryBatch> {
-        let start = (iteration.saturating_sub(1) as usize * n) % self.items.len();
-        let rows: Vec<QueryRow> = (0..n)
+/// The queries of the input's slots: query k of `iteration` (1-based) is item
+/// (iteration − 1)·N + k of the seeded order, cycling through the data.
+impl Stage<LanguageModel> for DataQueries {
+    const NAME: &'static str = "challenger";
+    const STREAM: u64 = 1;
+    type Input = SlotBatch;
+    type Output = QueryBatch;
+    type Error = anyhow::Error;
+
+    fn process(
+        &mut self,
+        cx: &mut Context<'_, LanguageModel>,
+        slots: &SlotBatch,
+    ) -> anyhow::Result<QueryBatch> {
+        let iteration = cx.iteration;
+        let start = iteration.saturating_sub(1) as usize * self.per_iteration;
+        let rows: Vec<QueryRow> = slots
+            .query_ids()?
+            .into_iter()
             .map(|k| {
-                let (text, answer) = &self.items[(start + k) % self.items.len()];
+                let (text, answer) = &self.items[(start + k as usize) % self.items.len()];
                 QueryRow {
                     iteration,
-                    query_id: k as u32,
+                    query_id: k,
                     prompt_id: self.name.clone(),
                     prompt_version: "data".to_string(),
                     prompt_token_ids: Vec::new(),

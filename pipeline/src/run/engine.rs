@@ -3,39 +3,26 @@
 
 use std::time::Instant;
 
-use anyhow::Context;
-use lsp_advantage::{AdvantageStage, Mode, QueryTally};
-use lsp_challenger::Challenger;
+use anyhow::Context as _;
 use lsp_model::{LanguageModel, LoadOptions};
-use lsp_reward::RewardStage;
-use lsp_schemas::{
-    AdvantageBatch, AnswerBatch, GameRecordBatch, QueryBatch, RewardBatch, SelfRewardBatch,
-    StageSeconds, StepRow, TypedBatch,
-};
-use lsp_self_reward::SelfReward;
-use lsp_solver::Solver;
-use lsp_update::{BatchTotals, LocalStep, ReferenceLogprobs, StepSums, Update, over_epochs};
+use lsp_schemas::{GameRecordBatch, SlotBatch, StageSeconds, StepRow, UpdatedBatch};
+use lsp_stage::{Context, Mode, QueryTally, Stage};
+use lsp_update::StepSums;
 use sha2::{Digest, Sha256};
 use tch::Tensor;
 use tracing::info;
 
 use super::cluster::Shard;
-use super::data::DataQueries;
 use super::reference::Reference;
+use super::stages::Stages;
 use crate::config::EpochConfig;
 
-/// The models and stages of a run.
+/// The models and stages of a run, on one worker.
 pub struct Engine {
     pub policy: LanguageModel,
     reference: Reference,
-    challenger: Challenger,
-    solver: Solver,
-    reward: RewardStage,
-    self_reward: SelfReward,
-    advantage: AdvantageStage,
-    pub update: Update,
-    data: Option<DataQueries>,
-    num_queries: usize,
+    pub stages: Stages,
+    num_queries: u32,
     pub seed: u64,
     pub mode: Mode,
     /// Write `final/merged/` beside a trained adapter (`model.save_merged`).
@@ -43,25 +30,13 @@ pub struct Engine {
     pub run_id: String,
     /// This worker's share of each iteration.
     pub shard: Shard,
-    /// The iteration between its epochs' steps (`update.epochs` > 1).
-    round: Option<Round>,
-}
-
-/// What the later epochs of an iteration's update reuse, and the earlier epochs'
-/// step rows.
-#[derive(Debug)]
-struct Round {
-    advantaged: AdvantageBatch,
-    reference_lps: ReferenceLogprobs,
-    totals: BatchTotals,
-    steps: Vec<StepRow>,
 }
 
 /// A worker's half of an update, waiting for the gradient sum.
 #[derive(Debug, Clone)]
 pub struct LocalUpdate {
     /// Its rows with the measured columns.
-    pub updated: lsp_schemas::UpdatedBatch,
+    pub updated: UpdatedBatch,
     /// Its loss parts.
     pub sums: StepSums,
     /// Its stage timings so far.
@@ -109,11 +84,6 @@ fn load_policy(
     Ok(policy)
 }
 
-/// Stage numbers that make each stage's seed distinct.
-const CHALLENGER: u64 = 1;
-const SOLVER: u64 = 2;
-const SELF_REWARD: u64 = 4;
-
 impl Engine {
     /// Loads the models (the policy from `policy_folder`: the configured one, or a
     /// checkpoint's) and builds every stage.
@@ -150,176 +120,68 @@ impl Engine {
         } else {
             Reference::from_folder(reference_folder.clone(), reference_options, offload)?
         };
-        let mode = config.run.mode;
-        let data = match &config.data {
-            Some(d) if mode == Mode::Grpo => Some(DataQueries::load(d, config.run.seed)?),
-            _ => None,
-        };
         Ok(Self {
-            challenger: Challenger::new(config.challenger.clone())?,
-            solver: Solver::new(config.solver.clone())?,
-            reward: RewardStage::new(
-                config.reward.clone(),
-                LoadOptions {
-                    trainable: false,
-                    ..options
-                },
-            )
-            .with_context(|| format!("the reward stage ({})", config.reward.describe()))?,
-            self_reward: SelfReward::new(config.self_reward.clone())?,
-            advantage: AdvantageStage::new(mode, config.advantage.clone())?,
-            update: Update::new(config.update.clone(), &policy)?.with_length_limits(
-                config.solver.sampling.max_new_tokens,
-                config.challenger.sampling.max_new_tokens,
-            ),
+            stages: Stages::build(config, &policy)?,
             policy,
             reference,
-            data,
-            num_queries: config.challenger.num_queries as usize,
+            num_queries: config.challenger.num_queries as u32,
             seed: config.run.seed,
-            mode,
+            mode: config.run.mode,
             save_merged: config.model.save_merged,
             run_id: run_id.to_string(),
             shard,
-            round: None,
         })
     }
 
-    fn seed(&self, iteration: u64, stage: u64) -> u64 {
-        lsp_model::mix(lsp_model::mix(self.seed, iteration), stage)
+    /// This worker's queries of `iteration` to write: what its dataflow starts from.
+    pub fn slots(&self, iteration: u64) -> anyhow::Result<(SlotBatch, StageSeconds)> {
+        let slots = SlotBatch::of(iteration, &self.shard.queries(self.num_queries))?;
+        Ok((slots, StageSeconds::default()))
     }
 
-    /// Stage 1: queries written by the challenger, or taken from data.
-    pub fn queries(&self, iteration: u64) -> anyhow::Result<(QueryBatch, StageSeconds)> {
-        let start = Instant::now();
-        let batch = match &self.data {
-            Some(data) => {
-                let all = data.queries(iteration, self.num_queries)?.to_rows()?;
-                let mine: Vec<_> = all
-                    .into_iter()
-                    .filter(|q| self.shard.owns(q.query_id))
-                    .collect();
-                QueryBatch::from_rows(&mine)?
-            }
-            None => self.challenger.process_shard(
-                &self.policy,
-                iteration,
-                self.seed(iteration, CHALLENGER),
-                &self.shard.queries(self.num_queries as u32),
-            )?,
-        };
-        let seconds = StageSeconds {
-            challenger: start.elapsed().as_secs_f64(),
-            ..StageSeconds::default()
-        };
-        Ok((batch, seconds))
-    }
-
-    /// Stage 2: G answers per query.
-    pub fn answers(
-        &self,
-        iteration: u64,
-        (queries, mut s): (QueryBatch, StageSeconds),
-    ) -> anyhow::Result<(AnswerBatch, StageSeconds)> {
-        let start = Instant::now();
-        let batch = self
-            .solver
-            .process(&self.policy, &queries, self.seed(iteration, SOLVER))?;
-        s.solver = start.elapsed().as_secs_f64();
-        Ok((batch, s))
-    }
-
-    /// Stage 3: the external reward.
-    pub fn rewards(
+    /// The stage `pick` chooses, on this worker's batch of `iteration`: its context
+    /// (the models, its seed for the iteration, the iteration's `tallies` where the
+    /// dataflow has gathered them), its time added to the batch's timings.
+    pub fn run<S>(
         &mut self,
-        (answers, mut s): (AnswerBatch, StageSeconds),
-    ) -> anyhow::Result<(RewardBatch, StageSeconds)> {
-        let start = Instant::now();
-        let reference = match self.reward.needs_reference() {
-            true => Some(self.reference.get()?),
-            false => None,
-        };
-        let batch = self.reward.process(reference, &answers)?;
-        s.reward = start.elapsed().as_secs_f64();
-        Ok((batch, s))
-    }
-
-    /// Stage 4: the quality self-reward (mode `lsp` only).
-    pub fn self_rewards(
-        &mut self,
+        pick: fn(&mut Stages) -> &mut S,
         iteration: u64,
-        (rewarded, mut s): (RewardBatch, StageSeconds),
-    ) -> anyhow::Result<(SelfRewardBatch, StageSeconds)> {
+        tallies: Option<&[QueryTally]>,
+        (input, mut seconds): (S::Input, StageSeconds),
+    ) -> anyhow::Result<(S::Output, StageSeconds)>
+    where
+        S: Stage<LanguageModel>,
+        anyhow::Error: From<S::Error>,
+    {
         let start = Instant::now();
-        let batch = if self.mode.has_self_reward() {
-            let seed = self.seed(iteration, SELF_REWARD);
-            self.self_reward
-                .process(self.reference.get()?, &rewarded, seed)?
-        } else {
-            SelfReward::disabled(&rewarded)?
-        };
-        s.self_reward = start.elapsed().as_secs_f64();
-        Ok((batch, s))
+        let seed = lsp_model::mix(lsp_model::mix(self.seed, iteration), S::STREAM);
+        let mut cx = Context::new(&self.policy, &mut self.reference, iteration, seed);
+        cx.tallies = tallies;
+        let output = pick(&mut self.stages).process(&mut cx, &input)?;
+        *seconds
+            .of_stage(S::NAME)
+            .with_context(|| format!("no timing column for the stage `{}`", S::NAME))? +=
+            start.elapsed().as_secs_f64();
+        Ok((output, seconds))
     }
 
     /// Each query's part in the batch-wide figures (its rows, its challenger reward),
     /// for every worker to see.
-    pub fn tally(&self, judged: &SelfRewardBatch) -> anyhow::Result<Vec<QueryTally>> {
-        Ok(self.advantage.tally(judged)?)
+    pub fn tally(&self, judged: &lsp_schemas::SelfRewardBatch) -> anyhow::Result<Vec<QueryTally>> {
+        Ok(self.stages.advantage.tally(judged)?)
     }
 
-    /// Stage 5: advantages, the challenger's baseline over `all` the iteration's
-    /// queries (every worker's tallies); with the counts the loss is normalised by.
-    pub fn advantages(
-        &self,
-        (judged, mut s): (SelfRewardBatch, StageSeconds),
-        all: &[QueryTally],
-    ) -> anyhow::Result<(AdvantageBatch, StageSeconds, BatchTotals)> {
-        let start = Instant::now();
-        let batch = self.advantage.process_among(&judged, all)?;
-        let challenged = || all.iter().filter(|t| t.challenger_reward.is_some());
-        let totals = BatchTotals {
-            answers: all.iter().map(|t| t.rows as usize).sum(),
-            queries: challenged().count(),
-            answer_tokens: all.iter().map(|t| t.answer_tokens).sum(),
-            query_tokens: challenged().map(|t| t.query_tokens).sum(),
-        };
-        s.advantage = start.elapsed().as_secs_f64();
-        Ok((batch, s, totals))
-    }
-
-    /// Stage 6, this worker's half: the reference's log-probs, then the loss over
-    /// this worker's rows and its gradient (one tensor per parameter).
-    pub fn backward(
+    /// This worker's half of the update after the update stage's `process`: its rows
+    /// and loss parts, and its gradient (one tensor per parameter) for the sum.
+    pub fn local_update(
         &mut self,
-        (advantaged, mut s, totals): (AdvantageBatch, StageSeconds, BatchTotals),
+        (updated, seconds): (UpdatedBatch, StageSeconds),
     ) -> anyhow::Result<(LocalUpdate, Vec<Tensor>)> {
-        let start = Instant::now();
-        let reference_lps = self
-            .update
-            .reference_logprobs(self.reference.get()?, &advantaged)?;
-        // An offloaded reference leaves before the policy's passes keep activations.
-        self.reference.release();
-        let LocalStep {
-            updated,
-            sums,
-            gradients,
-        } = self
-            .update
-            .backward(&self.policy, &reference_lps, &advantaged, totals)?;
-        if self.update.epochs() > 1 {
-            self.round = Some(Round {
-                advantaged,
-                reference_lps,
-                totals,
-                steps: Vec::new(),
-            });
-        }
-        s.update = start.elapsed().as_secs_f64();
+        let (sums, gradients) = self.stages.update.take_gradient()?;
         let local = LocalUpdate {
             updated,
             sums,
-            seconds: s,
+            seconds,
             gradients: None,
         };
         Ok((local, gradients))
@@ -336,21 +198,12 @@ impl Engine {
         sums: StepSums,
     ) -> anyhow::Result<Vec<Tensor>> {
         let start = Instant::now();
-        let step = self.update.step(iteration, sums, gradients);
-        let round = self
-            .round
-            .as_mut()
-            .context("an epoch after the iteration's last")?;
-        round.steps.push(step);
-        let again = self.update.backward(
-            &self.policy,
-            &round.reference_lps,
-            &round.advantaged,
-            round.totals,
-        )?;
-        local.sums = again.sums;
+        let update = &mut self.stages.update;
+        update.next_epoch(&self.policy, iteration, sums, gradients)?;
+        let (sums, gradients) = update.take_gradient()?;
+        local.sums = sums;
         local.seconds.update += start.elapsed().as_secs_f64();
-        Ok(again.gradients)
+        Ok(gradients)
     }
 
     /// Stage 6, together: the (last epoch's) AdamW step with every worker's summed
@@ -363,11 +216,7 @@ impl Engine {
         sums: StepSums,
     ) -> anyhow::Result<(GameRecordBatch, StepRow)> {
         let start = Instant::now();
-        let last = self.update.step(iteration, sums, gradients);
-        let step = match self.round.take() {
-            Some(round) => over_epochs(round.steps.into_iter().chain([last]).collect()),
-            None => last,
-        };
+        let step = self.stages.update.step(iteration, sums, gradients);
         let mut s = local.seconds;
         s.update += start.elapsed().as_secs_f64();
         let record =
@@ -384,7 +233,8 @@ impl Engine {
     /// The shape, kind and device of each trained parameter, in the optimizer's
     /// order (what a gradient sum is turned back into).
     pub fn parameter_layouts(&mut self) -> Vec<(Vec<i64>, tch::Kind, tch::Device)> {
-        self.update
+        self.stages
+            .update
             .optimizer()
             .params()
             .map(|p| (p.size(), p.kind(), p.device()))
@@ -395,7 +245,7 @@ impl Engine {
     /// hold the same weights.
     pub fn weights_hash(&mut self) -> anyhow::Result<u64> {
         let mut hasher = Sha256::new();
-        for p in self.update.optimizer().params() {
+        for p in self.stages.update.optimizer().params() {
             let bytes = tch::no_grad(|| {
                 p.to_kind(tch::Kind::Float)
                     .contiguous()

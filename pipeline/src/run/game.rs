@@ -30,9 +30,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use lsp_advantage::QueryTally;
+use lsp_advantage::AdvantageStage;
+use lsp_model::LanguageModel;
+use lsp_reward::RewardStage;
 use lsp_schemas::{GameRecordBatch, GameRecordRow, StepRow, TypedBatch};
-use lsp_update::StepSums;
+use lsp_self_reward::SelfReward;
+use lsp_solver::Solver;
+use lsp_stage::{QueryTally, Stage};
+use lsp_update::{StepSums, Update};
 use tch::{Kind, Tensor};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::vec::{Map, Partition};
@@ -44,6 +49,10 @@ use super::collective::{Chunk, Collective, Floats, all_reduce, join_at};
 use super::engine::{Engine, LocalUpdate};
 use super::operator::{Failure, StageOperator};
 use super::progress::Progress;
+use super::stages::Queries;
+
+/// The advantage stage's name (the stage is generic over the model type).
+const ADVANTAGE: &str = <AdvantageStage as Stage<LanguageModel>>::NAME;
 
 /// What a worker's dataflow leaves for its driver, by iteration.
 #[derive(Debug, Clone, Default)]
@@ -97,17 +106,19 @@ pub fn game<'scope>(
     let judged = scope
         .input_from(input)
         .container::<Vec<u64>>()
-        .stage("challenger", f.clone(), p.clone(), move |t, _: u64| {
-            e1.borrow().queries(t)
+        .stage(Queries::NAME, f.clone(), p.clone(), move |t, _: u64| {
+            let mut engine = e1.borrow_mut();
+            let slots = engine.slots(t)?;
+            engine.run(|s| &mut s.queries, t, None, slots)
         })
-        .stage("solver", f.clone(), p.clone(), move |t, q| {
-            e2.borrow().answers(t, q)
+        .stage(Solver::NAME, f.clone(), p.clone(), move |t, q| {
+            e2.borrow_mut().run(|s| &mut s.solver, t, None, q)
         })
-        .stage("reward", f.clone(), p.clone(), move |_, a| {
-            e3.borrow_mut().rewards(a)
+        .stage(RewardStage::NAME, f.clone(), p.clone(), move |t, a| {
+            e3.borrow_mut().run(|s| &mut s.reward, t, None, a)
         })
-        .stage("self_reward", f.clone(), p.clone(), move |t, r| {
-            e4.borrow_mut().self_rewards(t, r)
+        .stage(SelfReward::NAME, f.clone(), p.clone(), move |t, r| {
+            e4.borrow_mut().run(|s| &mut s.self_reward, t, None, r)
         });
 
     let tallies = judged
@@ -118,7 +129,7 @@ pub fn game<'scope>(
         .gather_everywhere("tallies", |_, all: Vec<(u32, Vec<QueryTally>)>| vec![all]);
 
     let (e6, f6) = (e(&cx), f.clone());
-    let advantaged = join_at(judged, tallies, "advantage", move |t, judged, tallies| {
+    let advantaged = join_at(judged, tallies, ADVANTAGE, move |t, judged, tallies| {
         let (Some(judged), Some(all)) = (judged.into_iter().next(), tallies.into_iter().next())
         else {
             return missing(&f6, t, "their queries' tallies");
@@ -127,17 +138,29 @@ pub fn game<'scope>(
             return missing(&f6, t, "their queries' tallies");
         }
         let all: Vec<QueryTally> = all.into_iter().flat_map(|(_, t)| t).collect();
-        f6.attempt(t, "advantage", || e6.borrow().advantages(judged, &all))
+        f6.attempt(t, ADVANTAGE, || {
+            let (batch, seconds) =
+                e6.borrow_mut()
+                    .run(|s| &mut s.advantage, t, Some(&all), judged)?;
+            Ok((batch, seconds, all))
+        })
     });
 
     let (e7, stop) = (e(&cx), cx.stop.clone());
-    let mut parts = advantaged.stage("update", f.clone(), p.clone(), move |_, advantaged| {
-        let (local, gradients) = e7.borrow_mut().backward(advantaged)?;
-        share_update(local, gradients, index, peers, stop.load(Ordering::SeqCst))
-    });
+    let mut parts = advantaged.stage(
+        Update::NAME,
+        f.clone(),
+        p.clone(),
+        move |t, (advantaged, s, all)| {
+            let mut engine = e7.borrow_mut();
+            let updated = engine.run(|s| &mut s.update, t, Some(&all), (advantaged, s))?;
+            let (local, gradients) = engine.local_update(updated)?;
+            share_update(local, gradients, index, peers, stop.load(Ordering::SeqCst))
+        },
+    );
     // `update.epochs` > 1: every epoch but the last steps, and the loss is taken
     // again for the next, each through the same collective steps.
-    let epochs = cx.engine.borrow().update.epochs();
+    let epochs = cx.engine.borrow().stages.update.epochs();
     for epoch in 2..=epochs {
         let (en, stop) = (e(&cx), cx.stop.clone());
         parts = summed(parts, peers, &f).stage(

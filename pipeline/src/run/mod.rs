@@ -18,6 +18,7 @@ mod operator;
 mod progress;
 mod records;
 mod reference;
+mod stages;
 mod summary;
 
 use std::cell::RefCell;
@@ -298,6 +299,7 @@ fn play(
     let mut engine = Engine::build(config, policy_folder, &run_id, shard)?;
     if start > 1 {
         engine
+            .stages
             .update
             .optimizer()
             .load(&dir.checkpoint(start - 1).join("optimizer.safetensors"))?;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use lsp_model::{LanguageModel, LoadOptions};
+use lsp_stage::Unavailable;
 use tracing::debug;
 
 /// The reference, loaded or to be loaded.
@@ -35,19 +36,22 @@ impl Reference {
             offload: Some((folder, options)),
         };
         if !offload {
-            reference.get()?;
+            lsp_stage::Reference::<LanguageModel>::get(&mut reference)?;
             reference.offload = None;
         }
         Ok(reference)
     }
+}
 
+impl lsp_stage::Reference<LanguageModel> for Reference {
     /// The model, loading it first if it is offloaded.
-    pub fn get(&mut self) -> anyhow::Result<&LanguageModel> {
+    fn get(&mut self) -> Result<&LanguageModel, Unavailable> {
         if self.model.is_none()
             && let Some((folder, options)) = &self.offload
         {
             let model = LanguageModel::load(folder, *options)
-                .with_context(|| format!("loading the reference from {}", folder.display()))?;
+                .with_context(|| format!("loading the reference from {}", folder.display()))
+                .map_err(|e| Unavailable(e.into()))?;
             debug!(folder = %folder.display(), "reference loaded");
             self.model = Some(model);
         }
@@ -55,7 +59,7 @@ impl Reference {
     }
 
     /// Drops an offloaded reference until it is needed again; a resident one stays.
-    pub fn release(&mut self) {
+    fn release(&mut self) {
         if self.offload.is_some() && self.model.take().is_some() {
             debug!("reference released");
         }

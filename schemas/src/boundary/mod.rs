@@ -7,4 +7,5 @@ pub(crate) mod answer;
 pub(crate) mod query;
 pub(crate) mod reward;
 pub(crate) mod self_reward;
+pub(crate) mod slot;
 pub(crate) mod update;

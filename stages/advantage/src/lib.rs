@@ -6,7 +6,8 @@
 //! `normalize_std` (off, as in the paper).
 //!
 //! ```
-//! use lsp_advantage::{AdvantageConfig, Mode, advantages};
+//! use lsp_advantage::{AdvantageConfig, advantages};
+//! use lsp_stage::Mode;
 //! let a = advantages(Mode::LspZero, &AdvantageConfig::default(), &[0, 0, 1, 1], &[1.0, 3.0, 4.0, 4.0], &[None; 4]).unwrap();
 //! assert_eq!(a.adv_solver, [-1.0, 1.0, 0.0, 0.0]);
 //! assert_eq!(a.adv_challenger, Some(vec![1.0, 1.0, -1.0, -1.0]));
@@ -16,6 +17,6 @@ mod config;
 mod maths;
 mod stage;
 
-pub use config::{AdvantageConfig, Mode};
+pub use config::AdvantageConfig;
 pub use maths::{centred, centred_in, group_advantages, groups, mean, std};
-pub use stage::{AdvantageError, AdvantageStage, Advantages, QueryTally, advantages};
+pub use stage::{AdvantageError, AdvantageStage, Advantages, advantages};

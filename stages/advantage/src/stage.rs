@@ -6,9 +6,9 @@ use arrow::array::{Array, ArrayRef, Float64Array, ListArray, UInt32Array};
 use lsp_schemas::columns::{ANSWER_TOKEN_IDS, QUERY_ID, QUERY_TOKEN_IDS, REWARD, SELF_REWARD};
 use lsp_schemas::problems::{Problems, Validate};
 use lsp_schemas::{AdvantageBatch, SchemaError, SelfRewardBatch, TypedBatch};
-use serde::{Deserialize, Serialize};
+use lsp_stage::{Context, Mode, QueryTally, Setup, Stage, StageConfig};
 
-use crate::config::{AdvantageConfig, Mode};
+use crate::config::AdvantageConfig;
 use crate::maths::{centred_in, group_advantages, groups};
 
 /// What went wrong computing advantages.
@@ -43,23 +43,6 @@ pub struct Advantages {
     pub adv_solver: Vec<f64>,
     /// Challenger reward minus the mean over queries: V̄ − V(q) in `lsp_zero`.
     pub adv_challenger: Option<Vec<f64>>,
-}
-
-/// One query's part in what the whole iteration's batch shares (all workers' rows):
-/// how many rows it has, and its challenger reward, which the challenger's baseline
-/// V̄ averages over every query.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct QueryTally {
-    /// The query.
-    pub query_id: u32,
-    /// Its rows (answers).
-    pub rows: u32,
-    /// −V(q) + w·V_Q(q); none without a challenger (`grpo`).
-    pub challenger_reward: Option<f64>,
-    /// Its answers' tokens.
-    pub answer_tokens: u64,
-    /// Its own tokens.
-    pub query_tokens: u64,
 }
 
 /// The advantages of `mode` for rows grouped by `query_ids`. `self_rewards` is used
@@ -147,21 +130,43 @@ pub struct AdvantageStage {
     config: AdvantageConfig,
 }
 
-impl AdvantageStage {
-    /// Checks `config`.
-    pub fn new(mode: Mode, config: AdvantageConfig) -> Result<Self, AdvantageError> {
+impl<M> StageConfig<M> for AdvantageConfig {
+    type Stage = AdvantageStage;
+
+    fn build(&self, setup: &Setup<'_, M>) -> Result<AdvantageStage, AdvantageError> {
         let mut problems = Problems::new();
-        config.validate("advantage", &mut problems);
+        self.validate("advantage", &mut problems);
         problems.into_result().map_err(AdvantageError::Config)?;
-        Ok(Self { mode, config })
+        Ok(AdvantageStage {
+            mode: setup.mode,
+            config: self.clone(),
+        })
     }
+}
 
-    /// Appends V, V_Q, the role rewards and the advantages to `judged`, the whole
-    /// iteration's batch.
-    pub fn process(&self, judged: &SelfRewardBatch) -> Result<AdvantageBatch, AdvantageError> {
-        self.process_among(judged, &self.tally(judged)?)
+/// Appends V, V_Q, the role rewards and the advantages to this worker's rows; the
+/// challenger's baseline V̄ is over the context's tallies (every worker's queries),
+/// or over the batch's own queries when it has none (the batch is the iteration).
+impl<M> Stage<M> for AdvantageStage {
+    const NAME: &'static str = "advantage";
+    const STREAM: u64 = 5;
+    type Input = SelfRewardBatch;
+    type Output = AdvantageBatch;
+    type Error = AdvantageError;
+
+    fn process(
+        &mut self,
+        cx: &mut Context<'_, M>,
+        judged: &SelfRewardBatch,
+    ) -> Result<AdvantageBatch, AdvantageError> {
+        match cx.tallies {
+            Some(all) => self.process_among(judged, all),
+            None => self.process_among(judged, &self.tally(judged)?),
+        }
     }
+}
 
+impl AdvantageStage {
     /// Each query's [`QueryTally`] in `judged`, in query order.
     pub fn tally(&self, judged: &SelfRewardBatch) -> Result<Vec<QueryTally>, AdvantageError> {
         let (ids, a) = self.local(judged, None)?;
@@ -179,10 +184,10 @@ impl AdvantageStage {
             .collect())
     }
 
-    /// [`AdvantageStage::process`] of a share of the iteration's queries: the
-    /// challenger's advantages are centred by the tallies of `all` its queries (every
-    /// worker's, in any order).
-    pub fn process_among(
+    /// The stage's output for a share of the iteration's queries: the challenger's
+    /// advantages are centred by the tallies of `all` its queries (every worker's, in
+    /// any order).
+    fn process_among(
         &self,
         judged: &SelfRewardBatch,
         all: &[QueryTally],
@@ -333,8 +338,14 @@ mod tests {
             })
             .collect();
         let judged = SelfRewardBatch::from_rows(&rows).unwrap();
-        let stage = AdvantageStage::new(Mode::Lsp, AdvantageConfig::default()).unwrap();
-        let out = stage.process(&judged).unwrap().to_rows().unwrap();
+        let setup = Setup {
+            mode: Mode::Lsp,
+            policy: &(),
+        };
+        let mut stage = AdvantageConfig::default().build(&setup).unwrap();
+        let mut none: Option<()> = None;
+        let mut cx = Context::new(&(), &mut none, 0, 0);
+        let out = stage.process(&mut cx, &judged).unwrap().to_rows().unwrap();
         let adv: Vec<f64> = out.iter().map(|r| r.adv_solver).collect();
         assert_eq!(adv, [-3.0, 3.0, -1.0, 1.0]);
         assert_eq!(out[2].adv_challenger, Some(-2.5));
@@ -363,11 +374,8 @@ mod tests {
         // Query 1's rows as a worker's share, with every tally: the same rows.
         let share = SelfRewardBatch::from_rows(&rows[2..]).unwrap();
         let reversed: Vec<QueryTally> = tallies.iter().rev().cloned().collect();
-        let out_share = stage
-            .process_among(&share, &reversed)
-            .unwrap()
-            .to_rows()
-            .unwrap();
+        let mut cx = Context::new(&(), &mut none, 0, 0).among(&reversed);
+        let out_share = stage.process(&mut cx, &share).unwrap().to_rows().unwrap();
         assert_eq!(out_share, out[2..]);
     }
 

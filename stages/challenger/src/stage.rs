@@ -2,7 +2,8 @@
 
 use lsp_model::{FinishReason, GenerationRequest, LanguageModel};
 use lsp_schemas::problems::{Problems, Validate};
-use lsp_schemas::{QueryBatch, QueryRow, TypedBatch};
+use lsp_schemas::{QueryBatch, QueryRow, SlotBatch, TypedBatch};
+use lsp_stage::{Context, Setup, Stage, StageConfig};
 use sha2::{Digest, Sha256};
 use tracing::debug;
 
@@ -22,63 +23,57 @@ pub struct Challenger {
     version: String,
 }
 
-impl Challenger {
-    /// Checks `config` and fills Box 1 with its task and template.
-    pub fn new(config: ChallengerConfig) -> Result<Self> {
+impl StageConfig<LanguageModel> for ChallengerConfig {
+    type Stage = Challenger;
+
+    /// Checks the config and fills Box 1 with its task and template.
+    fn build(&self, _: &Setup<'_, LanguageModel>) -> Result<Challenger> {
         let mut problems = Problems::new();
-        config.validate("challenger", &mut problems);
+        self.validate("challenger", &mut problems);
         problems.into_result().map_err(ChallengerError::Config)?;
-        let prompt = challenger_prompt(config.task.as_deref(), config.template.as_deref());
+        let prompt = challenger_prompt(self.task.as_deref(), self.template.as_deref());
         let digest = Sha256::digest(prompt.as_bytes());
         let version: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
-        Ok(Self {
-            config,
+        Ok(Challenger {
+            config: self.clone(),
             prompt,
             version,
         })
     }
+}
 
-    /// The filled prompt (before the chat template).
-    pub fn prompt(&self) -> &str {
-        &self.prompt
-    }
+/// Samples the queries of the input's slots from the policy. The token ids and
+/// log-probs are the sampled ones (what the update trains on); the text is cleaned
+/// ([`clean_query`]) and its status recorded. Each query's draws follow the seed and
+/// its number alone, so the queries a worker writes for its share are those one
+/// worker writes for all.
+impl Stage<LanguageModel> for Challenger {
+    const NAME: &'static str = "challenger";
+    const STREAM: u64 = 1;
+    type Input = SlotBatch;
+    type Output = QueryBatch;
+    type Error = ChallengerError;
 
-    /// The prompt's version: the first 12 hex digits of its SHA-256.
-    pub fn version(&self) -> &str {
-        &self.version
-    }
-
-    /// Samples N queries from `policy` for `iteration`. The token ids and log-probs
-    /// are the sampled ones (what the update trains on); the text is cleaned
-    /// ([`clean_query`]) and its status recorded.
-    pub fn process(&self, policy: &LanguageModel, iteration: u64, seed: u64) -> Result<QueryBatch> {
-        let all: Vec<u32> = (0..self.config.num_queries as u32).collect();
-        self.process_shard(policy, iteration, seed, &all)
-    }
-
-    /// The queries numbered `query_ids` of the N of [`Challenger::process`]: each
-    /// query's draws follow the seed and its number alone, so the queries a worker
-    /// writes for its share are those one worker writes for all.
-    pub fn process_shard(
-        &self,
-        policy: &LanguageModel,
-        iteration: u64,
-        seed: u64,
-        query_ids: &[u32],
+    fn process(
+        &mut self,
+        cx: &mut Context<'_, LanguageModel>,
+        slots: &SlotBatch,
     ) -> Result<QueryBatch> {
+        let query_ids = slots.query_ids()?;
+        let (policy, iteration) = (cx.policy, cx.iteration);
         let prompt_ids = policy.tokenizer().chat_prompt(&self.prompt)?;
         let sequence_ids: Vec<u64> = query_ids.iter().map(|&q| u64::from(q)).collect();
         let generated = policy.generate(&GenerationRequest {
             prompts: std::slice::from_ref(&prompt_ids),
             sampling: &self.config.sampling,
             repeats: query_ids.len(),
-            seed,
+            seed: cx.seed,
             sequence_ids: Some(&sequence_ids),
             ignore_eos: false,
         })?;
         let rows: Vec<QueryRow> = generated
             .into_iter()
-            .zip(query_ids)
+            .zip(&query_ids)
             .map(|(g, &query_id)| {
                 let (text, status) = clean_query(&g.text, g.finish_reason == FinishReason::Length);
                 QueryRow {
@@ -98,6 +93,23 @@ impl Challenger {
             .collect();
         debug!(iteration, queries = rows.len(), "queries generated");
         Ok(QueryBatch::from_rows(&rows)?)
+    }
+}
+
+impl Challenger {
+    /// The filled prompt (before the chat template).
+    pub fn prompt(&self) -> &str {
+        &self.prompt
+    }
+
+    /// The prompt's version: the first 12 hex digits of its SHA-256.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The number of queries an iteration has (N).
+    pub fn num_queries(&self) -> u32 {
+        self.config.num_queries as u32
     }
 }
 
@@ -132,11 +144,29 @@ mod tests {
         }
     }
 
+    fn build(config: ChallengerConfig) -> Result<Challenger> {
+        let policy = policy();
+        let setup = Setup {
+            mode: lsp_stage::Mode::Lsp,
+            policy: &policy,
+        };
+        config.build(&setup)
+    }
+
+    /// The queries of `slots` in iteration 7 with seed 42.
+    fn write(challenger: &mut Challenger, policy: &LanguageModel, slots: &[u32]) -> QueryBatch {
+        let mut none: Option<LanguageModel> = None;
+        let mut cx = Context::new(policy, &mut none, 7, 42);
+        challenger
+            .process(&mut cx, &SlotBatch::of(7, slots).unwrap())
+            .unwrap()
+    }
+
     #[test]
     fn n_queries_with_their_tokens_logprobs_and_status() {
         let policy = policy();
-        let challenger = Challenger::new(config(3)).unwrap();
-        let batch = challenger.process(&policy, 7, 42).unwrap();
+        let mut challenger = build(config(3)).unwrap();
+        let batch = write(&mut challenger, &policy, &[0, 1, 2]);
         let rows = batch.to_rows().unwrap();
         assert_eq!(rows.len(), 3);
         let prompt_ids = policy.tokenizer().chat_prompt(challenger.prompt()).unwrap();
@@ -155,33 +185,29 @@ mod tests {
             assert_eq!(r.prompt_version, challenger.version());
         }
         // The same seed gives the same queries; the batch has the boundary's schema.
-        let again = challenger
-            .process(&policy, 7, 42)
-            .unwrap()
+        let again = write(&mut challenger, &policy, &[0, 1, 2])
             .to_rows()
             .unwrap();
         assert_eq!(rows, again);
         assert!(batch.batch().column_by_name(columns::QUERY_TEXT).is_some());
         // A worker's share is the same queries, whatever else is written beside them.
-        let share = challenger
-            .process_shard(&policy, 7, 42, &[2, 0])
-            .unwrap()
-            .to_rows()
-            .unwrap();
+        let share = write(&mut challenger, &policy, &[2, 0]).to_rows().unwrap();
         assert_eq!(share, [rows[2].clone(), rows[0].clone()]);
+        // No slots, no queries.
+        assert_eq!(write(&mut challenger, &policy, &[]).num_rows(), 0);
     }
 
     #[test]
     fn version_follows_the_filled_prompt_and_bad_config_is_refused() {
-        let a = Challenger::new(config(1)).unwrap();
-        let b = Challenger::new(ChallengerConfig {
+        let a = build(config(1)).unwrap();
+        let b = build(ChallengerConfig {
             task: Some("Pure & Applied Mathematics".into()),
             ..config(1)
         })
         .unwrap();
         assert_eq!(a.version().len(), 12);
         assert_ne!(a.version(), b.version());
-        let err = Challenger::new(config(0)).unwrap_err().to_string();
+        let err = build(config(0)).unwrap_err().to_string();
         assert!(
             err.contains("challenger.num_queries: must be at least 1"),
             "{err}"

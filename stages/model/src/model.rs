@@ -387,6 +387,11 @@ impl LanguageModel {
         self.vs.device()
     }
 
+    /// How the model was loaded (what a model loaded beside it, a reward model, follows).
+    pub fn options(&self) -> LoadOptions {
+        self.options
+    }
+
     /// The folder the model was loaded from.
     pub fn folder(&self) -> &Path {
         &self.folder

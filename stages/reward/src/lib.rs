@@ -3,8 +3,9 @@
 //! a verifier of reference answers (the data-based GRPO baseline).
 //!
 //! ```ignore
-//! let stage = RewardStage::new(RewardConfig::default(), LoadOptions::default())?;
-//! let rewarded: RewardBatch = stage.process(&reference, &answers)?;
+//! let mut stage = RewardConfig::default().build(&Setup { mode, policy: &policy })?;
+//! let mut cx = Context::new(&policy, &mut reference, iteration, seed);
+//! let rewarded: RewardBatch = stage.process(&mut cx, &answers)?;
 //! ```
 
 mod config;

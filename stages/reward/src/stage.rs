@@ -10,6 +10,7 @@ use lsp_schemas::columns::{
 };
 use lsp_schemas::problems::{Problems, Validate};
 use lsp_schemas::{AnswerBatch, RewardBatch, RewardPart, TypedBatch, reward_parts_array};
+use lsp_stage::{Context, Setup, Stage, StageConfig};
 use tracing::{debug, warn};
 
 use crate::config::{OnFailure, RewardConfig, RewardKind};
@@ -46,6 +47,38 @@ struct Scored {
     rewards: Vec<f64>,
     statuses: Vec<String>,
     parts: Option<Vec<Vec<RewardPart>>>,
+}
+
+impl StageConfig<LanguageModel> for RewardConfig {
+    type Stage = RewardStage;
+
+    /// Checks the config and loads its model as the policy was loaded (its dtype,
+    /// precision and device), frozen.
+    fn build(&self, setup: &Setup<'_, LanguageModel>) -> Result<RewardStage> {
+        RewardStage::new(self.clone(), setup.policy.options())
+    }
+}
+
+/// R for every answer ([`RewardStage::rewards`]); the context's reference is asked
+/// for only when the reward needs it ([`RewardStage::needs_reference`]).
+impl Stage<LanguageModel> for RewardStage {
+    const NAME: &'static str = "reward";
+    const STREAM: u64 = 3;
+    type Input = AnswerBatch;
+    type Output = RewardBatch;
+    type Error = RewardError;
+
+    fn process(
+        &mut self,
+        cx: &mut Context<'_, LanguageModel>,
+        answers: &AnswerBatch,
+    ) -> Result<RewardBatch> {
+        let reference = match self.needs_reference() {
+            true => Some(cx.reference.get()?),
+            false => None,
+        };
+        self.rewards(reference, answers)
+    }
 }
 
 impl RewardStage {
@@ -99,7 +132,7 @@ impl RewardStage {
         Ok(Self { config, scorer })
     }
 
-    /// Whether [`RewardStage::process`] needs the reference model: a `judge` reward
+    /// Whether [`RewardStage::rewards`] needs the reference model: a `judge` reward
     /// (or part of a sum) whose config names no judge of its own.
     pub fn needs_reference(&self) -> bool {
         match &self.scorer {
@@ -111,7 +144,7 @@ impl RewardStage {
 
     /// R for every answer; `reference` is the judge when the config names none (an
     /// error if it is then `None`).
-    pub fn process(
+    pub fn rewards(
         &self,
         reference: Option<&LanguageModel>,
         answers: &AnswerBatch,

@@ -82,7 +82,7 @@ fn command(dir: &Path, on_failure: OnFailure) -> RewardConfig {
 
 fn score(config: RewardConfig) -> Vec<RewardRow> {
     let stage = RewardStage::new(config, LoadOptions::default()).unwrap();
-    stage.process(None, &answers()).unwrap().to_rows().unwrap()
+    stage.rewards(None, &answers()).unwrap().to_rows().unwrap()
 }
 
 fn rewards_and_statuses(rows: &[RewardRow]) -> Vec<(f64, &str)> {
@@ -102,7 +102,7 @@ fn the_program_sees_every_field_and_its_rewards_come_back_in_order() {
     let stage = RewardStage::new(command(&dir, OnFailure::Error), LoadOptions::default()).unwrap();
     // The same process serves every batch.
     for _ in 0..2 {
-        let rows = stage.process(None, &answers()).unwrap().to_rows().unwrap();
+        let rows = stage.rewards(None, &answers()).unwrap().to_rows().unwrap();
         assert_eq!(
             rewards_and_statuses(&rows),
             [(47005.0, "ok"), (47114.1, "ok"), (47000.2, "empty_answer")]
@@ -129,7 +129,7 @@ fn bad_replies_get_the_fallback_with_their_status_or_stop_the_run() {
         ]
     );
     let stage = RewardStage::new(command(&dir, OnFailure::Error), LoadOptions::default()).unwrap();
-    let err = stage.process(None, &answers()).unwrap_err().to_string();
+    let err = stage.rewards(None, &answers()).unwrap_err().to_string();
     assert!(
         err.starts_with(
             "the `command` reward failed on query 4, answer 0 of iteration 7: it reported an error: cannot parse the answer"
@@ -153,7 +153,7 @@ fn a_dead_process_is_restarted_once() {
         [(0.0, "ok"), (1.0, "ok"), (-9.0, "reward_unavailable")]
     );
     let stage = RewardStage::new(command(&dir, OnFailure::Error), LoadOptions::default()).unwrap();
-    let err = stage.process(None, &answers()).unwrap_err().to_string();
+    let err = stage.rewards(None, &answers()).unwrap_err().to_string();
     assert!(
         err.contains("answer 2 of iteration 7: the reward process exited (exit status: 3)"),
         "{err}"
@@ -193,7 +193,7 @@ fn a_program_that_cannot_start_is_a_clear_failure() {
     );
     config.on_failure = OnFailure::Error;
     let stage = RewardStage::new(config, LoadOptions::default()).unwrap();
-    let err = stage.process(None, &answers()).unwrap_err().to_string();
+    let err = stage.rewards(None, &answers()).unwrap_err().to_string();
     assert!(
         err.contains("cannot start") && err.contains("no-such-reward-program"),
         "{err}"
@@ -306,7 +306,7 @@ fn server_failures_fail_the_batch() {
             );
         }
         let stage = RewardStage::new(http(url, OnFailure::Error), LoadOptions::default()).unwrap();
-        let err = stage.process(None, &answers()).unwrap_err().to_string();
+        let err = stage.rewards(None, &answers()).unwrap_err().to_string();
         assert!(err.contains(message), "{err}");
     }
     // Nobody listening.

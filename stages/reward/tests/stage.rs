@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use lsp_model::{LanguageModel, LoadOptions, Message};
 use lsp_reward::{RewardConfig, RewardKind, RewardStage, judge_prompt};
 use lsp_schemas::{AnswerBatch, AnswerRow, QueryRow, TypedBatch};
+use lsp_stage::{Context, Mode, Setup, Stage, StageConfig};
 use serde_json::Value;
 use tch::Kind;
 
@@ -74,7 +75,7 @@ fn reward_model_reproduces_transformers_scores() {
     };
     let stage = RewardStage::new(config, LoadOptions::default()).unwrap();
     let rows = stage
-        .process(Some(&reference_model()), &answers(&pairs))
+        .rewards(Some(&reference_model()), &answers(&pairs))
         .unwrap()
         .to_rows()
         .unwrap();
@@ -91,10 +92,10 @@ fn judge_reward_is_the_expected_score_over_digit_tokens() {
     let pairs = [("What is 2 + 2?", "4", None), ("Name a fruit.", "", None)];
     // With no judge of its own it needs the reference, and says so without one.
     assert!(stage.needs_reference());
-    let err = stage.process(None, &answers(&pairs)).unwrap_err();
+    let err = stage.rewards(None, &answers(&pairs)).unwrap_err();
     assert!(err.to_string().contains("needs the reference"), "{err}");
     let rows = stage
-        .process(Some(&judge), &answers(&pairs))
+        .rewards(Some(&judge), &answers(&pairs))
         .unwrap()
         .to_rows()
         .unwrap();
@@ -130,6 +131,22 @@ fn judge_reward_is_the_expected_score_over_digit_tokens() {
     }
     assert_eq!(rows[0].reward_status, "ok");
     assert_eq!(rows[1].reward_status, "empty_answer");
+    // Through the stage interface: built from the config, the judge is the context's
+    // reference; a context without one is an error that says so.
+    let policy = reference_model();
+    let setup = Setup {
+        mode: Mode::Lsp,
+        policy: &policy,
+    };
+    let mut stage = RewardConfig::default().build(&setup).unwrap();
+    let mut judge = judge;
+    let mut cx = Context::new(&policy, &mut judge, 0, 0);
+    let via_stage = stage.process(&mut cx, &answers(&pairs)).unwrap();
+    assert_eq!(via_stage.to_rows().unwrap(), rows);
+    let mut none: Option<LanguageModel> = None;
+    let mut cx = Context::new(&policy, &mut none, 0, 0);
+    let err = stage.process(&mut cx, &answers(&pairs)).unwrap_err();
+    assert!(err.to_string().contains("no reference model"), "{err}");
 }
 
 #[test]
@@ -146,7 +163,7 @@ fn verifier_matches_final_numbers() {
         ("q", "5", None),
     ];
     let rows = stage
-        .process(Some(&reference_model()), &answers(&pairs))
+        .rewards(Some(&reference_model()), &answers(&pairs))
         .unwrap()
         .to_rows()
         .unwrap();
@@ -179,7 +196,7 @@ fn length_reward_is_minus_the_distance_to_the_target() {
         ("q", "ééééééé", None),
     ];
     let rows = stage
-        .process(Some(&reference_model()), &answers(&pairs))
+        .rewards(Some(&reference_model()), &answers(&pairs))
         .unwrap()
         .to_rows()
         .unwrap();

@@ -9,6 +9,9 @@ pub enum SelfRewardError {
     /// The judge model failed.
     #[error(transparent)]
     Model(#[from] lsp_model::ModelError),
+    /// The reference (the judge) could not be loaded.
+    #[error(transparent)]
+    Reference(#[from] lsp_stage::Unavailable),
     /// A batch could not be read or built.
     #[error(transparent)]
     Schema(#[from] lsp_schemas::SchemaError),

@@ -7,8 +7,9 @@
 //! gets a configured fallback. Either way it is counted and never stops a run.
 //!
 //! ```ignore
-//! let stage = SelfReward::new(SelfRewardConfig::default())?;
-//! let judged: SelfRewardBatch = stage.process(&reference, &rewarded, seed)?;
+//! let mut stage = SelfRewardConfig::default().build(&Setup { mode: Mode::Lsp, policy: &policy })?;
+//! let mut cx = Context::new(&policy, &mut reference, iteration, seed);
+//! let judged: SelfRewardBatch = stage.process(&mut cx, &rewarded)?;
 //! ```
 
 mod config;

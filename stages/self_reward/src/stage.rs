@@ -13,6 +13,7 @@ use lsp_model::{GenerationRequest, LanguageModel, Message, SamplingConfig};
 use lsp_schemas::columns::{ANSWER_INDEX, ANSWER_TEXT, QUERY_ID, QUERY_TEXT};
 use lsp_schemas::problems::{Problems, Validate};
 use lsp_schemas::{RewardBatch, SelfRewardBatch, TypedBatch};
+use lsp_stage::{Context, Setup, Stage, StageConfig};
 use tracing::{debug, warn};
 
 use crate::config::{ReadOut, SelfRewardConfig};
@@ -54,19 +55,50 @@ fn read_out_suffix(reply: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct SelfReward {
     config: SelfRewardConfig,
+    /// Whether the mode has R_Q (`lsp`); otherwise every row says `disabled`.
+    enabled: bool,
+}
+
+impl StageConfig<LanguageModel> for SelfRewardConfig {
+    type Stage = SelfReward;
+
+    /// Checks the config; the stage judges in mode `lsp` only.
+    fn build(&self, setup: &Setup<'_, LanguageModel>) -> Result<SelfReward> {
+        let mut problems = Problems::new();
+        self.validate("self_reward", &mut problems);
+        problems.into_result().map_err(SelfRewardError::Config)?;
+        Ok(SelfReward {
+            config: self.clone(),
+            enabled: setup.mode.has_self_reward(),
+        })
+    }
+}
+
+/// R_Q for every answer from the context's reference ([`SelfReward::judge`]), or, in a
+/// mode without it, null with status `disabled` (the reference is not asked for).
+impl Stage<LanguageModel> for SelfReward {
+    const NAME: &'static str = "self_reward";
+    const STREAM: u64 = 4;
+    type Input = RewardBatch;
+    type Output = SelfRewardBatch;
+    type Error = SelfRewardError;
+
+    fn process(
+        &mut self,
+        cx: &mut Context<'_, LanguageModel>,
+        rewarded: &RewardBatch,
+    ) -> Result<SelfRewardBatch> {
+        match self.enabled {
+            true => self.judge(cx.reference.get()?, rewarded, cx.seed),
+            false => disabled(rewarded),
+        }
+    }
 }
 
 impl SelfReward {
-    /// Checks `config`.
-    pub fn new(config: SelfRewardConfig) -> Result<Self> {
-        let mut problems = Problems::new();
-        config.validate("self_reward", &mut problems);
-        problems.into_result().map_err(SelfRewardError::Config)?;
-        Ok(Self { config })
-    }
-
-    /// R_Q for every answer, with the reply and how it was obtained (see the module).
-    pub fn process(
+    /// R_Q for every answer, with the reply and how it was obtained (see the module),
+    /// judged by `reference` with the replies drawn from `seed`.
+    pub fn judge(
         &self,
         reference: &LanguageModel,
         rewarded: &RewardBatch,
@@ -197,18 +229,18 @@ impl SelfReward {
         })?;
         Ok(replies.into_iter().map(|r| r.text).collect())
     }
+}
 
-    /// The batch of a mode without self-reward: R_Q null, status `disabled`.
-    pub fn disabled(rewarded: &RewardBatch) -> Result<SelfRewardBatch> {
-        let n = rewarded.num_rows();
-        let columns: Vec<ArrayRef> = vec![
-            new_null_array(&DataType::Float64, n),
-            Arc::new(StringArray::from(vec!["disabled"; n])),
-            new_null_array(&DataType::Float64, n),
-            new_null_array(&DataType::Utf8, n),
-        ];
-        Ok(SelfRewardBatch::extend(rewarded, columns)?)
-    }
+/// The batch of a mode without self-reward: R_Q null, status `disabled`.
+fn disabled(rewarded: &RewardBatch) -> Result<SelfRewardBatch> {
+    let n = rewarded.num_rows();
+    let columns: Vec<ArrayRef> = vec![
+        new_null_array(&DataType::Float64, n),
+        Arc::new(StringArray::from(vec!["disabled"; n])),
+        new_null_array(&DataType::Float64, n),
+        new_null_array(&DataType::Utf8, n),
+    ];
+    Ok(SelfRewardBatch::extend(rewarded, columns)?)
 }
 
 #[cfg(test)]
@@ -217,6 +249,7 @@ mod tests {
     use crate::ParseStatus;
     use lsp_model::LoadOptions;
     use lsp_schemas::{AnswerRow, QueryRow, RewardRow};
+    use lsp_stage::Mode;
     use std::path::PathBuf;
 
     fn rewarded() -> RewardBatch {
@@ -262,14 +295,21 @@ mod tests {
         .unwrap()
     }
 
+    fn build(config: SelfRewardConfig, mode: Mode) -> Result<SelfReward> {
+        config.build(&Setup {
+            mode,
+            policy: &tiny(),
+        })
+    }
+
     fn stage(justification_tokens: Option<u64>, read_out: ReadOut) -> SelfReward {
-        SelfReward::new(SelfRewardConfig {
+        let config = SelfRewardConfig {
             sampling: SamplingConfig::greedy(8),
             justification_tokens,
             read_out,
             fallback_score: 2.0,
-        })
-        .unwrap()
+        };
+        build(config, Mode::Lsp).unwrap()
     }
 
     /// R_Q and the top probability read from the model's last logits after
@@ -311,9 +351,11 @@ mod tests {
 
     #[test]
     fn unusable_replies_are_read_out_of_the_judges_distribution() {
-        let reference = tiny();
+        // Through the stage interface: the judge is the context's reference.
+        let (policy, mut reference) = (tiny(), tiny());
+        let mut cx = Context::new(&policy, &mut reference, 1, 0);
         let rows = stage(None, ReadOut::WhenUnusable)
-            .process(&reference, &rewarded(), 0)
+            .process(&mut cx, &rewarded())
             .unwrap()
             .to_rows()
             .unwrap();
@@ -339,7 +381,7 @@ mod tests {
         }
         // Greedy replies are the reference's own: judging again gives the same rows.
         let again = stage(None, ReadOut::WhenUnusable)
-            .process(&reference, &rewarded(), 5)
+            .judge(&reference, &rewarded(), 5)
             .unwrap()
             .to_rows()
             .unwrap();
@@ -350,7 +392,7 @@ mod tests {
     fn no_justification_reads_the_score_right_after_the_prompt() {
         let reference = tiny();
         let rows = stage(Some(0), ReadOut::WhenUnusable)
-            .process(&reference, &rewarded(), 0)
+            .judge(&reference, &rewarded(), 0)
             .unwrap()
             .to_rows()
             .unwrap();
@@ -373,7 +415,7 @@ mod tests {
     #[test]
     fn without_read_out_unusable_replies_get_the_fallback_and_say_so() {
         let rows = stage(None, ReadOut::Never)
-            .process(&tiny(), &rewarded(), 0)
+            .judge(&tiny(), &rewarded(), 0)
             .unwrap()
             .to_rows()
             .unwrap();
@@ -397,21 +439,25 @@ mod tests {
 
     #[test]
     fn disabled_batches_have_null_self_reward() {
-        let rows = SelfReward::disabled(&rewarded())
+        // Mode lsp_zero: no judge asked for (the context has none), every row disabled.
+        let mut stage = build(SelfRewardConfig::default(), Mode::LspZero).unwrap();
+        let (policy, mut none) = (tiny(), None);
+        let mut cx = Context::new(&policy, &mut none, 1, 0);
+        let rows = stage
+            .process(&mut cx, &rewarded())
             .unwrap()
             .to_rows()
             .unwrap();
         assert!(rows.iter().all(|r| r.self_reward.is_none()
             && r.judge_text.is_none()
             && r.self_reward_status == "disabled"));
-        let err = SelfReward::new(SelfRewardConfig {
+        let bad = SelfRewardConfig {
             fallback_score: 9.0,
             justification_tokens: Some(0),
             read_out: ReadOut::Never,
             ..SelfRewardConfig::default()
-        })
-        .unwrap_err()
-        .to_string();
+        };
+        let err = build(bad, Mode::Lsp).unwrap_err().to_string();
         assert!(
             err.contains("self_reward.fallback_score: 9 is out of range"),
             "{err}"

@@ -2,8 +2,9 @@
 //! its chat template; finish reasons, token ids and log-probs are kept for the update.
 //!
 //! ```ignore
-//! let solver = Solver::new(SolverConfig::default())?;
-//! let answers: AnswerBatch = solver.process(&policy, &queries, seed)?;
+//! let mut solver = SolverConfig::default().build(&Setup { mode, policy: &policy })?;
+//! let mut cx = Context::new(&policy, &mut None, iteration, seed);
+//! let answers: AnswerBatch = solver.process(&mut cx, &queries)?;
 //! ```
 
 mod config;

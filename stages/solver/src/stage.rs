@@ -3,6 +3,7 @@
 use lsp_model::{GenerationRequest, LanguageModel};
 use lsp_schemas::problems::{Problems, Validate};
 use lsp_schemas::{AnswerBatch, AnswerRow, QueryBatch, TypedBatch};
+use lsp_stage::{Context, Setup, Stage, StageConfig};
 use tracing::debug;
 
 use crate::config::SolverConfig;
@@ -14,24 +15,36 @@ pub struct Solver {
     config: SolverConfig,
 }
 
-impl Solver {
-    /// Checks `config`.
-    pub fn new(config: SolverConfig) -> Result<Self> {
-        let mut problems = Problems::new();
-        config.validate("solver", &mut problems);
-        problems.into_result().map_err(SolverError::Config)?;
-        Ok(Self { config })
-    }
+impl StageConfig<LanguageModel> for SolverConfig {
+    type Stage = Solver;
 
-    /// G answers per query, all queries in one batch: each query is prefilled once
-    /// and its cache shared by its G answers. Rows come query by query, answers in
-    /// order. An empty query is answered too (its row says `empty`).
-    pub fn process(
-        &self,
-        policy: &LanguageModel,
+    /// Checks the config.
+    fn build(&self, _: &Setup<'_, LanguageModel>) -> Result<Solver> {
+        let mut problems = Problems::new();
+        self.validate("solver", &mut problems);
+        problems.into_result().map_err(SolverError::Config)?;
+        Ok(Solver {
+            config: self.clone(),
+        })
+    }
+}
+
+/// G answers per query, all queries in one batch: each query is prefilled once and
+/// its cache shared by its G answers. Rows come query by query, answers in order. An
+/// empty query is answered too (its row says `empty`).
+impl Stage<LanguageModel> for Solver {
+    const NAME: &'static str = "solver";
+    const STREAM: u64 = 2;
+    type Input = QueryBatch;
+    type Output = AnswerBatch;
+    type Error = SolverError;
+
+    fn process(
+        &mut self,
+        cx: &mut Context<'_, LanguageModel>,
         queries: &QueryBatch,
-        seed: u64,
     ) -> Result<AnswerBatch> {
+        let policy = cx.policy;
         let queries = queries.to_rows()?;
         let prompts: Vec<Vec<u32>> = queries
             .iter()
@@ -48,7 +61,7 @@ impl Solver {
             prompts: &prompts,
             sampling: &self.config.sampling,
             repeats: g,
-            seed,
+            seed: cx.seed,
             sequence_ids: Some(&sequence_ids),
             ignore_eos: false,
         })?;
@@ -75,6 +88,7 @@ mod tests {
     use super::*;
     use lsp_model::{LoadOptions, SamplingConfig};
     use lsp_schemas::QueryRow;
+    use lsp_stage::Mode;
     use std::path::PathBuf;
 
     fn policy() -> LanguageModel {
@@ -99,10 +113,29 @@ mod tests {
         QueryBatch::from_rows(&[row(0, "Name a colour.", "ok"), row(1, "", "empty")]).unwrap()
     }
 
+    fn build(config: SolverConfig) -> Result<Solver> {
+        config.build(&Setup {
+            mode: Mode::Lsp,
+            policy: &policy(),
+        })
+    }
+
+    /// `solver`'s answers to `queries` with `seed`.
+    fn answer(
+        solver: &mut Solver,
+        policy: &LanguageModel,
+        queries: &QueryBatch,
+        seed: u64,
+    ) -> Vec<AnswerRow> {
+        let mut none: Option<LanguageModel> = None;
+        let mut cx = Context::new(policy, &mut none, 2, seed);
+        solver.process(&mut cx, queries).unwrap().to_rows().unwrap()
+    }
+
     #[test]
     fn g_answers_per_query_carry_their_query() {
         let policy = policy();
-        let solver = Solver::new(SolverConfig {
+        let mut solver = build(SolverConfig {
             answers_per_query: 3,
             sampling: SamplingConfig {
                 max_new_tokens: 5,
@@ -110,11 +143,7 @@ mod tests {
             },
         })
         .unwrap();
-        let rows = solver
-            .process(&policy, &queries(), 9)
-            .unwrap()
-            .to_rows()
-            .unwrap();
+        let rows = answer(&mut solver, &policy, &queries(), 9);
         assert_eq!(rows.len(), 6);
         let q_rows = queries().to_rows().unwrap();
         for (i, r) in rows.iter().enumerate() {
@@ -136,16 +165,12 @@ mod tests {
             rows[1].answer_token_ids != rows[0].answer_token_ids
                 || rows[2].answer_token_ids != rows[0].answer_token_ids
         );
-        let again = solver
-            .process(&policy, &queries(), 9)
-            .unwrap()
-            .to_rows()
-            .unwrap();
+        let again = answer(&mut solver, &policy, &queries(), 9);
         assert_eq!(rows, again);
     }
 
     fn solver(g: u64, sampling: SamplingConfig) -> Solver {
-        Solver::new(SolverConfig {
+        build(SolverConfig {
             answers_per_query: g,
             sampling,
         })
@@ -161,18 +186,10 @@ mod tests {
             max_new_tokens: 8,
             ..SamplingConfig::default()
         };
-        let solver = solver(2, free);
-        let both = solver
-            .process(&policy, &queries(), 4)
-            .unwrap()
-            .to_rows()
-            .unwrap();
+        let mut solver = solver(2, free);
+        let both = answer(&mut solver, &policy, &queries(), 4);
         let second = QueryBatch::from_rows(&queries().to_rows().unwrap()[1..]).unwrap();
-        let alone = solver
-            .process(&policy, &second, 4)
-            .unwrap()
-            .to_rows()
-            .unwrap();
+        let alone = answer(&mut solver, &policy, &second, 4);
         assert_eq!(alone.len(), 2);
         for (a, b) in alone.iter().zip(&both[2..]) {
             assert_eq!(
@@ -184,11 +201,7 @@ mod tests {
                 assert!((x - y).abs() < 1e-5, "{x} vs {y}");
             }
         }
-        let other = solver
-            .process(&policy, &second, 5)
-            .unwrap()
-            .to_rows()
-            .unwrap();
+        let other = answer(&mut solver, &policy, &second, 5);
         assert_ne!(
             other
                 .iter()
@@ -205,12 +218,8 @@ mod tests {
     fn finish_reasons_say_why_each_answer_ended() {
         let policy = policy();
         // Greedy, 6 tokens: the answer to each query is one sequence repeated G times.
-        let greedy = solver(2, SamplingConfig::greedy(6));
-        let rows = greedy
-            .process(&policy, &queries(), 0)
-            .unwrap()
-            .to_rows()
-            .unwrap();
+        let mut greedy = solver(2, SamplingConfig::greedy(6));
+        let rows = answer(&mut greedy, &policy, &queries(), 0);
         assert_eq!(rows[0].answer_token_ids, rows[1].answer_token_ids);
         for r in &rows {
             match r.answer_finish_reason.as_str() {
@@ -228,25 +237,21 @@ mod tests {
         let stop: String = text.chars().skip(1).take(2).collect();
         assert_eq!(rows[0].answer_finish_reason, "length", "{text:?}");
         assert_eq!(stop.chars().count(), 2, "{text:?}");
-        let stopped = solver(
+        let mut stopped = solver(
             2,
             SamplingConfig {
                 stop: vec![stop.clone()],
                 ..SamplingConfig::greedy(6)
             },
         );
-        let rows = stopped
-            .process(&policy, &queries(), 0)
-            .unwrap()
-            .to_rows()
-            .unwrap();
+        let rows = answer(&mut stopped, &policy, &queries(), 0);
         assert_eq!(rows[0].answer_finish_reason, "stop", "{text:?} / {stop:?}");
         assert!(!rows[0].answer_text.contains(&stop));
     }
 
     #[test]
     fn a_bad_config_is_refused_with_every_problem() {
-        let err = Solver::new(SolverConfig {
+        let err = build(SolverConfig {
             answers_per_query: 0,
             sampling: SamplingConfig {
                 temperature: -1.0,
@@ -261,7 +266,7 @@ mod tests {
         );
         assert!(err.contains("sampling.temperature"), "{err}");
         // One answer per query is a group of one: its advantage is always 0.
-        let one = Solver::new(SolverConfig {
+        let one = build(SolverConfig {
             answers_per_query: 1,
             ..SolverConfig::default()
         })

@@ -10,8 +10,9 @@
 //! or gradient is not finite. The reference model is never changed.
 //!
 //! ```ignore
-//! let mut update = Update::new(UpdateConfig::default(), &policy)?;
-//! let (updated, step) = update.process(&policy, &reference, &advantaged, iteration)?;
+//! let mut update = UpdateConfig::default().build(&Setup { mode, policy: &policy })?;
+//! let mut cx = Context::new(&policy, &mut reference, iteration, seed);
+//! let (updated, step) = update.train(&mut cx, &advantaged)?;
 //! ```
 
 mod adamw;

@@ -7,6 +7,7 @@ use lsp_model::{InferenceWeights, LanguageModel, TokenLogprobs};
 use lsp_schemas::columns::*;
 use lsp_schemas::problems::{Problems, Validate};
 use lsp_schemas::{AdvantageBatch, StepRow, TypedBatch, UpdatedBatch};
+use lsp_stage::{Context, QueryTally, Setup, Stage, StageConfig};
 use tch::{Kind, Tensor};
 use tracing::{debug, warn};
 
@@ -64,6 +65,17 @@ pub struct BatchTotals {
 }
 
 impl BatchTotals {
+    /// The totals of an iteration from every worker's tallies of its queries.
+    pub fn among(tallies: &[QueryTally]) -> Self {
+        let challenged = || tallies.iter().filter(|t| t.challenger_reward.is_some());
+        Self {
+            answers: tallies.iter().map(|t| t.rows as usize).sum(),
+            queries: challenged().count(),
+            answer_tokens: tallies.iter().map(|t| t.answer_tokens).sum(),
+            query_tokens: challenged().map(|t| t.query_tokens).sum(),
+        }
+    }
+
     /// The totals of `batch` as a whole iteration.
     pub fn of(batch: &AdvantageBatch) -> Result<Self> {
         let query_ids = batch.column::<UInt32Array>(QUERY_ID)?;
@@ -135,13 +147,77 @@ pub struct LocalStep {
     pub gradients: Vec<Tensor>,
 }
 
-/// Trains the policy, one optimizer step per iteration.
+/// Trains the policy, one optimizer step per iteration (per epoch with
+/// `update.epochs` > 1).
+///
+/// An iteration: [`Stage::process`] measures this worker's rows and keeps their loss
+/// parts and gradient; the caller sums those over workers ([`Update::take_gradient`])
+/// and hands the sums to [`Update::step`] — or first, for each epoch but the last, to
+/// [`Update::next_epoch`]. [`Update::train`] does all of it for one worker.
 #[derive(Debug)]
 pub struct Update {
     config: UpdateConfig,
     optimizer: AdamW,
     /// The solver's and the challenger's `max_new_tokens` (the `dr_grpo` loss's `L`).
     limits: (u64, u64),
+    /// The iteration between its `process` and its last step.
+    round: Option<Round>,
+}
+
+/// What an iteration's later epochs reuse, its earlier epochs' step rows, and the
+/// loss parts and gradient waiting to be summed.
+#[derive(Debug)]
+struct Round {
+    /// The batch, its reference log-probs and totals (with `update.epochs` > 1).
+    again: Option<(AdvantageBatch, ReferenceLogprobs, BatchTotals)>,
+    steps: Vec<StepRow>,
+    pending: Option<(StepSums, Vec<Tensor>)>,
+}
+
+impl StageConfig<LanguageModel> for UpdateConfig {
+    type Stage = Update;
+
+    /// Checks the config and builds AdamW over the policy's trainable weights.
+    fn build(&self, setup: &Setup<'_, LanguageModel>) -> Result<Update> {
+        Update::new(self.clone(), setup.policy)
+    }
+}
+
+/// The reference's log-probs of this worker's rows (an offloaded reference is
+/// released before the policy's passes keep activations), then the loss over them
+/// in micro-batches, normalised by the whole iteration's counts (the context's
+/// tallies, or the batch's own): the rows with their measured columns out, the loss
+/// parts and gradient kept for the step.
+impl Stage<LanguageModel> for Update {
+    const NAME: &'static str = "update";
+    const STREAM: u64 = 6;
+    type Input = AdvantageBatch;
+    type Output = UpdatedBatch;
+    type Error = UpdateError;
+
+    fn process(
+        &mut self,
+        cx: &mut Context<'_, LanguageModel>,
+        advantaged: &AdvantageBatch,
+    ) -> Result<UpdatedBatch> {
+        let reference_lps = self.reference_logprobs(cx.reference.get()?, advantaged)?;
+        cx.reference.release();
+        let totals = match cx.tallies {
+            Some(tallies) => BatchTotals::among(tallies),
+            None => BatchTotals::of(advantaged)?,
+        };
+        let LocalStep {
+            updated,
+            sums,
+            gradients,
+        } = self.backward(cx.policy, &reference_lps, advantaged, totals)?;
+        self.round = Some(Round {
+            again: (self.config.epochs > 1).then(|| (advantaged.clone(), reference_lps, totals)),
+            steps: Vec::new(),
+            pending: Some((sums, gradients)),
+        });
+        Ok(updated)
+    }
 }
 
 fn floats(batch: &AdvantageBatch, name: &str, row: usize) -> Result<Vec<f32>> {
@@ -181,6 +257,7 @@ impl Update {
             config,
             optimizer,
             limits: (0, 0),
+            round: None,
         })
     }
 
@@ -248,24 +325,25 @@ impl Update {
         Ok((items, query_item))
     }
 
-    /// Computes the loss over `batch` in micro-batches, accumulating gradients, and
-    /// takes one AdamW step, unless the loss or gradient is not finite: then the
-    /// weights are left untouched and the step row says why. `reference` is frozen.
-    pub fn process(
+    /// A whole iteration on one worker: [`Stage::process`], then each epoch's step
+    /// with its own loss parts and gradient; the step row is [`over_epochs`]. A step
+    /// whose loss or gradient is not finite leaves the weights untouched and says why.
+    pub fn train(
         &mut self,
-        policy: &LanguageModel,
-        reference: &LanguageModel,
+        cx: &mut Context<'_, LanguageModel>,
         batch: &AdvantageBatch,
-        iteration: u64,
     ) -> Result<(UpdatedBatch, StepRow)> {
-        let reference_lps = self.reference_logprobs(reference, batch)?;
-        self.process_with(policy, reference_lps, batch, iteration)
+        let updated = self.process(cx, batch)?;
+        for _ in 1..self.config.epochs {
+            let (sums, gradients) = self.take_gradient()?;
+            self.next_epoch(cx.policy, cx.iteration, sums, &gradients)?;
+        }
+        let (sums, gradients) = self.take_gradient()?;
+        Ok((updated, self.step(cx.iteration, sums, &gradients)))
     }
 
-    /// The first half of [`Update::process`]: the reference's log-probs of `batch`,
-    /// all of them, with its stacked weights cached for inference. Once they are
-    /// computed the reference is no longer needed, so a caller short of memory can
-    /// drop it before [`Update::process_with`] keeps the policy's activations.
+    /// The first half of [`Stage::process`]: the reference's log-probs of `batch`,
+    /// all of them, with its stacked weights cached for inference.
     pub fn reference_logprobs(
         &self,
         reference: &LanguageModel,
@@ -281,26 +359,38 @@ impl Update {
         Ok(ReferenceLogprobs(per_chunk))
     }
 
-    /// The second half of [`Update::process`], given the reference's log-probs of
-    /// the same `batch` from [`Update::reference_logprobs`]: [`Update::backward`] and
-    /// [`Update::step`] with the batch as the whole iteration, `epochs` times; the
-    /// rows are measured before the first step, the step row is [`over_epochs`].
-    pub fn process_with(
+    /// This worker's loss parts and gradient from the last [`Stage::process`] or
+    /// [`Update::next_epoch`], to be summed over workers.
+    pub fn take_gradient(&mut self) -> Result<(StepSums, Vec<Tensor>)> {
+        self.round
+            .as_mut()
+            .and_then(|round| round.pending.take())
+            .ok_or_else(|| {
+                UpdateError::Setup("no gradient: the update has not processed a batch".into())
+            })
+    }
+
+    /// An epoch's step before the iteration's last (`update.epochs` > 1) with every
+    /// worker's summed loss parts and gradient, then this worker's loss over its rows
+    /// again, for [`Update::take_gradient`].
+    pub fn next_epoch(
         &mut self,
         policy: &LanguageModel,
-        reference_lps: ReferenceLogprobs,
-        batch: &AdvantageBatch,
         iteration: u64,
-    ) -> Result<(UpdatedBatch, StepRow)> {
-        let totals = BatchTotals::of(batch)?;
-        let mut updated = None;
-        let mut steps = Vec::new();
-        for _ in 0..self.config.epochs {
-            let local = self.backward(policy, &reference_lps, batch, totals)?;
-            steps.push(self.step(iteration, local.sums, &local.gradients));
-            updated.get_or_insert(local.updated);
-        }
-        Ok((updated.expect("at least one epoch"), over_epochs(steps)))
+        sums: StepSums,
+        gradients: &[Tensor],
+    ) -> Result<()> {
+        let mut round = self
+            .round
+            .take()
+            .filter(|round| round.again.is_some())
+            .ok_or_else(|| UpdateError::Setup("an epoch after the iteration's last".into()))?;
+        round.steps.push(self.step_once(iteration, sums, gradients));
+        let (batch, reference_lps, totals) = round.again.as_ref().expect("kept when epochs > 1");
+        let again = self.backward(policy, reference_lps, batch, *totals)?;
+        round.pending = Some((again.sums, again.gradients));
+        self.round = Some(round);
+        Ok(())
     }
 
     /// Optimizer steps over each iteration's batch (`update.epochs`).
@@ -475,11 +565,22 @@ impl Update {
         })
     }
 
-    /// One AdamW step with `gradients` (every worker's summed, in
-    /// [`AdamW::params`]'s order) and the loss parts `sums`, unless the loss or
-    /// gradient is not finite: then the weights are left untouched and the step row
-    /// says why.
+    /// The iteration's last AdamW step with `gradients` (every worker's summed, in
+    /// [`AdamW::params`]'s order) and the loss parts `sums`: its step row, over the
+    /// iteration's epochs ([`over_epochs`]).
     pub fn step(&mut self, iteration: u64, sums: StepSums, gradients: &[Tensor]) -> StepRow {
+        let last = self.step_once(iteration, sums, gradients);
+        match self.round.take() {
+            Some(round) if !round.steps.is_empty() => {
+                over_epochs(round.steps.into_iter().chain([last]).collect())
+            }
+            _ => last,
+        }
+    }
+
+    /// One AdamW step, unless the loss or gradient is not finite: then the weights are
+    /// left untouched and the step row says why.
+    fn step_once(&mut self, iteration: u64, sums: StepSums, gradients: &[Tensor]) -> StepRow {
         let StepSums {
             loss_solver,
             loss_challenger,

@@ -9,7 +9,11 @@ use lsp_model::{LanguageModel, LoadOptions};
 use lsp_schemas::{
     AdvantageBatch, AdvantageRow, AnswerRow, QueryRow, RewardRow, SelfRewardRow, TypedBatch,
 };
-use lsp_update::{KlEstimator, Loss, RolloutCorrection, Update, UpdateConfig};
+use lsp_schemas::{StepRow, UpdatedBatch};
+use lsp_stage::Context;
+use lsp_update::{
+    BatchTotals, KlEstimator, Loss, RolloutCorrection, Update, UpdateConfig, UpdateError,
+};
 use tch::Tensor;
 
 fn policy() -> LanguageModel {
@@ -77,6 +81,18 @@ fn batch(model: &LanguageModel, rows: &[(u32, &[u32], f64, Option<f64>)]) -> Adv
     AdvantageBatch::from_rows(&rows).unwrap()
 }
 
+/// `update`'s whole iteration on `batch` through the stage interface (one worker).
+fn train(
+    update: &mut Update,
+    policy: &LanguageModel,
+    reference: &mut LanguageModel,
+    batch: &AdvantageBatch,
+    iteration: u64,
+) -> Result<(UpdatedBatch, StepRow), UpdateError> {
+    let mut cx = Context::new(policy, reference, iteration, 0);
+    update.train(&mut cx, batch)
+}
+
 fn logprob_sum(model: &LanguageModel, batch: &AdvantageBatch, row: usize) -> f64 {
     let rows = batch.to_rows().unwrap();
     let a = &rows[row].judged.rewarded.answer;
@@ -118,11 +134,11 @@ fn assert_unchanged(model: &LanguageModel, before: &[(String, Tensor)]) {
 fn advantage_sign_sets_the_direction_of_the_log_prob() {
     for (advantage, rises) in [(1.0, true), (-1.0, false)] {
         let policy = policy();
-        let reference = policy.frozen_copy().unwrap();
+        let mut reference = policy.frozen_copy().unwrap();
         let b = batch(&policy, &[(0, &[70, 71, 72, 73], advantage, None)]);
         let before = logprob_sum(&policy, &b, 0);
         let mut update = Update::new(config(1e-3), &policy).unwrap();
-        let (_, step) = update.process(&policy, &reference, &b, 0).unwrap();
+        let (_, step) = train(&mut update, &policy, &mut reference, &b, 0).unwrap();
         assert!(step.step_applied && step.grad_norm > 0.0);
         let after = logprob_sum(&policy, &b, 0);
         assert_eq!(
@@ -138,7 +154,7 @@ fn advantage_sign_sets_the_direction_of_the_log_prob() {
 #[test]
 fn kl_to_an_identical_reference_is_zero_and_k3_has_no_gradient() {
     let policy = policy();
-    let reference = policy.frozen_copy().unwrap();
+    let mut reference = policy.frozen_copy().unwrap();
     let b = batch(
         &policy,
         &[
@@ -155,7 +171,7 @@ fn kl_to_an_identical_reference_is_zero_and_k3_has_no_gradient() {
             ..config(1e-9)
         };
         let mut update = Update::new(cfg, &policy).unwrap();
-        let (updated, step) = update.process(&policy, &reference, &b, 3).unwrap();
+        let (updated, step) = train(&mut update, &policy, &mut reference, &b, 3).unwrap();
         for row in updated.to_rows().unwrap() {
             // f32 noise only: the reference runs packed kernels, the policy plain ones.
             assert!(
@@ -186,19 +202,21 @@ fn kl_to_an_identical_reference_is_zero_and_k3_has_no_gradient() {
 #[test]
 fn alpha_zero_leaves_the_challenger_without_gradient() {
     let policy = policy();
-    let reference = policy.frozen_copy().unwrap();
+    let mut reference = policy.frozen_copy().unwrap();
     // Only the challenger has a non-zero advantage.
     let b = batch(
         &policy,
         &[(0, &[70, 71], 0.0, Some(1.0)), (1, &[72], 0.0, Some(-1.0))],
     );
-    let run = |alpha: f64| {
+    let mut run = |alpha: f64| {
         let cfg = UpdateConfig {
             challenger_coef: alpha,
             ..config(1e-9)
         };
         let mut update = Update::new(cfg, &policy).unwrap();
-        update.process(&policy, &reference, &b, 0).unwrap().1
+        train(&mut update, &policy, &mut reference, &b, 0)
+            .unwrap()
+            .1
     };
     let off = run(0.0);
     assert_eq!(off.grad_norm, 0.0);
@@ -219,7 +237,7 @@ fn micro_batches_equal_one_batch() {
     let mut results = Vec::new();
     for micro in [1, 2, 16] {
         let policy = policy();
-        let reference = policy.frozen_copy().unwrap();
+        let mut reference = policy.frozen_copy().unwrap();
         let b = batch(&policy, rows);
         let cfg = UpdateConfig {
             micro_batch_size: micro,
@@ -232,7 +250,7 @@ fn micro_batches_equal_one_batch() {
             ..config(1e-3)
         };
         let mut update = Update::new(cfg, &policy).unwrap();
-        let (_, step) = update.process(&policy, &reference, &b, 0).unwrap();
+        let (_, step) = train(&mut update, &policy, &mut reference, &b, 0).unwrap();
         results.push((step, weights(&policy)));
     }
     let (base_step, base_weights) = &results[2];
@@ -273,7 +291,7 @@ fn each_loss_normalises_as_its_equation_says() {
     ];
     for (loss, solver, challenger) in cases {
         let policy = policy();
-        let reference = policy.frozen_copy().unwrap();
+        let mut reference = policy.frozen_copy().unwrap();
         let b = batch(&policy, rows);
         let cfg = UpdateConfig {
             loss,
@@ -282,7 +300,7 @@ fn each_loss_normalises_as_its_equation_says() {
             ..config(1e-3)
         };
         let mut update = Update::new(cfg, &policy).unwrap().with_length_limits(8, 8);
-        let (_, step) = update.process(&policy, &reference, &b, 0).unwrap();
+        let (_, step) = train(&mut update, &policy, &mut reference, &b, 0).unwrap();
         assert!(
             (step.loss_solver + solver).abs() < 1e-6,
             "{loss:?}: {}",
@@ -298,15 +316,16 @@ fn each_loss_normalises_as_its_equation_says() {
         loss: Loss::DrGrpo,
         ..config(1e-3)
     };
-    let err = Update::new(cfg, &policy)
-        .unwrap()
-        .process(
-            &policy,
-            &policy.frozen_copy().unwrap(),
-            &batch(&policy, rows),
-            0,
-        )
-        .unwrap_err();
+    let mut update = Update::new(cfg, &policy).unwrap();
+    let mut reference = policy.frozen_copy().unwrap();
+    let err = train(
+        &mut update,
+        &policy,
+        &mut reference,
+        &batch(&policy, rows),
+        0,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("dr_grpo loss needs"), "{err}");
 }
 
@@ -320,7 +339,7 @@ fn ppo_epochs_clip_the_ratio_against_the_sampling_log_probs() {
         &[(0, &[70, 71, 72], 1.0, None), (0, &[73], 0.5, None)];
     let run = |rows, epochs| {
         let policy = policy();
-        let reference = policy.frozen_copy().unwrap();
+        let mut reference = policy.frozen_copy().unwrap();
         let b = batch(&policy, rows);
         let cfg = UpdateConfig {
             epochs,
@@ -328,7 +347,7 @@ fn ppo_epochs_clip_the_ratio_against_the_sampling_log_probs() {
         };
         let before = weights(&policy);
         let mut update = Update::new(cfg, &policy).unwrap();
-        let (updated, step) = update.process(&policy, &reference, &b, 0).unwrap();
+        let (updated, step) = train(&mut update, &policy, &mut reference, &b, 0).unwrap();
         let moved = weights(&policy)
             .iter()
             .zip(&before)
@@ -388,11 +407,11 @@ fn ppo_epochs_clip_the_ratio_against_the_sampling_log_probs() {
 #[test]
 fn non_finite_loss_skips_the_step_and_keeps_the_weights() {
     let policy = policy();
-    let reference = policy.frozen_copy().unwrap();
+    let mut reference = policy.frozen_copy().unwrap();
     let b = batch(&policy, &[(0, &[70, 71], f64::NAN, None)]);
     let before = weights(&policy);
     let mut update = Update::new(config(1e-2), &policy).unwrap();
-    let (_, step) = update.process(&policy, &reference, &b, 9).unwrap();
+    let (_, step) = train(&mut update, &policy, &mut reference, &b, 9).unwrap();
     assert!(!step.step_applied);
     assert!(
         step.skip_reason
@@ -406,8 +425,7 @@ fn non_finite_loss_skips_the_step_and_keeps_the_weights() {
     // The next, finite step works.
     let good = batch(&policy, &[(0, &[70, 71], 1.0, None)]);
     assert!(
-        update
-            .process(&policy, &reference, &good, 10)
+        train(&mut update, &policy, &mut reference, &good, 10)
             .unwrap()
             .1
             .step_applied
@@ -422,31 +440,33 @@ fn reference_logprobs_of_another_batch_are_refused_and_change_nothing() {
     let b = batch(&policy, &[(0, &[70, 71], 1.0, None)]);
     let other = batch(&policy, &[(0, &[70, 71, 72], 1.0, None)]);
     let before = weights(&policy);
+    let totals = BatchTotals::of(&b).unwrap();
     let lps = update.reference_logprobs(&reference, &other).unwrap();
-    let err = update.process_with(&policy, lps, &b, 0).unwrap_err();
+    let err = update.backward(&policy, &lps, &b, totals).unwrap_err();
     assert!(err.to_string().contains("another batch"), "{err}");
     assert_unchanged(&policy, &before);
-    // Its own batch's log-probs make the same step as process does.
+    // Its own batch's log-probs make a step.
     let lps = update.reference_logprobs(&reference, &b).unwrap();
+    let local = update.backward(&policy, &lps, &b, totals).unwrap();
+    assert!(update.step(1, local.sums, &local.gradients).step_applied);
+    // A step asks for a processed batch's gradient first.
+    let err = update.take_gradient().unwrap_err();
     assert!(
-        update
-            .process_with(&policy, lps, &b, 1)
-            .unwrap()
-            .1
-            .step_applied
+        err.to_string().contains("has not processed a batch"),
+        "{err}"
     );
 }
 
 #[test]
 fn gradients_are_freed_between_steps_and_come_back_for_the_next() {
     let policy = policy();
-    let reference = policy.frozen_copy().unwrap();
+    let mut reference = policy.frozen_copy().unwrap();
     let mut update = Update::new(config(1e-2), &policy).unwrap();
     let b = batch(&policy, &[(0, &[70, 71], 1.0, None)]);
     let released = |u: &mut Update| u.optimizer().params().all(|p| p.grad().numel() == 0);
     for iteration in 0..2 {
         let before = weights(&policy);
-        let (_, step) = update.process(&policy, &reference, &b, iteration).unwrap();
+        let (_, step) = train(&mut update, &policy, &mut reference, &b, iteration).unwrap();
         assert!(step.step_applied && step.grad_norm > 0.0);
         assert!(
             released(&mut update),
@@ -469,7 +489,7 @@ fn the_rollout_mismatch_is_recorded_and_tis_weighs_each_token_by_its_capped_rati
     let advantages = [1.0, -0.5];
     let run = |sampled: f32, correction, cap| {
         let policy = policy();
-        let reference = policy.frozen_copy().unwrap();
+        let mut reference = policy.frozen_copy().unwrap();
         let b = batch(
             &policy,
             &[
@@ -501,7 +521,7 @@ fn the_rollout_mismatch_is_recorded_and_tis_weighs_each_token_by_its_capped_rati
             ..config(1e-9)
         };
         let mut update = Update::new(cfg, &policy).unwrap();
-        let (updated, step) = update.process(&policy, &reference, &b, 0).unwrap();
+        let (updated, step) = train(&mut update, &policy, &mut reference, &b, 0).unwrap();
         (lps, updated.to_rows().unwrap(), step)
     };
     for (sampled, correction, cap) in [
