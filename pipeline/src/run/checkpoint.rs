@@ -5,10 +5,12 @@
 //! final model, which finishing verifies and rewrites from the last checkpoint when
 //! it is missing or damaged.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use lsp_model::ModelSnapshot;
 use serde::{Deserialize, Serialize};
+use tch::Tensor;
 
 use super::checksums::{Digests, digest_folder, verify};
 use super::engine::Engine;
@@ -37,28 +39,46 @@ struct FinalState {
     files: Digests,
 }
 
-/// Saves the engine's policy and optimizer after `iteration`.
-pub fn save(dir: &RunDir, engine: &mut Engine, iteration: u64) -> anyhow::Result<()> {
-    let folder = dir.checkpoint(iteration);
-    if folder.exists() {
-        std::fs::remove_dir_all(&folder)?;
+/// A checkpoint taken after an iteration, not yet written: the policy's and the
+/// optimizer's tensors share the live ones' storage, so the weights must not change
+/// until [`Checkpoint::write`] returns (the engine holds its next step until then).
+pub struct Checkpoint {
+    folder: PathBuf,
+    state_path: PathBuf,
+    model: ModelSnapshot,
+    optimizer: Vec<(String, Tensor)>,
+    state: CheckpointState,
+}
+
+impl Checkpoint {
+    /// The engine's policy and optimizer after `iteration`, as they are now.
+    pub fn take(dir: &RunDir, engine: &mut Engine, iteration: u64) -> Self {
+        let optimizer = engine.stages.update.optimizer();
+        Self {
+            folder: dir.checkpoint(iteration),
+            state_path: dir.checkpoint_state(iteration),
+            model: engine.policy.snapshot(),
+            optimizer: optimizer.state(),
+            state: CheckpointState {
+                iteration,
+                seed: engine.seed,
+                optimizer_steps: optimizer.steps(),
+                files: Digests::default(),
+            },
+        }
     }
-    engine.policy.save(&folder.join("model"))?;
-    engine
-        .stages
-        .update
-        .optimizer()
-        .save(&folder.join("optimizer.safetensors"))?;
-    let state = CheckpointState {
-        iteration,
-        seed: engine.seed,
-        optimizer_steps: engine.stages.update.optimizer().steps(),
-        files: digest_folder(&folder, &[super::layout::COMPLETE])?,
-    };
-    write_atomic(
-        &dir.checkpoint_state(iteration),
-        &serde_json::to_vec_pretty(&state)?,
-    )
+
+    /// Writes the checkpoint's files, then `state.json` with their digests.
+    pub fn write(mut self) -> anyhow::Result<()> {
+        let folder = &self.folder;
+        if folder.exists() {
+            std::fs::remove_dir_all(folder)?;
+        }
+        self.model.write(&folder.join("model"))?;
+        lsp_model::write_safetensors(&self.optimizer, &folder.join("optimizer.safetensors"))?;
+        self.state.files = digest_folder(folder, &[super::layout::COMPLETE])?;
+        write_atomic(&self.state_path, &serde_json::to_vec_pretty(&self.state)?)
+    }
 }
 
 /// Reads a checkpoint's state.

@@ -10,9 +10,10 @@ use lsp_stage::{Context, Mode, QueryTally, Stage};
 use lsp_update::StepSums;
 use sha2::{Digest, Sha256};
 use tch::Tensor;
-use tracing::info;
+use tracing::{debug, info};
 
 use super::cluster::Shard;
+use super::records::Released;
 use super::reference::Reference;
 use super::stages::Stages;
 use crate::config::EpochConfig;
@@ -30,6 +31,8 @@ pub struct Engine {
     pub run_id: String,
     /// This worker's share of each iteration.
     pub shard: Shard,
+    /// A checkpoint being written from the live weights: the next step waits for it.
+    checkpoint_in_flight: Option<Released>,
 }
 
 /// A worker's half of an update, waiting for the gradient sum.
@@ -130,6 +133,7 @@ impl Engine {
             save_merged: config.model.save_merged,
             run_id: run_id.to_string(),
             shard,
+            checkpoint_in_flight: None,
         })
     }
 
@@ -198,6 +202,7 @@ impl Engine {
         sums: StepSums,
     ) -> anyhow::Result<Vec<Tensor>> {
         let start = Instant::now();
+        self.wait_for_checkpoint();
         let update = &mut self.stages.update;
         update.next_epoch(&self.policy, iteration, sums, gradients)?;
         let (sums, gradients) = update.take_gradient()?;
@@ -216,6 +221,7 @@ impl Engine {
         sums: StepSums,
     ) -> anyhow::Result<(GameRecordBatch, StepRow)> {
         let start = Instant::now();
+        self.wait_for_checkpoint();
         let step = self.stages.update.step(iteration, sums, gradients);
         let mut s = local.seconds;
         s.update += start.elapsed().as_secs_f64();
@@ -228,6 +234,24 @@ impl Engine {
             "update done"
         );
         Ok((record, step))
+    }
+
+    /// Keeps the weights and the optimizer's state as they are until `released`: a
+    /// checkpoint is being written from them.
+    pub fn hold_weights(&mut self, released: Released) {
+        self.checkpoint_in_flight = Some(released);
+    }
+
+    /// Waits until the checkpoint being written from the weights, if any, is done.
+    fn wait_for_checkpoint(&mut self) {
+        if let Some(released) = self.checkpoint_in_flight.take() {
+            let start = Instant::now();
+            released.wait();
+            debug!(
+                seconds = start.elapsed().as_secs_f64(),
+                "step waited for the checkpoint"
+            );
+        }
     }
 
     /// The shape, kind and device of each trained parameter, in the optimizer's

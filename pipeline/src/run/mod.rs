@@ -370,10 +370,17 @@ fn play(
             }
             let every = config.run.checkpoint_every;
             // A stop (Ctrl-C, SIGTERM) checkpoints too: the iteration it finished is kept.
+            // A failed write (a record, an earlier checkpoint) stops the run here.
+            writer.poll()?;
             if (every > 0 && t % every == 0) || t == total || stopping {
-                // Records up to t are on disk before the checkpoint says t is done.
-                writer.flush()?;
-                checkpoint::save(dir, &mut engine.borrow_mut(), t)?;
+                // Written after the records up to t (the writer keeps the order), so
+                // they are on disk before the checkpoint says t is done; written from
+                // the live weights while the next iteration plays, whose step waits
+                // until it is on disk.
+                let mut engine = engine.borrow_mut();
+                let (hold, released) = records::hold();
+                writer.checkpoint(checkpoint::Checkpoint::take(dir, &mut engine, t), hold);
+                engine.hold_weights(released);
             }
         } else if let Some(live) = monitor.as_mut() {
             // The monitor's dataflow spans every worker: the others step it alike.

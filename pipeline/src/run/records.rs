@@ -1,12 +1,39 @@
-//! The Parquet writer thread: game records and monitor rows are written off the
-//! dataflow's thread, each file atomically, and each write is acknowledged so that a checkpoint is marked
-//! complete only after the records it covers are on disk.
+//! The writer thread: game records, monitor rows and checkpoints are written off the
+//! dataflow's thread, in the order they were queued, each file atomically; so a
+//! checkpoint is marked complete only after the records it covers are on disk. Each
+//! write is acknowledged; a failure surfaces at the next [`RecordWriter::poll`] or
+//! [`RecordWriter::flush`].
 
 use std::path::PathBuf;
 use std::thread::JoinHandle;
 
-use crossbeam::channel::{Receiver, Sender, bounded, unbounded};
+use crossbeam::channel::{Receiver, Sender, TryRecvError, bounded, unbounded};
 use lsp_schemas::{TypedBatch, write_parquet};
+
+use super::checkpoint::Checkpoint;
+
+/// Held by a queued checkpoint until it is written: the weights it reads must not
+/// change before (see [`hold`]).
+pub struct Hold {
+    _sender: Sender<()>,
+}
+
+/// A hold and what waits on it: [`Released::wait`] returns once the hold is dropped.
+pub fn hold() -> (Hold, Released) {
+    let (sender, receiver) = bounded(0);
+    (Hold { _sender: sender }, Released(receiver))
+}
+
+/// Waits for a [`Hold`] to be dropped.
+#[derive(Debug)]
+pub struct Released(Receiver<()>);
+
+impl Released {
+    /// Returns once the hold is gone (nothing is ever sent).
+    pub fn wait(self) {
+        let _ = self.0.recv();
+    }
+}
 
 /// One file to write.
 type Job = Box<dyn FnOnce() -> anyhow::Result<()> + Send>;
@@ -25,7 +52,7 @@ impl RecordWriter {
         let (jobs, inbox) = unbounded::<Job>();
         let (report, done) = bounded(64);
         let thread = std::thread::Builder::new()
-            .name("parquet-writer".into())
+            .name("run-writer".into())
             .spawn(move || {
                 for job in inbox {
                     if report.send(job()).is_err() {
@@ -44,13 +71,45 @@ impl RecordWriter {
 
     /// Queues `batch` for `path`.
     pub fn write<T: TypedBatch + Send + 'static>(&mut self, path: PathBuf, batch: T) {
-        let job: Job = Box::new(move || Ok(write_parquet(&path, std::slice::from_ref(&batch))?));
+        self.run(Box::new(move || {
+            Ok(write_parquet(&path, std::slice::from_ref(&batch))?)
+        }));
+    }
+
+    /// Queues `checkpoint`; `hold` is dropped once it is written (or has failed).
+    pub fn checkpoint(&mut self, checkpoint: Checkpoint, hold: Hold) {
+        self.run(Box::new(move || {
+            let written = checkpoint.write();
+            drop(hold);
+            written
+        }));
+    }
+
+    fn run(&mut self, job: Job) {
         self.jobs
             .as_ref()
             .expect("open until finish")
             .send(job)
             .expect("writer thread alive");
         self.pending += 1;
+    }
+
+    /// The first failure among the writes done so far, without waiting for the rest.
+    pub fn poll(&mut self) -> anyhow::Result<()> {
+        let mut first_error = None;
+        while self.pending > 0 {
+            match self.done.try_recv() {
+                Ok(result) => {
+                    self.pending -= 1;
+                    if let Err(e) = result {
+                        first_error.get_or_insert(e);
+                    }
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => anyhow::bail!("the writer thread stopped"),
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Waits until every queued record is written; the first failure is returned.
@@ -63,7 +122,7 @@ impl RecordWriter {
                 Ok(Err(e)) => {
                     first_error.get_or_insert(e);
                 }
-                Err(_) => anyhow::bail!("the Parquet writer thread stopped"),
+                Err(_) => anyhow::bail!("the writer thread stopped"),
             }
         }
         first_error.map_or(Ok(()), Err)
@@ -77,5 +136,17 @@ impl RecordWriter {
             let _ = t.join();
         }
         result
+    }
+}
+
+/// A writer dropped on an error path still finishes what was queued (a checkpoint
+/// half-written when the process ends would only be ignored, but finished work is
+/// kept).
+impl Drop for RecordWriter {
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }

@@ -154,21 +154,67 @@ pub fn load_weights(vs: &mut nn::VarStore, folder: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes the variables of `vs` as `model.safetensors` in `folder`, in f32, under
-/// their checkpoint names.
-pub fn save_weights(vs: &nn::VarStore, folder: &Path) -> Result<()> {
-    std::fs::create_dir_all(folder).map_err(ModelError::io(folder))?;
-    let named: Vec<(String, Tensor)> = tch::no_grad(|| {
-        vs.variables()
-            .into_iter()
-            .map(|(name, t)| (name, t.detach().to_kind(tch::Kind::Float)))
-            .collect()
-    });
-    let path = folder.join("model.safetensors");
-    let tmp = folder.join(".model.safetensors.tmp");
-    write_safetensors(&named, &tmp)?;
-    std::fs::rename(&tmp, &path).map_err(ModelError::io(&path))?;
-    Ok(())
+/// A model's saved form, taken without copying its weights (f32 tensors share the
+/// model's storage): written by [`ModelSnapshot::write`], on any thread, into a folder
+/// transformers (or PEFT) loads. The model's weights must not change until then.
+#[derive(Debug)]
+pub struct ModelSnapshot {
+    /// The folder whose [`COMPANION_FILES`] the saved folder carries (a whole model).
+    companions: Option<PathBuf>,
+    /// Files written as they are (an adapter's config).
+    files: Vec<(String, Vec<u8>)>,
+    /// The weights' file name and its tensors, in f32 under their saved names.
+    weights: (&'static str, Vec<(String, Tensor)>),
+}
+
+impl ModelSnapshot {
+    /// The weights of `named` as `file`, beside `companions`' files and `files`.
+    pub(crate) fn new(
+        companions: Option<PathBuf>,
+        files: Vec<(String, Vec<u8>)>,
+        file: &'static str,
+        named: Vec<(String, Tensor)>,
+    ) -> Self {
+        let named = tch::no_grad(|| {
+            named
+                .into_iter()
+                .map(|(name, t)| (name, t.detach().to_kind(tch::Kind::Float)))
+                .collect()
+        });
+        Self {
+            companions,
+            files,
+            weights: (file, named),
+        }
+    }
+
+    /// The variables of `vs` as `model.safetensors`, with `companions`' files.
+    pub(crate) fn of_var_store(vs: &nn::VarStore, companions: &Path) -> Self {
+        let named = vs.variables().into_iter().collect();
+        Self::new(
+            Some(companions.into()),
+            Vec::new(),
+            "model.safetensors",
+            named,
+        )
+    }
+
+    /// Writes the folder; the weights file appears whole (written beside it, renamed).
+    pub fn write(&self, folder: &Path) -> Result<()> {
+        match &self.companions {
+            Some(from) => copy_companions(from, folder)?,
+            None => std::fs::create_dir_all(folder).map_err(ModelError::io(folder))?,
+        }
+        for (name, bytes) in &self.files {
+            let path = folder.join(name);
+            std::fs::write(&path, bytes).map_err(ModelError::io(&path))?;
+        }
+        let (file, named) = &self.weights;
+        let path = folder.join(file);
+        let tmp = folder.join(format!(".{file}.tmp"));
+        write_safetensors(named, &tmp)?;
+        std::fs::rename(&tmp, &path).map_err(ModelError::io(&path))
+    }
 }
 
 /// Files of a model folder other than the weights that a saved copy carries over

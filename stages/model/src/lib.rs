@@ -68,6 +68,7 @@ mod training_weights;
 mod transformer;
 
 pub use chat_template::{ChatTemplate, Message};
+pub use checkpoint::ModelSnapshot;
 pub use config::{DEFAULT_MODEL_DIR, DeviceKind, Dtype, ModelConfig, Precision, SamplingConfig};
 pub use decoder::{Decoder, DecoderKind};
 pub use error::{ModelError, Result};

@@ -17,9 +17,10 @@ use serde_json::{Value, json};
 use tch::nn::{self, Init};
 use tch::{Device, Kind, Tensor};
 
+use crate::checkpoint::ModelSnapshot;
 use crate::error::{ModelError, Result};
 use crate::layers::LoraPair;
-use crate::safetensors_file::{SafetensorsFile, write_safetensors};
+use crate::safetensors_file::SafetensorsFile;
 use crate::transformer::Transformer;
 
 /// The linear maps an adapter may target, by their short names.
@@ -311,24 +312,14 @@ impl Adapter {
         self.vs.freeze();
     }
 
-    /// Writes the adapter to `folder` as PEFT saves it: `adapter_config.json` (with
-    /// `base` as `base_model_name_or_path`) and `adapter_model.safetensors` in f32.
-    pub fn save(&self, folder: &Path, base: &str) -> Result<()> {
-        std::fs::create_dir_all(folder).map_err(ModelError::io(folder))?;
-        let config = folder.join(ADAPTER_CONFIG);
+    /// The adapter as PEFT saves it, to be written into a folder:
+    /// `adapter_config.json` (with `base` as `base_model_name_or_path`) and
+    /// `adapter_model.safetensors` in f32.
+    pub fn snapshot(&self, base: &str) -> ModelSnapshot {
         let text =
             serde_json::to_string_pretty(&self.config.to_peft(base)).expect("a config serializes");
-        std::fs::write(&config, text + "\n").map_err(ModelError::io(&config))?;
-        let tensors: Vec<(String, Tensor)> = tch::no_grad(|| {
-            self.variables()
-                .into_iter()
-                .map(|(n, t)| (n, t.detach().to_kind(Kind::Float)))
-                .collect()
-        });
-        let path = folder.join(ADAPTER_WEIGHTS);
-        let tmp = folder.join(".adapter_model.safetensors.tmp");
-        write_safetensors(&tensors, &tmp)?;
-        std::fs::rename(&tmp, &path).map_err(ModelError::io(&path))
+        let config = (ADAPTER_CONFIG.to_string(), (text + "\n").into_bytes());
+        ModelSnapshot::new(None, vec![config], ADAPTER_WEIGHTS, self.variables())
     }
 }
 

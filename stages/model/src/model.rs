@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Kind, nn};
 use tracing::info;
 
-use crate::checkpoint::{check_weight_headers, copy_companions, load_weights, save_weights};
+use crate::checkpoint::{ModelSnapshot, check_weight_headers, load_weights};
 use crate::config::{DeviceKind, Dtype, Precision};
 use crate::error::{ModelError, Result};
 use crate::hf_config::{HfConfig, TokenIds};
@@ -264,16 +264,17 @@ impl LanguageModel {
             .adapter
             .as_ref()
             .ok_or_else(|| ModelError::Invalid("the model has no adapter to save".into()))?;
-        adapter.save(folder, &self.folder.display().to_string())
+        adapter
+            .snapshot(&self.folder.display().to_string())
+            .write(folder)
     }
 
     /// Saves a Hugging Face folder whose weights are the base's with the adapter
     /// merged in (`W + scale · B A` on every targeted map), in f32: transformers loads
     /// it without PEFT.
     pub fn save_merged(&self, folder: &Path) -> Result<()> {
-        copy_companions(&self.folder, folder)?;
         let Some(adapter) = &self.adapter else {
-            return save_weights(&self.vs, folder);
+            return ModelSnapshot::of_var_store(&self.vs, &self.folder).write(folder);
         };
         let factors: std::collections::HashMap<String, tch::Tensor> =
             adapter.variables().into_iter().collect();
@@ -296,11 +297,13 @@ impl LanguageModel {
                 (name, value)
             })
             .collect();
-        std::fs::create_dir_all(folder).map_err(ModelError::io(folder))?;
-        let path = folder.join("model.safetensors");
-        let tmp = folder.join(".model.safetensors.tmp");
-        crate::safetensors_file::write_safetensors(&named, &tmp)?;
-        std::fs::rename(&tmp, &path).map_err(ModelError::io(&path))
+        ModelSnapshot::new(
+            Some(self.folder.clone()),
+            Vec::new(),
+            "model.safetensors",
+            named,
+        )
+        .write(folder)
     }
 
     /// A frozen copy of the current weights (the reference policy).
@@ -334,11 +337,16 @@ impl LanguageModel {
     ///
     /// With an adapter, the adapter as PEFT saves it instead (the base is unchanged).
     pub fn save(&self, folder: &Path) -> Result<()> {
-        if self.adapter.is_some() {
-            return self.save_adapter(folder);
+        self.snapshot().write(folder)
+    }
+
+    /// What [`LanguageModel::save`] writes, taken now without copying the weights, to
+    /// be written later (on another thread) while the weights stay as they are.
+    pub fn snapshot(&self) -> ModelSnapshot {
+        match &self.adapter {
+            Some(adapter) => adapter.snapshot(&self.folder.display().to_string()),
+            None => ModelSnapshot::of_var_store(&self.vs, &self.folder),
         }
-        copy_companions(&self.folder, folder)?;
-        save_weights(&self.vs, folder)
     }
 
     /// An error unless the model predicts tokens (a reward model has a score head).

@@ -141,14 +141,20 @@ impl AdamW {
 
     /// Saves the moments and the step count (`optimizer.safetensors`), streamed.
     pub fn save(&self, path: &Path) -> Result<()> {
+        lsp_model::write_safetensors(&self.state(), path)?;
+        Ok(())
+    }
+
+    /// What [`AdamW::save`] writes, named, sharing the moments' storage (to be written
+    /// later, before the next step changes them).
+    pub fn state(&self) -> Vec<(String, Tensor)> {
         let mut named: Vec<(String, Tensor)> = Vec::with_capacity(2 * self.params.len() + 1);
         for (i, (name, _)) in self.params.iter().enumerate() {
             named.push((format!("m.{name}"), self.m[i].shallow_clone()));
             named.push((format!("v.{name}"), self.v[i].shallow_clone()));
         }
         named.push(("step".to_string(), Tensor::from_slice(&[self.step])));
-        lsp_model::write_safetensors(&named, path)?;
-        Ok(())
+        named
     }
 
     /// Restores what [`AdamW::save`] wrote for the same parameters, streamed into the
