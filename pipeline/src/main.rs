@@ -6,6 +6,7 @@ mod config;
 mod eval;
 mod jsonl;
 mod monitor;
+mod process_env;
 mod report;
 mod run;
 
@@ -49,6 +50,8 @@ enum Command {
 
 #[allow(clippy::print_stdout, clippy::print_stderr)] // The binary's own output.
 fn main() -> ExitCode {
+    // Before anything reads the environment: returns only without a restart.
+    let not_restarted = process_env::complete();
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -56,6 +59,12 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    if let Some(why) = not_restarted {
+        tracing::warn!(%why, "running with the environment as given");
+    }
+    if let Some(added) = process_env::restarted_with() {
+        tracing::debug!(%added, "restarted with the settings the environment lacked");
+    }
     // A panic is a bug of ours: said as one line with where, not as a backtrace.
     // (Workers' panics are caught by the run and reported as its error.)
     std::panic::set_hook(Box::new(|info| {

@@ -320,3 +320,44 @@ fn an_offloaded_reference_plays_the_same_game_as_a_resident_one() {
         "{manifest}"
     );
 }
+
+#[test]
+fn the_binary_restarts_once_with_the_settings_its_environment_lacks() {
+    let validate = |set: &[(&str, &str)]| {
+        let mut command = Command::new(pipeline());
+        command
+            .arg("validate")
+            .arg(repo().join("examples/tiny-epoch.yaml"))
+            .env("RUST_LOG", "pipeline=debug")
+            .env_remove("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
+            .env_remove("LRU_CACHE_CAPACITY")
+            .env_remove("LSP_KEEP_ENVIRONMENT")
+            .env_remove("LSP_ENVIRONMENT_ADDED");
+        for (name, value) in set {
+            command.env(name, value);
+        }
+        let out = command.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let restarted = "restarted with the settings the environment lacked";
+    let log = validate(&[]);
+    assert!(log.contains(restarted), "{log}");
+    assert!(
+        log.contains("ONEDNN_PRIMITIVE_CACHE_CAPACITY=128 LRU_CACHE_CAPACITY=128"),
+        "{log}"
+    );
+    // A value the user set is kept (only the other is added); and the user can ask
+    // for no restart at all.
+    let log = validate(&[("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "7")]);
+    assert!(
+        log.contains(restarted) && !log.contains("ONEDNN_PRIMITIVE_CACHE_CAPACITY="),
+        "{log}"
+    );
+    let both = [
+        ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "7"),
+        ("LRU_CACHE_CAPACITY", "7"),
+    ];
+    assert!(!validate(&both).contains(restarted));
+    assert!(!validate(&[("LSP_KEEP_ENVIRONMENT", "1")]).contains(restarted));
+}

@@ -115,8 +115,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<String> {
     };
     let mut model = LanguageModel::load(&folder, options)?;
     if let Some(lora) = args.lora.as_ref().filter(|_| train) {
-        tch::manual_seed(0);
-        model.attach_adapter(lora)?;
+        model.attach_adapter(lora, 0)?;
     }
     let params = model.spec().num_parameters() as f64;
     let batch = random_batch(&model, args.batch, args.seq_len);

@@ -79,8 +79,7 @@ fn load_policy(
             }
         }
         (None, Some(lora)) => {
-            tch::manual_seed(config.run.seed as i64);
-            policy.attach_adapter(lora)?;
+            policy.attach_adapter(lora, config.run.seed)?;
         }
         (None, None) => unreachable!("an adapter is configured"),
     }

@@ -21,6 +21,7 @@ use crate::checkpoint::ModelSnapshot;
 use crate::error::{ModelError, Result};
 use crate::layers::LoraPair;
 use crate::safetensors_file::SafetensorsFile;
+use crate::sampling::{Rng, mix};
 use crate::transformer::Transformer;
 
 /// The linear maps an adapter may target, by their short names.
@@ -234,13 +235,15 @@ pub struct Adapter {
 impl Adapter {
     /// Attaches an adapter of `config` to `transformer`'s targeted maps: PEFT's
     /// initialisation (A Kaiming-uniform, bound 1/√in; B zero, so the model starts as
-    /// its base), drawn from libtorch's generator (seed it for replicas to agree), or
-    /// the tensors of the PEFT adapter file `weights` when given.
+    /// its base), drawn from `seed` (and each map's number: replicas and worker threads
+    /// agree, whatever else draws meanwhile), or the tensors of the PEFT adapter file
+    /// `weights` when given.
     pub(crate) fn attach(
         transformer: &mut Transformer,
         config: &LoraConfig,
         device: Device,
         weights: Option<&Path>,
+        seed: u64,
     ) -> Result<Self> {
         let mut vs = nn::VarStore::new(device);
         let kind = transformer.kind_and_device().0;
@@ -260,16 +263,17 @@ impl Adapter {
                 }
                 (p, name)
             };
-            let bound = 1.0 / (inner as f64).sqrt();
             let (pa, a_name) = path("A");
-            let a = pa.var(
-                "weight",
-                &[config.r, inner],
-                Init::Uniform {
-                    lo: -bound,
-                    up: bound,
-                },
-            );
+            let a = pa.var("weight", &[config.r, inner], Init::Const(0.0));
+            let mut rng = Rng::new(mix(seed, names.len() as u64));
+            let bound = 1.0 / (inner as f32).sqrt();
+            let drawn: Vec<f32> = (0..config.r * inner)
+                .map(|_| bound * (2.0 * rng.uniform() - 1.0))
+                .collect();
+            tch::no_grad(|| {
+                a.shallow_clone()
+                    .copy_(&Tensor::from_slice(&drawn).view([config.r, inner]))
+            });
             let (pb, b_name) = path("B");
             let b = pb.var("weight", &[out, config.r], Init::Const(0.0));
             names.push((a_name, a.shallow_clone()));

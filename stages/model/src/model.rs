@@ -176,22 +176,22 @@ impl LanguageModel {
         })
     }
 
-    /// Attaches a fresh LoRA adapter of `config` (PEFT's initialisation: the model is
-    /// still its base; seed libtorch first for replicas to agree) and freezes the
-    /// base weights: only the adapter trains.
-    pub fn attach_adapter(&mut self, config: &LoraConfig) -> Result<()> {
-        self.adapt(config, None)
+    /// Attaches a fresh LoRA adapter of `config` (PEFT's initialisation, drawn from
+    /// `seed`: the model is still its base) and freezes the base weights: only the
+    /// adapter trains.
+    pub fn attach_adapter(&mut self, config: &LoraConfig, seed: u64) -> Result<()> {
+        self.adapt(config, None, seed)
     }
 
     /// Attaches the PEFT adapter in `folder` (`adapter_config.json`,
     /// `adapter_model.safetensors`) and freezes the base weights; its settings.
     pub fn load_adapter(&mut self, folder: &Path) -> Result<LoraConfig> {
         let config = LoraConfig::from_peft(&folder.join(ADAPTER_CONFIG))?;
-        self.adapt(&config, Some(&folder.join(ADAPTER_WEIGHTS)))?;
+        self.adapt(&config, Some(&folder.join(ADAPTER_WEIGHTS)), 0)?;
         Ok(config)
     }
 
-    fn adapt(&mut self, config: &LoraConfig, weights: Option<&Path>) -> Result<()> {
+    fn adapt(&mut self, config: &LoraConfig, weights: Option<&Path>, seed: u64) -> Result<()> {
         let mut problems = lsp_schemas::problems::Problems::new();
         lsp_schemas::problems::Validate::validate(config, "lora", &mut problems);
         problems
@@ -205,7 +205,7 @@ impl LanguageModel {
         self.require_causal_lm()?;
         self.vs.freeze();
         let device = self.vs.device();
-        let mut adapter = Adapter::attach(&mut self.transformer, config, device, weights)?;
+        let mut adapter = Adapter::attach(&mut self.transformer, config, device, weights, seed)?;
         if !self.options.trainable {
             adapter.freeze();
         }

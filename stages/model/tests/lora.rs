@@ -240,14 +240,13 @@ fn a_fresh_adapter_starts_as_the_base_and_mixed_precision_keeps_its_factors_f32(
         ..LoadOptions::default()
     };
     let mut model = LanguageModel::load(&fixture("tiny-llama"), options).unwrap();
-    tch::manual_seed(0);
     let config = LoraConfig {
         r: 8,
         alpha: 16.0,
         target_modules: vec!["q_proj".into(), "down_proj".into()],
         ..LoraConfig::default()
     };
-    model.attach_adapter(&config).unwrap();
+    model.attach_adapter(&config, 0).unwrap();
     let trained = model.trainable_variables();
     assert_eq!(trained.len(), 2 * 2 * 2);
     for (name, t) in &trained {
@@ -255,7 +254,33 @@ fn a_fresh_adapter_starts_as_the_base_and_mixed_precision_keeps_its_factors_f32(
         let zero = t.abs().max().double_value(&[]) == 0.0;
         // PEFT's start: A random within 1/√in, B zero.
         assert_eq!(zero, name.contains("lora_B"), "{name}");
+        if name.contains("lora_A") {
+            let bound = 1.0 / (t.size()[1] as f64).sqrt();
+            let (lo, hi) = (t.min().double_value(&[]), t.max().double_value(&[]));
+            assert!(
+                -bound <= lo && hi < bound && hi - lo > bound,
+                "{name}: {lo} {hi}"
+            );
+        }
     }
+    // The draw follows the seed alone, not libtorch's generator.
+    let again = |seed: u64| {
+        let mut other = LanguageModel::load(&fixture("tiny-llama"), options).unwrap();
+        tch::manual_seed(seed as i64 + 7);
+        other.attach_adapter(&config, seed).unwrap();
+        other.trainable_variables()
+    };
+    let same = again(0);
+    for ((name, a), (_, b)) in trained.iter().zip(&same) {
+        assert!(a.equal(b), "{name}");
+    }
+    let other = again(1);
+    let differ = trained
+        .iter()
+        .zip(&other)
+        .filter(|(_, (name, _))| name.contains("lora_A"))
+        .all(|((_, a), (_, b))| !a.equal(b));
+    assert!(differ, "another seed, other factors");
     let ids = u32s(&reference("tiny-llama")["cases"][0]["input_ids"]);
     let base = model.base_view().unwrap();
     assert!(full_logits(&model, &ids).equal(&full_logits(&base, &ids)));

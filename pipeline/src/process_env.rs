@@ -1,0 +1,97 @@
+//! Settings that libraries read from the environment once, when the process starts
+//! using them, and that `pipeline` needs set. Where the user has not set one, the
+//! binary re-executes itself with it before doing anything else (`exec`: the same
+//! process id, arguments, standard streams and signal handling; no child process).
+//! Rust cannot set a variable for the running process without `unsafe`, which this
+//! workspace forbids, and libtorch's oneDNN reads its settings only from there.
+
+use std::ffi::OsString;
+
+/// Each setting, its value, and why.
+const SETTINGS: [(&str, &str); 2] = [
+    // oneDNN keeps the kernels it compiles for each product shape, up to 1024 by
+    // default, and libtorch's ideep layer keeps its own cache of them (its
+    // LRU_CACHE_CAPACITY, also 1024). bf16 passes (mixed precision) over batches of
+    // many sequence lengths make a new shape almost every pass, so the two caches grew
+    // a GRPO run's memory by about 0.8 GB in 8 iterations; 128 each holds every shape
+    // of a training step and of decoding (measured: no slower).
+    ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "128"),
+    ("LRU_CACHE_CAPACITY", "128"),
+];
+
+/// Set to any value: `pipeline` runs with the environment it was given.
+const KEEP: &str = "LSP_KEEP_ENVIRONMENT";
+
+/// Set by the restart: the settings it added, for the log.
+const ADDED: &str = "LSP_ENVIRONMENT_ADDED";
+
+/// The settings the environment lacks, with their values.
+fn missing(present: impl Fn(&str) -> bool) -> Vec<(&'static str, &'static str)> {
+    SETTINGS
+        .into_iter()
+        .filter(|(name, _)| !present(name))
+        .collect()
+}
+
+/// Re-executes the binary with the missing settings, unless none is missing or
+/// [`KEEP`] is set; returns only when it did not (then with why, if it failed).
+#[cfg(unix)]
+pub fn complete() -> Option<String> {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os(KEEP).is_some() {
+        return None;
+    }
+    let missing = missing(|name| std::env::var_os(name).is_some());
+    if missing.is_empty() {
+        return None;
+    }
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return Some(format!("cannot find the running binary: {e}")),
+    };
+    let mut args = std::env::args_os();
+    let arg0 = args.next().unwrap_or_else(|| OsString::from("pipeline"));
+    let error = std::process::Command::new(&exe)
+        .arg0(arg0)
+        .args(args)
+        .envs(missing.iter().map(|&(name, value)| (name, value)))
+        .env(ADDED, added(&missing))
+        .exec();
+    Some(format!(
+        "could not restart {} with {missing:?}: {error}",
+        exe.display()
+    ))
+}
+
+/// `NAME=value` of each setting, space-separated.
+fn added(settings: &[(&str, &str)]) -> String {
+    let pairs: Vec<String> = settings.iter().map(|(n, v)| format!("{n}={v}")).collect();
+    pairs.join(" ")
+}
+
+/// The settings a restart added to this process's environment, if it was restarted.
+pub fn restarted_with() -> Option<String> {
+    std::env::var(ADDED).ok()
+}
+
+/// Elsewhere the environment is left as it is.
+#[cfg(not(unix))]
+pub fn complete() -> Option<String> {
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unset_settings_are_added() {
+        assert_eq!(
+            missing(|name| name == "LRU_CACHE_CAPACITY"),
+            [("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "128")]
+        );
+        assert_eq!(missing(|_| false).len(), 2);
+        assert!(missing(|_| true).is_empty());
+        assert_eq!(added(&[("A", "1"), ("B", "x")]), "A=1 B=x");
+    }
+}
