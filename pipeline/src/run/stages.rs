@@ -82,3 +82,46 @@ impl Stages {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lsp_schemas::StageSeconds;
+
+    #[test]
+    fn every_stage_is_timed_in_its_own_column() {
+        let names = [
+            Queries::NAME,
+            Solver::NAME,
+            RewardStage::NAME,
+            SelfReward::NAME,
+            <AdvantageStage as Stage<LanguageModel>>::NAME,
+            Update::NAME,
+        ];
+        let mut seconds = StageSeconds::default();
+        for (i, name) in names.into_iter().enumerate() {
+            *seconds.of_stage(name).expect(name) += i as f64 + 1.0;
+        }
+        let expected = StageSeconds {
+            challenger: 1.0,
+            solver: 2.0,
+            reward: 3.0,
+            self_reward: 4.0,
+            advantage: 5.0,
+            update: 6.0,
+        };
+        assert_eq!(seconds, expected);
+        assert!(seconds.of_stage("tally").is_none());
+        // Each stage draws from its own seed stream.
+        let mut streams = [
+            Queries::STREAM,
+            Solver::STREAM,
+            RewardStage::STREAM,
+            SelfReward::STREAM,
+            <AdvantageStage as Stage<LanguageModel>>::STREAM,
+            Update::STREAM,
+        ];
+        streams.sort_unstable();
+        assert_eq!(streams, [1, 2, 3, 4, 5, 6]);
+    }
+}
