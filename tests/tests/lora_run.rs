@@ -81,6 +81,17 @@ fn a_lora_run_trains_the_adapter_against_the_base_and_resumes() {
     let checkpoint = root.join("checkpoints/iteration-000001/model");
     assert!(checkpoint.join("adapter_model.safetensors").is_file());
 
+    // A finished run whose merged folder was lost makes it again from the base and the
+    // last checkpoint's adapter, the same bytes.
+    let merged_weights = final_dir.join("merged/model.safetensors");
+    let before = std::fs::read(&merged_weights).unwrap();
+    std::fs::remove_dir_all(final_dir.join("merged")).unwrap();
+    let again = run(&lora_config(dir.path(), 2, settings), true);
+    let said = String::from_utf8_lossy(&again.stdout) + String::from_utf8_lossy(&again.stderr);
+    assert!(said.contains("rewritten from checkpoint 2"), "{said}");
+    assert!(merged_weights.is_file(), "{said}");
+    assert_eq!(std::fs::read(&merged_weights).unwrap(), before);
+
     // The same run in two parts: one iteration, then --resume to two.
     let parts = tempfile::tempdir().unwrap();
     run(&lora_config(parts.path(), 1, settings), false);

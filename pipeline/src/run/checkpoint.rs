@@ -8,13 +8,14 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use lsp_model::ModelSnapshot;
+use lsp_model::{LanguageModel, LoadOptions, ModelSnapshot};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use super::checksums::{Digests, digest_folder, verify};
 use super::engine::Engine;
 use super::layout::RunDir;
+use crate::config::EpochConfig;
 
 /// `state.json` of a checkpoint.
 #[derive(Debug, Serialize, Deserialize)]
@@ -131,8 +132,13 @@ fn seal_final(dir: &RunDir, iteration: u64) -> anyhow::Result<()> {
 
 /// Verifies the final model of a finished run of `total` iterations; when it is
 /// missing or damaged, rewrites it from checkpoint `total` (itself verified) and
-/// says so.
-pub fn ensure_final(dir: &RunDir, total: u64) -> anyhow::Result<Option<String>> {
+/// says so. A trained adapter's `merged/` folder (`model.save_merged`) is made again
+/// from the configured base and the checkpoint's adapter.
+pub fn ensure_final(
+    dir: &RunDir,
+    total: u64,
+    config: &EpochConfig,
+) -> anyhow::Result<Option<String>> {
     let sound = std::fs::read(dir.final_state())
         .map_err(anyhow::Error::from)
         .and_then(|bytes| Ok(serde_json::from_slice::<FinalState>(&bytes)?))
@@ -160,6 +166,21 @@ pub fn ensure_final(dir: &RunDir, total: u64) -> anyhow::Result<Option<String>> 
         let path = entry?.path();
         std::fs::copy(&path, folder.join(path.file_name().expect("a file")))
             .with_context(|| format!("copying {} into {}", path.display(), folder.display()))?;
+    }
+    let adapter = config.model.lora.is_some() || config.model.adapter.is_some();
+    if adapter && config.model.save_merged {
+        let options = LoadOptions {
+            device: config.model.device,
+            ..LoadOptions::default()
+        };
+        let mut model = LanguageModel::load(&config.model.policy, options).with_context(|| {
+            format!(
+                "loading the base model from {}",
+                config.model.policy.display()
+            )
+        })?;
+        model.load_adapter(&folder)?;
+        model.save_merged(&folder.join("merged"))?;
     }
     seal_final(dir, total)?;
     Ok(Some(format!(

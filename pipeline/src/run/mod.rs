@@ -193,7 +193,7 @@ fn run_one(config: EpochConfig, dir: RunDir, args: &RunArgs) -> anyhow::Result<S
     let total = config.run.iterations;
     if start > total {
         let repaired = match writes {
-            true => checkpoint::ensure_final(&dir, total)?,
+            true => checkpoint::ensure_final(&dir, total, &config)?,
             false => None,
         };
         if let Some(note) = &repaired {
