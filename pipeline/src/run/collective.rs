@@ -160,12 +160,21 @@ impl Floats {
         self.0.len() / 4
     }
 
-    /// `self + other`, element-wise.
+    /// `self + other`, element-wise: in place where both buffers are aligned for
+    /// f32 (as the allocator gives them), else through aligned copies.
     fn add(&mut self, other: &Floats) {
-        let mut sum: Vec<f32> = bytemuck::pod_collect_to_vec(&self.0);
-        let other: Vec<f32> = bytemuck::pod_collect_to_vec(&other.0);
-        sum.iter_mut().zip(&other).for_each(|(s, v)| *s += v);
-        self.0 = bytemuck::cast_slice(&sum).to_vec();
+        let in_place = bytemuck::try_cast_slice_mut::<u8, f32>(&mut self.0)
+            .ok()
+            .zip(bytemuck::try_cast_slice::<u8, f32>(&other.0).ok());
+        match in_place {
+            Some((sum, other)) => sum.iter_mut().zip(other).for_each(|(s, v)| *s += v),
+            None => {
+                let mut sum: Vec<f32> = bytemuck::pod_collect_to_vec(&self.0);
+                let other: Vec<f32> = bytemuck::pod_collect_to_vec(&other.0);
+                sum.iter_mut().zip(&other).for_each(|(s, v)| *s += v);
+                self.0 = bytemuck::cast_slice(&sum).to_vec();
+            }
+        }
     }
 }
 
@@ -221,6 +230,7 @@ mod tests {
         ));
         let sum: Vec<f32> = bytemuck::pod_collect_to_vec(a.bytes());
         assert_eq!(sum, [2.0, 0.0, 3.0]);
+
         // Across processes, as timely sends it (bincode).
         let wire = bincode::serialize(&a).unwrap();
         assert_eq!(wire.len(), 8 + 12);

@@ -1,6 +1,7 @@
 //! Everything a worker runs the stages with: the policy, the frozen reference, and
 //! each stage built from its section of the config.
 
+use std::hash::Hasher as _;
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -8,7 +9,6 @@ use lsp_model::{LanguageModel, LoadOptions};
 use lsp_schemas::{GameRecordBatch, SlotBatch, StageSeconds, StepRow, UpdatedBatch};
 use lsp_stage::{Context, Mode, QueryTally, Stage};
 use lsp_update::StepSums;
-use sha2::{Digest, Sha256};
 use tch::Tensor;
 use tracing::{debug, info};
 
@@ -264,10 +264,10 @@ impl Engine {
             .collect()
     }
 
-    /// A SHA-256 of every trained parameter's bytes, in order: equal on replicas that
-    /// hold the same weights.
+    /// An XXH3 hash of every trained parameter's bytes, in order: equal on replicas
+    /// that hold the same weights (a check that they agree, not of integrity: fast).
     pub fn weights_hash(&mut self) -> anyhow::Result<u64> {
-        let mut hasher = Sha256::new();
+        let mut hasher = twox_hash::XxHash3_64::with_seed(0);
         for p in self.stages.update.optimizer().params() {
             let bytes = tch::no_grad(|| {
                 p.to_kind(tch::Kind::Float)
@@ -275,9 +275,8 @@ impl Engine {
                     .view([-1])
                     .view_dtype(tch::Kind::Uint8)
             });
-            hasher.update(Vec::<u8>::try_from(&bytes)?);
+            hasher.write(&Vec::<u8>::try_from(&bytes)?);
         }
-        let digest = hasher.finalize();
-        Ok(u64::from_le_bytes(digest[..8].try_into().expect("8 bytes")))
+        Ok(hasher.finish())
     }
 }

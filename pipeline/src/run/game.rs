@@ -357,10 +357,10 @@ fn gradient_of(
 }
 
 /// Each of `gradients` (one per parameter) as f32 bytes, in pieces of at most
-/// [`PIECE`] values numbered across parameters, onto `out`; each gradient's memory
-/// goes as soon as its bytes are out. The pieces stream through the all-reduce rather
-/// than waiting on whole tensors (the embedding alone is 113 MB), as raw bytes (one
-/// copy in bincode).
+/// [`PIECE`] values numbered across parameters, onto `out` (each piece copied once out
+/// of its tensor); each gradient's memory goes as soon as its bytes are out. The
+/// pieces stream through the all-reduce rather than waiting on whole tensors (the
+/// embedding alone is 113 MB), as raw bytes (one copy in bincode).
 fn send_gradient(
     gradients: &[Tensor],
     worker: u32,
@@ -368,20 +368,24 @@ fn send_gradient(
 ) -> anyhow::Result<()> {
     let mut piece = 0u32;
     for g in gradients {
-        let bytes = tch::no_grad(|| {
+        let flat = tch::no_grad(|| {
             g.to_kind(Kind::Float)
                 .to_device(tch::Device::Cpu)
                 .contiguous()
                 .view([-1])
-                .view_dtype(Kind::Uint8)
         });
-        let bytes = Vec::<u8>::try_from(&bytes)?;
-        lsp_update::AdamW::release_grad(g);
-        for part in bytes.chunks(4 * PIECE) {
-            let part = Floats::from_bytes(part.to_vec());
+        let n = flat.numel() as i64;
+        let mut start = 0;
+        while start < n {
+            let len = (PIECE as i64).min(n - start);
+            let bytes = flat.narrow(0, start, len).view_dtype(Kind::Uint8);
+            let part = Floats::from_bytes(Vec::<u8>::try_from(&bytes)?);
             out.push(UpdatePart::Gradient((piece, worker, part)));
             piece += 1;
+            start += len;
         }
+        drop(flat);
+        lsp_update::AdamW::release_grad(g);
     }
     Ok(())
 }
@@ -407,13 +411,20 @@ fn receive_gradient(
         .into_iter()
         .map(|(shape, kind, device)| {
             let n = shape.iter().product::<i64>() as usize;
-            let mut bytes = Vec::with_capacity(4 * n);
-            for (_, _, part) in chunks.by_ref().take(n.div_ceil(PIECE)) {
-                bytes.extend_from_slice(part.bytes());
-            }
-            Tensor::from_data_size(&bytes, &shape, Kind::Float)
-                .to_kind(kind)
-                .to_device(device)
+            let mut parts = chunks.by_ref().take(n.div_ceil(PIECE));
+            // A parameter of one piece (most) is read from it directly.
+            let single = (n <= PIECE).then(|| parts.next()).flatten();
+            let gradient = match &single {
+                Some((_, _, part)) => Tensor::from_data_size(part.bytes(), &shape, Kind::Float),
+                None => {
+                    let mut bytes = Vec::with_capacity(4 * n);
+                    for (_, _, part) in parts {
+                        bytes.extend_from_slice(part.bytes());
+                    }
+                    Tensor::from_data_size(&bytes, &shape, Kind::Float)
+                }
+            };
+            gradient.to_kind(kind).to_device(device)
         })
         .collect())
 }
