@@ -117,6 +117,13 @@ impl std::error::Error for Problems {}
 pub trait Validate {
     /// Records every problem of this section into `problems`.
     fn validate(&self, path: &str, problems: &mut Problems);
+
+    /// Every problem of this section at once, or `Ok` when it has none.
+    fn check(&self, path: &str) -> Result<(), Problems> {
+        let mut problems = Problems::new();
+        self.validate(path, &mut problems);
+        problems.into_result()
+    }
 }
 
 /// `prefix.field`, or `field` at the top.

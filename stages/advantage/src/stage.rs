@@ -134,9 +134,7 @@ impl<M> StageConfig<M> for AdvantageConfig {
     type Stage = AdvantageStage;
 
     fn build(&self, setup: &Setup<'_, M>) -> Result<AdvantageStage, AdvantageError> {
-        let mut problems = Problems::new();
-        self.validate("advantage", &mut problems);
-        problems.into_result().map_err(AdvantageError::Config)?;
+        self.check("advantage").map_err(AdvantageError::Config)?;
         Ok(AdvantageStage {
             mode: setup.mode,
             config: self.clone(),

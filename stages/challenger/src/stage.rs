@@ -1,7 +1,7 @@
 //! The challenger stage: Box 1 through the policy's chat template, N queries sampled.
 
 use lsp_model::{FinishReason, GenerationRequest, LanguageModel};
-use lsp_schemas::problems::{Problems, Validate};
+use lsp_schemas::problems::Validate;
 use lsp_schemas::{QueryBatch, QueryRow, SlotBatch, TypedBatch};
 use lsp_stage::{Context, Setup, Stage, StageConfig};
 use sha2::{Digest, Sha256};
@@ -28,9 +28,7 @@ impl StageConfig<LanguageModel> for ChallengerConfig {
 
     /// Checks the config and fills Box 1 with its task and template.
     fn build(&self, _: &Setup<'_, LanguageModel>) -> Result<Challenger> {
-        let mut problems = Problems::new();
-        self.validate("challenger", &mut problems);
-        problems.into_result().map_err(ChallengerError::Config)?;
+        self.check("challenger").map_err(ChallengerError::Config)?;
         let prompt = challenger_prompt(self.task.as_deref(), self.template.as_deref());
         let digest = Sha256::digest(prompt.as_bytes());
         let version: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();

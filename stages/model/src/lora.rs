@@ -183,9 +183,9 @@ impl LoraConfig {
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
         };
-        let mut problems = Problems::new();
-        config.validate("adapter_config", &mut problems);
-        problems.into_result().map_err(|e| bad(e.to_string()))?;
+        config
+            .check("adapter_config")
+            .map_err(|e| bad(e.to_string()))?;
         Ok(config)
     }
 

@@ -8,7 +8,7 @@ use lsp_model::{LanguageModel, LoadOptions, Message};
 use lsp_schemas::columns::{
     ANSWER_INDEX, ANSWER_TEXT, ITERATION, QUERY_ID, QUERY_TEXT, REFERENCE_ANSWER,
 };
-use lsp_schemas::problems::{Problems, Validate};
+use lsp_schemas::problems::Validate;
 use lsp_schemas::{AnswerBatch, RewardBatch, RewardPart, TypedBatch, reward_parts_array};
 use lsp_stage::{Context, Setup, Stage, StageConfig};
 use tracing::{debug, warn};
@@ -85,9 +85,7 @@ impl RewardStage {
     /// Checks `config` and loads its model, if it names one; the user's reward
     /// process starts with the first batch.
     pub fn new(config: RewardConfig, options: LoadOptions) -> Result<Self> {
-        let mut problems = Problems::new();
-        config.validate("reward", &mut problems);
-        problems.into_result().map_err(RewardError::Config)?;
+        config.check("reward").map_err(RewardError::Config)?;
         Self::build(config, options)
     }
 

@@ -11,7 +11,7 @@ use arrow::array::{ArrayRef, Float64Array, StringArray, UInt32Array, new_null_ar
 use arrow::datatypes::DataType;
 use lsp_model::{GenerationRequest, LanguageModel, Message, SamplingConfig};
 use lsp_schemas::columns::{ANSWER_INDEX, ANSWER_TEXT, QUERY_ID, QUERY_TEXT};
-use lsp_schemas::problems::{Problems, Validate};
+use lsp_schemas::problems::Validate;
 use lsp_schemas::{RewardBatch, SelfRewardBatch, TypedBatch};
 use lsp_stage::{Context, Setup, Stage, StageConfig};
 use tracing::{debug, warn};
@@ -64,9 +64,7 @@ impl StageConfig<LanguageModel> for SelfRewardConfig {
 
     /// Checks the config; the stage judges in mode `lsp` only.
     fn build(&self, setup: &Setup<'_, LanguageModel>) -> Result<SelfReward> {
-        let mut problems = Problems::new();
-        self.validate("self_reward", &mut problems);
-        problems.into_result().map_err(SelfRewardError::Config)?;
+        self.check("self_reward").map_err(SelfRewardError::Config)?;
         Ok(SelfReward {
             config: self.clone(),
             enabled: setup.mode.has_self_reward(),

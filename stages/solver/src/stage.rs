@@ -1,7 +1,7 @@
 //! The solver stage: G answers to each query through the policy's chat template.
 
 use lsp_model::{GenerationRequest, LanguageModel};
-use lsp_schemas::problems::{Problems, Validate};
+use lsp_schemas::problems::Validate;
 use lsp_schemas::{AnswerBatch, AnswerRow, QueryBatch, TypedBatch};
 use lsp_stage::{Context, Setup, Stage, StageConfig};
 use tracing::debug;
@@ -20,9 +20,7 @@ impl StageConfig<LanguageModel> for SolverConfig {
 
     /// Checks the config.
     fn build(&self, _: &Setup<'_, LanguageModel>) -> Result<Solver> {
-        let mut problems = Problems::new();
-        self.validate("solver", &mut problems);
-        problems.into_result().map_err(SolverError::Config)?;
+        self.check("solver").map_err(SolverError::Config)?;
         Ok(Solver {
             config: self.clone(),
         })

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, Float64Array, ListArray, UInt32Array};
 use lsp_model::{InferenceWeights, LanguageModel, TokenLogprobs};
 use lsp_schemas::columns::*;
-use lsp_schemas::problems::{Problems, Validate};
+use lsp_schemas::problems::Validate;
 use lsp_schemas::{AdvantageBatch, StepRow, TypedBatch, UpdatedBatch};
 use lsp_stage::{Context, QueryTally, Setup, Stage, StageConfig};
 use tch::{Kind, Tensor};
@@ -243,9 +243,7 @@ fn list(batch: &AdvantageBatch, name: &str, row: usize) -> Result<Vec<u32>> {
 impl Update {
     /// Checks `config` and builds AdamW over the policy's weights.
     pub fn new(config: UpdateConfig, policy: &LanguageModel) -> Result<Self> {
-        let mut problems = Problems::new();
-        config.validate("update", &mut problems);
-        problems.into_result().map_err(UpdateError::Config)?;
+        config.check("update").map_err(UpdateError::Config)?;
         let params = policy.trainable_variables().into_iter().collect();
         let optimizer = AdamW::new(
             params,
