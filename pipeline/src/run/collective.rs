@@ -8,15 +8,17 @@
 //! - [`all_reduce`]: the element-wise sum of every worker's chunks (a gradient),
 //!   reduce-scatter by chunk index then all-gather, so each worker sums 1/W of it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use timely::ExchangeData;
-use timely::container::CapacityContainerBuilder;
+use timely::container::{
+    CapacityContainerBuilder, ContainerBuilder, LengthPreservingContainerBuilder, PushInto,
+};
 use timely::dataflow::StreamVec;
-use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::channels::pact::{ExchangeCore, Pipeline};
 use timely::dataflow::operators::generic::operator::Operator;
-use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::vec::Map;
 
 /// The timely operators of [`crate::run`]'s collective steps.
 pub trait Collective<'scope, D> {
@@ -43,7 +45,7 @@ impl<'scope, D: ExchangeData + Clone> Collective<'scope, D> for StreamVec<'scope
         R: Fn(&D) -> u64 + 'static,
         L: FnMut(u64, Vec<D>) -> Vec<O> + 'static,
     {
-        let pact = Exchange::new(move |d: &D| route(d));
+        let pact = ExchangeCore::<OneEach<D>, _>::new_core(move |d: &D| route(d));
         let mut stash = BTreeMap::new();
         self.unary_frontier::<CapacityContainerBuilder<Vec<O>>, _, _, _>(pact, name, move |_, _| {
             move |(input, frontier), output| {
@@ -69,16 +71,69 @@ impl<'scope, D: ExchangeData + Clone> Collective<'scope, D> for StreamVec<'scope
         })
     }
 
-    fn gather_everywhere<O, L>(self, name: &str, logic: L) -> StreamVec<'scope, u64, O>
+    fn gather_everywhere<O, L>(self, name: &str, mut logic: L) -> StreamVec<'scope, u64, O>
     where
         O: Clone + 'static,
         L: FnMut(u64, Vec<D>) -> Vec<O> + 'static,
     {
-        // After the broadcast every worker holds every record: keep them where they are.
-        let index = self.scope().index() as u64;
-        self.broadcast().gather_at(name, move |_| index, logic)
+        // A copy of each record to every worker (the last gets the record itself).
+        let peers = self.scope().peers() as u64;
+        self.flat_map(move |d| {
+            let mut copies: Vec<(u64, D)> = (1..peers).map(|to| (to, d.clone())).collect();
+            copies.push((0, d));
+            copies
+        })
+        .gather_at(
+            name,
+            |(to, _)| *to,
+            move |t, records: Vec<(u64, D)>| {
+                logic(t, records.into_iter().map(|(_, d)| d).collect())
+            },
+        )
     }
 }
+
+/// The exchange's container builder: one message per record. timely's default
+/// sizes a message by the records' inline size (8 KiB of them), so a worker's whole
+/// gradient (a few dozen 4 MB pieces, 32 bytes each inline) would cross processes as
+/// one message of hundreds of MB, serialized whole before the first byte is sent and
+/// received whole into a buffer grown by doubling before the first is read. One
+/// message per record streams them: the network thread sends piece i while the
+/// worker serializes piece i + 1. The records exchanged here are few and large.
+struct OneEach<D> {
+    pending: VecDeque<Vec<D>>,
+    out: Option<Vec<D>>,
+}
+
+impl<D> Default for OneEach<D> {
+    fn default() -> Self {
+        Self {
+            pending: VecDeque::new(),
+            out: None,
+        }
+    }
+}
+
+impl<D> PushInto<D> for OneEach<D> {
+    fn push_into(&mut self, record: D) {
+        self.pending.push_back(vec![record]);
+    }
+}
+
+impl<D: Clone + 'static> ContainerBuilder for OneEach<D> {
+    type Container = Vec<D>;
+
+    fn extract(&mut self) -> Option<&mut Vec<D>> {
+        self.out = self.pending.pop_front();
+        self.out.as_mut()
+    }
+
+    fn finish(&mut self) -> Option<&mut Vec<D>> {
+        self.extract()
+    }
+}
+
+impl<D: Clone + 'static> LengthPreservingContainerBuilder for OneEach<D> {}
 
 /// Calls `logic(time, a's records, b's records)` once both streams' frontiers have
 /// passed a time, on the worker that holds them (no exchange), giving its outputs at
@@ -219,6 +274,24 @@ pub fn all_reduce<'scope>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_exchange_sends_one_message_per_record() {
+        let mut builder = OneEach::default();
+        for piece in 0..3u32 {
+            builder.push_into((piece, 0u32, Floats::default()));
+        }
+        let mut messages = Vec::new();
+        while let Some(message) = builder.extract() {
+            messages.push(std::mem::take(message));
+        }
+        assert_eq!(messages.len(), 3);
+        for (piece, message) in messages.iter().enumerate() {
+            assert_eq!(message.len(), 1);
+            assert_eq!(message[0].0, piece as u32);
+        }
+        assert!(builder.finish().is_none());
+    }
 
     #[test]
     fn floats_round_trip_their_bytes_and_add() {
