@@ -14,7 +14,7 @@ use tch::Tensor;
 
 use super::checksums::{Digests, digest_folder, verify};
 use super::engine::Engine;
-use super::layout::RunDir;
+use super::layout::{CHECKPOINT_MODEL, CHECKPOINT_OPTIMIZER, RunDir};
 use crate::config::EpochConfig;
 
 /// `state.json` of a checkpoint.
@@ -75,9 +75,17 @@ impl Checkpoint {
         if folder.exists() {
             std::fs::remove_dir_all(folder)?;
         }
-        self.model.write(&folder.join("model"))?;
-        lsp_model::write_safetensors(&self.optimizer, &folder.join("optimizer.safetensors"))?;
-        self.state.files = digest_folder(folder, &[super::layout::COMPLETE])?;
+        // Every file's digest as it was written (the weights are not read back).
+        let model = self.model.write(&folder.join(CHECKPOINT_MODEL))?;
+        let files = &mut self.state.files;
+        files.extend(
+            model
+                .into_iter()
+                .map(|(name, d)| (format!("{CHECKPOINT_MODEL}/{name}"), d)),
+        );
+        let optimizer = folder.join(CHECKPOINT_OPTIMIZER);
+        let optimizer = lsp_model::write_safetensors(&self.optimizer, &optimizer)?;
+        files.insert(CHECKPOINT_OPTIMIZER.into(), optimizer);
         write_atomic(&self.state_path, &serde_json::to_vec_pretty(&self.state)?)
     }
 }
@@ -161,7 +169,7 @@ pub fn ensure_final(
         std::fs::remove_dir_all(&folder)?;
     }
     std::fs::create_dir_all(&folder)?;
-    let source = dir.checkpoint(total).join("model");
+    let source = dir.checkpoint_model(total);
     for entry in std::fs::read_dir(&source)? {
         let path = entry?.path();
         std::fs::copy(&path, folder.join(path.file_name().expect("a file")))

@@ -1,50 +1,25 @@
-//! Digests of the files a checkpoint or the final model is made of, written beside
-//! them and verified before they are used, so that a truncated or overwritten file is
-//! found instead of loaded.
-//!
-//! The digest is XXH3-128 (`xxh3-128:` and 32 hex digits, what `xxhsum -H2` prints): it
-//! guards against damage, not against an adversary, and a checkpoint is hashed on
-//! every iteration while the next one plays, where SHA-256 (about 1.5 GB/s with the
-//! CPU's SHA extensions) took a core for a second per 1.6 GB. Digests of an earlier
-//! version (SHA-256, 64 hex digits, no prefix) are still verified.
+//! The digests ([`lsp_model::digest_file`], XXH3-128) of the files a checkpoint or
+//! the final model is made of, written beside them and verified before they are used,
+//! so that a truncated or overwritten file is found instead of loaded. Digests of an
+//! earlier version (SHA-256, 64 hex digits, no prefix) are still verified.
 
-use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::Path;
 
 use anyhow::Context;
-use twox_hash::XxHash3_128;
+pub use lsp_model::Digests;
+use lsp_model::{DIGEST_PREFIX, digest_file};
 
 use crate::commands::sha256_file;
 
-/// Relative path (with `/`) → digest, of every regular file under a folder.
-pub type Digests = BTreeMap<String, String>;
-
-/// The prefix of an XXH3-128 digest.
-const XXH3_128: &str = "xxh3-128:";
-
-/// The XXH3-128 digest of a file's bytes.
-pub fn digest_file(path: &Path) -> anyhow::Result<String> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut hasher = XxHash3_128::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let read = file
-            .read(&mut buffer)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if read == 0 {
-            break;
-        }
-        hasher.write(&buffer[..read]);
-    }
-    Ok(format!("{XXH3_128}{:032x}", hasher.finish_128()))
+/// The digest of a file, its path named on failure.
+fn digest(path: &Path) -> anyhow::Result<String> {
+    digest_file(path).with_context(|| format!("reading {}", path.display()))
 }
 
 /// Whether the file at `path` has `digest`, whichever of the two kinds it is.
 fn matches(path: &Path, digest: &str) -> anyhow::Result<bool> {
-    Ok(match digest.starts_with(XXH3_128) {
-        true => digest_file(path)? == digest,
+    Ok(match digest.starts_with(DIGEST_PREFIX) {
+        true => self::digest(path)? == digest,
         false => sha256_file(path)? == digest,
     })
 }
@@ -66,7 +41,7 @@ pub fn digest_folder(root: &Path, skip: &[&str]) -> anyhow::Result<Digests> {
             if path.is_dir() {
                 pending.push(path);
             } else if !skip.contains(&name.as_str()) {
-                out.insert(name, digest_file(&path)?);
+                out.insert(name, digest(&path)?);
             }
         }
     }
@@ -121,16 +96,6 @@ mod tests {
             "xxh3-128:74e6dda3b4bedfcfd87aff6a1463f82c"
         );
         verify(dir.path(), &digests).unwrap();
-        // A file of several read buffers (2.5 MB + 7 bytes of i mod 251).
-        let long: Vec<u8> = (0..5 * (1usize << 19) + 7)
-            .map(|i| (i % 251) as u8)
-            .collect();
-        std::fs::write(dir.path().join("long.bin"), long).unwrap();
-        assert_eq!(
-            digest_file(&dir.path().join("long.bin")).unwrap(),
-            "xxh3-128:7a3bbc2987fc9c0b3517a0628b836023"
-        );
-        std::fs::remove_file(dir.path().join("long.bin")).unwrap();
         // An earlier version's SHA-256 digest (of "{}") verifies too, and a wrong one fails.
         let sha = "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
         let mut earlier = digests.clone();

@@ -16,6 +16,12 @@ pub struct RunDir {
 /// Written last into a checkpoint folder: the checkpoint is complete only with it.
 pub const COMPLETE: &str = "state.json";
 
+/// A checkpoint's policy folder (Hugging Face, or PEFT for an adapter).
+pub const CHECKPOINT_MODEL: &str = "model";
+
+/// A checkpoint's AdamW state.
+pub const CHECKPOINT_OPTIMIZER: &str = "optimizer.safetensors";
+
 impl RunDir {
     /// The folder of run `name` under `output_dir`.
     pub fn new(output_dir: &Path, name: &str) -> Self {
@@ -73,6 +79,16 @@ impl RunDir {
         self.root
             .join("checkpoints")
             .join(format!("iteration-{iteration:06}"))
+    }
+
+    /// The policy folder of checkpoint `iteration`.
+    pub fn checkpoint_model(&self, iteration: u64) -> PathBuf {
+        self.checkpoint(iteration).join(CHECKPOINT_MODEL)
+    }
+
+    /// The AdamW state of checkpoint `iteration`.
+    pub fn checkpoint_optimizer(&self, iteration: u64) -> PathBuf {
+        self.checkpoint(iteration).join(CHECKPOINT_OPTIMIZER)
     }
 
     /// The file whose presence marks a checkpoint complete.

@@ -302,7 +302,7 @@ fn play(
             .stages
             .update
             .optimizer()
-            .load(&dir.checkpoint(start - 1).join("optimizer.safetensors"))?;
+            .load(&dir.checkpoint_optimizer(start - 1))?;
     }
     let engine = Rc::new(RefCell::new(engine));
     let shown = progress::Progress::new(progress, start, total);
@@ -477,7 +477,7 @@ fn plan_start(
 ) -> anyhow::Result<(u64, PathBuf)> {
     if !writes {
         return match dir.last_checkpoint()?.filter(|_| resume) {
-            Some(c) => Ok((c + 1, dir.checkpoint(c).join("model"))),
+            Some(c) => Ok((c + 1, dir.checkpoint_model(c))),
             None => Ok((1, config.model.policy.clone())),
         };
     }
@@ -537,7 +537,7 @@ fn plan_start(
                 optimizer_steps = state.optimizer_steps,
                 "resuming"
             );
-            Ok((c + 1, dir.checkpoint(c).join("model")))
+            Ok((c + 1, dir.checkpoint_model(c)))
         }
         None => Ok((1, config.model.policy.clone())),
     }

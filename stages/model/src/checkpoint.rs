@@ -9,6 +9,7 @@ use serde::Deserialize;
 use tch::{Tensor, nn};
 use tracing::debug;
 
+use crate::digest::{Digests, digest_file};
 use crate::error::{ModelError, Result};
 use crate::safetensors_file::{SafetensorsFile, write_safetensors};
 use crate::spec::ModelSpec;
@@ -200,20 +201,32 @@ impl ModelSnapshot {
     }
 
     /// Writes the folder; the weights file appears whole (written beside it, renamed).
-    pub fn write(&self, folder: &Path) -> Result<()> {
-        match &self.companions {
+    /// Returns the digest of every file written, by name: the weights' taken as they
+    /// were written, the others' read back.
+    pub fn write(&self, folder: &Path) -> Result<Digests> {
+        let mut written: Vec<String> = match &self.companions {
             Some(from) => copy_companions(from, folder)?,
-            None => std::fs::create_dir_all(folder).map_err(ModelError::io(folder))?,
-        }
+            None => {
+                std::fs::create_dir_all(folder).map_err(ModelError::io(folder))?;
+                Vec::new()
+            }
+        };
         for (name, bytes) in &self.files {
             let path = folder.join(name);
             std::fs::write(&path, bytes).map_err(ModelError::io(&path))?;
+            written.push(name.clone());
+        }
+        let mut digests = Digests::new();
+        for name in written {
+            let path = folder.join(&name);
+            digests.insert(name, digest_file(&path).map_err(ModelError::io(&path))?);
         }
         let (file, named) = &self.weights;
         let path = folder.join(file);
         let tmp = folder.join(format!(".{file}.tmp"));
-        write_safetensors(named, &tmp)?;
-        std::fs::rename(&tmp, &path).map_err(ModelError::io(&path))
+        digests.insert(file.to_string(), write_safetensors(named, &tmp)?);
+        std::fs::rename(&tmp, &path).map_err(ModelError::io(&path))?;
+        Ok(digests)
     }
 }
 
@@ -228,14 +241,16 @@ pub const COMPANION_FILES: [&str; 6] = [
     "chat_template.jinja",
 ];
 
-/// Copies the [`COMPANION_FILES`] that exist in `from` into `to`.
-pub fn copy_companions(from: &Path, to: &Path) -> Result<()> {
+/// Copies the [`COMPANION_FILES`] that exist in `from` into `to`; their names.
+pub fn copy_companions(from: &Path, to: &Path) -> Result<Vec<String>> {
     std::fs::create_dir_all(to).map_err(ModelError::io(to))?;
+    let mut copied = Vec::new();
     for name in COMPANION_FILES {
         let src = from.join(name);
         if src.is_file() {
             std::fs::copy(&src, to.join(name)).map_err(ModelError::io(&src))?;
+            copied.push(name.to_string());
         }
     }
-    Ok(())
+    Ok(copied)
 }

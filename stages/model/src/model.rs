@@ -8,6 +8,7 @@ use tracing::info;
 
 use crate::checkpoint::{ModelSnapshot, check_weight_headers, load_weights};
 use crate::config::{DeviceKind, Dtype, Precision};
+use crate::digest::Digests;
 use crate::error::{ModelError, Result};
 use crate::hf_config::{HfConfig, TokenIds};
 use crate::lora::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, Adapter, LoraConfig};
@@ -258,8 +259,8 @@ impl LanguageModel {
         })
     }
 
-    /// Saves the adapter as PEFT does (an error without one).
-    pub fn save_adapter(&self, folder: &Path) -> Result<()> {
+    /// Saves the adapter as PEFT does (an error without one); the files' digests.
+    pub fn save_adapter(&self, folder: &Path) -> Result<Digests> {
         let adapter = self
             .adapter
             .as_ref()
@@ -271,8 +272,8 @@ impl LanguageModel {
 
     /// Saves a Hugging Face folder whose weights are the base's with the adapter
     /// merged in (`W + scale · B A` on every targeted map), in f32: transformers loads
-    /// it without PEFT.
-    pub fn save_merged(&self, folder: &Path) -> Result<()> {
+    /// it without PEFT. Returns the files' digests.
+    pub fn save_merged(&self, folder: &Path) -> Result<Digests> {
         let Some(adapter) = &self.adapter else {
             return ModelSnapshot::of_var_store(&self.vs, &self.folder).write(folder);
         };
@@ -336,7 +337,8 @@ impl LanguageModel {
     /// generation files.
     ///
     /// With an adapter, the adapter as PEFT saves it instead (the base is unchanged).
-    pub fn save(&self, folder: &Path) -> Result<()> {
+    /// Returns the digest of every file written ([`crate::digest`]).
+    pub fn save(&self, folder: &Path) -> Result<Digests> {
         self.snapshot().write(folder)
     }
 

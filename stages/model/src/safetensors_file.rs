@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+use crate::digest::DigestWriter;
 use crate::error::{ModelError, Result};
 
 /// Bytes moved per read or write.
@@ -198,7 +199,8 @@ impl SafetensorsFile {
 
 /// Writes `tensors` to `path` as safetensors (metadata `format: pt`, as transformers
 /// expects), a chunk at a time. Names must be unique; the order in the file is by name.
-pub fn write_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
+/// Returns the file's digest ([`crate::digest`]), taken as it is written.
+pub fn write_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<String> {
     let mut sorted: Vec<&(String, Tensor)> = tensors.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
     let mut header = serde_json::Map::new();
@@ -228,7 +230,7 @@ pub fn write_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()
     // Pad with spaces so the data starts 8-byte aligned.
     json.resize(json.len().div_ceil(8) * 8, b' ');
     let file = File::create(path).map_err(ModelError::io(path))?;
-    let mut out = BufWriter::new(file);
+    let mut out = DigestWriter::new(BufWriter::new(file));
     let mut buffer = Vec::new();
     let mut write_all = || -> std::io::Result<()> {
         out.write_all(&(json.len() as u64).to_le_bytes())?;
@@ -251,7 +253,7 @@ pub fn write_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()
         out.flush()
     };
     write_all().map_err(ModelError::io(path))?;
-    Ok(())
+    Ok(out.finish().0)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{fixture, full_logits, load, max_diff};
+use common::{assert_digests_of_every_file, fixture, full_logits, load, max_diff};
 use lsp_model::{
     Dtype, FinishReason, GenerationRequest, LanguageModel, LoadOptions, Precision, SamplingConfig,
 };
@@ -295,7 +295,7 @@ fn saved_model_loads_back_with_the_same_logits() {
     for name in ["tiny-llama", "tiny-llama3", "tiny-qwen2"] {
         let model = load(name);
         let dir = tempfile::tempdir().unwrap();
-        model.save(dir.path()).unwrap();
+        let digests = model.save(dir.path()).unwrap();
         for file in [
             "config.json",
             "model.safetensors",
@@ -304,6 +304,7 @@ fn saved_model_loads_back_with_the_same_logits() {
         ] {
             assert!(dir.path().join(file).is_file(), "{name}: {file} not saved");
         }
+        assert_digests_of_every_file(dir.path(), &digests);
         // The same tensor names and shapes as the source checkpoint (a tied head is not
         // written, as transformers does not write it).
         let shapes = |path: PathBuf| {

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{f64s, fixture, full_logits, max_diff, reference, u32s};
+use common::{assert_digests_of_every_file, f64s, fixture, full_logits, max_diff, reference, u32s};
 use lsp_model::{
     DecoderKind, GenerationRequest, InferenceWeights, LanguageModel, LoadOptions, LoraConfig,
     Precision, SamplingConfig,
@@ -135,7 +135,8 @@ fn a_saved_adapter_loads_back_bit_for_bit_and_merges_into_a_plain_folder() {
     let model = adapted(LoadOptions::default());
     let dir = tempfile::tempdir().unwrap();
     let saved = dir.path().join("adapter");
-    model.save_adapter(&saved).unwrap();
+    let digests = model.save_adapter(&saved).unwrap();
+    assert_digests_of_every_file(&saved, &digests);
     // PEFT's fields, as the fixture has them.
     let read = |p: std::path::PathBuf| -> Value {
         serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
@@ -179,7 +180,8 @@ fn a_saved_adapter_loads_back_bit_for_bit_and_merges_into_a_plain_folder() {
     }
     // The merged folder loads as a plain model with the adapted logits.
     let merged = dir.path().join("merged");
-    model.save_merged(&merged).unwrap();
+    let digests = model.save_merged(&merged).unwrap();
+    assert_digests_of_every_file(&merged, &digests);
     let plain = LanguageModel::load(&merged, LoadOptions::default()).unwrap();
     let ids = u32s(&reference("tiny-llama")["cases"][0]["input_ids"]);
     let diff = max_diff(&full_logits(&plain, &ids), &full_logits(&model, &ids));

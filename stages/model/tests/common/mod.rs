@@ -59,3 +59,22 @@ pub fn f64s(v: &Value) -> Vec<f64> {
         .map(|x| x.as_f64().unwrap())
         .collect()
 }
+
+/// `digests` (as `save` returned them, the weights' taken while writing) name every
+/// file in `folder`, each with the digest of its bytes read back.
+pub fn assert_digests_of_every_file(folder: &std::path::Path, digests: &lsp_model::Digests) {
+    let mut names: Vec<String> = std::fs::read_dir(folder)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, digests.keys().cloned().collect::<Vec<_>>());
+    for (name, digest) in digests {
+        assert!(digest.starts_with(lsp_model::DIGEST_PREFIX), "{digest}");
+        assert_eq!(
+            lsp_model::digest_file(&folder.join(name)).unwrap(),
+            *digest,
+            "{name}"
+        );
+    }
+}
