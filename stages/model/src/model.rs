@@ -135,6 +135,7 @@ impl LanguageModel {
                 "precision mixed_bf16 keeps f32 master weights: load with dtype f32".into(),
             ));
         }
+        let started = std::time::Instant::now();
         let device = torch_device(options.device)?;
         let (spec, tokenizer) = read_folder(folder)?;
         let mut vs = nn::VarStore::new(device);
@@ -164,6 +165,7 @@ impl LanguageModel {
             ?device,
             dtype = ?options.dtype,
             precision = options.precision.name(),
+            seconds = started.elapsed().as_secs_f64(),
             "model loaded"
         );
         Ok(Self {
