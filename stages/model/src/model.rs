@@ -81,7 +81,11 @@ fn refuse_non_finite(vs: &nn::VarStore, folder: &Path) -> Result<()> {
     let mut variables: Vec<(String, tch::Tensor)> = vs.variables().into_iter().collect();
     variables.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, tensor) in variables {
-        if !bool::try_from(tensor.isfinite().all())? {
+        // A finite sum proves every value finite in one pass; only a sum that is not
+        // (a NaN, an infinity, or finite values overflowing f32) takes the exact
+        // element-wise test, four passes and a mask.
+        let sum_finite = tensor.sum(Kind::Float).double_value(&[]).is_finite();
+        if !sum_finite && !bool::try_from(tensor.isfinite().all())? {
             return Err(ModelError::Invalid(format!(
                 "{}: weight {name} holds NaN or infinite values (a damaged file?)",
                 folder.display()
@@ -448,4 +452,34 @@ fn eos_ids(folder: &Path, spec: &ModelSpec, tokenizer: &TextTokenizer) -> Result
     let mut seen = std::collections::HashSet::new();
     ids.retain(|id| seen.insert(*id));
     Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(values: &[f32]) -> nn::VarStore {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let root = vs.root();
+        let _ = (&root / "a").var_copy("weight", &tch::Tensor::from_slice(&[1.0f32, -2.0]));
+        let _ = (&root / "b").var_copy("weight", &tch::Tensor::from_slice(values));
+        vs
+    }
+
+    #[test]
+    fn only_nan_or_infinite_weights_are_refused() {
+        let folder = Path::new("m");
+        // Finite values whose f32 sum overflows are still finite.
+        refuse_non_finite(&store(&[3e38, 3e38, -1.0]), folder).unwrap();
+        refuse_non_finite(&store(&[f32::MAX, -f32::MAX]), folder).unwrap();
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let err = refuse_non_finite(&store(&[0.5, bad]), folder)
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                err, "m: weight b.weight holds NaN or infinite values (a damaged file?)",
+                "{bad}"
+            );
+        }
+    }
 }
