@@ -78,11 +78,7 @@ impl Checkpoint {
         // Every file's digest as it was written (the weights are not read back).
         let model = self.model.write(&folder.join(CHECKPOINT_MODEL))?;
         let files = &mut self.state.files;
-        files.extend(
-            model
-                .into_iter()
-                .map(|(name, d)| (format!("{CHECKPOINT_MODEL}/{name}"), d)),
-        );
+        files.extend(under(CHECKPOINT_MODEL, model));
         let optimizer = folder.join(CHECKPOINT_OPTIMIZER);
         let optimizer = lsp_model::write_safetensors(&self.optimizer, &optimizer)?;
         files.insert(CHECKPOINT_OPTIMIZER.into(), optimizer);
@@ -122,19 +118,30 @@ pub fn save_final(dir: &RunDir, engine: &Engine, iteration: u64) -> anyhow::Resu
     if folder.exists() {
         std::fs::remove_dir_all(&folder)?;
     }
-    engine.policy.save(&folder)?;
+    // Every file's digest as it was written (the weights are not read back).
+    let mut files = engine.policy.save(&folder)?;
     if engine.save_merged {
-        engine.policy.save_merged(&folder.join("merged"))?;
+        files.extend(under(
+            MERGED,
+            engine.policy.save_merged(&folder.join(MERGED))?,
+        ));
     }
-    seal_final(dir, iteration)
+    seal_final(dir, iteration, files)
 }
 
-/// Writes `final.json` for the final model as it is on disk.
-fn seal_final(dir: &RunDir, iteration: u64) -> anyhow::Result<()> {
-    let state = FinalState {
-        iteration,
-        files: digest_folder(&dir.final_model(), &[])?,
-    };
+/// A trained adapter's merged model, under the final model's folder.
+const MERGED: &str = "merged";
+
+/// `digests` of the files of a subfolder, named from the folder above it.
+fn under(subfolder: &str, digests: Digests) -> impl Iterator<Item = (String, String)> + '_ {
+    digests
+        .into_iter()
+        .map(move |(name, digest)| (format!("{subfolder}/{name}"), digest))
+}
+
+/// Writes `final.json`: the final model of `iteration` with its files' digests.
+fn seal_final(dir: &RunDir, iteration: u64, files: Digests) -> anyhow::Result<()> {
+    let state = FinalState { iteration, files };
     write_atomic(&dir.final_state(), &serde_json::to_vec_pretty(&state)?)
 }
 
@@ -188,9 +195,9 @@ pub fn ensure_final(
             )
         })?;
         model.load_adapter(&folder)?;
-        model.save_merged(&folder.join("merged"))?;
+        model.save_merged(&folder.join(MERGED))?;
     }
-    seal_final(dir, total)?;
+    seal_final(dir, total, digest_folder(&folder, &[])?)?;
     Ok(Some(format!(
         "the final model was unusable ({problem:#}): rewritten from checkpoint {total}"
     )))

@@ -16,11 +16,11 @@ fn digest(path: &Path) -> anyhow::Result<String> {
     digest_file(path).with_context(|| format!("reading {}", path.display()))
 }
 
-/// Whether the file at `path` has `digest`, whichever of the two kinds it is.
-fn matches(path: &Path, digest: &str) -> anyhow::Result<bool> {
-    Ok(match digest.starts_with(DIGEST_PREFIX) {
-        true => self::digest(path)? == digest,
-        false => sha256_file(path)? == digest,
+/// Whether the file at `path` has digest `expected`, whichever of the two kinds it is.
+fn matches(path: &Path, expected: &str) -> anyhow::Result<bool> {
+    Ok(match expected.starts_with(DIGEST_PREFIX) {
+        true => digest(path)? == expected,
+        false => sha256_file(path)? == expected,
     })
 }
 

@@ -264,16 +264,13 @@ impl Adapter {
                 (p, name)
             };
             let (pa, a_name) = path("A");
-            let a = pa.var("weight", &[config.r, inner], Init::Const(0.0));
             let mut rng = Rng::new(mix(seed, names.len() as u64));
             let bound = 1.0 / (inner as f32).sqrt();
             let drawn: Vec<f32> = (0..config.r * inner)
                 .map(|_| bound * (2.0 * rng.uniform() - 1.0))
                 .collect();
-            tch::no_grad(|| {
-                a.shallow_clone()
-                    .copy_(&Tensor::from_slice(&drawn).view([config.r, inner]))
-            });
+            let drawn = Tensor::from_slice(&drawn).view([config.r, inner]);
+            let a = pa.var_copy("weight", &drawn);
             let (pb, b_name) = path("B");
             let b = pb.var("weight", &[out, config.r], Init::Const(0.0));
             names.push((a_name, a.shallow_clone()));
