@@ -331,6 +331,7 @@ fn the_binary_restarts_once_with_the_settings_its_environment_lacks() {
             .env("RUST_LOG", "pipeline=debug")
             .env_remove("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
             .env_remove("LRU_CACHE_CAPACITY")
+            .env_remove("MALLOC_MMAP_THRESHOLD_")
             .env_remove("LSP_KEEP_ENVIRONMENT")
             .env_remove("LSP_ENVIRONMENT_ADDED");
         for (name, value) in set {
@@ -344,20 +345,24 @@ fn the_binary_restarts_once_with_the_settings_its_environment_lacks() {
     let log = validate(&[]);
     assert!(log.contains(restarted), "{log}");
     assert!(
-        log.contains("ONEDNN_PRIMITIVE_CACHE_CAPACITY=128 LRU_CACHE_CAPACITY=128"),
+        log.contains(
+            "ONEDNN_PRIMITIVE_CACHE_CAPACITY=128 LRU_CACHE_CAPACITY=128 \
+             MALLOC_MMAP_THRESHOLD_=1073741824"
+        ),
         "{log}"
     );
-    // A value the user set is kept (only the other is added); and the user can ask
+    // A value the user set is kept (only the others are added); and the user can ask
     // for no restart at all.
     let log = validate(&[("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "7")]);
     assert!(
         log.contains(restarted) && !log.contains("ONEDNN_PRIMITIVE_CACHE_CAPACITY="),
         "{log}"
     );
-    let both = [
+    let all = [
         ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "7"),
         ("LRU_CACHE_CAPACITY", "7"),
+        ("MALLOC_MMAP_THRESHOLD_", "131072"),
     ];
-    assert!(!validate(&both).contains(restarted));
+    assert!(!validate(&all).contains(restarted));
     assert!(!validate(&[("LSP_KEEP_ENVIRONMENT", "1")]).contains(restarted));
 }
