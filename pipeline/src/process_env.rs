@@ -21,11 +21,13 @@ const SETTINGS: [(&str, &str); 3] = [
     // as such blocks are freed, to 32 MiB at most) with a fresh mapping, returned to
     // the system when freed: every large activation of a pass was then new memory, and
     // a log-prob pass over 8 × 256 tokens spent a quarter of its time in page faults
-    // (≈ 375,000 a pass). With the threshold at 1 GiB those blocks come from the heap
-    // and are reused: that pass 1964–2214 → 2508–2916 tok/s (bf16 products; f32
-    // 673–691 → 825–828), peak memory +0.2 GB; a GRPO or LSP iteration, whose passes
-    // are small, is unchanged in time and memory (README "Configuring a run").
-    ("MALLOC_MMAP_THRESHOLD_", "1073741824"),
+    // (≈ 375,000 a pass). With the threshold at 256 MiB those blocks come from the
+    // heap and are reused: that pass 2093 → 2537 tok/s (bf16 products; f32 700 → 752;
+    // medians of 5 alternated rounds), peak memory +0.2 GB; a GRPO or LSP iteration,
+    // whose passes are small, is unchanged in time and memory. Above it (a training
+    // pass's softmax over the vocabulary, 400 MB) blocks keep their own mappings: at
+    // 1 GiB the training step's peak rose now and then by 0.8–1 GB (2 runs of 9).
+    ("MALLOC_MMAP_THRESHOLD_", "268435456"),
 ];
 
 /// Set to any value: `pipeline` runs with the environment it was given.
@@ -103,7 +105,7 @@ mod tests {
             missing(|name| name == "LRU_CACHE_CAPACITY"),
             [
                 ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "128"),
-                ("MALLOC_MMAP_THRESHOLD_", "1073741824")
+                ("MALLOC_MMAP_THRESHOLD_", "268435456")
             ]
         );
         assert_eq!(missing(|_| false).len(), 3);

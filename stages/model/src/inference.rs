@@ -35,8 +35,18 @@ impl StackedMap {
         })
     }
 
+    /// `x`'s map, in `x`'s kind.
     fn apply(&self, x: &Tensor) -> Tensor {
         inference_linear(x, &self.weight, self.bias.as_ref())
+    }
+
+    /// `x`'s map, in the weight's kind (bf16 under mixed precision: no widening).
+    fn product(&self, x: &Tensor) -> Tensor {
+        inference_linear(
+            &x.to_kind(self.weight.kind()),
+            &self.weight,
+            self.bias.as_ref(),
+        )
     }
 }
 
@@ -163,7 +173,7 @@ impl Projections for InferenceWeights<'_> {
 
     fn gate_up(&self, layer: usize, x: &Tensor) -> (Tensor, Tensor) {
         let i = self.transformer.spec().intermediate_size;
-        let both = self.layers[layer].gate_up.apply(x);
+        let both = self.layers[layer].gate_up.product(x);
         (both.narrow(-1, 0, i), both.narrow(-1, i, i))
     }
 

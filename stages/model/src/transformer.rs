@@ -33,7 +33,8 @@ pub trait Projections {
     fn qkv(&self, layer: usize, x: &Tensor) -> (Tensor, Tensor, Tensor);
     /// The attention's output map.
     fn o(&self, layer: usize, x: &Tensor) -> Tensor;
-    /// The feed-forward's gate and up maps.
+    /// The feed-forward's gate and up maps (in the products' kind without gradient:
+    /// SwiGLU and the down map then run in it, as under autocast).
     fn gate_up(&self, layer: usize, x: &Tensor) -> (Tensor, Tensor);
     /// The feed-forward's down map.
     fn down(&self, layer: usize, x: &Tensor) -> Tensor;
@@ -41,7 +42,8 @@ pub trait Projections {
     fn head(&self, hidden: &Tensor) -> Tensor;
     /// The kind attention's products run in over whole sequences, when not the
     /// activations' (bf16 under mixed precision: libtorch's fused attention keeps its
-    /// softmax in f32); its output comes back in the activations' kind.
+    /// softmax in f32); its output stays in that kind for [`Projections::o`], whose
+    /// product runs in it anyway.
     fn attention_kind(&self) -> Option<Kind> {
         None
     }
@@ -303,10 +305,10 @@ impl Transformer {
             let normed = layer.input_layernorm.forward(&x);
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
             let attended = self.attention(maps, i, &normed, &rotation, &mask, layer_cache);
-            x = residual(&x, attended);
+            x = residual(x, attended);
             let normed = layer.post_attention_layernorm.forward(&x);
             let (gate, up) = maps.gate_up(i, &normed);
-            x = residual(&x, maps.down(i, &swiglu(gate, &up)));
+            x = residual(x, maps.down(i, &swiglu(gate, &up)));
         }
         if let Some(cache) = cache {
             cache.advance(new);
@@ -366,8 +368,7 @@ impl Transformer {
                 &k.to_kind(kind),
                 &v.to_kind(kind),
                 attn_mask.map(|m| m.to_kind(kind)).as_ref(),
-            )
-            .to_kind(q.kind()),
+            ),
             None => sdpa(&q, &k, &v, attn_mask),
         };
         maps.o(layer, &y.transpose(1, 2).reshape([b, t, h * d]))
@@ -487,11 +488,17 @@ fn swiglu(mut gate: Tensor, up: &Tensor) -> Tensor {
     gate
 }
 
-/// `x + y`, written into `y` when no gradient is recorded (`y` is a fresh output).
-fn residual(x: &Tensor, mut y: Tensor) -> Tensor {
+/// `x + y` in `x`'s kind (a bf16 product's output joins the f32 residual stream),
+/// written into `y` or `x` when no gradient is recorded (`y` is a fresh output, `x`
+/// the pass's own stream).
+fn residual(mut x: Tensor, mut y: Tensor) -> Tensor {
     if x.requires_grad() || y.requires_grad() {
         return x + y;
     }
-    let _ = y.g_add_(x);
-    y
+    if y.kind() == x.kind() {
+        let _ = y.g_add_(&x);
+        return y;
+    }
+    let _ = x.g_add_(&y);
+    x
 }
