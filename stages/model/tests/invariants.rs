@@ -550,6 +550,16 @@ fn three_completions() -> Vec<Vec<u32>> {
     vec![vec![5, 9, 13, 2, 40, 41], vec![7, 8], vec![11, 3]]
 }
 
+/// Each prompt with its completion.
+fn paired<'a>(prompts: &'a [Vec<u32>], completions: &'a [Vec<u32>]) -> Vec<(&'a [u32], &'a [u32])> {
+    assert_eq!(prompts.len(), completions.len());
+    prompts
+        .iter()
+        .zip(completions)
+        .map(|(p, c)| (p.as_slice(), c.as_slice()))
+        .collect()
+}
+
 #[test]
 fn mixed_precision_training_follows_f32_with_gradients_in_the_f32_masters() {
     // The same weights trained in f32 and in mixed bf16: one set of casts for two
@@ -560,11 +570,7 @@ fn mixed_precision_training_follows_f32_with_gradients_in_the_f32_masters() {
         let (exact, mixed) = f32_and_mixed(name, true);
         let prompts = prompts(&exact);
         let completions = three_completions();
-        let pairs: Vec<(&[u32], &[u32])> = vec![
-            (&prompts[0], &completions[0]),
-            (&prompts[1], &completions[1]),
-            (&prompts[2], &completions[2]),
-        ];
+        let pairs = paired(&prompts, &completions);
         let run = |policy: &LanguageModel| -> (Vec<f32>, Vec<(String, Tensor)>) {
             let weights = policy.training_weights();
             let mut values = Vec::new();
@@ -623,11 +629,7 @@ fn mixed_precision_passes_without_gradient_keep_an_f32_residual_stream() {
         let (exact, mixed) = f32_and_mixed(name, false);
         let prompts = prompts(&exact);
         let completions = three_completions();
-        let pairs: Vec<(&[u32], &[u32])> = prompts
-            .iter()
-            .zip(&completions)
-            .map(|(p, c)| (p.as_slice(), c.as_slice()))
-            .collect();
+        let pairs = paired(&prompts, &completions);
         let weights = lsp_model::InferenceWeights::new(mixed.transformer());
         let ids = Tensor::from_slice(&prompts[0].iter().map(|&t| i64::from(t)).collect::<Vec<_>>())
             .unsqueeze(0);
