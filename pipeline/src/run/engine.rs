@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use lsp_model::{LanguageModel, LoadOptions};
 use lsp_schemas::{GameRecordBatch, SlotBatch, StageSeconds, StepRow, UpdatedBatch};
 use lsp_stage::{Context, Mode, QueryTally, Stage};
-use lsp_update::StepSums;
+use lsp_update::{BatchTotals, Item, ItemKey, Measured, StepSums, Update};
 use tch::Tensor;
 use tracing::{debug, info};
 
@@ -45,7 +45,7 @@ pub struct LocalUpdate {
     /// Its stage timings so far.
     pub seconds: StageSeconds,
     /// Its gradient, kept when it is the run's only worker (nothing to sum).
-    pub gradients: Option<std::rc::Rc<Vec<Tensor>>>,
+    pub gradients: super::game::KeptGradient,
 }
 
 /// The policy of a run from `folder` (the configured one, or a checkpoint's): with an
@@ -174,20 +174,19 @@ impl Engine {
         Ok(self.stages.advantage.tally(judged)?)
     }
 
-    /// This worker's half of the update after the update stage's `process`: its rows
-    /// and loss parts, and its gradient (one tensor per parameter) for the sum.
-    pub fn local_update(
+    /// The update's micro-batches `batches` dealt to this worker in `iteration`
+    /// ([`lsp_update::Plan`]), normalised by the whole iteration's `tallies`: what it
+    /// measured of each sequence; its loss parts and gradient wait in the update stage.
+    pub fn train(
         &mut self,
-        (updated, seconds): (UpdatedBatch, StageSeconds),
-    ) -> anyhow::Result<(LocalUpdate, Vec<Tensor>)> {
-        let (sums, gradients) = self.stages.update.take_gradient()?;
-        let local = LocalUpdate {
-            updated,
-            sums,
-            seconds,
-            gradients: None,
-        };
-        Ok((local, gradients))
+        iteration: u64,
+        tallies: &[QueryTally],
+        batches: Vec<Vec<Item>>,
+    ) -> anyhow::Result<Vec<(ItemKey, Measured)>> {
+        let seed = lsp_model::mix(lsp_model::mix(self.seed, iteration), Update::STREAM);
+        let mut cx = Context::new(&self.policy, &mut self.reference, iteration, seed);
+        let totals = BatchTotals::among(tallies);
+        Ok(self.stages.update.train_batches(&mut cx, batches, totals)?)
     }
 
     /// An epoch's step before the iteration's last (`update.epochs` > 1), then this

@@ -4,13 +4,17 @@
 //! dataflow's collective steps ([`super::collective`]):
 //!
 //! ```text
-//! iteration ─ challenger ─ solver ─ reward ─ self_reward ─┬──────────── advantage ─ backward ─┬─ local ──────────── step ─ record rows ─ gather to worker 0
+//! iteration ─ challenger ─ solver ─ reward ─ self_reward ─┬──────────── advantage ─ update ───┬─ local ──────────── step ─ record rows ─ gather to worker 0
 //!                                                         └ tallies (to all) ┘                 ├─ loss parts (to all) ┘
 //!                                                                                              └─ gradient (all-reduce) ┘
 //! ```
 //!
-//! - the tallies: each query's rows and challenger reward, so that V̄ and the loss's
-//!   normalising counts are the whole iteration's;
+//! - the tallies: each query's rows, tokens and challenger reward, so that V̄ and the
+//!   loss's normalising counts are the whole iteration's, and every worker makes the
+//!   same plan of the update;
+//! - the update's sequences: dealt out by that plan in micro-batches that share a
+//!   prompt, balanced by tokens, and what was measured of them sent back to their rows
+//!   ([`super::dealt`]);
 //! - the gradient: summed across workers by a reduce-scatter and all-gather of one
 //!   chunk per parameter, so every replica takes the same AdamW step;
 //! - the loss parts and the stop request, summed, so every worker reports the same
@@ -37,7 +41,7 @@ use lsp_schemas::{GameRecordBatch, GameRecordRow, StepRow, TypedBatch};
 use lsp_self_reward::SelfReward;
 use lsp_solver::Solver;
 use lsp_stage::{QueryTally, Stage};
-use lsp_update::{StepSums, Update};
+use lsp_update::StepSums;
 use tch::{Kind, Tensor};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::vec::{Map, Partition};
@@ -68,7 +72,7 @@ const PIECE: usize = 1 << 20;
 
 /// One of the update's three outputs.
 #[derive(Debug, Clone)]
-enum UpdatePart {
+pub(super) enum UpdatePart {
     /// The worker's rows and loss parts, for its own step.
     Local(LocalUpdate),
     /// Its loss parts and stop request, for every worker.
@@ -146,18 +150,8 @@ pub fn game<'scope>(
         })
     });
 
-    let (e7, stop) = (e(&cx), cx.stop.clone());
-    let mut parts = advantaged.stage(
-        Update::NAME,
-        f.clone(),
-        p.clone(),
-        move |t, (advantaged, s, all)| {
-            let mut engine = e7.borrow_mut();
-            let updated = engine.run(|s| &mut s.update, t, Some(&all), (advantaged, s))?;
-            let (local, gradients) = engine.local_update(updated)?;
-            share_update(local, gradients, index, peers, stop.load(Ordering::SeqCst))
-        },
-    );
+    let mut parts =
+        super::dealt::update(advantaged, e(&cx), &f, &p, cx.stop.clone(), (index, peers));
     // `update.epochs` > 1: every epoch but the last steps, and the loss is taken
     // again for the next, each through the same collective steps.
     let epochs = cx.engine.borrow().stages.update.epochs();
@@ -172,7 +166,11 @@ pub fn game<'scope>(
                 let gradients = gradient_of(&mut engine, &mut local, chunks)?;
                 let again = engine.next_epoch(t, &mut local, &gradients, sums)?;
                 drop(gradients);
-                share_update(local, again, index, peers, stop.load(Ordering::SeqCst))
+                let stop = stop.load(Ordering::SeqCst);
+                let (kept, mut parts) = share_update(again, local.sums, index, peers, stop)?;
+                local.gradients = kept;
+                parts.push(UpdatePart::Local(local));
+                Ok(parts)
             },
         );
     }
@@ -235,25 +233,29 @@ pub fn game<'scope>(
     (outputs, probe)
 }
 
-/// A worker's update parts: its own (rows and loss parts), its loss parts and stop
-/// request for every worker, and its gradient for the all-reduce (kept whole when it
-/// is the run's only worker).
-fn share_update(
-    mut local: LocalUpdate,
+/// A gradient kept whole by the run's only worker (nothing to sum).
+pub(super) type KeptGradient = Option<Rc<Vec<Tensor>>>;
+
+/// What a worker shares of its update: its loss parts and stop request for every
+/// worker, and its gradient for the all-reduce — or, as the run's only worker, its
+/// gradient kept whole (returned).
+pub(super) fn share_update(
     gradients: Vec<Tensor>,
+    sums: StepSums,
     index: u32,
     peers: usize,
     stop: bool,
-) -> anyhow::Result<Vec<UpdatePart>> {
+) -> anyhow::Result<(KeptGradient, Vec<UpdatePart>)> {
     let mut out = Vec::new();
-    if peers == 1 {
-        local.gradients = Some(Rc::new(gradients));
-    } else {
-        send_gradient(&gradients, index, &mut out)?;
-    }
-    out.push(UpdatePart::Sums(index, local.sums, stop));
-    out.push(UpdatePart::Local(local));
-    Ok(out)
+    let kept = match peers {
+        1 => Some(Rc::new(gradients)),
+        _ => {
+            send_gradient(&gradients, index, &mut out)?;
+            None
+        }
+    };
+    out.push(UpdatePart::Sums(index, sums, stop));
+    Ok((kept, out))
 }
 
 /// A worker's update with the gradient sum's pieces, the summed loss parts and
@@ -443,7 +445,7 @@ fn replicas_agree(t: u64, hashes: &[Option<u64>]) -> anyhow::Result<()> {
 
 /// Records that other workers' parts of iteration `t` did not come (one of them
 /// failed), unless this worker has failed already; nothing goes on.
-fn missing<O>(failure: &Failure, t: u64, what: &str) -> Vec<O> {
+pub(super) fn missing<O>(failure: &Failure, t: u64, what: &str) -> Vec<O> {
     if !failure.is_set() {
         failure.set(anyhow::anyhow!(
             "iteration {t}: another worker of the run failed (its error is reported \

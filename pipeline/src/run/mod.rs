@@ -10,6 +10,7 @@ mod checksums;
 mod cluster;
 mod collective;
 mod data;
+mod dealt;
 mod engine;
 mod game;
 pub mod layout;

@@ -3,7 +3,10 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Float64Array, ListArray, UInt32Array};
-use lsp_schemas::columns::{ANSWER_TOKEN_IDS, QUERY_ID, QUERY_TOKEN_IDS, REWARD, SELF_REWARD};
+use lsp_schemas::columns::{
+    ANSWER_PROMPT_TOKEN_IDS, ANSWER_TOKEN_IDS, PROMPT_TOKEN_IDS, QUERY_ID, QUERY_TOKEN_IDS, REWARD,
+    SELF_REWARD,
+};
 use lsp_schemas::problems::{Problems, Validate};
 use lsp_schemas::{AdvantageBatch, SchemaError, SelfRewardBatch, TypedBatch};
 use lsp_stage::{Context, Mode, QueryTally, Setup, Stage, StageConfig};
@@ -170,6 +173,8 @@ impl AdvantageStage {
         let (ids, a) = self.local(judged, None)?;
         let answers = judged.column::<ListArray>(ANSWER_TOKEN_IDS)?;
         let queries = judged.column::<ListArray>(QUERY_TOKEN_IDS)?;
+        let prompts = judged.column::<ListArray>(PROMPT_TOKEN_IDS)?;
+        let answer_prompts = judged.column::<ListArray>(ANSWER_PROMPT_TOKEN_IDS)?;
         Ok(groups(&ids)
             .into_iter()
             .map(|g| QueryTally {
@@ -178,6 +183,8 @@ impl AdvantageStage {
                 challenger_reward: a.challenger_reward.as_ref().map(|c| c[g[0]]),
                 answer_tokens: g.iter().map(|&r| answers.value_length(r) as u64).sum(),
                 query_tokens: queries.value_length(g[0]) as u64,
+                prompt_tokens: prompts.value_length(g[0]) as u64,
+                answer_prompt_tokens: answer_prompts.value_length(g[0]) as u64,
             })
             .collect())
     }
@@ -310,7 +317,7 @@ mod tests {
                             query_id: IDS[i],
                             prompt_id: "p".into(),
                             prompt_version: "v".into(),
-                            prompt_token_ids: vec![1],
+                            prompt_token_ids: vec![1; 5],
                             query_text: "q".into(),
                             query_token_ids: vec![2],
                             query_token_logprobs: vec![-1.0],
@@ -319,7 +326,7 @@ mod tests {
                             reference_answer: None,
                         },
                         answer_index: (i % 2) as u32,
-                        answer_prompt_token_ids: vec![3],
+                        answer_prompt_token_ids: vec![3; 3],
                         answer_text: "a".into(),
                         answer_token_ids: vec![4],
                         answer_token_logprobs: vec![-1.0],
@@ -348,7 +355,8 @@ mod tests {
         assert_eq!(adv, [-3.0, 3.0, -1.0, 1.0]);
         assert_eq!(out[2].adv_challenger, Some(-2.5));
         assert_eq!(out[0].judged, rows[0]);
-        // Tallies: rows, challenger reward and tokens per query, in query order.
+        // Tallies: rows, challenger reward and tokens (own and prompts') per query, in
+        // query order.
         let tallies = stage.tally(&judged).unwrap();
         assert_eq!(
             tallies,
@@ -359,6 +367,8 @@ mod tests {
                     challenger_reward: Some(2.0),
                     answer_tokens: 2,
                     query_tokens: 1,
+                    prompt_tokens: 5,
+                    answer_prompt_tokens: 3,
                 },
                 QueryTally {
                     query_id: 1,
@@ -366,6 +376,8 @@ mod tests {
                     challenger_reward: Some(-3.0),
                     answer_tokens: 2,
                     query_tokens: 1,
+                    prompt_tokens: 5,
+                    answer_prompt_tokens: 3,
                 }
             ]
         );

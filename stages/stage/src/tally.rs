@@ -19,4 +19,8 @@ pub struct QueryTally {
     pub answer_tokens: u64,
     /// Its own tokens.
     pub query_tokens: u64,
+    /// The tokens of the challenger's prompt that wrote it (0 for a query from data).
+    pub prompt_tokens: u64,
+    /// The tokens of the solver's prompt its answers share.
+    pub answer_prompt_tokens: u64,
 }

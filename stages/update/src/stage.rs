@@ -1,5 +1,6 @@
 //! The update stage: L = L_Sol + α_Ch·L_Ch over micro-batches, one AdamW step.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Float64Array, ListArray, UInt32Array};
@@ -15,34 +16,26 @@ use crate::adamw::AdamW;
 use crate::config::{Loss, RolloutCorrection, UpdateConfig};
 use crate::error::{Result, UpdateError};
 use crate::loss::{Clip, RoleCounts, Terms, grad_norm, sequence_terms, sequence_weight};
+use crate::plan::{Item, ItemKey, Plan, tallies_of};
 
-/// One sequence the loss covers.
-struct Item {
-    prompt: Vec<u32>,
-    completion: Vec<u32>,
-    /// The sampler's log-probs of `completion`, computed while generating (PPO's old
-    /// policy, and the other side of the rollout/training mismatch).
-    old: Vec<f32>,
-    advantage: f64,
-    challenger: bool,
-}
-
-/// The reference's log-probs of a batch's sequences, per micro-batch
+/// The reference's log-probs of a worker's micro-batches, one per micro-batch
 /// ([`Update::reference_logprobs`]).
 #[derive(Debug)]
 pub struct ReferenceLogprobs(Vec<TokenLogprobs>);
 
-/// `(prompt, completion)` of the items at `chunk`.
-fn pairs_of<'a>(items: &'a [Item], chunk: &[usize]) -> Vec<(&'a [u32], &'a [u32])> {
-    chunk
+/// `(prompt, completion)` of a micro-batch's items.
+fn pairs_of(items: &[Item]) -> Vec<(&[u32], &[u32])> {
+    items
         .iter()
-        .map(|&i| (items[i].prompt.as_slice(), items[i].completion.as_slice()))
+        .map(|i| (i.prompt.as_slice(), i.completion.as_slice()))
         .collect()
 }
 
-/// What the step measured of each item (before the weights changed).
-#[derive(Clone, Copy, Default)]
-struct Measured {
+/// What the step measured of a sequence (before the weights changed): the sums of its
+/// tokens' log-probs under the policy, the reference and the sampler, its KL term and
+/// its mean entropy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Measured {
     policy: f64,
     reference: f64,
     sampler: f64,
@@ -78,24 +71,7 @@ impl BatchTotals {
 
     /// The totals of `batch` as a whole iteration.
     pub fn of(batch: &AdvantageBatch) -> Result<Self> {
-        let query_ids = batch.column::<UInt32Array>(QUERY_ID)?;
-        let adv_challenger = batch.column::<Float64Array>(ADV_CHALLENGER)?;
-        let answer_lists = batch.column::<ListArray>(ANSWER_TOKEN_IDS)?;
-        let query_lists = batch.column::<ListArray>(QUERY_TOKEN_IDS)?;
-        let mut queries: Vec<(u32, u64)> = (0..batch.num_rows())
-            .filter(|&row| !adv_challenger.is_null(row))
-            .map(|row| (query_ids.value(row), query_lists.value_length(row) as u64))
-            .collect();
-        queries.sort_unstable();
-        queries.dedup();
-        Ok(Self {
-            answers: batch.num_rows(),
-            queries: queries.len(),
-            answer_tokens: (0..batch.num_rows())
-                .map(|row| answer_lists.value_length(row) as u64)
-                .sum(),
-            query_tokens: queries.iter().map(|(_, n)| n).sum(),
-        })
+        Ok(Self::among(&tallies_of(batch)?))
     }
 }
 
@@ -139,8 +115,8 @@ impl std::ops::Add for StepSums {
 /// One worker's half of a step ([`Update::backward`]).
 #[derive(Debug)]
 pub struct LocalStep {
-    /// Its rows with the measured log-prob sums and KL terms.
-    pub updated: UpdatedBatch,
+    /// What it measured of each sequence it trained.
+    pub measured: Vec<(ItemKey, Measured)>,
     /// Its loss parts.
     pub sums: StepSums,
     /// Its gradient, one tensor per parameter in [`AdamW::params`]'s order.
@@ -168,8 +144,9 @@ pub struct Update {
 /// loss parts and gradient waiting to be summed.
 #[derive(Debug)]
 struct Round {
-    /// The batch, its reference log-probs and totals (with `update.epochs` > 1).
-    again: Option<(AdvantageBatch, ReferenceLogprobs, BatchTotals)>,
+    /// The micro-batches, their reference log-probs and the totals (with
+    /// `update.epochs` > 1).
+    again: Option<(Vec<Vec<Item>>, ReferenceLogprobs, BatchTotals)>,
     steps: Vec<StepRow>,
     pending: Option<(StepSums, Vec<Tensor>)>,
 }
@@ -183,11 +160,9 @@ impl StageConfig<LanguageModel> for UpdateConfig {
     }
 }
 
-/// The reference's log-probs of this worker's rows (an offloaded reference is
-/// released before the policy's passes keep activations), then the loss over them
-/// in micro-batches, normalised by the whole iteration's counts (the context's
-/// tallies, or the batch's own): the rows with their measured columns out, the loss
-/// parts and gradient kept for the step.
+/// The batch as the whole iteration on one worker ([`Update::train_batches`] on its
+/// micro-batches, the context's tallies or the batch's own counting), with its
+/// measured columns.
 impl Stage<LanguageModel> for Update {
     const NAME: &'static str = "update";
     const STREAM: u64 = 6;
@@ -200,23 +175,13 @@ impl Stage<LanguageModel> for Update {
         cx: &mut Context<'_, LanguageModel>,
         advantaged: &AdvantageBatch,
     ) -> Result<UpdatedBatch> {
-        let reference_lps = self.reference_logprobs(cx.reference.get()?, advantaged)?;
-        cx.reference.release();
-        let totals = match cx.tallies {
-            Some(tallies) => BatchTotals::among(tallies),
-            None => BatchTotals::of(advantaged)?,
+        let tallies = match cx.tallies {
+            Some(tallies) => tallies.to_vec(),
+            None => tallies_of(advantaged)?,
         };
-        let LocalStep {
-            updated,
-            sums,
-            gradients,
-        } = self.backward(cx.policy, &reference_lps, advantaged, totals)?;
-        self.round = Some(Round {
-            again: (self.config.epochs > 1).then(|| (advantaged.clone(), reference_lps, totals)),
-            steps: Vec::new(),
-            pending: Some((sums, gradients)),
-        });
-        Ok(updated)
+        let batches = self.plan(&tallies, 1).local(self.items(advantaged)?);
+        let measured = self.train_batches(cx, batches, BatchTotals::among(&tallies))?;
+        self.record(advantaged, &measured)
     }
 }
 
@@ -271,56 +236,81 @@ impl Update {
         &mut self.optimizer
     }
 
-    /// The sequences of the loss: every answer, and each query once when the
-    /// challenger is trained (its advantage column is not null).
-    fn items(&self, batch: &AdvantageBatch) -> Result<(Vec<Item>, Vec<Option<usize>>)> {
-        let n_rows = batch.num_rows();
+    /// The sequences of the loss in `batch`: every answer, and each query once when
+    /// the challenger is trained (its advantage column is not null).
+    pub fn items(&self, batch: &AdvantageBatch) -> Result<Vec<Item>> {
         let query_ids = batch.column::<UInt32Array>(QUERY_ID)?;
+        let answer_indices = batch.column::<UInt32Array>(ANSWER_INDEX)?;
         let adv_solver = batch.column::<Float64Array>(ADV_SOLVER)?;
         let adv_challenger = batch.column::<Float64Array>(ADV_CHALLENGER)?;
-        let mut items = Vec::with_capacity(n_rows);
-        for row in 0..n_rows {
+        let mut items = Vec::with_capacity(batch.num_rows());
+        let mut queries = std::collections::HashSet::new();
+        for row in 0..batch.num_rows() {
+            let query_id = query_ids.value(row);
             items.push(Item {
+                key: ItemKey {
+                    query_id,
+                    answer_index: Some(answer_indices.value(row)),
+                },
                 prompt: list(batch, ANSWER_PROMPT_TOKEN_IDS, row)?,
                 completion: list(batch, ANSWER_TOKEN_IDS, row)?,
                 old: floats(batch, ANSWER_TOKEN_LOGPROBS, row)?,
                 advantage: adv_solver.value(row),
-                challenger: false,
             });
-        }
-        // Each row's query item, if any (the first row of a query adds it).
-        let mut query_item = vec![None; n_rows];
-        let mut first: std::collections::HashMap<u32, usize> = Default::default();
-        let mut queries = Vec::new();
-        for (row, item) in query_item.iter_mut().enumerate() {
-            if adv_challenger.is_null(row) {
-                continue;
-            }
-            let qid = query_ids.value(row);
-            let index = *first.entry(qid).or_insert_with(|| {
-                queries.push(row);
-                queries.len() - 1
-            });
-            *item = Some(n_rows + index);
-        }
-        for &row in &queries {
-            items.push(Item {
-                prompt: list(batch, PROMPT_TOKEN_IDS, row)?,
-                completion: list(batch, QUERY_TOKEN_IDS, row)?,
-                old: floats(batch, QUERY_TOKEN_LOGPROBS, row)?,
-                advantage: adv_challenger.value(row),
-                challenger: true,
-            });
-        }
-        // A query from data has no tokens or prompt: nothing to train or measure.
-        for q in query_item.iter_mut() {
-            if let Some(i) = *q
-                && (items[i].completion.is_empty() || items[i].prompt.is_empty())
-            {
-                *q = None;
+            if !adv_challenger.is_null(row) && queries.insert(query_id) {
+                items.push(Item {
+                    key: ItemKey {
+                        query_id,
+                        answer_index: None,
+                    },
+                    prompt: list(batch, PROMPT_TOKEN_IDS, row)?,
+                    completion: list(batch, QUERY_TOKEN_IDS, row)?,
+                    old: floats(batch, QUERY_TOKEN_LOGPROBS, row)?,
+                    advantage: adv_challenger.value(row),
+                });
             }
         }
-        Ok((items, query_item))
+        Ok(items)
+    }
+
+    /// The plan of an iteration of `tallies` over `workers` workers, in this update's
+    /// micro-batches.
+    pub fn plan(&self, tallies: &[QueryTally], workers: usize) -> Plan {
+        Plan::balance(tallies, workers, self.config.micro_batch_size as usize)
+    }
+
+    /// `batch` as a whole iteration on one worker, in its micro-batches.
+    pub fn micro_batches(&self, batch: &AdvantageBatch) -> Result<Vec<Vec<Item>>> {
+        Ok(self.plan(&tallies_of(batch)?, 1).local(self.items(batch)?))
+    }
+
+    /// The reference's log-probs of `batches` (an offloaded reference is released
+    /// before the policy's passes keep activations), then the loss over them,
+    /// normalised by the whole iteration's `totals`: what it measured of each
+    /// sequence; the loss parts and gradient are kept for the step
+    /// ([`Update::take_gradient`]).
+    pub fn train_batches(
+        &mut self,
+        cx: &mut Context<'_, LanguageModel>,
+        batches: Vec<Vec<Item>>,
+        totals: BatchTotals,
+    ) -> Result<Vec<(ItemKey, Measured)>> {
+        let reference_lps = match batches.is_empty() {
+            true => ReferenceLogprobs(Vec::new()),
+            false => self.reference_logprobs(cx.reference.get()?, &batches)?,
+        };
+        cx.reference.release();
+        let LocalStep {
+            measured,
+            sums,
+            gradients,
+        } = self.backward(cx.policy, &reference_lps, &batches, totals)?;
+        self.round = Some(Round {
+            again: (self.config.epochs > 1).then_some((batches, reference_lps, totals)),
+            steps: Vec::new(),
+            pending: Some((sums, gradients)),
+        });
+        Ok(measured)
     }
 
     /// A whole iteration on one worker: [`Stage::process`], then each epoch's step
@@ -340,21 +330,19 @@ impl Update {
         Ok((updated, self.step(cx.iteration, sums, &gradients)))
     }
 
-    /// The first half of [`Stage::process`]: the reference's log-probs of `batch`,
-    /// all of them, with its stacked weights cached for inference.
+    /// The reference's log-probs of `batches`, with its stacked weights cached for
+    /// inference.
     pub fn reference_logprobs(
         &self,
         reference: &LanguageModel,
-        batch: &AdvantageBatch,
+        batches: &[Vec<Item>],
     ) -> Result<ReferenceLogprobs> {
-        let (items, _) = self.items(batch)?;
         let weights = InferenceWeights::new(reference.transformer());
-        let per_chunk = self
-            .micro_batches(&items)
+        let per_batch = batches
             .iter()
-            .map(|chunk| reference.completion_logprobs_with(&weights, &pairs_of(&items, chunk)))
+            .map(|items| reference.completion_logprobs_with(&weights, &pairs_of(items)))
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        Ok(ReferenceLogprobs(per_chunk))
+        Ok(ReferenceLogprobs(per_batch))
     }
 
     /// This worker's loss parts and gradient from the last [`Stage::process`] or
@@ -384,8 +372,8 @@ impl Update {
             .filter(|round| round.again.is_some())
             .ok_or_else(|| UpdateError::Setup("an epoch after the iteration's last".into()))?;
         round.steps.push(self.step_once(iteration, sums, gradients));
-        let (batch, reference_lps, totals) = round.again.as_ref().expect("kept when epochs > 1");
-        let again = self.backward(policy, reference_lps, batch, *totals)?;
+        let (batches, reference_lps, totals) = round.again.as_ref().expect("kept when epochs > 1");
+        let again = self.backward(policy, reference_lps, batches, *totals)?;
         round.pending = Some((again.sums, again.gradients));
         self.round = Some(round);
         Ok(())
@@ -396,23 +384,20 @@ impl Update {
         self.config.epochs
     }
 
-    /// The loss over `batch` (this worker's rows of an iteration whose every row is
-    /// counted in `totals`), in micro-batches, its gradient accumulated: the measured
-    /// columns, the loss parts and the gradient, for [`Update::step`] once every
-    /// worker's are summed.
+    /// The loss over `batches` (this worker's micro-batches of an iteration whose
+    /// every sequence is counted in `totals`), its gradient accumulated: what it
+    /// measured of each sequence, the loss parts and the gradient, for
+    /// [`Update::step`] once every worker's are summed.
     pub fn backward(
         &mut self,
         policy: &LanguageModel,
         reference_lps: &ReferenceLogprobs,
-        batch: &AdvantageBatch,
+        batches: &[Vec<Item>],
         totals: BatchTotals,
     ) -> Result<LocalStep> {
-        let (items, query_item) = self.items(batch)?;
-        let chunks = self.micro_batches(&items);
-        if let Some(item) = chunks
+        if let Some(item) = batches
             .iter()
             .flatten()
-            .map(|&i| &items[i])
             .find(|item| item.old.len() != item.completion.len())
         {
             return Err(UpdateError::Mismatch(format!(
@@ -422,14 +407,11 @@ impl Update {
             )));
         }
         let reference_lps = &reference_lps.0;
-        let lengths = |chunk: &Vec<usize>| -> Vec<i64> {
-            chunk
-                .iter()
-                .map(|&i| items[i].completion.len() as i64)
-                .collect()
+        let lengths = |chunk: &Vec<Item>| -> Vec<i64> {
+            chunk.iter().map(|i| i.completion.len() as i64).collect()
         };
-        if reference_lps.len() != chunks.len()
-            || chunks
+        if reference_lps.len() != batches.len()
+            || batches
                 .iter()
                 .zip(reference_lps)
                 .any(|(c, r)| r.lengths != lengths(c))
@@ -438,10 +420,10 @@ impl Update {
                 "they were computed for another batch or micro-batch size".into(),
             ));
         }
-        let mut measured = vec![Measured::default(); items.len()];
+        let mut measured = Vec::with_capacity(batches.iter().map(Vec::len).sum());
         // L_Sol, and L_Ch before α_Ch (so it is reported when α_Ch = 0 too).
         let mut sums = StepSums {
-            has_challenger: items.iter().any(|i| i.challenger),
+            has_challenger: totals.queries > 0,
             ..StepSums::default()
         };
         if self.config.loss == Loss::DrGrpo && self.limits.0 == 0 {
@@ -464,14 +446,11 @@ impl Update {
         self.optimizer.zero_grad();
         // This step's products (bf16 casts under mixed precision), made once.
         let weights = policy.training_weights();
-        for (chunk, reference_lp) in chunks.iter().zip(reference_lps) {
-            let pass = policy.training_logprobs(&weights, &pairs_of(&items, chunk))?;
+        for (chunk, reference_lp) in batches.iter().zip(reference_lps) {
+            let pass = policy.training_logprobs(&weights, &pairs_of(chunk))?;
             let lp = &pass.logprobs;
-            let advantages: Vec<f64> = chunk.iter().map(|&i| items[i].advantage).collect();
-            let sampled: Vec<f32> = chunk
-                .iter()
-                .flat_map(|&i| items[i].old.iter().copied())
-                .collect();
+            let advantages: Vec<f64> = chunk.iter().map(|i| i.advantage).collect();
+            let sampled: Vec<f32> = chunk.iter().flat_map(|i| i.old.iter().copied()).collect();
             let sampled = Tensor::from_slice(&sampled).to_device(lp.values.device());
             // log π_trainer − log π_sampler per token: the mismatch, and TIS's weight.
             let log_ratio = lp.values.detach() - &sampled;
@@ -503,28 +482,27 @@ impl Update {
             let micro = |challenger: bool| {
                 chunk
                     .iter()
-                    .filter(|&&i| items[i].challenger == challenger)
-                    .fold((0.0, 0.0), |(n, t), &i| {
-                        (n + 1.0, t + items[i].completion.len() as f64)
+                    .filter(|i| i.challenger() == challenger)
+                    .fold((0.0, 0.0), |(n, t), i| {
+                        (n + 1.0, t + i.completion.len() as f64)
                     })
             };
             let micro = [micro(false), micro(true)];
             let role_weights: Vec<f64> = chunk
                 .iter()
-                .map(|&i| {
-                    let item = &items[i];
+                .map(|item| {
                     sequence_weight(
                         self.config.loss,
-                        roles[usize::from(item.challenger)],
+                        roles[usize::from(item.challenger())],
                         item.completion.len() as f64,
-                        micro[usize::from(item.challenger)],
+                        micro[usize::from(item.challenger())],
                     )
                 })
                 .collect();
             let weights: Vec<f64> = chunk
                 .iter()
                 .zip(&role_weights)
-                .map(|(&i, w)| match items[i].challenger {
+                .map(|(i, w)| match i.challenger() {
                     true => w * self.config.challenger_coef,
                     false => *w,
                 })
@@ -540,24 +518,27 @@ impl Update {
             let terms = Vec::<f32>::try_from(&terms.detach())?;
             let ref_sums = Vec::<f32>::try_from(&reference_lp.sums())?;
             let kl = Vec::<f32>::try_from(&kl)?;
-            for (k, &i) in chunk.iter().enumerate() {
-                measured[i] = Measured {
-                    policy: lp_sums[k] as f64,
-                    reference: ref_sums[k] as f64,
-                    sampler: items[i].old.iter().map(|&x| f64::from(x)).sum(),
-                    kl: kl[k] as f64,
-                    entropy: entropy[k] as f64,
-                };
-                if items[i].challenger {
+            for (k, item) in chunk.iter().enumerate() {
+                measured.push((
+                    item.key,
+                    Measured {
+                        policy: lp_sums[k] as f64,
+                        reference: ref_sums[k] as f64,
+                        sampler: item.old.iter().map(|&x| f64::from(x)).sum(),
+                        kl: kl[k] as f64,
+                        entropy: entropy[k] as f64,
+                    },
+                ));
+                if item.challenger() {
                     sums.loss_challenger -= terms[k] as f64 * role_weights[k];
                 } else {
                     sums.loss_solver += per_seq[k];
                 }
-                sums.tokens += items[i].completion.len() as u64;
+                sums.tokens += item.completion.len() as u64;
             }
         }
         Ok(LocalStep {
-            updated: self.record(batch, &measured, &query_item)?,
+            measured,
             sums,
             gradients: self.optimizer.gradients(),
         })
@@ -633,37 +614,35 @@ impl Update {
         }
     }
 
-    /// The items with a prompt and a completion (the others have nothing to train or
-    /// measure), in micro-batches.
-    fn micro_batches(&self, items: &[Item]) -> Vec<Vec<usize>> {
-        let trainable: Vec<usize> = (0..items.len())
-            .filter(|&i| !items[i].completion.is_empty() && !items[i].prompt.is_empty())
-            .collect();
-        trainable
-            .chunks(self.config.micro_batch_size as usize)
-            .map(<[usize]>::to_vec)
-            .collect()
-    }
-
-    /// Appends the measured log-prob sums and KL terms to the batch.
-    fn record(
+    /// `batch` with what was measured of its sequences (by any worker) appended: an
+    /// answer's columns are zero where it had nothing to train, a query's null.
+    pub fn record(
         &self,
         batch: &AdvantageBatch,
-        measured: &[Measured],
-        query_item: &[Option<usize>],
+        measured: &[(ItemKey, Measured)],
     ) -> Result<UpdatedBatch> {
-        let n = batch.num_rows();
+        let measured: HashMap<ItemKey, Measured> = measured.iter().copied().collect();
+        let query_ids = batch.column::<UInt32Array>(QUERY_ID)?;
+        let answer_indices = batch.column::<UInt32Array>(ANSWER_INDEX)?;
+        let of = |row: usize, answer: bool| {
+            measured.get(&ItemKey {
+                query_id: query_ids.value(row),
+                answer_index: answer.then(|| answer_indices.value(row)),
+            })
+        };
+        let rows = 0..batch.num_rows();
         let query = |f: fn(&Measured) -> f64| -> ArrayRef {
             Arc::new(Float64Array::from(
-                query_item
-                    .iter()
-                    .map(|q| q.map(|i| f(&measured[i])))
+                rows.clone()
+                    .map(|row| of(row, false).map(f))
                     .collect::<Vec<_>>(),
             ))
         };
         let answer = |f: fn(&Measured) -> f64| -> ArrayRef {
             Arc::new(Float64Array::from(
-                measured[..n].iter().map(f).collect::<Vec<_>>(),
+                rows.clone()
+                    .map(|row| of(row, true).map(f).unwrap_or_default())
+                    .collect::<Vec<_>>(),
             ))
         };
         let columns = vec![

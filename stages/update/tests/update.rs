@@ -441,13 +441,17 @@ fn reference_logprobs_of_another_batch_are_refused_and_change_nothing() {
     let other = batch(&policy, &[(0, &[70, 71, 72], 1.0, None)]);
     let before = weights(&policy);
     let totals = BatchTotals::of(&b).unwrap();
-    let lps = update.reference_logprobs(&reference, &other).unwrap();
-    let err = update.backward(&policy, &lps, &b, totals).unwrap_err();
+    let batches = update.micro_batches(&b).unwrap();
+    let others = update.micro_batches(&other).unwrap();
+    let lps = update.reference_logprobs(&reference, &others).unwrap();
+    let err = update
+        .backward(&policy, &lps, &batches, totals)
+        .unwrap_err();
     assert!(err.to_string().contains("another batch"), "{err}");
     assert_unchanged(&policy, &before);
     // Its own batch's log-probs make a step.
-    let lps = update.reference_logprobs(&reference, &b).unwrap();
-    let local = update.backward(&policy, &lps, &b, totals).unwrap();
+    let lps = update.reference_logprobs(&reference, &batches).unwrap();
+    let local = update.backward(&policy, &lps, &batches, totals).unwrap();
     assert!(update.step(1, local.sums, &local.gradients).step_applied);
     // A step asks for a processed batch's gradient first.
     let err = update.take_gradient().unwrap_err();
