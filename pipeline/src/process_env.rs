@@ -12,11 +12,16 @@ const SETTINGS: [(&str, &str); 3] = [
     // oneDNN keeps the kernels it compiles for each product shape, up to 1024 by
     // default, and libtorch's ideep layer keeps its own cache of them (its
     // LRU_CACHE_CAPACITY, also 1024). bf16 passes (mixed precision) over batches of
-    // many sequence lengths make a new shape almost every pass, so the two caches grew
-    // a GRPO run's memory by about 0.8 GB in 8 iterations; 128 each holds every shape
-    // of a training step and of decoding (measured: no slower).
-    ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "128"),
-    ("LRU_CACHE_CAPACITY", "128"),
+    // many sequence lengths make a new shape almost every pass, and each kept kernel
+    // holds memory: a GRPO run's peak grew by about 0.8 GB in 8 iterations at 1024,
+    // and was 3.97 / 4.14 GB at 128, 3.70 / 3.74 at 64, 3.63 / 3.65 at 32 (mixed
+    // precision, `examples/bench-grpo.yaml`). 32 holds every shape a training step
+    // cycles through (15 products by ONEDNN_VERBOSE, attention's included) with room;
+    // log-probs, rollouts at 32 sequences and the training step were no slower than
+    // at 128 (alternated); at 4 every step recompiles and a GRPO iteration took twice
+    // as long.
+    ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "32"),
+    ("LRU_CACHE_CAPACITY", "32"),
     // glibc's malloc serves a block over its mmap threshold (128 KiB at start, raised
     // as such blocks are freed, to 32 MiB at most) with a fresh mapping, returned to
     // the system when freed: every large activation of a pass was then new memory, and
@@ -99,12 +104,12 @@ mod tests {
     fn only_unset_settings_are_added() {
         assert_eq!(
             missing(|name| name != "LRU_CACHE_CAPACITY"),
-            [("LRU_CACHE_CAPACITY", "128")]
+            [("LRU_CACHE_CAPACITY", "32")]
         );
         assert_eq!(
             missing(|name| name == "LRU_CACHE_CAPACITY"),
             [
-                ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "128"),
+                ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "32"),
                 ("MALLOC_MMAP_THRESHOLD_", "268435456")
             ]
         );

@@ -346,7 +346,7 @@ fn the_binary_restarts_once_with_the_settings_its_environment_lacks() {
     assert!(log.contains(restarted), "{log}");
     assert!(
         log.contains(
-            "ONEDNN_PRIMITIVE_CACHE_CAPACITY=128 LRU_CACHE_CAPACITY=128 \
+            "ONEDNN_PRIMITIVE_CACHE_CAPACITY=32 LRU_CACHE_CAPACITY=32 \
              MALLOC_MMAP_THRESHOLD_=268435456"
         ),
         "{log}"
