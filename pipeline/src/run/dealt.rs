@@ -85,7 +85,7 @@ pub fn update<'scope>(
             let update = &engine.stages.update;
             let plan = update.plan(&tallies, peers);
             let mut to: Vec<Vec<(u32, Item)>> = vec![Vec::new(); peers];
-            for (worker, unit, item) in plan.route(update.items(&advantaged)?) {
+            for (worker, unit, item) in plan.route(update.items(&advantaged)?)? {
                 to[worker as usize].push((unit, item));
             }
             let sent: Vec<Dealt> = (0..peers as u32)

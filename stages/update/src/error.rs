@@ -18,6 +18,9 @@ pub enum UpdateError {
     /// The reference's log-probs do not belong to the batch.
     #[error("reference log-probs: {0}")]
     Mismatch(String),
+    /// The update's plan and a worker's rows disagree.
+    #[error("update plan: {0}")]
+    Plan(String),
     /// The reference could not be loaded.
     #[error(transparent)]
     Reference(#[from] lsp_stage::Unavailable),

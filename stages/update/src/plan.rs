@@ -22,7 +22,7 @@ use lsp_schemas::{AdvantageBatch, TypedBatch};
 use lsp_stage::QueryTally;
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{Result, UpdateError};
 
 /// Which sequence of an iteration: a query's answer, or the query itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -142,8 +142,9 @@ impl Plan {
 
     /// Each of `items` (one owner's, every answer of each of its queries among them)
     /// with its micro-batch (an index into the plan) and the worker that trains it;
-    /// items with nothing to train are left out.
-    pub fn route(&self, items: Vec<Item>) -> Vec<(u32, u32, Item)> {
+    /// items with nothing to train are left out. An item the plan has no micro-batch
+    /// for (its query not in the tallies the plan was made from) is an error.
+    pub fn route(&self, items: Vec<Item>) -> Result<Vec<(u32, u32, Item)>> {
         // Each answer's rank among its query's answers.
         let mut answers: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
         for item in &items {
@@ -156,23 +157,32 @@ impl Plan {
         items
             .into_iter()
             .filter(Item::trainable)
-            .filter_map(|item| {
-                let unit = match item.key.answer_index {
+            .map(|item| {
+                let key = item.key;
+                let unit = match key.answer_index {
                     Some(a) => {
-                        let rank = answers[&item.key.query_id]
+                        let rank = answers[&key.query_id]
                             .binary_search(&a)
                             .expect("ranked above") as u32;
-                        Unit::Answers {
-                            query_id: item.key.query_id,
+                        Some(Unit::Answers {
+                            query_id: key.query_id,
                             chunk: rank / m,
-                        }
+                        })
                     }
-                    None => Unit::Queries {
-                        chunk: self.query_rank.get(&item.key.query_id)? / m,
-                    },
+                    None => self
+                        .query_rank
+                        .get(&key.query_id)
+                        .map(|rank| Unit::Queries { chunk: rank / m }),
                 };
-                let index = self.units.iter().position(|(u, _)| *u == unit)?;
-                Some((self.units[index].1, index as u32, item))
+                let index = unit
+                    .and_then(|unit| self.units.iter().position(|(u, _)| *u == unit))
+                    .ok_or_else(|| {
+                        UpdateError::Plan(format!(
+                            "no micro-batch for {key:?}: its query's tally is missing or \
+                             says it is not trained"
+                        ))
+                    })?;
+                Ok((self.units[index].1, index as u32, item))
             })
             .collect()
     }
@@ -193,13 +203,13 @@ impl Plan {
     }
 
     /// The whole of `items` on one worker, in micro-batches.
-    pub fn local(&self, items: Vec<Item>) -> Vec<Vec<Item>> {
-        Self::micro_batches(
-            self.route(items)
+    pub fn local(&self, items: Vec<Item>) -> Result<Vec<Vec<Item>>> {
+        Ok(Self::micro_batches(
+            self.route(items)?
                 .into_iter()
                 .map(|(_, unit, item)| (unit, item))
                 .collect(),
-        )
+        ))
     }
 }
 
@@ -275,10 +285,13 @@ mod tests {
 
     fn loads(plan: &Plan, tallies: &[QueryTally]) -> Vec<usize> {
         let mut per_worker = vec![0; 4];
-        for (worker, _, _) in plan.route(items(
-            &tallies.iter().map(|t| t.query_id).collect::<Vec<_>>(),
-            tallies[0].rows,
-        )) {
+        for (worker, _, _) in plan
+            .route(items(
+                &tallies.iter().map(|t| t.query_id).collect::<Vec<_>>(),
+                tallies[0].rows,
+            ))
+            .unwrap()
+        {
             per_worker[worker as usize] += 1;
         }
         per_worker
@@ -291,7 +304,7 @@ mod tests {
         // answers on the other.
         let tallies: Vec<QueryTally> = (0..4).map(|q| tally(q, 4, true)).collect();
         let plan = Plan::balance(&tallies, 2, 4);
-        let routed = plan.route(items(&[0, 1, 2, 3], 4));
+        let routed = plan.route(items(&[0, 1, 2, 3], 4)).unwrap();
         let queries: Vec<u32> = routed
             .iter()
             .filter(|(_, _, i)| i.challenger())
@@ -315,7 +328,7 @@ mod tests {
     fn one_worker_trains_everything_in_micro_batches_that_share_a_prompt() {
         let tallies: Vec<QueryTally> = (0..3).map(|q| tally(q, 5, true)).collect();
         let plan = Plan::balance(&tallies, 1, 4);
-        let batches = plan.local(items(&[0, 1, 2], 5));
+        let batches = plan.local(items(&[0, 1, 2], 5)).unwrap();
         let shape: Vec<Vec<ItemKey>> = batches
             .iter()
             .map(|b| b.iter().map(|i| i.key).collect())
@@ -340,12 +353,24 @@ mod tests {
         tallies[1].challenger_reward = Some(1.0);
         tallies[1].query_tokens = 0;
         let plan = Plan::balance(&tallies, 3, 4);
-        let mut data = items(&[0, 1, 2], 2);
+        // Query items with tokens where the tallies say none trains: an error, not a
+        // sequence silently left untrained; so is a query the tallies do not know.
+        let err = plan.route(items(&[0], 2)).unwrap_err().to_string();
+        assert!(err.contains("no micro-batch for"), "{err}");
+        assert!(plan.route(vec![item(9, Some(0))]).is_err());
+        let mut data: Vec<Item> = items(&[0, 1, 2], 2)
+            .into_iter()
+            .filter(|i| !i.challenger())
+            .collect();
         data.push(Item {
             completion: Vec::new(),
             ..item(7, Some(0))
         });
-        let routed = plan.route(data);
+        data.push(Item {
+            completion: Vec::new(),
+            ..item(1, None)
+        });
+        let routed = plan.route(data).unwrap();
         assert!(routed.iter().all(|(_, _, i)| !i.challenger()));
         assert_eq!(routed.len(), 6);
         // Three units of equal cost over three workers: one each.

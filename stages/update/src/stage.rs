@@ -179,7 +179,7 @@ impl Stage<LanguageModel> for Update {
             Some(tallies) => tallies.to_vec(),
             None => tallies_of(advantaged)?,
         };
-        let batches = self.plan(&tallies, 1).local(self.items(advantaged)?);
+        let batches = self.plan(&tallies, 1).local(self.items(advantaged)?)?;
         let measured = self.train_batches(cx, batches, BatchTotals::among(&tallies))?;
         self.record(advantaged, &measured)
     }
@@ -281,7 +281,7 @@ impl Update {
 
     /// `batch` as a whole iteration on one worker, in its micro-batches.
     pub fn micro_batches(&self, batch: &AdvantageBatch) -> Result<Vec<Vec<Item>>> {
-        Ok(self.plan(&tallies_of(batch)?, 1).local(self.items(batch)?))
+        self.plan(&tallies_of(batch)?, 1).local(self.items(batch)?)
     }
 
     /// The reference's log-probs of `batches` (an offloaded reference is released
