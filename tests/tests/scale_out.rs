@@ -76,9 +76,13 @@ fn hostfile(dir: &Path, n: usize) -> PathBuf {
     path
 }
 
+/// What the processes log: the usual, and how the update was dealt.
+const LOG: &str = "info,pipeline::run::dealt=debug";
+
 /// Process `process` of a 2-process run of `cfg`.
 fn start_process(cfg: &Path, hosts: &Path, process: usize, flags: &[&str]) -> Child {
     Command::new(pipeline())
+        .env("RUST_LOG", LOG)
         .arg("run")
         .arg(cfg)
         .args(["--processes", "2", "--process", &process.to_string()])
@@ -99,13 +103,43 @@ fn succeeded(out: Output, what: &str) {
     );
 }
 
-/// Runs `cfg` as two processes on localhost, both of which must succeed.
-fn run_two_processes(cfg: &Path, dir: &Path) {
+/// Runs `cfg` as two processes on localhost, both of which must succeed: their logs.
+fn run_two_processes(cfg: &Path, dir: &Path) -> [String; 2] {
     let hosts = hostfile(dir, 2);
     let second = start_process(cfg, &hosts, 1, &[]);
     let first = start_process(cfg, &hosts, 0, &[]);
-    succeeded(first.wait_with_output().unwrap(), "process 0");
-    succeeded(second.wait_with_output().unwrap(), "process 1");
+    [(first, "process 0"), (second, "process 1")].map(|(child, what)| {
+        let out = child.wait_with_output().unwrap();
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        succeeded(out, what);
+        log
+    })
+}
+
+/// The update's micro-batches and sequences a process trained in each iteration, from
+/// its log's `update dealt` lines.
+fn dealt(log: &str) -> Vec<(usize, usize)> {
+    // Without the terminal's colour codes.
+    let mut plain = String::new();
+    let mut escape = false;
+    for c in log.chars() {
+        match (escape, c) {
+            (false, '\u{1b}') => escape = true,
+            (true, 'm') => escape = false,
+            (false, c) => plain.push(c),
+            (true, _) => {}
+        }
+    }
+    let field = |line: &str, name: &str| -> usize {
+        let rest = &line[line.find(&format!("{name}=")).unwrap() + name.len() + 1..];
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().unwrap()
+    };
+    plain
+        .lines()
+        .filter(|l| l.contains("update dealt"))
+        .map(|l| (field(l, "micro_batches"), field(l, "sequences")))
+        .collect()
 }
 
 /// Whether two floats agree up to the rounding of batched products.
@@ -288,4 +322,62 @@ fn an_unreachable_peer_or_a_short_hostfile_is_named() {
         stderr.contains("1 host:port lines for 2 processes"),
         "{stderr}"
     );
+}
+
+#[test]
+fn the_update_is_dealt_in_the_micro_batches_one_worker_makes() {
+    // N = 4, G = 4, micro-batches of 4: one worker trains 4 micro-batches of answers and
+    // one of the 4 queries over Box 1. Two processes make the same 5 between them —
+    // each training its own queries would make 6, Box 1 passed on each — and each
+    // trains some of them.
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config = |dir: &Path| {
+        let cfg = game_config(dir, "lsp", 1);
+        let text = std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("num_queries: 5", "num_queries: 4")
+            .replace("answers_per_query: 2", "answers_per_query: 4")
+            .replace("micro_batch_size: 2", "micro_batch_size: 4");
+        assert!(text.contains("micro_batch_size: 4") && text.contains("answers_per_query: 4"));
+        std::fs::write(&cfg, text).unwrap();
+        cfg
+    };
+    let out = Command::new(pipeline())
+        .env("RUST_LOG", LOG)
+        .arg("run")
+        .arg(config(one.path()))
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    succeeded(out, "one worker");
+    let whole = dealt(&log);
+    // What the record says was trained: the queries with a measured log-prob (one
+    // micro-batch per 4), each query's answers with tokens (one micro-batch each).
+    let rows = records(one.path());
+    let queries: std::collections::BTreeSet<u32> = rows
+        .iter()
+        .filter(|r| r.query_logprob_policy.is_some())
+        .map(|r| r.query_id)
+        .collect();
+    let answered: std::collections::BTreeSet<u32> = rows
+        .iter()
+        .filter(|r| r.answer_tokens > 0)
+        .map(|r| r.query_id)
+        .collect();
+    let answers = rows.iter().filter(|r| r.answer_tokens > 0).count();
+    assert!(!queries.is_empty() && answers > 8, "{} rows", rows.len());
+    assert_eq!(
+        whole,
+        [(
+            answered.len() + queries.len().div_ceil(4),
+            answers + queries.len()
+        )],
+        "{log}"
+    );
+    let logs = run_two_processes(&config(two.path()), two.path());
+    let parts: Vec<(usize, usize)> = logs.iter().flat_map(|log| dealt(log)).collect();
+    assert_eq!(parts.len(), 2, "{logs:?}");
+    assert!(parts.iter().all(|&(m, s)| m > 0 && s > 0), "{parts:?}");
+    let sum = parts.iter().fold((0, 0), |a, p| (a.0 + p.0, a.1 + p.1));
+    assert_eq!(sum, whole[0], "{parts:?}");
 }
