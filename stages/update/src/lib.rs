@@ -26,6 +26,6 @@ pub use adamw::AdamW;
 pub use config::{KlEstimator, Loss, RolloutCorrection, UpdateConfig};
 pub use error::{Result, UpdateError};
 pub use loss::{Clip, RoleCounts, Terms, grad_norm, kl_per_token, sequence_terms, sequence_weight};
-pub use plan::{Item, ItemKey, Plan, tallies_of};
+pub use plan::{Item, ItemKey, Plan};
 pub use stage::over_epochs;
 pub use stage::{BatchTotals, LocalStep, Measured, ReferenceLogprobs, StepSums, Update};

@@ -221,7 +221,7 @@ fn trains_challenger(t: &QueryTally) -> bool {
 
 /// The tallies of `batch` taken as the whole iteration (what the workers of a run
 /// gather before the advantage stage).
-pub fn tallies_of(batch: &AdvantageBatch) -> Result<Vec<QueryTally>> {
+pub(crate) fn tallies_of(batch: &AdvantageBatch) -> Result<Vec<QueryTally>> {
     let ids = batch.column::<UInt32Array>(QUERY_ID)?;
     let challenger = batch.column::<Float64Array>(CHALLENGER_REWARD)?;
     let adv_challenger = batch.column::<Float64Array>(ADV_CHALLENGER)?;
