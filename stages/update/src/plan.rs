@@ -202,6 +202,16 @@ impl Plan {
             .collect()
     }
 
+    /// A micro-batch's token positions, as its pass computes them: its distinct
+    /// prompts' (each once) and its completions'.
+    pub fn tokens(micro_batch: &[Item]) -> (usize, usize) {
+        let mut prompts: Vec<&[u32]> = micro_batch.iter().map(|i| i.prompt.as_slice()).collect();
+        prompts.sort_unstable();
+        prompts.dedup();
+        let completions = micro_batch.iter().map(|i| i.completion.len()).sum();
+        (prompts.iter().map(|p| p.len()).sum(), completions)
+    }
+
     /// The whole of `items` on one worker, in micro-batches.
     pub fn local(&self, items: Vec<Item>) -> Result<Vec<Vec<Item>>> {
         Ok(Self::micro_batches(
@@ -274,6 +284,19 @@ mod tests {
             old: vec![-1.0; 4],
             advantage: 0.0,
         }
+    }
+
+    #[test]
+    fn a_prompt_its_micro_batch_shares_counts_once() {
+        let mut batch = vec![item(3, Some(0)), item(3, Some(1)), item(3, Some(2))];
+        batch[1].completion.push(5);
+        assert_eq!(Plan::tokens(&batch), (8, 13));
+        // Another prompt (the challenger's queries of another Box 1) counts again.
+        let mut other = item(4, None);
+        other.prompt = vec![7; 5];
+        batch.push(other);
+        assert_eq!(Plan::tokens(&batch), (13, 17));
+        assert_eq!(Plan::tokens(&[]), (0, 0));
     }
 
     /// Every item of queries `ids` with `g` answers each.

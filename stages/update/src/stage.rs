@@ -340,7 +340,19 @@ impl Update {
         let weights = InferenceWeights::new(reference.transformer());
         let per_batch = batches
             .iter()
-            .map(|items| reference.completion_logprobs_with(&weights, &pairs_of(items)))
+            .map(|items| {
+                let start = std::time::Instant::now();
+                let lps = reference.completion_logprobs_with(&weights, &pairs_of(items));
+                let (prompt_tokens, completion_tokens) = Plan::tokens(items);
+                debug!(
+                    sequences = items.len(),
+                    prompt_tokens,
+                    completion_tokens,
+                    seconds = start.elapsed().as_secs_f64(),
+                    "micro-batch's reference log-probs"
+                );
+                lps
+            })
             .collect::<std::result::Result<Vec<_>, _>>()?;
         Ok(ReferenceLogprobs(per_batch))
     }
@@ -447,6 +459,7 @@ impl Update {
         // This step's products (bf16 casts under mixed precision), made once.
         let weights = policy.training_weights();
         for (chunk, reference_lp) in batches.iter().zip(reference_lps) {
+            let start = std::time::Instant::now();
             let pass = policy.training_logprobs(&weights, &pairs_of(chunk))?;
             let lp = &pass.logprobs;
             let advantages: Vec<f64> = chunk.iter().map(|i| i.advantage).collect();
@@ -536,6 +549,14 @@ impl Update {
                 }
                 sums.tokens += item.completion.len() as u64;
             }
+            let (prompt_tokens, completion_tokens) = Plan::tokens(chunk);
+            debug!(
+                sequences = chunk.len(),
+                prompt_tokens,
+                completion_tokens,
+                seconds = start.elapsed().as_secs_f64(),
+                "micro-batch trained"
+            );
         }
         Ok(LocalStep {
             measured,
