@@ -131,6 +131,45 @@ fn stage_problems_are_reported_under_their_stage() {
 }
 
 #[test]
+fn int8_rollout_weights_need_f32_weights_on_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = repo().join("tests/fixtures/tiny-llama");
+    let write = |model: &str| {
+        let config = dir.path().join("int8.yaml");
+        let yaml = format!("model: {{policy: {}, {model}}}\n", policy.display());
+        std::fs::write(&config, yaml).unwrap();
+        validate(&config)
+    };
+    let out = write("rollout_weights: int8, dtype: bf16");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("model.rollout_weights: int8 rollout weights run on the CPU decoder"),
+        "{stderr}"
+    );
+    let out = write("rollout_weights: int4");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("products") && stderr.contains("int8"),
+        "{stderr}"
+    );
+    for good in [
+        "rollout_weights: int8",
+        "rollout_weights: int8, precision: mixed_bf16",
+    ] {
+        let out = write(good);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{good}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("rollout_weights: int8"), "{stdout}");
+    }
+}
+
+#[test]
 fn workers_are_planned_and_more_threads_than_cores_are_warned_about() {
     let dir = tempfile::tempdir().unwrap();
     let policy = repo().join("tests/fixtures/tiny-llama");

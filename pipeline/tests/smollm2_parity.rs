@@ -182,26 +182,27 @@ fn fetch_is_idempotent_and_names_unknown_models() {
     );
 }
 
-/// Mixed precision (f32 weights, bf16 products) on the real model: each greedy token
-/// against the f32 forward pass of the same prefix. A token other than f32's argmax
-/// must be a near-tie there; the figures go to the README.
-#[test]
-#[allow(clippy::print_stderr)] // The fidelity figures, read by whoever runs it.
-fn mixed_precision_greedy_follows_f32_except_at_near_ties() {
-    let exact = model();
-    let options = LoadOptions {
-        precision: lsp_model::Precision::MixedBf16,
-        ..LoadOptions::default()
-    };
-    let mixed = LanguageModel::load(model_dir(), options).unwrap();
+/// How greedy tokens of a faster path compared with the f32 forward pass.
+struct Fidelity {
+    tokens: usize,
+    /// Tokens other than f32's argmax, and the widest margin among them (nats).
+    ties: usize,
+    widest: f64,
+    /// |Δ log-prob| per token: mean and largest.
+    mean: f64,
+    max: f64,
+}
+
+/// `other`'s greedy tokens (one prompt, then all four at once: both of the CPU
+/// decoder's sizes), each against the f32 forward of the same prefix on `exact`.
+fn greedy_against_f32(exact: &LanguageModel, other: &LanguageModel) -> Fidelity {
     let reference = reference();
     let cases = reference["cases"].as_array().unwrap();
     let prompts: Vec<Vec<u32>> = cases.iter().map(|c| u32s(&c["input_ids"])).collect();
     let (mut tokens, mut ties, mut widest) = (0, 0, 0f64);
     let mut diffs = Vec::new();
-    // One prompt at a time and all four at once: both of the CPU decoder's sizes.
     for batch in [&prompts[..1], &prompts[..]] {
-        let out = mixed
+        let out = other
             .generate(&GenerationRequest {
                 prompts: batch,
                 sampling: &SamplingConfig::greedy(24),
@@ -236,16 +237,70 @@ fn mixed_precision_greedy_follows_f32_except_at_near_ties() {
             }
         }
     }
-    let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
-    let max = diffs.iter().copied().fold(0.0, f64::max);
-    eprintln!(
-        "mixed bf16 vs f32 on SmolLM2: {ties} of {tokens} greedy tokens not f32's argmax \
-         (largest margin {widest:.3} nats); |Δ log-prob| per token mean {mean:.4}, max {max:.4}"
-    );
-    assert!(
-        widest < 0.5,
-        "a token {widest} nats below f32's best is no near-tie"
-    );
-    assert!(ties * 10 <= tokens, "{ties} of {tokens}");
-    assert!(max < 0.5 && mean < 0.05, "mean {mean}, max {max}");
+    Fidelity {
+        tokens,
+        ties,
+        widest,
+        mean: diffs.iter().sum::<f64>() / diffs.len() as f64,
+        max: diffs.iter().copied().fold(0.0, f64::max),
+    }
+}
+
+impl Fidelity {
+    /// Prints the figures for `what`, then checks that every token other than f32's
+    /// argmax is a near-tie (under 0.5 nats), that such tokens are at most a tenth,
+    /// and that the mean |Δ log-prob| lies in `mean`.
+    #[allow(clippy::print_stderr)] // The fidelity figures, read by whoever runs it.
+    fn check(&self, what: &str, mean: std::ops::Range<f64>) {
+        let Self {
+            tokens,
+            ties,
+            widest,
+            mean: m,
+            max,
+        } = *self;
+        eprintln!(
+            "{what} vs f32 on SmolLM2: {ties} of {tokens} greedy tokens not f32's argmax \
+             (largest margin {widest:.3} nats); |Δ log-prob| per token mean {m:.4}, max {max:.4}"
+        );
+        assert!(
+            widest < 0.5,
+            "{what}: a token {widest} nats below f32's best is no near-tie"
+        );
+        assert!(ties * 10 <= tokens, "{what}: {ties} of {tokens}");
+        assert!(
+            mean.contains(&m) && max < 0.5,
+            "{what}: mean {m}, max {max}"
+        );
+    }
+}
+
+/// Mixed precision (f32 weights, bf16 products) on the real model: a token other
+/// than f32's argmax must be a near-tie there; the figures go to the README.
+#[test]
+fn mixed_precision_greedy_follows_f32_except_at_near_ties() {
+    let options = LoadOptions {
+        precision: lsp_model::Precision::MixedBf16,
+        ..LoadOptions::default()
+    };
+    let mixed = LanguageModel::load(model_dir(), options).unwrap();
+    greedy_against_f32(&model(), &mixed).check("mixed bf16", 0.0..0.05);
+}
+
+/// int8 rollout weights on the real model, in f32 and under mixed precision: the
+/// same check, with int8's bounds (and int8 in effect: the log-probs move); the
+/// figures go to the README.
+#[test]
+fn int8_rollout_weights_greedy_follow_f32_except_at_near_ties() {
+    let exact = model();
+    for precision in [lsp_model::Precision::F32, lsp_model::Precision::MixedBf16] {
+        let options = LoadOptions {
+            precision,
+            rollout_weights: lsp_model::RolloutWeights::Int8,
+            ..LoadOptions::default()
+        };
+        let int8 = LanguageModel::load(model_dir(), options).unwrap();
+        let what = format!("int8 rollout weights ({})", precision.name());
+        greedy_against_f32(&exact, &int8).check(&what, 1e-3..0.1);
+    }
 }

@@ -8,7 +8,7 @@ pub mod score;
 pub mod validate;
 
 use clap::{Args, ValueEnum};
-use lsp_model::{DeviceKind, Dtype, LanguageModel, LoadOptions, Precision};
+use lsp_model::{DeviceKind, Dtype, LanguageModel, LoadOptions, Precision, RolloutWeights};
 
 /// Weight type, as a command-line value.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -38,6 +38,15 @@ pub enum PrecisionArg {
     MixedBf16,
 }
 
+/// `--rollout-weights`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RolloutWeightsArg {
+    /// In the products' kind: f32, or bf16 under mixed precision.
+    Products,
+    /// int8, one scale per output row.
+    Int8,
+}
+
 /// How a model runs: weight type, device, threads.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
@@ -48,6 +57,10 @@ pub struct ModelArgs {
     /// (rollouts, log-probs, training) in bf16.
     #[arg(long, value_enum, default_value = "f32")]
     precision: PrecisionArg,
+    /// How the rollouts' decoder stores the weights: `int8` (one scale per output
+    /// row, the CPU decoder at any batch) halves bf16's bytes per decoding step.
+    #[arg(long, value_enum, default_value = "products")]
+    rollout_weights: RolloutWeightsArg,
     /// Device.
     #[arg(long, value_enum, default_value = "cpu")]
     device: DeviceArg,
@@ -100,6 +113,10 @@ impl ModelArgs {
             precision: match self.precision {
                 PrecisionArg::F32 => Precision::F32,
                 PrecisionArg::MixedBf16 => Precision::MixedBf16,
+            },
+            rollout_weights: match self.rollout_weights {
+                RolloutWeightsArg::Products => RolloutWeights::Products,
+                RolloutWeightsArg::Int8 => RolloutWeights::Int8,
             },
             device: match self.device {
                 DeviceArg::Cpu => DeviceKind::Cpu,

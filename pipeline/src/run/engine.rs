@@ -5,7 +5,7 @@ use std::hash::Hasher as _;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use lsp_model::{LanguageModel, LoadOptions};
+use lsp_model::{LanguageModel, LoadOptions, RolloutWeights};
 use lsp_schemas::{GameRecordBatch, SlotBatch, StageSeconds, StepRow, UpdatedBatch};
 use lsp_stage::{Context, Mode, QueryTally, Stage};
 use lsp_update::{BatchTotals, Item, ItemKey, Measured, StepSums, Update};
@@ -98,6 +98,7 @@ impl Engine {
         let options = LoadOptions {
             dtype: config.model.dtype,
             precision: config.model.precision,
+            rollout_weights: config.model.rollout_weights,
             device: config.model.device,
             trainable: true,
             allow_past_context: config.model.allow_past_context,
@@ -109,8 +110,10 @@ impl Engine {
             .reference
             .as_ref()
             .unwrap_or(&config.model.policy);
+        // The reference judges in the products' kind: int8 is for the policy's rollouts.
         let reference_options = LoadOptions {
             trainable: false,
+            rollout_weights: RolloutWeights::Products,
             ..options
         };
         let offload = config.model.offload_reference;

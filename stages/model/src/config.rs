@@ -44,6 +44,31 @@ impl Precision {
     }
 }
 
+/// How the rollouts' decoder stores the weights (`model.rollout_weights`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutWeights {
+    /// In the kind of the products (default): f32, or bf16 under `mixed_bf16`.
+    #[default]
+    Products,
+    /// int8 with one scale per output row (symmetric, weight-only: activations and
+    /// accumulation stay f32), packed for the CPU decoder at every batch size: half
+    /// bf16's bytes per decoding step. The trainer still sees the f32 (or bf16)
+    /// products, so the sampler differs from it more than under bf16: see
+    /// `rollout_mismatch` and `update.rollout_correction: tis`.
+    Int8,
+}
+
+impl RolloutWeights {
+    /// The name written in YAML and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Products => "products",
+            Self::Int8 => "int8",
+        }
+    }
+}
+
 /// Where the model runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -76,6 +101,9 @@ pub struct ModelConfig {
     /// Compute precision ([`Precision`]); `mixed_bf16` needs `dtype: f32` (the master
     /// weights).
     pub precision: Precision,
+    /// How the rollouts' decoder stores the policy's weights ([`RolloutWeights`]);
+    /// `int8` needs `device: cpu` and `dtype: f32`.
+    pub rollout_weights: RolloutWeights,
     /// Device.
     pub device: DeviceKind,
     /// Let a prompt plus its new tokens run past a model's context (RoPE runs on;
@@ -104,6 +132,7 @@ impl Default for ModelConfig {
             offload_reference: false,
             dtype: Dtype::F32,
             precision: Precision::F32,
+            rollout_weights: RolloutWeights::Products,
             device: DeviceKind::Cpu,
             allow_past_context: false,
             lora: None,
@@ -125,6 +154,15 @@ impl Validate for ModelConfig {
                 join_path(path, "precision"),
                 "mixed_bf16 keeps f32 master weights: set dtype: f32 (dtype: bf16 is pure \
                  bf16, no master copy)",
+            );
+        }
+        if self.rollout_weights == RolloutWeights::Int8
+            && (self.device != DeviceKind::Cpu || self.dtype != Dtype::F32)
+        {
+            problems.push(
+                join_path(path, "rollout_weights"),
+                "int8 rollout weights run on the CPU decoder: set device: cpu and dtype: f32 \
+                 (with precision f32 or mixed_bf16)",
             );
         }
         // A model folder's spec, or its problems.

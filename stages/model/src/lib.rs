@@ -70,7 +70,9 @@ mod transformer;
 
 pub use chat_template::{ChatTemplate, Message};
 pub use checkpoint::ModelSnapshot;
-pub use config::{DEFAULT_MODEL_DIR, DeviceKind, Dtype, ModelConfig, Precision, SamplingConfig};
+pub use config::{
+    DEFAULT_MODEL_DIR, DeviceKind, Dtype, ModelConfig, Precision, RolloutWeights, SamplingConfig,
+};
 pub use decoder::{Decoder, DecoderKind};
 pub use digest::{DIGEST_PREFIX, DigestWriter, Digests, digest_file};
 pub use error::{ModelError, Result};

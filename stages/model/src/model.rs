@@ -7,7 +7,7 @@ use tch::{Device, Kind, nn};
 use tracing::info;
 
 use crate::checkpoint::{ModelSnapshot, check_weight_headers, load_weights};
-use crate::config::{DeviceKind, Dtype, Precision};
+use crate::config::{DeviceKind, Dtype, Precision, RolloutWeights};
 use crate::digest::Digests;
 use crate::error::{ModelError, Result};
 use crate::hf_config::{HfConfig, TokenIds};
@@ -24,6 +24,8 @@ pub struct LoadOptions {
     /// Compute precision: with `mixed_bf16` the weights stay f32 (a trainable
     /// model's masters) and every pass computes its products in bf16.
     pub precision: Precision,
+    /// How the rollouts' decoder stores the weights (int8: the CPU decoder only).
+    pub rollout_weights: RolloutWeights,
     /// Device.
     pub device: DeviceKind,
     /// Whether the weights take gradients (the policy) or are frozen (the reference,
@@ -134,6 +136,14 @@ impl LanguageModel {
     /// Loads the model in `folder`: `config.json`, the safetensors weights, the
     /// tokenizer and, when present, `generation_config.json`.
     pub fn load(folder: &Path, options: LoadOptions) -> Result<Self> {
+        if options.rollout_weights == RolloutWeights::Int8
+            && (options.dtype != Dtype::F32 || options.device != DeviceKind::Cpu)
+        {
+            return Err(ModelError::Invalid(
+                "int8 rollout weights run on the CPU decoder: load with dtype f32 on the cpu"
+                    .into(),
+            ));
+        }
         if options.precision == Precision::MixedBf16 && options.dtype != Dtype::F32 {
             return Err(ModelError::Invalid(
                 "precision mixed_bf16 keeps f32 master weights: load with dtype f32".into(),
@@ -150,6 +160,7 @@ impl LanguageModel {
             vs.bfloat16();
         }
         transformer.set_product_kind(options.product_kind());
+        transformer.set_rollout_weights(options.rollout_weights);
         if options.precision == Precision::MixedBf16
             && device == Device::Cpu
             && !crate::decoder::bf16_units()
@@ -249,16 +260,20 @@ impl LanguageModel {
     }
 
     /// The base model with the adapter switched off, sharing this model's weights (no
-    /// copy): the frozen reference and judge of a LoRA run.
+    /// copy): the frozen reference and judge of a LoRA run (its rollouts, the
+    /// judge's replies, in the products' kind, never int8).
     pub fn base_view(&self) -> Result<Self> {
+        let mut transformer = self.transformer.shallow_copy(false);
+        transformer.set_rollout_weights(RolloutWeights::Products);
         Ok(Self {
             vs: nn::VarStore::new(self.vs.device()),
-            transformer: self.transformer.shallow_copy(false),
+            transformer,
             tokenizer: TextTokenizer::from_folder(&self.folder)?,
             folder: self.folder.clone(),
             eos_token_ids: self.eos_token_ids.clone(),
             options: LoadOptions {
                 trainable: false,
+                rollout_weights: RolloutWeights::Products,
                 ..self.options
             },
             adapter: None,
@@ -313,10 +328,12 @@ impl LanguageModel {
         .write(folder)
     }
 
-    /// A frozen copy of the current weights (the reference policy).
+    /// A frozen copy of the current weights (the reference policy; the judge's
+    /// replies in the products' kind, never int8).
     pub fn frozen_copy(&self) -> Result<Self> {
         let options = LoadOptions {
             trainable: false,
+            rollout_weights: RolloutWeights::Products,
             ..self.options
         };
         let mut vs = nn::VarStore::new(self.vs.device());
@@ -325,6 +342,7 @@ impl LanguageModel {
             vs.bfloat16();
         }
         transformer.set_product_kind(options.product_kind());
+        transformer.set_rollout_weights(options.rollout_weights);
         vs.copy(&self.vs)?;
         vs.freeze();
         Ok(Self {

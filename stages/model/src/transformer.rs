@@ -11,6 +11,7 @@
 
 use tch::{Kind, Tensor, nn};
 
+use crate::config::RolloutWeights;
 use crate::kv_cache::KvCache;
 use crate::layers::{Embedding, Linear, RmsNorm};
 use crate::mask::{AttentionMask, positions};
@@ -127,6 +128,8 @@ pub struct Transformer {
     /// The kind of the linear maps' products when not the weights' own (bf16 under
     /// mixed precision); activations, norms and attention stay in the weights' kind.
     product_kind: Option<Kind>,
+    /// How the rollouts' decoder stores the weights.
+    rollout_weights: RolloutWeights,
 }
 
 /// The transformer's own weights, each map on its own through autograd: training,
@@ -192,6 +195,7 @@ impl Transformer {
             rope: Rope::new(spec, root.device()),
             spec: spec.clone(),
             product_kind: None,
+            rollout_weights: RolloutWeights::default(),
         }
     }
 
@@ -231,6 +235,7 @@ impl Transformer {
             rope: self.rope.shallow_copy(),
             spec: self.spec.clone(),
             product_kind: self.product_kind,
+            rollout_weights: self.rollout_weights,
         }
     }
 
@@ -455,6 +460,16 @@ impl Transformer {
     /// weights' kind.
     pub fn product_kind(&self) -> Kind {
         self.product_kind.unwrap_or(self.kind_and_device().0)
+    }
+
+    /// Stores the rollouts' weights as `weights` says (int8: in the CPU decoder).
+    pub(crate) fn set_rollout_weights(&mut self, weights: RolloutWeights) {
+        self.rollout_weights = weights;
+    }
+
+    /// How the rollouts' decoder stores the weights.
+    pub fn rollout_weights(&self) -> RolloutWeights {
+        self.rollout_weights
     }
 
     /// The weights' kind and device.

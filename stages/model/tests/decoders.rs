@@ -2,14 +2,15 @@
 //! argmax of `Transformer::forward` over the prompt and the tokens before it, with
 //! that forward's log-prob, for batches of 1, 7, 33 and 40 prompts of different
 //! lengths (left padding), in f32 and bf16, and for prompts with a long shared start
-//! (the judge's), which the prefill runs once.
+//! (the judge's), which the prefill runs once; and the CPU decoder's int8 rollout
+//! weights, within int8's rounding.
 
 mod common;
 
 use common::fixture;
 use lsp_model::{
     DecoderKind, DeviceKind, Dtype, GenerationRequest, LanguageModel, LoadOptions, Precision,
-    SamplingConfig,
+    RolloutWeights, SamplingConfig,
 };
 use tch::{Kind, Tensor};
 
@@ -64,14 +65,44 @@ const BF16: Tolerance = Tolerance {
     tie: 0.15,
 };
 
-/// Generates greedily on `decoder` and checks every token against the forward: the
-/// near-ties and the tokens generated.
+/// int8 rollout weights (one scale per output row) round each weight by up to half a
+/// step of its row's largest over 127, far coarser than bf16's three digits; the
+/// prefill keeps the products' kind, the steps run int8. On these tiny models, whose
+/// logits are near-uniform, measured: mean |Δ log-prob| 0.026–0.034 per token, the
+/// largest under 0.2, and 2.4–6.7% of tokens near-ties that flip (704 per model).
+/// [`int8_rollout_weights_decode_the_int8_rounded_model_exactly`] checks the int8
+/// arithmetic itself at f32's tolerance.
+const INT8: Tolerance = Tolerance {
+    logprob: 0.5,
+    tie: 0.5,
+};
+
+/// How a greedy generation compared with the forward pass.
+#[derive(Debug, Default, Clone, Copy)]
+struct Agreement {
+    /// Tokens other than the forward's argmax (near-ties).
+    ties: usize,
+    /// Tokens generated.
+    tokens: usize,
+    /// Sum over the tokens of |log-prob − the forward's|.
+    diff: f64,
+}
+
+impl std::ops::AddAssign for Agreement {
+    fn add_assign(&mut self, other: Self) {
+        self.ties += other.ties;
+        self.tokens += other.tokens;
+        self.diff += other.diff;
+    }
+}
+
+/// Generates greedily on `decoder` and checks every token against the forward.
 fn check(
     model: &LanguageModel,
     decoder: DecoderKind,
     prompts: &[Vec<u32>],
     tol: &Tolerance,
-) -> (usize, usize) {
+) -> Agreement {
     let name = format!(
         "{} on {} ({} prompts)",
         model.folder().display(),
@@ -95,6 +126,7 @@ fn check(
     let t = model.transformer();
     let device = model.device();
     let mut ties = 0;
+    let mut total = 0.0;
     for g in &generations {
         assert!(!g.ids.is_empty(), "{name}");
         let prompt = &prompts[g.prompt_index];
@@ -123,6 +155,7 @@ fn check(
                 ties += 1;
             }
             let diff = (want - f64::from(logprob)).abs();
+            total += diff;
             assert!(
                 diff < tol.logprob,
                 "{name}: log-prob of token {i} of prompt {}: {logprob} vs the forward's {want}",
@@ -130,7 +163,11 @@ fn check(
             );
         }
     }
-    (ties, generations.iter().map(|g| g.ids.len()).sum())
+    Agreement {
+        ties,
+        tokens: generations.iter().map(|g| g.ids.len()).sum(),
+        diff: total,
+    }
 }
 
 fn load(name: &str, dtype: Dtype, device: DeviceKind) -> LanguageModel {
@@ -138,14 +175,31 @@ fn load(name: &str, dtype: Dtype, device: DeviceKind) -> LanguageModel {
 }
 
 fn load_with(name: &str, dtype: Dtype, precision: Precision, device: DeviceKind) -> LanguageModel {
-    let options = LoadOptions {
-        dtype,
-        precision,
-        device,
-        trainable: false,
-        allow_past_context: false,
-    };
+    load_options(
+        name,
+        LoadOptions {
+            dtype,
+            precision,
+            device,
+            ..LoadOptions::default()
+        },
+    )
+}
+
+fn load_options(name: &str, options: LoadOptions) -> LanguageModel {
     LanguageModel::load(&fixture(name), options).unwrap()
+}
+
+/// `name` in f32 weights with `precision`, its rollouts on int8 weights.
+fn load_int8(name: &str, precision: Precision) -> LanguageModel {
+    load_options(
+        name,
+        LoadOptions {
+            precision,
+            rollout_weights: RolloutWeights::Int8,
+            ..LoadOptions::default()
+        },
+    )
 }
 
 /// Every decoder that runs `model`, on every batch size and on shared prompts.
@@ -157,11 +211,11 @@ fn check_every_decoder(model: &LanguageModel, tol: &Tolerance) {
         .collect();
     assert!(!decoders.is_empty());
     for decoder in decoders {
-        let (mut ties, mut tokens) = check(model, decoder, &judged(model, 7), tol);
+        let mut seen = check(model, decoder, &judged(model, 7), tol);
         for batch in [1, 7, 33, 40] {
-            let (t, n) = check(model, decoder, &prompts(model, batch), tol);
-            (ties, tokens) = (ties + t, tokens + n);
+            seen += check(model, decoder, &prompts(model, batch), tol);
         }
+        let Agreement { ties, tokens, .. } = seen;
         // Ties are rare: a decoder that disagreed often would not be this close.
         assert!(
             ties * 20 <= tokens,
@@ -197,6 +251,72 @@ fn every_decoder_gives_the_forwards_greedy_tokens_and_logprobs_in_mixed_bf16() {
         let model = load_with(name, Dtype::F32, Precision::MixedBf16, DeviceKind::Cpu);
         assert_eq!(model.transformer().product_kind(), Kind::BFloat16);
         check_every_decoder(&model, &BF16);
+    }
+}
+
+/// `model`'s linear maps and embedding (the tied output head) replaced by their
+/// int8 rounding, row by row, as the CPU decoder's int8 panels hold them.
+fn round_to_int8(model: &mut LanguageModel) {
+    let _guard = tch::no_grad_guard();
+    for (name, mut weight) in model.var_store_mut().variables() {
+        if weight.dim() == 2 && !name.contains("norm") {
+            let largest = weight.abs().amax([1], true);
+            let scales = &largest / largest.full_like(127.0);
+            let rounded = (&weight / &scales).round() * &scales;
+            weight.copy_(&rounded);
+        }
+    }
+}
+
+/// The int8 path computes exactly the model whose weights are int8's rounding: the
+/// CPU decoder with int8 rollout weights against the f32 forward of that model, at
+/// f32's tolerance.
+#[test]
+fn int8_rollout_weights_decode_the_int8_rounded_model_exactly() {
+    tch::set_num_threads(2);
+    for name in MODELS {
+        let mut model = load_int8(name, Precision::F32);
+        round_to_int8(&mut model);
+        check(&model, DecoderKind::Cpu, &judged(&model, 7), &F32);
+        for batch in [1, 7, 33, 40] {
+            check(&model, DecoderKind::Cpu, &prompts(&model, batch), &F32);
+        }
+    }
+}
+
+/// int8 rollout weights: the CPU decoder at every batch size (past 32 sequences too),
+/// in f32 and under mixed precision, against the f32 forward of the same model.
+#[test]
+#[allow(clippy::print_stderr)] // The measured spread, for the tolerance's comment.
+fn int8_rollout_weights_give_the_forwards_greedy_tokens_within_int8s_rounding() {
+    tch::set_num_threads(2);
+    for name in MODELS {
+        for precision in [Precision::F32, Precision::MixedBf16] {
+            let model = load_int8(name, precision);
+            assert_eq!(model.transformer().rollout_weights(), RolloutWeights::Int8);
+            for batch in [1, 9, 40] {
+                assert_eq!(
+                    DecoderKind::choose(model.transformer(), batch),
+                    DecoderKind::Cpu
+                );
+            }
+            let mut seen = check(&model, DecoderKind::Cpu, &judged(&model, 7), &INT8);
+            for batch in [1, 7, 33, 40] {
+                seen += check(&model, DecoderKind::Cpu, &prompts(&model, batch), &INT8);
+            }
+            let Agreement { ties, tokens, diff } = seen;
+            let mean = diff / tokens as f64;
+            eprintln!("{name} {precision:?}: {ties} near-ties in {tokens} tokens, mean |Δ| {mean}");
+            assert!(
+                ties * 10 <= tokens,
+                "{name}: {ties} near-ties in {tokens} tokens"
+            );
+            // int8 is in effect: the log-probs move by int8's rounding, not f32's.
+            assert!(
+                mean > 1e-3,
+                "{name} {precision:?}: mean |Δ log-prob| {mean}"
+            );
+        }
     }
 }
 

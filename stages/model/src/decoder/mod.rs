@@ -22,6 +22,7 @@ use tracing::info;
 pub use cpu::{CpuDecoder, bf16_units};
 pub use libtorch::LibtorchDecoder;
 
+use crate::config::RolloutWeights;
 use crate::error::Result;
 use crate::inference::InferenceWeights;
 use crate::transformer::Transformer;
@@ -74,13 +75,20 @@ impl DecoderKind {
     /// The decoder for `batch` sequences of `transformer`: the CPU decoder for f32
     /// weights on the CPU up to [`CpuDecoder::MAX_BATCH`] sequences, where its kernels
     /// were measured ahead — with bf16 products (mixed precision) on a CPU with bf16
-    /// units, up to [`CpuDecoder::MAX_BF16_BATCH`]; libtorch otherwise. Logs each
+    /// units, up to [`CpuDecoder::MAX_BF16_BATCH`] — and at any batch for int8
+    /// rollout weights (only its panels hold int8); libtorch otherwise. Logs each
     /// choice once per process.
     pub fn choose(transformer: &Transformer, batch: usize) -> Self {
         let (kind, device) = transformer.kind_and_device();
         let bf16_products = transformer.product_kind() == Kind::BFloat16;
+        let int8 = transformer.rollout_weights() == RolloutWeights::Int8;
         let (choice, reason) = if !Self::Cpu.supports(kind, device) {
             (Self::Libtorch, "weights not f32 on the CPU")
+        } else if int8 {
+            (
+                Self::Cpu,
+                "int8 rollout weights: the CPU decoder's int8 panels",
+            )
         } else if bf16_products && bf16_units() && batch > CpuDecoder::MAX_BF16_BATCH {
             (
                 Self::Libtorch,

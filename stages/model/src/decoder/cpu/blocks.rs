@@ -8,7 +8,7 @@ use tch::{Kind, Tensor};
 
 use super::host_kv::{BLOCKED, HostKv};
 use super::host_math::{add, rms_norm, rotate_pairs, silu_times};
-use super::panels::Panels;
+use super::panels::{Panels, Storage};
 use super::team::Team;
 use crate::inference::{LayerMaps, StackedMap};
 use crate::layers::RmsNorm;
@@ -78,14 +78,16 @@ pub(super) fn host_mask(key_mask: &Tensor) -> Arc<Vec<f32>> {
 }
 
 impl PackedLayer {
-    /// `block`'s norms and its stacked `maps` packed for `team`.
+    /// `block`'s norms and its stacked `maps` packed for `team` as `storage` says.
     pub(super) fn pack(
         block: &Block,
         maps: &LayerMaps,
         spec: &ModelSpec,
+        storage: Storage,
         team: &Arc<Team>,
     ) -> Self {
-        let pack = |m: &StackedMap| Panels::pack(&m.weight, m.bias.as_ref(), Arc::clone(team));
+        let pack =
+            |m: &StackedMap| Panels::pack(&m.weight, m.bias.as_ref(), storage, Arc::clone(team));
         Self {
             input_norm: HostNorm::new(&block.input_layernorm),
             qkv: pack(&maps.qkv),

@@ -1,4 +1,4 @@
-//! The CPU decoder: f32 or bf16 weights packed into panels ([`panels`]) whose
+//! The CPU decoder: f32, bf16 or int8 weights packed into panels ([`panels`]) whose
 //! products run on the CPU's widest instruction set ([`isa`]), a team of threads
 //! ([`team`]), the KV cache on host vectors ([`host_kv`]) and a step's block in Rust
 //! ([`blocks`], [`host_math`]).
@@ -25,10 +25,11 @@ use tch::{Kind, Tensor};
 use self::blocks::{PackedLayer, Step};
 use self::host_kv::HostKv;
 pub use self::isa::bf16_units;
-use self::panels::Panels;
+use self::panels::{Panels, Storage};
 use self::team::Team;
 use self::threads::TorchThreads;
 use super::{Decoder, DecoderKind};
+use crate::config::RolloutWeights;
 use crate::error::{ModelError, Result};
 use crate::inference::InferenceWeights;
 use crate::mask::positions;
@@ -80,13 +81,17 @@ impl<'a> CpuDecoder<'a> {
             )));
         }
         let team = Arc::new(Team::new(tch::get_num_threads().max(1) as usize));
+        let storage = match transformer.rollout_weights() {
+            RolloutWeights::Products => Storage::Own,
+            RolloutWeights::Int8 => Storage::Int8,
+        };
         let layers = transformer
             .layers
             .iter()
             .zip(&weights.layers)
-            .map(|(block, maps)| PackedLayer::pack(block, maps, transformer.spec(), &team))
+            .map(|(block, maps)| PackedLayer::pack(block, maps, transformer.spec(), storage, &team))
             .collect();
-        let head = Panels::pack(weights.head_weight(), None, Arc::clone(&team));
+        let head = Panels::pack(weights.head_weight(), None, storage, Arc::clone(&team));
         Ok(Self {
             transformer,
             prefill_weights: Some(weights),
