@@ -332,6 +332,7 @@ fn the_binary_restarts_once_with_the_settings_its_environment_lacks() {
             .env_remove("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
             .env_remove("LRU_CACHE_CAPACITY")
             .env_remove("MALLOC_MMAP_THRESHOLD_")
+            .env_remove("MALLOC_TRIM_THRESHOLD_")
             .env_remove("LSP_KEEP_ENVIRONMENT")
             .env_remove("LSP_ENVIRONMENT_ADDED");
         for (name, value) in set {
@@ -347,7 +348,7 @@ fn the_binary_restarts_once_with_the_settings_its_environment_lacks() {
     assert!(
         log.contains(
             "ONEDNN_PRIMITIVE_CACHE_CAPACITY=32 LRU_CACHE_CAPACITY=32 \
-             MALLOC_MMAP_THRESHOLD_=268435456"
+             MALLOC_MMAP_THRESHOLD_=268435456 MALLOC_TRIM_THRESHOLD_=268435456"
         ),
         "{log}"
     );
@@ -362,6 +363,7 @@ fn the_binary_restarts_once_with_the_settings_its_environment_lacks() {
         ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "7"),
         ("LRU_CACHE_CAPACITY", "7"),
         ("MALLOC_MMAP_THRESHOLD_", "131072"),
+        ("MALLOC_TRIM_THRESHOLD_", "131072"),
     ];
     assert!(!validate(&all).contains(restarted));
     assert!(!validate(&[("LSP_KEEP_ENVIRONMENT", "1")]).contains(restarted));
