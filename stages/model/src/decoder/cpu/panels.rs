@@ -299,10 +299,14 @@ impl Panels {
 /// libtorch's `round`): returns the scale (the largest magnitude over 127; 1 for a
 /// row of zeros) by which `into`'s values give the row back.
 fn quantize(row: &[f32], into: &mut [i8]) -> f32 {
+    // Adding and taking away 1.5 · 2²³ rounds any |x| < 2²² to an integer, ties to
+    // even, in the FPU's default mode: the same as `round_ties_even`, without its
+    // call per value (which made packing four times slower), so the loop vectorizes.
+    const ROUND: f32 = 12_582_912.0;
     let largest = row.iter().fold(0f32, |m, v| m.max(v.abs()));
     let scale = if largest > 0.0 { largest / 127.0 } else { 1.0 };
     for (q, &v) in into.iter_mut().zip(row) {
-        *q = (v / scale).round_ties_even().clamp(-127.0, 127.0) as i8;
+        *q = ((v / scale + ROUND) - ROUND).clamp(-127.0, 127.0) as i8;
     }
     scale
 }
@@ -540,6 +544,18 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn int8_rounding_is_to_nearest_with_ties_to_even() {
+        let row = [
+            127.0f32, 0.5, 1.5, 2.5, -0.5, -1.5, 2.4999998, 3.5000002, -126.5,
+        ];
+        let mut q = [0i8; 9];
+        assert_eq!(quantize(&row, &mut q), 1.0);
+        let expected: Vec<i8> = row.iter().map(|v| v.round_ties_even() as i8).collect();
+        assert_eq!(q.to_vec(), expected);
+        assert_eq!(q, [127, 0, 2, 2, 0, -2, 2, 4, -126]);
     }
 
     #[test]
