@@ -165,11 +165,21 @@ fn assert_same_game(a: &[GameRecordRow], b: &[GameRecordRow], what: &str) {
             (&y.query_text, &y.answer_text, &y.judge_text),
             "{what}: texts of {key:?}"
         );
-        let floats = [
+        // The game's own quantities: closely.
+        let game = [
             (x.reward, y.reward),
             (x.value, y.value),
             (x.solver_reward, y.solver_reward),
             (x.adv_solver, y.adv_solver),
+        ];
+        for (i, (p, q)) in game.into_iter().enumerate() {
+            assert!(close(p, q), "{what}: value {i} of {key:?}: {p} vs {q}");
+        }
+        // The trainer's: sums over an answer's tokens under weights that one update
+        // already moved by float rounding (the gradient summed in another order), so
+        // each token's error adds up: 1e-5 of the value per token at most, measured
+        // up to 1.1e-5 in all on an AMD EPYC (a 1e-5 bound held on an Intel Xeon).
+        let trainer = [
             (x.answer_logprob_policy, y.answer_logprob_policy),
             (x.kl_answer, y.kl_answer),
             (x.loss, y.loss),
@@ -178,8 +188,11 @@ fn assert_same_game(a: &[GameRecordRow], b: &[GameRecordRow], what: &str) {
             (x.clip_low_fraction, y.clip_low_fraction),
             (x.clip_high_fraction, y.clip_high_fraction),
         ];
-        for (i, (p, q)) in floats.into_iter().enumerate() {
-            assert!(close(p, q), "{what}: value {i} of {key:?}: {p} vs {q}");
+        for (i, (p, q)) in trainer.into_iter().enumerate() {
+            assert!(
+                (p - q).abs() <= 1e-4 * (1.0 + p.abs()),
+                "{what}: trainer's value {i} of {key:?}: {p} vs {q}"
+            );
         }
         for (p, q) in [
             (x.self_reward, y.self_reward),
@@ -251,10 +264,15 @@ fn one_worker_two_threads_and_two_processes_play_the_same_game() {
         for (other, what) in [(&threads, "2 threads"), (&processes, "2 processes")] {
             let diff = weights_differ_by(&final_of(&one), &final_of(other));
             // Rounding of the gradient sum's order, per AdamW step: 3 steps, or 6
-            // with two epochs.
+            // with two epochs. Measured, largest over the modes (2 threads and 2
+            // processes alike, bit for bit): 0.34e-5 a step on an Intel Xeon; 1.42e-5
+            // on an AMD EPYC (Zen 5) for `lsp` (4.26e-5 after 3 steps; lsp_zero 0.19e-5,
+            // grpo 0.08e-5): AdamW's early steps are near lr · sign(gradient), so a
+            // parameter whose gradient is near zero moves by the order's rounding
+            // magnified.
             let steps = if mode == "lsp+ppo" { 6.0 } else { 3.0 };
             assert!(
-                diff <= steps * 0.34e-5,
+                diff <= steps * 2e-5,
                 "{mode}, {what}: weights differ by {diff}"
             );
         }
