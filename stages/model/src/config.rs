@@ -59,16 +59,6 @@ pub enum RolloutWeights {
     Int8,
 }
 
-impl RolloutWeights {
-    /// The name written in YAML and on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Products => "products",
-            Self::Int8 => "int8",
-        }
-    }
-}
-
 /// Where the model runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

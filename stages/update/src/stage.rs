@@ -343,14 +343,7 @@ impl Update {
             .map(|items| {
                 let start = std::time::Instant::now();
                 let lps = reference.completion_logprobs_with(&weights, &pairs_of(items));
-                let (prompt_tokens, completion_tokens) = Plan::tokens(items);
-                debug!(
-                    sequences = items.len(),
-                    prompt_tokens,
-                    completion_tokens,
-                    seconds = start.elapsed().as_secs_f64(),
-                    "micro-batch's reference log-probs"
-                );
+                log_micro_batch(items, start, "micro-batch's reference log-probs");
                 lps
             })
             .collect::<std::result::Result<Vec<_>, _>>()?;
@@ -549,14 +542,7 @@ impl Update {
                 }
                 sums.tokens += item.completion.len() as u64;
             }
-            let (prompt_tokens, completion_tokens) = Plan::tokens(chunk);
-            debug!(
-                sequences = chunk.len(),
-                prompt_tokens,
-                completion_tokens,
-                seconds = start.elapsed().as_secs_f64(),
-                "micro-batch trained"
-            );
+            log_micro_batch(chunk, start, "micro-batch trained");
         }
         Ok(LocalStep {
             measured,
@@ -715,5 +701,20 @@ pub fn over_epochs(steps: Vec<StepRow>) -> StepRow {
         clip_high_fraction: clipped(|s| s.clip_high_fraction),
         // Measured before the first step: later epochs' drift is the policy's own.
         rollout_mismatch: first.rollout_mismatch,
+    }
+}
+
+/// The debug line of a micro-batch's pass that began at `start`: its sequences,
+/// prompt and completion tokens and seconds (counted only when debug is on).
+fn log_micro_batch(items: &[Item], start: std::time::Instant, what: &str) {
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let (prompt_tokens, completion_tokens) = Plan::tokens(items);
+        debug!(
+            sequences = items.len(),
+            prompt_tokens,
+            completion_tokens,
+            seconds = start.elapsed().as_secs_f64(),
+            "{what}"
+        );
     }
 }

@@ -8,8 +8,9 @@ use tch::{Kind, Tensor};
 
 use super::host_kv::{BLOCKED, HostKv};
 use super::host_math::{add, rms_norm, rotate_pairs, silu_times};
-use super::panels::{Panels, Storage};
+use super::panels::Panels;
 use super::team::Team;
+use crate::config::RolloutWeights;
 use crate::inference::{LayerMaps, StackedMap};
 use crate::layers::RmsNorm;
 use crate::spec::ModelSpec;
@@ -83,7 +84,7 @@ impl PackedLayer {
         block: &Block,
         maps: &LayerMaps,
         spec: &ModelSpec,
-        storage: Storage,
+        storage: RolloutWeights,
         team: &Arc<Team>,
     ) -> Self {
         let pack =

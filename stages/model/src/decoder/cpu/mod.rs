@@ -25,11 +25,10 @@ use tch::{Kind, Tensor};
 use self::blocks::{PackedLayer, Step};
 use self::host_kv::HostKv;
 pub use self::isa::bf16_units;
-use self::panels::{Panels, Storage};
+use self::panels::Panels;
 use self::team::Team;
 use self::threads::TorchThreads;
 use super::{Decoder, DecoderKind};
-use crate::config::RolloutWeights;
 use crate::error::{ModelError, Result};
 use crate::inference::InferenceWeights;
 use crate::mask::positions;
@@ -81,10 +80,7 @@ impl<'a> CpuDecoder<'a> {
             )));
         }
         let team = Arc::new(Team::new(tch::get_num_threads().max(1) as usize));
-        let storage = match transformer.rollout_weights() {
-            RolloutWeights::Products => Storage::Own,
-            RolloutWeights::Int8 => Storage::Int8,
-        };
+        let storage = transformer.rollout_weights();
         let layers = transformer
             .layers
             .iter()

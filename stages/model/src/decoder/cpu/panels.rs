@@ -36,6 +36,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::isa::Isa;
 use super::team::Team;
+use crate::config::RolloutWeights;
 
 /// Output rows per panel: one AVX-512 register of f32, two of AVX2.
 const PANEL: usize = 16;
@@ -93,16 +94,6 @@ enum Values {
     },
 }
 
-/// How the panels store a weight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Storage {
-    /// The weight's own kind: bf16 for a bf16 weight, f32 for any other.
-    Own,
-    /// int8, one scale per output row (its largest magnitude over 127), rounded to
-    /// nearest: half the bytes of bf16.
-    Int8,
-}
-
 /// A weight `[out, in]` (and bias `[out]`) packed into panels of f32 or bf16, with
 /// the team that computes its products.
 #[derive(Debug)]
@@ -142,13 +133,19 @@ fn pack_values<T: PanelValue>(weight: &Tensor, mut read: impl FnMut(&Tensor, &mu
 }
 
 impl Panels {
-    /// Packs `weight` (`[out, in]`, on any device) and `bias` as `storage` says:
-    /// bf16 panels for a bf16 weight, f32 panels for any other float kind, or int8.
-    pub fn pack(weight: &Tensor, bias: Option<&Tensor>, storage: Storage, team: Arc<Team>) -> Self {
+    /// Packs `weight` (`[out, in]`, on any device) and `bias` as `storage` says: in
+    /// the weight's own kind (bf16 panels for a bf16 weight, f32 panels for any other
+    /// float kind), or int8, one scale per output row ([`quantize`]).
+    pub fn pack(
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        storage: RolloutWeights,
+        team: Arc<Team>,
+    ) -> Self {
         let (out, inner) = (weight.size()[0] as usize, weight.size()[1] as usize);
         let values = tch::no_grad(|| {
             let weight = weight.to_device(Device::Cpu);
-            if storage == Storage::Int8 {
+            if storage == RolloutWeights::Int8 {
                 let mut scales = Vec::with_capacity(out);
                 let weight = weight.to_kind(Kind::Float);
                 let values = pack_values(&weight, |rows, into: &mut [i8]| {
@@ -506,12 +503,17 @@ mod tests {
         };
         let w8 = int8(&w);
         let cases = [
-            (&w, Storage::Own, w.shallow_clone(), "f32"),
-            (&w16, Storage::Own, w16.to_kind(Kind::Float), "bf16"),
-            (&w, Storage::Int8, w8, "int8"),
+            (&w, RolloutWeights::Products, w.shallow_clone(), "f32"),
             (
                 &w16,
-                Storage::Int8,
+                RolloutWeights::Products,
+                w16.to_kind(Kind::Float),
+                "bf16",
+            ),
+            (&w, RolloutWeights::Int8, w8, "int8"),
+            (
+                &w16,
+                RolloutWeights::Int8,
                 {
                     let w = w16.to_kind(Kind::Float);
                     let s = w.abs().amax([1], true) / 127.0;
@@ -576,7 +578,7 @@ mod tests {
         // comes back exactly; a zero row gives its bias.
         let w = Tensor::from_slice(&[1.0f32, -127.0, 0.0, 0.0]).view([2, 2]);
         let b = Tensor::from_slice(&[0.25f32, -1.0]);
-        let panels = Panels::pack(&w, Some(&b), Storage::Int8, Arc::new(Team::new(1)));
+        let panels = Panels::pack(&w, Some(&b), RolloutWeights::Int8, Arc::new(Team::new(1)));
         assert_eq!(panels.apply(&[2.0, 1.0], 1), [2.0 - 127.0 + 0.25, -1.0]);
     }
 
@@ -584,7 +586,7 @@ mod tests {
     fn bf16_panels_are_bf16s_rounding_of_the_weight() {
         let w = Tensor::from_slice(&[1.0f32, 1.0 + 1.0 / 256.0, -3.140625, 65504.0]).view([4, 1]);
         let w16 = w.to_kind(Kind::BFloat16);
-        let panels = Panels::pack(&w16, None, Storage::Own, Arc::new(Team::new(1)));
+        let panels = Panels::pack(&w16, None, RolloutWeights::Products, Arc::new(Team::new(1)));
         // 1 + 2⁻⁸ is a tie between bf16's 1 and 1 + 2⁻⁷: rounds to even, 1.
         assert_eq!(panels.apply(&[1.0], 1), [1.0, 1.0, -3.140625, 65536.0]);
     }
