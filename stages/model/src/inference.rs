@@ -1,9 +1,10 @@
 //! The weights of passes without gradient: each layer's q|k|v and gate|up stacked
 //! into one product, in the transformer's product kind (bf16 under mixed precision,
 //! the output head too), with q and k in the pair layout when activations are f32,
-//! every product through [`inference_linear`]. Built from the transformer's weights when a pass needs them
-//! and dropped after it (about half the model's size while alive); the weights
-//! themselves are untouched.
+//! every product through [`inference_linear`]. Built from the transformer's weights
+//! when a pass needs them (about half the model's size while alive; the weights
+//! themselves are untouched), and kept between passes by generation
+//! ([`crate::kept`]) until the weights change.
 
 use tch::{Kind, Tensor};
 
@@ -61,26 +62,47 @@ pub(crate) struct LayerMaps {
     pub(crate) down: StackedMap,
 }
 
-/// The transformer's weights prepared for passes without gradient: the log-probs of
-/// the reference, a judge's logits, a reward model's scores, and the prefill and
-/// steps of [`crate::decoder`].
+/// Every layer's stacked maps and the head, owned: what [`crate::kept`] keeps.
 #[derive(Debug)]
-pub struct InferenceWeights<'a> {
-    transformer: &'a Transformer,
+pub(crate) struct Stacked {
     pub(crate) layers: Vec<LayerMaps>,
     /// The output head in the product kind, when that is not the weights' own.
-    head: Option<Tensor>,
-    /// Rows of q and k in the pair layout, rotated by one complex product (f32).
-    pairs: bool,
+    pub(crate) head: Option<Tensor>,
 }
 
-impl<'a> InferenceWeights<'a> {
+impl StackedMap {
+    fn share(&self) -> Self {
+        Self {
+            weight: self.weight.shallow_clone(),
+            bias: self.bias.as_ref().map(Tensor::shallow_clone),
+        }
+    }
+}
+
+impl Stacked {
+    /// The same tensors, shared (no copy).
+    pub(crate) fn share(&self) -> Self {
+        Self {
+            layers: self
+                .layers
+                .iter()
+                .map(|l| LayerMaps {
+                    qkv: l.qkv.share(),
+                    o: l.o.share(),
+                    gate_up: l.gate_up.share(),
+                    down: l.down.share(),
+                })
+                .collect(),
+            head: self.head.as_ref().map(Tensor::shallow_clone),
+        }
+    }
+
     /// Stacks `transformer`'s maps (a copy of the layers' weights).
-    pub fn new(transformer: &'a Transformer) -> Self {
+    pub(crate) fn build(transformer: &Transformer) -> Self {
         let spec = transformer.spec();
         let weights_kind = transformer.kind_and_device().0;
         let kind = transformer.product_kind();
-        let pairs = weights_kind == Kind::Float;
+        let pairs = pairs(transformer);
         // Each map with its adapter (if any) merged: W + scale · B A.
         let layout = |l: &Linear| {
             let l = l.merged();
@@ -112,17 +134,52 @@ impl<'a> InferenceWeights<'a> {
             .collect();
         let head = (kind != weights_kind)
             .then(|| tch::no_grad(|| transformer.output_weight().to_kind(kind)));
+        Self { layers, head }
+    }
+}
+
+/// Rows of q and k are in the pair layout, rotated by one complex product, when the
+/// activations are f32.
+fn pairs(transformer: &Transformer) -> bool {
+    transformer.kind_and_device().0 == Kind::Float
+}
+
+/// The transformer's weights prepared for passes without gradient: the log-probs of
+/// the reference, a judge's logits, a reward model's scores, and the prefill and
+/// steps of [`crate::decoder`].
+#[derive(Debug)]
+pub struct InferenceWeights<'a> {
+    transformer: &'a Transformer,
+    stacked: Stacked,
+    /// Rows of q and k in the pair layout, rotated by one complex product (f32).
+    pairs: bool,
+}
+
+impl<'a> InferenceWeights<'a> {
+    /// `transformer`'s maps stacked: those kept since its weights last changed, if
+    /// any ([`crate::kept`]), else stacked now for this pass alone.
+    pub fn new(transformer: &'a Transformer) -> Self {
+        Self::with(transformer, false)
+    }
+
+    /// [`InferenceWeights::new`], keeping what it stacks for the passes after it
+    /// (generation: every call until the weights change).
+    pub(crate) fn kept(transformer: &'a Transformer) -> Self {
+        Self::with(transformer, true)
+    }
+
+    fn with(transformer: &'a Transformer, keep: bool) -> Self {
         Self {
             transformer,
-            layers,
-            head,
-            pairs,
+            stacked: transformer.kept().stacked(transformer, keep),
+            pairs: pairs(transformer),
         }
     }
 
     /// The output head's weight `[vocab, hidden]` in the product kind.
     pub fn head_weight(&self) -> &Tensor {
-        self.head
+        self.stacked
+            .head
             .as_ref()
             .unwrap_or_else(|| self.transformer.output_weight())
     }
@@ -159,7 +216,7 @@ impl Projections for InferenceWeights<'_> {
             spec.num_heads * spec.head_dim,
             spec.num_kv_heads * spec.head_dim,
         );
-        let all = self.layers[layer].qkv.apply(x);
+        let all = self.stacked.layers[layer].qkv.apply(x);
         (
             all.narrow(-1, 0, q),
             all.narrow(-1, q, kv),
@@ -168,17 +225,17 @@ impl Projections for InferenceWeights<'_> {
     }
 
     fn o(&self, layer: usize, x: &Tensor) -> Tensor {
-        self.layers[layer].o.apply(x)
+        self.stacked.layers[layer].o.apply(x)
     }
 
     fn gate_up(&self, layer: usize, x: &Tensor) -> (Tensor, Tensor) {
         let i = self.transformer.spec().intermediate_size;
-        let both = self.layers[layer].gate_up.product(x);
+        let both = self.stacked.layers[layer].gate_up.product(x);
         (both.narrow(-1, 0, i), both.narrow(-1, i, i))
     }
 
     fn down(&self, layer: usize, x: &Tensor) -> Tensor {
-        self.layers[layer].down.apply(x)
+        self.stacked.layers[layer].down.apply(x)
     }
 
     fn head(&self, hidden: &Tensor) -> Tensor {
@@ -186,6 +243,6 @@ impl Projections for InferenceWeights<'_> {
     }
 
     fn attention_kind(&self) -> Option<Kind> {
-        self.head.as_ref().map(Tensor::kind)
+        self.stacked.head.as_ref().map(Tensor::kind)
     }
 }

@@ -114,6 +114,12 @@ impl Linear {
         }
     }
 
+    /// The weight, the bias and the adapter's factors, those it has.
+    pub(crate) fn tensors(&self) -> impl Iterator<Item = &Tensor> {
+        let lora = self.lora.iter().flat_map(|l| [&l.a, &l.b]);
+        std::iter::once(&self.weight).chain(&self.bias).chain(lora)
+    }
+
     /// The same map sharing the weights, with or without the adapter.
     pub fn shallow_copy(&self, adapters: bool) -> Self {
         Self {

@@ -50,6 +50,7 @@ mod generate;
 pub mod gguf;
 mod hf_config;
 mod inference;
+mod kept;
 mod kv_cache;
 mod layers;
 mod logprobs;

@@ -40,9 +40,13 @@ pub struct TrainingWeights<'a> {
 impl LanguageModel {
     /// The weights of this optimizer step's training passes: under mixed precision,
     /// bf16 casts of the master weights (made now; make them again after the weights
-    /// change), else the weights themselves.
+    /// change), else the weights themselves. Drops the inference weights kept by
+    /// generation ([`crate::kept`]).
     pub fn training_weights(&self) -> TrainingWeights<'_> {
         let transformer = self.transformer();
+        // The step changes the weights: what generation kept goes now rather than
+        // sitting beside the backward pass's peak.
+        transformer.kept().clear();
         let kind = transformer.product_kind();
         if kind == transformer.kind_and_device().0 {
             return TrainingWeights {

@@ -12,6 +12,7 @@
 use tch::{Kind, Tensor, nn};
 
 use crate::config::RolloutWeights;
+use crate::kept::Kept;
 use crate::kv_cache::KvCache;
 use crate::layers::{Embedding, Linear, RmsNorm};
 use crate::mask::{AttentionMask, positions};
@@ -130,6 +131,8 @@ pub struct Transformer {
     product_kind: Option<Kind>,
     /// How the rollouts' decoder stores the weights.
     rollout_weights: RolloutWeights,
+    /// Inference weights kept between generations ([`crate::kept`]).
+    kept: Kept,
 }
 
 /// The transformer's own weights, each map on its own through autograd: training,
@@ -196,6 +199,7 @@ impl Transformer {
             spec: spec.clone(),
             product_kind: None,
             rollout_weights: RolloutWeights::default(),
+            kept: Kept::default(),
         }
     }
 
@@ -236,7 +240,42 @@ impl Transformer {
             spec: self.spec.clone(),
             product_kind: self.product_kind,
             rollout_weights: self.rollout_weights,
+            kept: Kept::default(),
         }
+    }
+
+    /// Every tensor the transformer computes with: weights, biases, norms and LoRA
+    /// factors, in a fixed order.
+    pub(crate) fn tensors(&self) -> Vec<&Tensor> {
+        let mut out = vec![&self.embed_tokens.weight, self.norm.weight()];
+        for b in &self.layers {
+            out.extend([
+                b.input_layernorm.weight(),
+                b.post_attention_layernorm.weight(),
+            ]);
+            let (a, m) = (&b.self_attn, &b.mlp);
+            for map in [&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj] {
+                out.extend(map.tensors());
+            }
+            for map in [&m.gate_proj, &m.up_proj, &m.down_proj] {
+                out.extend(map.tensors());
+            }
+        }
+        for head in self.lm_head.iter().chain(&self.score) {
+            out.extend(head.tensors());
+        }
+        out
+    }
+
+    /// The inference weights kept between generations.
+    pub(crate) fn kept(&self) -> &Kept {
+        &self.kept
+    }
+
+    /// Whether a generation's inference weights are kept for the next passes
+    /// ([`crate::kept`]): from a generation until a training step.
+    pub fn keeps_inference_weights(&self) -> bool {
+        self.kept.is_held()
     }
 
     /// The linear maps LoRA may target, by PEFT's module path (`model.layers.0.

@@ -320,6 +320,87 @@ fn int8_rollout_weights_give_the_forwards_greedy_tokens_within_int8s_rounding() 
     }
 }
 
+/// Greedy tokens and log-probs of `prompts` on `decoder`.
+fn greedy(
+    model: &LanguageModel,
+    decoder: DecoderKind,
+    prompts: &[Vec<u32>],
+) -> Vec<(Vec<u32>, Vec<f32>)> {
+    let request = GenerationRequest {
+        prompts,
+        sampling: &SamplingConfig::greedy(NEW_TOKENS),
+        repeats: 2,
+        seed: 0,
+        sequence_ids: None,
+        ignore_eos: true,
+    };
+    let generations = model.generate_on(decoder, &request).unwrap();
+    generations
+        .into_iter()
+        .map(|g| (g.ids, g.logprobs))
+        .collect()
+}
+
+/// Every MLP weight scaled by 1.25 in place, as an optimizer step writes (the
+/// tensors stay; their version counters move).
+fn scale_mlps(model: &mut LanguageModel) {
+    let _guard = tch::no_grad_guard();
+    for (name, mut weight) in model.var_store_mut().variables() {
+        if name.contains(".mlp.") {
+            let _ = weight.g_mul_scalar_(1.25);
+        }
+    }
+}
+
+/// Generation keeps its stacked maps and packed panels between calls; a change made
+/// to the weights in place must show in the very next generation, which decodes as
+/// a model loaded with the changed weights does (same tokens, same log-probs), on
+/// every decoder, in f32, mixed precision and with int8 rollout weights. A training
+/// step's weights let the kept ones go.
+#[test]
+fn kept_inference_weights_follow_a_change_in_place() {
+    tch::set_num_threads(2);
+    let settings = [
+        (Precision::F32, RolloutWeights::Products),
+        (Precision::MixedBf16, RolloutWeights::Products),
+        (Precision::F32, RolloutWeights::Int8),
+    ];
+    for (precision, rollout_weights) in settings {
+        let options = LoadOptions {
+            precision,
+            rollout_weights,
+            ..LoadOptions::default()
+        };
+        for decoder in DecoderKind::ALL {
+            let what = format!("{precision:?} {rollout_weights:?} on {}", decoder.name());
+            let mut model = load_options("tiny-llama", options);
+            let prompts = prompts(&model, 3);
+            assert!(!model.transformer().keeps_inference_weights(), "{what}");
+            let before = greedy(&model, decoder, &prompts);
+            assert!(model.transformer().keeps_inference_weights(), "{what}");
+            assert_eq!(
+                greedy(&model, decoder, &prompts),
+                before,
+                "{what}: kept again"
+            );
+
+            scale_mlps(&mut model);
+            let after = greedy(&model, decoder, &prompts);
+            let mut fresh = load_options("tiny-llama", options);
+            scale_mlps(&mut fresh);
+            assert_eq!(
+                after,
+                greedy(&fresh, decoder, &prompts),
+                "{what}: after the change"
+            );
+            assert_ne!(after, before, "{what}: the change shows");
+
+            drop(model.training_weights());
+            assert!(!model.transformer().keeps_inference_weights(), "{what}");
+        }
+    }
+}
+
 #[test]
 #[allow(clippy::print_stderr)] // The reason a GPU test did not run.
 fn every_decoder_gives_the_forwards_greedy_tokens_and_logprobs_on_cuda() {

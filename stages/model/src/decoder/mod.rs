@@ -19,6 +19,7 @@ use std::sync::Mutex;
 use tch::{Device, Kind, Tensor};
 use tracing::info;
 
+pub(crate) use cpu::PackedModel;
 pub use cpu::{CpuDecoder, bf16_units};
 pub use libtorch::LibtorchDecoder;
 
@@ -119,9 +120,10 @@ impl DecoderKind {
         choice
     }
 
-    /// This decoder over `transformer`'s weights (prepared for it here).
+    /// This decoder over `transformer`'s weights, prepared for it here or kept from
+    /// an earlier generation while the weights are unchanged ([`crate::kept`]).
     pub fn build<'a>(self, transformer: &'a Transformer) -> Result<Box<dyn Decoder + 'a>> {
-        let weights = InferenceWeights::new(transformer);
+        let weights = InferenceWeights::kept(transformer);
         Ok(match self {
             Self::Libtorch => Box::new(LibtorchDecoder::new(weights)),
             Self::Cpu => Box::new(CpuDecoder::new(weights)?),

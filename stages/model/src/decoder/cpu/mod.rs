@@ -30,7 +30,7 @@ use self::team::Team;
 use self::threads::TorchThreads;
 use super::{Decoder, DecoderKind};
 use crate::error::{ModelError, Result};
-use crate::inference::InferenceWeights;
+use crate::inference::{InferenceWeights, Stacked};
 use crate::mask::positions;
 use crate::prefill::prefill;
 use crate::transformer::Transformer;
@@ -39,12 +39,40 @@ use crate::transformer::Transformer;
 #[derive(Debug)]
 pub struct CpuDecoder<'a> {
     transformer: &'a Transformer,
-    /// The prefill's weights, dropped once it has run.
+    /// The prefill's weights, let go once it has run.
     prefill_weights: Option<InferenceWeights<'a>>,
+    packed: Arc<PackedModel>,
+    state: Option<HostState>,
+}
+
+/// Every map of the model packed into panels, with the team that computes their
+/// products: kept by the transformer between generations ([`crate::kept`]).
+#[derive(Debug)]
+pub struct PackedModel {
     layers: Vec<PackedLayer>,
     head: Panels,
     team: Arc<Team>,
-    state: Option<HostState>,
+}
+
+impl PackedModel {
+    /// Packs `stacked` (`transformer`'s maps) for a team of `team` threads.
+    fn pack(transformer: &Transformer, stacked: &Stacked, head: &Tensor, team: usize) -> Self {
+        let team = Arc::new(Team::new(team));
+        let storage = transformer.rollout_weights();
+        let layers = transformer
+            .layers
+            .iter()
+            .zip(&stacked.layers)
+            .map(|(block, maps)| PackedLayer::pack(block, maps, transformer.spec(), storage, &team))
+            .collect();
+        let head = Panels::pack(head, None, storage, Arc::clone(&team));
+        Self { layers, head, team }
+    }
+
+    /// Threads of its team.
+    pub(crate) fn team_size(&self) -> usize {
+        self.team.size()
+    }
 }
 
 /// The cache after the prefill.
@@ -69,7 +97,8 @@ impl<'a> CpuDecoder<'a> {
     pub const MAX_BF16_BATCH: usize = 8;
 
     /// Packs `weights` (f32 on the CPU) for a team of as many threads as libtorch's
-    /// intra-op pool.
+    /// intra-op pool, or takes the panels the transformer kept from an earlier
+    /// generation if its weights have not changed since.
     pub fn new(weights: InferenceWeights<'a>) -> Result<Self> {
         let transformer = weights.transformer();
         let (kind, device) = transformer.kind_and_device();
@@ -79,21 +108,14 @@ impl<'a> CpuDecoder<'a> {
                  use the libtorch decoder"
             )));
         }
-        let team = Arc::new(Team::new(tch::get_num_threads().max(1) as usize));
-        let storage = transformer.rollout_weights();
-        let layers = transformer
-            .layers
-            .iter()
-            .zip(&weights.layers)
-            .map(|(block, maps)| PackedLayer::pack(block, maps, transformer.spec(), storage, &team))
-            .collect();
-        let head = Panels::pack(weights.head_weight(), None, storage, Arc::clone(&team));
+        let team = tch::get_num_threads().max(1) as usize;
+        let packed = transformer.kept().packed(transformer, team, |stacked| {
+            PackedModel::pack(transformer, stacked, weights.head_weight(), team)
+        });
         Ok(Self {
             transformer,
             prefill_weights: Some(weights),
-            layers,
-            head,
-            team,
+            packed,
             state: None,
         })
     }
@@ -104,7 +126,7 @@ impl<'a> CpuDecoder<'a> {
 }
 
 impl Decoder for CpuDecoder<'_> {
-    /// Runs once per decoder: the stacked weights of the prefill are dropped after it.
+    /// Runs once per decoder: its hold on the prefill's stacked weights ends after it.
     fn prefill(&mut self, prompts: &[Vec<u32>], repeats: usize, pad: u32, capacity: i64) -> Tensor {
         let weights = self
             .prefill_weights
@@ -114,9 +136,9 @@ impl Decoder for CpuDecoder<'_> {
         let (keys, values) = done.cache.layers();
         let len = done.cache.len() as usize;
         self.state = Some(HostState {
-            cache: HostKv::from_tensors(keys, values, len, Arc::clone(&self.team)),
+            cache: HostKv::from_tensors(keys, values, len, Arc::clone(&self.packed.team)),
             key_mask: done.key_mask,
-            _cores: TorchThreads::hand_to_team(self.team.size()),
+            _cores: TorchThreads::hand_to_team(self.packed.team.size()),
         });
         done.logits
     }
@@ -146,14 +168,14 @@ impl Decoder for CpuDecoder<'_> {
             turns: &turns,
             mask: &mask,
         };
-        for (i, layer) in self.layers.iter().enumerate() {
+        for (i, layer) in self.packed.layers.iter().enumerate() {
             x = layer.forward(x, &step, &mut state.cache, i);
         }
         state.cache.advance();
         let hidden = Tensor::from_slice(&x).view([rows, transformer.spec().hidden_size]);
         let normed = transformer.final_norm().forward(&hidden);
         let normed = Vec::<f32>::try_from(&normed.contiguous().view([-1])).expect("f32 rows");
-        let logits = self.head.apply(&normed, rows as usize);
+        let logits = self.packed.head.apply(&normed, rows as usize);
         Tensor::from_slice(&logits).view([rows, -1])
     }
 
