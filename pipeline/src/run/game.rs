@@ -116,7 +116,12 @@ pub fn game<'scope>(
             engine.run(|s| &mut s.queries, t, None, slots)
         })
         .stage(Solver::NAME, f.clone(), p.clone(), move |t, q| {
-            e2.borrow_mut().run(|s| &mut s.solver, t, None, q)
+            let mut engine = e2.borrow_mut();
+            let answered = engine.run(|s| &mut s.solver, t, None, q);
+            // The iteration's last generation: what the challenger's and the solver's
+            // generations kept goes before the judge and the reference are loaded.
+            engine.release_inference_weights();
+            answered
         })
         .stage(RewardStage::NAME, f.clone(), p.clone(), move |t, a| {
             e3.borrow_mut().run(|s| &mut s.reward, t, None, a)

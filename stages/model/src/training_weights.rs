@@ -38,6 +38,13 @@ pub struct TrainingWeights<'a> {
 }
 
 impl LanguageModel {
+    /// Lets go of the inference weights generation kept ([`crate::kept`]; the next
+    /// generation makes them again): e.g. once an iteration's rollouts are done,
+    /// before other models are loaded beside this one.
+    pub fn release_inference_weights(&self) {
+        self.transformer().kept().clear();
+    }
+
     /// The weights of this optimizer step's training passes: under mixed precision,
     /// bf16 casts of the master weights (made now; make them again after the weights
     /// change), else the weights themselves. Drops the inference weights kept by
@@ -46,7 +53,7 @@ impl LanguageModel {
         let transformer = self.transformer();
         // The step changes the weights: what generation kept goes now rather than
         // sitting beside the backward pass's peak.
-        transformer.kept().clear();
+        self.release_inference_weights();
         let kind = transformer.product_kind();
         if kind == transformer.kind_and_device().0 {
             return TrainingWeights {

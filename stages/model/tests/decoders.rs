@@ -355,8 +355,8 @@ fn scale_mlps(model: &mut LanguageModel) {
 /// Generation keeps its stacked maps and packed panels between calls; a change made
 /// to the weights in place must show in the very next generation, which decodes as
 /// a model loaded with the changed weights does (same tokens, same log-probs), on
-/// every decoder, in f32, mixed precision and with int8 rollout weights. A training
-/// step's weights let the kept ones go.
+/// every decoder, in f32, mixed precision and with int8 rollout weights. They go
+/// when released, and when a training step's weights are made.
 #[test]
 fn kept_inference_weights_follow_a_change_in_place() {
     tch::set_num_threads(2);
@@ -395,6 +395,13 @@ fn kept_inference_weights_follow_a_change_in_place() {
             );
             assert_ne!(after, before, "{what}: the change shows");
 
+            model.release_inference_weights();
+            assert!(!model.transformer().keeps_inference_weights(), "{what}");
+            assert_eq!(
+                greedy(&model, decoder, &prompts),
+                after,
+                "{what}: made again"
+            );
             drop(model.training_weights());
             assert!(!model.transformer().keeps_inference_weights(), "{what}");
         }
