@@ -4,7 +4,7 @@
 //! every product through [`inference_linear`]. Built from the transformer's weights
 //! when a pass needs them (about half the model's size while alive; the weights
 //! themselves are untouched), and kept between passes by generation
-//! ([`crate::kept`]) until the weights change.
+//! (`kept.rs`) until the weights change.
 
 use tch::{Kind, Tensor};
 
@@ -157,7 +157,7 @@ pub struct InferenceWeights<'a> {
 
 impl<'a> InferenceWeights<'a> {
     /// `transformer`'s maps stacked: those kept since its weights last changed, if
-    /// any ([`crate::kept`]), else stacked now for this pass alone.
+    /// any (`kept.rs`), else stacked now for this pass alone.
     pub fn new(transformer: &'a Transformer) -> Self {
         Self::with(transformer, false)
     }

@@ -12,7 +12,9 @@
 //! Each tensor is pinned by a shallow clone, so a freed storage's address cannot come
 //! back as a look-alike. A training step drops them
 //! ([`crate::LanguageModel::training_weights`]) so they never sit beside the
-//! backward pass's peak.
+//! backward pass's peak, and a run lets them go as soon as an iteration's rollouts
+//! are done ([`crate::LanguageModel::release_inference_weights`]), before the judge
+//! and the reference load beside the policy.
 
 use std::sync::{Arc, Mutex};
 

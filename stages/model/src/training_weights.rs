@@ -38,7 +38,7 @@ pub struct TrainingWeights<'a> {
 }
 
 impl LanguageModel {
-    /// Lets go of the inference weights generation kept ([`crate::kept`]; the next
+    /// Lets go of the inference weights generation kept (`kept.rs`; the next
     /// generation makes them again): e.g. once an iteration's rollouts are done,
     /// before other models are loaded beside this one.
     pub fn release_inference_weights(&self) {
@@ -48,7 +48,7 @@ impl LanguageModel {
     /// The weights of this optimizer step's training passes: under mixed precision,
     /// bf16 casts of the master weights (made now; make them again after the weights
     /// change), else the weights themselves. Drops the inference weights kept by
-    /// generation ([`crate::kept`]).
+    /// generation (`kept.rs`).
     pub fn training_weights(&self) -> TrainingWeights<'_> {
         let transformer = self.transformer();
         // The step changes the weights: what generation kept goes now rather than

@@ -131,7 +131,7 @@ pub struct Transformer {
     product_kind: Option<Kind>,
     /// How the rollouts' decoder stores the weights.
     rollout_weights: RolloutWeights,
-    /// Inference weights kept between generations ([`crate::kept`]).
+    /// Inference weights kept between generations (`kept.rs`).
     kept: Kept,
 }
 
@@ -273,7 +273,7 @@ impl Transformer {
     }
 
     /// Whether a generation's inference weights are kept for the next passes
-    /// ([`crate::kept`]): from a generation until a training step.
+    /// (`kept.rs`): from a generation until a training step.
     pub fn keeps_inference_weights(&self) -> bool {
         self.kept.is_held()
     }

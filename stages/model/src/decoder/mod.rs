@@ -121,7 +121,7 @@ impl DecoderKind {
     }
 
     /// This decoder over `transformer`'s weights, prepared for it here or kept from
-    /// an earlier generation while the weights are unchanged ([`crate::kept`]).
+    /// an earlier generation while the weights are unchanged (`kept.rs`).
     pub fn build<'a>(self, transformer: &'a Transformer) -> Result<Box<dyn Decoder + 'a>> {
         let weights = InferenceWeights::kept(transformer);
         Ok(match self {

@@ -46,7 +46,7 @@ pub struct CpuDecoder<'a> {
 }
 
 /// Every map of the model packed into panels, with the team that computes their
-/// products: kept by the transformer between generations ([`crate::kept`]).
+/// products: kept by the transformer between generations (`kept.rs`).
 #[derive(Debug)]
 pub struct PackedModel {
     layers: Vec<PackedLayer>,
