@@ -171,12 +171,6 @@ impl Engine {
         Ok((output, seconds))
     }
 
-    /// Lets go of the inference weights the policy's generations kept
-    /// ([`LanguageModel::release_inference_weights`]).
-    pub fn release_inference_weights(&self) {
-        self.policy.release_inference_weights();
-    }
-
     /// Each query's part in the batch-wide figures (its rows, its challenger reward),
     /// for every worker to see.
     pub fn tally(&self, judged: &lsp_schemas::SelfRewardBatch) -> anyhow::Result<Vec<QueryTally>> {

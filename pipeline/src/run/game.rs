@@ -120,7 +120,7 @@ pub fn game<'scope>(
             let answered = engine.run(|s| &mut s.solver, t, None, q);
             // The iteration's last generation: what the challenger's and the solver's
             // generations kept goes before the judge and the reference are loaded.
-            engine.release_inference_weights();
+            engine.policy.release_inference_weights();
             answered
         })
         .stage(RewardStage::NAME, f.clone(), p.clone(), move |t, a| {

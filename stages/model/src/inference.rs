@@ -151,8 +151,6 @@ fn pairs(transformer: &Transformer) -> bool {
 pub struct InferenceWeights<'a> {
     transformer: &'a Transformer,
     stacked: Stacked,
-    /// Rows of q and k in the pair layout, rotated by one complex product (f32).
-    pairs: bool,
 }
 
 impl<'a> InferenceWeights<'a> {
@@ -172,7 +170,6 @@ impl<'a> InferenceWeights<'a> {
         Self {
             transformer,
             stacked: transformer.kept().stacked(transformer, keep),
-            pairs: pairs(transformer),
         }
     }
 
@@ -207,7 +204,7 @@ impl<'a> InferenceWeights<'a> {
 
 impl Projections for InferenceWeights<'_> {
     fn pairs(&self) -> bool {
-        self.pairs
+        pairs(self.transformer)
     }
 
     fn qkv(&self, layer: usize, x: &Tensor) -> (Tensor, Tensor, Tensor) {

@@ -9,8 +9,8 @@
 //! tensor of the transformer keeps its storage and its version counter, which
 //! libtorch bumps on each in-place write (an optimizer step, a checkpoint's load, a
 //! synchronised copy), and while the product kind and rollout storage are the same.
-//! Each tensor is pinned by a shallow clone, so a freed storage's address cannot come
-//! back as a look-alike. A training step drops them
+//! Each tensor's storage is held by a detached view, so a freed storage's address
+//! cannot come back as a look-alike. A training step drops them
 //! ([`crate::LanguageModel::training_weights`]) so they never sit beside the
 //! backward pass's peak, and a run lets them go as soon as an iteration's rollouts
 //! are done ([`crate::LanguageModel::release_inference_weights`]), before the judge
@@ -47,8 +47,10 @@ struct Entry {
 
 /// The weights an entry was made from.
 struct Source {
-    /// Each tensor (pinned), its data address and version counter then.
-    tensors: Vec<(Tensor, usize, i64)>,
+    /// Each tensor's storage, held by a detached view (a new tensor on the same
+    /// memory, which a later `set_data` on the original does not move), and its
+    /// version counter then.
+    tensors: Vec<(Tensor, i64)>,
     product_kind: Kind,
     rollout_weights: RolloutWeights,
 }
@@ -59,13 +61,7 @@ impl Source {
             tensors: transformer
                 .tensors()
                 .into_iter()
-                .map(|t| {
-                    (
-                        t.shallow_clone(),
-                        t.data_ptr() as usize,
-                        t.internal_version(),
-                    )
-                })
+                .map(|t| (t.detach(), t.internal_version()))
                 .collect(),
             product_kind: transformer.product_kind(),
             rollout_weights: transformer.rollout_weights(),
@@ -77,8 +73,8 @@ impl Source {
         self.product_kind == transformer.product_kind()
             && self.rollout_weights == transformer.rollout_weights()
             && self.tensors.len() == now.len()
-            && self.tensors.iter().zip(now).all(|((_, ptr, version), t)| {
-                *ptr == t.data_ptr() as usize && *version == t.internal_version()
+            && self.tensors.iter().zip(now).all(|((pinned, version), t)| {
+                pinned.data_ptr() == t.data_ptr() && *version == t.internal_version()
             })
     }
 }
