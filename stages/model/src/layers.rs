@@ -77,7 +77,7 @@ impl LoraPair {
     }
 
     /// `scale · (x Aᵀ) Bᵀ`: two thin products (dropout on `x` when the factors train).
-    fn apply(&self, x: &Tensor) -> Tensor {
+    pub(crate) fn apply(&self, x: &Tensor) -> Tensor {
         let train = self.dropout > 0.0 && self.a.requires_grad();
         let x = match train {
             true => x.dropout(self.dropout, true),

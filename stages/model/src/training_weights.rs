@@ -6,27 +6,111 @@
 //! before the step's micro-batches) through autograd, so that each micro-batch's
 //! backward pass sends its bf16 gradient through the cast into the master's f32
 //! gradient, where the micro-batches accumulate. A cast keeps no tensor for its
-//! backward, so its graph serves every micro-batch. Each product takes f32
-//! activations, computes in bf16 (libtorch's oneDNN path, AMX or AVX512-BF16 where the
-//! CPU has them) and gives f32 back: norms, attention's softmax, the residual stream,
-//! log-softmax, losses and reductions stay in f32.
+//! backward, so its graph serves every micro-batch.
+//!
+//! The casts are stacked as [`crate::InferenceWeights`] stacks its maps (q, k and v
+//! in one matrix, q and k in the rotation's pair layout; gate and up in another), so
+//! that a layer runs four products, each on its input cast to bf16 once (libtorch's
+//! oneDNN path, AMX or AVX512-BF16 where the CPU has them). Norms, the rotation,
+//! attention's softmax, the residual stream, log-softmax, losses and reductions stay
+//! in f32; SwiGLU and attention's output run in bf16 between their products, as
+//! under autocast and as in the passes without gradient.
 
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
-use crate::layers::Linear;
+use crate::layers::{Linear, LoraPair};
 use crate::model::LanguageModel;
+use crate::rope::pair_layout;
 use crate::transformer::{Projections, Transformer};
+
+/// Several maps cast into one `[Σ out, in]` matrix, through autograd.
+#[derive(Debug)]
+struct CastStack {
+    weight: Tensor,
+    /// `[Σ out]`, when any part has a bias (zeros for those without).
+    bias: Option<Tensor>,
+    /// Each part's rows and its adapter, cast (B's rows in the part's layout).
+    parts: Vec<(i64, Option<LoraPair>)>,
+}
+
+impl CastStack {
+    /// `parts` (each map, and whether its rows go to the pair layout of heads of
+    /// `head_dim`) cast to `kind` and stacked.
+    fn new(parts: &[(&Linear, bool)], kind: Kind, head_dim: i64) -> Self {
+        let layout = |t: &Tensor, pairs: bool| match pairs {
+            true => pair_layout(t, head_dim),
+            false => t.shallow_clone(),
+        };
+        let stack = |ts: Vec<Tensor>| match ts.as_slice() {
+            [one] => one.to_kind(kind),
+            _ => Tensor::cat(&ts, 0).to_kind(kind),
+        };
+        let weight = stack(parts.iter().map(|(l, p)| layout(&l.weight, *p)).collect());
+        let bias = parts.iter().any(|(l, _)| l.bias.is_some()).then(|| {
+            stack(
+                parts
+                    .iter()
+                    .map(|(l, p)| match &l.bias {
+                        Some(b) => layout(b, *p),
+                        None => l
+                            .weight
+                            .new_zeros([l.weight.size()[0]], (kind, l.weight.device())),
+                    })
+                    .collect(),
+            )
+        });
+        let parts = parts
+            .iter()
+            .map(|(l, p)| {
+                let lora = l.lora.as_ref().map(|pair| {
+                    let cast = pair.to_kind(kind);
+                    LoraPair {
+                        b: layout(&cast.b, *p),
+                        ..cast
+                    }
+                });
+                (l.weight.size()[0], lora)
+            })
+            .collect();
+        Self {
+            weight,
+            bias,
+            parts,
+        }
+    }
+
+    /// Every part's map of `x` (in the stack's kind), side by side in the last
+    /// dimension, in the stack's kind.
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let x = x.to_kind(self.weight.kind());
+        let y = x.linear(&self.weight, self.bias.as_ref());
+        if self.parts.iter().all(|(_, lora)| lora.is_none()) {
+            return y;
+        }
+        let mut start = 0;
+        let outs: Vec<Tensor> = self
+            .parts
+            .iter()
+            .map(|(rows, lora)| {
+                let part = y.narrow(-1, start, *rows);
+                start += rows;
+                match lora {
+                    Some(lora) => part + lora.apply(&x),
+                    None => part,
+                }
+            })
+            .collect();
+        Tensor::cat(&outs, -1)
+    }
+}
 
 /// One layer's maps in the product kind.
 #[derive(Debug)]
 struct CastLayer {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    gate: Linear,
-    up: Linear,
-    down: Linear,
+    qkv: CastStack,
+    o: CastStack,
+    gate_up: CastStack,
+    down: CastStack,
 }
 
 /// A training pass's weights ([`LanguageModel::training_weights`]).
@@ -61,24 +145,18 @@ impl LanguageModel {
                 casts: None,
             };
         }
-        let cast = |l: &Linear| Linear {
-            weight: l.weight.to_kind(kind),
-            bias: l.bias.as_ref().map(|b| b.to_kind(kind)),
-            lora: l.lora.as_ref().map(|pair| pair.to_kind(kind)),
-        };
+        let d = transformer.spec().head_dim;
         let layers = transformer
             .layers
             .iter()
             .map(|block| {
                 let (a, m) = (&block.self_attn, &block.mlp);
+                let stack = |parts: &[(&Linear, bool)]| CastStack::new(parts, kind, d);
                 CastLayer {
-                    q: cast(&a.q_proj),
-                    k: cast(&a.k_proj),
-                    v: cast(&a.v_proj),
-                    o: cast(&a.o_proj),
-                    gate: cast(&m.gate_proj),
-                    up: cast(&m.up_proj),
-                    down: cast(&m.down_proj),
+                    qkv: stack(&[(&a.q_proj, true), (&a.k_proj, true), (&a.v_proj, false)]),
+                    o: stack(&[(&a.o_proj, false)]),
+                    gate_up: stack(&[(&m.gate_proj, false), (&m.up_proj, false)]),
+                    down: stack(&[(&m.down_proj, false)]),
                 }
             })
             .collect();
@@ -111,45 +189,54 @@ impl TrainingWeights<'_> {
     }
 }
 
-/// `x`'s map by the cast `l` (with its adapter): computed in `l`'s kind, returned in
-/// `x`'s.
-fn product(l: &Linear, x: &Tensor) -> Tensor {
-    l.forward(&x.to_kind(l.weight.kind())).to_kind(x.kind())
-}
-
 impl Projections for TrainingWeights<'_> {
     fn autograd(&self) -> bool {
         true
     }
 
     fn pairs(&self) -> bool {
-        false
+        self.casts.is_some()
     }
 
     fn qkv(&self, layer: usize, x: &Tensor) -> (Tensor, Tensor, Tensor) {
-        match self.cast(layer) {
-            Some(c) => (product(&c.q, x), product(&c.k, x), product(&c.v, x)),
-            None => self.transformer.qkv(layer, x),
-        }
+        let Some(c) = self.cast(layer) else {
+            return self.transformer.qkv(layer, x);
+        };
+        let spec = self.transformer.spec();
+        let (q, kv) = (
+            spec.num_heads * spec.head_dim,
+            spec.num_kv_heads * spec.head_dim,
+        );
+        let all = c.qkv.forward(x);
+        // q and k back in the activations' kind for the rotation; v stays bf16 for
+        // attention.
+        let qk = all.narrow(-1, 0, q + kv).to_kind(x.kind());
+        (
+            qk.narrow(-1, 0, q),
+            qk.narrow(-1, q, kv),
+            all.narrow(-1, q + kv, kv),
+        )
     }
 
     fn o(&self, layer: usize, x: &Tensor) -> Tensor {
         match self.cast(layer) {
-            Some(c) => product(&c.o, x),
+            Some(c) => c.o.forward(x),
             None => self.transformer.o(layer, x),
         }
     }
 
     fn gate_up(&self, layer: usize, x: &Tensor) -> (Tensor, Tensor) {
-        match self.cast(layer) {
-            Some(c) => (product(&c.gate, x), product(&c.up, x)),
-            None => self.transformer.gate_up(layer, x),
-        }
+        let Some(c) = self.cast(layer) else {
+            return self.transformer.gate_up(layer, x);
+        };
+        let i = self.transformer.spec().intermediate_size;
+        let both = c.gate_up.forward(x);
+        (both.narrow(-1, 0, i), both.narrow(-1, i, i))
     }
 
     fn down(&self, layer: usize, x: &Tensor) -> Tensor {
         match self.cast(layer) {
-            Some(c) => product(&c.down, x),
+            Some(c) => c.down.forward(x),
             None => self.transformer.down(layer, x),
         }
     }

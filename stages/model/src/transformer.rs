@@ -35,8 +35,8 @@ pub trait Projections {
     fn qkv(&self, layer: usize, x: &Tensor) -> (Tensor, Tensor, Tensor);
     /// The attention's output map.
     fn o(&self, layer: usize, x: &Tensor) -> Tensor;
-    /// The feed-forward's gate and up maps (in the products' kind without gradient:
-    /// SwiGLU and the down map then run in it, as under autocast).
+    /// The feed-forward's gate and up maps (in the products' kind under mixed
+    /// precision: SwiGLU and the down map then run in it, as under autocast).
     fn gate_up(&self, layer: usize, x: &Tensor) -> (Tensor, Tensor);
     /// The feed-forward's down map.
     fn down(&self, layer: usize, x: &Tensor) -> Tensor;

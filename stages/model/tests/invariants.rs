@@ -600,9 +600,25 @@ fn mixed_precision_training_follows_f32_with_gradients_in_the_f32_masters() {
             .zip(&lp_mixed)
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
+        // Measured: 0.100 and 0.056 on these fixtures (near-uniform logits), as the
+        // passes without gradient below.
         assert!(
-            moved > 1e-6 && moved < 0.1,
+            moved > 1e-6 && moved < 0.2,
             "{name}: log-probs moved by {moved} (0: the products did not run in bf16)"
+        );
+        // The training pass computes what the mixed pass without gradient does (the
+        // reference's log-probs): the same stacked bf16 products, SwiGLU in bf16.
+        let inference = lsp_model::InferenceWeights::new(mixed.transformer());
+        let plain = mixed.completion_logprobs_with(&inference, &pairs).unwrap();
+        let plain = Vec::<f32>::try_from(&plain.values).unwrap();
+        let apart = plain
+            .iter()
+            .zip(&lp_mixed)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            apart < 1e-4,
+            "{name}: the training pass is {apart} away from the pass without gradient"
         );
         for ((param, g), (_, h)) in grads_mixed.iter().zip(&grads_exact) {
             let norm = h.norm().double_value(&[]);
