@@ -133,10 +133,15 @@ impl Rotation {
         }
     }
 
-    /// Rotates `x` into `out` (same shape; e.g. the KV cache's next positions).
+    /// Rotates `x` into `out` (same shape; e.g. the KV cache's next positions),
+    /// through autograd when `x` records a gradient (a training pass's shared prompt).
     pub fn apply_into(&self, x: &Tensor, out: &mut Tensor) {
         match self {
             Self::Halves { .. } => {
+                out.copy_(&self.apply(x));
+            }
+            // A product with `out=` records no gradient.
+            Self::Pairs(_) if x.requires_grad() => {
                 out.copy_(&self.apply(x));
             }
             Self::Pairs(unit) => {

@@ -564,12 +564,16 @@ fn paired<'a>(prompts: &'a [Vec<u32>], completions: &'a [Vec<u32>]) -> Vec<(&'a 
 fn mixed_precision_training_follows_f32_with_gradients_in_the_f32_masters() {
     // The same weights trained in f32 and in mixed bf16: one set of casts for two
     // micro-batches (the gradient accumulates through them into the masters), tied
-    // and untied heads. bf16 products move the log-probs by about 1e-2 and each
-    // gradient by a few percent; the masters and their gradients stay f32.
+    // and untied heads; the second micro-batch's two pairs share a prompt (computed
+    // once, its keys and values repeated through the cache). bf16 products move the
+    // log-probs by about 1e-2 and each gradient by a few percent; the masters and
+    // their gradients stay f32.
     for name in ["tiny-llama", "tiny-llama3"] {
         let (exact, mixed) = f32_and_mixed(name, true);
-        let prompts = prompts(&exact);
-        let completions = three_completions();
+        let mut prompts = prompts(&exact);
+        prompts.push(prompts[2].clone());
+        let mut completions = three_completions();
+        completions.push(vec![4, 6, 8]);
         let pairs = paired(&prompts, &completions);
         let run = |policy: &LanguageModel| -> (Vec<f32>, Vec<(String, Tensor)>) {
             let weights = policy.training_weights();
@@ -609,8 +613,13 @@ fn mixed_precision_training_follows_f32_with_gradients_in_the_f32_masters() {
         // The training pass computes what the mixed pass without gradient does (the
         // reference's log-probs): the same stacked bf16 products, SwiGLU in bf16.
         let inference = lsp_model::InferenceWeights::new(mixed.transformer());
-        let plain = mixed.completion_logprobs_with(&inference, &pairs).unwrap();
-        let plain = Vec::<f32>::try_from(&plain.values).unwrap();
+        let plain: Vec<f32> = [&pairs[..2], &pairs[2..]]
+            .into_iter()
+            .flat_map(|micro| {
+                let lp = mixed.completion_logprobs_with(&inference, micro).unwrap();
+                Vec::<f32>::try_from(&lp.values).unwrap()
+            })
+            .collect();
         let apart = plain
             .iter()
             .zip(&lp_mixed)
