@@ -368,3 +368,42 @@ fn the_binary_restarts_once_with_the_settings_its_environment_lacks() {
     assert!(!validate(&all).contains(restarted));
     assert!(!validate(&[("LSP_KEEP_ENVIRONMENT", "1")]).contains(restarted));
 }
+
+#[test]
+fn a_mixed_precision_run_trains_through_shared_prompts_and_records_the_mismatch() {
+    // Mixed bf16 with an offloaded reference: the solver's answers share their query
+    // and the challenger's queries their prompt, so every training pass runs a shared
+    // prompt through the cache with the bf16 casts. Each answer's sampler and trainer
+    // log-probs are recorded apart, and their gap is bf16's rounding, not 0 and small.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_with(dir.path(), "lsp", 2, "{kind: judge}", "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "model: {policy: ",
+        "model: {precision: mixed_bf16, offload_reference: true, policy: ",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    run(&cfg, false);
+    let rows = records(dir.path());
+    assert_eq!(iterations(&rows), vec![1, 2]);
+    assert!(
+        rows.iter()
+            .all(|r| r.step_applied && r.loss.is_finite() && r.grad_norm > 0.0)
+    );
+    let gaps: Vec<f64> = rows
+        .iter()
+        .map(|r| {
+            (r.answer_logprob_policy - r.answer_logprob_sampler).abs()
+                / f64::from(r.answer_tokens.max(1))
+        })
+        .collect();
+    assert!(gaps.iter().all(|g| *g < 0.2), "per-token gaps {gaps:?}");
+    assert!(
+        rows.iter()
+            .all(|r| r.rollout_mismatch > 0.0 && r.rollout_mismatch < 0.2)
+    );
+    let manifest = std::fs::read_to_string(dir.path().join("e2e/manifest.json")).unwrap();
+    assert!(
+        manifest.contains("\"precision\": \"mixed_bf16\""),
+        "{manifest}"
+    );
+}
