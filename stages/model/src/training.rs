@@ -73,6 +73,10 @@ impl LanguageModel {
     }
 }
 
+/// Rows of the vocabulary the head's backward pass takes at once: its temporaries,
+/// `[tokens, rows]` and `[rows, hidden]`, stay small beside the kept softmax.
+const HEAD_BACKWARD_ROWS: i64 = 8192;
+
 /// Positions whose logits are computed at once: the `[positions, vocab]` temporary of
 /// the log-sum-exp stays at a few megabytes beside the softmax kept for the backward.
 const HEAD_CHUNK: i64 = 64;
@@ -118,6 +122,12 @@ impl TrainingLogprobs {
     /// model, added to the weights' gradients. Nothing happens when the loss did not
     /// depend on the log-probs.
     pub fn backward(self) {
+        self.backward_by(HEAD_BACKWARD_ROWS);
+    }
+
+    /// [`TrainingLogprobs::backward`] with the head's backward taking `rows` rows of
+    /// the vocabulary at a time.
+    fn backward_by(self, rows: i64) {
         let g = self.logprobs.values.grad();
         if !g.defined() || self.targets.size()[0] == 0 {
             return;
@@ -133,21 +143,98 @@ impl TrainingLogprobs {
             let _ = d.g_mul_(&(-&g).unsqueeze(1));
             let _ = d.scatter_add_(1, &self.targets.unsqueeze(1), &g.unsqueeze(1));
             let kind = self.head.kind();
-            let d = d.to_kind(kind);
             let h = self.hidden.detach().to_kind(kind);
-            if train_head {
-                let mut grad = self.master.grad();
-                if grad.kind() == kind {
-                    let _ = grad.addmm_(&d.tr(), &h);
-                } else {
-                    // bf16 products into the f32 master's gradient.
-                    let _ = grad.g_add_(&d.tr().mm(&h));
+            let mut grad = train_head.then(|| self.master.grad());
+            // A slice of the vocabulary at a time: its dlogits in the products' kind,
+            // its rows of the weight's gradient, its part of dh, so that no
+            // `[tokens, vocab]` copy or `[vocab, hidden]` temporary sits beside the
+            // activations at the backward pass's peak.
+            let (total, vocab) = (d.size()[0], d.size()[1]);
+            let mut dh = Tensor::zeros([total, h.size()[1]], (Kind::Float, h.device()));
+            let mut start = 0;
+            while start < vocab {
+                let n = rows.min(vocab - start);
+                let part = d.narrow(1, start, n).to_kind(kind);
+                if let Some(grad) = grad.as_mut() {
+                    let mut rows = grad.narrow(0, start, n);
+                    if rows.kind() == kind {
+                        let _ = rows.addmm_(&part.tr(), &h);
+                    } else {
+                        // bf16 products into the f32 master's gradient.
+                        let _ = rows.g_add_(&part.tr().mm(&h));
+                    }
                 }
+                let _ = dh.g_add_(&part.mm(&self.head.narrow(0, start, n)));
+                start += n;
             }
-            d.mm(&self.head).to_kind(self.hidden.kind())
+            dh.to_kind(self.hidden.kind())
         });
         if self.hidden.requires_grad() {
             (self.hidden * dh).sum(Kind::Float).backward();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Precision;
+    use crate::model::LoadOptions;
+
+    #[test]
+    fn the_heads_backward_gives_the_same_gradients_whatever_its_slices() {
+        // The fixtures' vocabulary (400) fits in one slice of HEAD_BACKWARD_ROWS,
+        // where tests/invariants.rs checks the gradients against autograd's; here
+        // slices of 64 rows (the last one shorter) against one slice, f32 and mixed,
+        // tied and untied heads.
+        let fixtures =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+        for name in ["tiny-llama", "tiny-llama3"] {
+            for precision in [Precision::F32, Precision::MixedBf16] {
+                let grads = |rows: i64| -> Vec<(String, Tensor)> {
+                    let options = LoadOptions {
+                        trainable: true,
+                        precision,
+                        ..LoadOptions::default()
+                    };
+                    let model = LanguageModel::load(&fixtures.join(name), options).unwrap();
+                    let (prompt, completion) = ([5u32, 9, 13, 2], [40u32, 41, 7, 399, 0]);
+                    let pass = model
+                        .training_logprobs(
+                            &model.training_weights(),
+                            &[(&prompt[..], &completion[..])],
+                        )
+                        .unwrap();
+                    let weights = Tensor::from_slice(&[1.0f32, -0.5, 2.0, 0.25, -1.0]);
+                    (&pass.logprobs.values * weights)
+                        .sum(Kind::Float)
+                        .backward();
+                    pass.backward_by(rows);
+                    let mut out: Vec<(String, Tensor)> = model
+                        .var_store()
+                        .variables()
+                        .into_iter()
+                        .map(|(n, p)| (n, p.grad().copy()))
+                        .collect();
+                    out.sort_by(|a, b| a.0.cmp(&b.0));
+                    out
+                };
+                let (sliced, whole) = (grads(64), grads(400));
+                // bf16: each slice's part of dh is rounded on its own, and the
+                // layers' gradients pass through bf16 (a few of its steps of 2⁻⁸).
+                let tolerance = match precision {
+                    Precision::F32 => 1e-5,
+                    _ => 3e-2,
+                };
+                for ((param, a), (_, b)) in sliced.iter().zip(&whole) {
+                    let scale = b.abs().max().double_value(&[]).max(1e-6);
+                    let diff = (a - b).abs().max().double_value(&[]);
+                    assert!(
+                        diff <= tolerance * scale,
+                        "{name} {precision:?} {param}: {diff} (scale {scale})"
+                    );
+                }
+            }
         }
     }
 }
