@@ -8,7 +8,9 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{config, config_with, pipeline, records, records_in, repo, run, run_with};
+use common::{
+    config, config_with, pipeline, records, records_in, repo, run, run_with, with_model_options,
+};
 use lsp_advantage::{AdvantageConfig, advantages};
 use lsp_schemas::GameRecordRow;
 use lsp_stage::Mode;
@@ -295,11 +297,7 @@ fn an_offloaded_reference_plays_the_same_game_as_a_resident_one() {
         false,
     );
     let cfg = config_with(offloaded.path(), "lsp", 2, "{kind: judge}", "");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        "model: {policy: ",
-        "model: {offload_reference: true, policy: ",
-    );
-    std::fs::write(&cfg, text).unwrap();
+    with_model_options(&cfg, "offload_reference: true");
     run(&cfg, false);
     let (a, b) = (records(resident.path()), records(offloaded.path()));
     assert_eq!(a.len(), 2 * 3 * 2);
@@ -377,11 +375,7 @@ fn a_mixed_precision_run_trains_through_shared_prompts_and_records_the_mismatch(
     // log-probs are recorded apart, and their gap is bf16's rounding, not 0 and small.
     let dir = tempfile::tempdir().unwrap();
     let cfg = config_with(dir.path(), "lsp", 2, "{kind: judge}", "");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        "model: {policy: ",
-        "model: {precision: mixed_bf16, offload_reference: true, policy: ",
-    );
-    std::fs::write(&cfg, text).unwrap();
+    with_model_options(&cfg, "precision: mixed_bf16, offload_reference: true");
     run(&cfg, false);
     let rows = records(dir.path());
     assert_eq!(iterations(&rows), vec![1, 2]);

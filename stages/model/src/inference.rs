@@ -22,17 +22,36 @@ pub(crate) struct StackedMap {
 }
 
 impl StackedMap {
-    /// The maps of `parts` stacked, in `kind` (no gradient recorded).
-    fn new(parts: &[&Linear], kind: Kind) -> Self {
-        let stack = |ts: &[&Tensor]| match ts {
-            [one] => one.detach().to_kind(kind),
-            _ => Tensor::cat(ts, 0).to_kind(kind),
-        };
-        let weights: Vec<&Tensor> = parts.iter().map(|l| &l.weight).collect();
-        let biases: Option<Vec<&Tensor>> = parts.iter().map(|l| l.bias.as_ref()).collect();
-        tch::no_grad(|| Self {
-            weight: stack(&weights),
-            bias: biases.map(|b| stack(&b)),
+    /// The maps of `parts` (each with its adapter, if any, merged: W + scale · B A;
+    /// rows in the pair layout of heads of `head_dim` where flagged) stacked, in
+    /// `kind` (no gradient recorded).
+    fn new(parts: &[(&Linear, bool)], kind: Kind, head_dim: i64) -> Self {
+        tch::no_grad(|| {
+            let parts: Vec<Linear> = parts
+                .iter()
+                .map(|(l, pairs)| {
+                    let l = l.merged();
+                    let layout = |w: &Tensor| match pairs {
+                        true => pair_layout(w, head_dim),
+                        false => w.shallow_clone(),
+                    };
+                    Linear {
+                        weight: layout(&l.weight),
+                        bias: l.bias.as_ref().map(layout),
+                        lora: None,
+                    }
+                })
+                .collect();
+            let stack = |ts: &[&Tensor]| match ts {
+                [one] => one.detach().to_kind(kind),
+                _ => Tensor::cat(ts, 0).to_kind(kind),
+            };
+            let weights: Vec<&Tensor> = parts.iter().map(|l| &l.weight).collect();
+            let biases: Option<Vec<&Tensor>> = parts.iter().map(|l| l.bias.as_ref()).collect();
+            Self {
+                weight: stack(&weights),
+                bias: biases.map(|b| stack(&b)),
+            }
         })
     }
 
@@ -103,32 +122,18 @@ impl Stacked {
         let weights_kind = transformer.kind_and_device().0;
         let kind = transformer.product_kind();
         let pairs = pairs(transformer);
-        // Each map with its adapter (if any) merged: W + scale · B A.
-        let layout = |l: &Linear| {
-            let l = l.merged();
-            let permute = |w: &Tensor| match pairs {
-                true => tch::no_grad(|| pair_layout(w, spec.head_dim)),
-                false => w.shallow_clone(),
-            };
-            Linear {
-                weight: permute(&l.weight),
-                bias: l.bias.as_ref().map(permute),
-                lora: None,
-            }
-        };
         let layers = transformer
             .layers
             .iter()
             .map(|block| {
-                let (a, m) = (&block.self_attn, &block.mlp);
-                let (q, k) = (layout(&a.q_proj), layout(&a.k_proj));
-                let v = a.v_proj.merged();
-                let (gate, up) = (m.gate_proj.merged(), m.up_proj.merged());
+                let [qkv, o, gate_up, down] = block
+                    .stacks(pairs)
+                    .map(|parts| StackedMap::new(&parts, kind, spec.head_dim));
                 LayerMaps {
-                    qkv: StackedMap::new(&[&q, &k, &v], kind),
-                    o: StackedMap::new(&[&a.o_proj.merged()], kind),
-                    gate_up: StackedMap::new(&[&gate, &up], kind),
-                    down: StackedMap::new(&[&m.down_proj.merged()], kind),
+                    qkv,
+                    o,
+                    gate_up,
+                    down,
                 }
             })
             .collect();

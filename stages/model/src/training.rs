@@ -6,8 +6,9 @@
 //! `[tokens, vocab]` temporaries. Here the forward pass keeps only the softmax of each
 //! position; the backward pass turns it into `dlogits` in place, then, a slice of the
 //! vocabulary at a time, adds `dlogitsᵀ·h` into the weight's gradient in place and
-//! `dlogits·W` into `dh`, which it sends through the transformer with autograd. The gradients are those of [`LanguageModel::completion_logprobs`]
-//! (tested in `tests/invariants.rs`).
+//! `dlogits·W` into `dh`, which it sends through the transformer with autograd. The
+//! gradients are those of [`LanguageModel::completion_logprobs`] (tested in
+//! `tests/invariants.rs`).
 
 use tch::{Kind, Tensor};
 

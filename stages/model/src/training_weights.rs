@@ -150,13 +150,14 @@ impl LanguageModel {
             .layers
             .iter()
             .map(|block| {
-                let (a, m) = (&block.self_attn, &block.mlp);
-                let stack = |parts: &[(&Linear, bool)]| CastStack::new(parts, kind, d);
+                let [qkv, o, gate_up, down] = block
+                    .stacks(true)
+                    .map(|parts| CastStack::new(&parts, kind, d));
                 CastLayer {
-                    qkv: stack(&[(&a.q_proj, true), (&a.k_proj, true), (&a.v_proj, false)]),
-                    o: stack(&[(&a.o_proj, false)]),
-                    gate_up: stack(&[(&m.gate_proj, false), (&m.up_proj, false)]),
-                    down: stack(&[(&m.down_proj, false)]),
+                    qkv,
+                    o,
+                    gate_up,
+                    down,
                 }
             })
             .collect();

@@ -104,6 +104,21 @@ pub struct Block {
 }
 
 impl Block {
+    /// The block's maps grouped as the stacked products compute them (q | k | v, o,
+    /// gate | up, down), each with whether its rows go to the rotation's pair layout
+    /// (q and k, when `pairs`): the one grouping of the passes without gradient
+    /// (`inference.rs`) and of mixed precision's training casts
+    /// (`training_weights.rs`).
+    pub(crate) fn stacks(&self, pairs: bool) -> [Vec<(&Linear, bool)>; 4] {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        [
+            vec![(&a.q_proj, pairs), (&a.k_proj, pairs), (&a.v_proj, false)],
+            vec![(&a.o_proj, false)],
+            vec![(&m.gate_proj, false), (&m.up_proj, false)],
+            vec![(&m.down_proj, false)],
+        ]
+    }
+
     /// Parameters under `path` (`model.layers.i`).
     pub fn new(path: nn::Path<'_>, spec: &ModelSpec) -> Self {
         let (h, eps) = (spec.hidden_size, spec.rms_norm_eps);

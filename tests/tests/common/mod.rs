@@ -49,6 +49,15 @@ pub fn config_with(out: &Path, mode: &str, iterations: u64, reward: &str, extra:
     path
 }
 
+/// Adds `options` (YAML fields, e.g. `offload_reference: true`) to the `model:` section
+/// of a config written by [`config_with`].
+pub fn with_model_options(config: &Path, options: &str) {
+    let text = std::fs::read_to_string(config)
+        .unwrap()
+        .replace("model: {policy: ", &format!("model: {{{options}, policy: "));
+    std::fs::write(config, text).unwrap();
+}
+
 /// The tiny config with the tiny-reward fixture as the external reward.
 pub fn config(out: &Path, mode: &str, iterations: u64) -> PathBuf {
     let rm = repo().join("tests/fixtures/tiny-reward");
