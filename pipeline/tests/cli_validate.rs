@@ -170,6 +170,31 @@ fn int8_rollout_weights_need_f32_weights_on_the_cpu() {
 }
 
 #[test]
+fn emulating_bf16_needs_mixed_precision() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = repo().join("tests/fixtures/tiny-llama");
+    let config = dir.path().join("emulate.yaml");
+    let write = |model: &str| {
+        let yaml = format!("model: {{policy: {}, {model}}}\n", policy.display());
+        std::fs::write(&config, yaml).unwrap();
+        validate(&config)
+    };
+    let out = write("emulate_bf16: true");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("model.emulate_bf16: emulate_bf16 applies to precision: mixed_bf16"),
+        "{stderr}"
+    );
+    let out = write("emulate_bf16: true, precision: mixed_bf16");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn workers_are_planned_and_more_threads_than_cores_are_warned_about() {
     let dir = tempfile::tempdir().unwrap();
     let policy = repo().join("tests/fixtures/tiny-llama");

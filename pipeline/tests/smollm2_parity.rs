@@ -281,6 +281,7 @@ impl Fidelity {
 fn mixed_precision_greedy_follows_f32_except_at_near_ties() {
     let options = LoadOptions {
         precision: lsp_model::Precision::MixedBf16,
+        emulate_bf16: true,
         ..LoadOptions::default()
     };
     let mixed = LanguageModel::load(model_dir(), options).unwrap();
@@ -296,6 +297,7 @@ fn int8_rollout_weights_greedy_follow_f32_except_at_near_ties() {
     for precision in [lsp_model::Precision::F32, lsp_model::Precision::MixedBf16] {
         let options = LoadOptions {
             precision,
+            emulate_bf16: true,
             rollout_weights: lsp_model::RolloutWeights::Int8,
             ..LoadOptions::default()
         };

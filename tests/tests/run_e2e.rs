@@ -375,7 +375,10 @@ fn a_mixed_precision_run_trains_through_shared_prompts_and_records_the_mismatch(
     // log-probs are recorded apart, and their gap is bf16's rounding, not 0 and small.
     let dir = tempfile::tempdir().unwrap();
     let cfg = config_with(dir.path(), "lsp", 2, "{kind: judge}", "");
-    with_model_options(&cfg, "precision: mixed_bf16, offload_reference: true");
+    with_model_options(
+        &cfg,
+        "precision: mixed_bf16, emulate_bf16: true, offload_reference: true",
+    );
     run(&cfg, false);
     let rows = records(dir.path());
     assert_eq!(iterations(&rows), vec![1, 2]);
@@ -400,4 +403,14 @@ fn a_mixed_precision_run_trains_through_shared_prompts_and_records_the_mismatch(
         manifest.contains("\"precision\": \"mixed_bf16\""),
         "{manifest}"
     );
+    // The manifest says where the products ran: natively with bf16 units, emulated
+    // (as asked) without.
+    let manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    let units = lsp_model::decoder::bf16_units();
+    assert_eq!(manifest["machine"]["bf16_units"], units);
+    assert_eq!(
+        manifest["machine"]["products"],
+        if units { "bf16" } else { "bf16_emulated" }
+    );
+    assert!(manifest["machine"]["cpu"].is_string(), "{manifest}");
 }

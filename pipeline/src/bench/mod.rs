@@ -121,7 +121,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<String> {
     let batch = random_batch(&model, args.batch, args.seq_len);
     let tokens = (args.batch * (args.seq_len - 1)) as u64;
     let mut header = format!(
-        "model: {} ({:.1}M parameters), batch {} x {} tokens, {} threads{}\n",
+        "model: {} ({:.1}M parameters), batch {} x {} tokens, {} threads, products {}{}\n",
         args.model
             .as_ref()
             .map_or(format!("random {:?} shape", args.shape), |m| m
@@ -131,6 +131,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<String> {
         args.batch,
         args.seq_len,
         tch::get_num_threads(),
+        options.products().name(),
         if train {
             format!(
                 ", micro-batches of {}{}, {}",

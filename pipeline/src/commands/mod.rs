@@ -57,6 +57,10 @@ pub struct ModelArgs {
     /// (rollouts, log-probs, training) in bf16.
     #[arg(long, value_enum, default_value = "f32")]
     precision: PrecisionArg,
+    /// With `mixed_bf16` on a CPU without bf16 units: bf16 products anyway, emulated
+    /// (several times slower than f32); without it they run in f32 there.
+    #[arg(long)]
+    emulate_bf16: bool,
     /// How the rollouts' decoder stores the weights: `int8` (one scale per output
     /// row, the CPU decoder at any batch) halves bf16's bytes per decoding step.
     #[arg(long, value_enum, default_value = "products")]
@@ -114,6 +118,7 @@ impl ModelArgs {
                 PrecisionArg::F32 => Precision::F32,
                 PrecisionArg::MixedBf16 => Precision::MixedBf16,
             },
+            emulate_bf16: self.emulate_bf16,
             rollout_weights: match self.rollout_weights {
                 RolloutWeightsArg::Products => RolloutWeights::Products,
                 RolloutWeightsArg::Int8 => RolloutWeights::Int8,

@@ -98,6 +98,7 @@ impl Engine {
         let options = LoadOptions {
             dtype: config.model.dtype,
             precision: config.model.precision,
+            emulate_bf16: config.model.emulate_bf16,
             rollout_weights: config.model.rollout_weights,
             device: config.model.device,
             trainable: true,

@@ -35,6 +35,28 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The CPU's model name as `lscpu` gives it (`/proc/cpuinfo`), when it can be read.
+fn cpu_model() -> Value {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
+                .map(|(_, name)| Value::String(name.trim().to_string()))
+        })
+        .unwrap_or(Value::Null)
+}
+
+/// The machine a run (or a resume) ran on and where its products ran there: bf16
+/// under `mixed_bf16` only with bf16 units (or `emulate_bf16`), f32 otherwise.
+fn machine(config: &EpochConfig) -> Value {
+    json!({
+        "cpu": cpu_model(),
+        "bf16_units": lsp_model::decoder::bf16_units(),
+        "products": config.model.products().name(),
+    })
+}
+
 /// Every leaf of `value` as (dotted path, value).
 fn leaves(prefix: &str, value: &Value, out: &mut Vec<(String, Value)>) {
     match value {
@@ -80,6 +102,7 @@ pub fn write_fresh(dir: &RunDir, config: &EpochConfig) -> anyhow::Result<()> {
         "config": config,
         "seed": config.run.seed,
         "started_unix": now(),
+        "machine": machine(config),
         "policy": {
             "folder": policy,
             "model_sha256": file_hash(&policy.join("model.safetensors")),
@@ -130,7 +153,8 @@ pub fn note_resume(
     changed: &[String],
 ) -> anyhow::Result<()> {
     let mut manifest = read(dir)?;
-    let mut entry = json!({"from_iteration": from, "to_iteration": to, "unix": now()});
+    let mut entry = json!({"from_iteration": from, "to_iteration": to, "unix": now(),
+        "machine": machine(config)});
     if !changed.is_empty() {
         entry["changed"] = json!(changed);
         entry["config"] = serde_json::to_value(config)?;

@@ -91,6 +91,12 @@ pub struct ModelConfig {
     /// Compute precision ([`Precision`]); `mixed_bf16` needs `dtype: f32` (the master
     /// weights).
     pub precision: Precision,
+    /// Under `mixed_bf16` on a CPU without bf16 units (`lscpu` lists neither
+    /// `avx512_bf16` nor `amx_bf16`), compute the products in bf16 anyway: libtorch
+    /// emulates them there, several times slower than f32 (to reproduce a bf16 run's
+    /// numerics on such a machine). Off (default), they run in f32 there, and the log
+    /// and the run's manifest say so ([`crate::Products`]).
+    pub emulate_bf16: bool,
     /// How the rollouts' decoder stores the policy's weights ([`RolloutWeights`]);
     /// `int8` needs `device: cpu` and `dtype: f32`.
     pub rollout_weights: RolloutWeights,
@@ -111,6 +117,13 @@ pub struct ModelConfig {
     pub save_merged: bool,
 }
 
+impl ModelConfig {
+    /// Where the models' products run on this machine.
+    pub fn products(&self) -> crate::Products {
+        crate::Products::on_this_machine(self.precision, self.device, self.emulate_bf16)
+    }
+}
+
 /// Where `pipeline model fetch smollm2-135m-instruct` puts the embedded default.
 pub const DEFAULT_MODEL_DIR: &str = "data-out/models/smollm2-135m-instruct";
 
@@ -122,6 +135,7 @@ impl Default for ModelConfig {
             offload_reference: false,
             dtype: Dtype::F32,
             precision: Precision::F32,
+            emulate_bf16: false,
             rollout_weights: RolloutWeights::Products,
             device: DeviceKind::Cpu,
             allow_past_context: false,
@@ -144,6 +158,12 @@ impl Validate for ModelConfig {
                 join_path(path, "precision"),
                 "mixed_bf16 keeps f32 master weights: set dtype: f32 (dtype: bf16 is pure \
                  bf16, no master copy)",
+            );
+        }
+        if self.emulate_bf16 && self.precision != Precision::MixedBf16 {
+            problems.push(
+                join_path(path, "emulate_bf16"),
+                "emulate_bf16 applies to precision: mixed_bf16 (f32 has no bf16 products)",
             );
         }
         if self.rollout_weights == RolloutWeights::Int8

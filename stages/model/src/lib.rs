@@ -17,7 +17,8 @@
 //!   head's backward written out, to save memory), and
 //!   [`LanguageModel::score_sequences`] a reward model's scores.
 //! - `precision: mixed_bf16` keeps f32 weights and computes products in bf16
-//!   ([`TrainingWeights`]: casts made once per optimizer step); [`lora`] attaches PEFT
+//!   ([`TrainingWeights`]: casts made once per optimizer step) where the device has
+//!   bf16 units, in f32 where it would emulate them ([`Products`]); [`lora`] attaches PEFT
 //!   LoRA adapters ([`LanguageModel::load_adapter`], [`LanguageModel::base_view`]).
 //!
 //! (Not run as a doctest: rustdoc's binaries live outside `target/`, where the rpath to
@@ -58,6 +59,7 @@ pub mod lora;
 mod mask;
 mod model;
 mod prefill;
+mod products;
 mod rope;
 mod safetensors_file;
 mod sampling;
@@ -84,6 +86,7 @@ pub use kv_cache::KvCache;
 pub use logprobs::TokenLogprobs;
 pub use lora::{Adapter, LoraConfig};
 pub use model::{LanguageModel, LoadOptions, torch_device};
+pub use products::Products;
 pub use safetensors_file::{SafetensorsFile, write_safetensors};
 pub use sampling::{Rng, mix};
 pub use slots::fill_slots;

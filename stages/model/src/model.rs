@@ -12,6 +12,7 @@ use crate::digest::Digests;
 use crate::error::{ModelError, Result};
 use crate::hf_config::{HfConfig, TokenIds};
 use crate::lora::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, Adapter, LoraConfig};
+use crate::products::Products;
 use crate::spec::{Head, ModelSpec};
 use crate::tokenizer::TextTokenizer;
 use crate::transformer::Transformer;
@@ -22,8 +23,12 @@ pub struct LoadOptions {
     /// Weight type.
     pub dtype: Dtype,
     /// Compute precision: with `mixed_bf16` the weights stay f32 (a trainable
-    /// model's masters) and every pass computes its products in bf16.
+    /// model's masters) and every pass computes its products in bf16 where the device
+    /// has bf16 units ([`Products`]).
     pub precision: Precision,
+    /// Under `mixed_bf16` on a CPU without bf16 units, compute bf16 products anyway
+    /// (libtorch emulates them, several times slower than f32); off, they run in f32.
+    pub emulate_bf16: bool,
     /// How the rollouts' decoder stores the weights (int8: the CPU decoder only).
     pub rollout_weights: RolloutWeights,
     /// Device.
@@ -42,11 +47,11 @@ impl LoadOptions {
         self.dtype == Dtype::Bf16
     }
 
-    /// The kind of the products when not the weights' own: bf16 under mixed precision
-    /// (f32 weights — a trainable model's masters — and bf16 products, for the
-    /// frozen models too).
-    fn product_kind(&self) -> Option<Kind> {
-        (self.precision == Precision::MixedBf16).then_some(Kind::BFloat16)
+    /// Where the products run on this machine: bf16 under mixed precision (f32
+    /// weights — a trainable model's masters — and bf16 products, for the frozen
+    /// models too) where the device computes bf16, f32 on a CPU that would emulate it.
+    pub fn products(&self) -> Products {
+        Products::on_this_machine(self.precision, self.device, self.emulate_bf16)
     }
 }
 
@@ -159,17 +164,10 @@ impl LanguageModel {
         if options.stores_bf16() {
             vs.bfloat16();
         }
-        transformer.set_product_kind(options.product_kind());
+        let products = options.products();
+        products.log_once();
+        transformer.set_product_kind(products.kind());
         transformer.set_rollout_weights(options.rollout_weights);
-        if options.precision == Precision::MixedBf16
-            && device == Device::Cpu
-            && !crate::decoder::bf16_units()
-        {
-            tracing::warn!(
-                "precision mixed_bf16 on a CPU without bf16 units (no avx512_bf16): libtorch \
-                 emulates bf16 products there, and f32 is likely faster"
-            );
-        }
         if !options.trainable {
             vs.freeze();
         }
@@ -180,6 +178,7 @@ impl LanguageModel {
             ?device,
             dtype = ?options.dtype,
             precision = options.precision.name(),
+            products = products.name(),
             seconds = started.elapsed().as_secs_f64(),
             "model loaded"
         );
@@ -341,7 +340,7 @@ impl LanguageModel {
         if options.stores_bf16() {
             vs.bfloat16();
         }
-        transformer.set_product_kind(options.product_kind());
+        transformer.set_product_kind(options.products().kind());
         transformer.set_rollout_weights(options.rollout_weights);
         vs.copy(&self.vs)?;
         vs.freeze();

@@ -196,6 +196,7 @@ mod tests {
                     let options = LoadOptions {
                         trainable: true,
                         precision,
+                        emulate_bf16: true,
                         ..LoadOptions::default()
                     };
                     let model = LanguageModel::load(&fixtures.join(name), options).unwrap();

@@ -180,6 +180,7 @@ fn load_with(name: &str, dtype: Dtype, precision: Precision, device: DeviceKind)
         LoadOptions {
             dtype,
             precision,
+            emulate_bf16: true,
             device,
             ..LoadOptions::default()
         },
@@ -196,6 +197,7 @@ fn load_int8(name: &str, precision: Precision) -> LanguageModel {
         name,
         LoadOptions {
             precision,
+            emulate_bf16: true,
             rollout_weights: RolloutWeights::Int8,
             ..LoadOptions::default()
         },
@@ -368,6 +370,7 @@ fn kept_inference_weights_follow_a_change_in_place() {
     for (precision, rollout_weights) in settings {
         let options = LoadOptions {
             precision,
+            emulate_bf16: true,
             rollout_weights,
             ..LoadOptions::default()
         };

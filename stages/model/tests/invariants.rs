@@ -538,6 +538,7 @@ fn f32_and_mixed(name: &str, trainable: bool) -> (LanguageModel, LanguageModel) 
         let options = LoadOptions {
             trainable,
             precision,
+            emulate_bf16: true,
             ..LoadOptions::default()
         };
         LanguageModel::load(&fixture(name), options).unwrap()
@@ -674,4 +675,51 @@ fn mixed_precision_passes_without_gradient_keep_an_f32_residual_stream() {
             "{name}: log-probs moved by {moved} (0: the products did not run in bf16)"
         );
     }
+}
+
+#[test]
+fn mixed_precision_without_bf16_units_computes_in_f32_unless_emulation_is_asked() {
+    // On a CPU without bf16 units, where libtorch would emulate bf16 several times
+    // slower than f32, mixed_bf16's products run in f32: bit for bit what precision
+    // f32 gives. With the units, or with emulate_bf16, they run in bf16 and move the
+    // log-probs. Whichever this machine is, the other side is `Products::resolve`'s
+    // unit test.
+    let load = |precision, emulate_bf16| {
+        let options = LoadOptions {
+            precision,
+            emulate_bf16,
+            ..LoadOptions::default()
+        };
+        LanguageModel::load(&fixture("tiny-llama"), options).unwrap()
+    };
+    let exact = load(Precision::F32, false);
+    let prompts = prompts(&exact);
+    let completions = three_completions();
+    let pairs = paired(&prompts, &completions);
+    let moved = |model: &LanguageModel| {
+        // The passes without gradient of a run: the products in the products' kind.
+        let weights = lsp_model::InferenceWeights::new(model.transformer());
+        let lp = tch::no_grad(|| model.completion_logprobs_with(&weights, &pairs)).unwrap();
+        let exact_weights = lsp_model::InferenceWeights::new(exact.transformer());
+        let want = tch::no_grad(|| exact.completion_logprobs_with(&exact_weights, &pairs)).unwrap();
+        (&lp.values - &want.values).abs().max().double_value(&[])
+    };
+    let units = lsp_model::decoder::bf16_units();
+    let plain = load(Precision::MixedBf16, false);
+    let emulated = load(Precision::MixedBf16, true);
+    assert_eq!(
+        plain.options().products(),
+        if units {
+            lsp_model::Products::Bf16
+        } else {
+            lsp_model::Products::F32Fallback
+        }
+    );
+    assert_eq!(plain.transformer().product_kind() == Kind::BFloat16, units);
+    assert_eq!(emulated.transformer().product_kind(), Kind::BFloat16);
+    match units {
+        true => assert!(moved(&plain) > 1e-6, "bf16 products moved nothing"),
+        false => assert_eq!(moved(&plain), 0.0, "the fallback is not f32"),
+    }
+    assert!(moved(&emulated) > 1e-6, "emulated bf16 moved nothing");
 }

@@ -135,6 +135,7 @@ fn every_factors_gradient_is_pefts() {
     let mixed = adapted(LoadOptions {
         trainable: true,
         precision: Precision::MixedBf16,
+        emulate_bf16: true,
         ..LoadOptions::default()
     });
     let pass = mixed
@@ -263,6 +264,7 @@ fn a_fresh_adapter_starts_as_the_base_and_mixed_precision_keeps_its_factors_f32(
     let options = LoadOptions {
         trainable: true,
         precision: Precision::MixedBf16,
+        emulate_bf16: true,
         ..LoadOptions::default()
     };
     let mut model = LanguageModel::load(&fixture("tiny-llama"), options).unwrap();
