@@ -120,11 +120,11 @@ mod tests {
                     Products::resolve(MixedBf16, Cuda, units, emulate),
                     Products::Bf16
                 );
+                assert_eq!(
+                    Products::resolve(MixedBf16, Cpu, true, emulate),
+                    Products::Bf16
+                );
             }
-            assert_eq!(
-                Products::resolve(MixedBf16, Cpu, true, units),
-                Products::Bf16
-            );
         }
         let fallback = Products::resolve(MixedBf16, Cpu, false, false);
         assert_eq!(fallback, Products::F32Fallback);
