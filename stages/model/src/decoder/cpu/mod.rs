@@ -14,6 +14,7 @@ mod blocks;
 mod host_kv;
 mod host_math;
 mod isa;
+mod kernel;
 mod panels;
 mod team;
 mod threads;

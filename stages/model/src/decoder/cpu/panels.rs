@@ -5,13 +5,13 @@
 //! layouts (about 25 µs each, a quarter of a decoding step at batch 8) and oneDNN
 //! repacks the weight in chunks. Here the weight is packed once, for as long as the
 //! decoding guard lives, into panels of [`PANEL`] output rows whose `in × PANEL`
-//! values lie in the order the kernel reads them. The kernel takes two panels and up
-//! to [`GROUP`] input rows at a time, so that each weight vector loaded serves four
-//! fused multiply-adds and each input value broadcast serves two, with the
-//! accumulators in registers; the input is interleaved by groups of rows so that
-//! one position's values lie together. The team's threads each take a contiguous
-//! share of the panels. Compiled for AVX-512 and AVX2 and picked at run time
-//! ([`Isa`]), with a portable build as fallback.
+//! values lie in the order the kernel reads them. The kernel ([`super::kernel`])
+//! takes a few panels and a few input rows at a time, so that each weight vector
+//! loaded serves several fused multiply-adds and so does each input value broadcast,
+//! with the accumulators in registers; the input is interleaved by groups of rows so
+//! that one position's values lie together. The team's threads each take a
+//! contiguous share of the panels. Compiled for AVX-512 and AVX2 and picked at run
+//! time ([`Isa`]), with a portable build as fallback.
 //!
 //! Panels hold f32, or bf16 (mixed precision's rollouts): the kernel widens each
 //! loaded bf16 panel to f32 in registers (a shift of its 16 bits) and accumulates in
@@ -25,27 +25,22 @@
 //! for eight; two threads at 43 and 38 GB/s, where oneDNN with its conversions
 //! managed about 17 GB/s at eight rows. Up to 32 rows the kernel stays ahead: the
 //! rollout benchmark at batch 32 went from 400–450 tok/s (oneDNN) to ~510, for
-//! another copy of the weights (0.5 GB) while decoding. A kernel of eight rows by
-//! two panels (16 accumulators) did not vectorize (the compiler's SLP pass gives up:
-//! 20× slower), hence groups of four.
+//! another copy of the weights (0.5 GB) while decoding.
 
 use std::sync::Arc;
 
-use multiversion::multiversion;
 use tch::{Device, Kind, Tensor};
 
 use super::isa::Isa;
+use super::kernel::{Shape, product};
 use super::team::Team;
 use crate::config::RolloutWeights;
 
 /// Output rows per panel: one AVX-512 register of f32, two of AVX2.
-const PANEL: usize = 16;
+pub const PANEL: usize = 16;
 
 /// Values of the weight read at a time while packing (4 MB).
 const CHUNK: usize = 1 << 20;
-
-/// Input rows the kernel takes at a time.
-const GROUP: usize = 4;
 
 /// Most input rows the panels take (decoding's batch); more go through oneDNN (the
 /// kernel, compute-bound from about 16 rows, was not measured past 32).
@@ -264,7 +259,7 @@ impl Panels {
                 (pairs * (i + 1) / parts * 2).min(panels),
             )
         };
-        let grouped = Arc::new(interleave(input, rows, inner));
+        let grouped = Arc::new(interleave(input, rows, inner, Shape::of(isa).group));
         let values = Arc::clone(values);
         let shares = self.team.run(Arc::new(move |i: usize| {
             let (first, end) = bounds(i);
@@ -308,13 +303,13 @@ fn quantize(row: &[f32], into: &mut [i8]) -> f32 {
     scale
 }
 
-/// `x` (`rows × inner`, row-major) as groups of [`GROUP`] rows (the last may have
+/// `x` (`rows × inner`, row-major) as groups of `group` rows (the last may have
 /// fewer), each `inner × rows in the group`: one position's values together.
-fn interleave(x: &[f32], rows: usize, inner: usize) -> Vec<f32> {
+fn interleave(x: &[f32], rows: usize, inner: usize, group: usize) -> Vec<f32> {
     let mut grouped = vec![0f32; rows * inner];
     for (group, out) in x
-        .chunks(GROUP * inner)
-        .zip(grouped.chunks_mut(GROUP * inner))
+        .chunks(group * inner)
+        .zip(grouped.chunks_mut(group * inner))
     {
         let n = group.len() / inner;
         for (r, row) in group.chunks_exact(inner).enumerate() {
@@ -326,173 +321,20 @@ fn interleave(x: &[f32], rows: usize, inner: usize) -> Vec<f32> {
     grouped
 }
 
-/// `y[r][p·PANEL + l] = Σ_k x[r][k] · w[p·PANEL + l][k]` over the given panels, with
-/// `x` grouped by [`interleave`]; `y` is `[rows][panels · PANEL]`. Built for `isa`.
-fn product<T: PanelValue>(
-    isa: Isa,
-    grouped: &[f32],
-    rows: usize,
-    inner: usize,
-    panels: &[T],
-    y: &mut [f32],
-) {
-    match isa {
-        Isa::Avx512 => product_avx512(grouped, rows, inner, panels, y),
-        Isa::Avx2 => product_avx2(grouped, rows, inner, panels, y),
-        Isa::Portable => product_body::<T, false>(grouped, rows, inner, panels, y),
-    }
-}
-
-/// [`product_body`] built for AVX-512 (the portable build where the CPU lacks it;
-/// [`Isa::supported`] is checked before).
-#[multiversion(targets("x86_64+avx512f+avx512vl+fma"))]
-fn product_avx512<T: PanelValue>(g: &[f32], rows: usize, inner: usize, p: &[T], y: &mut [f32]) {
-    product_body::<T, true>(g, rows, inner, p, y)
-}
-
-/// [`product_body`] built for AVX2.
-#[multiversion(targets("x86_64+avx2+fma"))]
-fn product_avx2<T: PanelValue>(g: &[f32], rows: usize, inner: usize, p: &[T], y: &mut [f32]) {
-    product_body::<T, true>(g, rows, inner, p, y)
-}
-
-/// `a + v·w`: fused where the build has FMA.
-#[inline(always)]
-fn fma<const FUSED: bool>(v: f32, w: f32, a: f32) -> f32 {
-    if FUSED { v.mul_add(w, a) } else { a + v * w }
-}
-
-/// [`product`]'s loops, inlined into each build.
-#[inline(always)]
-fn product_body<T: PanelValue, const FUSED: bool>(
-    grouped: &[f32],
-    rows: usize,
-    inner: usize,
-    panels: &[T],
-    y: &mut [f32],
-) {
-    let stride = y.len() / rows;
-    let mut pairs = panels.chunks_exact(2 * inner * PANEL);
-    for (p, pair) in (&mut pairs).enumerate() {
-        let (w0, w1) = pair.split_at(inner * PANEL);
-        let at = Out {
-            stride,
-            column: 2 * p * PANEL,
-        };
-        for (g, x) in grouped.chunks(GROUP * inner).enumerate() {
-            let at = Out {
-                column: at.column + g * GROUP * stride,
-                ..at
-            };
-            match x.len() / inner {
-                1 => two_panels::<T, FUSED, 1>(x, w0, w1, y, at),
-                2 => two_panels::<T, FUSED, 2>(x, w0, w1, y, at),
-                3 => two_panels::<T, FUSED, 3>(x, w0, w1, y, at),
-                _ => two_panels::<T, FUSED, GROUP>(x, w0, w1, y, at),
-            }
-        }
-    }
-    let last = pairs.remainder();
-    if !last.is_empty() {
-        let column = stride - PANEL;
-        for (g, x) in grouped.chunks(GROUP * inner).enumerate() {
-            let at = Out {
-                stride,
-                column: column + g * GROUP * stride,
-            };
-            match x.len() / inner {
-                1 => one_panel::<T, FUSED, 1>(x, last, y, at),
-                2 => one_panel::<T, FUSED, 2>(x, last, y, at),
-                3 => one_panel::<T, FUSED, 3>(x, last, y, at),
-                _ => one_panel::<T, FUSED, GROUP>(x, last, y, at),
-            }
-        }
-    }
-}
-
-/// Where a group's results go in a row-major output: its first value's index
-/// (`column`, of the group's first row) and the rows' `stride`.
-#[derive(Clone, Copy)]
-struct Out {
-    stride: usize,
-    column: usize,
-}
-
-/// A panel's values at one position, widened to f32.
-#[inline(always)]
-fn widened<T: PanelValue>(w: &[T]) -> [f32; PANEL] {
-    let mut out = [0f32; PANEL];
-    for (o, v) in out.iter_mut().zip(w) {
-        *o = v.widen();
-    }
-    out
-}
-
-/// `R` grouped rows times two panels: `2R` accumulator registers; per position two
-/// weight loads (widened once), `R` broadcasts and `2R` fused multiply-adds. Inlined
-/// into each target's build of [`product`].
-#[inline(always)]
-fn two_panels<T: PanelValue, const FUSED: bool, const R: usize>(
-    x: &[f32],
-    w0: &[T],
-    w1: &[T],
-    y: &mut [f32],
-    at: Out,
-) {
-    let mut a0 = [[0f32; PANEL]; R];
-    let mut a1 = [[0f32; PANEL]; R];
-    let positions = w0.chunks_exact(PANEL).zip(w1.chunks_exact(PANEL));
-    for ((w0, w1), v) in positions.zip(x.chunks_exact(R)) {
-        let (w0, w1) = (widened(w0), widened(w1));
-        for r in 0..R {
-            for l in 0..PANEL {
-                a0[r][l] = fma::<FUSED>(v[r], w0[l], a0[r][l]);
-                a1[r][l] = fma::<FUSED>(v[r], w1[l], a1[r][l]);
-            }
-        }
-    }
-    for r in 0..R {
-        let row = &mut y[at.column + r * at.stride..][..2 * PANEL];
-        row[..PANEL].copy_from_slice(&a0[r]);
-        row[PANEL..].copy_from_slice(&a1[r]);
-    }
-}
-
-/// [`two_panels`] for an odd panel out.
-#[inline(always)]
-fn one_panel<T: PanelValue, const FUSED: bool, const R: usize>(
-    x: &[f32],
-    w: &[T],
-    y: &mut [f32],
-    at: Out,
-) {
-    let mut a = [[0f32; PANEL]; R];
-    for (w, v) in w.chunks_exact(PANEL).zip(x.chunks_exact(R)) {
-        let w = widened(w);
-        for r in 0..R {
-            for l in 0..PANEL {
-                a[r][l] = fma::<FUSED>(v[r], w[l], a[r][l]);
-            }
-        }
-    }
-    for r in 0..R {
-        y[at.column + r * at.stride..][..PANEL].copy_from_slice(&a[r]);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn panels_give_libtorchs_product_for_every_build_row_count_and_team_size() {
-        // 72 outputs: four full panels and a padded one, so that some shares end
-        // with an odd panel out (or are only that); with a bias. bf16 panels against
+        // 136 outputs: eight full panels and a padded one, so that some shares end
+        // with an odd panel out (or are only that) and a team of one takes two full
+        // blocks of AVX2's four panels and a part of one; with a bias. bf16 panels against
         // the f32 product of the bf16-rounded weight, int8 panels against that of the
         // weight quantized row by row (the kernel adds no rounding of its own: it
         // widens exactly and accumulates in f32).
-        let w = Tensor::randn([72, 24], (Kind::Float, Device::Cpu));
-        let b = Tensor::randn([72], (Kind::Float, Device::Cpu));
+        let w = Tensor::randn([136, 24], (Kind::Float, Device::Cpu));
+        let b = Tensor::randn([136], (Kind::Float, Device::Cpu));
         let w16 = w.to_kind(Kind::BFloat16);
         // The scales as the packing divides (libtorch turns a division by a scalar
         // into a product by its reciprocal, an ulp away, which moves near-halves).
@@ -596,7 +438,7 @@ mod tests {
         // 5 rows of 2: a group of 4 then a group of 1.
         let x: Vec<f32> = (0..10).map(|v| v as f32).collect();
         assert_eq!(
-            interleave(&x, 5, 2),
+            interleave(&x, 5, 2, 4),
             [0., 2., 4., 6., 1., 3., 5., 7., 8., 9.]
         );
     }

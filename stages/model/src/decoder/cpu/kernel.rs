@@ -1,0 +1,227 @@
+//! The panel products' inner loops ([`super::panels`]): tiles of a few input rows by a
+//! few panels, the accumulators in registers, cut to fit each build's registers
+//! ([`Shape`], the one place the cuts are chosen).
+//!
+//! A tile of `R` rows by `P` panels keeps `R·P` panels' worth of accumulators; per
+//! position it loads `P` weight vectors (widened once) and broadcasts `R` input
+//! values, for `R·P·PANEL` fused multiply-adds. AVX-512 has 32 registers and holds a
+//! panel in one: 4 rows by 2 panels (8 accumulators). AVX2 has 16 and needs two per
+//! panel, where 4 by 2 spilled accumulators to the stack in the hot loop (perf
+//! annotate on a Zen 3: stores and reloads around every other multiply-add); it
+//! takes 6 rows by one panel (12 accumulators, 2 weight registers, a broadcast: the
+//! classic AVX2 shape of 6 by 16), and, for a group of fewer rows, more panels at a
+//! time so that enough independent multiply-adds hide their latency (one row by 4
+//! panels: 8 chains, the weights read straight from memory).
+
+use std::array;
+
+use multiversion::multiversion;
+
+use super::isa::Isa;
+use super::panels::{PANEL, PanelValue};
+
+/// How a build cuts a product: input rows per group, panels per block (the panels
+/// one pass over the groups keeps in cache) and panels per tile for a group of a given
+/// number of rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Input rows per group; the input is interleaved by groups of this many.
+    pub group: usize,
+    /// Panels a pass over every group takes before moving on.
+    block: usize,
+    /// Panels per tile for a group of 1, 2, … `group` rows.
+    tile_panels: &'static [usize],
+}
+
+impl Shape {
+    /// The shape of `isa`'s build.
+    pub fn of(isa: Isa) -> Self {
+        match isa {
+            Isa::Avx2 => Self {
+                group: 6,
+                block: 4,
+                tile_panels: &[4, 2, 2, 1, 1, 1],
+            },
+            Isa::Avx512 | Isa::Portable => Self {
+                group: 4,
+                block: 2,
+                tile_panels: &[2, 2, 2, 2],
+            },
+        }
+    }
+
+    /// Panels per tile for a group of `rows`, at most `left`: a power of two (the
+    /// tiles that exist).
+    fn tile(self, rows: usize, left: usize) -> usize {
+        let most = self.tile_panels[rows - 1].min(left);
+        1 << most.ilog2()
+    }
+}
+
+/// Where a tile's results go in a row-major output: its first value's index
+/// (`column`, of the tile's first row) and the rows' `stride`.
+#[derive(Clone, Copy)]
+struct Out {
+    stride: usize,
+    column: usize,
+}
+
+/// `y[r][p·PANEL + l] = Σ_k x[r][k] · w[p·PANEL + l][k]` over the given panels, with
+/// `x` interleaved by groups of [`Shape::group`] rows of `isa`'s shape; `y` is
+/// `[rows][panels · PANEL]`. Built for `isa`.
+pub fn product<T: PanelValue>(
+    isa: Isa,
+    grouped: &[f32],
+    rows: usize,
+    inner: usize,
+    panels: &[T],
+    y: &mut [f32],
+) {
+    match isa {
+        Isa::Avx512 => product_avx512(grouped, rows, inner, panels, y),
+        Isa::Avx2 => product_avx2(grouped, rows, inner, panels, y),
+        Isa::Portable => product_body::<T, false>(Shape::of(isa), grouped, rows, inner, panels, y),
+    }
+}
+
+/// [`product_body`] built for AVX-512 (the portable build where the CPU lacks it;
+/// [`Isa::supported`] is checked before).
+#[multiversion(targets("x86_64+avx512f+avx512vl+fma"))]
+fn product_avx512<T: PanelValue>(g: &[f32], rows: usize, inner: usize, p: &[T], y: &mut [f32]) {
+    product_body::<T, true>(Shape::of(Isa::Avx512), g, rows, inner, p, y)
+}
+
+/// [`product_body`] built for AVX2.
+#[multiversion(targets("x86_64+avx2+fma"))]
+fn product_avx2<T: PanelValue>(g: &[f32], rows: usize, inner: usize, p: &[T], y: &mut [f32]) {
+    product_body::<T, true>(Shape::of(Isa::Avx2), g, rows, inner, p, y)
+}
+
+/// [`product`]'s loops, inlined into each build: blocks of panels, in each every group
+/// of rows, in each the block's panels by tiles.
+#[inline(always)]
+fn product_body<T: PanelValue, const FUSED: bool>(
+    shape: Shape,
+    grouped: &[f32],
+    rows: usize,
+    inner: usize,
+    panels: &[T],
+    y: &mut [f32],
+) {
+    let stride = y.len() / rows;
+    let size = inner * PANEL;
+    let count = panels.len() / size;
+    for first in (0..count).step_by(shape.block) {
+        let end = (first + shape.block).min(count);
+        for (g, x) in grouped.chunks(shape.group * inner).enumerate() {
+            let r = x.len() / inner;
+            let mut p = first;
+            while p < end {
+                let n = shape.tile(r, end - p);
+                let at = Out {
+                    stride,
+                    column: g * shape.group * stride + p * PANEL,
+                };
+                tile::<T, FUSED>(r, n, x, &panels[p * size..(p + n) * size], y, at);
+                p += n;
+            }
+        }
+    }
+}
+
+/// The tile of `rows` by `panels`, for every pair a [`Shape`] takes.
+#[inline(always)]
+fn tile<T: PanelValue, const FUSED: bool>(
+    rows: usize,
+    panels: usize,
+    x: &[f32],
+    w: &[T],
+    y: &mut [f32],
+    at: Out,
+) {
+    match (rows, panels) {
+        (1, 1) => tile_of::<T, FUSED, 1, 1>(x, w, y, at),
+        (1, 2) => tile_of::<T, FUSED, 1, 2>(x, w, y, at),
+        (1, 4) => tile_of::<T, FUSED, 1, 4>(x, w, y, at),
+        (2, 1) => tile_of::<T, FUSED, 2, 1>(x, w, y, at),
+        (2, 2) => tile_of::<T, FUSED, 2, 2>(x, w, y, at),
+        (3, 1) => tile_of::<T, FUSED, 3, 1>(x, w, y, at),
+        (3, 2) => tile_of::<T, FUSED, 3, 2>(x, w, y, at),
+        (4, 1) => tile_of::<T, FUSED, 4, 1>(x, w, y, at),
+        (4, 2) => tile_of::<T, FUSED, 4, 2>(x, w, y, at),
+        (5, 1) => tile_of::<T, FUSED, 5, 1>(x, w, y, at),
+        (6, 1) => tile_of::<T, FUSED, 6, 1>(x, w, y, at),
+        _ => unreachable!("no tile of {rows} rows by {panels} panels"),
+    }
+}
+
+/// `a + v·w`: fused where the build has FMA.
+#[inline(always)]
+fn fma<const FUSED: bool>(v: f32, w: f32, a: f32) -> f32 {
+    if FUSED { v.mul_add(w, a) } else { a + v * w }
+}
+
+/// A panel's values at one position, widened to f32.
+#[inline(always)]
+fn widened<T: PanelValue>(w: &[T]) -> [f32; PANEL] {
+    let mut out = [0f32; PANEL];
+    for (o, v) in out.iter_mut().zip(w) {
+        *o = v.widen();
+    }
+    out
+}
+
+/// `R` grouped rows (`x`, position by position) times the `P` consecutive panels `w`.
+#[inline(always)]
+fn tile_of<T: PanelValue, const FUSED: bool, const R: usize, const P: usize>(
+    x: &[f32],
+    w: &[T],
+    y: &mut [f32],
+    at: Out,
+) {
+    let size = w.len() / P;
+    let panels: [&[T]; P] = array::from_fn(|p| &w[p * size..][..size]);
+    let mut acc = [[[0f32; PANEL]; P]; R];
+    for (k, v) in x.chunks_exact(R).enumerate() {
+        let wk: [[f32; PANEL]; P] = array::from_fn(|p| widened(&panels[p][k * PANEL..][..PANEL]));
+        for r in 0..R {
+            for p in 0..P {
+                for l in 0..PANEL {
+                    acc[r][p][l] = fma::<FUSED>(v[r], wk[p][l], acc[r][p][l]);
+                }
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        for (p, acc) in acc.iter().enumerate() {
+            y[at.column + r * at.stride + p * PANEL..][..PANEL].copy_from_slice(acc);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_shape_takes_tiles_that_exist_and_cover_each_block() {
+        for isa in [Isa::Avx512, Isa::Avx2, Isa::Portable] {
+            let shape = Shape::of(isa);
+            assert_eq!(shape.tile_panels.len(), shape.group);
+            for rows in 1..=shape.group {
+                for left in 1..=shape.block {
+                    let n = shape.tile(rows, left);
+                    assert!(n <= left && n.is_power_of_two(), "{rows} rows, {left} left");
+                    let (x, w) = (vec![1f32; rows * 3], vec![1f32; n * 3 * PANEL]);
+                    let mut y = vec![0f32; rows * n * PANEL];
+                    let at = Out {
+                        stride: n * PANEL,
+                        column: 0,
+                    };
+                    tile::<f32, false>(rows, n, &x, &w, &mut y, at);
+                    assert!(y.iter().all(|&v| v == 3.0), "{rows} by {n}");
+                }
+            }
+        }
+    }
+}
