@@ -391,6 +391,35 @@ mod tests {
     }
 
     #[test]
+    fn panels_of_long_rows_give_the_same_product_in_smaller_blocks() {
+        // 4,100 inputs: an f32 panel is 262 KB, so that AVX2 takes blocks of one
+        // panel past one group of rows, int8 blocks of three (a tile of two and one).
+        let w = Tensor::randn([136, 4100], (Kind::Float, Device::Cpu));
+        let w8 = {
+            let s = w.abs().amax([1], true) / 127.0;
+            (&w / &s).round() * &s
+        };
+        for (storage, exact) in [(RolloutWeights::Products, &w), (RolloutWeights::Int8, &w8)] {
+            for threads in [1, 2] {
+                let panels = Panels::pack(&w, None, storage, Arc::new(Team::new(threads)));
+                for rows in [5i64, 13, 32] {
+                    let x = Tensor::randn([rows, 4100], (Kind::Float, Device::Cpu));
+                    let input = Vec::<f32>::try_from(&x.view([-1])).unwrap();
+                    let expected = x.linear(exact, None::<&Tensor>).view([-1]);
+                    let scale = expected.abs().max().double_value(&[]);
+                    for isa in Isa::available() {
+                        let got = Tensor::from_slice(&panels.apply_on(isa, &input, rows as usize));
+                        let diff = (got - &expected).abs().max().double_value(&[]);
+                        let at =
+                            format!("{} {storage:?} {threads} threads, {rows} rows", isa.name());
+                        assert!(diff < 1e-5 * scale, "{at}: {diff} of {scale}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn int8_rounding_is_to_nearest_with_ties_to_even() {
         let row = [
             127.0f32, 0.5, 1.5, 2.5, -0.5, -1.5, 2.4999998, 3.5000002, -126.5,
