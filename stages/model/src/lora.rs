@@ -3,11 +3,12 @@
 //! names), and the merge of an adapter into its base weights.
 //!
 //! An adapter's factors live in their own `VarStore` (trainable; the base weights are
-//! frozen), and each targeted [`Linear`] holds handles to its pair, so that a pass
-//! through autograd adds `scale · (x Aᵀ) Bᵀ` to the base product, passes without
-//! gradient use the merged weight `W + scale · B A` ([`crate::InferenceWeights`], built
-//! per pass, so re-merged after every update), and the base model with adapters off
-//! is the same weights without the pairs ([`crate::LanguageModel::base_view`]).
+//! frozen), and each targeted linear map (`layers::Linear`) holds handles to its
+//! pair, so that a pass through autograd adds `scale · (x Aᵀ) Bᵀ` to the base
+//! product, passes without gradient use the merged weight `W + scale · B A`
+//! ([`crate::InferenceWeights`], built per pass, so re-merged after every update),
+//! and the base model with adapters off is the same weights without the pairs
+//! ([`crate::LanguageModel::base_view`]).
 
 use std::path::Path;
 

@@ -360,7 +360,7 @@ impl LanguageModel {
     /// generation files.
     ///
     /// With an adapter, the adapter as PEFT saves it instead (the base is unchanged).
-    /// Returns the digest of every file written ([`crate::digest`]).
+    /// Returns the digest of every file written ([`Digests`]).
     pub fn save(&self, folder: &Path) -> Result<Digests> {
         self.snapshot().write(folder)
     }

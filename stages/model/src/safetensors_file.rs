@@ -199,7 +199,8 @@ impl SafetensorsFile {
 
 /// Writes `tensors` to `path` as safetensors (metadata `format: pt`, as transformers
 /// expects), a chunk at a time. Names must be unique; the order in the file is by name.
-/// Returns the file's digest ([`crate::digest`]), taken as it is written.
+/// Returns the file's digest (as [`crate::digest_file`] gives it), taken as it is
+/// written.
 pub fn write_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<String> {
     let mut sorted: Vec<&(String, Tensor)> = tensors.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));

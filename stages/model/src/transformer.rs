@@ -28,7 +28,7 @@ pub trait Projections {
         false
     }
     /// Whether q and k come out with each head in the pair layout that
-    /// [`Rotation::Pairs`] rotates ([`crate::rope::pair_layout`]) rather than
+    /// `Rotation::Pairs` rotates (`rope::pair_layout`) rather than
     /// transformers' halves layout.
     fn pairs(&self) -> bool;
     /// q, k and v of layer `layer`.
