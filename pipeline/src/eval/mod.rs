@@ -58,7 +58,7 @@ pub struct Common {
     /// The benchmark file (default: the repository's `datasets/` copy).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Output folder (default: data-out/eval/<benchmark>-<model folder name>).
+    /// Output folder (default: data-out/eval/{benchmark}-{model folder name}).
     #[arg(long)]
     out: Option<PathBuf>,
     #[command(flatten)]
@@ -68,7 +68,7 @@ pub struct Common {
 /// `pipeline eval winrate`.
 #[derive(Debug, Args)]
 pub struct WinRateArgs {
-    /// The model under test (e.g. data-out/<run>/final).
+    /// The model under test (e.g. data-out/{run}/final).
     #[arg(long)]
     candidate: PathBuf,
     /// The model it is compared with (e.g. the base model).

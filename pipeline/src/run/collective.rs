@@ -4,7 +4,7 @@
 //! frontier has passed that iteration (every worker's part is in).
 //!
 //! - [`Collective::gather_at`]: each time's records from every sender, in one call.
-//! - [`Collective::join_at`]: a time's records of two streams, in one call.
+//! - [`join_at`]: a time's records of two streams, in one call.
 //! - [`all_reduce`]: the element-wise sum of every worker's chunks (a gradient),
 //!   reduce-scatter by chunk index then all-gather, so each worker sums 1/W of it.
 

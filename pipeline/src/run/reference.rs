@@ -25,7 +25,7 @@ impl Reference {
     }
 
     /// The reference in `folder`: loaded now and kept, or, when `offload`, loaded on
-    /// first use and dropped by [`Reference::release`].
+    /// first use and dropped by [`lsp_stage::Reference::release`].
     pub fn from_folder(
         folder: PathBuf,
         options: LoadOptions,
