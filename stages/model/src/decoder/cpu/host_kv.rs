@@ -252,6 +252,29 @@ mod tests {
     use super::*;
     use tch::Device;
 
+    /// libtorch's grouped-query attention of one query position `q` (`[b, heads,
+    /// d]`) over `keys` and `values` (`[b, kv_heads, positions, d]`).
+    fn libtorch_attention(
+        q: &Tensor,
+        keys: &Tensor,
+        values: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Tensor {
+        let repeats = q.size()[1] / keys.size()[1];
+        let rep = |t: &Tensor| t.repeat_interleave_self_int(repeats, 1, None);
+        Tensor::scaled_dot_product_attention(
+            &q.unsqueeze(2),
+            &rep(keys),
+            &rep(values),
+            mask,
+            0.0,
+            false,
+            None,
+            false,
+        )
+        .squeeze_dim(2)
+    }
+
     #[test]
     fn host_attention_equals_libtorchs_with_padding_and_dropped_rows() {
         let f = (Kind::Float, Device::Cpu);
@@ -281,19 +304,8 @@ mod tests {
                 // libtorch: the layer's cache with the new position, grouped-query attention.
                 let all_k = Tensor::cat(&[keys[1].narrow(2, 0, len), k.unsqueeze(2)], 2);
                 let all_v = Tensor::cat(&[values[1].narrow(2, 0, len), v.unsqueeze(2)], 2);
-                let rep = |t: &Tensor| t.repeat_interleave_self_int(h / kv, 1, None);
                 let m = Tensor::from_slice(&mask).view([b, 1, 1, len + 1]);
-                let want = Tensor::scaled_dot_product_attention(
-                    &q.unsqueeze(2),
-                    &rep(&all_k),
-                    &rep(&all_v),
-                    Some(&m),
-                    0.0,
-                    false,
-                    None,
-                    false,
-                )
-                .squeeze_dim(2);
+                let want = libtorch_attention(&q, &all_k, &all_v, Some(&m));
                 let diff = (&got - &want).abs().max().double_value(&[]);
                 assert!(
                     diff < 1e-5,
@@ -311,17 +323,7 @@ mod tests {
                 let rows = Tensor::from_slice(&[2i64, 1]);
                 let all_k2 = Tensor::cat(&[all_k.index_select(0, &rows), k2.unsqueeze(2)], 2);
                 let all_v2 = Tensor::cat(&[all_v.index_select(0, &rows), v2.unsqueeze(2)], 2);
-                let want2 = Tensor::scaled_dot_product_attention(
-                    &q2.unsqueeze(2),
-                    &rep(&all_k2),
-                    &rep(&all_v2),
-                    None::<Tensor>,
-                    0.0,
-                    false,
-                    None,
-                    false,
-                )
-                .squeeze_dim(2);
+                let want2 = libtorch_attention(&q2, &all_k2, &all_v2, None);
                 let diff2 = (&got2 - &want2).abs().max().double_value(&[]);
                 assert!(
                     diff2 < 1e-5,

@@ -34,8 +34,8 @@ use super::panels::{PANEL, PanelValue};
 pub struct Shape {
     /// Input rows per group; the input is interleaved by groups of this many.
     pub group: usize,
-    /// Panels a pass over every group takes before moving on.
-    block: usize,
+    /// Most panels a pass over every group takes before moving on.
+    widest_block: usize,
     /// Panels per tile for a group of 1, 2, … `group` rows.
     tile_panels: &'static [usize],
 }
@@ -46,12 +46,12 @@ impl Shape {
         match isa {
             Isa::Avx2 => Self {
                 group: 6,
-                block: 4,
+                widest_block: 4,
                 tile_panels: &[4, 2, 2, 1, 1, 1],
             },
             Isa::Avx512 | Isa::Portable => Self {
                 group: 4,
-                block: 2,
+                widest_block: 2,
                 tile_panels: &[2, 2, 2, 2],
             },
         }
@@ -62,10 +62,10 @@ impl Shape {
     /// [`BLOCK_BYTES`], at least a full group's tile; with one group, the build's.
     fn block(self, bytes: usize, rows: usize) -> usize {
         if rows <= self.group {
-            return self.block;
+            return self.widest_block;
         }
         let least = self.tile_panels[self.group - 1];
-        (BLOCK_BYTES / bytes.max(1)).clamp(least, self.block)
+        (BLOCK_BYTES / bytes.max(1)).clamp(least, self.widest_block)
     }
 
     /// Panels per tile for a group of `rows`, at most `left`: a power of two (the
@@ -252,7 +252,7 @@ mod tests {
             let shape = Shape::of(isa);
             assert_eq!(shape.tile_panels.len(), shape.group);
             for rows in 1..=shape.group {
-                for left in 1..=shape.block {
+                for left in 1..=shape.widest_block {
                     let n = shape.tile(rows, left);
                     assert!(n <= left && n.is_power_of_two(), "{rows} rows, {left} left");
                     let (x, w) = (vec![1f32; rows * 3], vec![1f32; n * 3 * PANEL]);
