@@ -149,21 +149,32 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<String> {
     let mut times = Vec::new();
     let line = if train {
         let mut step = training::TrainStep::new(&model)?;
+        let mut phases = Vec::new();
         for i in 0..=args.runs {
             let start = Instant::now();
-            step.run(&model, &batch, args.micro_batch)?;
+            let split = step.run(&model, &batch, args.micro_batch)?;
             if i > 0 {
                 times.push(start.elapsed());
+                phases.push(split);
             }
         }
         let time = figures::median(&mut times);
+        let median_of = |phase: fn(&training::Phases) -> std::time::Duration| {
+            figures::median(&mut phases.iter().map(phase).collect::<Vec<_>>()).as_secs_f64()
+        };
+        let split = format!(
+            " (forward {:.2} s, backward {:.2}, optimizer {:.2}: medians)",
+            median_of(|p| p.forward),
+            median_of(|p| p.backward),
+            median_of(|p| p.optimizer),
+        );
         figures::report(
             "training step",
             tokens,
             time,
             args.runs,
             6.0 * params * tokens as f64,
-        )
+        ) + &split
     } else {
         // As the update stage computes the reference's log-probs.
         let weights = InferenceWeights::new(model.transformer());
