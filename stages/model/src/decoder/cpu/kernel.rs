@@ -5,22 +5,25 @@
 //! A tile of `R` rows by `P` panels keeps `R·P` panels' worth of accumulators; per
 //! position it loads `P` weight vectors (widened once) and broadcasts `R` input
 //! values, for `R·P·PANEL` fused multiply-adds. AVX-512 has 32 registers and holds a
-//! panel in one: 4 rows by 2 panels (8 accumulators). AVX2 has 16 and needs two per
-//! panel, where 4 by 2 spilled accumulators to the stack in the hot loop (perf
-//! annotate on a Zen 3: stores and reloads around every other multiply-add); it
-//! takes 6 rows by one panel (12 accumulators, 2 weight registers, a broadcast: the
-//! classic AVX2 shape of 6 by 16), and, for a group of fewer rows, more panels at a
-//! time so that enough independent multiply-adds hide their latency (one row by 4
-//! panels: 8 chains, the weights read straight from memory). A product of several
-//! groups passes over a block of panels once per group; AVX2 keeps its blocks within
-//! [`BLOCK_BYTES`] so that the next group finds them in L2.
+//! panel in one: it takes groups of 8 rows and tiles of 8 rows by 2 panels (16
+//! accumulators, 2 weight registers, a broadcast), so that a batch of 8 widens each
+//! weight once a step; a single row takes 4 panels at a time (4 chains, 4 widenings
+//! in flight). AVX2 has 16 and needs two per panel, where 4 by 2 spilled accumulators
+//! to the stack in the hot loop (perf annotate on a Zen 3: stores and reloads around
+//! every other multiply-add); it takes 6 rows by one panel (12 accumulators, 2 weight
+//! registers, a broadcast: the classic AVX2 shape of 6 by 16), and, for a group of
+//! fewer rows, more panels at a time so that enough independent multiply-adds hide
+//! their latency (one row by 4 panels: 8 chains, the weights read straight from
+//! memory). A product of several groups passes over a block of panels once per
+//! group; blocks stay within [`BLOCK_BYTES`] so that the next group finds them in L2.
 //!
 //! Measured on a 2-core Zen 3 (AVX2 only), rollouts of SmolLM2-135M at batch 1 / 8 /
 //! 32 against 4 by 2 and blocks of 2: f32 about the same / the same / 1.3× (96–115
 //! to 139–162 tok/s), int8 rollout weights the same / 1.4–1.6× / 1.5× (102–108 to
-//! 149–188 at batch 32).
-
-use std::array;
+//! 149–188 at batch 32). On an Intel Xeon (AVX-512), one thread, int8 panels of
+//! SmolLM2's gate/up (576 → 3,072) and down (1,536 → 576) maps, best of 5 rounds of 50
+//! products, 4 by 2 against 8 by 2 with single rows by 4: 262 → 195 µs and 134 → 98 at
+//! 1 row, 472 → 370 and 206 → 156 at 8, 1,955 → 1,525 and 783 → 666 at 32.
 
 use multiversion::multiversion;
 
@@ -49,7 +52,12 @@ impl Shape {
                 widest_block: 4,
                 tile_panels: &[4, 2, 2, 1, 1, 1],
             },
-            Isa::Avx512 | Isa::Portable => Self {
+            Isa::Avx512 => Self {
+                group: 8,
+                widest_block: 4,
+                tile_panels: &[4, 4, 2, 2, 2, 2, 2, 2],
+            },
+            Isa::Portable => Self {
                 group: 4,
                 widest_block: 2,
                 tile_panels: &[2, 2, 2, 2],
@@ -164,17 +172,24 @@ fn tile<T: PanelValue, const FUSED: bool>(
     at: Out,
 ) {
     match (rows, panels) {
-        (1, 1) => tile_of::<T, FUSED, 1, 1>(x, w, y, at),
-        (1, 2) => tile_of::<T, FUSED, 1, 2>(x, w, y, at),
-        (1, 4) => tile_of::<T, FUSED, 1, 4>(x, w, y, at),
-        (2, 1) => tile_of::<T, FUSED, 2, 1>(x, w, y, at),
-        (2, 2) => tile_of::<T, FUSED, 2, 2>(x, w, y, at),
-        (3, 1) => tile_of::<T, FUSED, 3, 1>(x, w, y, at),
-        (3, 2) => tile_of::<T, FUSED, 3, 2>(x, w, y, at),
-        (4, 1) => tile_of::<T, FUSED, 4, 1>(x, w, y, at),
-        (4, 2) => tile_of::<T, FUSED, 4, 2>(x, w, y, at),
-        (5, 1) => tile_of::<T, FUSED, 5, 1>(x, w, y, at),
-        (6, 1) => tile_of::<T, FUSED, 6, 1>(x, w, y, at),
+        (1, 1) => tile_of::<T, FUSED, 1, 0, 1>(x, w, y, at),
+        (1, 2) => tile_of::<T, FUSED, 1, 0, 2>(x, w, y, at),
+        (1, 4) => tile_of::<T, FUSED, 1, 0, 4>(x, w, y, at),
+        (2, 1) => tile_of::<T, FUSED, 2, 0, 1>(x, w, y, at),
+        (2, 2) => tile_of::<T, FUSED, 2, 0, 2>(x, w, y, at),
+        (3, 1) => tile_of::<T, FUSED, 3, 0, 1>(x, w, y, at),
+        (3, 2) => tile_of::<T, FUSED, 3, 0, 2>(x, w, y, at),
+        (4, 1) => tile_of::<T, FUSED, 4, 0, 1>(x, w, y, at),
+        (4, 2) => tile_of::<T, FUSED, 4, 0, 2>(x, w, y, at),
+        (5, 1) => tile_of::<T, FUSED, 4, 1, 1>(x, w, y, at),
+        (6, 1) => tile_of::<T, FUSED, 4, 2, 1>(x, w, y, at),
+        (2, 4) => tile_of::<T, FUSED, 2, 0, 4>(x, w, y, at),
+        (5, 2) => tile_of::<T, FUSED, 4, 1, 2>(x, w, y, at),
+        (6, 2) => tile_of::<T, FUSED, 4, 2, 2>(x, w, y, at),
+        (7, 1) => tile_of::<T, FUSED, 4, 3, 1>(x, w, y, at),
+        (7, 2) => tile_of::<T, FUSED, 4, 3, 2>(x, w, y, at),
+        (8, 1) => tile_of::<T, FUSED, 4, 4, 1>(x, w, y, at),
+        (8, 2) => tile_of::<T, FUSED, 4, 4, 2>(x, w, y, at),
         _ => unreachable!("no tile of {rows} rows by {panels} panels"),
     }
 }
@@ -195,30 +210,48 @@ fn widened<T: PanelValue>(w: &[T]) -> [f32; PANEL] {
     out
 }
 
-/// `R` grouped rows (`x`, position by position) times the `P` consecutive panels `w`.
+/// `R` grouped rows (`x`, position by position) times the `P` consecutive panels `w`,
+/// the rows' accumulators in two arrays of `R` and `S` rows (LLVM keeps an array of up
+/// to 128 floats in registers, not one of 256: a tile of 8 by 2 as one array spilled
+/// every accumulator and ran 10× slower).
 #[inline(always)]
-fn tile_of<T: PanelValue, const FUSED: bool, const R: usize, const P: usize>(
+fn tile_of<T: PanelValue, const FUSED: bool, const R: usize, const S: usize, const P: usize>(
     x: &[f32],
     w: &[T],
     y: &mut [f32],
     at: Out,
 ) {
     let size = w.len() / P;
-    let panels: [&[T]; P] = array::from_fn(|p| &w[p * size..][..size]);
-    let mut acc = [[[0f32; PANEL]; P]; R];
-    for (k, v) in x.chunks_exact(R).enumerate() {
-        let wk: [[f32; PANEL]; P] = array::from_fn(|p| widened(&panels[p][k * PANEL..][..PANEL]));
-        for r in 0..R {
-            for p in 0..P {
-                for l in 0..PANEL {
-                    acc[r][p][l] = fma::<FUSED>(v[r], wk[p][l], acc[r][p][l]);
-                }
-            }
+    let mut first = [[[0f32; PANEL]; P]; R];
+    let mut second = [[[0f32; PANEL]; P]; S];
+    let mut wk = [[0f32; PANEL]; P];
+    for (k, v) in x.chunks_exact(R + S).enumerate() {
+        // (A loop, not `array::from_fn`: a closure is not built for the target ISA.)
+        for (p, wk) in wk.iter_mut().enumerate() {
+            *wk = widened(&w[p * size + k * PANEL..][..PANEL]);
         }
+        accumulate::<FUSED, R, P>(&mut first, &v[..R], &wk);
+        accumulate::<FUSED, S, P>(&mut second, &v[R..], &wk);
     }
-    for (r, acc) in acc.iter().enumerate() {
+    for (r, acc) in first.iter().chain(second.iter()).enumerate() {
         for (p, acc) in acc.iter().enumerate() {
             y[at.column + r * at.stride + p * PANEL..][..PANEL].copy_from_slice(acc);
+        }
+    }
+}
+
+/// `acc[r][p] += v[r] · w[p]` for every row and panel of one position.
+#[inline(always)]
+fn accumulate<const FUSED: bool, const R: usize, const P: usize>(
+    acc: &mut [[[f32; PANEL]; P]; R],
+    v: &[f32],
+    w: &[[f32; PANEL]; P],
+) {
+    for r in 0..R {
+        for p in 0..P {
+            for l in 0..PANEL {
+                acc[r][p][l] = fma::<FUSED>(v[r], w[p][l], acc[r][p][l]);
+            }
         }
     }
 }
@@ -240,9 +273,9 @@ mod tests {
         ] {
             assert_eq!(avx2.block(bytes, 32), several, "{bytes} bytes, 32 rows");
             assert_eq!(avx2.block(bytes, 6), one, "{bytes} bytes, 6 rows");
-            // AVX-512's blocks stay the pairs its tiles take.
-            assert_eq!(avx512.block(bytes, 32), 2);
-            assert_eq!(avx512.block(bytes, 4), 2);
+            // AVX-512's: 4 panels, or 2 (its tiles of 8 rows) where 4 do not fit.
+            assert_eq!(avx512.block(bytes, 32), several.max(2), "{bytes} bytes");
+            assert_eq!(avx512.block(bytes, 8), 4);
         }
     }
 
