@@ -201,12 +201,13 @@ fn attend_body<const W: usize>(args: &Attention<'_>, scores: &mut [f32], out: &m
     let d = args.queries.len() / (scores.len() / total);
     let capacity = args.keys.len() / d;
     // Σ_c q[c] · keys[c][..total]: the keys lie by dimension.
-    let mut rows = scores.chunks_exact_mut(total);
-    for query in args.queries.chunks(HEADS * d) {
-        let heads = query.len() / d;
-        let mut outs: Vec<&mut [f32]> = rows.by_ref().take(heads).collect();
-        sum_heads::<W>(query, d, args.keys, capacity, &mut outs);
-        for row in outs {
+    for (query, rows) in args
+        .queries
+        .chunks(HEADS * d)
+        .zip(scores.chunks_mut(HEADS * total))
+    {
+        sum_heads::<W>(query.len() / d, query, args.keys, capacity, rows);
+        for row in rows.chunks_exact_mut(total) {
             for (s, &m) in row.iter_mut().zip(args.mask) {
                 *s = s.mul_add(args.scale, m);
             }
@@ -221,51 +222,66 @@ fn attend_body<const W: usize>(args: &Attention<'_>, scores: &mut [f32], out: &m
         }
     }
     // Σ_t p[t] · values[t]: the values lie by position.
-    let mut outs = out.chunks_exact_mut(d);
-    for probabilities in scores.chunks(HEADS * total) {
-        let heads = probabilities.len() / total;
-        let mut rows: Vec<&mut [f32]> = outs.by_ref().take(heads).collect();
-        sum_heads::<W>(probabilities, total, args.values, d, &mut rows);
+    for (probabilities, rows) in scores.chunks(HEADS * total).zip(out.chunks_mut(HEADS * d)) {
+        sum_heads::<W>(rows.len() / d, probabilities, args.values, d, rows);
     }
 }
 
 /// Query heads of a group whose sums run together.
 const HEADS: usize = 3;
 
-/// [`Terms::sum_into`] for as many heads as `outs` (1 to [`HEADS`]), whose
-/// coefficients are the consecutive runs of `terms` values of `coefficients`.
+/// [`Terms::sum_into`] for `heads` heads (1 to [`HEADS`]): `coefficients` and `out`
+/// hold their coefficients and their sums one head after another.
 #[inline(always)]
 fn sum_heads<const W: usize>(
+    heads: usize,
     coefficients: &[f32],
-    terms: usize,
     vectors: &[f32],
     stride: usize,
-    outs: &mut [&mut [f32]],
+    out: &mut [f32],
 ) {
-    let (run, rest) = coefficients.split_at(terms);
-    let (second, rest) = rest.split_at(terms.min(rest.len()));
-    let third = &rest[..terms.min(rest.len())];
-    match outs {
-        [a] => Terms::<1> {
-            coefficients: [run],
+    let width = out.len() / heads;
+    match heads {
+        1 => Terms::<1> {
+            coefficients: runs(coefficients),
             vectors,
             stride,
         }
-        .sum_into::<W>([a]),
-        [a, b] => Terms::<2> {
-            coefficients: [run, second],
-            vectors,
-            stride,
+        .sum_into::<W>([out]),
+        2 => {
+            let (a, b) = out.split_at_mut(width);
+            Terms::<2> {
+                coefficients: runs(coefficients),
+                vectors,
+                stride,
+            }
+            .sum_into::<W>([a, b])
         }
-        .sum_into::<W>([a, b]),
-        [a, b, c] => Terms::<3> {
-            coefficients: [run, second, third],
-            vectors,
-            stride,
+        3 => {
+            let (a, rest) = out.split_at_mut(width);
+            let (b, c) = rest.split_at_mut(width);
+            Terms::<3> {
+                coefficients: runs(coefficients),
+                vectors,
+                stride,
+            }
+            .sum_into::<W>([a, b, c])
         }
-        .sum_into::<W>([a, b, c]),
         _ => unreachable!("1 to {HEADS} heads at once"),
     }
+}
+
+/// `coefficients` cut into `H` equal runs, one per head.
+#[inline(always)]
+fn runs<const H: usize>(coefficients: &[f32]) -> [&[f32]; H] {
+    let mut out = [&coefficients[..0]; H];
+    for (run, part) in out
+        .iter_mut()
+        .zip(coefficients.chunks_exact(coefficients.len() / H))
+    {
+        *run = part;
+    }
+    out
 }
 
 /// `Σ_i coefficients[h][i] · vectors[i·stride..]` for `H` heads, each summed in the
@@ -281,7 +297,7 @@ impl<const H: usize> Terms<'_, H> {
     /// Each head's sum, its first `out.len()` values, into its `out`: `W` values at a
     /// time, then 8, then 1.
     #[inline(always)]
-    fn sum_into<const W: usize>(&self, mut outs: [&mut &mut [f32]; H]) {
+    fn sum_into<const W: usize>(&self, mut outs: [&mut [f32]; H]) {
         let len = outs[0].len();
         let mut start = 0;
         while len - start >= W {
@@ -300,7 +316,7 @@ impl<const H: usize> Terms<'_, H> {
 
     /// The sums' `B` values from `start`, in registers, written to `outs`.
     #[inline(always)]
-    fn block_into<const B: usize>(&self, start: usize, outs: &mut [&mut &mut [f32]; H]) {
+    fn block_into<const B: usize>(&self, start: usize, outs: &mut [&mut [f32]; H]) {
         let mut acc = [[0f32; B]; H];
         let terms = self.coefficients[0].len();
         for (i, vector) in self

@@ -181,14 +181,14 @@ fn tile<T: PanelValue, const FUSED: bool>(
         (3, 2) => tile_of::<T, FUSED, 3, 0, 2>(x, w, y, at),
         (4, 1) => tile_of::<T, FUSED, 4, 0, 1>(x, w, y, at),
         (4, 2) => tile_of::<T, FUSED, 4, 0, 2>(x, w, y, at),
-        (5, 1) => tile_of::<T, FUSED, 4, 1, 1>(x, w, y, at),
-        (6, 1) => tile_of::<T, FUSED, 4, 2, 1>(x, w, y, at),
+        (5, 1) => tile_of::<T, FUSED, 5, 0, 1>(x, w, y, at),
+        (6, 1) => tile_of::<T, FUSED, 6, 0, 1>(x, w, y, at),
         (2, 4) => tile_of::<T, FUSED, 2, 0, 4>(x, w, y, at),
         (5, 2) => tile_of::<T, FUSED, 4, 1, 2>(x, w, y, at),
         (6, 2) => tile_of::<T, FUSED, 4, 2, 2>(x, w, y, at),
-        (7, 1) => tile_of::<T, FUSED, 4, 3, 1>(x, w, y, at),
+        (7, 1) => tile_of::<T, FUSED, 7, 0, 1>(x, w, y, at),
         (7, 2) => tile_of::<T, FUSED, 4, 3, 2>(x, w, y, at),
-        (8, 1) => tile_of::<T, FUSED, 4, 4, 1>(x, w, y, at),
+        (8, 1) => tile_of::<T, FUSED, 8, 0, 1>(x, w, y, at),
         (8, 2) => tile_of::<T, FUSED, 4, 4, 2>(x, w, y, at),
         _ => unreachable!("no tile of {rows} rows by {panels} panels"),
     }
@@ -213,7 +213,8 @@ fn widened<T: PanelValue>(w: &[T]) -> [f32; PANEL] {
 /// `R` grouped rows (`x`, position by position) times the `P` consecutive panels `w`,
 /// the rows' accumulators in two arrays of `R` and `S` rows (LLVM keeps an array of up
 /// to 128 floats in registers, not one of 256: a tile of 8 by 2 as one array spilled
-/// every accumulator and ran 10× slower).
+/// every accumulator and ran 10× slower). [`tile`] splits only the tiles of more than
+/// 128 accumulators.
 #[inline(always)]
 fn tile_of<T: PanelValue, const FUSED: bool, const R: usize, const S: usize, const P: usize>(
     x: &[f32],
