@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use lsp_model::{InferenceWeights, LanguageModel, LoadOptions};
+use lsp_model::{InferenceWeights, LanguageModel, LoadOptions, Parallelism};
 
 use crate::commands::ModelArgs;
 
@@ -33,6 +33,11 @@ pub struct BenchArgs {
     /// over the micro-batches, so only one micro-batch's activations are alive.
     #[arg(long, default_value_t = 1)]
     micro_batch: usize,
+    /// Train-step: how a micro-batch uses the threads (`update.parallelism`): each
+    /// operator over libtorch's pool, or its sequences split over them, one
+    /// libtorch thread each.
+    #[arg(long, value_enum, default_value = "operators")]
+    parallelism: ParallelismArg,
     /// Rollout: new tokens per sequence (EOS ignored).
     #[arg(long, default_value_t = 128)]
     new_tokens: u64,
@@ -54,6 +59,22 @@ pub struct BenchArgs {
     lora: Option<lsp_model::LoraConfig>,
     #[command(flatten)]
     runtime: ModelArgs,
+}
+
+/// `update.parallelism` on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ParallelismArg {
+    Operators,
+    Sequences,
+}
+
+impl From<ParallelismArg> for Parallelism {
+    fn from(arg: ParallelismArg) -> Self {
+        match arg {
+            ParallelismArg::Sequences => Parallelism::Sequences,
+            ParallelismArg::Operators => Parallelism::Operators,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -134,8 +155,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<String> {
         options.products().name(),
         if train {
             format!(
-                ", micro-batches of {}{}, {}",
+                ", micro-batches of {} split over {} thread(s) (parallelism {}){}, {}",
                 args.micro_batch,
+                model.training_shares(args.parallelism.into(), args.micro_batch),
+                Parallelism::from(args.parallelism).name(),
                 args.lora.as_ref().map_or(String::new(), |l| format!(
                     ", LoRA r {} alpha {}",
                     l.r, l.alpha
@@ -152,7 +175,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<String> {
         let mut phases = Vec::new();
         for i in 0..=args.runs {
             let start = Instant::now();
-            let split = step.run(&model, &batch, args.micro_batch)?;
+            let split = step.run(&model, &batch, args.micro_batch, args.parallelism.into())?;
             if i > 0 {
                 times.push(start.elapsed());
                 phases.push(split);

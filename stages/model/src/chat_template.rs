@@ -36,7 +36,7 @@ impl Message {
 }
 
 /// A compiled chat template with the tokenizer's special tokens.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,

@@ -59,6 +59,33 @@ pub enum RolloutWeights {
     Int8,
 }
 
+/// How a training step's passes use the threads of a worker (`update.parallelism`).
+///
+/// Measured on 2 cores (README, "Mixed precision and LoRA, measured"): `sequences`
+/// was ~10% faster for micro-batches of 8 × 256 tokens, even at ~1,000 tokens, and
+/// ~20% slower for GRPO's micro-batches of 4 short answers, where each thread's
+/// share of the weights' gradient (the same size whatever its tokens) dominates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Parallelism {
+    /// Each micro-batch in one pass, every operator over libtorch's pool of threads.
+    #[default]
+    Operators,
+    /// On the CPU, each micro-batch's sequences split over the threads, one libtorch
+    /// thread each (`LanguageModel::train_in_parallel`); on CUDA as `operators`.
+    Sequences,
+}
+
+impl Parallelism {
+    /// The name written in YAML and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sequences => "sequences",
+            Self::Operators => "operators",
+        }
+    }
+}
+
 /// Where the model runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

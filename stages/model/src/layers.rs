@@ -76,6 +76,15 @@ impl LoraPair {
         }
     }
 
+    /// The same factors, shared (no copy).
+    pub fn shallow_copy(&self) -> Self {
+        Self {
+            a: self.a.shallow_clone(),
+            b: self.b.shallow_clone(),
+            ..*self
+        }
+    }
+
     /// `scale · (x Aᵀ) Bᵀ`: two thin products (dropout on `x` when the factors train).
     pub(crate) fn apply(&self, x: &Tensor) -> Tensor {
         let train = self.dropout > 0.0 && self.a.requires_grad();
@@ -125,11 +134,11 @@ impl Linear {
         Self {
             weight: self.weight.shallow_clone(),
             bias: self.bias.as_ref().map(Tensor::shallow_clone),
-            lora: self.lora.as_ref().filter(|_| adapters).map(|l| LoraPair {
-                a: l.a.shallow_clone(),
-                b: l.b.shallow_clone(),
-                ..*l
-            }),
+            lora: self
+                .lora
+                .as_ref()
+                .filter(|_| adapters)
+                .map(LoraPair::shallow_copy),
         }
     }
 

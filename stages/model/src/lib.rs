@@ -68,13 +68,15 @@ mod slots;
 mod spec;
 mod tokenizer;
 mod training;
+mod training_threads;
 mod training_weights;
 mod transformer;
 
 pub use chat_template::{ChatTemplate, Message};
 pub use checkpoint::ModelSnapshot;
 pub use config::{
-    DEFAULT_MODEL_DIR, DeviceKind, Dtype, ModelConfig, Precision, RolloutWeights, SamplingConfig,
+    DEFAULT_MODEL_DIR, DeviceKind, Dtype, ModelConfig, Parallelism, Precision, RolloutWeights,
+    SamplingConfig,
 };
 pub use decoder::{Decoder, DecoderKind};
 pub use digest::{DIGEST_PREFIX, DigestWriter, Digests, digest_file};
@@ -93,5 +95,6 @@ pub use slots::fill_slots;
 pub use spec::{Architecture, Head, ModelSpec, RopeScaling};
 pub use tokenizer::TextTokenizer;
 pub use training::TrainingLogprobs;
+pub use training_threads::split_by_weight;
 pub use training_weights::TrainingWeights;
 pub use transformer::{Projections, Transformer};

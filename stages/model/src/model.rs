@@ -262,21 +262,30 @@ impl LanguageModel {
     /// copy): the frozen reference and judge of a LoRA run (its rollouts, the
     /// judge's replies, in the products' kind, never int8).
     pub fn base_view(&self) -> Result<Self> {
-        let mut transformer = self.transformer.shallow_copy(false);
-        transformer.set_rollout_weights(RolloutWeights::Products);
-        Ok(Self {
+        let mut base = self.view(false);
+        base.transformer
+            .set_rollout_weights(RolloutWeights::Products);
+        base.options = LoadOptions {
+            trainable: false,
+            rollout_weights: RolloutWeights::Products,
+            ..self.options
+        };
+        Ok(base)
+    }
+
+    /// The same transformer sharing every weight (no copy), with or without the
+    /// adapter's factors on its maps, for passes only: the view owns no variables
+    /// (saving it or optimizing it sees none). A view can move to another thread.
+    pub(crate) fn view(&self, adapters: bool) -> Self {
+        Self {
             vs: nn::VarStore::new(self.vs.device()),
-            transformer,
-            tokenizer: TextTokenizer::from_folder(&self.folder)?,
+            transformer: self.transformer.shallow_copy(adapters),
+            tokenizer: self.tokenizer.clone(),
             folder: self.folder.clone(),
             eos_token_ids: self.eos_token_ids.clone(),
-            options: LoadOptions {
-                trainable: false,
-                rollout_weights: RolloutWeights::Products,
-                ..self.options
-            },
+            options: self.options,
             adapter: None,
-        })
+        }
     }
 
     /// Saves the adapter as PEFT does (an error without one); the files' digests.
@@ -347,7 +356,7 @@ impl LanguageModel {
         Ok(Self {
             vs,
             transformer,
-            tokenizer: TextTokenizer::from_folder(&self.folder)?,
+            tokenizer: self.tokenizer.clone(),
             folder: self.folder.clone(),
             eos_token_ids: self.eos_token_ids.clone(),
             options,

@@ -10,7 +10,7 @@ use crate::chat_template::{ChatTemplate, Message};
 use crate::error::{ModelError, Result};
 
 /// Text ↔ token ids, and chat messages → prompt ids.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
     chat: Option<ChatTemplate>,

@@ -10,6 +10,8 @@
 //! gradients are those of [`LanguageModel::completion_logprobs`] (tested in
 //! `tests/invariants.rs`).
 
+use std::sync::{Arc, Mutex, PoisonError};
+
 use tch::{Kind, Tensor};
 
 use crate::error::Result;
@@ -37,6 +39,49 @@ pub struct TrainingLogprobs {
     head: Tensor,
     /// The model's own head weight, whose gradient the backward pass adds to.
     master: Tensor,
+    /// Where that gradient goes.
+    head_grad: HeadGrad,
+}
+
+/// Where a pass's head backward adds the head weight's gradient.
+#[derive(Debug, Clone)]
+pub(crate) enum HeadGrad {
+    /// The master weight's own gradient: passes on one thread.
+    Master,
+    /// A buffer the step's threads share under a lock, added to the master's gradient
+    /// once they are done: with tied embeddings another thread's backward adds to
+    /// the master's gradient through autograd, under a lock of autograd's own.
+    Shared(Arc<Mutex<Tensor>>),
+}
+
+impl HeadGrad {
+    /// Adds `dlogitsᵀ · h` for the vocabulary rows `start..start + n` (`d` is their
+    /// `[tokens, n]` dlogits, `h` the hidden states, both in the products' kind).
+    fn add_rows(&self, master: &Tensor, start: i64, d: &Tensor, h: &Tensor) {
+        let n = d.size()[1];
+        let add = |grad: &Tensor| {
+            let mut rows = grad.narrow(0, start, n);
+            if rows.kind() == d.kind() {
+                let _ = rows.addmm_(&d.tr(), h);
+            } else {
+                // bf16 products into the f32 master's gradient.
+                let _ = rows.g_add_(&d.tr().mm(h));
+            }
+        };
+        match self {
+            HeadGrad::Master => add(&master.grad()),
+            HeadGrad::Shared(buffer) => add(&buffer.lock().unwrap_or_else(PoisonError::into_inner)),
+        }
+    }
+}
+
+/// The gradient of `master`, a zero one made first where it has none (autograd makes
+/// it contiguous, as its own accumulation would; not under `no_grad`).
+pub(crate) fn master_grad(master: &Tensor) -> Tensor {
+    if !master.grad().defined() {
+        (master.sum(Kind::Float) * 0.0).backward();
+    }
+    master.grad()
 }
 
 impl LanguageModel {
@@ -57,6 +102,7 @@ impl LanguageModel {
         } = self.completion_hidden(weights, pairs)?;
         let head = weights.head().shallow_clone();
         let master = weights.head_master().shallow_clone();
+        let head_grad = weights.head_grad().clone();
         let (values, probs, entropy) =
             tch::no_grad(|| head_softmax(&hidden.detach(), &head, &targets));
         Ok(TrainingLogprobs {
@@ -70,6 +116,7 @@ impl LanguageModel {
             targets,
             head,
             master,
+            head_grad,
         })
     }
 }
@@ -134,9 +181,8 @@ impl TrainingLogprobs {
             return;
         }
         let train_head = self.master.requires_grad();
-        if train_head && !self.master.grad().defined() {
-            // A zero gradient to add into (autograd makes a contiguous one).
-            (self.master.sum(Kind::Float) * 0.0).backward();
+        if train_head && matches!(self.head_grad, HeadGrad::Master) {
+            let _ = master_grad(&self.master);
         }
         let dh = tch::no_grad(|| {
             // dlp/dlogits = onehot(target) − softmax, scaled by each token's gradient.
@@ -145,7 +191,6 @@ impl TrainingLogprobs {
             let _ = d.scatter_add_(1, &self.targets.unsqueeze(1), &g.unsqueeze(1));
             let kind = self.head.kind();
             let h = self.hidden.detach().to_kind(kind);
-            let mut grad = train_head.then(|| self.master.grad());
             // A slice of the vocabulary at a time: its dlogits in the products' kind,
             // its rows of the weight's gradient, its part of dh, so that no
             // `[tokens, vocab]` copy or `[vocab, hidden]` temporary sits beside the
@@ -156,14 +201,8 @@ impl TrainingLogprobs {
             while start < vocab {
                 let n = rows.min(vocab - start);
                 let part = d.narrow(1, start, n).to_kind(kind);
-                if let Some(grad) = grad.as_mut() {
-                    let mut rows = grad.narrow(0, start, n);
-                    if rows.kind() == kind {
-                        let _ = rows.addmm_(&part.tr(), &h);
-                    } else {
-                        // bf16 products into the f32 master's gradient.
-                        let _ = rows.g_add_(&part.tr().mm(&h));
-                    }
+                if train_head {
+                    self.head_grad.add_rows(&self.master, start, &part, &h);
                 }
                 let _ = dh.g_add_(&part.mm(&self.head.narrow(0, start, n)));
                 start += n;

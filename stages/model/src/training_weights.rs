@@ -21,6 +21,7 @@ use tch::{Kind, Tensor};
 use crate::layers::{Linear, LoraPair};
 use crate::model::LanguageModel;
 use crate::rope::pair_layout;
+use crate::training::HeadGrad;
 use crate::transformer::{Projections, Transformer};
 
 /// Several maps cast into one `[Σ out, in]` matrix, through autograd.
@@ -79,6 +80,19 @@ impl CastStack {
         }
     }
 
+    /// The same casts, shared (no copy; their graph too).
+    fn shallow_copy(&self) -> Self {
+        Self {
+            weight: self.weight.shallow_clone(),
+            bias: self.bias.as_ref().map(Tensor::shallow_clone),
+            parts: self
+                .parts
+                .iter()
+                .map(|(rows, lora)| (*rows, lora.as_ref().map(LoraPair::shallow_copy)))
+                .collect(),
+        }
+    }
+
     /// Every part's map of `x` (in the stack's kind), side by side in the last
     /// dimension, in the stack's kind.
     fn forward(&self, x: &Tensor) -> Tensor {
@@ -113,12 +127,62 @@ struct CastLayer {
     down: CastStack,
 }
 
+/// Every layer's maps and the head, cast to the products' kind.
+#[derive(Debug)]
+pub(crate) struct Casts {
+    layers: Vec<CastLayer>,
+    head: Tensor,
+}
+
+impl Casts {
+    /// The same casts, shared (no copy; their graph too): for a pass on another
+    /// thread.
+    pub(crate) fn shallow_copy(&self) -> Self {
+        Self {
+            layers: self
+                .layers
+                .iter()
+                .map(|l| CastLayer {
+                    qkv: l.qkv.shallow_copy(),
+                    o: l.o.shallow_copy(),
+                    gate_up: l.gate_up.shallow_copy(),
+                    down: l.down.shallow_copy(),
+                })
+                .collect(),
+            head: self.head.shallow_clone(),
+        }
+    }
+}
+
 /// A training pass's weights ([`LanguageModel::training_weights`]).
 #[derive(Debug)]
 pub struct TrainingWeights<'a> {
     transformer: &'a Transformer,
     /// Under mixed precision: every layer's maps cast to bf16, and the head.
-    casts: Option<(Vec<CastLayer>, Tensor)>,
+    casts: Option<Casts>,
+    /// Where the head's backward adds the head weight's gradient.
+    head_grad: HeadGrad,
+}
+
+impl<'a> TrainingWeights<'a> {
+    /// A pass's weights on another thread: `transformer` (a view of the same
+    /// weights), `casts` shared with this step's, the head's gradient into `head_grad`.
+    pub(crate) fn on_thread(
+        transformer: &'a Transformer,
+        casts: Option<Casts>,
+        head_grad: HeadGrad,
+    ) -> Self {
+        Self {
+            transformer,
+            casts,
+            head_grad,
+        }
+    }
+
+    /// This step's casts, shared (no copy).
+    pub(crate) fn share_casts(&self) -> Option<Casts> {
+        self.casts.as_ref().map(Casts::shallow_copy)
+    }
 }
 
 impl LanguageModel {
@@ -143,6 +207,7 @@ impl LanguageModel {
             return TrainingWeights {
                 transformer,
                 casts: None,
+                head_grad: HeadGrad::Master,
             };
         }
         let d = transformer.spec().head_dim;
@@ -164,7 +229,8 @@ impl LanguageModel {
         let head = transformer.output_weight().to_kind(kind);
         TrainingWeights {
             transformer,
-            casts: Some((layers, head)),
+            casts: Some(Casts { layers, head }),
+            head_grad: HeadGrad::Master,
         }
     }
 }
@@ -173,7 +239,7 @@ impl TrainingWeights<'_> {
     /// The output head's weight the products use: the bf16 cast, or the weight.
     pub(crate) fn head(&self) -> &Tensor {
         match &self.casts {
-            Some((_, head)) => head,
+            Some(casts) => &casts.head,
             None => self.transformer.output_weight(),
         }
     }
@@ -184,9 +250,14 @@ impl TrainingWeights<'_> {
         self.transformer.output_weight()
     }
 
+    /// Where the head's backward adds the head weight's gradient.
+    pub(crate) fn head_grad(&self) -> &HeadGrad {
+        &self.head_grad
+    }
+
     /// The cast layer `layer`; `None` without casts.
     fn cast(&self, layer: usize) -> Option<&CastLayer> {
-        self.casts.as_ref().map(|(layers, _)| &layers[layer])
+        self.casts.as_ref().map(|casts| &casts.layers[layer])
     }
 }
 
@@ -243,7 +314,7 @@ impl Projections for TrainingWeights<'_> {
     }
 
     fn attention_kind(&self) -> Option<tch::Kind> {
-        self.casts.as_ref().map(|(_, head)| head.kind())
+        self.casts.as_ref().map(|casts| casts.head.kind())
     }
 
     fn head(&self, hidden: &Tensor) -> Tensor {

@@ -1,5 +1,6 @@
 //! The update's section of `epoch.yaml`.
 
+use lsp_model::Parallelism;
 use lsp_schemas::problems::{Problems, Validate, join_path};
 use serde::{Deserialize, Serialize};
 
@@ -75,6 +76,11 @@ pub struct UpdateConfig {
     pub loss: Loss,
     /// Sequences per forward/backward pass; gradients accumulate over micro-batches.
     pub micro_batch_size: u64,
+    /// How a micro-batch uses the worker's `run.threads`: each operator over
+    /// libtorch's pool (`operators`, the default), or its sequences split over them,
+    /// one libtorch thread each (`sequences`, on the CPU: faster for micro-batches of
+    /// thousands of tokens). The same gradient either way, up to the order of its sums.
+    pub parallelism: Parallelism,
     /// Clip the gradient's global norm to this (0 turns clipping off).
     pub max_grad_norm: f64,
     /// μ: optimizer steps over each iteration's batch. 1 (the paper's) is on-policy:
@@ -104,6 +110,7 @@ impl Default for UpdateConfig {
             kl_estimator: KlEstimator::K1,
             loss: Loss::Grpo,
             micro_batch_size: 4,
+            parallelism: Parallelism::default(),
             max_grad_norm: 1.0,
             epochs: 1,
             clip_low: 0.2,

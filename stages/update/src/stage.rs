@@ -4,13 +4,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Float64Array, ListArray, UInt32Array};
-use lsp_model::{InferenceWeights, LanguageModel, TokenLogprobs};
+use lsp_model::{InferenceWeights, LanguageModel, TokenLogprobs, TrainingWeights, split_by_weight};
 use lsp_schemas::columns::*;
 use lsp_schemas::problems::Validate;
 use lsp_schemas::{AdvantageBatch, StepRow, TypedBatch, UpdatedBatch};
 use lsp_stage::{Context, QueryTally, Setup, Stage, StageConfig};
 use tch::{Kind, Tensor};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::adamw::AdamW;
 use crate::config::{Loss, RolloutCorrection, UpdateConfig};
@@ -215,6 +215,13 @@ impl Update {
             (config.betas[0], config.betas[1]),
             config.eps,
             config.weight_decay,
+        );
+        let threads = policy.training_shares(config.parallelism, usize::MAX);
+        info!(
+            parallelism = config.parallelism.name(),
+            threads,
+            micro_batch_size = config.micro_batch_size,
+            "training passes: each micro-batch's sequences over {threads} thread(s)"
         );
         Ok(Self {
             config,
@@ -451,40 +458,10 @@ impl Update {
         self.optimizer.zero_grad();
         // This step's products (bf16 casts under mixed precision), made once.
         let weights = policy.training_weights();
+        let config = &self.config;
         for (chunk, reference_lp) in batches.iter().zip(reference_lps) {
             let start = std::time::Instant::now();
-            let pass = policy.training_logprobs(&weights, &pairs_of(chunk))?;
-            let lp = &pass.logprobs;
-            let advantages: Vec<f64> = chunk.iter().map(|i| i.advantage).collect();
-            let sampled: Vec<f32> = chunk.iter().flat_map(|i| i.old.iter().copied()).collect();
-            let sampled = Tensor::from_slice(&sampled).to_device(lp.values.device());
-            // log π_trainer − log π_sampler per token: the mismatch, and TIS's weight.
-            let log_ratio = lp.values.detach() - &sampled;
-            sums.mismatch += log_ratio.abs().sum(Kind::Double).double_value(&[]);
-            let tis = (self.config.rollout_correction == RolloutCorrection::Tis)
-                .then(|| log_ratio.exp().clamp_max(self.config.tis_cap));
-            // Several epochs: PPO's ratio against the sampler's log-probs.
-            let clip = (self.config.epochs > 1).then(|| Clip {
-                old: sampled.shallow_clone(),
-                low: self.config.clip_low,
-                high: self.config.clip_high,
-            });
-            let Terms {
-                sums: terms,
-                kl,
-                clipped,
-            } = sequence_terms(
-                lp,
-                &reference_lp.values,
-                &advantages,
-                self.config.kl_coef,
-                self.config.kl_estimator,
-                clip.as_ref(),
-                tis.as_ref(),
-            );
-            sums.clipped.0 += clipped.0;
-            sums.clipped.1 += clipped.1;
-            // Each sequence's weight in its role's loss (before α_Ch).
+            // Each role's (sequences, tokens) in the micro-batch (the bnpo loss's).
             let micro = |challenger: bool| {
                 chunk
                     .iter()
@@ -494,53 +471,31 @@ impl Update {
                     })
             };
             let micro = [micro(false), micro(true)];
-            let role_weights: Vec<f64> = chunk
+            // The micro-batch's sequences split over the worker's threads, each
+            // share with its rows of the reference's log-probs.
+            let tokens: Vec<usize> = chunk
                 .iter()
-                .map(|item| {
-                    sequence_weight(
-                        self.config.loss,
-                        roles[usize::from(item.challenger())],
-                        item.completion.len() as f64,
-                        micro[usize::from(item.challenger())],
-                    )
+                .map(|i| i.prompt.len() + i.completion.len())
+                .collect();
+            let threads = policy.training_shares(config.parallelism, chunk.len());
+            let mut offset = 0;
+            let shares: Vec<(&[Item], TokenLogprobs)> = split_by_weight(&tokens, threads)
+                .into_iter()
+                .map(|run| {
+                    let lengths = reference_lp.lengths[run.clone()].to_vec();
+                    let n: i64 = lengths.iter().sum();
+                    let values = reference_lp.values.narrow(0, offset, n);
+                    offset += n;
+                    (&chunk[run], TokenLogprobs { values, lengths })
                 })
                 .collect();
-            let weights: Vec<f64> = chunk
-                .iter()
-                .zip(&role_weights)
-                .map(|(i, w)| match i.challenger() {
-                    true => w * self.config.challenger_coef,
-                    false => *w,
-                })
-                .collect();
-            let weights = Tensor::from_slice(&weights).to_device(terms.device());
-            let per_seq = -(terms.to_kind(Kind::Double) * weights);
-            let loss = per_seq.sum(Kind::Double);
-            loss.backward();
-            let lp_sums = Vec::<f32>::try_from(&lp.sums().detach())?;
-            let entropy = Vec::<f32>::try_from(&lp.mean_per_sequence(&pass.entropy))?;
-            pass.backward();
-            let per_seq = Vec::<f64>::try_from(&per_seq.detach())?;
-            let terms = Vec::<f32>::try_from(&terms.detach())?;
-            let ref_sums = Vec::<f32>::try_from(&reference_lp.sums())?;
-            let kl = Vec::<f32>::try_from(&kl)?;
-            for (k, item) in chunk.iter().enumerate() {
-                measured.push((
-                    item.key,
-                    Measured {
-                        policy: lp_sums[k] as f64,
-                        reference: ref_sums[k] as f64,
-                        sampler: item.old.iter().map(|&x| f64::from(x)).sum(),
-                        kl: kl[k] as f64,
-                        entropy: entropy[k] as f64,
-                    },
-                ));
-                if item.challenger() {
-                    sums.loss_challenger -= terms[k] as f64 * role_weights[k];
-                } else {
-                    sums.loss_solver += per_seq[k];
-                }
-                sums.tokens += item.completion.len() as u64;
+            let outs = policy.train_in_parallel(&weights, shares, |policy, weights, share| {
+                let (items, reference) = share;
+                train_share(policy, weights, items, &reference, micro, roles, config)
+            })?;
+            for (share_measured, share_sums) in outs {
+                measured.extend(share_measured);
+                sums = sums + share_sums;
             }
             log_micro_batch(chunk, start, "micro-batch trained");
         }
@@ -702,6 +657,103 @@ pub fn over_epochs(steps: Vec<StepRow>) -> StepRow {
         // Measured before the first step: later epochs' drift is the policy's own.
         rollout_mismatch: first.rollout_mismatch,
     }
+}
+
+/// One share of a micro-batch (`items`, `reference` their reference log-probs) on
+/// `weights`: its loss's gradient sent into the policy's, what it measured of each
+/// sequence and its loss parts. `micro` is each role's (sequences, tokens) in the
+/// whole micro-batch, `roles` in the whole iteration.
+fn train_share(
+    policy: &LanguageModel,
+    weights: &TrainingWeights<'_>,
+    items: &[Item],
+    reference: &TokenLogprobs,
+    micro: [(f64, f64); 2],
+    roles: [RoleCounts; 2],
+    config: &UpdateConfig,
+) -> Result<(Vec<(ItemKey, Measured)>, StepSums)> {
+    let mut sums = StepSums::default();
+    let mut measured = Vec::with_capacity(items.len());
+    let pass = policy.training_logprobs(weights, &pairs_of(items))?;
+    let lp = &pass.logprobs;
+    let advantages: Vec<f64> = items.iter().map(|i| i.advantage).collect();
+    let sampled: Vec<f32> = items.iter().flat_map(|i| i.old.iter().copied()).collect();
+    let sampled = Tensor::from_slice(&sampled).to_device(lp.values.device());
+    // log π_trainer − log π_sampler per token: the mismatch, and TIS's weight.
+    let log_ratio = lp.values.detach() - &sampled;
+    sums.mismatch += log_ratio.abs().sum(Kind::Double).double_value(&[]);
+    let tis = (config.rollout_correction == RolloutCorrection::Tis)
+        .then(|| log_ratio.exp().clamp_max(config.tis_cap));
+    // Several epochs: PPO's ratio against the sampler's log-probs.
+    let clip = (config.epochs > 1).then(|| Clip {
+        old: sampled.shallow_clone(),
+        low: config.clip_low,
+        high: config.clip_high,
+    });
+    let Terms {
+        sums: terms,
+        kl,
+        clipped,
+    } = sequence_terms(
+        lp,
+        &reference.values,
+        &advantages,
+        config.kl_coef,
+        config.kl_estimator,
+        clip.as_ref(),
+        tis.as_ref(),
+    );
+    sums.clipped = clipped;
+    // Each sequence's weight in its role's loss (before α_Ch).
+    let role_weights: Vec<f64> = items
+        .iter()
+        .map(|item| {
+            let role = usize::from(item.challenger());
+            sequence_weight(
+                config.loss,
+                roles[role],
+                item.completion.len() as f64,
+                micro[role],
+            )
+        })
+        .collect();
+    let loss_weights: Vec<f64> = items
+        .iter()
+        .zip(&role_weights)
+        .map(|(i, w)| match i.challenger() {
+            true => w * config.challenger_coef,
+            false => *w,
+        })
+        .collect();
+    let loss_weights = Tensor::from_slice(&loss_weights).to_device(terms.device());
+    let per_seq = -(terms.to_kind(Kind::Double) * loss_weights);
+    per_seq.sum(Kind::Double).backward();
+    let lp_sums = Vec::<f32>::try_from(&lp.sums().detach())?;
+    let entropy = Vec::<f32>::try_from(&lp.mean_per_sequence(&pass.entropy))?;
+    pass.backward();
+    let per_seq = Vec::<f64>::try_from(&per_seq.detach())?;
+    let terms = Vec::<f32>::try_from(&terms.detach())?;
+    let ref_sums = Vec::<f32>::try_from(&reference.sums())?;
+    let kl = Vec::<f32>::try_from(&kl)?;
+    for (k, item) in items.iter().enumerate() {
+        measured.push((
+            item.key,
+            Measured {
+                policy: lp_sums[k] as f64,
+                reference: ref_sums[k] as f64,
+                sampler: item.old.iter().map(|&x| f64::from(x)).sum(),
+                kl: kl[k] as f64,
+                entropy: entropy[k] as f64,
+            },
+        ));
+        if item.challenger() {
+            sums.loss_challenger -= terms[k] as f64 * role_weights[k];
+        } else {
+            sums.loss_solver += per_seq[k];
+        }
+        sums.tokens += item.completion.len() as u64;
+    }
+    Ok((measured, sums))
 }
 
 /// The debug line of a micro-batch's pass that began at `start`: its sequences,

@@ -1,11 +1,12 @@
 //! The update on the tiny-llama fixture: advantages move log-probs the right way, the
 //! KL to an identical reference is zero (and k3's gradient too), α_Ch = 0 leaves the
-//! challenger's tokens without gradient, micro-batches equal one batch, and a NaN
+//! challenger's tokens without gradient, micro-batches equal one batch (split over
+//! threads or not), and a NaN
 //! never touches the weights.
 
 use std::path::PathBuf;
 
-use lsp_model::{LanguageModel, LoadOptions};
+use lsp_model::{LanguageModel, LoadOptions, Parallelism};
 use lsp_schemas::{
     AdvantageBatch, AdvantageRow, AnswerRow, QueryRow, RewardRow, SelfRewardRow, TypedBatch,
 };
@@ -234,13 +235,26 @@ fn micro_batches_equal_one_batch() {
         (1, &[74, 75], 0.25, Some(-0.5)),
         (1, &[76, 77, 78, 79], -0.75, Some(-0.5)),
     ];
+    // Two threads: micro-batches of 2 and 16 split over them (`sequences`) or not.
+    tch::set_num_threads(2);
     let mut results = Vec::new();
-    for micro in [1, 2, 16] {
+    let runs = [
+        (16, Parallelism::Operators),
+        (1, Parallelism::Operators),
+        (2, Parallelism::Operators),
+        (2, Parallelism::Sequences),
+        (16, Parallelism::Sequences),
+    ];
+    for (micro, parallelism) in runs {
         let policy = policy();
+        if parallelism == Parallelism::Sequences {
+            assert_eq!(policy.training_shares(parallelism, micro as usize), 2);
+        }
         let mut reference = policy.frozen_copy().unwrap();
         let b = batch(&policy, rows);
         let cfg = UpdateConfig {
             micro_batch_size: micro,
+            parallelism,
             kl_coef: 0.05,
             loss: Loss::SequenceSum,
             // A large ε makes AdamW's first step proportional to the gradient (instead
@@ -253,8 +267,8 @@ fn micro_batches_equal_one_batch() {
         let (_, step) = train(&mut update, &policy, &mut reference, &b, 0).unwrap();
         results.push((step, weights(&policy)));
     }
-    let (base_step, base_weights) = &results[2];
-    for (step, w) in &results[..2] {
+    let (base_step, base_weights) = &results[0];
+    for (step, w) in &results[1..] {
         assert!((step.grad_norm - base_step.grad_norm).abs() < 1e-5 * base_step.grad_norm);
         assert!((step.loss - base_step.loss).abs() < 1e-6);
         for ((name, a), (_, b)) in w.iter().zip(base_weights) {
@@ -276,7 +290,9 @@ fn each_loss_normalises_as_its_equation_says() {
         (1, &[74, 75], 0.25, Some(0.25)),
         (1, &[76, 77, 78, 79], 0.75, Some(0.25)),
     ];
-    // bnpo, micro-batches of 2: answers {3, 1 tokens}, {2, 4}, then both queries.
+    // bnpo, micro-batches of 2: answers {3, 1 tokens}, {2, 4}, then both queries
+    // (each micro-batch split over two threads: its counts are still the whole's).
+    tch::set_num_threads(2);
     let bnpo = 0.5 * (3.0 - 0.5) / 4.0 + 0.5 * (0.5 + 3.0) / 6.0;
     let cases = [
         (
