@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use lsp_model::{LanguageModel, Parallelism, split_by_weight};
+use lsp_model::{LanguageModel, Parallelism};
 use lsp_update::AdamW;
 use tch::Kind;
 
@@ -53,7 +53,8 @@ impl TrainStep {
         for chunk in pairs.chunks(micro_batch.max(1)) {
             let clock = Instant::now();
             let tokens: Vec<usize> = chunk.iter().map(|(p, c)| p.len() + c.len()).collect();
-            let shares = split_by_weight(&tokens, model.training_shares(parallelism, chunk.len()))
+            let shares = model
+                .training_split(parallelism, &tokens)
                 .into_iter()
                 .map(|run| &chunk[run])
                 .collect();

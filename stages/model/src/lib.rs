@@ -95,6 +95,5 @@ pub use slots::fill_slots;
 pub use spec::{Architecture, Head, ModelSpec, RopeScaling};
 pub use tokenizer::TextTokenizer;
 pub use training::TrainingLogprobs;
-pub use training_threads::split_by_weight;
 pub use training_weights::TrainingWeights;
 pub use transformer::{Projections, Transformer};

@@ -36,6 +36,16 @@ impl TokenLogprobs {
         Tensor::from_slice(&ids).to_device(self.values.device())
     }
 
+    /// The log-probs of the sequences `range` (their values share this memory).
+    pub fn sequences(&self, range: std::ops::Range<usize>) -> TokenLogprobs {
+        let start: i64 = self.lengths[..range.start].iter().sum();
+        let lengths = self.lengths[range].to_vec();
+        TokenLogprobs {
+            values: self.values.narrow(0, start, lengths.iter().sum()),
+            lengths,
+        }
+    }
+
     /// Per-sequence sum of `per_token` (`[total]`), `[sequences]`.
     pub fn sum_per_sequence(&self, per_token: &Tensor) -> Tensor {
         let out = Tensor::zeros(

@@ -35,6 +35,13 @@ impl LanguageModel {
         }
     }
 
+    /// A micro-batch of sequences of `tokens` tokens each cut into the runs
+    /// [`LanguageModel::train_in_parallel`] takes as shares: one per thread of
+    /// [`LanguageModel::training_shares`], balanced by tokens.
+    pub fn training_split(&self, parallelism: Parallelism, tokens: &[usize]) -> Vec<Range<usize>> {
+        split_by_weight(tokens, self.training_shares(parallelism, tokens.len()))
+    }
+
     /// Runs `pass` once per share, each on a thread of its own with one libtorch
     /// thread, all with this step's `weights` (shared): what a pass's backward sends
     /// reaches the weights' gradients as on one thread. A single share runs here, on
@@ -118,7 +125,7 @@ fn add_into(grad: &Tensor, sum: &Tensor) {
 /// near-equal sums: each cut where the cumulative sum is nearest its share of the
 /// total, each run with at least one item while there are enough (with fewer items
 /// than shares, the last runs are empty).
-pub fn split_by_weight(weights: &[usize], shares: usize) -> Vec<Range<usize>> {
+fn split_by_weight(weights: &[usize], shares: usize) -> Vec<Range<usize>> {
     let shares = shares.max(1);
     let total: usize = weights.iter().sum();
     let mut runs = Vec::with_capacity(shares);

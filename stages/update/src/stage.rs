@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Float64Array, ListArray, UInt32Array};
-use lsp_model::{InferenceWeights, LanguageModel, TokenLogprobs, TrainingWeights, split_by_weight};
+use lsp_model::{InferenceWeights, LanguageModel, TokenLogprobs, TrainingWeights};
 use lsp_schemas::columns::*;
 use lsp_schemas::problems::Validate;
 use lsp_schemas::{AdvantageBatch, StepRow, TypedBatch, UpdatedBatch};
@@ -477,17 +477,10 @@ impl Update {
                 .iter()
                 .map(|i| i.prompt.len() + i.completion.len())
                 .collect();
-            let threads = policy.training_shares(config.parallelism, chunk.len());
-            let mut offset = 0;
-            let shares: Vec<(&[Item], TokenLogprobs)> = split_by_weight(&tokens, threads)
+            let shares: Vec<(&[Item], TokenLogprobs)> = policy
+                .training_split(config.parallelism, &tokens)
                 .into_iter()
-                .map(|run| {
-                    let lengths = reference_lp.lengths[run.clone()].to_vec();
-                    let n: i64 = lengths.iter().sum();
-                    let values = reference_lp.values.narrow(0, offset, n);
-                    offset += n;
-                    (&chunk[run], TokenLogprobs { values, lengths })
-                })
+                .map(|run| (&chunk[run.clone()], reference_lp.sequences(run)))
                 .collect();
             let outs = policy.train_in_parallel(&weights, shares, |policy, weights, share| {
                 let (items, reference) = share;
