@@ -156,8 +156,8 @@ impl LanguageModel {
         })
     }
 
-    /// The hidden states and targets of [`CompletionHidden`]; a prompt several pairs
-    /// share runs once.
+    /// The hidden states and targets of [`CompletionHidden`], in one pass over packed
+    /// rows (a prompt several pairs share runs once).
     pub(crate) fn completion_hidden(
         &self,
         maps: &impl Projections,
@@ -183,30 +183,7 @@ impl LanguageModel {
                 lengths,
             });
         }
-        let hidden = match self.shared_prefix_hidden(maps, pairs)? {
-            Some(hidden) => hidden,
-            None => {
-                let seqs: Vec<Vec<i64>> = pairs
-                    .iter()
-                    .map(|(p, c)| p.iter().chain(c.iter()).map(|&t| t as i64).collect())
-                    .collect();
-                let (ids, key_mask) = right_pad(&seqs, self.pad_token_id() as i64, device);
-                let width = ids.size()[1];
-                // Row-major index of each position that predicts a completion token.
-                let rows: Vec<i64> = pairs
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(b, (p, c))| {
-                        (0..c.len()).map(move |j| b as i64 * width + p.len() as i64 - 1 + j as i64)
-                    })
-                    .collect();
-                let rows = Tensor::from_slice(&rows).to_device(device);
-                self.transformer()
-                    .forward_with(maps, &ids, &key_mask, None)
-                    .view([-1, hidden_size])
-                    .index_select(0, &rows)
-            }
-        };
+        let hidden = self.packed_hidden(maps, pairs)?;
         Ok(CompletionHidden {
             hidden,
             targets,

@@ -48,13 +48,18 @@ impl AttentionMask {
         let queries = (Tensor::arange(new, (Kind::Int64, device)) + past).view([1, 1, new, 1]);
         let causal = keys.le_tensor(&queries);
         let real = key_mask.ne(0).view([-1, 1, 1, total]);
-        let visible = causal.logical_and(&real);
+        Self::from_visible(&causal.logical_and(&real), kind)
+    }
+
+    /// The additive mask in `kind` of a boolean one (true = visible), same shape.
+    pub fn from_visible(visible: &Tensor, kind: Kind) -> Tensor {
+        let device = visible.device();
         let blocked = match kind {
             Kind::Half => -6e4,
             _ => f32::MIN as f64 / 2.0,
         };
         Tensor::zeros([1], (kind, device))
-            .where_self(&visible, &Tensor::full([1], blocked, (kind, device)))
+            .where_self(visible, &Tensor::full([1], blocked, (kind, device)))
     }
 }
 

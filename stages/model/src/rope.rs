@@ -134,7 +134,7 @@ impl Rotation {
     }
 
     /// Rotates `x` into `out` (same shape; e.g. the KV cache's next positions),
-    /// through autograd when `x` records a gradient (a training pass's shared prompt).
+    /// through autograd when `x` records a gradient.
     pub fn apply_into(&self, x: &Tensor, out: &mut Tensor) {
         match self {
             Self::Halves { .. } => {

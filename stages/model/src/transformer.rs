@@ -343,27 +343,68 @@ impl Transformer {
         }
     }
 
+    /// Final hidden states `[rows, width, hidden]` of packed rows (`ids`, `[rows,
+    /// width]`), no cache: each token at its own RoPE `positions` (`[rows, width]`),
+    /// attending to the keys `visible` (`[rows, 1, width, width]` bool) says, or to
+    /// every earlier one when `None` (rows of one sequence each, no padding).
+    pub(crate) fn forward_packed(
+        &self,
+        maps: &impl Projections,
+        ids: &Tensor,
+        positions: &Tensor,
+        visible: Option<&Tensor>,
+    ) -> Tensor {
+        let pass = || {
+            let x = self.embed(ids);
+            let mask = match visible {
+                // Made once in the attention's kind (bf16 under mixed precision).
+                Some(visible) => AttentionMask::Additive(AttentionMask::from_visible(
+                    visible,
+                    maps.attention_kind().unwrap_or(x.kind()),
+                )),
+                None => AttentionMask::Causal,
+            };
+            self.layers_pass(maps, x, positions, &mask, None)
+        };
+        match maps.autograd() {
+            true => pass(),
+            false => tch::no_grad(pass),
+        }
+    }
+
     fn pass(
         &self,
         maps: &impl Projections,
         ids: &Tensor,
         key_mask: &Tensor,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
     ) -> Tensor {
         let new = ids.size()[1];
         let past = cache.as_ref().map_or(0, |c| c.len());
-        let mut x = self.embed(ids);
-        let kind = x.kind();
+        let x = self.embed(ids);
         let positions = positions(key_mask).narrow(1, past, new);
-        let rotation = self.rope.rotation(&positions, kind, maps.pairs());
-        let mut mask = AttentionMask::build(key_mask, past, new, kind);
+        let mut mask = AttentionMask::build(key_mask, past, new, x.kind());
         if let (AttentionMask::Additive(m), 1, false) = (&mask, new, x.requires_grad()) {
             mask = AttentionMask::Grouped(AttentionMask::group(m, self.spec.num_kv_heads));
         }
+        self.layers_pass(maps, x, &positions, &mask, cache)
+    }
+
+    /// The layers and the final norm over embedded `x` (`[batch, new, hidden]`).
+    fn layers_pass(
+        &self,
+        maps: &impl Projections,
+        mut x: Tensor,
+        positions: &Tensor,
+        mask: &AttentionMask,
+        mut cache: Option<&mut KvCache>,
+    ) -> Tensor {
+        let new = x.size()[1];
+        let rotation = self.rope.rotation(positions, x.kind(), maps.pairs());
         for (i, layer) in self.layers.iter().enumerate() {
             let normed = layer.input_layernorm.forward(&x);
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
-            let attended = self.attention(maps, i, &normed, &rotation, &mask, layer_cache);
+            let attended = self.attention(maps, i, &normed, &rotation, mask, layer_cache);
             x = residual(x, attended);
             let normed = layer.post_attention_layernorm.forward(&x);
             let (gate, up) = maps.gate_up(i, &normed);

@@ -390,27 +390,32 @@ fn bf16_runs_close_to_f32_and_saves_as_f32() {
 }
 
 #[test]
-fn shared_prompts_give_the_same_logprobs_and_gradients_as_full_pairs() {
+fn packed_rows_give_the_logprobs_and_gradients_of_each_pair_in_full() {
     let options = LoadOptions {
         trainable: true,
         ..LoadOptions::default()
     };
     let policy = LanguageModel::load(&fixture("tiny-llama"), options).unwrap();
     let prompts = prompts(&policy);
-    let (a, b) = (&prompts[1], &prompts[0]);
+    let (a, b, c) = (&prompts[1], &prompts[0], &prompts[2]);
+    assert!(a.len() < b.len() && b.len() < c.len());
     let completions: Vec<Vec<u32>> = vec![
         vec![5, 9, 13, 2],
         vec![7],
         vec![11, 3, 3],
         vec![4, 8],
         vec![],
+        vec![6, 6, 1, 12, 2],
     ];
-    // Three answers to prompt a (different lengths), one to b, one empty to a.
+    // Three answers to prompt a (different lengths) and an empty one, two to the
+    // longer prompt b, an empty one to c: the prompts run together, padded.
     let pairs: Vec<(&[u32], &[u32])> = vec![
         (a, &completions[0]),
         (b, &completions[3]),
         (a, &completions[1]),
+        (c, &completions[4]),
         (a, &completions[2]),
+        (b, &completions[5]),
         (a, &completions[4]),
     ];
     let params = policy.var_store().trainable_variables();
@@ -426,17 +431,31 @@ fn shared_prompts_give_the_same_logprobs_and_gradients_as_full_pairs() {
         let flat = Vec::<f32>::try_from(&values.detach()).unwrap();
         (flat, params.iter().map(|p| p.grad().copy()).collect())
     };
-    // One call: the prompt a runs once for its four pairs.
+    // One call: the prompts a and b run once each, in packed rows.
     let (shared, shared_grads) = gradients(&|| policy.completion_logprobs(&pairs).unwrap().values);
-    // Each pair alone: every prompt runs in full.
+    // Each pair alone, as the plain causal forward over prompt and completion, its
+    // log-softmax at the completion's tokens.
+    let t = policy.transformer();
     let (alone, alone_grads) = gradients(&|| {
         let parts: Vec<Tensor> = pairs
             .iter()
-            .map(|pair| policy.completion_logprobs(&[*pair]).unwrap().values)
+            .filter(|(_, c)| !c.is_empty())
+            .map(|(p, c)| {
+                let ids: Vec<i64> = p.iter().chain(c.iter()).map(|&x| i64::from(x)).collect();
+                let n = ids.len() as i64;
+                let ids = Tensor::from_slice(&ids).view([1, n]);
+                let logits = t.logits(&t.forward(&ids, &ids.ones_like(), None));
+                let targets = ids.narrow(1, p.len() as i64, c.len() as i64);
+                logits
+                    .narrow(1, p.len() as i64 - 1, c.len() as i64)
+                    .log_softmax(-1, Kind::Float)
+                    .gather(2, &targets.unsqueeze(-1), false)
+                    .view([-1])
+            })
             .collect();
         Tensor::cat(&parts, 0)
     });
-    assert_eq!(shared.len(), 4 + 2 + 1 + 3);
+    assert_eq!(shared.len(), 4 + 2 + 1 + 3 + 5);
     for (x, y) in shared.iter().zip(&alone) {
         assert!((x - y).abs() < 1e-4, "{x} vs {y}");
     }

@@ -1,13 +1,17 @@
 //! Who trains which sequences of an iteration, in which micro-batch.
 //!
-//! The loss's sequences come in micro-batches that share a prompt: a query's answers
-//! (its solver prompt computed once, `micro_batch_size` answers at a time), and the
+//! The loss's sequences come in *pieces* that share a prompt: a query's answers (its
+//! solver prompt computed once, at most `micro_batch_size` answers a piece), and the
 //! challenger's queries (Box 1 computed once for `micro_batch_size` queries). Each
-//! micro-batch is a *unit* of work, costed by the token positions it passes through
-//! the model, and the units are dealt out to the workers by longest-processing-time:
-//! largest first, each to the worker with the least so far. Every worker computes the
-//! same plan from the iteration's tallies, so each owner knows where to send its
-//! sequences and each trainer which micro-batches it gets.
+//! piece is costed by the token positions it passes through the model, and the pieces
+//! are dealt out to the workers by longest-processing-time: largest first, each to the
+//! worker with the least so far. Then each worker's answer pieces, in query order, are
+//! packed into micro-batches of at most `micro_batch_size` answers (several queries'
+//! answers in one pass when G is smaller: a pass has a cost its tokens do not shrink,
+//! the weights' gradient); the challenger's pieces stay alone (Box 1 is several times
+//! an answer prompt, and prompts of one pass are padded to the longest). Every worker
+//! computes the same plan from the iteration's tallies, so each owner knows where to
+//! send its sequences and each trainer which micro-batches it gets.
 //!
 //! Keeping a query's rows on the worker that played it would give every worker a
 //! share of the challenger's queries, and with it a pass over Box 1 of its own: a
@@ -59,9 +63,9 @@ impl Item {
     }
 }
 
-/// A micro-batch of the plan.
+/// Sequences that share a prompt, dealt to a worker whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Unit {
+enum Piece {
     /// Answers `chunk · m ..` of a query (by rank of answer index), m the micro-batch size.
     Answers { query_id: u32, chunk: u32 },
     /// The challenger's queries `chunk · m ..` (by rank of query id).
@@ -71,8 +75,9 @@ enum Unit {
 /// An iteration's micro-batches and the worker that trains each.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
-    /// Each unit, in order, with its worker.
-    units: Vec<(Unit, u32)>,
+    /// Each micro-batch's index (into the plan's micro-batches, in order) and worker,
+    /// by piece.
+    pieces: BTreeMap<Piece, (u32, u32)>,
     micro_batch: usize,
     /// The rank of each query the challenger is trained on.
     query_rank: BTreeMap<u32, u32>,
@@ -85,17 +90,19 @@ impl Plan {
         let m = micro_batch.max(1) as u64;
         let mut tallies: Vec<&QueryTally> = tallies.iter().collect();
         tallies.sort_by_key(|t| t.query_id);
-        let mut costed: Vec<(Unit, u64)> = Vec::new();
+        // Each piece with its sequences and cost.
+        let mut costed: Vec<(Piece, u64, u64)> = Vec::new();
         for t in &tallies {
             let rows = u64::from(t.rows);
             for chunk in 0..rows.div_ceil(m) {
                 let n = m.min(rows - chunk * m);
                 let tokens = t.answer_tokens * n / rows.max(1);
                 costed.push((
-                    Unit::Answers {
+                    Piece::Answers {
                         query_id: t.query_id,
                         chunk: chunk as u32,
                     },
+                    n,
                     t.answer_prompt_tokens + tokens,
                 ));
             }
@@ -110,31 +117,56 @@ impl Plan {
             let prompt = queries.iter().map(|t| t.prompt_tokens).max().unwrap_or(0);
             let tokens: u64 = queries.iter().map(|t| t.query_tokens).sum();
             costed.push((
-                Unit::Queries {
+                Piece::Queries {
                     chunk: chunk as u32,
                 },
+                queries.len() as u64,
                 prompt + tokens,
             ));
         }
-        // Longest first (ties in unit order), each to the least loaded worker (ties to
+        // Longest first (ties in piece order), each to the least loaded worker (ties to
         // the lowest index).
         let mut order: Vec<usize> = (0..costed.len()).collect();
-        order.sort_by_key(|&i| (std::cmp::Reverse(costed[i].1), costed[i].0));
+        order.sort_by_key(|&i| (std::cmp::Reverse(costed[i].2), costed[i].0));
         let mut load = vec![0u64; workers.max(1)];
         let mut worker_of = vec![0u32; costed.len()];
         for i in order {
             let w = (0..load.len())
                 .min_by_key(|&w| (load[w], w))
                 .expect("at least one worker");
-            load[w] += costed[i].1;
+            load[w] += costed[i].2;
             worker_of[i] = w as u32;
         }
+        // Each worker's answer pieces, in piece order, packed into micro-batches of at
+        // most m sequences; a challenger's piece is a micro-batch of its own.
+        let mut pieces = BTreeMap::new();
+        let mut batches = 0u32;
+        for worker in 0..load.len() as u32 {
+            let mut open: Option<(u32, u64)> = None;
+            for (i, &(piece, rows, _)) in costed.iter().enumerate() {
+                if worker_of[i] != worker {
+                    continue;
+                }
+                let index = match (piece, open) {
+                    (Piece::Answers { .. }, Some((index, held))) if held + rows <= m => {
+                        open = Some((index, held + rows));
+                        index
+                    }
+                    (Piece::Answers { .. }, _) => {
+                        open = Some((batches, rows));
+                        batches += 1;
+                        batches - 1
+                    }
+                    (Piece::Queries { .. }, _) => {
+                        batches += 1;
+                        batches - 1
+                    }
+                };
+                pieces.insert(piece, (index, worker));
+            }
+        }
         Self {
-            units: costed
-                .into_iter()
-                .zip(worker_of)
-                .map(|((unit, _), w)| (unit, w))
-                .collect(),
+            pieces,
             micro_batch: m as usize,
             query_rank,
         }
@@ -159,12 +191,12 @@ impl Plan {
             .filter(Item::trainable)
             .map(|item| {
                 let key = item.key;
-                let unit = match key.answer_index {
+                let piece = match key.answer_index {
                     Some(a) => {
                         let rank = answers[&key.query_id]
                             .binary_search(&a)
                             .expect("ranked above") as u32;
-                        Some(Unit::Answers {
+                        Some(Piece::Answers {
                             query_id: key.query_id,
                             chunk: rank / m,
                         })
@@ -172,17 +204,17 @@ impl Plan {
                     None => self
                         .query_rank
                         .get(&key.query_id)
-                        .map(|rank| Unit::Queries { chunk: rank / m }),
+                        .map(|rank| Piece::Queries { chunk: rank / m }),
                 };
-                let index = unit
-                    .and_then(|unit| self.units.iter().position(|(u, _)| *u == unit))
+                let (index, worker) = piece
+                    .and_then(|piece| self.pieces.get(&piece).copied())
                     .ok_or_else(|| {
                         UpdateError::Plan(format!(
                             "no micro-batch for {key:?}: its query's tally is missing or \
                              says it is not trained"
                         ))
                     })?;
-                Ok((self.units[index].1, index as u32, item))
+                Ok((worker, index, item))
             })
             .collect()
     }
@@ -368,6 +400,65 @@ mod tests {
         }
         let all: usize = shape.iter().map(Vec::len).sum();
         assert_eq!(all, 3 * 5 + 3);
+    }
+
+    #[test]
+    fn answers_of_several_queries_share_a_micro_batch_up_to_its_size() {
+        // N = 5, G = 2, micro-batches of 8: on one worker, queries 0–3's answers in one
+        // pass, query 4's in another, the challenger's five queries in a third.
+        let tallies: Vec<QueryTally> = (0..5).map(|q| tally(q, 2, true)).collect();
+        let shape = |plan: &Plan| -> Vec<Vec<ItemKey>> {
+            let routed = plan.route(items(&[0, 1, 2, 3, 4], 2)).unwrap();
+            Plan::micro_batches(routed.into_iter().map(|(_, u, i)| (u, i)).collect())
+                .iter()
+                .map(|b| b.iter().map(|i| i.key).collect())
+                .collect()
+        };
+        let one = shape(&Plan::balance(&tallies, 1, 8));
+        let sizes: Vec<usize> = one.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [8, 2, 5], "{one:?}");
+        assert!(
+            one[0]
+                .iter()
+                .all(|k| k.query_id < 4 && k.answer_index.is_some())
+        );
+        assert!(one[2].iter().all(|k| k.answer_index.is_none()));
+        // Two workers: each packs its own pieces, never another's.
+        let plan = Plan::balance(&tallies, 2, 8);
+        let routed = plan.route(items(&[0, 1, 2, 3, 4], 2)).unwrap();
+        let mut worker_of_batch = BTreeMap::new();
+        for (worker, unit, _) in &routed {
+            assert_eq!(*worker_of_batch.entry(*unit).or_insert(*worker), *worker);
+        }
+        let answers_per_worker: Vec<usize> = (0..2)
+            .map(|w| {
+                routed
+                    .iter()
+                    .filter(|(x, _, i)| *x == w && !i.challenger())
+                    .count()
+            })
+            .collect();
+        assert_eq!(answers_per_worker.iter().sum::<usize>(), 10);
+        assert!(
+            answers_per_worker.iter().all(|&n| n > 0),
+            "{answers_per_worker:?}"
+        );
+        // G larger than the micro-batch: each query's answers split, never mixed.
+        let tallies: Vec<QueryTally> = (0..2).map(|q| tally(q, 6, false)).collect();
+        let plan = Plan::balance(&tallies, 1, 4);
+        let batches = plan
+            .local(
+                items(&[0, 1], 6)
+                    .into_iter()
+                    .filter(|i| !i.challenger())
+                    .collect(),
+            )
+            .unwrap();
+        let sizes: Vec<(usize, u32)> = batches
+            .iter()
+            .map(|b| (b.len(), b[0].key.query_id))
+            .collect();
+        assert_eq!(sizes, [(4, 0), (2, 0), (4, 1), (2, 1)]);
     }
 
     #[test]
