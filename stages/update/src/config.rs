@@ -74,7 +74,10 @@ pub struct UpdateConfig {
     pub kl_estimator: KlEstimator,
     /// How per-token terms are normalised ([`Loss`]).
     pub loss: Loss,
-    /// Sequences per forward/backward pass; gradients accumulate over micro-batches.
+    /// Sequences per forward/backward pass; gradients accumulate over micro-batches. A
+    /// query's answers stay in one pass when they fit, several queries' answers share one
+    /// when they do (`answers_per_query` smaller than this); the challenger's queries
+    /// have passes of their own.
     pub micro_batch_size: u64,
     /// How a micro-batch uses the worker's `run.threads`: each operator over
     /// libtorch's pool (`operators`, the default), or its sequences split over them,
