@@ -65,13 +65,10 @@ fn rows<'a>(pairs: &[(&'a [u32], &[u32])]) -> Vec<Row<'a>> {
                 continue;
             }
             if !row.completions.is_empty() && row.len() + n > ROW_TOKENS {
-                rows.push(std::mem::replace(
-                    &mut row,
-                    Row {
-                        prompt,
-                        completions: Vec::new(),
-                    },
-                ));
+                rows.push(Row {
+                    prompt,
+                    completions: std::mem::take(&mut row.completions),
+                });
             }
             row.completions.push((i, n));
         }

@@ -9,7 +9,7 @@
 //! packed into micro-batches of at most `micro_batch_size` answers (several queries'
 //! answers in one pass when G is smaller: a pass has a cost its tokens do not shrink,
 //! the weights' gradient); the challenger's pieces stay alone (Box 1 is several times
-//! an answer prompt, and prompts of one pass are padded to the longest). Every worker
+//! an answer prompt, and the rows of one pass are padded to the longest). Every worker
 //! computes the same plan from the iteration's tallies, so each owner knows where to
 //! send its sequences and each trainer which micro-batches it gets.
 //!
