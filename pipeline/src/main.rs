@@ -15,6 +15,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc for Rust's allocations and, through its `override` feature, libtorch's:
+/// glibc's malloc gives a large tensor's pages back on free and faults them in again
+/// on the next allocation, step after step (the README's "Mixed precision and LoRA").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Language Self-Play: train a language model by reinforcement learning with no
 /// training data, as a dataflow pipeline.
 #[derive(Debug, Parser)]
