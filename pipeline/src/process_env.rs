@@ -8,7 +8,9 @@
 use std::ffi::OsString;
 
 /// Each setting, its value, and why.
-const SETTINGS: [(&str, &str); 4] = [
+// (glibc's MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ were set here until the
+// binary took mimalloc as its allocator, libtorch's allocations included: `main.rs`.)
+const SETTINGS: [(&str, &str); 2] = [
     // oneDNN keeps the kernels it compiles for each product shape, up to 1024 by
     // default, and libtorch's ideep layer keeps its own cache of them (its
     // LRU_CACHE_CAPACITY, also 1024). bf16 passes (mixed precision) over batches of
@@ -22,25 +24,6 @@ const SETTINGS: [(&str, &str); 4] = [
     // as long.
     ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "32"),
     ("LRU_CACHE_CAPACITY", "32"),
-    // glibc's malloc serves a block over its mmap threshold (128 KiB at start, raised
-    // as such blocks are freed, to 32 MiB at most) with a fresh mapping, returned to
-    // the system when freed: every large activation of a pass was then new memory, and
-    // a log-prob pass over 8 × 256 tokens spent a quarter of its time in page faults
-    // (≈ 375,000 a pass). With the threshold at 256 MiB those blocks come from the
-    // heap and are reused: that pass 2093 → 2537 tok/s (bf16 products; f32 700 → 752;
-    // medians of 5 alternated rounds), peak memory +0.2 GB; a GRPO or LSP iteration,
-    // whose passes are small, is unchanged in time and memory. Above it (a training
-    // pass's softmax over the vocabulary, 400 MB) blocks keep their own mappings: at
-    // 1 GiB the training step's peak rose now and then by 0.8–1 GB (2 runs of 9).
-    ("MALLOC_MMAP_THRESHOLD_", "268435456"),
-    // Setting the mmap threshold turns off glibc's dynamic thresholds, and with them
-    // the raising of the trim threshold (128 KiB): the heap's free top was handed back
-    // to the system after each pass and faulted in again by the next. A rollout of one
-    // sequence made 1.5 million page faults instead of 0.67 million (mostly its weights'
-    // packing, per generation). At 256 MiB, whole processes, 5 alternated pairs
-    // (medians of A/B wall time): rollouts at batch 1 and 8 0.91, log-probs 0.92, the
-    // training step 0.96, at the same peak memory.
-    ("MALLOC_TRIM_THRESHOLD_", "268435456"),
 ];
 
 /// Set to any value: `pipeline` runs with the environment it was given.
@@ -116,13 +99,9 @@ mod tests {
         );
         assert_eq!(
             missing(|name| name == "LRU_CACHE_CAPACITY"),
-            [
-                ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "32"),
-                ("MALLOC_MMAP_THRESHOLD_", "268435456"),
-                ("MALLOC_TRIM_THRESHOLD_", "268435456")
-            ]
+            [("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "32")]
         );
-        assert_eq!(missing(|_| false).len(), 4);
+        assert_eq!(missing(|_| false).len(), 2);
         assert!(missing(|_| true).is_empty());
         assert_eq!(added(&[("A", "1"), ("B", "x")]), "A=1 B=x");
     }

@@ -329,8 +329,6 @@ fn the_binary_restarts_once_with_the_settings_its_environment_lacks() {
             .env("RUST_LOG", "pipeline=debug")
             .env_remove("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
             .env_remove("LRU_CACHE_CAPACITY")
-            .env_remove("MALLOC_MMAP_THRESHOLD_")
-            .env_remove("MALLOC_TRIM_THRESHOLD_")
             .env_remove("LSP_KEEP_ENVIRONMENT")
             .env_remove("LSP_ENVIRONMENT_ADDED");
         for (name, value) in set {
@@ -344,10 +342,7 @@ fn the_binary_restarts_once_with_the_settings_its_environment_lacks() {
     let log = validate(&[]);
     assert!(log.contains(restarted), "{log}");
     assert!(
-        log.contains(
-            "ONEDNN_PRIMITIVE_CACHE_CAPACITY=32 LRU_CACHE_CAPACITY=32 \
-             MALLOC_MMAP_THRESHOLD_=268435456 MALLOC_TRIM_THRESHOLD_=268435456"
-        ),
+        log.contains("ONEDNN_PRIMITIVE_CACHE_CAPACITY=32 LRU_CACHE_CAPACITY=32"),
         "{log}"
     );
     // A value the user set is kept (only the others are added); and the user can ask
@@ -360,8 +355,6 @@ fn the_binary_restarts_once_with_the_settings_its_environment_lacks() {
     let all = [
         ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "7"),
         ("LRU_CACHE_CAPACITY", "7"),
-        ("MALLOC_MMAP_THRESHOLD_", "131072"),
-        ("MALLOC_TRIM_THRESHOLD_", "131072"),
     ];
     assert!(!validate(&all).contains(restarted));
     assert!(!validate(&[("LSP_KEEP_ENVIRONMENT", "1")]).contains(restarted));
