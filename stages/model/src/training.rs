@@ -4,10 +4,11 @@
 //! transformer is still alive, a fresh `[vocab, hidden]` weight gradient (with tied
 //! embeddings, one more held until the embedding's own gradient arrives) and several
 //! `[tokens, vocab]` temporaries. Here the forward pass keeps only the softmax of each
-//! position; the backward pass turns it into `dlogits` in place, then, a slice of the
-//! vocabulary at a time, adds `dlogitsᵀ·h` into the weight's gradient in place and
-//! `dlogits·W` into `dh`, which it sends through the transformer with autograd. The
-//! gradients are those of [`LanguageModel::completion_logprobs`] (tested in
+//! position; the backward pass subtracts one at each target in place (`dlogits` is
+//! that times each position's −g), then, a slice of the vocabulary at a time, adds
+//! its product with the g-scaled hidden states into the weight's gradient in place and
+//! its product with `W` into `dh`, which it sends through the transformer with
+//! autograd. The gradients are those of [`LanguageModel::completion_logprobs`] (tested in
 //! `tests/invariants.rs`).
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -55,8 +56,8 @@ pub(crate) enum HeadGrad {
 }
 
 impl HeadGrad {
-    /// Adds `dlogitsᵀ · h` for the vocabulary rows `start..start + n` (`d` is their
-    /// `[tokens, n]` dlogits, `h` the hidden states, both in the products' kind).
+    /// Adds `dᵀ · h` to the vocabulary rows `start..start + n` (`d` `[tokens, n]`, `h`
+    /// `[tokens, hidden]`, both in the products' kind: the rows' dlogits, factored).
     fn add_rows(&self, master: &Tensor, start: i64, d: &Tensor, h: &Tensor) {
         let n = d.size()[1];
         let add = |grad: &Tensor| {
@@ -125,38 +126,39 @@ impl LanguageModel {
 /// `[tokens, rows]` and `[rows, hidden]`, stay small beside the kept softmax.
 const HEAD_BACKWARD_ROWS: i64 = 8192;
 
-/// Positions whose logits are computed at once: the `[positions, vocab]` temporary of
-/// the log-sum-exp stays at a few megabytes beside the softmax kept for the backward.
-const HEAD_CHUNK: i64 = 64;
+/// Positions whose logits one product computes, in the products' kind: enough rows
+/// for the product to run at speed; `[positions, vocab]` in bf16 is 25 MB for
+/// SmolLM2's vocabulary.
+const HEAD_CHUNK: i64 = 256;
+
+/// Positions whose log-softmax is taken at once: `[rows, vocab]` f32 (1.5 MB for
+/// SmolLM2's vocabulary) stays in the core's cache between the operations that read
+/// it, where a pass over the whole chunk's f32 logits went to memory each time.
+const SOFTMAX_ROWS: i64 = 8;
 
 /// The log-prob of each target (`[total]`), the softmax at each position
-/// (`[total, vocab]` f32) and its entropy (`[total]`), a chunk of positions at a time,
-/// each chunk's logits written straight into the softmax's memory.
+/// (`[total, vocab]` f32) and its entropy (`[total]`): the logits of a chunk of
+/// positions in one product, then a few rows at a time their log-softmax in f32, the
+/// targets' entries, the softmax written into its place and `−Σ p·log p`.
 fn head_softmax(hidden: &Tensor, head: &Tensor, targets: &Tensor) -> (Tensor, Tensor, Tensor) {
     let total = hidden.size()[0];
     let vocab = head.size()[0];
     let probs = Tensor::empty([total, vocab], (Kind::Float, hidden.device()));
+    let h = hidden.to_kind(head.kind());
     let mut values = Vec::new();
     let mut entropies = Vec::new();
-    let mut start = 0;
-    while start < total {
+    for start in (0..total).step_by(HEAD_CHUNK as usize) {
         let n = HEAD_CHUNK.min(total - start);
-        let h = hidden.narrow(0, start, n);
-        let mut logits = probs.narrow(0, start, n);
-        if head.kind() == Kind::Float && h.kind() == Kind::Float {
-            let _ = h.mm_out(&logits, &head.tr());
-        } else {
-            logits.copy_(&h.to_kind(head.kind()).mm(&head.tr()));
+        let logits = h.narrow(0, start, n).mm(&head.tr());
+        for at in (0..n).step_by(SOFTMAX_ROWS as usize) {
+            let (rows, first) = (SOFTMAX_ROWS.min(n - at), start + at);
+            let log_p = logits.narrow(0, at, rows).log_softmax(1, Kind::Float);
+            let chosen = targets.narrow(0, first, rows).unsqueeze(1);
+            values.push(log_p.gather(1, &chosen, false).squeeze_dim(1));
+            let p = probs.narrow(0, first, rows);
+            let _ = log_p.exp_out(&p);
+            entropies.push(-(&p * &log_p).sum_dim_intlist(1, false, Kind::Float));
         }
-        let lse = logits.logsumexp([1i64].as_slice(), true);
-        let chosen = logits.gather(1, &targets.narrow(0, start, n).unsqueeze(1), false);
-        values.push((chosen - &lse).squeeze_dim(1));
-        // log p in place, kept; p in place (the one exp); then −Σ p·log p.
-        let _ = logits.g_sub_(&lse);
-        let log_p = logits.copy();
-        let _ = logits.exp_();
-        entropies.push(-(&logits * &log_p).sum_dim_intlist(1, false, Kind::Float));
-        start += n;
     }
     let cat = |parts: Vec<Tensor>| match parts.len() {
         0 => Tensor::zeros([0], (Kind::Float, hidden.device())),
@@ -185,13 +187,17 @@ impl TrainingLogprobs {
             let _ = master_grad(&self.master);
         }
         let dh = tch::no_grad(|| {
-            // dlp/dlogits = onehot(target) − softmax, scaled by each token's gradient.
+            // dlp/dlogits = g·(onehot(target) − softmax) = −g·(softmax − onehot): the
+            // softmax less one at each target, in place and exact in f32; −g goes into
+            // the hidden states' rows (for the weight's gradient) and into dh's rows
+            // after the products, not over the `[tokens, vocab]` matrix.
             let mut d = self.probs;
-            let _ = d.g_mul_(&(-&g).unsqueeze(1));
-            let _ = d.scatter_add_(1, &self.targets.unsqueeze(1), &g.unsqueeze(1));
+            let targets = self.targets.unsqueeze(1);
+            let _ = d.scatter_add_(1, &targets, &targets.ones_like().to_kind(Kind::Float).neg());
             let kind = self.head.kind();
-            let h = self.hidden.detach().to_kind(kind);
-            // A slice of the vocabulary at a time: its dlogits in the products' kind,
+            let minus_g = (-&g).unsqueeze(1);
+            let h = (self.hidden.detach() * &minus_g).to_kind(kind);
+            // A slice of the vocabulary at a time: its part of d in the products' kind,
             // its rows of the weight's gradient, its part of dh, so that no
             // `[tokens, vocab]` copy or `[vocab, hidden]` temporary sits beside the
             // activations at the backward pass's peak.
@@ -207,6 +213,7 @@ impl TrainingLogprobs {
                 let _ = dh.g_add_(&part.mm(&self.head.narrow(0, start, n)));
                 start += n;
             }
+            let _ = dh.g_mul_(&minus_g);
             dh.to_kind(self.hidden.kind())
         });
         if self.hidden.requires_grad() {

@@ -279,15 +279,16 @@ impl Projections for TrainingWeights<'_> {
             spec.num_heads * spec.head_dim,
             spec.num_kv_heads * spec.head_dim,
         );
-        let all = c.qkv.forward(x);
         // q and k back in the activations' kind for the rotation; v stays bf16 for
-        // attention.
-        let qk = all.narrow(-1, 0, q + kv).to_kind(x.kind());
-        (
-            qk.narrow(-1, 0, q),
-            qk.narrow(-1, q, kv),
-            all.narrow(-1, q + kv, kv),
-        )
+        // attention. Split, not narrowed: the backward pass joins the three gradients
+        // into one instead of adding three zero-padded copies.
+        let [q, k, v]: [Tensor; 3] = c
+            .qkv
+            .forward(x)
+            .split_with_sizes([q, kv, kv], -1)
+            .try_into()
+            .expect("three parts");
+        (q.to_kind(x.kind()), k.to_kind(x.kind()), v)
     }
 
     fn o(&self, layer: usize, x: &Tensor) -> Tensor {
@@ -302,8 +303,13 @@ impl Projections for TrainingWeights<'_> {
             return self.transformer.gate_up(layer, x);
         };
         let i = self.transformer.spec().intermediate_size;
-        let both = c.gate_up.forward(x);
-        (both.narrow(-1, 0, i), both.narrow(-1, i, i))
+        let [gate, up]: [Tensor; 2] = c
+            .gate_up
+            .forward(x)
+            .split(i, -1)
+            .try_into()
+            .expect("two parts");
+        (gate, up)
     }
 
     fn down(&self, layer: usize, x: &Tensor) -> Tensor {
