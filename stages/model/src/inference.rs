@@ -241,7 +241,8 @@ impl Projections for InferenceWeights<'_> {
     }
 
     fn head(&self, hidden: &Tensor) -> Tensor {
-        self.logits(hidden)
+        let weight = self.head_weight();
+        tch::no_grad(|| inference_linear(&hidden.to_kind(weight.kind()), weight, None))
     }
 
     fn attention_kind(&self) -> Option<Kind> {

@@ -1,7 +1,7 @@
 //! Teacher-forced log-probs of completions given prompts, batched with right padding.
 //! Only the positions that predict a completion token go through the output head, and
-//! each log-prob is `logit(chosen) − logsumexp(logits)`: no full-vocabulary
-//! log-softmax is kept for any position.
+//! each log-prob is the chosen entry of a log-softmax taken a few positions at a time
+//! ([`target_logprobs`]): no full-vocabulary log-softmax is kept for any position.
 
 use tch::{Kind, Tensor};
 
@@ -13,6 +13,43 @@ use crate::transformer::Projections;
 /// Positions sent through the output head at once when no gradient is kept, which
 /// bounds the `[positions, vocab]` logits held in memory.
 const HEAD_CHUNK: i64 = 512;
+
+/// Positions whose log-softmax is taken at once: `[rows, vocab]` f32 (1.5 MB for
+/// SmolLM2's vocabulary) stays in the core's cache between the operations that read
+/// it, where a pass over a whole chunk's f32 logits went to memory each time.
+const SOFTMAX_ROWS: i64 = 8;
+
+/// The log-prob of each target under `logits` (`[n, vocab]`, in the products' kind;
+/// the log-softmax is taken in f32), `[n]`; with `probs` (`[n, vocab]` f32), the
+/// softmax is written there and each row's entropy `−Σ p·log p` returned too. Every
+/// log-prob pass, with gradient or without, goes through here, so that the training
+/// pass and the reference's agree.
+pub(crate) fn target_logprobs(
+    logits: &Tensor,
+    targets: &Tensor,
+    probs: Option<&Tensor>,
+) -> (Tensor, Option<Tensor>) {
+    let n = logits.size()[0];
+    let mut values = Vec::new();
+    let mut entropies = Vec::new();
+    for at in (0..n).step_by(SOFTMAX_ROWS as usize) {
+        let rows = SOFTMAX_ROWS.min(n - at);
+        let log_p = logits.narrow(0, at, rows).log_softmax(1, Kind::Float);
+        let chosen = targets.narrow(0, at, rows).unsqueeze(1);
+        values.push(log_p.gather(1, &chosen, false).squeeze_dim(1));
+        if let Some(probs) = probs {
+            let p = probs.narrow(0, at, rows);
+            let _ = log_p.exp_out(&p);
+            entropies.push(-(&p * &log_p).sum_dim_intlist(1, false, Kind::Float));
+        }
+    }
+    let cat = |parts: Vec<Tensor>| match parts.len() {
+        0 => Tensor::zeros([0], (Kind::Float, logits.device())),
+        _ => Tensor::cat(&parts, 0),
+    };
+    let entropy = probs.map(|_| cat(entropies));
+    (cat(values), entropy)
+}
 
 /// Log-probs of every completion token, flat in sequence order, with the length of
 /// each sequence's completion.
@@ -145,9 +182,7 @@ impl LanguageModel {
             let n = chunk.min(total - start);
             let h = hidden.narrow(0, start, n);
             let t = targets.narrow(0, start, n);
-            let logits = maps.head(&h).to_kind(Kind::Float);
-            let chosen = logits.gather(1, &t.unsqueeze(1), false).squeeze_dim(1);
-            parts.push(chosen - logits.logsumexp([1i64].as_slice(), false));
+            parts.push(target_logprobs(&maps.head(&h), &t, None).0);
             start += n;
         }
         Ok(TokenLogprobs {

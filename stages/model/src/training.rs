@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tch::{Kind, Tensor};
 
 use crate::error::Result;
-use crate::logprobs::{CompletionHidden, TokenLogprobs};
+use crate::logprobs::{CompletionHidden, TokenLogprobs, target_logprobs};
 use crate::model::LanguageModel;
 use crate::training_weights::TrainingWeights;
 
@@ -131,15 +131,10 @@ const HEAD_BACKWARD_ROWS: i64 = 8192;
 /// SmolLM2's vocabulary.
 const HEAD_CHUNK: i64 = 256;
 
-/// Positions whose log-softmax is taken at once: `[rows, vocab]` f32 (1.5 MB for
-/// SmolLM2's vocabulary) stays in the core's cache between the operations that read
-/// it, where a pass over the whole chunk's f32 logits went to memory each time.
-const SOFTMAX_ROWS: i64 = 8;
-
 /// The log-prob of each target (`[total]`), the softmax at each position
 /// (`[total, vocab]` f32) and its entropy (`[total]`): the logits of a chunk of
-/// positions in one product, then a few rows at a time their log-softmax in f32, the
-/// targets' entries, the softmax written into its place and `−Σ p·log p`.
+/// positions in one product, then [`target_logprobs`] with the softmax written into
+/// its place.
 fn head_softmax(hidden: &Tensor, head: &Tensor, targets: &Tensor) -> (Tensor, Tensor, Tensor) {
     let total = hidden.size()[0];
     let vocab = head.size()[0];
@@ -150,15 +145,10 @@ fn head_softmax(hidden: &Tensor, head: &Tensor, targets: &Tensor) -> (Tensor, Te
     for start in (0..total).step_by(HEAD_CHUNK as usize) {
         let n = HEAD_CHUNK.min(total - start);
         let logits = h.narrow(0, start, n).mm(&head.tr());
-        for at in (0..n).step_by(SOFTMAX_ROWS as usize) {
-            let (rows, first) = (SOFTMAX_ROWS.min(n - at), start + at);
-            let log_p = logits.narrow(0, at, rows).log_softmax(1, Kind::Float);
-            let chosen = targets.narrow(0, first, rows).unsqueeze(1);
-            values.push(log_p.gather(1, &chosen, false).squeeze_dim(1));
-            let p = probs.narrow(0, first, rows);
-            let _ = log_p.exp_out(&p);
-            entropies.push(-(&p * &log_p).sum_dim_intlist(1, false, Kind::Float));
-        }
+        let chosen = targets.narrow(0, start, n);
+        let (v, entropy) = target_logprobs(&logits, &chosen, Some(&probs.narrow(0, start, n)));
+        values.push(v);
+        entropies.extend(entropy);
     }
     let cat = |parts: Vec<Tensor>| match parts.len() {
         0 => Tensor::zeros([0], (Kind::Float, hidden.device())),

@@ -327,6 +327,5 @@ impl Projections for TrainingWeights<'_> {
         hidden
             .to_kind(self.head().kind())
             .linear::<&Tensor>(self.head(), None)
-            .to_kind(hidden.kind())
     }
 }

@@ -40,7 +40,8 @@ pub trait Projections {
     fn gate_up(&self, layer: usize, x: &Tensor) -> (Tensor, Tensor);
     /// The feed-forward's down map.
     fn down(&self, layer: usize, x: &Tensor) -> Tensor;
-    /// The output head: next-token logits of final hidden states.
+    /// The output head: next-token logits of final hidden states, in the products'
+    /// kind (bf16 under mixed precision; log-softmax takes them to f32).
     fn head(&self, hidden: &Tensor) -> Tensor;
     /// The kind attention's products run in over whole sequences, when not the
     /// activations' (bf16 under mixed precision: libtorch's fused attention keeps its
