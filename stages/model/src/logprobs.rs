@@ -43,12 +43,17 @@ pub(crate) fn target_logprobs(
             entropies.push(-(&p * &log_p).sum_dim_intlist(1, false, Kind::Float));
         }
     }
-    let cat = |parts: Vec<Tensor>| match parts.len() {
-        0 => Tensor::zeros([0], (Kind::Float, logits.device())),
+    let device = logits.device();
+    let entropy = probs.map(|_| cat_or_empty(entropies, device));
+    (cat_or_empty(values, device), entropy)
+}
+
+/// `parts` joined end to end; an empty f32 tensor when there are none.
+pub(crate) fn cat_or_empty(parts: Vec<Tensor>, device: tch::Device) -> Tensor {
+    match parts.len() {
+        0 => Tensor::zeros([0], (Kind::Float, device)),
         _ => Tensor::cat(&parts, 0),
-    };
-    let entropy = probs.map(|_| cat(entropies));
-    (cat(values), entropy)
+    }
 }
 
 /// Log-probs of every completion token, flat in sequence order, with the length of

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tch::{Kind, Tensor};
 
 use crate::error::Result;
-use crate::logprobs::{CompletionHidden, TokenLogprobs, target_logprobs};
+use crate::logprobs::{CompletionHidden, TokenLogprobs, cat_or_empty, target_logprobs};
 use crate::model::LanguageModel;
 use crate::training_weights::TrainingWeights;
 
@@ -150,11 +150,12 @@ fn head_softmax(hidden: &Tensor, head: &Tensor, targets: &Tensor) -> (Tensor, Te
         values.push(v);
         entropies.extend(entropy);
     }
-    let cat = |parts: Vec<Tensor>| match parts.len() {
-        0 => Tensor::zeros([0], (Kind::Float, hidden.device())),
-        _ => Tensor::cat(&parts, 0),
-    };
-    (cat(values), probs, cat(entropies))
+    let device = hidden.device();
+    (
+        cat_or_empty(values, device),
+        probs,
+        cat_or_empty(entropies, device),
+    )
 }
 
 impl TrainingLogprobs {
@@ -183,7 +184,8 @@ impl TrainingLogprobs {
             // after the products, not over the `[tokens, vocab]` matrix.
             let mut d = self.probs;
             let targets = self.targets.unsqueeze(1);
-            let _ = d.scatter_add_(1, &targets, &targets.ones_like().to_kind(Kind::Float).neg());
+            let minus_one = Tensor::full([targets.size()[0], 1], -1.0, (Kind::Float, d.device()));
+            let _ = d.scatter_add_(1, &targets, &minus_one);
             let kind = self.head.kind();
             let minus_g = (-&g).unsqueeze(1);
             let h = (self.hidden.detach() * &minus_g).to_kind(kind);
