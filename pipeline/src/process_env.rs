@@ -7,6 +7,8 @@
 
 use std::ffi::OsString;
 
+use lsp_model::decoder::{CEILING_VAR, Ceiling};
+
 /// Each setting, its value, and why.
 // (glibc's MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ were set here until the
 // binary took mimalloc as its allocator, libtorch's allocations included: `main.rs`.)
@@ -32,12 +34,28 @@ const KEEP: &str = "LSP_KEEP_ENVIRONMENT";
 /// Set by the restart: the settings it added, for the log.
 const ADDED: &str = "LSP_ENVIRONMENT_ADDED";
 
-/// The settings the environment lacks, with their values.
-fn missing(present: impl Fn(&str) -> bool) -> Vec<(&'static str, &'static str)> {
+/// The settings the environment lacks, with their values: [`SETTINGS`], then, under
+/// an instruction-set ceiling (`LSP_CPU_ISA`), the variables that cap libtorch's
+/// kernels to it, so that the whole process runs as on such a CPU.
+fn missing(
+    ceiling: Option<Ceiling>,
+    present: impl Fn(&str) -> bool,
+) -> Vec<(&'static str, &'static str)> {
+    let capped = ceiling.map_or(&[][..], Ceiling::library_settings);
     SETTINGS
-        .into_iter()
+        .iter()
+        .chain(capped)
+        .copied()
         .filter(|(name, _)| !present(name))
         .collect()
+}
+
+/// The ceiling `LSP_CPU_ISA` names, if it names one.
+fn ceiling() -> Option<Ceiling> {
+    std::env::var(CEILING_VAR)
+        .ok()
+        .as_deref()
+        .and_then(Ceiling::parse)
 }
 
 /// Re-executes the binary with the missing settings, unless none is missing or
@@ -48,7 +66,7 @@ pub fn complete() -> Option<String> {
     if std::env::var_os(KEEP).is_some() {
         return None;
     }
-    let missing = missing(|name| std::env::var_os(name).is_some());
+    let missing = missing(ceiling(), |name| std::env::var_os(name).is_some());
     if missing.is_empty() {
         return None;
     }
@@ -94,15 +112,22 @@ mod tests {
     #[test]
     fn only_unset_settings_are_added() {
         assert_eq!(
-            missing(|name| name != "LRU_CACHE_CAPACITY"),
+            missing(None, |name| name != "LRU_CACHE_CAPACITY"),
             [("LRU_CACHE_CAPACITY", "32")]
         );
         assert_eq!(
-            missing(|name| name == "LRU_CACHE_CAPACITY"),
+            missing(None, |name| name == "LRU_CACHE_CAPACITY"),
             [("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "32")]
         );
-        assert_eq!(missing(|_| false).len(), 2);
-        assert!(missing(|_| true).is_empty());
+        assert_eq!(missing(None, |_| false).len(), 2);
+        assert!(missing(None, |_| true).is_empty());
+        // Under a ceiling, libtorch's own caps follow, a value the user set kept.
+        assert_eq!(
+            missing(Some(Ceiling::Avx2), |name| name != "ONEDNN_MAX_CPU_ISA"),
+            [("ONEDNN_MAX_CPU_ISA", "AVX2")]
+        );
+        assert_eq!(missing(Some(Ceiling::Avx2), |_| false).len(), 5);
+        assert_eq!(missing(Some(Ceiling::Avx512Bf16), |_| false).len(), 2);
         assert_eq!(added(&[("A", "1"), ("B", "x")]), "A=1 B=x");
     }
 }

@@ -9,7 +9,8 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{
-    config, config_with, pipeline, records, records_in, repo, run, run_with, with_model_options,
+    config, config_with, pipeline, records, records_in, repo, run, run_with, run_with_env,
+    with_model_options,
 };
 use lsp_advantage::{AdvantageConfig, advantages};
 use lsp_schemas::GameRecordRow;
@@ -330,7 +331,11 @@ fn the_binary_restarts_once_with_the_settings_its_environment_lacks() {
             .env_remove("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
             .env_remove("LRU_CACHE_CAPACITY")
             .env_remove("LSP_KEEP_ENVIRONMENT")
-            .env_remove("LSP_ENVIRONMENT_ADDED");
+            .env_remove("LSP_ENVIRONMENT_ADDED")
+            .env_remove("LSP_CPU_ISA")
+            .env_remove("ATEN_CPU_CAPABILITY")
+            .env_remove("ONEDNN_MAX_CPU_ISA")
+            .env_remove("MKL_ENABLE_INSTRUCTIONS");
         for (name, value) in set {
             command.env(name, value);
         }
@@ -358,6 +363,65 @@ fn the_binary_restarts_once_with_the_settings_its_environment_lacks() {
     ];
     assert!(!validate(&all).contains(restarted));
     assert!(!validate(&[("LSP_KEEP_ENVIRONMENT", "1")]).contains(restarted));
+    // An instruction-set ceiling brings libtorch's own caps with it.
+    let log = validate(&[("LSP_CPU_ISA", "avx2")]);
+    assert!(
+        log.contains(
+            "LRU_CACHE_CAPACITY=32 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 \
+             MKL_ENABLE_INSTRUCTIONS=AVX2"
+        ),
+        "{log}"
+    );
+}
+
+#[test]
+fn under_an_avx2_ceiling_mixed_precision_plays_the_f32_game_exactly() {
+    // `LSP_CPU_ISA=avx2` runs the process as on a CPU without bf16 units: `mixed_bf16`
+    // then computes in f32, the master weights' kind, so it plays the game `f32`
+    // plays, bit for bit, and its manifest says why.
+    let play = |precision: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let data = repo().join("datasets/self_instruct_seed_tasks.jsonl");
+        let extra = format!(
+            "data: {{path: {}, prompt_column: instruction}}\n",
+            data.display()
+        );
+        let reward = "{kind: length, target_chars: 12}";
+        let cfg = config_with(dir.path(), "grpo", 2, reward, &extra);
+        with_model_options(&cfg, &format!("precision: {precision}"));
+        run_with_env(&cfg, &[], &[("LSP_CPU_ISA", "avx2")]);
+        let manifest = std::fs::read_to_string(dir.path().join("e2e/manifest.json")).unwrap();
+        let manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+        (records(dir.path()), manifest["machine"].clone())
+    };
+    let (f32_rows, f32_machine) = play("f32");
+    let (mixed_rows, mixed_machine) = play("mixed_bf16");
+    assert_eq!(mixed_machine["cpu_isa_ceiling"], "avx2", "{mixed_machine}");
+    assert_eq!(mixed_machine["bf16_units"], false);
+    assert_eq!(mixed_machine["products"], "f32_fallback");
+    assert_eq!(f32_machine["products"], "weights");
+    assert_eq!(iterations(&mixed_rows), vec![1, 2]);
+    assert_eq!(f32_rows.len(), mixed_rows.len());
+    for (a, b) in f32_rows.iter().zip(&mixed_rows) {
+        assert_eq!(
+            (
+                &a.query_text,
+                &a.answer_text,
+                a.reward,
+                a.answer_logprob_policy
+            ),
+            (
+                &b.query_text,
+                &b.answer_text,
+                b.reward,
+                b.answer_logprob_policy
+            )
+        );
+        assert_eq!(
+            (a.loss, a.grad_norm, a.kl_answer),
+            (b.loss, b.grad_norm, b.kl_answer)
+        );
+    }
 }
 
 #[test]

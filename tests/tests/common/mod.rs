@@ -76,17 +76,28 @@ pub fn run(config: &Path, resume: bool) -> Output {
 
 /// `pipeline run CONFIG FLAGS...`, however it ends.
 fn run_output(config: &Path, flags: &[&str]) -> Output {
+    run_output_env(config, flags, &[])
+}
+
+/// `pipeline run CONFIG FLAGS...` with `env` set, however it ends.
+fn run_output_env(config: &Path, flags: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(pipeline())
         .arg("run")
         .arg(config)
         .args(flags)
+        .envs(env.iter().copied())
         .output()
         .unwrap()
 }
 
 /// `pipeline run CONFIG FLAGS...`, which must succeed.
 pub fn run_with(config: &Path, flags: &[&str]) -> Output {
-    let out = run_output(config, flags);
+    run_with_env(config, flags, &[])
+}
+
+/// `pipeline run CONFIG FLAGS...` with `env` set, which must succeed.
+pub fn run_with_env(config: &Path, flags: &[&str], env: &[(&str, &str)]) -> Output {
+    let out = run_output_env(config, flags, env);
     assert!(
         out.status.success(),
         "pipeline run failed:\n{}",

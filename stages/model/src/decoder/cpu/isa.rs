@@ -1,10 +1,111 @@
 //! The instruction sets the panel products ([`super::panels`]) are compiled for, and
 //! the one place that picks among them: the widest the CPU has, detected once at run
-//! time and logged once. Tests run every set the machine has ([`Isa::available`]).
+//! time and logged once, within the ceiling [`CEILING_VAR`] may set ([`Ceiling`]).
+//! Tests run every set the machine has ([`Isa::available`]).
 
 use std::sync::OnceLock;
 
-use tracing::info;
+use tracing::{info, warn};
+
+/// The environment variable that caps the instruction sets the process uses, so that
+/// it runs as on a CPU that has only those: `avx512_bf16` (no cap), `avx512`, `avx2`
+/// or `portable` ([`Ceiling`]).
+pub const CEILING_VAR: &str = "LSP_CPU_ISA";
+
+/// How far up the instruction sets a process may go: a machine of that kind, on this
+/// one. The decoder's kernels take at most the matching [`Isa`]; below `avx512_bf16`
+/// the CPU counts as having no bf16 units ([`bf16_units`]), so `mixed_bf16` takes its
+/// f32 fallback ([`crate::products`]); and `pipeline` caps libtorch's kernels (ATen,
+/// oneDNN, MKL) to match through their own variables ([`Ceiling::library_settings`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Ceiling {
+    /// No vector extension (SSE4.1 for libtorch, which needs that much).
+    Portable,
+    /// AVX2 with FMA (most x86 servers before AVX-512; AMD before Zen 4).
+    Avx2,
+    /// AVX-512 without bf16 units (Intel Skylake to Ice Lake).
+    Avx512,
+    /// Everything: AVX-512 with AVX512-BF16 (Zen 4, Intel from Cooper Lake) and AMX.
+    Avx512Bf16,
+}
+
+impl Ceiling {
+    /// Every ceiling, lowest first, by name.
+    pub const ALL: [(Self, &'static str); 4] = [
+        (Self::Portable, "portable"),
+        (Self::Avx2, "avx2"),
+        (Self::Avx512, "avx512"),
+        (Self::Avx512Bf16, "avx512_bf16"),
+    ];
+
+    /// The ceiling named `name` (as [`CEILING_VAR`] takes it).
+    pub fn parse(name: &str) -> Option<Self> {
+        let name = name.trim().to_ascii_lowercase();
+        Self::ALL
+            .into_iter()
+            .find(|(_, n)| *n == name)
+            .map(|(c, _)| c)
+    }
+
+    /// The name [`CEILING_VAR`] takes.
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .into_iter()
+            .find(|(c, _)| *c == self)
+            .map_or("", |(_, n)| n)
+    }
+
+    /// The ceiling [`CEILING_VAR`] sets for this process, read once; none when it is
+    /// unset, or set to a name it does not know (said once, as a warning).
+    pub fn of_process() -> Option<Self> {
+        static CEILING: OnceLock<Option<Ceiling>> = OnceLock::new();
+        *CEILING.get_or_init(|| {
+            let value = std::env::var(CEILING_VAR).ok()?;
+            let ceiling = Self::parse(&value);
+            match ceiling {
+                Some(c) => info!(ceiling = c.name(), "{CEILING_VAR}: instruction sets capped"),
+                None => warn!(
+                    value,
+                    "{CEILING_VAR} is not one of portable, avx2, avx512, avx512_bf16: ignored"
+                ),
+            }
+            ceiling
+        })
+    }
+
+    /// Whether `isa`'s build is within this ceiling.
+    fn admits(self, isa: Isa) -> bool {
+        match isa {
+            Isa::Portable => true,
+            Isa::Avx2 => self >= Self::Avx2,
+            Isa::Avx512 => self >= Self::Avx512,
+        }
+    }
+
+    /// The variables that cap libtorch's own kernels to this ceiling: ATen's
+    /// (`ATEN_CPU_CAPABILITY`), oneDNN's (`ONEDNN_MAX_CPU_ISA`) and MKL's
+    /// (`MKL_ENABLE_INSTRUCTIONS`); none for `avx512_bf16`.
+    pub fn library_settings(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Self::Portable => &[
+                ("ATEN_CPU_CAPABILITY", "default"),
+                ("ONEDNN_MAX_CPU_ISA", "SSE41"),
+                ("MKL_ENABLE_INSTRUCTIONS", "SSE4_2"),
+            ],
+            Self::Avx2 => &[
+                ("ATEN_CPU_CAPABILITY", "avx2"),
+                ("ONEDNN_MAX_CPU_ISA", "AVX2"),
+                ("MKL_ENABLE_INSTRUCTIONS", "AVX2"),
+            ],
+            Self::Avx512 => &[
+                ("ATEN_CPU_CAPABILITY", "avx512"),
+                ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_VNNI"),
+                ("MKL_ENABLE_INSTRUCTIONS", "AVX512"),
+            ],
+            Self::Avx512Bf16 => &[],
+        }
+    }
+}
 
 /// A build of the panel products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,11 +160,16 @@ impl Isa {
             .collect()
     }
 
-    /// The widest build this CPU runs; detected and logged once per process.
+    /// The widest build this CPU runs within the process's [`Ceiling`]; detected
+    /// and logged once per process.
     pub fn detected() -> Self {
         static ISA: OnceLock<Isa> = OnceLock::new();
         *ISA.get_or_init(|| {
-            let isa = Self::available()[0];
+            let ceiling = Ceiling::of_process().unwrap_or(Ceiling::Avx512Bf16);
+            let isa = Self::available()
+                .into_iter()
+                .find(|&isa| ceiling.admits(isa))
+                .unwrap_or(Self::Portable);
             info!(
                 isa = isa.name(),
                 bf16_units = bf16_units(),
@@ -76,14 +182,61 @@ impl Isa {
 
 /// Whether the CPU computes bf16 products natively (AVX512-BF16's dot products; the
 /// CPUs with AMX-BF16 tiles have it too), which libtorch's oneDNN kernels use: without
-/// them bf16 products are emulated and slower than f32.
+/// them bf16 products are emulated and slower than f32. False under a [`Ceiling`]
+/// below `avx512_bf16`.
 pub fn bf16_units() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx512bf16")
+            && Ceiling::of_process().is_none_or(|c| c == Ceiling::Avx512Bf16)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ceiling_admits_the_builds_up_to_it_and_caps_libtorch_to_match() {
+        for (ceiling, name) in Ceiling::ALL {
+            assert_eq!(Ceiling::parse(name), Some(ceiling));
+            assert_eq!(ceiling.name(), name);
+            assert_eq!(
+                Ceiling::parse(&format!(" {} ", name.to_uppercase())),
+                Some(ceiling)
+            );
+        }
+        assert_eq!(Ceiling::parse("avx"), None);
+        assert_eq!(Ceiling::parse(""), None);
+        let admitted = |c: Ceiling| -> Vec<Isa> {
+            [Isa::Avx512, Isa::Avx2, Isa::Portable]
+                .into_iter()
+                .filter(|&isa| c.admits(isa))
+                .collect()
+        };
+        assert_eq!(admitted(Ceiling::Portable), [Isa::Portable]);
+        assert_eq!(admitted(Ceiling::Avx2), [Isa::Avx2, Isa::Portable]);
+        assert_eq!(
+            admitted(Ceiling::Avx512),
+            [Isa::Avx512, Isa::Avx2, Isa::Portable]
+        );
+        assert_eq!(admitted(Ceiling::Avx512Bf16), admitted(Ceiling::Avx512));
+        // Every capped ceiling names all three libraries; the top one none.
+        assert!(Ceiling::Avx512Bf16.library_settings().is_empty());
+        for (ceiling, _) in &Ceiling::ALL[..3] {
+            let names: Vec<&str> = ceiling.library_settings().iter().map(|(n, _)| *n).collect();
+            assert_eq!(
+                names,
+                [
+                    "ATEN_CPU_CAPABILITY",
+                    "ONEDNN_MAX_CPU_ISA",
+                    "MKL_ENABLE_INSTRUCTIONS"
+                ]
+            );
+        }
     }
 }
