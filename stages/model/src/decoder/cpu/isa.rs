@@ -13,9 +13,9 @@ use tracing::{info, warn};
 pub const CEILING_VAR: &str = "LSP_CPU_ISA";
 
 /// How far up the instruction sets a process may go: a machine of that kind, on this
-/// one. The decoder's kernels take at most the matching [`Isa`]; below `avx512_bf16`
+/// one. The decoder's kernels take at most the matching build; below `avx512_bf16`
 /// the CPU counts as having no bf16 units ([`bf16_units`]), so `mixed_bf16` takes its
-/// f32 fallback ([`crate::products`]); and `pipeline` caps libtorch's kernels (ATen,
+/// f32 fallback (`products.rs`); and `pipeline` caps libtorch's kernels (ATen,
 /// oneDNN, MKL) to match through their own variables ([`Ceiling::library_settings`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Ceiling {
