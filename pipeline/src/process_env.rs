@@ -50,7 +50,9 @@ fn missing(
         .collect()
 }
 
-/// The ceiling `LSP_CPU_ISA` names, if it names one.
+/// The ceiling `LSP_CPU_ISA` names, if it names one. Read here, not through
+/// [`Ceiling::of_process`], which logs and keeps its answer: this runs before logging
+/// is set up, and a bad value is said once the process runs for good.
 fn ceiling() -> Option<Ceiling> {
     std::env::var(CEILING_VAR)
         .ok()
