@@ -18,6 +18,7 @@ use clap::{Parser, Subcommand};
 /// mimalloc for Rust's allocations and, through its `override` feature, libtorch's:
 /// glibc's malloc gives a large tensor's pages back on free and faults them in again
 /// on the next allocation, step after step (the README's "Mixed precision and LoRA").
+/// How long it keeps freed memory is set by the restart (`process_env.rs`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -7,12 +7,12 @@
 
 use std::ffi::OsString;
 
-use lsp_model::decoder::{CEILING_VAR, Ceiling};
+use lsp_model::decoder::{ATEN_VAR, CEILING_VAR, Ceiling};
 
 /// Each setting, its value, and why.
 // (glibc's MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ were set here until the
 // binary took mimalloc as its allocator, libtorch's allocations included: `main.rs`.)
-const SETTINGS: [(&str, &str); 2] = [
+const SETTINGS: [(&str, &str); 3] = [
     // oneDNN keeps the kernels it compiles for each product shape, up to 1024 by
     // default, and libtorch's ideep layer keeps its own cache of them (its
     // LRU_CACHE_CAPACITY, also 1024). bf16 passes (mixed precision) over batches of
@@ -26,6 +26,18 @@ const SETTINGS: [(&str, &str); 2] = [
     // as long.
     ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "32"),
     ("LRU_CACHE_CAPACITY", "32"),
+    // mimalloc (the binary's allocator, libtorch's allocations included: `main.rs`)
+    // gives freed memory back to the system after a second unused, and a training step
+    // that frees its activations and allocates them again a few seconds later then
+    // faults every page in afresh and has the kernel zero it: `pipeline bench
+    // train-step --micro-batch 8 --precision mixed_bf16` made 183k page faults in two
+    // steps (perf stat), 56k at 10 s, 40k never giving back; the kernel's page zeroing
+    // was 7% of its profile. Whole processes alternated with the default (4 pairs):
+    // 0.85× the time, sys time 2.2 against 4.5 s, peak 5.17 against 4.99 GiB. A GRPO
+    // run (`examples/bench-grpo.yaml`, mixed) took the same time (two pairs, medians
+    // 10.45 / 10.85 s against 9.90 / 11.25) at 3.58 GB against 3.48. Memory unused
+    // for 10 s (a phase of a run that ended) still goes back.
+    ("MIMALLOC_PURGE_DELAY", "10000"),
 ];
 
 /// Set to any value: `pipeline` runs with the environment it was given.
@@ -50,14 +62,13 @@ fn missing(
         .collect()
 }
 
-/// The ceiling `LSP_CPU_ISA` names, if it names one. Read here, not through
-/// [`Ceiling::of_process`], which logs and keeps its answer: this runs before logging
-/// is set up, and a bad value is said once the process runs for good.
+/// The ceiling `LSP_CPU_ISA` and `ATEN_CPU_CAPABILITY` set ([`Ceiling::from_env`]).
+/// Read here, not through [`Ceiling::of_process`], which logs and keeps its answer:
+/// this runs before logging is set up, and a bad value is said once the process runs
+/// for good.
 fn ceiling() -> Option<Ceiling> {
-    std::env::var(CEILING_VAR)
-        .ok()
-        .as_deref()
-        .and_then(Ceiling::parse)
+    let var = |name| std::env::var(name).ok();
+    Ceiling::from_env(var(CEILING_VAR).as_deref(), var(ATEN_VAR).as_deref())
 }
 
 /// Re-executes the binary with the missing settings, unless none is missing or
@@ -119,17 +130,26 @@ mod tests {
         );
         assert_eq!(
             missing(None, |name| name == "LRU_CACHE_CAPACITY"),
-            [("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "32")]
+            [
+                ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "32"),
+                ("MIMALLOC_PURGE_DELAY", "10000")
+            ]
         );
-        assert_eq!(missing(None, |_| false).len(), 2);
+        assert_eq!(missing(None, |_| false).len(), SETTINGS.len());
         assert!(missing(None, |_| true).is_empty());
         // Under a ceiling, libtorch's own caps follow, a value the user set kept.
         assert_eq!(
             missing(Some(Ceiling::Avx2), |name| name != "ONEDNN_MAX_CPU_ISA"),
             [("ONEDNN_MAX_CPU_ISA", "AVX2")]
         );
-        assert_eq!(missing(Some(Ceiling::Avx2), |_| false).len(), 5);
-        assert_eq!(missing(Some(Ceiling::Avx512Bf16), |_| false).len(), 2);
+        assert_eq!(
+            missing(Some(Ceiling::Avx2), |_| false).len(),
+            SETTINGS.len() + 3
+        );
+        assert_eq!(
+            missing(Some(Ceiling::Avx512Bf16), |_| false).len(),
+            SETTINGS.len()
+        );
         assert_eq!(added(&[("A", "1"), ("B", "x")]), "A=1 B=x");
     }
 }

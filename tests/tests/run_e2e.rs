@@ -330,6 +330,7 @@ fn the_binary_restarts_once_with_the_settings_its_environment_lacks() {
             .env("RUST_LOG", "pipeline=debug")
             .env_remove("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
             .env_remove("LRU_CACHE_CAPACITY")
+            .env_remove("MIMALLOC_PURGE_DELAY")
             .env_remove("LSP_KEEP_ENVIRONMENT")
             .env_remove("LSP_ENVIRONMENT_ADDED")
             .env_remove("LSP_CPU_ISA")
@@ -347,7 +348,9 @@ fn the_binary_restarts_once_with_the_settings_its_environment_lacks() {
     let log = validate(&[]);
     assert!(log.contains(restarted), "{log}");
     assert!(
-        log.contains("ONEDNN_PRIMITIVE_CACHE_CAPACITY=32 LRU_CACHE_CAPACITY=32"),
+        log.contains(
+            "ONEDNN_PRIMITIVE_CACHE_CAPACITY=32 LRU_CACHE_CAPACITY=32 MIMALLOC_PURGE_DELAY=10000"
+        ),
         "{log}"
     );
     // A value the user set is kept (only the others are added); and the user can ask
@@ -360,6 +363,7 @@ fn the_binary_restarts_once_with_the_settings_its_environment_lacks() {
     let all = [
         ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "7"),
         ("LRU_CACHE_CAPACITY", "7"),
+        ("MIMALLOC_PURGE_DELAY", "7"),
     ];
     assert!(!validate(&all).contains(restarted));
     assert!(!validate(&[("LSP_KEEP_ENVIRONMENT", "1")]).contains(restarted));
@@ -367,8 +371,16 @@ fn the_binary_restarts_once_with_the_settings_its_environment_lacks() {
     let log = validate(&[("LSP_CPU_ISA", "avx2")]);
     assert!(
         log.contains(
-            "LRU_CACHE_CAPACITY=32 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 \
+            "MIMALLOC_PURGE_DELAY=10000 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 \
              MKL_ENABLE_INSTRUCTIONS=AVX2"
+        ),
+        "{log}"
+    );
+    // So does libtorch's own ATen cap below AVX-512, which is kept as it was set.
+    let log = validate(&[("ATEN_CPU_CAPABILITY", "default")]);
+    assert!(
+        log.contains(
+            "MIMALLOC_PURGE_DELAY=10000 ONEDNN_MAX_CPU_ISA=SSE41 MKL_ENABLE_INSTRUCTIONS=SSE4_2"
         ),
         "{log}"
     );
@@ -378,8 +390,10 @@ fn the_binary_restarts_once_with_the_settings_its_environment_lacks() {
 fn under_an_avx2_ceiling_mixed_precision_plays_the_f32_game_exactly() {
     // `LSP_CPU_ISA=avx2` runs the process as on a CPU without bf16 units: `mixed_bf16`
     // then computes in f32, the master weights' kind, so it plays the game `f32`
-    // plays, bit for bit, and its manifest says why.
-    let play = |precision: &str| {
+    // plays, bit for bit, and its manifest says why. libtorch's own
+    // `ATEN_CPU_CAPABILITY=avx2` does the same: its bf16 attention backward needs
+    // AVX-512, and a mixed run under it once stopped there on a CPU with bf16 units.
+    let play = |precision: &str, var: &str| {
         let dir = tempfile::tempdir().unwrap();
         let data = repo().join("datasets/self_instruct_seed_tasks.jsonl");
         let extra = format!(
@@ -389,20 +403,31 @@ fn under_an_avx2_ceiling_mixed_precision_plays_the_f32_game_exactly() {
         let reward = "{kind: length, target_chars: 12}";
         let cfg = config_with(dir.path(), "grpo", 2, reward, &extra);
         with_model_options(&cfg, &format!("precision: {precision}"));
-        run_with_env(&cfg, &[], &[("LSP_CPU_ISA", "avx2")]);
+        run_with_env(&cfg, &[], &[(var, "avx2")]);
         let manifest = std::fs::read_to_string(dir.path().join("e2e/manifest.json")).unwrap();
         let manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();
         (records(dir.path()), manifest["machine"].clone())
     };
-    let (f32_rows, f32_machine) = play("f32");
-    let (mixed_rows, mixed_machine) = play("mixed_bf16");
-    assert_eq!(mixed_machine["cpu_isa_ceiling"], "avx2", "{mixed_machine}");
-    assert_eq!(mixed_machine["bf16_units"], false);
-    assert_eq!(mixed_machine["products"], "f32_fallback");
+    let (f32_rows, f32_machine) = play("f32", "LSP_CPU_ISA");
     assert_eq!(f32_machine["products"], "weights");
-    assert_eq!(iterations(&mixed_rows), vec![1, 2]);
+    for var in ["LSP_CPU_ISA", "ATEN_CPU_CAPABILITY"] {
+        let (mixed_rows, mixed_machine) = play("mixed_bf16", var);
+        assert_eq!(
+            mixed_machine["cpu_isa_ceiling"], "avx2",
+            "{var}: {mixed_machine}"
+        );
+        assert_eq!(mixed_machine["bf16_units"], false);
+        assert_eq!(mixed_machine["products"], "f32_fallback");
+        assert_eq!(iterations(&mixed_rows), vec![1, 2]);
+        assert_same_game(&f32_rows, &mixed_rows);
+    }
+}
+
+/// Two runs' records hold the same texts, rewards, log-probs, losses, gradient norms
+/// and KL, row by row.
+fn assert_same_game(f32_rows: &[GameRecordRow], mixed_rows: &[GameRecordRow]) {
     assert_eq!(f32_rows.len(), mixed_rows.len());
-    for (a, b) in f32_rows.iter().zip(&mixed_rows) {
+    for (a, b) in f32_rows.iter().zip(mixed_rows) {
         assert_eq!(
             (
                 &a.query_text,

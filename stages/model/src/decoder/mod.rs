@@ -20,7 +20,7 @@ use tch::{Device, Kind, Tensor};
 use tracing::info;
 
 pub(crate) use cpu::PackedModel;
-pub use cpu::{CEILING_VAR, Ceiling, CpuDecoder, bf16_units};
+pub use cpu::{ATEN_VAR, CEILING_VAR, Ceiling, CpuDecoder, bf16_units};
 pub use libtorch::LibtorchDecoder;
 
 use crate::config::RolloutWeights;

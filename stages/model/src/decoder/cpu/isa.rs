@@ -12,6 +12,9 @@ use tracing::{info, warn};
 /// or `portable` ([`Ceiling`]).
 pub const CEILING_VAR: &str = "LSP_CPU_ISA";
 
+/// libtorch's own cap on its ATen kernels, which [`Ceiling::from_env`] reads too.
+pub const ATEN_VAR: &str = "ATEN_CPU_CAPABILITY";
+
 /// How far up the instruction sets a process may go: a machine of that kind, on this
 /// one. The decoder's kernels take at most the matching build; below `avx512_bf16`
 /// the CPU counts as having no bf16 units ([`bf16_units`]), so `mixed_bf16` takes its
@@ -55,19 +58,47 @@ impl Ceiling {
             .map_or("", |(_, n)| n)
     }
 
-    /// The ceiling [`CEILING_VAR`] sets for this process, read once; none when it is
-    /// unset, or set to a name it does not know (said once, as a warning).
+    /// The ceiling of a process whose [`CEILING_VAR`] is `ours` and whose
+    /// `ATEN_CPU_CAPABILITY` (libtorch's own cap) is `aten`: the lower of the two.
+    /// ATen's `avx2` or `default` is a ceiling by itself: its bf16 kernels need
+    /// AVX-512 (a mixed-precision backward on a CPU with bf16 units stopped with
+    /// "pack_vnni2 is only supported when avx512 is supported"), so below it the
+    /// process takes the path of a CPU without bf16 units. A name neither knows
+    /// sets nothing (ATen warns about its own).
+    pub fn from_env(ours: Option<&str>, aten: Option<&str>) -> Option<Self> {
+        let aten = aten.and_then(|v| match v.trim().to_ascii_lowercase().as_str() {
+            "default" => Some(Self::Portable),
+            "avx2" => Some(Self::Avx2),
+            _ => None,
+        });
+        match (ours.and_then(Self::parse), aten) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The ceiling of this process ([`Ceiling::from_env`]), read once and said once:
+    /// none when neither variable sets one (a [`CEILING_VAR`] it does not know is
+    /// said as a warning).
     pub fn of_process() -> Option<Self> {
         static CEILING: OnceLock<Option<Ceiling>> = OnceLock::new();
         *CEILING.get_or_init(|| {
-            let value = std::env::var(CEILING_VAR).ok()?;
-            let ceiling = Self::parse(&value);
-            match ceiling {
-                Some(c) => info!(ceiling = c.name(), "{CEILING_VAR}: instruction sets capped"),
-                None => warn!(
+            let ours = std::env::var(CEILING_VAR).ok();
+            let aten = std::env::var(ATEN_VAR).ok();
+            if let Some(value) = ours.as_deref().filter(|v| Self::parse(v).is_none()) {
+                warn!(
                     value,
                     "{CEILING_VAR} is not one of portable, avx2, avx512, avx512_bf16: ignored"
-                ),
+                );
+            }
+            let ceiling = Self::from_env(ours.as_deref(), aten.as_deref());
+            if let Some(c) = ceiling {
+                info!(
+                    ceiling = c.name(),
+                    lsp_cpu_isa = ours.as_deref().unwrap_or("-"),
+                    aten_cpu_capability = aten.as_deref().unwrap_or("-"),
+                    "instruction sets capped"
+                );
             }
             ceiling
         })
@@ -88,17 +119,17 @@ impl Ceiling {
     pub fn library_settings(self) -> &'static [(&'static str, &'static str)] {
         match self {
             Self::Portable => &[
-                ("ATEN_CPU_CAPABILITY", "default"),
+                (ATEN_VAR, "default"),
                 ("ONEDNN_MAX_CPU_ISA", "SSE41"),
                 ("MKL_ENABLE_INSTRUCTIONS", "SSE4_2"),
             ],
             Self::Avx2 => &[
-                ("ATEN_CPU_CAPABILITY", "avx2"),
+                (ATEN_VAR, "avx2"),
                 ("ONEDNN_MAX_CPU_ISA", "AVX2"),
                 ("MKL_ENABLE_INSTRUCTIONS", "AVX2"),
             ],
             Self::Avx512 => &[
-                ("ATEN_CPU_CAPABILITY", "avx512"),
+                (ATEN_VAR, "avx512"),
                 ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_VNNI"),
                 ("MKL_ENABLE_INSTRUCTIONS", "AVX512"),
             ],
@@ -212,6 +243,20 @@ mod tests {
         }
         assert_eq!(Ceiling::parse("avx"), None);
         assert_eq!(Ceiling::parse(""), None);
+        // ATen's own cap below AVX-512 caps the process; ours and it meet at the lower.
+        let from = Ceiling::from_env;
+        assert_eq!(from(None, None), None);
+        assert_eq!(from(None, Some("avx512")), None);
+        assert_eq!(from(None, Some("AVX2")), Some(Ceiling::Avx2));
+        assert_eq!(from(None, Some("default")), Some(Ceiling::Portable));
+        assert_eq!(from(Some("avx512"), Some("avx2")), Some(Ceiling::Avx2));
+        assert_eq!(
+            from(Some("portable"), Some("avx2")),
+            Some(Ceiling::Portable)
+        );
+        assert_eq!(from(Some("avx512"), Some("zvector")), Some(Ceiling::Avx512));
+        assert_eq!(from(Some("bogus"), Some("avx2")), Some(Ceiling::Avx2));
+        assert_eq!(from(Some("bogus"), None), None);
         let admitted = |c: Ceiling| -> Vec<Isa> {
             [Isa::Avx512, Isa::Avx2, Isa::Portable]
                 .into_iter()

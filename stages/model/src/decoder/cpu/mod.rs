@@ -25,7 +25,7 @@ use tch::{Kind, Tensor};
 
 use self::blocks::{PackedLayer, Step};
 use self::host_kv::HostKv;
-pub use self::isa::{CEILING_VAR, Ceiling, bf16_units};
+pub use self::isa::{ATEN_VAR, CEILING_VAR, Ceiling, bf16_units};
 use self::panels::Panels;
 use self::team::Team;
 use self::threads::TorchThreads;
