@@ -66,10 +66,11 @@ impl Ceiling {
     /// process takes the path of a CPU without bf16 units. A name neither knows
     /// sets nothing (ATen warns about its own).
     pub fn from_env(ours: Option<&str>, aten: Option<&str>) -> Option<Self> {
-        let aten = aten.and_then(|v| match v.trim().to_ascii_lowercase().as_str() {
-            "default" => Some(Self::Portable),
-            "avx2" => Some(Self::Avx2),
-            _ => None,
+        // The ceiling below AVX-512 whose own ATen setting is that value.
+        let aten = aten.map(|v| v.trim().to_ascii_lowercase()).and_then(|v| {
+            Self::ALL.into_iter().map(|(c, _)| c).find(|c| {
+                *c < Self::Avx512 && c.library_settings().contains(&(ATEN_VAR, v.as_str()))
+            })
         });
         match (ours.and_then(Self::parse), aten) {
             (Some(a), Some(b)) => Some(a.min(b)),
