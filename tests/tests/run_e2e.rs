@@ -292,32 +292,45 @@ fn sigint_and_sigterm_stop_after_the_iteration_in_progress_with_status_130() {
 fn an_offloaded_reference_plays_the_same_game_as_a_resident_one() {
     // The judge reward, the self-reward and the KL all use the reference; offloaded,
     // it is reloaded from its folder each iteration and dropped before the backward.
-    let (resident, offloaded) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    run(
-        &config_with(resident.path(), "lsp", 2, "{kind: judge}", ""),
-        false,
-    );
-    let cfg = config_with(offloaded.path(), "lsp", 2, "{kind: judge}", "");
-    with_model_options(&cfg, "offload_reference: true");
-    run(&cfg, false);
-    let (a, b) = (records(resident.path()), records(offloaded.path()));
-    assert_eq!(a.len(), 2 * 3 * 2);
-    assert_eq!(a.len(), b.len());
-    for (a, b) in a.iter().zip(&b) {
-        assert_eq!(
-            (&a.query_text, &a.answer_text, &a.judge_text),
-            (&b.query_text, &b.answer_text, &b.judge_text)
+    // Under mixed precision both hold their maps in bf16 (the resident one a frozen
+    // copy of the policy, narrowed as the reloaded one is).
+    for precision in ["f32", "mixed_bf16"] {
+        let (resident, offloaded) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let options = format!(
+            "precision: {precision}, emulate_bf16: {}",
+            precision != "f32"
         );
-        let same = |x: f64, y: f64| (x - y).abs() <= 1e-6 * (1.0 + x.abs());
-        assert!(same(a.reward, b.reward) && a.self_reward == b.self_reward);
-        assert!(same(a.answer_logprob_ref, b.answer_logprob_ref) && same(a.kl_answer, b.kl_answer));
-        assert!(same(a.loss, b.loss) && same(a.grad_norm, b.grad_norm));
+        let cfg = config_with(resident.path(), "lsp", 2, "{kind: judge}", "");
+        with_model_options(&cfg, &options);
+        run(&cfg, false);
+        let cfg = config_with(offloaded.path(), "lsp", 2, "{kind: judge}", "");
+        with_model_options(&cfg, &format!("{options}, offload_reference: true"));
+        run(&cfg, false);
+        let (a, b) = (records(resident.path()), records(offloaded.path()));
+        assert_eq!(a.len(), 2 * 3 * 2);
+        assert_eq!(a.len(), b.len());
+        for (a, b) in a.iter().zip(&b) {
+            assert_eq!(
+                (&a.query_text, &a.answer_text, &a.judge_text),
+                (&b.query_text, &b.answer_text, &b.judge_text),
+                "{precision}"
+            );
+            let same = |x: f64, y: f64| (x - y).abs() <= 1e-6 * (1.0 + x.abs());
+            assert!(same(a.reward, b.reward) && a.self_reward == b.self_reward);
+            assert!(
+                same(a.answer_logprob_ref, b.answer_logprob_ref) && same(a.kl_answer, b.kl_answer)
+            );
+            assert!(
+                same(a.loss, b.loss) && same(a.grad_norm, b.grad_norm),
+                "{precision}"
+            );
+        }
+        let manifest = std::fs::read_to_string(offloaded.path().join("e2e/manifest.json")).unwrap();
+        assert!(
+            manifest.contains("\"offload_reference\": true"),
+            "{manifest}"
+        );
     }
-    let manifest = std::fs::read_to_string(offloaded.path().join("e2e/manifest.json")).unwrap();
-    assert!(
-        manifest.contains("\"offload_reference\": true"),
-        "{manifest}"
-    );
 }
 
 #[test]

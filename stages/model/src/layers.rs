@@ -103,7 +103,32 @@ impl LoraPair {
     }
 }
 
+/// `x`'s map by `weight` (and `bias`), in `x`'s kind: where the weight is stored in
+/// another kind (a frozen model's bf16 maps under mixed precision), the product runs
+/// in the weight's kind, on `x` cast to it, as the passes without gradient run it.
+pub(crate) fn linear_in_weight_kind(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
+    if x.kind() == weight.kind() {
+        return x.linear(weight, bias);
+    }
+    x.to_kind(weight.kind())
+        .linear(weight, bias)
+        .to_kind(x.kind())
+}
+
 impl Linear {
+    /// Stores the weight and the bias as `kind` (a copy; the old storage is freed
+    /// once nothing else holds it), without gradient.
+    pub(crate) fn store_as(&mut self, kind: Kind) {
+        tch::no_grad(|| {
+            for t in std::iter::once(&mut self.weight).chain(self.bias.as_mut()) {
+                if t.kind() != kind {
+                    let cast = t.to_kind(kind);
+                    t.set_data(&cast);
+                }
+            }
+        });
+    }
+
     /// Parameters under `path` (zeros until loaded).
     pub fn new(path: nn::Path<'_>, in_dim: i64, out_dim: i64, bias: bool) -> Self {
         Self {
@@ -116,7 +141,7 @@ impl Linear {
     /// Applies the map (and its adapter) to the last dimension of `x`, through
     /// autograd (inference goes through [`crate::InferenceWeights`]).
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let y = x.linear(&self.weight, self.bias.as_ref());
+        let y = linear_in_weight_kind(x, &self.weight, self.bias.as_ref());
         match &self.lora {
             Some(lora) => y + lora.apply(x),
             None => y,

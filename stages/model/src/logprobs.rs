@@ -216,7 +216,7 @@ impl LanguageModel {
         let targets = Tensor::from_slice(&targets).to_device(device);
         let hidden_size = self.spec().hidden_size;
         if lengths.iter().all(|&n| n == 0) {
-            let kind = self.transformer().output_weight().kind();
+            let kind = self.transformer().kind_and_device().0;
             return Ok(CompletionHidden {
                 hidden: Tensor::zeros([0, hidden_size], (kind, device)),
                 targets,

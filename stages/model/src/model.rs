@@ -172,17 +172,7 @@ impl LanguageModel {
             vs.freeze();
         }
         let eos_token_ids = eos_ids(folder, &spec, &tokenizer)?;
-        info!(
-            folder = %folder.display(),
-            parameters = spec.num_parameters(),
-            ?device,
-            dtype = ?options.dtype,
-            precision = options.precision.name(),
-            products = products.name(),
-            seconds = started.elapsed().as_secs_f64(),
-            "model loaded"
-        );
-        Ok(Self {
+        let mut model = Self {
             vs,
             transformer,
             tokenizer,
@@ -190,7 +180,51 @@ impl LanguageModel {
             eos_token_ids,
             options,
             adapter: None,
-        })
+        };
+        model.store_frozen_maps();
+        info!(
+            folder = %folder.display(),
+            parameters = spec.num_parameters(),
+            ?device,
+            dtype = ?options.dtype,
+            precision = options.precision.name(),
+            products = products.name(),
+            maps = ?model.transformer.maps_kind(),
+            seconds = started.elapsed().as_secs_f64(),
+            "model loaded"
+        );
+        Ok(model)
+    }
+
+    /// A frozen model whose products run in a narrower kind than its weights (the
+    /// reference, a judge or a reward model under mixed precision) stores its linear
+    /// maps in that kind: every pass casts them to it anyway (`inference.rs`), so the
+    /// passes compute the same, and the model holds half the bytes (SmolLM2: 0.33
+    /// against 0.54 GB) and casts nothing per pass. Embeddings, norms and the score
+    /// head keep the weights' kind, as the policy's passes use them. The one place
+    /// this is decided; [`LanguageModel::adapt`] undoes it before attaching an
+    /// adapter, which merges into the f32 maps.
+    fn store_frozen_maps(&mut self) {
+        let weights = self.transformer.kind_and_device().0;
+        if let Some(kind) = self.options.products().kind()
+            && !self.options.trainable
+            && self.adapter.is_none()
+            && kind != weights
+        {
+            self.transformer.store_maps_as(kind);
+        }
+    }
+
+    /// Undoes [`LanguageModel::store_frozen_maps`]: the maps in the weights' kind,
+    /// their values read again from the folder (the model's own, loaded from it or
+    /// copied while equal to it).
+    fn restore_frozen_maps(&mut self) -> Result<()> {
+        let weights = self.transformer.kind_and_device().0;
+        if self.transformer.maps_kind() != weights {
+            self.transformer.store_maps_as(weights);
+            load_weights(&mut self.vs, &self.folder)?;
+        }
+        Ok(())
     }
 
     /// Attaches a fresh LoRA adapter of `config` (PEFT's initialisation, drawn from
@@ -220,6 +254,7 @@ impl LanguageModel {
             ));
         }
         self.require_causal_lm()?;
+        self.restore_frozen_maps()?;
         self.vs.freeze();
         let device = self.vs.device();
         let mut adapter = Adapter::attach(&mut self.transformer, config, device, weights, seed)?;
@@ -353,7 +388,7 @@ impl LanguageModel {
         transformer.set_rollout_weights(options.rollout_weights);
         vs.copy(&self.vs)?;
         vs.freeze();
-        Ok(Self {
+        let mut copy = Self {
             vs,
             transformer,
             tokenizer: self.tokenizer.clone(),
@@ -361,7 +396,9 @@ impl LanguageModel {
             eos_token_ids: self.eos_token_ids.clone(),
             options,
             adapter: None,
-        })
+        };
+        copy.store_frozen_maps();
+        Ok(copy)
     }
 
     /// Saves the model as a Hugging Face folder transformers loads: the weights as

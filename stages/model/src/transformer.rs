@@ -14,7 +14,7 @@ use tch::{Kind, Tensor, nn};
 use crate::config::RolloutWeights;
 use crate::kept::Kept;
 use crate::kv_cache::KvCache;
-use crate::layers::{Embedding, Linear, RmsNorm};
+use crate::layers::{Embedding, Linear, RmsNorm, linear_in_weight_kind};
 use crate::mask::{AttentionMask, positions};
 use crate::rope::{Rope, Rotation};
 use crate::spec::{Head, ModelSpec};
@@ -258,6 +258,39 @@ impl Transformer {
             rollout_weights: self.rollout_weights,
             kept: Kept::default(),
         }
+    }
+
+    /// Stores every layer's linear maps and an untied output head as `kind` (their
+    /// weights and biases), in place; embeddings, norms and a score head keep theirs.
+    /// A frozen model under mixed precision holds its maps in bf16, the kind its
+    /// passes compute them in ([`crate::LanguageModel::load`]); `Kind::Float` undoes
+    /// the change of kind (not the rounding).
+    pub(crate) fn store_maps_as(&mut self, kind: Kind) {
+        for b in &mut self.layers {
+            let (a, m) = (&mut b.self_attn, &mut b.mlp);
+            for map in [
+                &mut a.q_proj,
+                &mut a.k_proj,
+                &mut a.v_proj,
+                &mut a.o_proj,
+                &mut m.gate_proj,
+                &mut m.up_proj,
+                &mut m.down_proj,
+            ] {
+                map.store_as(kind);
+            }
+        }
+        if let Some(head) = self.lm_head.as_mut() {
+            head.store_as(kind);
+        }
+    }
+
+    /// The kind the linear maps are stored in: the weights' own, or a frozen model's
+    /// narrower one ([`Transformer::store_maps_as`]).
+    pub(crate) fn maps_kind(&self) -> Kind {
+        self.layers.first().map_or(self.kind_and_device().0, |b| {
+            b.self_attn.q_proj.weight.kind()
+        })
     }
 
     /// Every tensor the transformer computes with: weights, biases, norms and LoRA
@@ -537,7 +570,7 @@ impl Transformer {
     /// Next-token logits of hidden states `[..., hidden]` → `[..., vocab]`, through
     /// autograd.
     pub fn logits(&self, hidden: &Tensor) -> Tensor {
-        hidden.linear::<&Tensor>(self.output_weight(), None)
+        linear_in_weight_kind(hidden, self.output_weight(), None)
     }
 
     /// Reward-model score of hidden states `[..., hidden]` → `[...]`.
