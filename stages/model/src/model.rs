@@ -55,6 +55,25 @@ impl LoadOptions {
     }
 }
 
+/// The kind a frozen model stores its linear maps in when not its weights' own: the
+/// products' kind under mixed precision (the reference, a judge, a reward model). Its
+/// passes cast the maps to that kind anyway (`inference.rs`), so they compute the
+/// same, and the model holds half their bytes (SmolLM2: 0.33 against 0.54 GB), read
+/// from the file straight into bf16. Embeddings, norms and a score head keep the
+/// weights' kind, as the policy's passes use them. The one place this is decided;
+/// attaching an adapter ([`LanguageModel::load_adapter`]) first reads the f32 maps
+/// back, as it merges into them.
+fn frozen_maps_kind(options: &LoadOptions) -> Option<Kind> {
+    let weights = match options.stores_bf16() {
+        true => Kind::BFloat16,
+        false => Kind::Float,
+    };
+    options
+        .products()
+        .kind()
+        .filter(|&kind| !options.trainable && kind != weights)
+}
+
 /// A Hugging Face model folder loaded for inference or training.
 #[derive(Debug)]
 pub struct LanguageModel {
@@ -159,6 +178,10 @@ impl LanguageModel {
         let (spec, tokenizer) = read_folder(folder)?;
         let mut vs = nn::VarStore::new(device);
         let mut transformer = Transformer::new(&vs.root(), &spec);
+        if let Some(kind) = frozen_maps_kind(&options) {
+            // Before reading: each map's f32 values go straight into bf16.
+            transformer.store_maps_as(kind);
+        }
         load_weights(&mut vs, folder)?;
         refuse_non_finite(&vs, folder)?;
         if options.stores_bf16() {
@@ -172,7 +195,7 @@ impl LanguageModel {
             vs.freeze();
         }
         let eos_token_ids = eos_ids(folder, &spec, &tokenizer)?;
-        let mut model = Self {
+        let model = Self {
             vs,
             transformer,
             tokenizer,
@@ -181,7 +204,6 @@ impl LanguageModel {
             options,
             adapter: None,
         };
-        model.store_frozen_maps();
         info!(
             folder = %folder.display(),
             parameters = spec.num_parameters(),
@@ -196,26 +218,7 @@ impl LanguageModel {
         Ok(model)
     }
 
-    /// A frozen model whose products run in a narrower kind than its weights (the
-    /// reference, a judge or a reward model under mixed precision) stores its linear
-    /// maps in that kind: every pass casts them to it anyway (`inference.rs`), so the
-    /// passes compute the same, and the model holds half the bytes (SmolLM2: 0.33
-    /// against 0.54 GB) and casts nothing per pass. Embeddings, norms and the score
-    /// head keep the weights' kind, as the policy's passes use them. The one place
-    /// this is decided; [`LanguageModel::adapt`] undoes it before attaching an
-    /// adapter, which merges into the f32 maps.
-    fn store_frozen_maps(&mut self) {
-        let weights = self.transformer.kind_and_device().0;
-        if let Some(kind) = self.options.products().kind()
-            && !self.options.trainable
-            && self.adapter.is_none()
-            && kind != weights
-        {
-            self.transformer.store_maps_as(kind);
-        }
-    }
-
-    /// Undoes [`LanguageModel::store_frozen_maps`]: the maps in the weights' kind,
+    /// Undoes [`frozen_maps_kind`]'s narrower maps: the maps in the weights' kind,
     /// their values read again from the folder (the model's own, loaded from it or
     /// copied while equal to it).
     fn restore_frozen_maps(&mut self) -> Result<()> {
@@ -386,9 +389,12 @@ impl LanguageModel {
         }
         transformer.set_product_kind(options.products().kind());
         transformer.set_rollout_weights(options.rollout_weights);
+        if let Some(kind) = frozen_maps_kind(&options) {
+            transformer.store_maps_as(kind);
+        }
         vs.copy(&self.vs)?;
         vs.freeze();
-        let mut copy = Self {
+        Ok(Self {
             vs,
             transformer,
             tokenizer: self.tokenizer.clone(),
@@ -396,9 +402,7 @@ impl LanguageModel {
             eos_token_ids: self.eos_token_ids.clone(),
             options,
             adapter: None,
-        };
-        copy.store_frozen_maps();
-        Ok(copy)
+        })
     }
 
     /// Saves the model as a Hugging Face folder transformers loads: the weights as
@@ -522,10 +526,16 @@ mod tests {
     use super::*;
 
     fn store(values: &[f32]) -> nn::VarStore {
+        store_as(values, Kind::Float)
+    }
+
+    /// `b.weight` holds `values` in `kind` (a frozen model's bf16 maps).
+    fn store_as(values: &[f32], kind: Kind) -> nn::VarStore {
         let vs = nn::VarStore::new(Device::Cpu);
         let root = vs.root();
         let _ = (&root / "a").var_copy("weight", &tch::Tensor::from_slice(&[1.0f32, -2.0]));
-        let _ = (&root / "b").var_copy("weight", &tch::Tensor::from_slice(values));
+        let b = tch::Tensor::from_slice(values).to_kind(kind);
+        let _ = (&root / "b").var_copy("weight", &b);
         vs
     }
 
@@ -536,13 +546,15 @@ mod tests {
         refuse_non_finite(&store(&[3e38, 3e38, -1.0]), folder).unwrap();
         refuse_non_finite(&store(&[f32::MAX, -f32::MAX]), folder).unwrap();
         for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-            let err = refuse_non_finite(&store(&[0.5, bad]), folder)
-                .unwrap_err()
-                .to_string();
-            assert_eq!(
-                err, "m: weight b.weight holds NaN or infinite values (a damaged file?)",
-                "{bad}"
-            );
+            for kind in [Kind::Float, Kind::BFloat16] {
+                let err = refuse_non_finite(&store_as(&[0.5, bad], kind), folder)
+                    .unwrap_err()
+                    .to_string();
+                assert_eq!(
+                    err, "m: weight b.weight holds NaN or infinite values (a damaged file?)",
+                    "{bad} in {kind:?}"
+                );
+            }
         }
     }
 }
