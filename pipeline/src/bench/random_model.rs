@@ -81,7 +81,7 @@ pub fn write_random_model(folder: &Path, config: &HfConfig, seed: i64) -> anyhow
     let spec = config.to_spec(&config_path)?;
     tch::manual_seed(seed);
     let vs = nn::VarStore::new(Device::Cpu);
-    let _model = Transformer::new(&vs.root(), &spec);
+    let _model = Transformer::new(&vs.root(), &spec, vs.kind());
     tch::no_grad(|| {
         for (name, mut var) in vs.variables() {
             if !name.ends_with("norm.weight") {

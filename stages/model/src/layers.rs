@@ -115,6 +115,12 @@ pub(crate) fn linear_in_weight_kind(x: &Tensor, weight: &Tensor, bias: Option<&T
         .to_kind(x.kind())
 }
 
+/// A trainable variable `name` under `path`, of `dims` and `kind`, its memory
+/// allocated but not written (its pages are touched first by the load).
+fn unset(path: &nn::Path<'_>, name: &str, dims: &[i64], kind: Kind) -> Tensor {
+    path.add(name, Tensor::empty(dims, (kind, path.device())), true)
+}
+
 impl Linear {
     /// Stores the weight and the bias as `kind` (a copy; the old storage is freed
     /// once nothing else holds it), without gradient.
@@ -129,11 +135,13 @@ impl Linear {
         });
     }
 
-    /// Parameters under `path` (zeros until loaded).
-    pub fn new(path: nn::Path<'_>, in_dim: i64, out_dim: i64, bias: bool) -> Self {
+    /// Parameters under `path`, of `kind`, unset until loaded: made without
+    /// writing them (a model's zeros were half its load time's memory traffic), and a
+    /// load that misses one is an error ([`crate::checkpoint::load_weights`]).
+    pub fn new(path: nn::Path<'_>, in_dim: i64, out_dim: i64, bias: bool, kind: Kind) -> Self {
         Self {
-            weight: path.zeros("weight", &[out_dim, in_dim]),
-            bias: bias.then(|| path.zeros("bias", &[out_dim])),
+            weight: unset(&path, "weight", &[out_dim, in_dim], kind),
+            bias: bias.then(|| unset(&path, "bias", &[out_dim], kind)),
             lora: None,
         }
     }
@@ -242,7 +250,7 @@ impl Embedding {
     /// Parameters under `path`.
     pub fn new(path: nn::Path<'_>, vocab: i64, dim: i64) -> Self {
         Self {
-            weight: path.zeros("weight", &[vocab, dim]),
+            weight: unset(&path, "weight", &[vocab, dim], path.kind()),
         }
     }
 

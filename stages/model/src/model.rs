@@ -177,11 +177,9 @@ impl LanguageModel {
         let device = torch_device(options.device)?;
         let (spec, tokenizer) = read_folder(folder)?;
         let mut vs = nn::VarStore::new(device);
-        let mut transformer = Transformer::new(&vs.root(), &spec);
-        if let Some(kind) = frozen_maps_kind(&options) {
-            // Before reading: each map's f32 values go straight into bf16.
-            transformer.store_maps_as(kind);
-        }
+        // A frozen model's maps made in bf16: each map's f32 values go straight in.
+        let maps = frozen_maps_kind(&options).unwrap_or(vs.kind());
+        let mut transformer = Transformer::new(&vs.root(), &spec, maps);
         load_weights(&mut vs, folder)?;
         refuse_non_finite(&vs, folder)?;
         if options.stores_bf16() {
@@ -383,15 +381,13 @@ impl LanguageModel {
             ..self.options
         };
         let mut vs = nn::VarStore::new(self.vs.device());
-        let mut transformer = Transformer::new(&vs.root(), self.spec());
+        let maps = frozen_maps_kind(&options).unwrap_or(vs.kind());
+        let mut transformer = Transformer::new(&vs.root(), self.spec(), maps);
         if options.stores_bf16() {
             vs.bfloat16();
         }
         transformer.set_product_kind(options.products().kind());
         transformer.set_rollout_weights(options.rollout_weights);
-        if let Some(kind) = frozen_maps_kind(&options) {
-            transformer.store_maps_as(kind);
-        }
         vs.copy(&self.vs)?;
         vs.freeze();
         Ok(Self {

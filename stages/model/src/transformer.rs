@@ -62,15 +62,15 @@ pub struct Attention {
 }
 
 impl Attention {
-    /// Parameters under `path` (`...self_attn`).
-    pub fn new(path: nn::Path<'_>, spec: &ModelSpec) -> Self {
+    /// Parameters under `path` (`...self_attn`), the maps in `maps`.
+    pub fn new(path: nn::Path<'_>, spec: &ModelSpec, maps: Kind) -> Self {
         let (h, d) = (spec.hidden_size, spec.head_dim);
         let bias = spec.attention_bias;
         Self {
-            q_proj: Linear::new(&path / "q_proj", h, spec.num_heads * d, bias),
-            k_proj: Linear::new(&path / "k_proj", h, spec.num_kv_heads * d, bias),
-            v_proj: Linear::new(&path / "v_proj", h, spec.num_kv_heads * d, bias),
-            o_proj: Linear::new(&path / "o_proj", spec.num_heads * d, h, false),
+            q_proj: Linear::new(&path / "q_proj", h, spec.num_heads * d, bias, maps),
+            k_proj: Linear::new(&path / "k_proj", h, spec.num_kv_heads * d, bias, maps),
+            v_proj: Linear::new(&path / "v_proj", h, spec.num_kv_heads * d, bias, maps),
+            o_proj: Linear::new(&path / "o_proj", spec.num_heads * d, h, false, maps),
         }
     }
 }
@@ -84,13 +84,13 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    /// Parameters under `path` (`...mlp`).
-    pub fn new(path: nn::Path<'_>, spec: &ModelSpec) -> Self {
+    /// Parameters under `path` (`...mlp`), the maps in `maps`.
+    pub fn new(path: nn::Path<'_>, spec: &ModelSpec, maps: Kind) -> Self {
         let (h, i) = (spec.hidden_size, spec.intermediate_size);
         Self {
-            gate_proj: Linear::new(&path / "gate_proj", h, i, false),
-            up_proj: Linear::new(&path / "up_proj", h, i, false),
-            down_proj: Linear::new(&path / "down_proj", i, h, false),
+            gate_proj: Linear::new(&path / "gate_proj", h, i, false, maps),
+            up_proj: Linear::new(&path / "up_proj", h, i, false, maps),
+            down_proj: Linear::new(&path / "down_proj", i, h, false, maps),
         }
     }
 }
@@ -120,14 +120,14 @@ impl Block {
         ]
     }
 
-    /// Parameters under `path` (`model.layers.i`).
-    pub fn new(path: nn::Path<'_>, spec: &ModelSpec) -> Self {
+    /// Parameters under `path` (`model.layers.i`), the maps in `maps`.
+    pub fn new(path: nn::Path<'_>, spec: &ModelSpec, maps: Kind) -> Self {
         let (h, eps) = (spec.hidden_size, spec.rms_norm_eps);
         Self {
             input_layernorm: RmsNorm::new(&path / "input_layernorm", h, eps),
-            self_attn: Attention::new(&path / "self_attn", spec),
+            self_attn: Attention::new(&path / "self_attn", spec, maps),
             post_attention_layernorm: RmsNorm::new(&path / "post_attention_layernorm", h, eps),
-            mlp: Mlp::new(&path / "mlp", spec),
+            mlp: Mlp::new(&path / "mlp", spec, maps),
         }
     }
 }
@@ -191,19 +191,31 @@ impl Projections for Transformer {
 
 impl Transformer {
     /// Parameters under `root`: `model.*`, and `lm_head` (untied) or `score`.
-    pub fn new(root: &nn::Path<'_>, spec: &ModelSpec) -> Self {
+    /// The linear maps (and an untied output head) are made in `maps` (the weights'
+    /// kind, or a frozen model's narrower one: [`Transformer::store_maps_as`]). The
+    /// weights are unset until loaded or copied into.
+    pub fn new(root: &nn::Path<'_>, spec: &ModelSpec, maps: Kind) -> Self {
         let model = root / "model";
         let h = spec.hidden_size;
         let layers = (0..spec.num_layers)
-            .map(|i| Block::new(&model / "layers" / i, spec))
+            .map(|i| Block::new(&model / "layers" / i, spec, maps))
             .collect();
         let (lm_head, score) = match spec.head {
             Head::CausalLm if spec.tie_word_embeddings => (None, None),
             Head::CausalLm => (
-                Some(Linear::new(root / "lm_head", h, spec.vocab_size, false)),
+                Some(Linear::new(
+                    root / "lm_head",
+                    h,
+                    spec.vocab_size,
+                    false,
+                    maps,
+                )),
                 None,
             ),
-            Head::Score => (None, Some(Linear::new(root / "score", h, 1, false))),
+            Head::Score => (
+                None,
+                Some(Linear::new(root / "score", h, 1, false, root.kind())),
+            ),
         };
         Self {
             embed_tokens: Embedding::new(&model / "embed_tokens", spec.vocab_size, h),
