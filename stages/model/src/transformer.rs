@@ -192,7 +192,7 @@ impl Projections for Transformer {
 impl Transformer {
     /// Parameters under `root`: `model.*`, and `lm_head` (untied) or `score`.
     /// The linear maps (and an untied output head) are made in `maps` (the weights'
-    /// kind, or a frozen model's narrower one: [`Transformer::store_maps_as`]). The
+    /// kind, or a frozen model's narrower one under mixed precision). The
     /// weights are unset until loaded or copied into.
     pub fn new(root: &nn::Path<'_>, spec: &ModelSpec, maps: Kind) -> Self {
         let model = root / "model";
@@ -274,9 +274,9 @@ impl Transformer {
 
     /// Stores every layer's linear maps and an untied output head as `kind` (their
     /// weights and biases), in place; embeddings, norms and a score head keep theirs.
-    /// A frozen model under mixed precision holds its maps in bf16, the kind its
-    /// passes compute them in ([`crate::LanguageModel::load`]); `Kind::Float` undoes
-    /// the change of kind (not the rounding).
+    /// A frozen model under mixed precision is made with bf16 maps
+    /// ([`Transformer::new`]); before an adapter merges into them they go back to f32
+    /// this way (the kind, not the rounding: the loader reads their values again).
     pub(crate) fn store_maps_as(&mut self, kind: Kind) {
         for b in &mut self.layers {
             let (a, m) = (&mut b.self_attn, &mut b.mlp);
