@@ -88,12 +88,14 @@ impl Products {
             Self::Bf16 => info!(products = self.name(), "mixed_bf16: bf16 products"),
             Self::Bf16Emulated => warn!(
                 products = self.name(),
-                "mixed_bf16 with emulate_bf16 on a CPU without bf16 units (no avx512_bf16): \
+                "mixed_bf16 with emulate_bf16 on a CPU without bf16 units (no avx512_bf16, or \
+                 capped below it by LSP_CPU_ISA or ATEN_CPU_CAPABILITY): \
                  libtorch emulates the bf16 products, several times slower than f32"
             ),
             Self::F32Fallback => warn!(
                 products = self.name(),
-                "mixed_bf16 on a CPU without bf16 units (no avx512_bf16): the products run \
+                "mixed_bf16 on a CPU without bf16 units (no avx512_bf16, or capped below it by \
+                 LSP_CPU_ISA or ATEN_CPU_CAPABILITY): the products run \
                  in f32, the master weights' kind (exact; emulated bf16 would be several \
                  times slower); set model.emulate_bf16 (--emulate-bf16) for bf16 anyway"
             ),
