@@ -122,15 +122,13 @@ fn unset(path: &nn::Path<'_>, name: &str, dims: &[i64], kind: Kind) -> Tensor {
 }
 
 impl Linear {
-    /// Stores the weight and the bias as `kind` (a copy; the old storage is freed
-    /// once nothing else holds it), without gradient.
-    pub(crate) fn store_as(&mut self, kind: Kind) {
+    /// The weight and the bias made again in `kind`, unset until loaded (the old
+    /// storage is freed once nothing else holds it).
+    pub(crate) fn unset_as(&mut self, kind: Kind) {
         tch::no_grad(|| {
             for t in std::iter::once(&mut self.weight).chain(self.bias.as_mut()) {
-                if t.kind() != kind {
-                    let cast = t.to_kind(kind);
-                    t.set_data(&cast);
-                }
+                let fresh = Tensor::empty(t.size(), (kind, t.device()));
+                t.set_data(&fresh);
             }
         });
     }

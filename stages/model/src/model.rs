@@ -55,23 +55,19 @@ impl LoadOptions {
     }
 }
 
-/// The kind a frozen model stores its linear maps in when not its weights' own: the
-/// products' kind under mixed precision (the reference, a judge, a reward model). Its
+/// The kind a model's linear maps are made in: the products' kind for a frozen model
+/// under mixed precision (the reference, a judge, a reward model), f32 otherwise. Its
 /// passes cast the maps to that kind anyway (`inference.rs`), so they compute the
 /// same, and the model holds half their bytes (SmolLM2: 0.33 against 0.54 GB), read
 /// from the file straight into bf16. Embeddings, norms and a score head keep the
 /// weights' kind, as the policy's passes use them. The one place this is decided;
 /// attaching an adapter ([`LanguageModel::load_adapter`]) first reads the f32 maps
 /// back, as it merges into them.
-fn frozen_maps_kind(options: &LoadOptions) -> Option<Kind> {
-    let weights = match options.stores_bf16() {
-        true => Kind::BFloat16,
-        false => Kind::Float,
-    };
-    options
-        .products()
-        .kind()
-        .filter(|&kind| !options.trainable && kind != weights)
+fn maps_kind(options: &LoadOptions) -> Kind {
+    match options.products().kind() {
+        Some(kind) if !options.trainable && !options.stores_bf16() => kind,
+        _ => Kind::Float,
+    }
 }
 
 /// A Hugging Face model folder loaded for inference or training.
@@ -177,9 +173,7 @@ impl LanguageModel {
         let device = torch_device(options.device)?;
         let (spec, tokenizer) = read_folder(folder)?;
         let mut vs = nn::VarStore::new(device);
-        // A frozen model's maps made in bf16: each map's f32 values go straight in.
-        let maps = frozen_maps_kind(&options).unwrap_or(vs.kind());
-        let mut transformer = Transformer::new(&vs.root(), &spec, maps);
+        let mut transformer = Transformer::new(&vs.root(), &spec, maps_kind(&options));
         load_weights(&mut vs, folder)?;
         refuse_non_finite(&vs, folder)?;
         if options.stores_bf16() {
@@ -216,13 +210,13 @@ impl LanguageModel {
         Ok(model)
     }
 
-    /// Undoes [`frozen_maps_kind`]'s narrower maps: the maps in the weights' kind,
-    /// their values read again from the folder (the model's own, loaded from it or
-    /// copied while equal to it).
+    /// Undoes [`maps_kind`]'s narrower maps: the maps made again in the weights'
+    /// kind and read again from the folder (the model's own, loaded from it or copied
+    /// while equal to it).
     fn restore_frozen_maps(&mut self) -> Result<()> {
         let weights = self.transformer.kind_and_device().0;
         if self.transformer.maps_kind() != weights {
-            self.transformer.store_maps_as(weights);
+            self.transformer.unset_maps_as(weights);
             load_weights(&mut self.vs, &self.folder)?;
         }
         Ok(())
@@ -381,8 +375,7 @@ impl LanguageModel {
             ..self.options
         };
         let mut vs = nn::VarStore::new(self.vs.device());
-        let maps = frozen_maps_kind(&options).unwrap_or(vs.kind());
-        let mut transformer = Transformer::new(&vs.root(), self.spec(), maps);
+        let mut transformer = Transformer::new(&vs.root(), self.spec(), maps_kind(&options));
         if options.stores_bf16() {
             vs.bfloat16();
         }

@@ -272,12 +272,11 @@ impl Transformer {
         }
     }
 
-    /// Stores every layer's linear maps and an untied output head as `kind` (their
-    /// weights and biases), in place; embeddings, norms and a score head keep theirs.
-    /// A frozen model under mixed precision is made with bf16 maps
-    /// ([`Transformer::new`]); before an adapter merges into them they go back to f32
-    /// this way (the kind, not the rounding: the loader reads their values again).
-    pub(crate) fn store_maps_as(&mut self, kind: Kind) {
+    /// Makes every layer's linear maps and an untied output head again in `kind`
+    /// (their weights and biases), unset until loaded; embeddings, norms and a score
+    /// head keep theirs. Before an adapter merges into a frozen model's bf16 maps
+    /// ([`Transformer::new`]) they are made f32 this way and read again.
+    pub(crate) fn unset_maps_as(&mut self, kind: Kind) {
         for b in &mut self.layers {
             let (a, m) = (&mut b.self_attn, &mut b.mlp);
             for map in [
@@ -289,16 +288,16 @@ impl Transformer {
                 &mut m.up_proj,
                 &mut m.down_proj,
             ] {
-                map.store_as(kind);
+                map.unset_as(kind);
             }
         }
         if let Some(head) = self.lm_head.as_mut() {
-            head.store_as(kind);
+            head.unset_as(kind);
         }
     }
 
     /// The kind the linear maps are stored in: the weights' own, or a frozen model's
-    /// narrower one ([`Transformer::store_maps_as`]).
+    /// narrower one.
     pub(crate) fn maps_kind(&self) -> Kind {
         self.layers.first().map_or(self.kind_and_device().0, |b| {
             b.self_attn.q_proj.weight.kind()
