@@ -6,22 +6,14 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{assert_digests_of_every_file, fixture, full_logits, load, max_diff};
+use common::{
+    assert_digests_of_every_file, fixture, full_logits, greedy_ids, load, max_diff, paired,
+    prompts, three_completions,
+};
 use lsp_model::{
     Dtype, FinishReason, GenerationRequest, LanguageModel, LoadOptions, Precision, SamplingConfig,
 };
 use tch::{Kind, Tensor};
-
-fn prompts(model: &LanguageModel) -> Vec<Vec<u32>> {
-    [
-        "Write a haiku about the sea.",
-        "Hi",
-        "What is 17 * 23? Think step by step.",
-    ]
-    .iter()
-    .map(|p| model.tokenizer().chat_prompt(p).unwrap())
-    .collect()
-}
 
 #[test]
 fn kv_cache_matches_full_forward() {
@@ -84,23 +76,10 @@ fn padded_batch_gives_each_sequence_its_own_result() {
         }
     }
     // Greedy generation: the left-padded batch equals each prompt alone.
-    let greedy = SamplingConfig::greedy(12);
-    let request = |prompts: &[Vec<u32>]| {
-        model
-            .generate(&GenerationRequest {
-                prompts,
-                sampling: &greedy,
-                repeats: 1,
-                seed: 0,
-                sequence_ids: None,
-                ignore_eos: true,
-            })
-            .unwrap()
-    };
-    let together = request(&prompts);
+    let together = greedy_ids(&model, &prompts, 12);
     for (i, p) in prompts.iter().enumerate() {
-        let alone = request(std::slice::from_ref(p));
-        assert_eq!(alone[0].ids, together[i].ids, "prompt {i}");
+        let alone = greedy_ids(&model, std::slice::from_ref(p), 12);
+        assert_eq!(alone[0], together[i], "prompt {i}");
     }
 }
 
@@ -565,21 +544,6 @@ fn f32_and_mixed(name: &str, trainable: bool) -> (LanguageModel, LanguageModel) 
     (load(Precision::F32), load(Precision::MixedBf16))
 }
 
-/// Completions for the three [`prompts`], of uneven lengths.
-fn three_completions() -> Vec<Vec<u32>> {
-    vec![vec![5, 9, 13, 2, 40, 41], vec![7, 8], vec![11, 3]]
-}
-
-/// Each prompt with its completion.
-fn paired<'a>(prompts: &'a [Vec<u32>], completions: &'a [Vec<u32>]) -> Vec<(&'a [u32], &'a [u32])> {
-    assert_eq!(prompts.len(), completions.len());
-    prompts
-        .iter()
-        .zip(completions)
-        .map(|(p, c)| (p.as_slice(), c.as_slice()))
-        .collect()
-}
-
 #[test]
 fn mixed_precision_training_follows_f32_with_gradients_in_the_f32_masters() {
     // The same weights trained in f32 and in mixed bf16: one set of casts for two
@@ -741,140 +705,4 @@ fn mixed_precision_without_bf16_units_computes_in_f32_unless_emulation_is_asked(
         false => assert_eq!(moved(&plain), 0.0, "the fallback is not f32"),
     }
     assert!(moved(&emulated) > 1e-6, "emulated bf16 moved nothing");
-}
-
-/// Each variable's kind, by name.
-fn kinds(model: &LanguageModel) -> Vec<(String, Kind)> {
-    let mut out: Vec<(String, Kind)> = model
-        .var_store()
-        .variables()
-        .into_iter()
-        .map(|(n, v)| (n, v.kind()))
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
-
-#[test]
-fn frozen_models_under_mixed_precision_hold_bf16_maps_and_compute_what_the_policy_does() {
-    // The reference, a judge or a reward model under mixed precision stores its linear
-    // maps in bf16, the kind its passes compute them in, and its passes give the
-    // trainable model's (f32 masters, cast per pass) bit for bit: tied and untied
-    // heads, biases (qwen2), a score head (the reward model), a frozen copy of the
-    // policy. An adapter brings the f32 maps back before it merges into them.
-    let greedy = SamplingConfig::greedy(10);
-    for name in ["tiny-llama", "tiny-llama3", "tiny-qwen2", "tiny-reward"] {
-        let load = |trainable| {
-            let options = LoadOptions {
-                trainable,
-                precision: Precision::MixedBf16,
-                emulate_bf16: true,
-                ..LoadOptions::default()
-            };
-            LanguageModel::load(&fixture(name), options).unwrap()
-        };
-        let (policy, frozen) = (load(true), load(false));
-        let copy = policy.frozen_copy().unwrap();
-        for (model, what) in [(&frozen, "loaded frozen"), (&copy, "frozen copy")] {
-            for (n, kind) in kinds(model) {
-                let map = n.contains("_proj.") || n.starts_with("lm_head.");
-                let want = if map { Kind::BFloat16 } else { Kind::Float };
-                assert_eq!(kind, want, "{name}, {what}: {n}");
-            }
-        }
-        assert!(kinds(&policy).iter().all(|(_, k)| *k == Kind::Float));
-
-        let seqs = prompts(&policy);
-        if name == "tiny-reward" {
-            let scores = |m: &LanguageModel| m.score_sequences(&seqs).unwrap();
-            assert_eq!(scores(&frozen), scores(&policy), "{name}: scores");
-            assert_eq!(scores(&copy), scores(&policy), "{name}: copy's scores");
-            continue;
-        }
-        let completions = three_completions();
-        let pairs = paired(&seqs, &completions);
-        let logprobs = |m: &LanguageModel| {
-            let weights = lsp_model::InferenceWeights::new(m.transformer());
-            m.completion_logprobs_with(&weights, &pairs).unwrap().values
-        };
-        let want = logprobs(&policy);
-        assert_eq!(max_diff(&logprobs(&frozen), &want), 0.0, "{name}");
-        assert_eq!(max_diff(&logprobs(&copy), &want), 0.0, "{name}: copy");
-        // Decoding (the CPU decoder's bf16 panels at one sequence, libtorch's past
-        // its bf16 batch limit) from the same maps: the same tokens.
-        for batch in [1, 9] {
-            let batch_prompts: Vec<Vec<u32>> = seqs.iter().cycle().take(batch).cloned().collect();
-            let generate = |m: &LanguageModel| -> Vec<Vec<u32>> {
-                m.generate(&GenerationRequest {
-                    prompts: &batch_prompts,
-                    sampling: &greedy,
-                    repeats: 1,
-                    seed: 0,
-                    sequence_ids: None,
-                    ignore_eos: true,
-                })
-                .unwrap()
-                .into_iter()
-                .map(|g| g.ids)
-                .collect()
-            };
-            assert_eq!(
-                generate(&frozen),
-                generate(&policy),
-                "{name}, batch {batch}"
-            );
-        }
-        // The autograd path over the model's own weights takes the bf16 maps as well
-        // (its input cast to them), close to the policy's f32 products.
-        let t = frozen.transformer();
-        let ids = Tensor::from_slice(&seqs[0].iter().map(|&t| i64::from(t)).collect::<Vec<_>>())
-            .unsqueeze(0);
-        let logits = t.logits(&t.forward(&ids, &ids.ones_like(), None));
-        assert_eq!(logits.kind(), Kind::Float, "{name}");
-        let exact = policy.transformer();
-        let moved = max_diff(
-            &logits,
-            &exact.logits(&exact.forward(&ids, &ids.ones_like(), None)),
-        );
-        assert!(
-            moved > 0.0 && moved < 0.2,
-            "{name}: logits moved by {moved}"
-        );
-    }
-
-    // An adapter merges into the f32 maps, read back from the folder: as on the
-    // trainable model.
-    let mut frozen = {
-        let options = LoadOptions {
-            precision: Precision::MixedBf16,
-            emulate_bf16: true,
-            ..LoadOptions::default()
-        };
-        LanguageModel::load(&fixture("tiny-llama"), options).unwrap()
-    };
-    let mut policy = {
-        let options = LoadOptions {
-            trainable: true,
-            precision: Precision::MixedBf16,
-            emulate_bf16: true,
-            ..LoadOptions::default()
-        };
-        LanguageModel::load(&fixture("tiny-llama"), options).unwrap()
-    };
-    for model in [&mut frozen, &mut policy] {
-        model.load_adapter(&fixture("tiny-llama-lora")).unwrap();
-    }
-    let base = kinds(&frozen);
-    let q = base
-        .iter()
-        .find(|(n, _)| n.ends_with("layers.0.self_attn.q_proj.weight"));
-    assert_eq!(q.map(|(_, k)| *k), Some(Kind::Float));
-    let seqs = prompts(&policy);
-    let completions = three_completions();
-    let pairs = paired(&seqs, &completions);
-    let logprobs = |m: &LanguageModel| {
-        let weights = lsp_model::InferenceWeights::new(m.transformer());
-        m.completion_logprobs_with(&weights, &pairs).unwrap().values
-    };
-    assert_eq!(max_diff(&logprobs(&frozen), &logprobs(&policy)), 0.0);
 }

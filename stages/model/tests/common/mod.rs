@@ -78,3 +78,50 @@ pub fn assert_digests_of_every_file(folder: &std::path::Path, digests: &lsp_mode
         );
     }
 }
+
+/// Three chat prompts of the fixture's template, of uneven lengths.
+pub fn prompts(model: &LanguageModel) -> Vec<Vec<u32>> {
+    [
+        "Write a haiku about the sea.",
+        "Hi",
+        "What is 17 * 23? Think step by step.",
+    ]
+    .iter()
+    .map(|p| model.tokenizer().chat_prompt(p).unwrap())
+    .collect()
+}
+
+/// Completions for the three [`prompts`], of uneven lengths.
+pub fn three_completions() -> Vec<Vec<u32>> {
+    vec![vec![5, 9, 13, 2, 40, 41], vec![7, 8], vec![11, 3]]
+}
+
+/// Each prompt with its completion.
+pub fn paired<'a>(
+    prompts: &'a [Vec<u32>],
+    completions: &'a [Vec<u32>],
+) -> Vec<(&'a [u32], &'a [u32])> {
+    assert_eq!(prompts.len(), completions.len());
+    prompts
+        .iter()
+        .zip(completions)
+        .map(|(p, c)| (p.as_slice(), c.as_slice()))
+        .collect()
+}
+
+/// Greedy continuations of `prompts`, `new_tokens` each (EOS ignored): their ids.
+pub fn greedy_ids(model: &LanguageModel, prompts: &[Vec<u32>], new_tokens: u64) -> Vec<Vec<u32>> {
+    model
+        .generate(&lsp_model::GenerationRequest {
+            prompts,
+            sampling: &lsp_model::SamplingConfig::greedy(new_tokens),
+            repeats: 1,
+            seed: 0,
+            sequence_ids: None,
+            ignore_eos: true,
+        })
+        .unwrap()
+        .into_iter()
+        .map(|g| g.ids)
+        .collect()
+}
