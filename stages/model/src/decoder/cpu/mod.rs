@@ -1,7 +1,7 @@
 //! The CPU decoder: f32, bf16 or int8 weights packed into panels ([`panels`]) whose
 //! products run on the CPU's widest instruction set ([`isa`]), a team of threads
-//! ([`team`]), the KV cache on host vectors ([`host_kv`]) and a step's block in Rust
-//! ([`blocks`], [`host_math`]).
+//! ([`team`]), the KV cache on host vectors, f32 or bf16 ([`host_kv`]), and a step's
+//! block in Rust ([`blocks`], [`host_math`]).
 //!
 //! The prefill runs through libtorch ([`crate::prefill`]); its cache then moves to
 //! the host, and every step runs from the token's embedding to the final norm with
@@ -137,7 +137,13 @@ impl Decoder for CpuDecoder<'_> {
         let (keys, values) = done.cache.layers();
         let len = done.cache.len() as usize;
         self.state = Some(HostState {
-            cache: HostKv::from_tensors(keys, values, len, Arc::clone(&self.packed.team)),
+            cache: HostKv::from_tensors(
+                keys,
+                values,
+                len,
+                self.transformer.product_kind(),
+                Arc::clone(&self.packed.team),
+            ),
             key_mask: done.key_mask,
             _cores: TorchThreads::hand_to_team(self.packed.team.size()),
         });

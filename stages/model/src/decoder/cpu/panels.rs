@@ -77,6 +77,20 @@ impl PanelValue for Bf16 {
     }
 }
 
+impl Bf16 {
+    /// The bfloat16 nearest to `v`, ties to even, as libtorch's cast rounds (a NaN
+    /// stays a NaN).
+    #[inline(always)]
+    pub fn round(v: f32) -> Self {
+        let bits = v.to_bits();
+        if v.is_nan() {
+            return Self(((bits >> 16) | 0x40) as u16);
+        }
+        let even = (bits >> 16) & 1;
+        Self((bits.wrapping_add(0x7fff + even) >> 16) as u16)
+    }
+}
+
 /// The packed weight, in its stored type.
 #[derive(Debug)]
 enum Values {
@@ -460,6 +474,37 @@ mod tests {
         let panels = Panels::pack(&w16, None, RolloutWeights::Products, Arc::new(Team::new(1)));
         // 1 + 2⁻⁸ is a tie between bf16's 1 and 1 + 2⁻⁷: rounds to even, 1.
         assert_eq!(panels.apply(&[1.0], 1), [1.0, 1.0, -3.140625, 65536.0]);
+    }
+
+    #[test]
+    fn rounding_to_bf16_is_libtorchs_cast() {
+        let mut values = vec![
+            0.0f32,
+            -0.0,
+            1.0 + 1.0 / 256.0,
+            1.0 + 3.0 / 256.0,
+            -(1.0 + 1.0 / 256.0 + 1e-7),
+            f32::MAX,
+            f32::MIN_POSITIVE / 3.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ];
+        tch::manual_seed(7);
+        let random = Tensor::randn([4096], (Kind::Float, Device::Cpu)) * 1e3;
+        values.extend(Vec::<f32>::try_from(&random).unwrap());
+        let cast = Tensor::from_slice(&values)
+            .to_kind(Kind::BFloat16)
+            .view_dtype(Kind::Int16);
+        let want: Vec<u16> = Vec::<i16>::try_from(&cast)
+            .unwrap()
+            .into_iter()
+            .map(|b| b as u16)
+            .collect();
+        let got: Vec<u16> = values.iter().map(|&v| Bf16::round(v).0).collect();
+        assert_eq!(got, want);
+        // (libtorch's NaN has other bits; both are NaNs.)
+        assert!(Bf16::round(f32::NAN).widen().is_nan());
+        assert!(Bf16::round(-f32::NAN).widen().is_nan());
     }
 
     #[test]
