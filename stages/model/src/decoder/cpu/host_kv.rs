@@ -12,13 +12,13 @@
 //! pass over the values.
 //!
 //! Under mixed precision the cache keeps bf16 keys and values, widened to f32 where
-//! the passes read them: the prefill's, libtorch's decoding and the training pass's
-//! attention all take bf16 keys and values there, and a step reads every cached
-//! position of every sequence (at 8 sequences of alpaca_eval prompts, ~110 MB a step
-//! in f32, as much as SmolLM2's int8 weights). Measured on an Intel Xeon (AMX, 2
-//! vCPU), rollouts of SmolLM2-135M alternated with the f32 cache, 3 pairs, medians:
-//! int8 weights 78.4 → 79.7 tok/s at batch 1 and 211.5 → 216.9 at 8, bf16 weights
-//! 198.9 → 213.0 at 8.
+//! the passes read them: the prefill's and the training pass's attention take bf16
+//! keys and values (libtorch's decoding steps still attend over an f32 cache), and a
+//! step reads every cached position of every sequence (at 8 sequences of alpaca_eval
+//! prompts, ~110 MB a step in f32, as much as SmolLM2's int8 weights). Measured on an
+//! Intel Xeon (AMX, 2 vCPU), rollouts of SmolLM2-135M alternated with the f32 cache,
+//! 3 pairs, medians: int8 weights 78.4 → 79.7 tok/s at batch 1 and 211.5 → 216.9 at
+//! 8, bf16 weights 198.9 → 213.0 at 8.
 
 use std::sync::Arc;
 
@@ -129,8 +129,8 @@ impl<T: CacheValue> Layers<T> {
 impl HostKv {
     /// A copy of cached `keys` and `values` (`[batch, kv_heads, capacity, head_dim]`
     /// per layer) of which `len` positions are filled, kept as f32, or as bf16 when
-    /// `kind` is bf16: under mixed precision, where the prefill's, libtorch's decoding
-    /// and the training pass's attention all take bf16 keys and values.
+    /// `kind` is bf16: under mixed precision, where the prefill's and the training
+    /// pass's attention take bf16 keys and values.
     pub fn from_tensors(
         keys: &[Tensor],
         values: &[Tensor],
