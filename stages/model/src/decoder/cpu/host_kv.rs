@@ -207,32 +207,31 @@ impl HostKv {
             capacity: self.capacity,
             head_dim: self.head_dim,
             len: self.len,
+            team: &self.team,
         };
-        let team = &self.team;
         match &mut self.store {
-            Store::F32(layers) => geometry.attend(layers, team, layer, q, k, v, mask),
-            Store::Bf16(layers) => geometry.attend(layers, team, layer, q, k, v, mask),
+            Store::F32(layers) => geometry.attend(layers, layer, q, k, v, mask),
+            Store::Bf16(layers) => geometry.attend(layers, layer, q, k, v, mask),
         }
     }
 }
 
-/// The cache's sizes at one step.
+/// The cache's sizes at one step, and the team that attends.
 #[derive(Clone, Copy)]
-struct Geometry {
+struct Geometry<'a> {
     batch: usize,
     kv_heads: usize,
     capacity: usize,
     head_dim: usize,
     len: usize,
+    team: &'a Team,
 }
 
-impl Geometry {
-    /// [`HostKv::attend`] over `layers`, on `team`.
-    #[allow(clippy::too_many_arguments)]
+impl Geometry<'_> {
+    /// [`HostKv::attend`] over `layers`.
     fn attend<T: CacheValue>(
         self,
         layers: &mut Layers<T>,
-        team: &Team,
         layer: usize,
         q: Vec<f32>,
         k: &[f32],
@@ -257,7 +256,7 @@ impl Geometry {
         let groups = self.batch * kv;
         let heads = q.len() / (self.batch * d);
         let per_group = heads / kv;
-        let parts = team.size();
+        let parts = self.team.size();
         let (keys, values) = (
             Arc::clone(&layers.keys[layer]),
             Arc::clone(&layers.values[layer]),
@@ -266,7 +265,7 @@ impl Geometry {
         let total = pos + 1;
         let scale = 1.0 / (d as f32).sqrt();
         let isa = Isa::detected();
-        let shares = team.run(Arc::new(move |i: usize| {
+        let shares = self.team.run(Arc::new(move |i: usize| {
             let (first, end) = (groups * i / parts, groups * (i + 1) / parts);
             let mut out = vec![0f32; (end - first) * per_group * d];
             let mut scores = vec![0f32; per_group * total];
