@@ -513,6 +513,29 @@ mod tests {
         .squeeze_dim(2)
     }
 
+    /// One group's attention on `isa`: `queries` (`heads × d`) over the first
+    /// `mask.len()` positions of `keys` (`d × capacity`) and `values` (`capacity × d`).
+    fn attend_over<T: PanelValue>(
+        isa: Isa,
+        d: usize,
+        queries: &[f32],
+        (keys, values): (&[T], &[T]),
+        mask: &[f32],
+    ) -> Vec<f32> {
+        let total = mask.len();
+        let group = Attention {
+            queries,
+            keys,
+            values: &values[..total * d],
+            mask,
+            scale: 0.2,
+        };
+        let heads = queries.len() / d;
+        let (mut scores, mut out) = (vec![0f32; heads * total], vec![0f32; heads * d]);
+        attend_group(isa, &group, &mut scores, &mut out);
+        out
+    }
+
     #[test]
     fn every_build_attends_alike_bit_for_bit_whatever_the_heads_per_group() {
         // 1 to 7 query heads per key/value head: every run of HEADS and its rests;
@@ -530,43 +553,15 @@ mod tests {
         let (keys16, values16) = (narrow(&keys), narrow(&values));
         for heads in 1..=7 {
             let queries = random(heads * d, 3);
-            fn attend<T: PanelValue>(isa: Isa, group: &Attention<'_, T>) -> Vec<f32> {
-                let heads = group.queries.len() / (group.values.len() / group.mask.len());
-                let total = group.mask.len();
-                let (mut scores, mut out) =
-                    (vec![0f32; heads * total], vec![0f32; group.queries.len()]);
-                attend_group(isa, group, &mut scores, &mut out);
-                out
-            }
-            let group = Attention {
-                queries: &queries,
-                keys: &keys,
-                values: &values[..total * d],
-                mask: &mask,
-                scale: 0.2,
-            };
-            let group16 = Attention {
-                queries: &queries,
-                keys: &keys16,
-                values: &values16[..total * d],
-                mask: &mask,
-                scale: 0.2,
-            };
-            let (portable, portable16) = (
-                attend(Isa::Portable, &group),
-                attend(Isa::Portable, &group16),
-            );
+            let attend = |isa: Isa| attend_over(isa, d, &queries, (&keys, &values), &mask);
+            let attend16 = |isa| attend_over(isa, d, &queries, (&keys16, &values16), &mask);
+            let (portable, portable16) = (attend(Isa::Portable), attend16(Isa::Portable));
             assert!(portable.iter().chain(&portable16).all(|v| v.is_finite()));
             assert_ne!(portable, portable16, "bf16 keys and values round");
             for isa in Isa::available() {
+                assert_eq!(attend(isa), portable, "{} with {heads} heads", isa.name());
                 assert_eq!(
-                    attend(isa, &group),
-                    portable,
-                    "{} with {heads} heads",
-                    isa.name()
-                );
-                assert_eq!(
-                    attend(isa, &group16),
+                    attend16(isa),
                     portable16,
                     "{} bf16, {heads} heads",
                     isa.name()
