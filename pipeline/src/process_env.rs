@@ -12,7 +12,7 @@ use lsp_model::decoder::{ATEN_VAR, CEILING_VAR, Ceiling};
 /// Each setting, its value, and why.
 // (glibc's MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ were set here until the
 // binary took mimalloc as its allocator, libtorch's allocations included: `main.rs`.)
-const SETTINGS: [(&str, &str); 3] = [
+const SETTINGS: [(&str, &str); 4] = [
     // oneDNN keeps the kernels it compiles for each product shape, up to 1024 by
     // default, and libtorch's ideep layer keeps its own cache of them (its
     // LRU_CACHE_CAPACITY, also 1024). bf16 passes (mixed precision) over batches of
@@ -38,6 +38,15 @@ const SETTINGS: [(&str, &str); 3] = [
     // 10.45 / 10.85 s against 9.90 / 11.25) at 3.58 GB against 3.48. Memory unused
     // for 10 s (a phase of a run that ended) still goes back.
     ("MIMALLOC_PURGE_DELAY", "10000"),
+    // mimalloc asks for transparent huge pages on its arenas (`MADV_HUGEPAGE`), and on a
+    // kernel that grants them only where asked (`madvise`, the usual default) a fault
+    // then zeroes 2 MiB, a purge splits the page again, and memory in use rounds up to
+    // whole huge pages. A GRPO run (`examples/bench-grpo.yaml`, mixed precision, AMD
+    // EPYC Zen 4) alternated with and without, four pairs: 10.15 / 10.3 / 12.55 / 11.8 s
+    // an iteration with them against 9.8 / 9.05 / 10.45 / 11.05 without (medians of
+    // iterations 2-5), system time 12-20 s against 7-8 s a run, peak 3.51-3.55 GB against
+    // 3.42-3.45; rollouts and the training step showed no difference beyond the VM's noise.
+    ("MIMALLOC_ALLOW_THP", "0"),
 ];
 
 /// Set to any value: `pipeline` runs with the environment it was given.
@@ -132,7 +141,8 @@ mod tests {
             missing(None, |name| name == "LRU_CACHE_CAPACITY"),
             [
                 ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "32"),
-                ("MIMALLOC_PURGE_DELAY", "10000")
+                ("MIMALLOC_PURGE_DELAY", "10000"),
+                ("MIMALLOC_ALLOW_THP", "0")
             ]
         );
         assert_eq!(missing(None, |_| false).len(), SETTINGS.len());

@@ -344,6 +344,7 @@ fn the_binary_restarts_once_with_the_settings_its_environment_lacks() {
             .env_remove("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
             .env_remove("LRU_CACHE_CAPACITY")
             .env_remove("MIMALLOC_PURGE_DELAY")
+            .env_remove("MIMALLOC_ALLOW_THP")
             .env_remove("LSP_KEEP_ENVIRONMENT")
             .env_remove("LSP_ENVIRONMENT_ADDED")
             .env_remove("LSP_CPU_ISA")
@@ -362,7 +363,8 @@ fn the_binary_restarts_once_with_the_settings_its_environment_lacks() {
     assert!(log.contains(restarted), "{log}");
     assert!(
         log.contains(
-            "ONEDNN_PRIMITIVE_CACHE_CAPACITY=32 LRU_CACHE_CAPACITY=32 MIMALLOC_PURGE_DELAY=10000"
+            "ONEDNN_PRIMITIVE_CACHE_CAPACITY=32 LRU_CACHE_CAPACITY=32 MIMALLOC_PURGE_DELAY=10000 \
+             MIMALLOC_ALLOW_THP=0"
         ),
         "{log}"
     );
@@ -377,6 +379,7 @@ fn the_binary_restarts_once_with_the_settings_its_environment_lacks() {
         ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "7"),
         ("LRU_CACHE_CAPACITY", "7"),
         ("MIMALLOC_PURGE_DELAY", "7"),
+        ("MIMALLOC_ALLOW_THP", "1"),
     ];
     assert!(!validate(&all).contains(restarted));
     assert!(!validate(&[("LSP_KEEP_ENVIRONMENT", "1")]).contains(restarted));
@@ -384,7 +387,7 @@ fn the_binary_restarts_once_with_the_settings_its_environment_lacks() {
     let log = validate(&[("LSP_CPU_ISA", "avx2")]);
     assert!(
         log.contains(
-            "MIMALLOC_PURGE_DELAY=10000 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 \
+            "MIMALLOC_ALLOW_THP=0 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 \
              MKL_ENABLE_INSTRUCTIONS=AVX2"
         ),
         "{log}"
@@ -393,7 +396,7 @@ fn the_binary_restarts_once_with_the_settings_its_environment_lacks() {
     let log = validate(&[("ATEN_CPU_CAPABILITY", "default")]);
     assert!(
         log.contains(
-            "MIMALLOC_PURGE_DELAY=10000 ONEDNN_MAX_CPU_ISA=SSE41 MKL_ENABLE_INSTRUCTIONS=SSE4_2"
+            "MIMALLOC_ALLOW_THP=0 ONEDNN_MAX_CPU_ISA=SSE41 MKL_ENABLE_INSTRUCTIONS=SSE4_2"
         ),
         "{log}"
     );

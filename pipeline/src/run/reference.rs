@@ -4,15 +4,16 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use lsp_model::{LanguageModel, LoadOptions};
+use lsp_model::{LanguageModel, LoadOptions, Unloaded};
 use lsp_stage::Unavailable;
 use tracing::debug;
 
 /// The reference, loaded or to be loaded.
 pub struct Reference {
     model: Option<LanguageModel>,
-    /// Where it is reloaded from when offloaded; `None` keeps it resident.
-    offload: Option<(PathBuf, LoadOptions)>,
+    /// Its folder, read and checked once, whose weights are read again on each use
+    /// when offloaded; `None` keeps it resident.
+    offload: Option<Unloaded>,
 }
 
 impl Reference {
@@ -31,9 +32,11 @@ impl Reference {
         options: LoadOptions,
         offload: bool,
     ) -> anyhow::Result<Self> {
+        let unloaded = Unloaded::open(&folder, options)
+            .with_context(|| format!("reading the reference in {}", folder.display()))?;
         let mut reference = Self {
             model: None,
-            offload: Some((folder, options)),
+            offload: Some(unloaded),
         };
         if !offload {
             lsp_stage::Reference::<LanguageModel>::get(&mut reference)?;
@@ -47,12 +50,14 @@ impl lsp_stage::Reference<LanguageModel> for Reference {
     /// The model, loading it first if it is offloaded.
     fn get(&mut self) -> Result<&LanguageModel, Unavailable> {
         if self.model.is_none()
-            && let Some((folder, options)) = &self.offload
+            && let Some(unloaded) = &self.offload
         {
-            let model = LanguageModel::load(folder, *options)
-                .with_context(|| format!("loading the reference from {}", folder.display()))
+            let folder = unloaded.folder().display();
+            let model = unloaded
+                .load()
+                .with_context(|| format!("loading the reference from {folder}"))
                 .map_err(|e| Unavailable(e.into()))?;
-            debug!(folder = %folder.display(), "reference loaded");
+            debug!(%folder, "reference loaded");
             self.model = Some(model);
         }
         Ok(self.model.as_ref().expect("resident, or loaded just now"))

@@ -71,6 +71,7 @@ mod training;
 mod training_threads;
 mod training_weights;
 mod transformer;
+mod unloaded;
 
 pub use chat_template::{ChatTemplate, Message};
 pub use checkpoint::ModelSnapshot;
@@ -97,3 +98,4 @@ pub use tokenizer::TextTokenizer;
 pub use training::TrainingLogprobs;
 pub use training_weights::TrainingWeights;
 pub use transformer::{Projections, Transformer};
+pub use unloaded::Unloaded;

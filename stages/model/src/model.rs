@@ -2,20 +2,21 @@
 //! and the ids that end generation.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tch::{Device, Kind, nn};
 use tracing::info;
 
-use crate::checkpoint::{ModelSnapshot, check_weight_headers, load_weights};
+use crate::checkpoint::{ModelSnapshot, load_weights};
 use crate::config::{DeviceKind, Dtype, Precision, RolloutWeights};
 use crate::digest::Digests;
 use crate::error::{ModelError, Result};
-use crate::hf_config::{HfConfig, TokenIds};
 use crate::lora::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, Adapter, LoraConfig};
 use crate::products::Products;
 use crate::spec::{Head, ModelSpec};
 use crate::tokenizer::TextTokenizer;
 use crate::transformer::Transformer;
+use crate::unloaded::{Unloaded, read_folder};
 
 /// How to load a model.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -75,7 +76,9 @@ fn maps_kind(options: &LoadOptions) -> Kind {
 pub struct LanguageModel {
     vs: nn::VarStore,
     transformer: Transformer,
-    tokenizer: TextTokenizer,
+    /// Shared with the model's views and copies, and with the [`Unloaded`] it was
+    /// loaded from.
+    tokenizer: Arc<TextTokenizer>,
     folder: PathBuf,
     eos_token_ids: Vec<u32>,
     pub(crate) options: LoadOptions,
@@ -117,34 +120,6 @@ fn refuse_non_finite(vs: &nn::VarStore, folder: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A model folder's spec and tokenizer, checked against each other and against the
-/// weight files' headers: what [`LanguageModel::load`] checks before reading weights.
-fn read_folder(folder: &Path) -> Result<(ModelSpec, TextTokenizer)> {
-    if !folder.is_dir() {
-        return Err(ModelError::Invalid(format!(
-            "{} is not a folder: a model is a Hugging Face folder with config.json, \
-             tokenizer.json and model.safetensors",
-            folder.display()
-        )));
-    }
-    let config_path = folder.join("config.json");
-    let spec = HfConfig::read(&config_path)?.to_spec(&config_path)?;
-    check_weight_headers(folder, &spec)?;
-    let tokenizer = TextTokenizer::from_folder(folder)?;
-    if tokenizer.vocab_size() as i64 > spec.vocab_size {
-        return Err(ModelError::Tokenizer {
-            path: folder.join("tokenizer.json"),
-            message: format!(
-                "the tokenizer has {} tokens but the model's embedding only {} rows: \
-                 this tokenizer belongs to another model",
-                tokenizer.vocab_size(),
-                spec.vocab_size
-            ),
-        });
-    }
-    Ok((spec, tokenizer))
-}
-
 impl LanguageModel {
     /// Checks the model folder without loading its weights (`pipeline validate`):
     /// config.json parses and names a supported architecture, the weight files'
@@ -156,24 +131,23 @@ impl LanguageModel {
     /// Loads the model in `folder`: `config.json`, the safetensors weights, the
     /// tokenizer and, when present, `generation_config.json`.
     pub fn load(folder: &Path, options: LoadOptions) -> Result<Self> {
-        if options.rollout_weights == RolloutWeights::Int8
-            && (options.dtype != Dtype::F32 || options.device != DeviceKind::Cpu)
-        {
-            return Err(ModelError::Invalid(
-                "int8 rollout weights run on the CPU decoder: load with dtype f32 on the cpu"
-                    .into(),
-            ));
-        }
-        if options.precision == Precision::MixedBf16 && options.dtype != Dtype::F32 {
-            return Err(ModelError::Invalid(
-                "precision mixed_bf16 keeps f32 master weights: load with dtype f32".into(),
-            ));
-        }
+        Unloaded::open(folder, options)?.load()
+    }
+
+    /// The weights of `unloaded`'s folder read into a model with its spec, tokenizer
+    /// and options ([`Unloaded::load`]).
+    pub(crate) fn with_weights(unloaded: &Unloaded) -> Result<Self> {
         let started = std::time::Instant::now();
+        let Unloaded {
+            spec,
+            tokenizer,
+            folder,
+            eos_token_ids,
+            options,
+        } = unloaded;
         let device = torch_device(options.device)?;
-        let (spec, tokenizer) = read_folder(folder)?;
         let mut vs = nn::VarStore::new(device);
-        let mut transformer = Transformer::new(&vs.root(), &spec, maps_kind(&options));
+        let mut transformer = Transformer::new(&vs.root(), spec, maps_kind(options));
         load_weights(&mut vs, folder)?;
         refuse_non_finite(&vs, folder)?;
         if options.stores_bf16() {
@@ -186,14 +160,13 @@ impl LanguageModel {
         if !options.trainable {
             vs.freeze();
         }
-        let eos_token_ids = eos_ids(folder, &spec, &tokenizer)?;
         let model = Self {
             vs,
             transformer,
-            tokenizer,
-            folder: folder.to_path_buf(),
-            eos_token_ids,
-            options,
+            tokenizer: Arc::clone(tokenizer),
+            folder: folder.clone(),
+            eos_token_ids: eos_token_ids.clone(),
+            options: *options,
             adapter: None,
         };
         info!(
@@ -310,7 +283,7 @@ impl LanguageModel {
         Self {
             vs: nn::VarStore::new(self.vs.device()),
             transformer: self.transformer.shallow_copy(adapters),
-            tokenizer: self.tokenizer.clone(),
+            tokenizer: Arc::clone(&self.tokenizer),
             folder: self.folder.clone(),
             eos_token_ids: self.eos_token_ids.clone(),
             options: self.options,
@@ -386,7 +359,7 @@ impl LanguageModel {
         Ok(Self {
             vs,
             transformer,
-            tokenizer: self.tokenizer.clone(),
+            tokenizer: Arc::clone(&self.tokenizer),
             folder: self.folder.clone(),
             eos_token_ids: self.eos_token_ids.clone(),
             options,
@@ -477,37 +450,6 @@ impl LanguageModel {
             .or(self.eos_token_ids.first().copied())
             .unwrap_or(0)
     }
-}
-
-/// EOS ids from `config.json`, `generation_config.json` and the tokenizer's
-/// `eos_token`, without repeats.
-fn eos_ids(folder: &Path, spec: &ModelSpec, tokenizer: &TextTokenizer) -> Result<Vec<u32>> {
-    let mut ids: Vec<u32> = spec.eos_token_ids.iter().map(|&i| i as u32).collect();
-    let generation = folder.join("generation_config.json");
-    if generation.is_file() {
-        #[derive(serde::Deserialize)]
-        struct GenerationConfig {
-            #[serde(default)]
-            eos_token_id: Option<TokenIds>,
-        }
-        let text = std::fs::read_to_string(&generation).map_err(ModelError::io(&generation))?;
-        let config: GenerationConfig =
-            serde_json::from_str(&text).map_err(|source| ModelError::Json {
-                path: generation.clone(),
-                source,
-            })?;
-        ids.extend(
-            config
-                .eos_token_id
-                .iter()
-                .flat_map(TokenIds::to_vec)
-                .map(|i| i as u32),
-        );
-    }
-    ids.extend(tokenizer.eos_token_id());
-    let mut seen = std::collections::HashSet::new();
-    ids.retain(|id| seen.insert(*id));
-    Ok(ids)
 }
 
 #[cfg(test)]

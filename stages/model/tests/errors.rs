@@ -5,7 +5,7 @@ mod common;
 use std::path::Path;
 
 use common::fixture;
-use lsp_model::{DeviceKind, LanguageModel, LoadOptions};
+use lsp_model::{DeviceKind, LanguageModel, LoadOptions, Unloaded};
 use tch::Tensor;
 
 /// A copy of the tiny-llama fixture that `edit` may change.
@@ -120,6 +120,47 @@ fn corrupt_and_missing_files_are_named() {
             .starts_with("/no/such/model is not a folder"),
         "{err}"
     );
+}
+
+/// An offloaded model ([`Unloaded`]) reads its folder once and its weights on every
+/// load: each load is the model [`LanguageModel::load`] gives, and weights damaged
+/// between two loads (a value overwritten with NaN, then a truncated file) are an
+/// error at the next one, not a model.
+#[test]
+fn an_unloaded_model_loads_again_and_sees_damage_done_since() {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture("tiny-llama")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    let unloaded = Unloaded::open(dir.path(), LoadOptions::default()).unwrap();
+    let whole = LanguageModel::load(dir.path(), LoadOptions::default()).unwrap();
+    let ids = whole.tokenizer().chat_prompt("Hi").unwrap();
+    let pair = [(&ids[..2], &ids[2..])];
+    let logprobs = |model: &LanguageModel| {
+        tch::no_grad(|| model.completion_logprobs(&pair))
+            .unwrap()
+            .to_vecs()
+            .unwrap()
+    };
+    let expected = logprobs(&whole);
+    for _ in 0..2 {
+        let model = unloaded.load().unwrap();
+        assert_eq!(model.eos_token_ids(), whole.eos_token_ids());
+        assert_eq!(logprobs(&model), expected);
+    }
+    let weights = dir.path().join("model.safetensors");
+    let mut tensors = Tensor::read_safetensors(&weights).unwrap();
+    let (name, first) = &mut tensors[0];
+    let name = name.clone();
+    let _ = first.view([-1]).get(0).fill_(f64::NAN);
+    Tensor::write_safetensors(&tensors, &weights).unwrap();
+    let err = unloaded.load().unwrap_err().to_string();
+    assert!(err.contains(&name) && err.contains("NaN"), "{err}");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    let err = unloaded.load().unwrap_err().to_string();
+    assert!(err.contains("truncated or corrupt"), "{err}");
 }
 
 #[test]
