@@ -433,6 +433,7 @@ fn under_an_avx2_ceiling_mixed_precision_plays_the_f32_game_exactly() {
             "{var}: {mixed_machine}"
         );
         assert_eq!(mixed_machine["bf16_units"], false);
+        assert_eq!(mixed_machine["amx_tiles"], false);
         assert_eq!(mixed_machine["products"], "f32_fallback");
         assert_eq!(iterations(&mixed_rows), vec![1, 2]);
         assert_same_game(&f32_rows, &mixed_rows);
@@ -506,6 +507,10 @@ fn a_mixed_precision_run_trains_through_shared_prompts_and_records_the_mismatch(
     let manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();
     let units = lsp_model::decoder::bf16_units();
     assert_eq!(manifest["machine"]["bf16_units"], units);
+    assert_eq!(
+        manifest["machine"]["amx_tiles"],
+        lsp_model::decoder::amx_tiles()
+    );
     assert_eq!(
         manifest["machine"]["products"],
         if units { "bf16" } else { "bf16_emulated" }

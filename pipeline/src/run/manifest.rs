@@ -49,13 +49,15 @@ fn cpu_model() -> Value {
 
 /// The machine a run (or a resume) ran on and where its products ran there: bf16
 /// under `mixed_bf16` only with bf16 units (or `emulate_bf16`), f32 otherwise; and
-/// the instruction-set ceiling `LSP_CPU_ISA` set, if any.
+/// the instruction-set ceiling `LSP_CPU_ISA` set, if any; and whether the CPU has AMX
+/// tiles (which move the rollouts' choice of decoder under `mixed_bf16`).
 fn machine(config: &EpochConfig) -> Value {
     let ceiling = lsp_model::decoder::Ceiling::of_process().map(|c| c.name());
     json!({
         "cpu": cpu_model(),
         "cpu_isa_ceiling": ceiling,
         "bf16_units": lsp_model::decoder::bf16_units(),
+        "amx_tiles": lsp_model::decoder::amx_tiles(),
         "products": config.model.products().name(),
     })
 }

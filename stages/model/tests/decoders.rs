@@ -436,13 +436,27 @@ fn the_choice_follows_dtype_device_and_batch() {
     );
     let choose = |m: &LanguageModel, batch| DecoderKind::choose(m.transformer(), batch);
     assert_eq!(choose(&mixed, 8), DecoderKind::Cpu);
-    // Past 8 with bf16 products, oneDNN's bf16 kernels where the CPU has bf16 units.
-    let past = match lsp_model::decoder::bf16_units() {
-        true => DecoderKind::Libtorch,
-        false => DecoderKind::Cpu,
+    // Past 8 with bf16 products, oneDNN's AMX kernels where the CPU has AMX tiles;
+    // elsewhere the CPU decoder up to its most rows (bf16 dot products, or f32's
+    // fallback).
+    let (tiles, most) = (
+        lsp_model::decoder::amx_tiles(),
+        lsp_model::decoder::CpuDecoder::MAX_BATCH,
+    );
+    assert_eq!(most, 32);
+    assert!(!tiles || lsp_model::decoder::bf16_units());
+    assert_eq!(
+        lsp_model::decoder::CpuDecoder::max_bf16_batch(),
+        if tiles { 8 } else { most }
+    );
+    let past = if tiles {
+        DecoderKind::Libtorch
+    } else {
+        DecoderKind::Cpu
     };
     assert_eq!(choose(&mixed, 9), past);
-    assert_eq!(choose(&mixed, 33), DecoderKind::Libtorch);
+    assert_eq!(choose(&mixed, most), past);
+    assert_eq!(choose(&mixed, most + 1), DecoderKind::Libtorch);
     assert_eq!(choose(&f32, 1), DecoderKind::Cpu);
     assert_eq!(choose(&f32, 32), DecoderKind::Cpu);
     assert_eq!(choose(&f32, 33), DecoderKind::Libtorch);

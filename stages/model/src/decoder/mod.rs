@@ -20,7 +20,7 @@ use tch::{Device, Kind, Tensor};
 use tracing::info;
 
 pub(crate) use cpu::PackedModel;
-pub use cpu::{ATEN_VAR, CEILING_VAR, Ceiling, CpuDecoder, bf16_units};
+pub use cpu::{ATEN_VAR, CEILING_VAR, Ceiling, CpuDecoder, amx_tiles, bf16_units};
 pub use libtorch::LibtorchDecoder;
 
 use crate::config::RolloutWeights;
@@ -75,10 +75,10 @@ impl DecoderKind {
 
     /// The decoder for `batch` sequences of `transformer`: the CPU decoder for f32
     /// weights on the CPU up to [`CpuDecoder::MAX_BATCH`] sequences, where its kernels
-    /// were measured ahead — with bf16 products (mixed precision) on a CPU with bf16
-    /// units, up to [`CpuDecoder::MAX_BF16_BATCH`] — and at any batch for int8
-    /// rollout weights (only its panels hold int8); libtorch otherwise. Logs each
-    /// choice once per process.
+    /// were measured ahead — with bf16 products (mixed precision) on a CPU with AMX
+    /// tiles, up to [`CpuDecoder::MAX_AMX_BATCH`] ([`CpuDecoder::max_bf16_batch`]) —
+    /// and at any batch for int8 rollout weights (only its panels hold int8);
+    /// libtorch otherwise. Logs each choice once per process.
     pub fn choose(transformer: &Transformer, batch: usize) -> Self {
         let (kind, device) = transformer.kind_and_device();
         let bf16_products = transformer.product_kind() == Kind::BFloat16;
@@ -90,11 +90,11 @@ impl DecoderKind {
                 Self::Cpu,
                 "int8 rollout weights: the CPU decoder's int8 panels",
             )
-        } else if bf16_products && bf16_units() && batch > CpuDecoder::MAX_BF16_BATCH {
+        } else if bf16_products && batch > CpuDecoder::max_bf16_batch() {
             (
                 Self::Libtorch,
                 "bf16 products for more sequences than the CPU decoder leads at: \
-                 oneDNN's bf16 kernels",
+                 oneDNN's bf16 kernels (AMX tiles)",
             )
         } else if batch > CpuDecoder::MAX_BATCH {
             (

@@ -306,7 +306,7 @@ fn attend_group<T: PanelValue>(
     out: &mut [f32],
 ) {
     match isa {
-        Isa::Avx512 => attend_avx512(args, scores, out),
+        Isa::Avx512 | Isa::Avx512Bf16 => attend_avx512(args, scores, out),
         Isa::Avx2 => attend_avx2(args, scores, out),
         Isa::Portable => attend_body::<T, 64>(args, scores, out),
     }

@@ -111,6 +111,7 @@ impl Ceiling {
             Isa::Portable => true,
             Isa::Avx2 => self >= Self::Avx2,
             Isa::Avx512 => self >= Self::Avx512,
+            Isa::Avx512Bf16 => self >= Self::Avx512Bf16,
         }
     }
 
@@ -142,6 +143,10 @@ impl Ceiling {
 /// A build of the panel products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {
+    /// [`Isa::Avx512`] with AVX512-BF16's dot products: bf16 panels take them
+    /// ([`super::dot`]), two positions per instruction; f32 and int8 panels run
+    /// AVX-512's build.
+    Avx512Bf16,
     /// AVX-512 (F, VL) with FMA: one panel of 16 f32 per register.
     Avx512,
     /// AVX2 with FMA: a panel in two registers.
@@ -155,6 +160,7 @@ impl Isa {
     /// The name in logs and tests.
     pub fn name(self) -> &'static str {
         match self {
+            Self::Avx512Bf16 => "avx512_bf16",
             Self::Avx512 => "avx512",
             Self::Avx2 => "avx2",
             Self::Portable => "portable",
@@ -166,6 +172,9 @@ impl Isa {
         #[cfg(target_arch = "x86_64")]
         {
             match self {
+                Self::Avx512Bf16 => {
+                    Self::Avx512.supported() && std::arch::is_x86_feature_detected!("avx512bf16")
+                }
                 Self::Avx512 => {
                     std::arch::is_x86_feature_detected!("avx512f")
                         && std::arch::is_x86_feature_detected!("avx512vl")
@@ -186,7 +195,7 @@ impl Isa {
 
     /// Every build this CPU runs, widest first.
     pub fn available() -> Vec<Self> {
-        [Self::Avx512, Self::Avx2, Self::Portable]
+        [Self::Avx512Bf16, Self::Avx512, Self::Avx2, Self::Portable]
             .into_iter()
             .filter(|isa| isa.supported())
             .collect()
@@ -205,7 +214,8 @@ impl Isa {
             info!(
                 isa = isa.name(),
                 bf16_units = bf16_units(),
-                "CPU decoder kernels: f32 and bf16 panels (bf16 widened to f32 in registers)"
+                "CPU decoder kernels: f32, bf16 and int8 panels (bf16 by AVX512-BF16's dot \
+                 products on the avx512_bf16 build, else widened to f32 in registers)"
             );
             isa
         })
@@ -221,6 +231,22 @@ pub fn bf16_units() -> bool {
     {
         std::arch::is_x86_feature_detected!("avx512bf16")
             && Ceiling::of_process().is_none_or(|c| c == Ceiling::Avx512Bf16)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether the CPU has AMX-BF16 tiles (Intel from Sapphire Rapids), which oneDNN's
+/// bf16 products use: past a few rows they outrun the CPU decoder's dot products.
+/// False under a [`Ceiling`] below `avx512_bf16`.
+pub fn amx_tiles() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // CPUID leaf 7, sub-leaf 0: EDX bit 22 is AMX-BF16.
+        let leaf = std::arch::x86_64::__cpuid_count(7, 0);
+        bf16_units() && leaf.edx >> 22 & 1 == 1
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -259,7 +285,7 @@ mod tests {
         assert_eq!(from(Some("bogus"), Some("avx2")), Some(Ceiling::Avx2));
         assert_eq!(from(Some("bogus"), None), None);
         let admitted = |c: Ceiling| -> Vec<Isa> {
-            [Isa::Avx512, Isa::Avx2, Isa::Portable]
+            [Isa::Avx512Bf16, Isa::Avx512, Isa::Avx2, Isa::Portable]
                 .into_iter()
                 .filter(|&isa| c.admits(isa))
                 .collect()
@@ -270,7 +296,10 @@ mod tests {
             admitted(Ceiling::Avx512),
             [Isa::Avx512, Isa::Avx2, Isa::Portable]
         );
-        assert_eq!(admitted(Ceiling::Avx512Bf16), admitted(Ceiling::Avx512));
+        assert_eq!(
+            admitted(Ceiling::Avx512Bf16),
+            [Isa::Avx512Bf16, Isa::Avx512, Isa::Avx2, Isa::Portable]
+        );
         // Every capped ceiling names all three libraries; the top one none.
         assert!(Ceiling::Avx512Bf16.library_settings().is_empty());
         for (ceiling, _) in &Ceiling::ALL[..3] {

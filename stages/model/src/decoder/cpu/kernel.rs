@@ -52,7 +52,7 @@ impl Shape {
                 widest_block: 4,
                 tile_panels: &[4, 2, 2, 1, 1, 1],
             },
-            Isa::Avx512 => Self {
+            Isa::Avx512 | Isa::Avx512Bf16 => Self {
                 group: 8,
                 widest_block: 4,
                 tile_panels: &[4, 4, 2, 2, 2, 2, 2, 2],
@@ -68,7 +68,7 @@ impl Shape {
     /// Panels per block for panels of `bytes` each and `rows` input rows: with more
     /// than one group (each pass over a block reads it again), as many as fit in
     /// [`BLOCK_BYTES`], at least a full group's tile; with one group, the build's.
-    fn block(self, bytes: usize, rows: usize) -> usize {
+    pub(super) fn block(self, bytes: usize, rows: usize) -> usize {
         if rows <= self.group {
             return self.widest_block;
         }
@@ -78,7 +78,7 @@ impl Shape {
 
     /// Panels per tile for a group of `rows`, at most `left`: a power of two (the
     /// tiles that exist).
-    fn tile(self, rows: usize, left: usize) -> usize {
+    pub(super) fn tile(self, rows: usize, left: usize) -> usize {
         let most = self.tile_panels[rows - 1].min(left);
         1 << most.ilog2()
     }
@@ -92,14 +92,91 @@ const BLOCK_BYTES: usize = 256 << 10;
 /// Where a tile's results go in a row-major output: its first value's index
 /// (`column`, of the tile's first row) and the rows' `stride`.
 #[derive(Clone, Copy)]
-struct Out {
-    stride: usize,
-    column: usize,
+pub(super) struct Out {
+    pub stride: usize,
+    pub column: usize,
 }
 
-/// `y[r][p·PANEL + l] = Σ_k x[r][k] · w[p·PANEL + l][k]` over the given panels, with
-/// `x` interleaved by groups of [`Shape::group`] rows of `isa`'s shape; `y` is
-/// `[rows][panels · PANEL]`. Built for `isa`.
+/// One tile of a product: its group of rows, the rows in that group, its first
+/// panel and how many panels it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct TileAt {
+    pub group: usize,
+    pub rows: usize,
+    pub panel: usize,
+    pub panels: usize,
+}
+
+impl TileAt {
+    /// Where its results go in the `[rows][panels · PANEL]` output of `shape`'s
+    /// product whose rows are `stride` apart.
+    pub fn out(self, shape: Shape, stride: usize) -> Out {
+        Out {
+            stride,
+            column: self.group * shape.group * stride + self.panel * PANEL,
+        }
+    }
+}
+
+/// The tiles of a product, in the order they run: blocks of panels, in each every
+/// group of rows, in each the block's panels by tiles ([`Shape::tiles`]).
+pub(super) struct Tiles {
+    shape: Shape,
+    rows: usize,
+    count: usize,
+    block: usize,
+    first: usize,
+    group: usize,
+    panel: usize,
+}
+
+impl Iterator for Tiles {
+    type Item = TileAt;
+
+    fn next(&mut self) -> Option<TileAt> {
+        while self.first < self.count {
+            let end = (self.first + self.block).min(self.count);
+            if self.group * self.shape.group >= self.rows {
+                (self.first, self.group, self.panel) = (end, 0, end);
+            } else if self.panel >= end {
+                (self.group, self.panel) = (self.group + 1, self.first);
+            } else {
+                let rows = (self.rows - self.group * self.shape.group).min(self.shape.group);
+                let panels = self.shape.tile(rows, end - self.panel);
+                let at = TileAt {
+                    group: self.group,
+                    rows,
+                    panel: self.panel,
+                    panels,
+                };
+                self.panel += panels;
+                return Some(at);
+            }
+        }
+        None
+    }
+}
+
+impl Shape {
+    /// The tiles of a product of `rows` input rows by `count` panels of `bytes`
+    /// each.
+    pub(super) fn tiles(self, rows: usize, count: usize, bytes: usize) -> Tiles {
+        Tiles {
+            shape: self,
+            rows,
+            count,
+            block: self.block(bytes, rows),
+            first: 0,
+            group: 0,
+            panel: 0,
+        }
+    }
+}
+
+/// `y[r][p·PANEL + l] = Σ_k x[r][k] · w[p·PANEL + l][k]` over the given panels (laid
+/// out as [`super::panels`] packs them), with `x` interleaved by groups of
+/// [`Shape::group`] rows of `isa`'s shape; `y` is `[rows][panels · PANEL]`. Built for
+/// `isa` (the avx512_bf16 build's own products of bf16 panels are [`super::dot`]'s).
 pub fn product<T: PanelValue>(
     isa: Isa,
     grouped: &[f32],
@@ -109,7 +186,7 @@ pub fn product<T: PanelValue>(
     y: &mut [f32],
 ) {
     match isa {
-        Isa::Avx512 => product_avx512(grouped, rows, inner, panels, y),
+        Isa::Avx512 | Isa::Avx512Bf16 => product_avx512(grouped, rows, inner, panels, y),
         Isa::Avx2 => product_avx2(grouped, rows, inner, panels, y),
         Isa::Portable => product_body::<T, false>(Shape::of(isa), grouped, rows, inner, panels, y),
     }
@@ -128,8 +205,7 @@ fn product_avx2<T: PanelValue>(g: &[f32], rows: usize, inner: usize, p: &[T], y:
     product_body::<T, true>(Shape::of(Isa::Avx2), g, rows, inner, p, y)
 }
 
-/// [`product`]'s loops, inlined into each build: blocks of panels, in each every group
-/// of rows, in each the block's panels by tiles.
+/// [`product`]'s loop over the tiles ([`Shape::tiles`]), inlined into each build.
 #[inline(always)]
 fn product_body<T: PanelValue, const FUSED: bool>(
     shape: Shape,
@@ -140,24 +216,11 @@ fn product_body<T: PanelValue, const FUSED: bool>(
     y: &mut [f32],
 ) {
     let stride = y.len() / rows;
-    let size = inner * PANEL;
-    let count = panels.len() / size;
-    let block = shape.block(size * size_of::<T>(), rows);
-    for first in (0..count).step_by(block) {
-        let end = (first + block).min(count);
-        for (g, x) in grouped.chunks(shape.group * inner).enumerate() {
-            let r = x.len() / inner;
-            let mut p = first;
-            while p < end {
-                let n = shape.tile(r, end - p);
-                let at = Out {
-                    stride,
-                    column: g * shape.group * stride + p * PANEL,
-                };
-                tile::<T, FUSED>(r, n, x, &panels[p * size..(p + n) * size], y, at);
-                p += n;
-            }
-        }
+    let size = inner.next_multiple_of(T::STEP) * PANEL;
+    for t in shape.tiles(rows, panels.len() / size, size * size_of::<T>()) {
+        let x = &grouped[t.group * shape.group * inner..][..t.rows * inner];
+        let w = &panels[t.panel * size..][..t.panels * size];
+        tile::<T, FUSED>(t.rows, t.panels, x, w, y, t.out(shape, stride));
     }
 }
 
@@ -200,12 +263,15 @@ fn fma<const FUSED: bool>(v: f32, w: f32, a: f32) -> f32 {
     if FUSED { v.mul_add(w, a) } else { a + v * w }
 }
 
-/// A panel's values at one position, widened to f32.
+/// A panel's values at position `k`, widened to f32 (the panel holds its lanes'
+/// values [`PanelValue::STEP`] positions at a time).
 #[inline(always)]
-fn widened<T: PanelValue>(w: &[T]) -> [f32; PANEL] {
+fn widened<T: PanelValue>(panel: &[T], k: usize) -> [f32; PANEL] {
+    let chunk: &[T] = &panel[k / T::STEP * PANEL * T::STEP..][..PANEL * T::STEP];
+    let at = k % T::STEP;
     let mut out = [0f32; PANEL];
-    for (o, v) in out.iter_mut().zip(w) {
-        *o = v.widen();
+    for (l, o) in out.iter_mut().enumerate() {
+        *o = chunk[l * T::STEP + at].widen();
     }
     out
 }
@@ -229,7 +295,7 @@ fn tile_of<T: PanelValue, const FUSED: bool, const R: usize, const S: usize, con
     for (k, v) in x.chunks_exact(R + S).enumerate() {
         // (A loop, not `array::from_fn`: a closure is not built for the target ISA.)
         for (p, wk) in wk.iter_mut().enumerate() {
-            *wk = widened(&w[p * size + k * PANEL..][..PANEL]);
+            *wk = widened(&w[p * size..][..size], k);
         }
         accumulate::<FUSED, R, P>(&mut first, &v[..R], &wk);
         accumulate::<FUSED, S, P>(&mut second, &v[R..], &wk);
@@ -282,7 +348,7 @@ mod tests {
 
     #[test]
     fn every_shape_takes_tiles_that_exist_and_cover_each_block() {
-        for isa in [Isa::Avx512, Isa::Avx2, Isa::Portable] {
+        for isa in [Isa::Avx512Bf16, Isa::Avx512, Isa::Avx2, Isa::Portable] {
             let shape = Shape::of(isa);
             assert_eq!(shape.tile_panels.len(), shape.group);
             for rows in 1..=shape.group {

@@ -11,6 +11,7 @@
 //! two layout conversions: together most of a step at the batch sizes of a rollout.
 
 mod blocks;
+mod dot;
 mod host_kv;
 mod host_math;
 mod isa;
@@ -25,7 +26,7 @@ use tch::{Kind, Tensor};
 
 use self::blocks::{PackedLayer, Step};
 use self::host_kv::HostKv;
-pub use self::isa::{ATEN_VAR, CEILING_VAR, Ceiling, bf16_units};
+pub use self::isa::{ATEN_VAR, CEILING_VAR, Ceiling, amx_tiles, bf16_units};
 use self::panels::Panels;
 use self::team::Team;
 use self::threads::TorchThreads;
@@ -91,11 +92,25 @@ impl<'a> CpuDecoder<'a> {
     /// products were measured ahead of oneDNN's up to here (it takes any number).
     pub const MAX_BATCH: usize = panels::MAX_ROWS;
 
-    /// Most sequences it is chosen for with bf16 products on a CPU with bf16 units,
-    /// where oneDNN's bf16 kernels lead beyond (on an Intel Xeon with AMX-BF16, mixed
-    /// precision, 128 tokens: this decoder 64.6 / 243 / 357 tok/s at batch 1 / 8 /
-    /// 32, libtorch's 35.6 / 229 / 531).
-    pub const MAX_BF16_BATCH: usize = 8;
+    /// Most sequences it is chosen for with bf16 products on a CPU with AMX-BF16
+    /// tiles, where oneDNN's AMX kernels lead beyond (on an Intel Xeon, mixed
+    /// precision, 128 tokens, before its bf16 dot products: this decoder 64.6 /
+    /// 243 / 357 tok/s at batch 1 / 8 / 32, libtorch's 35.6 / 229 / 531). Without
+    /// tiles it leads up to [`CpuDecoder::MAX_BATCH`]: on an AMD EPYC Zen 4
+    /// (AVX512-BF16, no AMX), 64 new tokens, two rounds, 370 / 395 / 472 and 382 /
+    /// 445 / 499 tok/s at batch 8 / 16 / 32 against libtorch's 309 / 257 / 337 and
+    /// 318 / 310 / 400 (at 8, the widening kernel's).
+    pub const MAX_AMX_BATCH: usize = 8;
+
+    /// Most sequences it is chosen for with bf16 products on this CPU (its bf16 units
+    /// and tiles): [`CpuDecoder::MAX_AMX_BATCH`] with AMX tiles, else
+    /// [`CpuDecoder::MAX_BATCH`].
+    pub fn max_bf16_batch() -> usize {
+        match isa::amx_tiles() {
+            true => Self::MAX_AMX_BATCH,
+            false => Self::MAX_BATCH,
+        }
+    }
 
     /// Packs `weights` (f32 on the CPU) for a team of as many threads as libtorch's
     /// intra-op pool, or takes the panels the transformer kept from an earlier

@@ -31,6 +31,7 @@ use std::sync::Arc;
 
 use tch::{Device, Kind, Tensor};
 
+use super::dot;
 use super::isa::Isa;
 use super::kernel::{Shape, product};
 use super::team::Team;
@@ -46,8 +47,13 @@ const CHUNK: usize = 1 << 20;
 /// kernel, compute-bound from about 16 rows, was not measured past 32).
 pub const MAX_ROWS: usize = 32;
 
-/// A value a panel holds: f32, or bf16's bits, widened to f32 in the kernel.
+/// A value a panel holds: f32, bf16's bits or int8, widened to f32 in the kernel.
 pub trait PanelValue: Copy + Default + Send + Sync + 'static {
+    /// Positions a panel keeps together for each output row (lane): its values lie
+    /// by runs of this many positions, lane after lane within a run (1: position
+    /// after position). bf16 panels hold pairs, the operands of AVX512-BF16's dot
+    /// product.
+    const STEP: usize = 1;
     /// The value as f32.
     fn widen(self) -> f32;
 }
@@ -71,6 +77,7 @@ impl PanelValue for i8 {
 pub struct Bf16(pub u16);
 
 impl PanelValue for Bf16 {
+    const STEP: usize = 2;
     #[inline(always)]
     fn widen(self) -> f32 {
         f32::from_bits(u32::from(self.0) << 16)
@@ -123,7 +130,9 @@ pub struct Panels {
 /// time to pack, most of it spent faulting in fresh pages.
 fn pack_values<T: PanelValue>(weight: &Tensor, mut read: impl FnMut(&Tensor, &mut [T])) -> Vec<T> {
     let (out, inner) = (weight.size()[0] as usize, weight.size()[1] as usize);
-    let mut values = vec![T::default(); out.div_ceil(PANEL) * PANEL * inner];
+    // Positions past `inner` up to a whole run of `T::STEP` hold zeros.
+    let padded = inner.next_multiple_of(T::STEP);
+    let mut values = vec![T::default(); out.div_ceil(PANEL) * PANEL * padded];
     let chunk_rows = (CHUNK / inner.max(1)).max(1);
     let mut chunk = vec![T::default(); chunk_rows * inner];
     for first in (0..out).step_by(chunk_rows) {
@@ -132,9 +141,12 @@ fn pack_values<T: PanelValue>(weight: &Tensor, mut read: impl FnMut(&Tensor, &mu
         read(&weight.narrow(0, first as i64, n as i64), rows);
         for (i, row) in rows.chunks_exact(inner).enumerate() {
             let (panel, lane) = ((first + i) / PANEL, (first + i) % PANEL);
-            let panel = &mut values[panel * PANEL * inner..][..PANEL * inner];
-            for (slot, &v) in panel.chunks_exact_mut(PANEL).zip(row) {
-                slot[lane] = v;
+            let panel = &mut values[panel * PANEL * padded..][..PANEL * padded];
+            for (runs, run) in panel
+                .chunks_exact_mut(PANEL * T::STEP)
+                .zip(row.chunks(T::STEP))
+            {
+                runs[lane * T::STEP..][..run.len()].copy_from_slice(run);
             }
         }
     }
@@ -232,13 +244,26 @@ impl Panels {
         out
     }
 
-    /// [`Panels::apply_on`] of 1 to [`MAX_ROWS`] rows.
+    /// [`Panels::apply_on`] of 1 to [`MAX_ROWS`] rows. bf16 panels take their input
+    /// rounded to bf16 on every build, as the avx512_bf16 build's dot products do
+    /// (and oneDNN's bf16 products): the builds differ only in the order of the sums.
     fn apply_few(&self, isa: Isa, input: &[f32], rows: usize) -> Vec<f32> {
+        assert!((1..=MAX_ROWS).contains(&rows) && input.len() == rows * self.inner);
         let mut out = match &self.values {
-            Values::F32(values) => self.apply_values(isa, values, input, rows),
-            Values::Bf16(values) => self.apply_values(isa, values, input, rows),
+            Values::F32(values) => self.widening(isa, values, input, rows),
+            Values::Bf16(values) if isa == Isa::Avx512Bf16 => {
+                let (inner, group) = (self.inner, Shape::of(isa).group);
+                let pairs = Arc::new(dot::pairs(input, rows, inner, group));
+                self.apply_values(values, rows, move |w, y| {
+                    dot::product(&pairs, rows, inner, w, y)
+                })
+            }
+            Values::Bf16(values) => {
+                let rounded: Vec<f32> = input.iter().map(|&v| Bf16::round(v).widen()).collect();
+                self.widening(isa, values, &rounded, rows)
+            }
             Values::Int8 { values, scales } => {
-                let mut out = self.apply_values(isa, values, input, rows);
+                let mut out = self.widening(isa, values, input, rows);
                 for row in out.chunks_exact_mut(self.out) {
                     row.iter_mut().zip(scales).for_each(|(v, s)| *v *= s);
                 }
@@ -253,17 +278,33 @@ impl Panels {
         out
     }
 
-    /// [`Panels::apply_few`] over the panels `values`, before scales and bias.
-    fn apply_values<T: PanelValue>(
+    /// The products of [`super::kernel`] (each panel value widened to f32) over the
+    /// panels `values`, before scales and bias.
+    fn widening<T: PanelValue>(
         &self,
         isa: Isa,
         values: &Arc<Vec<T>>,
         input: &[f32],
         rows: usize,
     ) -> Vec<f32> {
-        assert!((1..=MAX_ROWS).contains(&rows) && input.len() == rows * self.inner);
         let inner = self.inner;
-        let panels = values.len() / (inner * PANEL);
+        let grouped = Arc::new(interleave(input, rows, inner, Shape::of(isa).group));
+        self.apply_values(values, rows, move |w, y| {
+            product(isa, &grouped, rows, inner, w, y)
+        })
+    }
+
+    /// `rows` rows' products with the panels `values` by `product` (of a run of
+    /// panels into its `[rows][panels · PANEL]` output), on every thread of the team,
+    /// each taking a contiguous share of the panels: `rows × out`, row-major.
+    fn apply_values<T: PanelValue>(
+        &self,
+        values: &Arc<Vec<T>>,
+        rows: usize,
+        product: impl Fn(&[T], &mut [f32]) + Send + Sync + 'static,
+    ) -> Vec<f32> {
+        let size = self.inner.next_multiple_of(T::STEP) * PANEL;
+        let panels = values.len() / size;
         let parts = self.team.size();
         // Each thread's share: a contiguous run of panels, in pairs.
         let bounds = move |i: usize| {
@@ -273,14 +314,12 @@ impl Panels {
                 (pairs * (i + 1) / parts * 2).min(panels),
             )
         };
-        let grouped = Arc::new(interleave(input, rows, inner, Shape::of(isa).group));
         let values = Arc::clone(values);
         let shares = self.team.run(Arc::new(move |i: usize| {
             let (first, end) = bounds(i);
             let mut y = vec![0f32; rows * (end - first) * PANEL];
-            let weights = &values[first * inner * PANEL..end * inner * PANEL];
             if !y.is_empty() {
-                product(isa, &grouped, rows, inner, weights, &mut y);
+                product(&values[first * size..end * size], &mut y);
             }
             y
         }));
@@ -344,60 +383,70 @@ mod tests {
         // 136 outputs: eight full panels and a padded one, so that some shares end
         // with an odd panel out (or are only that) and a team of one takes two full
         // blocks of AVX2's four panels and a part of one; with a bias. bf16 panels against
-        // the f32 product of the bf16-rounded weight, int8 panels against that of the
+        // the f32 product of the bf16-rounded input and weight (every build: the
+        // avx512_bf16 one's dot products and the others' widening), int8 panels against that of the
         // weight quantized row by row (the kernel adds no rounding of its own: it
         // widens exactly and accumulates in f32).
-        let w = Tensor::randn([136, 24], (Kind::Float, Device::Cpu));
-        let b = Tensor::randn([136], (Kind::Float, Device::Cpu));
-        let w16 = w.to_kind(Kind::BFloat16);
-        // The scales as the packing divides (libtorch turns a division by a scalar
-        // into a product by its reciprocal, an ulp away, which moves near-halves).
-        let int8 = |w: &Tensor| {
-            let largest = w.abs().amax([1], true);
-            let scales = &largest / largest.full_like(127.0);
-            (w / &scales).round() * &scales
-        };
-        let w8 = int8(&w);
-        let cases = [
-            (&w, RolloutWeights::Products, w.shallow_clone(), "f32"),
-            (
-                &w16,
-                RolloutWeights::Products,
-                w16.to_kind(Kind::Float),
-                "bf16",
-            ),
-            (&w, RolloutWeights::Int8, w8, "int8"),
-            (
-                &w16,
-                RolloutWeights::Int8,
-                {
-                    let w = w16.to_kind(Kind::Float);
-                    let s = w.abs().amax([1], true) / 127.0;
-                    (&w / &s).round() * &s
-                },
-                "int8",
-            ),
-        ];
-        let isas = Isa::available();
-        assert!(isas.contains(&Isa::Portable));
-        for (stored, storage, exact, kind) in &cases {
-            for threads in [1, 2, 3] {
-                let team = Arc::new(Team::new(threads));
-                let panels = Panels::pack(stored, Some(&b), *storage, team);
-                assert_eq!(panels.stored(), *kind);
-                // Past MAX_ROWS, in runs: a full run and a part of one.
-                for rows in (1..=MAX_ROWS as i64).chain([2 * MAX_ROWS as i64 + 5]) {
-                    let x = Tensor::randn([rows, 24], (Kind::Float, Device::Cpu));
-                    let input = Vec::<f32>::try_from(&x.view([-1])).unwrap();
-                    let expected = x.linear(exact, Some(&b)).view([-1]);
-                    for &isa in &isas {
-                        let got = panels.apply_on(isa, &input, rows as usize);
-                        let diff = (Tensor::from_slice(&got) - &expected)
-                            .abs()
-                            .max()
-                            .double_value(&[]);
-                        let at = format!("{} {kind} {threads} threads, {rows} rows", isa.name());
-                        assert!(diff < 1e-4, "{at}: {diff}");
+        // 24 inputs and 25 (an odd count: bf16's last pair padded).
+        for inner in [24i64, 25] {
+            let w = Tensor::randn([136, inner], (Kind::Float, Device::Cpu));
+            let b = Tensor::randn([136], (Kind::Float, Device::Cpu));
+            let w16 = w.to_kind(Kind::BFloat16);
+            // The scales as the packing divides (libtorch turns a division by a scalar
+            // into a product by its reciprocal, an ulp away, which moves near-halves).
+            let int8 = |w: &Tensor| {
+                let largest = w.abs().amax([1], true);
+                let scales = &largest / largest.full_like(127.0);
+                (w / &scales).round() * &scales
+            };
+            let w8 = int8(&w);
+            let cases = [
+                (&w, RolloutWeights::Products, w.shallow_clone(), "f32"),
+                (
+                    &w16,
+                    RolloutWeights::Products,
+                    w16.to_kind(Kind::Float),
+                    "bf16",
+                ),
+                (&w, RolloutWeights::Int8, w8, "int8"),
+                (
+                    &w16,
+                    RolloutWeights::Int8,
+                    {
+                        let w = w16.to_kind(Kind::Float);
+                        let s = w.abs().amax([1], true) / 127.0;
+                        (&w / &s).round() * &s
+                    },
+                    "int8",
+                ),
+            ];
+            let isas = Isa::available();
+            assert!(isas.contains(&Isa::Portable));
+            for (stored, storage, exact, kind) in &cases {
+                for threads in [1, 2, 3] {
+                    let team = Arc::new(Team::new(threads));
+                    let panels = Panels::pack(stored, Some(&b), *storage, team);
+                    assert_eq!(panels.stored(), *kind);
+                    // Past MAX_ROWS, in runs: a full run and a part of one.
+                    for rows in (1..=MAX_ROWS as i64).chain([2 * MAX_ROWS as i64 + 5]) {
+                        let x = Tensor::randn([rows, inner], (Kind::Float, Device::Cpu));
+                        let input = Vec::<f32>::try_from(&x.view([-1])).unwrap();
+                        // bf16 panels take their input rounded to bf16.
+                        let x = match *kind {
+                            "bf16" => x.to_kind(Kind::BFloat16).to_kind(Kind::Float),
+                            _ => x,
+                        };
+                        let expected = x.linear(exact, Some(&b)).view([-1]);
+                        for &isa in &isas {
+                            let got = panels.apply_on(isa, &input, rows as usize);
+                            let diff = (Tensor::from_slice(&got) - &expected)
+                                .abs()
+                                .max()
+                                .double_value(&[]);
+                            let at =
+                                format!("{} {kind} {threads} threads, {rows} rows", isa.name());
+                            assert!(diff < 1e-4, "{at}: {diff}");
+                        }
                     }
                 }
             }
@@ -413,12 +462,22 @@ mod tests {
             let s = w.abs().amax([1], true) / 127.0;
             (&w / &s).round() * &s
         };
-        for (storage, exact) in [(RolloutWeights::Products, &w), (RolloutWeights::Int8, &w8)] {
+        let w16 = w.to_kind(Kind::BFloat16);
+        let bf16 = |t: &Tensor| t.to_kind(Kind::BFloat16).to_kind(Kind::Float);
+        for (stored, storage, exact) in [
+            (&w, RolloutWeights::Products, &w),
+            (&w, RolloutWeights::Int8, &w8),
+            (&w16, RolloutWeights::Products, &bf16(&w)),
+        ] {
             for threads in [1, 2] {
-                let panels = Panels::pack(&w, None, storage, Arc::new(Team::new(threads)));
+                let panels = Panels::pack(stored, None, storage, Arc::new(Team::new(threads)));
                 for rows in [5i64, 13, 32] {
                     let x = Tensor::randn([rows, 4100], (Kind::Float, Device::Cpu));
                     let input = Vec::<f32>::try_from(&x.view([-1])).unwrap();
+                    let x = match panels.stored() {
+                        "bf16" => bf16(&x),
+                        _ => x,
+                    };
                     let expected = x.linear(exact, None::<&Tensor>).view([-1]);
                     let scale = expected.abs().max().double_value(&[]);
                     for isa in Isa::available() {
