@@ -213,7 +213,7 @@ impl Isa {
                 .unwrap_or(Self::Portable);
             info!(
                 isa = isa.name(),
-                bf16_units = bf16_units(),
+                bf16_units = isa == Self::Avx512Bf16,
                 "CPU decoder kernels: f32, bf16 and int8 panels (bf16 by AVX512-BF16's dot \
                  products on the avx512_bf16 build, else widened to f32 in registers)"
             );
@@ -225,17 +225,9 @@ impl Isa {
 /// Whether the CPU computes bf16 products natively (AVX512-BF16's dot products; the
 /// CPUs with AMX-BF16 tiles have it too), which libtorch's oneDNN kernels use: without
 /// them bf16 products are emulated and slower than f32. False under a [`Ceiling`]
-/// below `avx512_bf16`.
+/// below `avx512_bf16`: the CPU decoder then runs its `avx512_bf16` build.
 pub fn bf16_units() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512bf16")
-            && Ceiling::of_process().is_none_or(|c| c == Ceiling::Avx512Bf16)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    Isa::detected() == Isa::Avx512Bf16
 }
 
 /// Whether the CPU has AMX-BF16 tiles (Intel from Sapphire Rapids), which oneDNN's

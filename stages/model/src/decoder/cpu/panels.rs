@@ -13,12 +13,13 @@
 //! contiguous share of the panels. Compiled for AVX-512 and AVX2 and picked at run
 //! time ([`Isa`]), with a portable build as fallback.
 //!
-//! Panels hold f32, or bf16 (mixed precision's rollouts): the kernel widens each
-//! loaded bf16 panel to f32 in registers (a shift of its 16 bits) and accumulates in
-//! f32, so a step reads half the bytes and adds bf16's rounding of the weights only.
-//! Or int8 (`model.rollout_weights: int8`): each output row quantized with its own
-//! scale when packed, widened the same way, the row's scale applied to its output:
-//! a quarter of f32's bytes.
+//! Panels hold f32, or bf16 (mixed precision's rollouts), which take their input
+//! rounded to bf16 as oneDNN's bf16 products do: on the avx512_bf16 build by
+//! AVX512-BF16's dot products ([`super::dot`]), elsewhere by widening each loaded bf16
+//! panel to f32 in registers (a shift of its 16 bits); either way the sums are f32 and
+//! a step reads half the bytes. Or int8 (`model.rollout_weights: int8`): each output
+//! row quantized with its own scale when packed, widened the same way, the row's scale
+//! applied to its output: a quarter of f32's bytes.
 //!
 //! Measured on this workplace's 2-core Zen 5 over the 30 layers of SmolLM2-135M
 //! (425 MB of weights): one thread reads them at 33 GB/s for one row and 20 GB/s
