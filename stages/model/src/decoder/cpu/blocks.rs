@@ -36,13 +36,13 @@ pub(super) struct PackedLayer {
 
 /// An RMSNorm's weight and ε on the host.
 #[derive(Debug)]
-struct HostNorm {
+pub(super) struct HostNorm {
     weight: Vec<f32>,
     eps: f32,
 }
 
 impl HostNorm {
-    fn new(norm: &RmsNorm) -> Self {
+    pub(super) fn new(norm: &RmsNorm) -> Self {
         let w = tch::no_grad(|| norm.weight().to_kind(Kind::Float).contiguous());
         Self {
             weight: Vec::<f32>::try_from(&w).expect("a flat f32 CPU tensor"),
@@ -50,7 +50,8 @@ impl HostNorm {
         }
     }
 
-    fn forward(&self, x: &[f32]) -> Vec<f32> {
+    /// Each row of `x` (rows of the weight's length) normalized.
+    pub(super) fn forward(&self, x: &[f32]) -> Vec<f32> {
         rms_norm(x, &self.weight, self.eps)
     }
 }

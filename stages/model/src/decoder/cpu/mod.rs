@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use tch::{Kind, Tensor};
 
-use self::blocks::{PackedLayer, Step};
+use self::blocks::{HostNorm, PackedLayer, Step};
 use self::host_kv::HostKv;
 pub use self::isa::{ATEN_VAR, CEILING_VAR, Ceiling, amx_tiles, bf16_units};
 use self::panels::Panels;
@@ -52,6 +52,7 @@ pub struct CpuDecoder<'a> {
 #[derive(Debug)]
 pub struct PackedModel {
     layers: Vec<PackedLayer>,
+    final_norm: HostNorm,
     head: Panels,
     team: Arc<Team>,
 }
@@ -68,7 +69,12 @@ impl PackedModel {
             .map(|(block, maps)| PackedLayer::pack(block, maps, transformer.spec(), storage, &team))
             .collect();
         let head = Panels::pack(head, None, storage, Arc::clone(&team));
-        Self { layers, head, team }
+        Self {
+            layers,
+            final_norm: HostNorm::new(transformer.final_norm()),
+            head,
+            team,
+        }
     }
 
     /// Threads of its team.
@@ -194,9 +200,7 @@ impl Decoder for CpuDecoder<'_> {
             x = layer.forward(x, &step, &mut state.cache, i);
         }
         state.cache.advance();
-        let hidden = Tensor::from_slice(&x).view([rows, transformer.spec().hidden_size]);
-        let normed = transformer.final_norm().forward(&hidden);
-        let normed = Vec::<f32>::try_from(&normed.contiguous().view([-1])).expect("f32 rows");
+        let normed = self.packed.final_norm.forward(&x);
         let logits = self.packed.head.apply(&normed, rows as usize);
         Tensor::from_slice(&logits).view([rows, -1])
     }
