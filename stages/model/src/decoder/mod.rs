@@ -19,8 +19,8 @@ use std::sync::Mutex;
 use tch::{Device, Kind, Tensor};
 use tracing::info;
 
-pub(crate) use cpu::PackedModel;
 pub use cpu::{ATEN_VAR, CEILING_VAR, Ceiling, CpuDecoder, amx_tiles, bf16_units};
+pub(crate) use cpu::{PackedModel, host_math};
 pub use libtorch::LibtorchDecoder;
 
 use crate::config::RolloutWeights;

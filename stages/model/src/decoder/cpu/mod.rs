@@ -13,7 +13,7 @@
 mod blocks;
 mod dot;
 mod host_kv;
-mod host_math;
+pub(crate) mod host_math;
 mod isa;
 mod kernel;
 mod panels;
