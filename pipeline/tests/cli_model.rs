@@ -2,7 +2,12 @@
 //! fixtures, and refuse what they cannot do with a clear message.
 
 use std::path::{Path, PathBuf};
+#[path = "../../tests/tests/common/deadline.rs"]
+mod deadline;
+
 use std::process::{Command, Output};
+
+use deadline::Finish;
 
 use serde_json::Value;
 
@@ -15,8 +20,7 @@ fn fixture(name: &str) -> PathBuf {
 fn pipeline(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pipeline"))
         .args(args)
-        .output()
-        .unwrap()
+        .finish()
 }
 
 fn reference(name: &str) -> Value {

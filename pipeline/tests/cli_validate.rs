@@ -2,7 +2,12 @@
 //! one exits 0 and prints the resolved plan.
 
 use std::path::{Path, PathBuf};
+#[path = "../../tests/tests/common/deadline.rs"]
+mod deadline;
+
 use std::process::{Command, Output};
+
+use deadline::Finish;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -15,8 +20,7 @@ fn validate(config: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pipeline"))
         .arg("validate")
         .arg(config)
-        .output()
-        .unwrap()
+        .finish()
 }
 
 #[test]
@@ -298,8 +302,7 @@ fn validate_opens_the_model_folders_and_bounds_new_tokens_by_the_context() {
         .args(["generate", "--model"])
         .arg(&fixture)
         .args(["--chat", "Hi", "--max-new-tokens", "100000000"])
-        .output()
-        .unwrap();
+        .finish();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -319,7 +322,7 @@ fn validate_opens_the_model_folders_and_bounds_new_tokens_by_the_context() {
         if allow {
             command.arg("--allow-past-context");
         }
-        command.output().unwrap()
+        command.finish()
     };
     let refused = past(false);
     let stderr = String::from_utf8_lossy(&refused.stderr);

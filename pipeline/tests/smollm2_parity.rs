@@ -4,7 +4,12 @@
 //! the same file.
 
 use std::path::{Path, PathBuf};
+#[path = "../../tests/tests/common/deadline.rs"]
+mod deadline;
+
 use std::process::Command;
+
+use deadline::Finish;
 use std::sync::OnceLock;
 
 use lsp_model::{GenerationRequest, LanguageModel, LoadOptions, Message, SamplingConfig};
@@ -26,8 +31,7 @@ fn model_dir() -> &'static Path {
         let status = Command::new(env!("CARGO_BIN_EXE_pipeline"))
             .args(["model", "fetch", "smollm2-135m-instruct", "--out"])
             .arg(&out)
-            .output()
-            .unwrap();
+            .finish();
         assert!(
             status.status.success(),
             "fetch failed: {}",
@@ -164,16 +168,14 @@ fn fetch_is_idempotent_and_names_unknown_models() {
     let again = Command::new(env!("CARGO_BIN_EXE_pipeline"))
         .args(["model", "fetch", "smollm2-135m-instruct", "--out"])
         .arg(dir)
-        .output()
-        .unwrap();
+        .finish();
     assert!(again.status.success());
     assert!(
         String::from_utf8_lossy(&again.stdout).starts_with("already have smollm2-135m-instruct")
     );
     let unknown = Command::new(env!("CARGO_BIN_EXE_pipeline"))
         .args(["model", "fetch", "gpt-5"])
-        .output()
-        .unwrap();
+        .finish();
     assert_eq!(unknown.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&unknown.stderr);
     assert!(

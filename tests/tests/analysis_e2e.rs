@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::deadline::Finish;
 use common::{config, pipeline, python_json, records, repo, run};
 use lsp_schemas::{GameRecordRow, MonitorBatch, MonitorRow, TypedBatch, read_parquet};
 use serde_json::Value;
@@ -247,7 +248,7 @@ fn recipes_report_and_monitor_agree_with_rust_on_a_real_run() {
     }
 
     // An evaluation of the run's final model, which the report lists.
-    let status = Command::new(pipeline())
+    let out = Command::new(pipeline())
         .current_dir(repo())
         .args([
             "eval",
@@ -263,9 +264,12 @@ fn recipes_report_and_monitor_agree_with_rust_on_a_real_run() {
         .arg(run_dir.join("final"))
         .arg("--out")
         .arg(run_dir.join("eval/gsm8k"))
-        .status()
-        .unwrap();
-    assert!(status.success());
+        .finish();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     check_report(&run_dir, &its, &monitor);
 }
@@ -274,14 +278,17 @@ fn recipes_report_and_monitor_agree_with_rust_on_a_real_run() {
 /// the plain way equal the live dataflow's, and its plots draw the real values.
 fn check_report(run_dir: &Path, its: &BTreeMap<u64, Vec<&GameRecordRow>>, monitor: &[MonitorRow]) {
     let report = |out: &Path| -> Value {
-        let status = Command::new(pipeline())
+        let done = Command::new(pipeline())
             .arg("report")
             .arg(run_dir)
             .arg("--out")
             .arg(out)
-            .status()
-            .unwrap();
-        assert!(status.success());
+            .finish();
+        assert!(
+            done.status.success(),
+            "{}",
+            String::from_utf8_lossy(&done.stderr)
+        );
         serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap()
     };
     let live_out = run_dir.join("report");

@@ -7,6 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
+use common::deadline::Finish;
 use common::{pipeline, repo};
 use lsp_schemas::{TaskBatch, TypedBatch, WinRateBatch, read_parquet};
 use serde_json::Value;
@@ -26,8 +27,7 @@ fn eval(args: &[&str]) -> Value {
         .arg("eval")
         .args(args)
         .args(["--threads", "1"])
-        .output()
-        .unwrap();
+        .finish();
     assert!(
         out.status.success(),
         "pipeline eval {args:?}:\n{}",

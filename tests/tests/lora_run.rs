@@ -9,6 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::deadline::Finish;
 use common::{config, pipeline, records, repo, run, run_with};
 
 /// The tiny LSP config with `model` settings added.
@@ -35,8 +36,7 @@ fn generate(args: &[&str]) -> String {
         ])
         .args(["--json"])
         .args(args)
-        .output()
-        .unwrap();
+        .finish();
     assert!(
         out.status.success(),
         "{}",
@@ -132,11 +132,7 @@ fn validate_refuses_an_adapter_that_does_not_fit() {
     let fixture = repo().join("tests/fixtures/tiny-llama-lora");
     let settings = format!("adapter: {}, lora: {{r: 8}}", fixture.display());
     let path = lora_config(dir.path(), 1, &settings);
-    let out = Command::new(pipeline())
-        .arg("validate")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = Command::new(pipeline()).arg("validate").arg(&path).finish();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

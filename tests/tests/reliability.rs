@@ -6,6 +6,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::deadline::Finish;
 use common::{config, pipeline, records, run, run_fails};
 
 #[test]
@@ -40,8 +41,7 @@ fn a_live_run_locks_its_folder_and_a_kill_releases_it() {
             .arg("run")
             .arg(&cfg)
             .args(flags)
-            .output()
-            .unwrap();
+            .finish();
         let stderr = String::from_utf8_lossy(&second.stderr);
         assert!(!second.status.success(), "{flags:?} was accepted");
         assert!(
@@ -292,4 +292,34 @@ fn a_resume_keeps_the_runs_config_or_records_the_change_it_was_allowed() {
     assert_eq!(last["changed"], serde_json::json!(["update.learning_rate"]));
     assert_eq!(last["config"]["update"]["learning_rate"], 2.0e-3);
     assert_eq!(records(dir.path()).len(), 4 * 3 * 2);
+}
+
+/// The tests' processes run within a deadline: one that hangs is killed and its test
+/// fails, and one within it gives its output as `Command::output` would.
+#[test]
+fn a_hung_process_is_killed_and_fails_its_test() {
+    let child = Command::new("sleep")
+        .arg("30")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let hung = std::panic::catch_unwind(|| {
+        common::deadline::wait_within(child, "sleep 30", std::time::Duration::from_millis(300))
+    });
+    let message = *hung.unwrap_err().downcast::<String>().unwrap();
+    assert!(
+        message.contains("sleep 30 ran past") && message.contains("was killed"),
+        "{message}"
+    );
+    assert!(started.elapsed().as_secs() < 10);
+    let out = Command::new("sh")
+        .args(["-c", "echo out; echo err >&2; exit 3"])
+        .finish();
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(
+        (out.stdout.as_slice(), out.stderr.as_slice()),
+        (&b"out\n"[..], &b"err\n"[..])
+    );
 }

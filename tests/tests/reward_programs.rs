@@ -8,6 +8,7 @@ mod common;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+use common::deadline::Finish;
 use common::{config_with, python, records, repo, run};
 
 /// Replies of `program` to `requests`, one JSON value per line.
@@ -23,7 +24,7 @@ fn replies(program: &str, requests: &[serde_json::Value]) -> Vec<serde_json::Val
         writeln!(stdin, "{request}").unwrap();
     }
     drop(stdin);
-    let out = child.wait_with_output().unwrap();
+    let out = child.finish();
     assert!(out.status.success());
     String::from_utf8(out.stdout)
         .unwrap()
@@ -118,7 +119,7 @@ fn a_weighted_sum_of_the_example_programs_plays_grpo_on_gsm8k() {
          print(json.dumps(rows))",
         dir.path().display()
     );
-    let out = Command::new(python()).arg("-c").arg(&sql).output().unwrap();
+    let out = Command::new(python()).arg("-c").arg(&sql).finish();
     assert!(
         out.status.success(),
         "{}",

@@ -8,6 +8,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
+use common::deadline::Finish;
 use common::{
     config, config_with, pipeline, records, records_in, repo, run, run_with, run_with_env,
     with_model_options,
@@ -77,11 +78,7 @@ fn resume_after_an_interrupted_checkpoint_redoes_the_iteration_identically() {
     std::fs::remove_file(root.join("checkpoints/iteration-000003/state.json")).unwrap();
     std::fs::remove_dir_all(root.join("final")).unwrap();
     // Without --resume the folder is refused rather than overwritten.
-    let refused = Command::new(pipeline())
-        .arg("run")
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let refused = Command::new(pipeline()).arg("run").arg(&cfg).finish();
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("continue it with --resume"));
     run(&cfg, true);
@@ -158,11 +155,7 @@ fn a_broken_config_is_refused_before_any_model_loads() {
          solver: {answers_per_query: x}\n",
     )
     .unwrap();
-    let out = Command::new(pipeline())
-        .arg("run")
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let out = Command::new(pipeline()).arg("run").arg(&cfg).finish();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -254,7 +247,7 @@ fn sigint_and_sigterm_stop_after_the_iteration_in_progress_with_status_130() {
             .status()
             .unwrap();
         assert!(status.success());
-        let out = child.wait_with_output().unwrap();
+        let out = child.finish();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(130), "{signal}: {stderr}");
         assert!(
@@ -354,7 +347,7 @@ fn the_binary_restarts_once_with_the_settings_its_environment_lacks() {
         for (name, value) in set {
             command.env(name, value);
         }
-        let out = command.output().unwrap();
+        let out = command.finish();
         assert!(out.status.success(), "{out:?}");
         String::from_utf8(out.stderr).unwrap()
     };

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::deadline::Finish;
 use common::{config_with, pipeline, records, repo, run_with};
 use lsp_model::SafetensorsFile;
 use lsp_schemas::GameRecordRow;
@@ -109,7 +110,7 @@ fn run_two_processes(cfg: &Path, dir: &Path) -> [String; 2] {
     let second = start_process(cfg, &hosts, 1, &[]);
     let first = start_process(cfg, &hosts, 0, &[]);
     [(first, "process 0"), (second, "process 1")].map(|(child, what)| {
-        let out = child.wait_with_output().unwrap();
+        let out = child.finish();
         let log = String::from_utf8_lossy(&out.stderr).into_owned();
         succeeded(out, what);
         log
@@ -301,7 +302,7 @@ fn a_killed_process_stops_the_other_and_a_resume_with_one_worker_completes_the_r
     second.kill().unwrap(); // SIGKILL
     second.wait().unwrap();
     let killed = Instant::now();
-    let out = first.wait_with_output().unwrap();
+    let out = first.finish();
     let waited = killed.elapsed();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "process 0 went on without process 1");
@@ -325,16 +326,12 @@ fn an_unreachable_peer_or_a_short_hostfile_is_named() {
     let cfg = game_config(dir.path(), "lsp", 1);
     let hosts = dir.path().join("hosts.txt");
     std::fs::write(&hosts, "127.0.0.1:1\nno-such-host.invalid:2\n").unwrap();
-    let out = start_process(&cfg, &hosts, 0, &[])
-        .wait_with_output()
-        .unwrap();
+    let out = start_process(&cfg, &hosts, 0, &[]).finish();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("no-such-host.invalid:2"), "{stderr}");
     std::fs::write(&hosts, "127.0.0.1:1\n").unwrap();
-    let out = start_process(&cfg, &hosts, 0, &[])
-        .wait_with_output()
-        .unwrap();
+    let out = start_process(&cfg, &hosts, 0, &[]).finish();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("1 host:port lines for 2 processes"),
@@ -364,8 +361,7 @@ fn the_update_is_dealt_in_the_micro_batches_one_worker_makes() {
         .env("RUST_LOG", LOG)
         .arg("run")
         .arg(config(one.path()))
-        .output()
-        .unwrap();
+        .finish();
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
     succeeded(out, "one worker");
     let whole = dealt(&log);

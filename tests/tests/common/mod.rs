@@ -7,6 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod deadline;
+
+use deadline::Finish;
 use lsp_schemas::{GameRecordBatch, GameRecordRow, TypedBatch, read_parquet};
 
 pub fn repo() -> PathBuf {
@@ -86,8 +89,7 @@ fn run_output_env(config: &Path, flags: &[&str], env: &[(&str, &str)]) -> Output
         .arg(config)
         .args(flags)
         .envs(env.iter().copied())
-        .output()
-        .unwrap()
+        .finish()
 }
 
 /// `pipeline run CONFIG FLAGS...`, which must succeed.
@@ -149,11 +151,7 @@ pub fn python() -> PathBuf {
 
 /// Runs `script args..` with the project's Python; its standard output as JSON.
 pub fn python_json(script: &Path, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(python())
-        .arg(script)
-        .args(args)
-        .output()
-        .unwrap();
+    let out = Command::new(python()).arg(script).args(args).finish();
     assert!(
         out.status.success(),
         "{} {args:?} failed:\n{}",
