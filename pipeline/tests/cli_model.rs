@@ -1,10 +1,10 @@
 //! `pipeline generate` and `pipeline score` reproduce transformers' outputs on the
 //! fixtures, and refuse what they cannot do with a clear message.
 
-use std::path::{Path, PathBuf};
 #[path = "../../tests/tests/common/deadline.rs"]
 mod deadline;
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use deadline::Finish;

@@ -1,10 +1,10 @@
 //! `pipeline validate`: a broken file lists every problem and exits non-zero; a good
 //! one exits 0 and prints the resolved plan.
 
-use std::path::{Path, PathBuf};
 #[path = "../../tests/tests/common/deadline.rs"]
 mod deadline;
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use deadline::Finish;

@@ -3,10 +3,10 @@
 //! `tests/fixtures/smollm2-reference.json`, made by transformers' own GGUF loader from
 //! the same file.
 
-use std::path::{Path, PathBuf};
 #[path = "../../tests/tests/common/deadline.rs"]
 mod deadline;
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use deadline::Finish;

@@ -1,7 +1,8 @@
-//! The arithmetic of a decoding step on host vectors ([`super::blocks`]):
-//! RMSNorm, RoPE in the pair layout, SwiGLU's activation, the exponential and a dot
-//! product, in forms the compiler vectorizes (lanes of independent accumulators,
-//! branch-free), each built for AVX-512 and AVX2 where it loops over much data.
+//! The arithmetic of a decoding step on host vectors ([`super::blocks`], and the
+//! sampler's over the logits, `crate::sampling`): RMSNorm, RoPE in the pair layout,
+//! SwiGLU's activation, the exponential, a dot product and lane-wise max and sum, in
+//! forms the compiler vectorizes (lanes of independent accumulators, branch-free),
+//! each built for AVX-512 and AVX2 where it loops over much data.
 
 use multiversion::multiversion;
 
