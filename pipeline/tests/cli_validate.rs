@@ -144,13 +144,15 @@ fn int8_rollout_weights_need_f32_weights_on_the_cpu() {
         std::fs::write(&config, yaml).unwrap();
         validate(&config)
     };
-    let out = write("rollout_weights: int8, dtype: bf16");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("model.rollout_weights: int8 rollout weights run on the CPU decoder"),
-        "{stderr}"
-    );
+    for bad in ["int8, dtype: bf16", "w8a8, dtype: bf16"] {
+        let out = write(&format!("rollout_weights: {bad}"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("model.rollout_weights: int8 rollout weights run on the CPU decoder"),
+            "{bad}: {stderr}"
+        );
+    }
     let out = write("rollout_weights: int4");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -158,9 +160,13 @@ fn int8_rollout_weights_need_f32_weights_on_the_cpu() {
         stderr.contains("products") && stderr.contains("int8"),
         "{stderr}"
     );
-    for good in [
-        "rollout_weights: int8",
-        "rollout_weights: int8, precision: mixed_bf16",
+    for (good, shown) in [
+        ("rollout_weights: int8", "rollout_weights: int8"),
+        (
+            "rollout_weights: int8, precision: mixed_bf16",
+            "rollout_weights: int8",
+        ),
+        ("rollout_weights: w8a8", "rollout_weights: w8a8"),
     ] {
         let out = write(good);
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -169,7 +175,7 @@ fn int8_rollout_weights_need_f32_weights_on_the_cpu() {
             "{good}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(stdout.contains("rollout_weights: int8"), "{stdout}");
+        assert!(stdout.contains(shown), "{stdout}");
     }
 }
 

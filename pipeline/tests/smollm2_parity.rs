@@ -290,21 +290,25 @@ fn mixed_precision_greedy_follows_f32_except_at_near_ties() {
     greedy_against_f32(&model(), &mixed).check("mixed bf16", 0.0..0.05);
 }
 
-/// int8 rollout weights on the real model, in f32 and under mixed precision: the
+/// int8 rollout weights on the real model, weight-only (`int8`) and with the
+/// products' inputs quantized too (`w8a8`), in f32 and under mixed precision: the
 /// same check, with int8's bounds (and int8 in effect: the log-probs move); the
 /// figures go to the README.
 #[test]
 fn int8_rollout_weights_greedy_follow_f32_except_at_near_ties() {
+    use lsp_model::RolloutWeights::{Int8, W8a8};
     let exact = model();
-    for precision in [lsp_model::Precision::F32, lsp_model::Precision::MixedBf16] {
-        let options = LoadOptions {
-            precision,
-            emulate_bf16: true,
-            rollout_weights: lsp_model::RolloutWeights::Int8,
-            ..LoadOptions::default()
-        };
-        let int8 = LanguageModel::load(model_dir(), options).unwrap();
-        let what = format!("int8 rollout weights ({})", precision.name());
-        greedy_against_f32(&exact, &int8).check(&what, 1e-3..0.1);
+    for weights in [Int8, W8a8] {
+        for precision in [lsp_model::Precision::F32, lsp_model::Precision::MixedBf16] {
+            let options = LoadOptions {
+                precision,
+                emulate_bf16: true,
+                rollout_weights: weights,
+                ..LoadOptions::default()
+            };
+            let int8 = LanguageModel::load(model_dir(), options).unwrap();
+            let what = format!("{weights:?} rollout weights ({})", precision.name());
+            greedy_against_f32(&exact, &int8).check(&what, 1e-3..0.1);
+        }
     }
 }

@@ -45,6 +45,8 @@ pub enum RolloutWeightsArg {
     Products,
     /// int8, one scale per output row.
     Int8,
+    /// int8 weights and int8 inputs by blocks of 32 (AVX512-VNNI's dot products).
+    W8a8,
 }
 
 /// How a model runs: weight type, device, threads.
@@ -62,7 +64,8 @@ pub struct ModelArgs {
     #[arg(long)]
     emulate_bf16: bool,
     /// How the rollouts' decoder stores the weights: `int8` (one scale per output
-    /// row, the CPU decoder at any batch) halves bf16's bytes per decoding step.
+    /// row, the CPU decoder at any batch) halves bf16's bytes per decoding step;
+    /// `w8a8` quantizes the products' inputs too, for the CPU's int8 dot products.
     #[arg(long, value_enum, default_value = "products")]
     rollout_weights: RolloutWeightsArg,
     /// Device.
@@ -122,6 +125,7 @@ impl ModelArgs {
             rollout_weights: match self.rollout_weights {
                 RolloutWeightsArg::Products => RolloutWeights::Products,
                 RolloutWeightsArg::Int8 => RolloutWeights::Int8,
+                RolloutWeightsArg::W8a8 => RolloutWeights::W8a8,
             },
             device: match self.device {
                 DeviceArg::Cpu => DeviceKind::Cpu,

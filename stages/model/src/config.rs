@@ -57,6 +57,21 @@ pub enum RolloutWeights {
     /// products, so the sampler differs from it more than under bf16: see
     /// `rollout_mismatch` and `update.rollout_correction: tis`.
     Int8,
+    /// int8 weights as `int8`, and each product's input quantized to int8 too, by
+    /// blocks of 32 positions with a scale each (llama.cpp's q8_0 activations): on
+    /// a CPU with AVX512-VNNI the products run on its integer dot products, four
+    /// positions per instruction, where `int8`'s widening kernel is compute-bound past
+    /// a few rows; elsewhere the widening kernel takes the rounded input (the same
+    /// arithmetic, up to the order of the sums). A little further from the trainer
+    /// than `int8`.
+    W8a8,
+}
+
+impl RolloutWeights {
+    /// Whether the decoder stores the weights as int8 (`int8` and `w8a8`).
+    pub fn int8_weights(self) -> bool {
+        matches!(self, Self::Int8 | Self::W8a8)
+    }
 }
 
 /// How a training step's passes use the threads of a worker (`update.parallelism`).
@@ -125,7 +140,7 @@ pub struct ModelConfig {
     /// and the run's manifest say so ([`crate::Products`]).
     pub emulate_bf16: bool,
     /// How the rollouts' decoder stores the policy's weights ([`RolloutWeights`]);
-    /// `int8` needs `device: cpu` and `dtype: f32`.
+    /// `int8` and `w8a8` need `device: cpu` and `dtype: f32`.
     pub rollout_weights: RolloutWeights,
     /// Device.
     pub device: DeviceKind,
@@ -193,13 +208,13 @@ impl Validate for ModelConfig {
                 "emulate_bf16 applies to precision: mixed_bf16 (f32 has no bf16 products)",
             );
         }
-        if self.rollout_weights == RolloutWeights::Int8
+        if self.rollout_weights.int8_weights()
             && (self.device != DeviceKind::Cpu || self.dtype != Dtype::F32)
         {
             problems.push(
                 join_path(path, "rollout_weights"),
                 "int8 rollout weights run on the CPU decoder: set device: cpu and dtype: f32 \
-                 (with precision f32 or mixed_bf16)",
+                 (with precision f32 or mixed_bf16) for int8 or w8a8",
             );
         }
         // A model folder's spec, or its problems.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::checkpoint::check_weight_headers;
-use crate::config::{DeviceKind, Dtype, Precision, RolloutWeights};
+use crate::config::{DeviceKind, Dtype, Precision};
 use crate::error::{ModelError, Result};
 use crate::hf_config::{HfConfig, TokenIds};
 use crate::model::{LanguageModel, LoadOptions};
@@ -30,7 +30,7 @@ impl Unloaded {
     /// `config.json`, the weight files' headers, the tokenizer and, when present,
     /// `generation_config.json`; and that `options` go together.
     pub fn open(folder: &Path, options: LoadOptions) -> Result<Self> {
-        if options.rollout_weights == RolloutWeights::Int8
+        if options.rollout_weights.int8_weights()
             && (options.dtype != Dtype::F32 || options.device != DeviceKind::Cpu)
         {
             return Err(ModelError::Invalid(

@@ -191,14 +191,15 @@ fn load_options(name: &str, options: LoadOptions) -> LanguageModel {
     LanguageModel::load(&fixture(name), options).unwrap()
 }
 
-/// `name` in f32 weights with `precision`, its rollouts on int8 weights.
-fn load_int8(name: &str, precision: Precision) -> LanguageModel {
+/// `name` in f32 weights with `precision`, its rollouts on int8 weights (`Int8` or
+/// `W8a8`).
+fn load_int8(name: &str, precision: Precision, rollout_weights: RolloutWeights) -> LanguageModel {
     load_options(
         name,
         LoadOptions {
             precision,
             emulate_bf16: true,
-            rollout_weights: RolloutWeights::Int8,
+            rollout_weights,
             ..LoadOptions::default()
         },
     )
@@ -277,7 +278,7 @@ fn round_to_int8(model: &mut LanguageModel) {
 fn int8_rollout_weights_decode_the_int8_rounded_model_exactly() {
     tch::set_num_threads(2);
     for name in MODELS {
-        let mut model = load_int8(name, Precision::F32);
+        let mut model = load_int8(name, Precision::F32, RolloutWeights::Int8);
         round_to_int8(&mut model);
         check(&model, DecoderKind::Cpu, &judged(&model, 7), &F32);
         for batch in [1, 7, 33, 40] {
@@ -286,38 +287,43 @@ fn int8_rollout_weights_decode_the_int8_rounded_model_exactly() {
     }
 }
 
-/// int8 rollout weights: the CPU decoder at every batch size (past 32 sequences too),
-/// in f32 and under mixed precision, against the f32 forward of the same model.
+/// int8 rollout weights, weight-only (`int8`) and with the products' inputs quantized
+/// too (`w8a8`): the CPU decoder at every batch size (past 32 sequences too), in f32
+/// and under mixed precision, against the f32 forward of the same model.
 #[test]
 #[allow(clippy::print_stderr)] // The measured spread, for the tolerance's comment.
 fn int8_rollout_weights_give_the_forwards_greedy_tokens_within_int8s_rounding() {
     tch::set_num_threads(2);
     for name in MODELS {
         for precision in [Precision::F32, Precision::MixedBf16] {
-            let model = load_int8(name, precision);
-            assert_eq!(model.transformer().rollout_weights(), RolloutWeights::Int8);
-            for batch in [1, 9, 40] {
-                assert_eq!(
-                    DecoderKind::choose(model.transformer(), batch),
-                    DecoderKind::Cpu
+            let mut means = Vec::new();
+            for weights in [RolloutWeights::Int8, RolloutWeights::W8a8] {
+                let model = load_int8(name, precision, weights);
+                assert_eq!(model.transformer().rollout_weights(), weights);
+                for batch in [1, 9, 40] {
+                    assert_eq!(
+                        DecoderKind::choose(model.transformer(), batch),
+                        DecoderKind::Cpu
+                    );
+                }
+                let mut seen = check(&model, DecoderKind::Cpu, &judged(&model, 7), &INT8);
+                for batch in [1, 7, 33, 40] {
+                    seen += check(&model, DecoderKind::Cpu, &prompts(&model, batch), &INT8);
+                }
+                let Agreement { ties, tokens, diff } = seen;
+                let mean = diff / tokens as f64;
+                let at = format!("{name} {precision:?} {weights:?}");
+                eprintln!("{at}: {ties} near-ties in {tokens} tokens, mean |Δ| {mean}");
+                assert!(
+                    ties * 10 <= tokens,
+                    "{at}: {ties} near-ties in {tokens} tokens"
                 );
+                // int8 is in effect: the log-probs move by int8's rounding, not f32's.
+                assert!(mean > 1e-3, "{at}: mean |Δ log-prob| {mean}");
+                means.push(mean);
             }
-            let mut seen = check(&model, DecoderKind::Cpu, &judged(&model, 7), &INT8);
-            for batch in [1, 7, 33, 40] {
-                seen += check(&model, DecoderKind::Cpu, &prompts(&model, batch), &INT8);
-            }
-            let Agreement { ties, tokens, diff } = seen;
-            let mean = diff / tokens as f64;
-            eprintln!("{name} {precision:?}: {ties} near-ties in {tokens} tokens, mean |Δ| {mean}");
-            assert!(
-                ties * 10 <= tokens,
-                "{name}: {ties} near-ties in {tokens} tokens"
-            );
-            // int8 is in effect: the log-probs move by int8's rounding, not f32's.
-            assert!(
-                mean > 1e-3,
-                "{name} {precision:?}: mean |Δ log-prob| {mean}"
-            );
+            // w8a8's quantized inputs are in effect: its log-probs are not int8's.
+            assert_ne!(means[0], means[1], "{name} {precision:?}");
         }
     }
 }
@@ -366,6 +372,7 @@ fn kept_inference_weights_follow_a_change_in_place() {
         (Precision::F32, RolloutWeights::Products),
         (Precision::MixedBf16, RolloutWeights::Products),
         (Precision::F32, RolloutWeights::Int8),
+        (Precision::F32, RolloutWeights::W8a8),
     ];
     for (precision, rollout_weights) in settings {
         let options = LoadOptions {

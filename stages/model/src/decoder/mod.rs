@@ -23,7 +23,6 @@ pub use cpu::{ATEN_VAR, CEILING_VAR, Ceiling, CpuDecoder, amx_tiles, bf16_units}
 pub(crate) use cpu::{PackedModel, host_math};
 pub use libtorch::LibtorchDecoder;
 
-use crate::config::RolloutWeights;
 use crate::error::Result;
 use crate::inference::InferenceWeights;
 use crate::transformer::Transformer;
@@ -82,7 +81,7 @@ impl DecoderKind {
     pub fn choose(transformer: &Transformer, batch: usize) -> Self {
         let (kind, device) = transformer.kind_and_device();
         let bf16_products = transformer.product_kind() == Kind::BFloat16;
-        let int8 = transformer.rollout_weights() == RolloutWeights::Int8;
+        let int8 = transformer.rollout_weights().int8_weights();
         let (choice, reason) = if !Self::Cpu.supports(kind, device) {
             (Self::Libtorch, "weights not f32 on the CPU")
         } else if int8 {

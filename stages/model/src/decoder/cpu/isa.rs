@@ -193,6 +193,23 @@ impl Isa {
         }
     }
 
+    /// Whether this build takes `w8a8` panels' products on AVX512-VNNI's int8 dot
+    /// products ([`super::vnni`]): the AVX-512 builds on a CPU that has them (Intel
+    /// from Cascade Lake, AMD from Zen 4; a [`Ceiling`] of `avx512` keeps them, as it
+    /// keeps oneDNN's `AVX512_CORE_VNNI`).
+    pub fn int8_dots(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            matches!(self, Self::Avx512 | Self::Avx512Bf16)
+                && self.supported()
+                && std::arch::is_x86_feature_detected!("avx512vnni")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
     /// Every build this CPU runs, widest first.
     pub fn available() -> Vec<Self> {
         [Self::Avx512Bf16, Self::Avx512, Self::Avx2, Self::Portable]
@@ -214,8 +231,10 @@ impl Isa {
             info!(
                 isa = isa.name(),
                 bf16_units = isa == Self::Avx512Bf16,
+                int8_dots = isa.int8_dots(),
                 "CPU decoder kernels: f32, bf16 and int8 panels (bf16 by AVX512-BF16's dot \
-                 products on the avx512_bf16 build, else widened to f32 in registers)"
+                 products on the avx512_bf16 build, w8a8 by AVX512-VNNI's where the CPU \
+                 has them, else widened to f32 in registers)"
             );
             isa
         })

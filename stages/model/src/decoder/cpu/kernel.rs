@@ -65,6 +65,18 @@ impl Shape {
         }
     }
 
+    /// The shape of the int8 dot products' tiles ([`super::vnni`]): groups of 8 rows
+    /// as AVX-512's, but each tile keeps an int32 sum beside each f32 result, so
+    /// twice the registers a widening tile of its size does: at most 3 rows by 4
+    /// panels (24 accumulators, 4 weight registers), 6 by 2 and 8 by 1.
+    pub fn int8_dots() -> Self {
+        Self {
+            group: 8,
+            widest_block: 4,
+            tile_panels: &[4, 4, 4, 2, 2, 2, 1, 1],
+        }
+    }
+
     /// Panels per block for panels of `bytes` each and `rows` input rows: with more
     /// than one group (each pass over a block reads it again), as many as fit in
     /// [`BLOCK_BYTES`], at least a full group's tile; with one group, the build's.

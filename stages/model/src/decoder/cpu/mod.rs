@@ -10,6 +10,7 @@
 //! each a few microseconds of dispatch for a few thousand values, and each product
 //! two layout conversions: together most of a step at the batch sizes of a rollout.
 
+mod activations;
 mod blocks;
 mod dot;
 mod host_kv;
@@ -19,6 +20,7 @@ mod kernel;
 mod panels;
 mod team;
 mod threads;
+mod vnni;
 
 use std::sync::Arc;
 

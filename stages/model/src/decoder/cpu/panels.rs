@@ -32,10 +32,12 @@ use std::sync::Arc;
 
 use tch::{Device, Kind, Tensor};
 
+use super::activations::Blocks;
 use super::dot;
 use super::isa::Isa;
 use super::kernel::{Shape, product};
 use super::team::Team;
+use super::vnni::{self, Biased};
 use crate::config::RolloutWeights;
 
 /// Output rows per panel: one AVX-512 register of f32, two of AVX2.
@@ -104,9 +106,18 @@ impl Bf16 {
 enum Values {
     F32(Arc<Vec<f32>>),
     Bf16(Arc<Vec<Bf16>>),
-    /// Symmetric int8 per output row: the row's values are `scales[row] · q`.
+    /// Symmetric int8 per output row: the row's values are `scales[row] · q`; with
+    /// `blocks` (`w8a8` where the CPU has no int8 dot products), the input is
+    /// quantized by blocks ([`Blocks`]) and its dequantized values widened.
     Int8 {
         values: Arc<Vec<i8>>,
+        scales: Vec<f32>,
+        blocks: bool,
+    },
+    /// `w8a8` on the int8 dot products ([`vnni`]): [`Values::Int8`]'s values plus
+    /// 128, four positions by four.
+    Int8Quads {
+        values: Arc<Vec<Biased>>,
         scales: Vec<f32>,
     },
 }
@@ -157,8 +168,20 @@ fn pack_values<T: PanelValue>(weight: &Tensor, mut read: impl FnMut(&Tensor, &mu
 impl Panels {
     /// Packs `weight` (`[out, in]`, on any device) and `bias` as `storage` says: in
     /// the weight's own kind (bf16 panels for a bf16 weight, f32 panels for any other
-    /// float kind), or int8, one scale per output row ([`quantize`]).
+    /// float kind), or int8, one scale per output row ([`quantize`]); `w8a8` laid out
+    /// for the CPU's int8 dot products where it has them ([`Isa::int8_dots`]).
     pub fn pack(
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        storage: RolloutWeights,
+        team: Arc<Team>,
+    ) -> Self {
+        Self::pack_for(Isa::detected(), weight, bias, storage, team)
+    }
+
+    /// [`Panels::pack`] for the build `isa`, which sets the layout of `w8a8` panels.
+    pub fn pack_for(
+        isa: Isa,
         weight: &Tensor,
         bias: Option<&Tensor>,
         storage: RolloutWeights,
@@ -167,34 +190,36 @@ impl Panels {
         let (out, inner) = (weight.size()[0] as usize, weight.size()[1] as usize);
         let values = tch::no_grad(|| {
             let weight = weight.to_device(Device::Cpu);
-            if storage == RolloutWeights::Int8 {
-                let mut scales = Vec::with_capacity(out);
-                let weight = weight.to_kind(Kind::Float);
-                let values = pack_values(&weight, |rows, into: &mut [i8]| {
-                    let mut raw = vec![0f32; into.len()];
-                    rows.copy_data(&mut raw, into.len());
-                    for (row, into) in raw.chunks_exact(inner).zip(into.chunks_exact_mut(inner)) {
-                        scales.push(quantize(row, into));
-                    }
-                });
-                Values::Int8 {
-                    values: Arc::new(values),
-                    scales,
+            match storage {
+                RolloutWeights::W8a8 if isa.int8_dots() => {
+                    let (values, scales) = pack_int8(&weight, Biased::of);
+                    Values::Int8Quads { values, scales }
                 }
-            } else if weight.kind() == Kind::BFloat16 {
-                let bits = weight.view_dtype(Kind::Int16);
-                Values::Bf16(Arc::new(pack_values(&bits, |rows, into: &mut [Bf16]| {
-                    let mut raw = vec![0i16; into.len()];
-                    rows.copy_data(&mut raw, into.len());
-                    for (slot, r) in into.iter_mut().zip(raw) {
-                        *slot = Bf16(r as u16);
+                RolloutWeights::Int8 | RolloutWeights::W8a8 => {
+                    let (values, scales) = pack_int8(&weight, |q| q);
+                    let blocks = storage == RolloutWeights::W8a8;
+                    Values::Int8 {
+                        values,
+                        scales,
+                        blocks,
                     }
-                })))
-            } else {
-                let weight = weight.to_kind(Kind::Float);
-                Values::F32(Arc::new(pack_values(&weight, |rows, into: &mut [f32]| {
-                    rows.copy_data(into, into.len())
-                })))
+                }
+                RolloutWeights::Products if weight.kind() == Kind::BFloat16 => {
+                    let bits = weight.view_dtype(Kind::Int16);
+                    Values::Bf16(Arc::new(pack_values(&bits, |rows, into: &mut [Bf16]| {
+                        let mut raw = vec![0i16; into.len()];
+                        rows.copy_data(&mut raw, into.len());
+                        for (slot, r) in into.iter_mut().zip(raw) {
+                            *slot = Bf16(r as u16);
+                        }
+                    })))
+                }
+                RolloutWeights::Products => {
+                    let weight = weight.to_kind(Kind::Float);
+                    Values::F32(Arc::new(pack_values(&weight, |rows, into: &mut [f32]| {
+                        rows.copy_data(into, into.len())
+                    })))
+                }
             }
         });
         Self {
@@ -209,13 +234,15 @@ impl Panels {
         }
     }
 
-    /// The panels' value type: `"f32"`, `"bf16"` or `"int8"`.
+    /// The panels' value type: `"f32"`, `"bf16"`, `"int8"` or `"w8a8"` (int8 with
+    /// its input quantized too).
     #[cfg(test)]
     pub fn stored(&self) -> &'static str {
         match self.values {
             Values::F32(_) => "f32",
             Values::Bf16(_) => "bf16",
-            Values::Int8 { .. } => "int8",
+            Values::Int8 { blocks: false, .. } => "int8",
+            Values::Int8 { blocks: true, .. } | Values::Int8Quads { .. } => "w8a8",
         }
     }
 
@@ -263,11 +290,26 @@ impl Panels {
                 let rounded: Vec<f32> = input.iter().map(|&v| Bf16::round(v).widen()).collect();
                 self.widening(isa, values, &rounded, rows)
             }
-            Values::Int8 { values, scales } => {
-                let mut out = self.widening(isa, values, input, rows);
-                for row in out.chunks_exact_mut(self.out) {
-                    row.iter_mut().zip(scales).for_each(|(v, s)| *v *= s);
-                }
+            Values::Int8 {
+                values,
+                scales,
+                blocks,
+            } => {
+                let mut out = if *blocks {
+                    let rounded = Blocks::quantize(input, rows, self.inner).dequantized();
+                    self.widening(isa, values, &rounded, rows)
+                } else {
+                    self.widening(isa, values, input, rows)
+                };
+                self.scale_rows(&mut out, scales);
+                out
+            }
+            Values::Int8Quads { values, scales } => {
+                let x = Blocks::quantize(input, rows, self.inner);
+                let x = Arc::new(x.quads(Shape::int8_dots().group));
+                let mut out =
+                    self.apply_values(values, rows, move |w, y| vnni::product(isa, &x, rows, w, y));
+                self.scale_rows(&mut out, scales);
                 out
             }
         };
@@ -277,6 +319,13 @@ impl Panels {
             }
         }
         out
+    }
+
+    /// Each output row times the int8 weight's per-row `scales`.
+    fn scale_rows(&self, out: &mut [f32], scales: &[f32]) {
+        for row in out.chunks_exact_mut(self.out) {
+            row.iter_mut().zip(scales).for_each(|(v, s)| *v *= s);
+        }
     }
 
     /// The products of [`super::kernel`] (each panel value widened to f32) over the
@@ -341,10 +390,28 @@ impl Panels {
     }
 }
 
+/// `weight` (`[out, in]`, on the CPU) quantized row by row ([`quantize`]) into
+/// panels of `T` (each int8 value as `to` makes it), and the rows' scales.
+fn pack_int8<T: PanelValue>(weight: &Tensor, to: impl Fn(i8) -> T) -> (Arc<Vec<T>>, Vec<f32>) {
+    let inner = weight.size()[1] as usize;
+    let mut scales = Vec::with_capacity(weight.size()[0] as usize);
+    let weight = weight.to_kind(Kind::Float);
+    let values = pack_values(&weight, |rows, into: &mut [T]| {
+        let mut raw = vec![0f32; into.len()];
+        rows.copy_data(&mut raw, into.len());
+        let mut q = vec![0i8; inner];
+        for (row, into) in raw.chunks_exact(inner).zip(into.chunks_exact_mut(inner)) {
+            scales.push(quantize(row, &mut q));
+            into.iter_mut().zip(&q).for_each(|(v, &q)| *v = to(q));
+        }
+    });
+    (Arc::new(values), scales)
+}
+
 /// `row` as int8 into `into`, symmetric, rounded to nearest (ties to even, as
 /// libtorch's `round`): returns the scale (the largest magnitude over 127; 1 for a
 /// row of zeros) by which `into`'s values give the row back.
-fn quantize(row: &[f32], into: &mut [i8]) -> f32 {
+pub(super) fn quantize(row: &[f32], into: &mut [i8]) -> f32 {
     // Adding and taking away 1.5 · 2²³ rounds any |x| < 2²² to an integer, ties to
     // even, in the FPU's default mode: the same as `round_ties_even`, without its
     // call per value (which made packing four times slower), so the loop vectorizes.
@@ -447,6 +514,65 @@ mod tests {
                             let at =
                                 format!("{} {kind} {threads} threads, {rows} rows", isa.name());
                             assert!(diff < 1e-4, "{at}: {diff}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn w8a8_panels_give_the_product_of_the_block_quantized_input_on_every_build() {
+        // 25 inputs (one partial block, a last quad of one value), 70 (blocks of 32,
+        // 32 and 6), 576 (SmolLM2's); 136 outputs as above. Packed for each build
+        // (the int8 dot products' layout where it has them, else the widening
+        // kernel's) and applied on each: against libtorch's product of the
+        // dequantized input with the int8-rounded weight, and where the dot
+        // products run, the same bits on every build (the others run their reference).
+        for inner in [25i64, 70, 576] {
+            let w = Tensor::randn([136, inner], (Kind::Float, Device::Cpu));
+            let b = Tensor::randn([136], (Kind::Float, Device::Cpu));
+            let s = w.abs().amax([1], true) / 127.0;
+            let w8 = (&w / &s).round() * &s;
+            for pack in Isa::available() {
+                for threads in [1, 3] {
+                    let team = Arc::new(Team::new(threads));
+                    let panels = Panels::pack_for(pack, &w, Some(&b), RolloutWeights::W8a8, team);
+                    assert_eq!(panels.stored(), "w8a8");
+                    let quads = matches!(panels.values, Values::Int8Quads { .. });
+                    assert_eq!(quads, pack.int8_dots(), "{}", pack.name());
+                    for rows in (1..=MAX_ROWS as i64).chain([MAX_ROWS as i64 + 5]) {
+                        let x = Tensor::randn([rows, inner], (Kind::Float, Device::Cpu));
+                        let input = Vec::<f32>::try_from(&x.view([-1])).unwrap();
+                        let (r, n) = (rows as usize, inner as usize);
+                        let rounded = Blocks::quantize(&input, r, n).dequantized();
+                        let expected = Tensor::from_slice(&rounded)
+                            .view([rows, inner])
+                            .linear(&w8, Some(&b))
+                            .view([-1]);
+                        let scale = expected.abs().max().double_value(&[]);
+                        let mut first: Option<Vec<f32>> = None;
+                        for isa in Isa::available() {
+                            let got = panels.apply_on(isa, &input, r);
+                            let at = format!(
+                                "packed for {}, on {}, {threads} threads, {rows} rows of {inner}",
+                                pack.name(),
+                                isa.name()
+                            );
+                            let diff = (Tensor::from_slice(&got) - &expected)
+                                .abs()
+                                .max()
+                                .double_value(&[]);
+                            assert!(diff < 1e-5 * scale.max(1.0), "{at}: {diff} of {scale}");
+                            if quads {
+                                let first = first.get_or_insert_with(|| got.clone());
+                                assert!(
+                                    got.iter()
+                                        .zip(first.iter())
+                                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                                    "{at}"
+                                );
+                            }
                         }
                     }
                 }
