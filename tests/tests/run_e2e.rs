@@ -427,6 +427,7 @@ fn under_an_avx2_ceiling_mixed_precision_plays_the_f32_game_exactly() {
         );
         assert_eq!(mixed_machine["bf16_units"], false);
         assert_eq!(mixed_machine["amx_tiles"], false);
+        assert_eq!(mixed_machine["int8_dots"], false);
         assert_eq!(mixed_machine["products"], "f32_fallback");
         assert_eq!(iterations(&mixed_rows), vec![1, 2]);
         assert_same_game(&f32_rows, &mixed_rows);
@@ -505,8 +506,46 @@ fn a_mixed_precision_run_trains_through_shared_prompts_and_records_the_mismatch(
         lsp_model::decoder::amx_tiles()
     );
     assert_eq!(
+        manifest["machine"]["int8_dots"],
+        lsp_model::decoder::int8_dots()
+    );
+    assert_eq!(
         manifest["machine"]["products"],
         if units { "bf16" } else { "bf16_emulated" }
     );
     assert!(manifest["machine"]["cpu"].is_string(), "{manifest}");
+}
+
+#[test]
+fn a_w8a8_run_trains_on_rollouts_of_int8_products_and_records_their_mismatch() {
+    // Rollouts on int8 weights with int8 inputs (AVX512-VNNI's dot products where the
+    // CPU has them), training in f32: each answer's sampler log-probs come from the
+    // int8 products, so they differ from the trainer's by int8's rounding — recorded,
+    // above f32's noise and below a collapse.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_with(dir.path(), "lsp", 2, "{kind: judge}", "");
+    with_model_options(&cfg, "rollout_weights: w8a8");
+    run(&cfg, false);
+    let rows = records(dir.path());
+    assert_eq!(iterations(&rows), vec![1, 2]);
+    assert!(
+        rows.iter()
+            .all(|r| r.step_applied && r.loss.is_finite() && r.grad_norm > 0.0)
+    );
+    assert!(
+        rows.iter()
+            .all(|r| r.rollout_mismatch > 1e-3 && r.rollout_mismatch < 0.3),
+        "{:?}",
+        rows.iter().map(|r| r.rollout_mismatch).collect::<Vec<_>>()
+    );
+    let manifest = std::fs::read_to_string(dir.path().join("e2e/manifest.json")).unwrap();
+    let manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    assert_eq!(
+        manifest["machine"]["int8_dots"],
+        lsp_model::decoder::int8_dots()
+    );
+    assert!(
+        manifest.to_string().contains("\"rollout_weights\":\"w8a8\""),
+        "{manifest}"
+    );
 }

@@ -49,8 +49,9 @@ fn cpu_model() -> Value {
 
 /// The machine a run (or a resume) ran on and where its products ran there: bf16
 /// under `mixed_bf16` only with bf16 units (or `emulate_bf16`), f32 otherwise; and
-/// the instruction-set ceiling `LSP_CPU_ISA` set, if any; and whether the CPU has AMX
-/// tiles (which move the rollouts' choice of decoder under `mixed_bf16`).
+/// the instruction-set ceiling `LSP_CPU_ISA` set, if any; whether the CPU has AMX
+/// tiles (which move the rollouts' choice of decoder under `mixed_bf16`); and whether
+/// `rollout_weights: w8a8` runs on int8 dot products (AVX512-VNNI).
 fn machine(config: &EpochConfig) -> Value {
     let ceiling = lsp_model::decoder::Ceiling::of_process().map(|c| c.name());
     json!({
@@ -58,6 +59,7 @@ fn machine(config: &EpochConfig) -> Value {
         "cpu_isa_ceiling": ceiling,
         "bf16_units": lsp_model::decoder::bf16_units(),
         "amx_tiles": lsp_model::decoder::amx_tiles(),
+        "int8_dots": lsp_model::decoder::int8_dots(),
         "products": config.model.products().name(),
     })
 }

@@ -249,6 +249,13 @@ pub fn bf16_units() -> bool {
     Isa::detected() == Isa::Avx512Bf16
 }
 
+/// Whether the CPU decoder's `w8a8` products run on AVX512-VNNI's int8 dot products
+/// ([`Isa::int8_dots`] of the detected build); false under a [`Ceiling`] below
+/// `avx512`, where they take the widening kernel.
+pub fn int8_dots() -> bool {
+    Isa::detected().int8_dots()
+}
+
 /// Whether the CPU has AMX-BF16 tiles (Intel from Sapphire Rapids), which oneDNN's
 /// bf16 products use: past a few rows they outrun the CPU decoder's dot products.
 /// False under a [`Ceiling`] below `avx512_bf16`.

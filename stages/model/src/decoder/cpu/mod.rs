@@ -28,7 +28,7 @@ use tch::{Kind, Tensor};
 
 use self::blocks::{HostNorm, PackedLayer, Step};
 use self::host_kv::HostKv;
-pub use self::isa::{ATEN_VAR, CEILING_VAR, Ceiling, amx_tiles, bf16_units};
+pub use self::isa::{ATEN_VAR, CEILING_VAR, Ceiling, amx_tiles, bf16_units, int8_dots};
 use self::panels::Panels;
 use self::team::Team;
 use self::threads::TorchThreads;
