@@ -35,9 +35,15 @@ const SETTINGS: [(&str, &str); 4] = [
     // was 7% of its profile. Whole processes alternated with the default (4 pairs):
     // 0.85× the time, sys time 2.2 against 4.5 s, peak 5.17 against 4.99 GiB. A GRPO
     // run (`examples/bench-grpo.yaml`, mixed) took the same time (two pairs, medians
-    // 10.45 / 10.85 s against 9.90 / 11.25) at 3.58 GB against 3.48. Memory unused
-    // for 10 s (a phase of a run that ended) still goes back.
-    ("MIMALLOC_PURGE_DELAY", "10000"),
+    // 10.45 / 10.85 s against 9.90 / 11.25) at 3.58 GB against 3.48. 10 s is shorter
+    // than a slow step, though: on a Zen 4 whose 8 × 256 mixed step took ~8 s, 10 s
+    // still faulted 176k pages a step (perf stat, 1 step against 3), where 60 s or
+    // never purging faulted almost none; whole processes alternated, five pairs: 304 /
+    // 288 / 325 / 256 / 278 tok/s at 60 s against 279 / 235 / 285 / 229 / 231 at 10
+    // (+9 to +22%), peak 5.24-5.32 GB against 5.18; the GRPO benchmark two pairs
+    // within noise at 3.46 GB against 3.43. Memory unused for a minute (a phase of a
+    // run that ended) still goes back.
+    ("MIMALLOC_PURGE_DELAY", "60000"),
     // mimalloc asks for transparent huge pages on its arenas (`MADV_HUGEPAGE`), and on a
     // kernel that grants them only where asked (`madvise`, the usual default) a fault
     // then zeroes 2 MiB, a purge splits the page again, and memory in use rounds up to
@@ -141,7 +147,7 @@ mod tests {
             missing(None, |name| name == "LRU_CACHE_CAPACITY"),
             [
                 ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "32"),
-                ("MIMALLOC_PURGE_DELAY", "10000"),
+                ("MIMALLOC_PURGE_DELAY", "60000"),
                 ("MIMALLOC_ALLOW_THP", "0")
             ]
         );

@@ -356,7 +356,7 @@ fn the_binary_restarts_once_with_the_settings_its_environment_lacks() {
     assert!(log.contains(restarted), "{log}");
     assert!(
         log.contains(
-            "ONEDNN_PRIMITIVE_CACHE_CAPACITY=32 LRU_CACHE_CAPACITY=32 MIMALLOC_PURGE_DELAY=10000 \
+            "ONEDNN_PRIMITIVE_CACHE_CAPACITY=32 LRU_CACHE_CAPACITY=32 MIMALLOC_PURGE_DELAY=60000 \
              MIMALLOC_ALLOW_THP=0"
         ),
         "{log}"
