@@ -120,11 +120,18 @@ pub fn records(out: &Path) -> Vec<GameRecordRow> {
     records_in(&out.join("e2e/records"))
 }
 
-/// Every game-record row in a records folder, in iteration order.
+/// Every game-record row in a records folder, in iteration order: its
+/// `iteration-*.parquet` files, as a reader's glob takes them (not the hidden
+/// `.iteration-*.parquet.tmp-PID` a process killed mid-write leaves, which a resume
+/// clears).
 pub fn records_in(dir: &Path) -> Vec<GameRecordRow> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with("iteration-") && name.ends_with(".parquet")
+        })
         .collect();
     files.sort();
     files
