@@ -545,7 +545,9 @@ fn a_w8a8_run_trains_on_rollouts_of_int8_products_and_records_their_mismatch() {
         lsp_model::decoder::int8_dots()
     );
     assert!(
-        manifest.to_string().contains("\"rollout_weights\":\"w8a8\""),
+        manifest
+            .to_string()
+            .contains("\"rollout_weights\":\"w8a8\""),
         "{manifest}"
     );
 }

@@ -250,7 +250,7 @@ pub fn bf16_units() -> bool {
 }
 
 /// Whether the CPU decoder's `w8a8` products run on AVX512-VNNI's int8 dot products
-/// ([`Isa::int8_dots`] of the detected build); false under a [`Ceiling`] below
+/// (the detected build's, where the CPU has them); false under a [`Ceiling`] below
 /// `avx512`, where they take the widening kernel.
 pub fn int8_dots() -> bool {
     Isa::detected().int8_dots()
