@@ -265,20 +265,30 @@ impl Geometry<'_> {
         let total = pos + 1;
         let scale = 1.0 / (d as f32).sqrt();
         let isa = Isa::detected();
+        // Each thread takes a contiguous run of the query heads (group by group, a
+        // group's heads together), so that batch 1's few groups (SmolLM2: 3 of 3
+        // heads each) split evenly over the threads; a group cut between two threads
+        // has its cache read by both.
+        let count = groups * per_group;
         let shares = self.team.run(Arc::new(move |i: usize| {
-            let (first, end) = (groups * i / parts, groups * (i + 1) / parts);
-            let mut out = vec![0f32; (end - first) * per_group * d];
+            let (first, end) = (count * i / parts, count * (i + 1) / parts);
+            let mut out = vec![0f32; (end - first) * d];
             let mut scores = vec![0f32; per_group * total];
-            for (g, out) in (first..end).zip(out.chunks_exact_mut(per_group * d)) {
+            let mut head = first;
+            while head < end {
+                let g = head / per_group;
+                let stop = ((g + 1) * per_group).min(end);
                 let b = g / kv;
                 let group = Attention {
-                    queries: &q[g * per_group * d..(g + 1) * per_group * d],
+                    queries: &q[head * d..stop * d],
                     keys: &keys[g * d * cap..(g + 1) * d * cap],
                     values: &values[g * cap * d..(g * cap + total) * d],
                     mask: &mask[b * total..(b + 1) * total],
                     scale,
                 };
-                attend_group(isa, &group, &mut scores, out);
+                let out = &mut out[(head - first) * d..(stop - first) * d];
+                attend_group(isa, &group, &mut scores[..(stop - head) * total], out);
+                head = stop;
             }
             out
         }));
