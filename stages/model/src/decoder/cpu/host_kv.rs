@@ -581,6 +581,42 @@ mod tests {
     }
 
     #[test]
+    fn every_team_size_attends_alike_bit_for_bit_with_groups_cut_between_threads() {
+        // SmolLM2's shape at batch 1 and 2 (3 key/value heads of 3 query heads, 64
+        // values each): 9 or 18 heads over 1 to 4 threads, so that groups are cut
+        // between threads at every place (4 | 5, 3 | 3 | 3, 2 | 2 | 2 | 3, ...).
+        let f = (Kind::Float, Device::Cpu);
+        for b in [1i64, 2] {
+            let (kv, h, d, cap, len) = (3i64, 9i64, 64i64, 40i64, 33i64);
+            let keys = vec![Tensor::randn([b, kv, cap, d], f)];
+            let values = vec![Tensor::randn([b, kv, cap, d], f)];
+            let flat = |t: Tensor| Vec::<f32>::try_from(&t.view([-1])).unwrap();
+            let (q, k, v) = (
+                flat(Tensor::randn([b, h, d], f)),
+                flat(Tensor::randn([b, kv, d], f)),
+                flat(Tensor::randn([b, kv, d], f)),
+            );
+            let mask = Arc::new(vec![0f32; (b * (len + 1)) as usize]);
+            let attend = |threads: usize| {
+                let team = Arc::new(Team::new(threads));
+                let mut host =
+                    HostKv::from_tensors(&keys, &values, len as usize, Kind::Float, team);
+                host.attend(0, q.clone(), &k, &v, &mask)
+            };
+            let one = attend(1);
+            assert!(one.iter().all(|x| x.is_finite()));
+            for threads in 2..=4 {
+                let got = attend(threads);
+                let same = got
+                    .iter()
+                    .zip(&one)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "batch {b}, {threads} threads");
+            }
+        }
+    }
+
+    #[test]
     fn host_attention_equals_libtorchs_with_padding_and_dropped_rows() {
         let f = (Kind::Float, Device::Cpu);
         // A short cache and head, and one long and wide enough that both passes
