@@ -460,6 +460,21 @@ fn assert_same_game(f32_rows: &[GameRecordRow], mixed_rows: &[GameRecordRow]) {
     }
 }
 
+/// Two LSP iterations (judge reward) in `dir` with the model's `options` added: their
+/// rows, each iteration's step applied with a finite loss and a gradient.
+fn two_trained_iterations(dir: &std::path::Path, options: &str) -> Vec<GameRecordRow> {
+    let cfg = config_with(dir, "lsp", 2, "{kind: judge}", "");
+    with_model_options(&cfg, options);
+    run(&cfg, false);
+    let rows = records(dir);
+    assert_eq!(iterations(&rows), vec![1, 2]);
+    assert!(
+        rows.iter()
+            .all(|r| r.step_applied && r.loss.is_finite() && r.grad_norm > 0.0)
+    );
+    rows
+}
+
 #[test]
 fn a_mixed_precision_run_trains_through_shared_prompts_and_records_the_mismatch() {
     // Mixed bf16 with an offloaded reference: the solver's answers share their query
@@ -467,17 +482,9 @@ fn a_mixed_precision_run_trains_through_shared_prompts_and_records_the_mismatch(
     // prompt through the cache with the bf16 casts. Each answer's sampler and trainer
     // log-probs are recorded apart, and their gap is bf16's rounding, not 0 and small.
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config_with(dir.path(), "lsp", 2, "{kind: judge}", "");
-    with_model_options(
-        &cfg,
+    let rows = two_trained_iterations(
+        dir.path(),
         "precision: mixed_bf16, emulate_bf16: true, offload_reference: true",
-    );
-    run(&cfg, false);
-    let rows = records(dir.path());
-    assert_eq!(iterations(&rows), vec![1, 2]);
-    assert!(
-        rows.iter()
-            .all(|r| r.step_applied && r.loss.is_finite() && r.grad_norm > 0.0)
     );
     let gaps: Vec<f64> = rows
         .iter()
@@ -523,15 +530,7 @@ fn a_w8a8_run_trains_on_rollouts_of_int8_products_and_records_their_mismatch() {
     // int8 products, so they differ from the trainer's by int8's rounding — recorded,
     // above f32's noise and below a collapse.
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config_with(dir.path(), "lsp", 2, "{kind: judge}", "");
-    with_model_options(&cfg, "rollout_weights: w8a8");
-    run(&cfg, false);
-    let rows = records(dir.path());
-    assert_eq!(iterations(&rows), vec![1, 2]);
-    assert!(
-        rows.iter()
-            .all(|r| r.step_applied && r.loss.is_finite() && r.grad_norm > 0.0)
-    );
+    let rows = two_trained_iterations(dir.path(), "rollout_weights: w8a8");
     assert!(
         rows.iter()
             .all(|r| r.rollout_mismatch > 1e-3 && r.rollout_mismatch < 0.3),

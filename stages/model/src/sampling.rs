@@ -267,6 +267,15 @@ mod tests {
         assert!((lp[1] as f64 - expected1).abs() < 1e-6);
     }
 
+    /// The largest |`logprobs` − the log-softmax of `logits` at `tokens`| over the rows.
+    fn logprob_gap(logits: &Tensor, tokens: &Tensor, logprobs: &Tensor) -> f64 {
+        let want = logits
+            .log_softmax(-1, Kind::Float)
+            .gather(-1, &tokens.unsqueeze(1), false)
+            .squeeze_dim(1);
+        (logprobs - want).abs().max().double_value(&[])
+    }
+
     #[test]
     fn the_host_path_draws_the_models_distribution_with_its_logprobs() {
         // logits ln 0.1, ln 0.2, −∞-like, ln 0.7 (shifted by 3), 20000 rows, each its
@@ -288,13 +297,7 @@ mod tests {
             }
             assert_eq!(freq[2], 0.0);
             // Each token's log-prob is the model's (before temperature).
-            let want = logits
-                .log_softmax(-1, Kind::Float)
-                .gather(-1, &next.unsqueeze(1), false);
-            let diff = (logprob - want.squeeze_dim(1))
-                .abs()
-                .max()
-                .double_value(&[]);
+            let diff = logprob_gap(&logits, &next, &logprob);
             assert!(diff < 1e-6, "T {temperature}: {diff}");
         }
     }
@@ -316,13 +319,7 @@ mod tests {
             Vec::<i64>::try_from(&host).unwrap(),
             Vec::<i64>::try_from(&want).unwrap()
         );
-        let want_lp = logits
-            .log_softmax(-1, Kind::Float)
-            .gather(-1, &want.unsqueeze(1), false);
-        let diff = (host_lp - want_lp.squeeze_dim(1))
-            .abs()
-            .max()
-            .double_value(&[]);
+        let diff = logprob_gap(&logits, &want, &host_lp);
         assert!(diff < 1e-5, "{diff}");
         let free = config(1.0, 0, 1.0);
         let (host, _) = next_tokens(&logits, &free, &mut rngs());
