@@ -14,6 +14,7 @@ use common::{
     with_model_options,
 };
 use lsp_advantage::{AdvantageConfig, advantages};
+use lsp_model::decoder::Int8Dots;
 use lsp_schemas::GameRecordRow;
 use lsp_stage::Mode;
 
@@ -427,7 +428,7 @@ fn under_an_avx2_ceiling_mixed_precision_plays_the_f32_game_exactly() {
         );
         assert_eq!(mixed_machine["bf16_units"], false);
         assert_eq!(mixed_machine["amx_tiles"], false);
-        assert_eq!(mixed_machine["int8_dots"], false);
+        assert_eq!(mixed_machine["int8_dots"], "avx2");
         assert_eq!(mixed_machine["products"], "f32_fallback");
         assert_eq!(iterations(&mixed_rows), vec![1, 2]);
         assert_same_game(&f32_rows, &mixed_rows);
@@ -514,7 +515,7 @@ fn a_mixed_precision_run_trains_through_shared_prompts_and_records_the_mismatch(
     );
     assert_eq!(
         manifest["machine"]["int8_dots"],
-        lsp_model::decoder::int8_dots()
+        serde_json::json!(lsp_model::decoder::int8_dots().map(Int8Dots::name))
     );
     assert_eq!(
         manifest["machine"]["products"],
@@ -525,8 +526,8 @@ fn a_mixed_precision_run_trains_through_shared_prompts_and_records_the_mismatch(
 
 #[test]
 fn a_w8a8_run_trains_on_rollouts_of_int8_products_and_records_their_mismatch() {
-    // Rollouts on int8 weights with int8 inputs (AVX512-VNNI's dot products where the
-    // CPU has them), training in f32: each answer's sampler log-probs come from the
+    // Rollouts on int8 weights with int8 inputs (the CPU's int8 dot products, AVX512-VNNI's
+    // or AVX2's), training in f32: each answer's sampler log-probs come from the
     // int8 products, so they differ from the trainer's by int8's rounding — recorded,
     // above f32's noise and below a collapse.
     let dir = tempfile::tempdir().unwrap();
@@ -541,7 +542,7 @@ fn a_w8a8_run_trains_on_rollouts_of_int8_products_and_records_their_mismatch() {
     let manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();
     assert_eq!(
         manifest["machine"]["int8_dots"],
-        lsp_model::decoder::int8_dots()
+        serde_json::json!(lsp_model::decoder::int8_dots().map(Int8Dots::name))
     );
     assert!(
         manifest

@@ -45,7 +45,8 @@ pub enum RolloutWeightsArg {
     Products,
     /// int8, one scale per output row.
     Int8,
-    /// int8 weights and int8 inputs by blocks of 32 (AVX512-VNNI's dot products).
+    /// int8 weights and int8 inputs by blocks of 32 (int8 dot products: AVX512-VNNI's
+    /// or AVX2's).
     W8a8,
 }
 

@@ -51,7 +51,8 @@ fn cpu_model() -> Value {
 /// under `mixed_bf16` only with bf16 units (or `emulate_bf16`), f32 otherwise; and
 /// the instruction-set ceiling `LSP_CPU_ISA` set, if any; whether the CPU has AMX
 /// tiles (which move the rollouts' choice of decoder under `mixed_bf16`); and whether
-/// `rollout_weights: w8a8` runs on int8 dot products (AVX512-VNNI).
+/// `rollout_weights: w8a8` runs on int8 dot products (`avx512_vnni` or `avx2`; null
+/// where it takes the widening kernel).
 fn machine(config: &EpochConfig) -> Value {
     let ceiling = lsp_model::decoder::Ceiling::of_process().map(|c| c.name());
     json!({
@@ -59,7 +60,7 @@ fn machine(config: &EpochConfig) -> Value {
         "cpu_isa_ceiling": ceiling,
         "bf16_units": lsp_model::decoder::bf16_units(),
         "amx_tiles": lsp_model::decoder::amx_tiles(),
-        "int8_dots": lsp_model::decoder::int8_dots(),
+        "int8_dots": lsp_model::decoder::int8_dots().map(lsp_model::decoder::Int8Dots::name),
         "products": config.model.products().name(),
     })
 }

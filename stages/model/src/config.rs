@@ -58,11 +58,11 @@ pub enum RolloutWeights {
     /// `rollout_mismatch` and `update.rollout_correction: tis`.
     Int8,
     /// int8 weights as `int8`, and each product's input quantized to int8 too, by
-    /// blocks of 32 positions with a scale each (llama.cpp's q8_0 activations): on
-    /// a CPU with AVX512-VNNI the products run on its integer dot products, four
-    /// positions per instruction, where `int8`'s widening kernel is compute-bound past
-    /// a few rows; elsewhere the widening kernel takes the rounded input (the same
-    /// arithmetic, up to the order of the sums). A little further from the trainer
+    /// blocks of 32 positions with a scale each (llama.cpp's q8_0 activations): the
+    /// products run on the CPU's integer dot products (AVX512-VNNI's, four positions
+    /// per instruction, or AVX2's), where `int8`'s widening kernel converts each
+    /// weight to f32; without AVX2 the widening kernel takes the rounded input (the
+    /// same arithmetic, up to the order of the sums). A little further from the trainer
     /// than `int8`.
     W8a8,
 }

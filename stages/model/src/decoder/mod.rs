@@ -19,7 +19,9 @@ use std::sync::Mutex;
 use tch::{Device, Kind, Tensor};
 use tracing::info;
 
-pub use cpu::{ATEN_VAR, CEILING_VAR, Ceiling, CpuDecoder, amx_tiles, bf16_units, int8_dots};
+pub use cpu::{
+    ATEN_VAR, CEILING_VAR, Ceiling, CpuDecoder, Int8Dots, amx_tiles, bf16_units, int8_dots,
+};
 pub(crate) use cpu::{PackedModel, host_math};
 pub use libtorch::LibtorchDecoder;
 

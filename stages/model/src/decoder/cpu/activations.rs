@@ -8,7 +8,7 @@
 //! the widening kernel takes on CPUs without int8 dot products; and [`Blocks::quads`],
 //! the int8 values by fours (one 32-bit word per row and four positions, grouped by
 //! rows as [`super::kernel`]'s input is) with each block's scale and its offset, the
-//! operands of AVX512-VNNI's dot products ([`super::vnni`]).
+//! operands of the int8 dot products ([`super::int8_dots`]).
 
 use super::panels::quantize;
 
@@ -138,6 +138,11 @@ pub struct Group<'a> {
 }
 
 impl Quads {
+    /// Rows per group (the last may hold fewer).
+    pub fn group_rows(&self) -> usize {
+        self.group
+    }
+
     /// The group of rows `index`.
     pub fn group(&self, index: usize) -> Group<'_> {
         let first = index * self.group;

@@ -193,20 +193,25 @@ impl Isa {
         }
     }
 
-    /// Whether this build takes `w8a8` panels' products on AVX512-VNNI's int8 dot
-    /// products ([`super::vnni`]): the AVX-512 builds on a CPU that has them (Intel
-    /// from Cascade Lake, AMD from Zen 4; a [`Ceiling`] of `avx512` keeps them, as it
-    /// keeps oneDNN's `AVX512_CORE_VNNI`).
-    pub fn int8_dots(self) -> bool {
+    /// The int8 dot products this build takes `w8a8` panels' products on
+    /// ([`super::int8_dots`]): AVX512-VNNI's on the AVX-512 builds where the CPU has
+    /// them (Intel from Cascade Lake, AMD from Zen 4; a [`Ceiling`] of `avx512` keeps
+    /// them, as it keeps oneDNN's `AVX512_CORE_VNNI`), else AVX2's on any build but
+    /// the portable one (every AVX-512 CPU has AVX2).
+    pub fn int8_dots(self) -> Option<Int8Dots> {
         #[cfg(target_arch = "x86_64")]
         {
-            matches!(self, Self::Avx512 | Self::Avx512Bf16)
-                && self.supported()
-                && std::arch::is_x86_feature_detected!("avx512vnni")
+            let vnni = std::arch::is_x86_feature_detected!("avx512vnni");
+            match self {
+                _ if !self.supported() => None,
+                Self::Avx512 | Self::Avx512Bf16 if vnni => Some(Int8Dots::Vnni),
+                Self::Avx512 | Self::Avx512Bf16 | Self::Avx2 => Some(Int8Dots::Avx2),
+                Self::Portable => None,
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            false
+            None
         }
     }
 
@@ -231,13 +236,35 @@ impl Isa {
             info!(
                 isa = isa.name(),
                 bf16_units = isa == Self::Avx512Bf16,
-                int8_dots = isa.int8_dots(),
+                int8_dots = isa.int8_dots().map_or("none", Int8Dots::name),
                 "CPU decoder kernels: f32, bf16 and int8 panels (bf16 by AVX512-BF16's dot \
-                 products on the avx512_bf16 build, w8a8 by AVX512-VNNI's where the CPU \
-                 has them, else widened to f32 in registers)"
+                 products on the avx512_bf16 build, w8a8 by int8 dot products (AVX512-VNNI's \
+                 or AVX2's), else widened to f32 in registers)"
             );
             isa
         })
+    }
+}
+
+/// The int8 dot products a build of the CPU decoder takes `w8a8` panels' products
+/// on ([`int8_dots`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Int8Dots {
+    /// AVX512-VNNI's `vpdpbusd`: four positions of 16 lanes into int32, one
+    /// instruction.
+    Vnni,
+    /// AVX2's `vpmaddubsw` then `vpmaddwd`: four positions of 8 lanes into int32, two
+    /// multiplies (and a sign flip of the input), as llama.cpp's q8_0 on AVX2.
+    Avx2,
+}
+
+impl Int8Dots {
+    /// The name in logs and run manifests.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Vnni => "avx512_vnni",
+            Self::Avx2 => "avx2",
+        }
     }
 }
 
@@ -249,10 +276,10 @@ pub fn bf16_units() -> bool {
     Isa::detected() == Isa::Avx512Bf16
 }
 
-/// Whether the CPU decoder's `w8a8` products run on AVX512-VNNI's int8 dot products
-/// (the detected build's, where the CPU has them); false under a [`Ceiling`] below
-/// `avx512`, where they take the widening kernel.
-pub fn int8_dots() -> bool {
+/// The int8 dot products the CPU decoder's `w8a8` products run on, its detected
+/// build's: AVX512-VNNI's where the CPU has them (and a [`Ceiling`] of `avx512` or
+/// more), else AVX2's; none without AVX2, where they take the widening kernel.
+pub fn int8_dots() -> Option<Int8Dots> {
     Isa::detected().int8_dots()
 }
 

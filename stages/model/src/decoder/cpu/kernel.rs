@@ -27,7 +27,7 @@
 
 use multiversion::multiversion;
 
-use super::isa::Isa;
+use super::isa::{Int8Dots, Isa};
 use super::panels::{PANEL, PanelValue};
 
 /// How a build cuts a product: input rows per group, panels per block (the panels
@@ -65,15 +65,25 @@ impl Shape {
         }
     }
 
-    /// The shape of the int8 dot products' tiles ([`super::vnni`]): groups of 8 rows
-    /// as AVX-512's, but each tile keeps an int32 sum beside each f32 result, so
-    /// twice the registers a widening tile of its size does: at most 3 rows by 4
-    /// panels (24 accumulators, 4 weight registers), 6 by 2 and 8 by 1.
-    pub fn int8_dots() -> Self {
-        Self {
-            group: 8,
-            widest_block: 4,
-            tile_panels: &[4, 4, 4, 2, 2, 2, 1, 1],
+    /// The shape of the int8 dot products' tiles ([`super::int8_dots`]), which keep
+    /// an int32 sum beside each result. AVX512-VNNI's: groups of 8 rows as
+    /// AVX-512's, with twice the registers a widening tile of its size takes, so 3
+    /// rows by 4 panels at most (24 accumulators, 4 weight registers), 6 by 2, 8 by
+    /// one. AVX2's: two sums per row and panel, the results in memory, so 8 sums at
+    /// most of AVX2's 16 registers beside the weights, their magnitudes, the input
+    /// and the constants: a row by 4 panels, 2 by 2, 4 by one.
+    pub fn int8_dots(dots: Int8Dots) -> Self {
+        match dots {
+            Int8Dots::Vnni => Self {
+                group: 8,
+                widest_block: 4,
+                tile_panels: &[4, 4, 4, 2, 2, 2, 1, 1],
+            },
+            Int8Dots::Avx2 => Self {
+                group: 4,
+                widest_block: 4,
+                tile_panels: &[4, 2, 1, 1],
+            },
         }
     }
 

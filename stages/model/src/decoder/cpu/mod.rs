@@ -15,12 +15,12 @@ mod blocks;
 mod dot;
 mod host_kv;
 pub(crate) mod host_math;
+mod int8_dots;
 mod isa;
 mod kernel;
 mod panels;
 mod team;
 mod threads;
-mod vnni;
 
 use std::sync::Arc;
 
@@ -28,7 +28,7 @@ use tch::{Kind, Tensor};
 
 use self::blocks::{HostNorm, PackedLayer, Step};
 use self::host_kv::HostKv;
-pub use self::isa::{ATEN_VAR, CEILING_VAR, Ceiling, amx_tiles, bf16_units, int8_dots};
+pub use self::isa::{ATEN_VAR, CEILING_VAR, Ceiling, Int8Dots, amx_tiles, bf16_units, int8_dots};
 use self::panels::Panels;
 use self::team::Team;
 use self::threads::TorchThreads;

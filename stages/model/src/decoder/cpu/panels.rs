@@ -20,10 +20,10 @@
 //! a step reads half the bytes. Or int8 (`model.rollout_weights: int8`): each output
 //! row quantized with its own scale when packed, widened the same way, the row's scale
 //! applied to its output: a quarter of f32's bytes. Under `w8a8` the input is quantized
-//! too, by blocks ([`super::activations`]), and where the CPU has AVX512-VNNI the int8
-//! values are packed plus 128, four positions a lane, for its dot products
-//! ([`super::vnni`]); elsewhere they stay as `int8` packs them and the widening kernel
-//! takes the dequantized input.
+//! too, by blocks ([`super::activations`]), and where the CPU has int8 dot products
+//! (AVX512-VNNI's or AVX2's) the int8 values are packed plus 128, four positions a
+//! lane, for them ([`super::int8_dots`]); elsewhere they stay as `int8` packs them and
+//! the widening kernel takes the dequantized input.
 //!
 //! Measured on this workplace's 2-core Zen 5 over the 30 layers of SmolLM2-135M
 //! (425 MB of weights): one thread reads them at 33 GB/s for one row and 20 GB/s
@@ -38,10 +38,10 @@ use tch::{Device, Kind, Tensor};
 
 use super::activations::Blocks;
 use super::dot;
+use super::int8_dots::{self, Biased};
 use super::isa::Isa;
 use super::kernel::{Shape, product};
 use super::team::Team;
-use super::vnni::{self, Biased};
 use crate::config::RolloutWeights;
 
 /// Output rows per panel: one AVX-512 register of f32, two of AVX2.
@@ -118,7 +118,7 @@ enum Values {
         scales: Vec<f32>,
         blocks: bool,
     },
-    /// `w8a8` on the int8 dot products ([`vnni`]): [`Values::Int8`]'s values plus
+    /// `w8a8` on the int8 dot products ([`int8_dots`]): [`Values::Int8`]'s values plus
     /// 128, four positions by four.
     Int8Quads {
         values: Arc<Vec<Biased>>,
@@ -195,7 +195,7 @@ impl Panels {
         let values = tch::no_grad(|| {
             let weight = weight.to_device(Device::Cpu);
             match storage {
-                RolloutWeights::W8a8 if isa.int8_dots() => {
+                RolloutWeights::W8a8 if isa.int8_dots().is_some() => {
                     let (values, scales) = pack_int8(&weight, Biased::of);
                     Values::Int8Quads { values, scales }
                 }
@@ -310,9 +310,10 @@ impl Panels {
             }
             Values::Int8Quads { values, scales } => {
                 let x = Blocks::quantize(input, rows, self.inner);
-                let x = Arc::new(x.quads(Shape::int8_dots().group));
-                let mut out =
-                    self.apply_values(values, rows, move |w, y| vnni::product(isa, &x, rows, w, y));
+                let x = Arc::new(x.quads(int8_dots::shape(isa).group));
+                let mut out = self.apply_values(values, rows, move |w, y| {
+                    int8_dots::product(isa, &x, rows, w, y)
+                });
                 self.scale_rows(&mut out, scales);
                 out
             }
@@ -544,7 +545,7 @@ mod tests {
                     let panels = Panels::pack_for(pack, &w, Some(&b), RolloutWeights::W8a8, team);
                     assert_eq!(panels.stored(), "w8a8");
                     let quads = matches!(panels.values, Values::Int8Quads { .. });
-                    assert_eq!(quads, pack.int8_dots(), "{}", pack.name());
+                    assert_eq!(quads, pack.int8_dots().is_some(), "{}", pack.name());
                     for rows in (1..=MAX_ROWS as i64).chain([MAX_ROWS as i64 + 5]) {
                         let x = Tensor::randn([rows, inner], (Kind::Float, Device::Cpu));
                         let input = Vec::<f32>::try_from(&x.view([-1])).unwrap();

@@ -1,17 +1,28 @@
-//! `w8a8` panels' products on AVX512-VNNI's integer dot products: `vpdpbusd`
-//! multiplies 16 lanes' four unsigned bytes by a broadcast word of four signed ones
-//! (four positions of one input row) and adds the four products into each lane's
-//! int32, so one instruction does the work of four positions, where the widening
-//! kernel ([`super::kernel`]) loads, widens, converts and multiply-adds one.
+//! `w8a8` panels' products on the CPU's integer dot products ([`Int8Dots`]).
 //!
 //! The panels hold each weight's int8 value plus 128 ([`Biased`]), four positions
 //! by four ([`super::panels::PanelValue::STEP`]); the input is quantized by blocks of
-//! 32 positions ([`super::activations`]). Per block, each accumulator starts at the
-//! block's offset (−128 times its input values' sum, which takes the bias back
-//! out), takes the block's eight dot products, exactly, in int32, and is then
-//! converted and multiply-added with the block's scale into the f32 result. The
-//! weight's per-row scale and the bias are applied by the caller. [`reference`] does
-//! the same arithmetic in plain Rust, in the same order: both give the same bits.
+//! 32 positions ([`super::activations`]). Per block, each lane's int32 sum takes the
+//! block's eight quads' dot products, exactly, and is then converted and
+//! multiply-added with the block's scale into the f32 result. The weight's per-row
+//! scale and the bias are applied by the caller. [`reference`] does the same
+//! arithmetic in plain Rust, in the same order: every build gives the same bits.
+//!
+//! - **AVX512-VNNI** (`x86_vnni`): `vpdpbusd` multiplies 16 lanes' four unsigned
+//!   bytes (the biased weights) by a broadcast word of four signed ones (four
+//!   positions of one input row) and adds the four products into each lane's int32,
+//!   which starts at the block's offset (−128 times its input values' sum: the bias
+//!   comes back out). One instruction does the work of four positions, where the
+//!   widening kernel ([`super::kernel`]) loads, widens, converts and multiply-adds one.
+//! - **AVX2** (`x86_avx2`), as llama.cpp's q8_0 dot products: `vpmaddubsw` multiplies
+//!   unsigned bytes by signed ones and adds pairs into int16, which saturates past
+//!   32,767, so the biased weights cannot go in as they are (255 · 127 · 2). Their
+//!   bias comes off (a xor), their magnitudes go in as the unsigned operand and their
+//!   signs onto the input's bytes (`vpsignb`): a pair is then at most 127 · 127 · 2 =
+//!   32,258 (weights and inputs are quantized to ±127), exact; `vpmaddwd` by ones adds
+//!   the pairs into int32. Eight lanes a register, a panel in two; the sums start at
+//!   zero. The tiles keep the f32 results in the output (in cache) rather than in
+//!   registers: AVX2 has 16, and the sums need two per row and panel.
 //!
 //! The second module of the workspace with `unsafe` (with [`super::dot`]): LLVM makes
 //! no dot products from safe Rust, and the vector loads and stores are pointer
@@ -20,7 +31,7 @@
 #![allow(unsafe_code)]
 
 use super::activations::{BLOCK_QUADS, Group, QUAD, Quads};
-use super::isa::Isa;
+use super::isa::{Int8Dots, Isa};
 use super::kernel::Shape;
 use super::panels::{PANEL, PanelValue};
 
@@ -50,34 +61,49 @@ impl PanelValue for Biased {
     }
 }
 
+/// The tile shape of `isa`'s int8 dot products (of the AVX512-VNNI ones where it
+/// has none: [`reference`] takes any group).
+pub fn shape(isa: Isa) -> Shape {
+    Shape::int8_dots(isa.int8_dots().unwrap_or(Int8Dots::Vnni))
+}
+
 /// `y[r][p·PANEL + l] = Σ_b scale[r][b] · Σ_{k in b} q[r][k] · w[p·PANEL + l][k]`
-/// over the given panels, `x` as [`Quads`] with [`Shape::int8_dots`]' group; `y` is
-/// `[rows][panels · PANEL]`. On AVX512-VNNI where `isa` has it ([`Isa::int8_dots`]),
+/// over the given panels, `x` as [`Quads`] in groups of [`shape`]`(isa)`'s rows; `y`
+/// is `[rows][panels · PANEL]`. On `isa`'s int8 dot products ([`Isa::int8_dots`]),
 /// else by [`reference`].
 pub fn product(isa: Isa, x: &Quads, rows: usize, panels: &[Biased], y: &mut [f32]) {
-    let shape = Shape::int8_dots();
+    let shape = shape(isa);
     let size = x.quads * QUAD * PANEL;
     let stride = y.len() / rows;
     assert!(panels.len().is_multiple_of(size));
     assert_eq!(stride, panels.len() / size * PANEL);
-    if !isa.int8_dots() {
+    assert_eq!(
+        x.group_rows(),
+        shape.group,
+        "quads grouped for another build"
+    );
+    let Some(dots) = isa.int8_dots() else {
         return reference(x, rows, panels, y);
-    }
+    };
     for t in shape.tiles(rows, panels.len() / size, size) {
         let g = x.group(t.group);
         assert_eq!(g.rows, t.rows);
         let w = &panels[t.panel * size..][..t.panels * size];
         let column = t.out(shape, stride).column;
+        let y = &mut y[column..];
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU has AVX512-VNNI (`isa.int8_dots()`); the group holds the
-        // tile's rows' quads, scales and offsets, `w` its panels, and `y` its outputs
-        // from `column` on, `stride` apart (the asserts above and the tiles' bounds,
-        // checked again in `tile`).
+        // SAFETY: the CPU has the instructions of `dots` (`isa.int8_dots()` says so);
+        // the group holds the tile's rows' quads, scales and offsets, `w` its panels,
+        // and `y` its outputs from `column` on, `stride` apart (the asserts above and
+        // the tiles' bounds, checked again in `tile`).
         unsafe {
-            x86::tile(t.rows, t.panels, g, x.blocks, w, &mut y[column..], stride)
+            match dots {
+                Int8Dots::Vnni => x86_vnni::tile(t.rows, t.panels, g, x.blocks, w, y, stride),
+                Int8Dots::Avx2 => x86_avx2::tile(t.rows, t.panels, g, x.blocks, w, y, stride),
+            }
         }
         #[cfg(not(target_arch = "x86_64"))]
-        unreachable!("{t:?}: no AVX512-VNNI off x86-64");
+        unreachable!("{t:?} on {dots:?}: no int8 dot products off x86-64");
     }
 }
 
@@ -85,7 +111,7 @@ pub fn product(isa: Isa, x: &Quads, rows: usize, panels: &[Biased], y: &mut [f32
 /// block's int32 sum from its offset, then `scale · sum + result`, fused): the same
 /// bits as the dot products.
 pub fn reference(x: &Quads, rows: usize, panels: &[Biased], y: &mut [f32]) {
-    let group = Shape::int8_dots().group;
+    let group = x.group_rows();
     let size = x.quads * QUAD * PANEL;
     let stride = y.len() / rows;
     for r in 0..rows {
@@ -112,11 +138,35 @@ pub fn reference(x: &Quads, rows: usize, panels: &[Biased], y: &mut [f32]) {
     }
 }
 
+/// The bounds every tile checks before it reads: `g` holds `rows` rows of `quads`
+/// quads and `blocks` blocks, `w` `panels` panels of them, `y` the outputs.
+fn tile_bounds(
+    rows: usize,
+    panels: usize,
+    g: Group<'_>,
+    blocks: usize,
+    w: &[Biased],
+    y: &[f32],
+    stride: usize,
+) -> usize {
+    let quads = g.words.len() / rows;
+    assert!(
+        g.rows == rows
+            && g.words.len() == rows * quads
+            && g.scales.len() == rows * blocks
+            && g.offsets.len() == rows * blocks
+            && blocks == quads.div_ceil(BLOCK_QUADS)
+            && w.len() == panels * quads * QUAD * PANEL
+            && y.len() >= (rows - 1) * stride + panels * PANEL
+    );
+    quads
+}
+
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+mod x86_vnni {
     use std::arch::x86_64::*;
 
-    use super::{BLOCK_QUADS, Biased, Group, PANEL, QUAD};
+    use super::{BLOCK_QUADS, Biased, Group, PANEL, QUAD, tile_bounds};
 
     /// The tile of `rows` by `panels`: `g` its rows' quads, scales and offsets
     /// (`blocks` per row), `w` its panels, its results into `y` (row `r` at
@@ -135,19 +185,10 @@ mod x86 {
         y: &mut [f32],
         stride: usize,
     ) {
-        let quads = g.words.len() / rows;
-        assert!(
-            g.rows == rows
-                && g.words.len() == rows * quads
-                && g.scales.len() == rows * blocks
-                && g.offsets.len() == rows * blocks
-                && blocks == quads.div_ceil(BLOCK_QUADS)
-                && w.len() == panels * quads * QUAD * PANEL
-                && y.len() >= (rows - 1) * stride + panels * PANEL
-        );
+        let quads = tile_bounds(rows, panels, g, blocks, w, y, stride);
         let x = (g.words.as_ptr(), g.scales.as_ptr(), g.offsets.as_ptr());
         let (w, y) = (w.as_ptr().cast::<u8>(), y.as_mut_ptr());
-        // SAFETY: as the function's contract, checked by the assert above.
+        // SAFETY: as the function's contract, checked by `tile_bounds`.
         unsafe {
             match (rows, panels) {
                 (1, 1) => tile_of::<1, 1>(x, w, y, quads, stride),
@@ -223,6 +264,109 @@ mod x86 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod x86_avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{BLOCK_QUADS, Biased, Group, PANEL, QUAD, tile_bounds};
+
+    /// Lanes of a panel per AVX2 register.
+    const HALF: usize = PANEL / 2;
+
+    /// The tile of `rows` by `panels`: `g` its rows' quads and scales (`blocks` per
+    /// row), `w` its panels, its results into `y` (row `r` at `r · stride`).
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `w` holds `panels` whole panels of `g`'s quads, `y`
+    /// at least `(rows - 1) · stride + panels · PANEL` values.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile(
+        rows: usize,
+        panels: usize,
+        g: Group<'_>,
+        blocks: usize,
+        w: &[Biased],
+        y: &mut [f32],
+        stride: usize,
+    ) {
+        let quads = tile_bounds(rows, panels, g, blocks, w, y, stride);
+        let x = (g.words.as_ptr(), g.scales.as_ptr());
+        let (w, y) = (w.as_ptr().cast::<u8>(), y.as_mut_ptr());
+        // SAFETY: as the function's contract, checked by `tile_bounds`.
+        unsafe {
+            match (rows, panels) {
+                (1, 1) => tile_of::<1, 1>(x, w, y, quads, stride),
+                (1, 2) => tile_of::<1, 2>(x, w, y, quads, stride),
+                (1, 4) => tile_of::<1, 4>(x, w, y, quads, stride),
+                (2, 1) => tile_of::<2, 1>(x, w, y, quads, stride),
+                (2, 2) => tile_of::<2, 2>(x, w, y, quads, stride),
+                (3, 1) => tile_of::<3, 1>(x, w, y, quads, stride),
+                (4, 1) => tile_of::<4, 1>(x, w, y, quads, stride),
+                (rows, panels) => unreachable!("no tile of {rows} rows by {panels} panels"),
+            }
+        }
+    }
+
+    /// `R` rows by `P` panels: `2 · R · P` int32 sums in registers, the f32 results
+    /// in `y`; per quad and half panel, the weights' bias taken off and their
+    /// magnitudes taken once, then each row's word broadcast and signed by them.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn tile_of<const R: usize, const P: usize>(
+        (words, scales): (*const u32, *const f32),
+        w: *const u8,
+        y: *mut f32,
+        quads: usize,
+        stride: usize,
+    ) {
+        let size = quads * QUAD * PANEL;
+        let (bias, ones) = (_mm256_set1_epi8(i8::MIN), _mm256_set1_epi16(1));
+        // SAFETY (every access below): row `r`'s outputs of panel `p` lie within
+        // `y`, its quads and scales within `words` and `scales`, panel `p`'s quad
+        // `j` within `w`, as the caller's contract says.
+        let out =
+            |r: usize, p: usize, h: usize| unsafe { y.add(r * stride + p * PANEL + h * HALF) };
+        for r in 0..R {
+            for p in 0..P {
+                for h in 0..2 {
+                    unsafe { _mm256_storeu_ps(out(r, p, h), _mm256_setzero_ps()) };
+                }
+            }
+        }
+        for b in 0..quads.div_ceil(BLOCK_QUADS) {
+            let mut sums = [[[_mm256_setzero_si256(); 2]; P]; R];
+            for j in b * BLOCK_QUADS..((b + 1) * BLOCK_QUADS).min(quads) {
+                for p in 0..P {
+                    for h in 0..2 {
+                        let at = p * size + j * QUAD * PANEL + h * HALF * QUAD;
+                        let biased = unsafe { _mm256_loadu_si256(w.add(at).cast()) };
+                        let signed = _mm256_xor_si256(biased, bias);
+                        let magnitude = _mm256_abs_epi8(signed);
+                        for (r, sums) in sums.iter_mut().enumerate() {
+                            let xj = _mm256_set1_epi32(unsafe { *words.add(j * R + r) } as i32);
+                            let pairs =
+                                _mm256_maddubs_epi16(magnitude, _mm256_sign_epi8(xj, signed));
+                            let dots = _mm256_madd_epi16(pairs, ones);
+                            sums[p][h] = _mm256_add_epi32(sums[p][h], dots);
+                        }
+                    }
+                }
+            }
+            for (r, sums) in sums.iter().enumerate() {
+                let scale = _mm256_set1_ps(unsafe { *scales.add(b * R + r) });
+                for (p, sums) in sums.iter().enumerate() {
+                    for (h, &sum) in sums.iter().enumerate() {
+                        let at = out(r, p, h);
+                        let acc = unsafe { _mm256_loadu_ps(at) };
+                        let acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), scale, acc);
+                        unsafe { _mm256_storeu_ps(at, acc) };
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::activations::Blocks;
@@ -273,7 +417,7 @@ mod tests {
                 let blocks = Blocks::quantize(&x, rows, inner);
                 let xq = blocks.dequantized();
                 let mut y = vec![0f32; rows * count * PANEL];
-                reference(&blocks.quads(Shape::int8_dots().group), rows, &w, &mut y);
+                reference(&blocks.quads(shape(Isa::Portable).group), rows, &w, &mut y);
                 for r in 0..rows {
                     for o in 0..count * PANEL {
                         let want: f64 = (0..inner)
@@ -293,26 +437,44 @@ mod tests {
     #[test]
     #[allow(clippy::print_stderr)] // Says why the test checked nothing on this CPU.
     fn the_dot_products_give_the_references_bits_for_every_tile() {
-        let Some(isa) = Isa::available().into_iter().find(|isa| isa.int8_dots()) else {
-            eprintln!("no AVX512-VNNI here: the int8 dot products are not run");
+        let builds: Vec<Isa> = Isa::available()
+            .into_iter()
+            .filter(|isa| isa.int8_dots().is_some())
+            .collect();
+        if builds.is_empty() {
+            eprintln!("no AVX2 here: the int8 dot products are not run");
             return;
-        };
-        // 5 panels: blocks of 4 and a single panel; rows past one group.
-        for inner in [40usize, 25, 576] {
+        }
+        // 5 panels: blocks of 4 and a single panel; rows past one group. Then the
+        // extremes: weights and inputs all ±127 (each input block's values of one
+        // magnitude), where AVX2's int16 pairs reach 2 · 127², next to saturating.
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        for (inner, extremes) in [(40usize, false), (25, false), (576, false), (64, true)] {
             let count = 5;
-            let (q, _) = values(count * PANEL * inner, 3);
+            let (mut q, _) = values(count * PANEL * inner, 3);
+            if extremes {
+                q.iter_mut()
+                    .for_each(|q| *q = if *q < 0 { -127 } else { 127 });
+            }
             let w = panels(&q, count, inner);
             for rows in (1..=9).chain([13, 32]) {
-                let (_, x) = values(rows * inner, 4 + rows as u64);
-                let x = Blocks::quantize(&x, rows, inner).quads(Shape::int8_dots().group);
-                let (mut got, mut want) = (
-                    vec![0f32; rows * count * PANEL],
-                    vec![0f32; rows * count * PANEL],
-                );
-                product(isa, &x, rows, &w, &mut got);
-                reference(&x, rows, &w, &mut want);
-                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&got), bits(&want), "{inner} inputs, {rows} rows");
+                let (_, mut x) = values(rows * inner, 4 + rows as u64);
+                if extremes {
+                    x.iter_mut().for_each(|x| *x = 3f32.copysign(*x));
+                }
+                let blocks = Blocks::quantize(&x, rows, inner);
+                for &isa in &builds {
+                    let x = blocks.quads(shape(isa).group);
+                    let (mut got, mut want) = (
+                        vec![0f32; rows * count * PANEL],
+                        vec![0f32; rows * count * PANEL],
+                    );
+                    product(isa, &x, rows, &w, &mut got);
+                    reference(&x, rows, &w, &mut want);
+                    let at = format!("{}: {inner} inputs, {rows} rows", isa.name());
+                    // The reference sums in int32: a saturated pair would differ.
+                    assert_eq!(bits(&got), bits(&want), "{at}");
+                }
             }
         }
     }
