@@ -10,6 +10,8 @@
 //! rows as [`super::kernel`]'s input is) with each block's scale and its offset, the
 //! operands of the int8 dot products ([`super::int8_dots`]).
 
+use multiversion::multiversion;
+
 use super::panels::quantize;
 
 /// Positions per block of the input sharing a scale (q8_0's).
@@ -37,12 +39,8 @@ impl Blocks {
     pub fn quantize(input: &[f32], rows: usize, inner: usize) -> Self {
         assert_eq!(input.len(), rows * inner, "{rows} rows of {inner}");
         let mut values = vec![0i8; input.len()];
-        let mut scales = Vec::with_capacity(rows * inner.div_ceil(BLOCK));
-        for (row, into) in input.chunks(inner).zip(values.chunks_mut(inner)) {
-            for (block, into) in row.chunks(BLOCK).zip(into.chunks_mut(BLOCK)) {
-                scales.push(quantize(block, into));
-            }
-        }
+        let mut scales = vec![0f32; rows * inner.div_ceil(BLOCK)];
+        quantize_blocks(input, inner, &mut values, &mut scales);
         Self {
             values,
             scales,
@@ -106,6 +104,20 @@ impl Blocks {
             blocks,
             group,
         }
+    }
+}
+
+/// Each row of `input` (rows of `inner`) quantized by blocks into `values`, the
+/// blocks' scales into `scales`; built for AVX-512 and AVX2, whose vectors take a
+/// block's largest magnitude and its values in a few instructions.
+#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma"))]
+fn quantize_blocks(input: &[f32], inner: usize, values: &mut [i8], scales: &mut [f32]) {
+    let blocks = input
+        .chunks(inner)
+        .zip(values.chunks_mut(inner))
+        .flat_map(|(row, into)| row.chunks(BLOCK).zip(into.chunks_mut(BLOCK)));
+    for ((block, into), scale) in blocks.zip(scales) {
+        *scale = quantize(block, into);
     }
 }
 

@@ -38,6 +38,19 @@ pub fn lanes_max(x: &[f32]) -> f32 {
     lanes.iter().chain(tail).copied().fold(f32::MIN, f32::max)
 }
 
+/// The largest magnitude of `x` (0 if empty), in [`LANES`] lanes.
+#[inline(always)]
+pub fn lanes_max_abs(x: &[f32]) -> f32 {
+    let mut lanes = [0f32; LANES];
+    for chunk in x.chunks_exact(LANES) {
+        for l in 0..LANES {
+            lanes[l] = lanes[l].max(chunk[l].abs());
+        }
+    }
+    let tail = x.chunks_exact(LANES).remainder().iter().map(|v| v.abs());
+    lanes.iter().copied().chain(tail).fold(0f32, f32::max)
+}
+
 /// `Σ x` in [`LANES`] lanes.
 #[inline(always)]
 pub fn lanes_sum(x: &[f32]) -> f32 {

@@ -38,6 +38,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::activations::Blocks;
 use super::dot;
+use super::host_math::lanes_max_abs;
 use super::int8_dots::{self, Biased};
 use super::isa::Isa;
 use super::kernel::{Shape, product};
@@ -416,12 +417,13 @@ fn pack_int8<T: PanelValue>(weight: &Tensor, to: impl Fn(i8) -> T) -> (Arc<Vec<T
 /// `row` as int8 into `into`, symmetric, rounded to nearest (ties to even, as
 /// libtorch's `round`): returns the scale (the largest magnitude over 127; 1 for a
 /// row of zeros) by which `into`'s values give the row back.
+#[inline(always)]
 pub(super) fn quantize(row: &[f32], into: &mut [i8]) -> f32 {
     // Adding and taking away 1.5 · 2²³ rounds any |x| < 2²² to an integer, ties to
     // even, in the FPU's default mode: the same as `round_ties_even`, without its
     // call per value (which made packing four times slower), so the loop vectorizes.
     const ROUND: f32 = 12_582_912.0;
-    let largest = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let largest = lanes_max_abs(row);
     let scale = if largest > 0.0 { largest / 127.0 } else { 1.0 };
     for (q, &v) in into.iter_mut().zip(row) {
         *q = ((v / scale + ROUND) - ROUND).clamp(-127.0, 127.0) as i8;
