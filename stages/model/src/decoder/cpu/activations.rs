@@ -78,13 +78,19 @@ impl Blocks {
             let n = group.min(self.rows - first);
             for r in 0..n {
                 let row = &self.values[(first + r) * self.inner..][..self.inner];
-                let words = &mut words[first * quads..];
-                for (j, quad) in row.chunks(QUAD).enumerate() {
-                    let mut bytes = [0u8; QUAD];
-                    for (b, &q) in bytes.iter_mut().zip(quad) {
-                        *b = q as u8;
-                    }
-                    words[j * n + r] = u32::from_le_bytes(bytes);
+                let words = &mut words[first * quads..][..n * quads];
+                // Whole quads as one load each; a last short one padded with zeros.
+                let whole = row.chunks_exact(QUAD);
+                let mut last = [0u8; QUAD];
+                for (b, &q) in last.iter_mut().zip(whole.remainder()) {
+                    *b = q as u8;
+                }
+                let quad = |q: &[i8]| u32::from_le_bytes([q[0], q[1], q[2], q[3]].map(|q| q as u8));
+                let all = whole
+                    .map(quad)
+                    .chain((quads > row.len() / QUAD).then_some(u32::from_le_bytes(last)));
+                for (j, word) in all.enumerate() {
+                    words[j * n + r] = word;
                 }
                 for (b, block) in row.chunks(BLOCK).enumerate() {
                     let at = first * blocks + b * n + r;

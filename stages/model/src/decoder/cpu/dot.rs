@@ -13,8 +13,8 @@
 //! flushed): the widening kernel's results over the rounded input, up to the order
 //! of the sums.
 //!
-//! The one module of the workspace with `unsafe`: LLVM makes no dot products from
-//! safe Rust, and the vector loads and stores are pointer intrinsics. Measured on an
+//! With `unsafe`, as [`super::int8_dots`]: LLVM makes no dot products from safe Rust,
+//! and the vector loads and stores are pointer intrinsics. Measured on an
 //! AMD EPYC Zen 4 (two threads read memory at 34–42 GB/s), SmolLM2-135M, mixed
 //! precision, 64 new tokens, two rounds against the widening kernel (and libtorch
 //! past 8 rows): 370 / 382 tok/s against 309 / 318 at batch 8, 395 / 445 against
@@ -24,6 +24,7 @@
 
 #![allow(unsafe_code)]
 
+use super::columns::Columns;
 use super::isa::Isa;
 use super::kernel::{Shape, TileAt};
 use super::panels::{Bf16, PANEL};
@@ -51,7 +52,7 @@ pub fn pairs(x: &[f32], rows: usize, inner: usize, group: usize) -> Vec<u32> {
 /// `y[r][p·PANEL + l] = Σ_k x[r][k] · w[p·PANEL + l][k]` over the given bf16 panels,
 /// `x` as [`pairs`] packs it with the AVX-512 build's group; `y` is `[rows][panels ·
 /// PANEL]`. Needs a CPU with AVX512-BF16 ([`Isa::Avx512Bf16`]).
-pub fn product(grouped: &[u32], rows: usize, inner: usize, panels: &[Bf16], y: &mut [f32]) {
+pub fn product(grouped: &[u32], rows: usize, inner: usize, panels: &[Bf16], y: &mut Columns<'_>) {
     assert!(
         Isa::Avx512Bf16.supported(),
         "bf16 dot products need AVX512-BF16"
@@ -59,19 +60,19 @@ pub fn product(grouped: &[u32], rows: usize, inner: usize, panels: &[Bf16], y: &
     let shape = Shape::of(Isa::Avx512Bf16);
     let count = inner.div_ceil(2);
     let size = count * 2 * PANEL;
-    let stride = y.len() / rows;
     assert!(grouped.len() == rows * count && panels.len().is_multiple_of(size));
-    assert_eq!(stride, panels.len() / size * PANEL);
+    assert_eq!((y.rows(), y.width()), (rows, panels.len() / size * PANEL));
     for t in shape.tiles(rows, panels.len() / size, size * size_of::<Bf16>()) {
         let x = &grouped[t.group * shape.group * count..][..t.rows * count];
         let w = &panels[t.panel * size..][..t.panels * size];
-        let column = t.out(shape, stride).column;
+        let (row, column) = t.at(shape);
+        let out = (y.tile(row, column, t.rows, t.panels * PANEL), y.stride());
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX512-BF16 (asserted above); `x` holds the tile's
-        // rows' pairs, `w` its panels, and `y` its outputs from `column` on, `stride`
-        // apart (the asserts above and the tiles' bounds).
+        // rows' pairs, `w` its panels (the asserts above and the tiles' bounds), and
+        // `out` the tile's outputs (`Columns::tile` checked them).
         unsafe {
-            x86::tile(t, x, w, &mut y[column..], stride)
+            x86::tile(t, x, w, out)
         }
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!("{t:?}: no AVX512-BF16 off x86-64");
@@ -89,13 +90,13 @@ mod x86 {
     ///
     /// # Safety
     /// The CPU has AVX-512 F and BF16; `x` holds `t.rows` rows of pairs, `w`
-    /// `t.panels` whole panels of as many pairs, `y` at least `(t.rows - 1) · stride +
-    /// t.panels · PANEL` values.
+    /// `t.panels` whole panels of as many pairs; `y` points at `t.rows` rows of
+    /// `t.panels · PANEL` values, `stride` apart.
     #[target_feature(enable = "avx512f,avx512bf16")]
-    pub(super) unsafe fn tile(t: TileAt, x: &[u32], w: &[Bf16], y: &mut [f32], stride: usize) {
+    pub(super) unsafe fn tile(t: TileAt, x: &[u32], w: &[Bf16], (y, stride): (*mut f32, usize)) {
         let pairs = w.len() / (t.panels * 2 * PANEL);
-        assert!(x.len() == t.rows * pairs && y.len() >= (t.rows - 1) * stride + t.panels * PANEL);
-        let (x, w, y) = (x.as_ptr(), w.as_ptr(), y.as_mut_ptr());
+        assert!(x.len() == t.rows * pairs);
+        let (x, w) = (x.as_ptr(), w.as_ptr());
         // SAFETY: as the function's contract, checked by the assert above.
         unsafe {
             match (t.rows, t.panels) {

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use multiversion::multiversion;
 use tch::{Kind, Tensor};
 
+use super::columns::Shared;
 use super::host_math::{exp, lanes_max, lanes_sum};
 use super::isa::Isa;
 use super::panels::{Bf16, PanelValue};
@@ -268,11 +269,7 @@ impl Geometry<'_> {
         let heads = q.len() / (self.batch * d);
         let per_group = heads / kv;
         let parts = self.team.size();
-        let (keys, values) = (
-            Arc::clone(&layers.keys[layer]),
-            Arc::clone(&layers.values[layer]),
-        );
-        let (q, mask) = (Arc::new(q), Arc::clone(mask));
+        let (keys, values) = (&layers.keys[layer], &layers.values[layer]);
         let total = pos + 1;
         let span = span(total, cap);
         let scale = 1.0 / (d as f32).sqrt();
@@ -282,9 +279,16 @@ impl Geometry<'_> {
         // heads each) split evenly over the threads; a group cut between two threads
         // has its cache read by both.
         let count = groups * per_group;
-        let shares = self.team.run(Arc::new(move |i: usize| {
-            let (first, end) = (count * i / parts, count * (i + 1) / parts);
-            let mut out = vec![0f32; (end - first) * d];
+        let bound = |i: usize| count * i / parts;
+        let mut out = vec![0f32; count * d];
+        let bounds = (0..parts)
+            .map(|i| (bound(i) * d, bound(i + 1) * d))
+            .collect();
+        let shared = Shared::new(&mut out, 1, bounds);
+        self.team.each(&|i| {
+            let (first, end) = (bound(i), bound(i + 1));
+            let mut out = shared.take(i);
+            let out = out.segment(0, 0, (end - first) * d);
             let mut scores = vec![0f32; per_group * span];
             let mut head = first;
             while head < end {
@@ -303,9 +307,8 @@ impl Geometry<'_> {
                 attend_group(isa, &group, &mut scores[..(stop - head) * span], out);
                 head = stop;
             }
-            out
-        }));
-        shares.concat()
+        });
+        out
     }
 }
 

@@ -31,6 +31,7 @@
 #![allow(unsafe_code)]
 
 use super::activations::{BLOCK_QUADS, Group, QUAD, Quads};
+use super::columns::Columns;
 use super::isa::{Int8Dots, Isa};
 use super::kernel::Shape;
 use super::panels::{PANEL, PanelValue};
@@ -71,12 +72,11 @@ pub fn shape(isa: Isa) -> Shape {
 /// over the given panels, `x` as [`Quads`] in groups of [`shape`]`(isa)`'s rows; `y`
 /// is `[rows][panels · PANEL]`. On `isa`'s int8 dot products ([`Isa::int8_dots`]),
 /// else by [`reference`].
-pub fn product(isa: Isa, x: &Quads, rows: usize, panels: &[Biased], y: &mut [f32]) {
+pub fn product(isa: Isa, x: &Quads, rows: usize, panels: &[Biased], y: &mut Columns<'_>) {
     let shape = shape(isa);
     let size = x.quads * QUAD * PANEL;
-    let stride = y.len() / rows;
     assert!(panels.len().is_multiple_of(size));
-    assert_eq!(stride, panels.len() / size * PANEL);
+    assert_eq!((y.rows(), y.width()), (rows, panels.len() / size * PANEL));
     assert_eq!(
         x.group_rows(),
         shape.group,
@@ -89,17 +89,17 @@ pub fn product(isa: Isa, x: &Quads, rows: usize, panels: &[Biased], y: &mut [f32
         let g = x.group(t.group);
         assert_eq!(g.rows, t.rows);
         let w = &panels[t.panel * size..][..t.panels * size];
-        let column = t.out(shape, stride).column;
-        let y = &mut y[column..];
+        let (row, column) = t.at(shape);
+        let out = (y.tile(row, column, t.rows, t.panels * PANEL), y.stride());
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has the instructions of `dots` (`isa.int8_dots()` says so);
-        // the group holds the tile's rows' quads, scales and offsets, `w` its panels,
-        // and `y` its outputs from `column` on, `stride` apart (the asserts above and
-        // the tiles' bounds, checked again in `tile`).
+        // the group holds the tile's rows' quads, scales and offsets, `w` its panels
+        // (the asserts above and the tiles' bounds, checked again in `tile`), and
+        // `out` the tile's outputs (`Columns::tile` checked them).
         unsafe {
             match dots {
-                Int8Dots::Vnni => x86_vnni::tile(t.rows, t.panels, g, x.blocks, w, y, stride),
-                Int8Dots::Avx2 => x86_avx2::tile(t.rows, t.panels, g, x.blocks, w, y, stride),
+                Int8Dots::Vnni => x86_vnni::tile(t.rows, t.panels, g, x.blocks, w, out),
+                Int8Dots::Avx2 => x86_avx2::tile(t.rows, t.panels, g, x.blocks, w, out),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -110,15 +110,15 @@ pub fn product(isa: Isa, x: &Quads, rows: usize, panels: &[Biased], y: &mut [f32
 /// [`product`]'s arithmetic in plain Rust, lane by lane, in the same order (each
 /// block's int32 sum from its offset, then `scale · sum + result`, fused): the same
 /// bits as the dot products.
-pub fn reference(x: &Quads, rows: usize, panels: &[Biased], y: &mut [f32]) {
+pub fn reference(x: &Quads, rows: usize, panels: &[Biased], y: &mut Columns<'_>) {
     let group = x.group_rows();
     let size = x.quads * QUAD * PANEL;
-    let stride = y.len() / rows;
     for r in 0..rows {
         let g = x.group(r / group);
         let at = r % group;
         for (p, panel) in panels.chunks_exact(size).enumerate() {
-            for lane in 0..PANEL {
+            let y = y.segment(r, p * PANEL, PANEL);
+            for (lane, y) in y.iter_mut().enumerate() {
                 let mut acc = 0f32;
                 for b in 0..x.blocks {
                     let mut sum = g.offsets[b * g.rows + at];
@@ -132,23 +132,15 @@ pub fn reference(x: &Quads, rows: usize, panels: &[Biased], y: &mut [f32]) {
                     }
                     acc = (sum as f32).mul_add(g.scales[b * g.rows + at], acc);
                 }
-                y[r * stride + p * PANEL + lane] = acc;
+                *y = acc;
             }
         }
     }
 }
 
 /// The bounds every tile checks before it reads: `g` holds `rows` rows of `quads`
-/// quads and `blocks` blocks, `w` `panels` panels of them, `y` the outputs.
-fn tile_bounds(
-    rows: usize,
-    panels: usize,
-    g: Group<'_>,
-    blocks: usize,
-    w: &[Biased],
-    y: &[f32],
-    stride: usize,
-) -> usize {
+/// quads and `blocks` blocks, `w` `panels` panels of them.
+fn tile_bounds(rows: usize, panels: usize, g: Group<'_>, blocks: usize, w: &[Biased]) -> usize {
     let quads = g.words.len() / rows;
     assert!(
         g.rows == rows
@@ -157,7 +149,6 @@ fn tile_bounds(
             && g.offsets.len() == rows * blocks
             && blocks == quads.div_ceil(BLOCK_QUADS)
             && w.len() == panels * quads * QUAD * PANEL
-            && y.len() >= (rows - 1) * stride + panels * PANEL
     );
     quads
 }
@@ -174,7 +165,7 @@ mod x86_vnni {
     ///
     /// # Safety
     /// The CPU has AVX-512 F and VNNI; `w` holds `panels` whole panels of `g`'s
-    /// quads, `y` at least `(rows - 1) · stride + panels · PANEL` values.
+    /// quads; `y` points at `rows` rows of `panels · PANEL` values, `stride` apart.
     #[target_feature(enable = "avx512f,avx512vnni")]
     pub(super) unsafe fn tile(
         rows: usize,
@@ -182,12 +173,11 @@ mod x86_vnni {
         g: Group<'_>,
         blocks: usize,
         w: &[Biased],
-        y: &mut [f32],
-        stride: usize,
+        (y, stride): (*mut f32, usize),
     ) {
-        let quads = tile_bounds(rows, panels, g, blocks, w, y, stride);
+        let quads = tile_bounds(rows, panels, g, blocks, w);
         let x = (g.words.as_ptr(), g.scales.as_ptr(), g.offsets.as_ptr());
-        let (w, y) = (w.as_ptr().cast::<u8>(), y.as_mut_ptr());
+        let w = w.as_ptr().cast::<u8>();
         // SAFETY: as the function's contract, checked by `tile_bounds`.
         unsafe {
             match (rows, panels) {
@@ -277,8 +267,8 @@ mod x86_avx2 {
     /// row), `w` its panels, its results into `y` (row `r` at `r · stride`).
     ///
     /// # Safety
-    /// The CPU has AVX2 and FMA; `w` holds `panels` whole panels of `g`'s quads, `y`
-    /// at least `(rows - 1) · stride + panels · PANEL` values.
+    /// The CPU has AVX2 and FMA; `w` holds `panels` whole panels of `g`'s quads; `y`
+    /// points at `rows` rows of `panels · PANEL` values, `stride` apart.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn tile(
         rows: usize,
@@ -286,12 +276,11 @@ mod x86_avx2 {
         g: Group<'_>,
         blocks: usize,
         w: &[Biased],
-        y: &mut [f32],
-        stride: usize,
+        (y, stride): (*mut f32, usize),
     ) {
-        let quads = tile_bounds(rows, panels, g, blocks, w, y, stride);
+        let quads = tile_bounds(rows, panels, g, blocks, w);
         let x = (g.words.as_ptr(), g.scales.as_ptr());
-        let (w, y) = (w.as_ptr().cast::<u8>(), y.as_mut_ptr());
+        let w = w.as_ptr().cast::<u8>();
         // SAFETY: as the function's contract, checked by `tile_bounds`.
         unsafe {
             match (rows, panels) {
@@ -417,7 +406,8 @@ mod tests {
                 let blocks = Blocks::quantize(&x, rows, inner);
                 let xq = blocks.dequantized();
                 let mut y = vec![0f32; rows * count * PANEL];
-                reference(&blocks.quads(shape(Isa::Portable).group), rows, &w, &mut y);
+                let x = blocks.quads(shape(Isa::Portable).group);
+                reference(&x, rows, &w, &mut Columns::whole(&mut y, rows));
                 for r in 0..rows {
                     for o in 0..count * PANEL {
                         let want: f64 = (0..inner)
@@ -465,12 +455,13 @@ mod tests {
                 let blocks = Blocks::quantize(&x, rows, inner);
                 for &isa in &builds {
                     let x = blocks.quads(shape(isa).group);
+                    // NaN where the kernel writes nothing.
                     let (mut got, mut want) = (
-                        vec![0f32; rows * count * PANEL],
+                        vec![f32::NAN; rows * count * PANEL],
                         vec![0f32; rows * count * PANEL],
                     );
-                    product(isa, &x, rows, &w, &mut got);
-                    reference(&x, rows, &w, &mut want);
+                    product(isa, &x, rows, &w, &mut Columns::whole(&mut got, rows));
+                    reference(&x, rows, &w, &mut Columns::whole(&mut want, rows));
                     let at = format!("{}: {inner} inputs, {rows} rows", isa.name());
                     // The reference sums in int32: a saturated pair would differ.
                     assert_eq!(bits(&got), bits(&want), "{at}");

@@ -27,6 +27,7 @@
 
 use multiversion::multiversion;
 
+use super::columns::Columns;
 use super::isa::{Int8Dots, Isa};
 use super::panels::{PANEL, PanelValue};
 
@@ -111,14 +112,6 @@ impl Shape {
 /// f32 panels of 1,536 inputs were 393 KB, read again from L3 by each group.)
 const BLOCK_BYTES: usize = 256 << 10;
 
-/// Where a tile's results go in a row-major output: its first value's index
-/// (`column`, of the tile's first row) and the rows' `stride`.
-#[derive(Clone, Copy)]
-pub(super) struct Out {
-    pub stride: usize,
-    pub column: usize,
-}
-
 /// One tile of a product: its group of rows, the rows in that group, its first
 /// panel and how many panels it takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,12 +124,9 @@ pub(super) struct TileAt {
 
 impl TileAt {
     /// Where its results go in the `[rows][panels · PANEL]` output of `shape`'s
-    /// product whose rows are `stride` apart.
-    pub fn out(self, shape: Shape, stride: usize) -> Out {
-        Out {
-            stride,
-            column: self.group * shape.group * stride + self.panel * PANEL,
-        }
+    /// product: its first row and column.
+    pub fn at(self, shape: Shape) -> (usize, usize) {
+        (self.group * shape.group, self.panel * PANEL)
     }
 }
 
@@ -197,7 +187,7 @@ impl Shape {
 
 /// `y[r][p·PANEL + l] = Σ_k x[r][k] · w[p·PANEL + l][k]` over the given panels (laid
 /// out as [`super::panels`] packs them), with `x` interleaved by groups of
-/// [`Shape::group`] rows of `isa`'s shape; `y` is `[rows][panels · PANEL]`. Built for
+/// [`Shape::group`] rows of `isa`'s shape; `y`'s columns are `[rows][panels · PANEL]`. Built for
 /// `isa` (the avx512_bf16 build's own products of bf16 panels are [`super::dot`]'s).
 pub fn product<T: PanelValue>(
     isa: Isa,
@@ -205,7 +195,7 @@ pub fn product<T: PanelValue>(
     rows: usize,
     inner: usize,
     panels: &[T],
-    y: &mut [f32],
+    y: &mut Columns<'_>,
 ) {
     match isa {
         Isa::Avx512 | Isa::Avx512Bf16 => product_avx512(grouped, rows, inner, panels, y),
@@ -217,13 +207,19 @@ pub fn product<T: PanelValue>(
 /// [`product_body`] built for AVX-512 (the portable build where the CPU lacks it;
 /// [`Isa::supported`] is checked before).
 #[multiversion(targets("x86_64+avx512f+avx512vl+fma"))]
-fn product_avx512<T: PanelValue>(g: &[f32], rows: usize, inner: usize, p: &[T], y: &mut [f32]) {
+fn product_avx512<T: PanelValue>(
+    g: &[f32],
+    rows: usize,
+    inner: usize,
+    p: &[T],
+    y: &mut Columns<'_>,
+) {
     product_body::<T, true>(Shape::of(Isa::Avx512), g, rows, inner, p, y)
 }
 
 /// [`product_body`] built for AVX2.
 #[multiversion(targets("x86_64+avx2+fma"))]
-fn product_avx2<T: PanelValue>(g: &[f32], rows: usize, inner: usize, p: &[T], y: &mut [f32]) {
+fn product_avx2<T: PanelValue>(g: &[f32], rows: usize, inner: usize, p: &[T], y: &mut Columns<'_>) {
     product_body::<T, true>(Shape::of(Isa::Avx2), g, rows, inner, p, y)
 }
 
@@ -235,14 +231,14 @@ fn product_body<T: PanelValue, const FUSED: bool>(
     rows: usize,
     inner: usize,
     panels: &[T],
-    y: &mut [f32],
+    y: &mut Columns<'_>,
 ) {
-    let stride = y.len() / rows;
+    assert_eq!(y.rows(), rows);
     let size = inner.next_multiple_of(T::STEP) * PANEL;
     for t in shape.tiles(rows, panels.len() / size, size * size_of::<T>()) {
         let x = &grouped[t.group * shape.group * inner..][..t.rows * inner];
         let w = &panels[t.panel * size..][..t.panels * size];
-        tile::<T, FUSED>(t.rows, t.panels, x, w, y, t.out(shape, stride));
+        tile::<T, FUSED>(t.rows, t.panels, x, w, y, t.at(shape));
     }
 }
 
@@ -253,8 +249,8 @@ fn tile<T: PanelValue, const FUSED: bool>(
     panels: usize,
     x: &[f32],
     w: &[T],
-    y: &mut [f32],
-    at: Out,
+    y: &mut Columns<'_>,
+    at: (usize, usize),
 ) {
     match (rows, panels) {
         (1, 1) => tile_of::<T, FUSED, 1, 0, 1>(x, w, y, at),
@@ -307,8 +303,8 @@ fn widened<T: PanelValue>(panel: &[T], k: usize) -> [f32; PANEL] {
 fn tile_of<T: PanelValue, const FUSED: bool, const R: usize, const S: usize, const P: usize>(
     x: &[f32],
     w: &[T],
-    y: &mut [f32],
-    at: Out,
+    y: &mut Columns<'_>,
+    (row, column): (usize, usize),
 ) {
     let size = w.len() / P;
     let mut first = [[[0f32; PANEL]; P]; R];
@@ -324,7 +320,8 @@ fn tile_of<T: PanelValue, const FUSED: bool, const R: usize, const S: usize, con
     }
     for (r, acc) in first.iter().chain(second.iter()).enumerate() {
         for (p, acc) in acc.iter().enumerate() {
-            y[at.column + r * at.stride + p * PANEL..][..PANEL].copy_from_slice(acc);
+            y.segment(row + r, column + p * PANEL, PANEL)
+                .copy_from_slice(acc);
         }
     }
 }
@@ -379,11 +376,7 @@ mod tests {
                     assert!(n <= left && n.is_power_of_two(), "{rows} rows, {left} left");
                     let (x, w) = (vec![1f32; rows * 3], vec![1f32; n * 3 * PANEL]);
                     let mut y = vec![0f32; rows * n * PANEL];
-                    let at = Out {
-                        stride: n * PANEL,
-                        column: 0,
-                    };
-                    tile::<f32, false>(rows, n, &x, &w, &mut y, at);
+                    tile::<f32, false>(rows, n, &x, &w, &mut Columns::whole(&mut y, rows), (0, 0));
                     assert!(y.iter().all(|&v| v == 3.0), "{rows} by {n}");
                 }
             }

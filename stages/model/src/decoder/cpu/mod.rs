@@ -1,6 +1,6 @@
 //! The CPU decoder: f32, bf16 or int8 weights packed into panels ([`panels`]) whose
 //! products run on the CPU's widest instruction set ([`isa`]), a team of threads
-//! ([`team`]), the KV cache on host vectors, f32 or bf16 ([`host_kv`]), and a step's
+//! ([`team`]) that write each output by columns ([`columns`]), the KV cache on host vectors, f32 or bf16 ([`host_kv`]), and a step's
 //! block in Rust ([`blocks`], [`host_math`]).
 //!
 //! The prefill runs through libtorch ([`crate::prefill`]); its cache then moves to
@@ -12,6 +12,7 @@
 
 mod activations;
 mod blocks;
+mod columns;
 mod dot;
 mod host_kv;
 pub(crate) mod host_math;

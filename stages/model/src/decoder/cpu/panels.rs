@@ -37,6 +37,7 @@ use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
 use super::activations::Blocks;
+use super::columns::{Columns, Shared};
 use super::dot;
 use super::host_math::lanes_max_abs;
 use super::int8_dots::{self, Biased};
@@ -282,115 +283,114 @@ impl Panels {
     /// (and oneDNN's bf16 products): the builds differ only in the order of the sums.
     fn apply_few(&self, isa: Isa, input: &[f32], rows: usize) -> Vec<f32> {
         assert!((1..=MAX_ROWS).contains(&rows) && input.len() == rows * self.inner);
-        let mut out = match &self.values {
-            Values::F32(values) => self.widening(isa, values, input, rows),
+        let inner = self.inner;
+        match &self.values {
+            Values::F32(values) => self.widening(isa, values, input, rows, None),
             Values::Bf16(values) if isa == Isa::Avx512Bf16 => {
-                let (inner, group) = (self.inner, Shape::of(isa).group);
-                let pairs = Arc::new(dot::pairs(input, rows, inner, group));
-                self.apply_values(values, rows, move |w, y| {
+                let pairs = dot::pairs(input, rows, inner, Shape::of(isa).group);
+                self.apply_values(values, rows, None, |w, y| {
                     dot::product(&pairs, rows, inner, w, y)
                 })
             }
             Values::Bf16(values) => {
                 let rounded: Vec<f32> = input.iter().map(|&v| Bf16::round(v).widen()).collect();
-                self.widening(isa, values, &rounded, rows)
+                self.widening(isa, values, &rounded, rows, None)
             }
             Values::Int8 {
                 values,
                 scales,
-                blocks,
+                blocks: true,
             } => {
-                let mut out = if *blocks {
-                    let rounded = Blocks::quantize(input, rows, self.inner).dequantized();
-                    self.widening(isa, values, &rounded, rows)
-                } else {
-                    self.widening(isa, values, input, rows)
-                };
-                self.scale_rows(&mut out, scales);
-                out
+                let rounded = Blocks::quantize(input, rows, inner).dequantized();
+                self.widening(isa, values, &rounded, rows, Some(scales))
+            }
+            Values::Int8 { values, scales, .. } => {
+                self.widening(isa, values, input, rows, Some(scales))
             }
             Values::Int8Quads { values, scales } => {
-                let x = Blocks::quantize(input, rows, self.inner);
-                let x = Arc::new(x.quads(int8_dots::shape(isa).group));
-                let mut out = self.apply_values(values, rows, move |w, y| {
+                let x = Blocks::quantize(input, rows, inner).quads(int8_dots::shape(isa).group);
+                self.apply_values(values, rows, Some(scales), |w, y| {
                     int8_dots::product(isa, &x, rows, w, y)
-                });
-                self.scale_rows(&mut out, scales);
-                out
+                })
             }
-        };
-        if let Some(bias) = &self.bias {
-            for row in out.chunks_exact_mut(self.out) {
-                row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
-            }
-        }
-        out
-    }
-
-    /// Each output row times the int8 weight's per-row `scales`.
-    fn scale_rows(&self, out: &mut [f32], scales: &[f32]) {
-        for row in out.chunks_exact_mut(self.out) {
-            row.iter_mut().zip(scales).for_each(|(v, s)| *v *= s);
         }
     }
 
     /// The products of [`super::kernel`] (each panel value widened to f32) over the
-    /// panels `values`, before scales and bias.
+    /// panels `values`, times the output rows' `scales`, plus the bias.
     fn widening<T: PanelValue>(
         &self,
         isa: Isa,
-        values: &Arc<Vec<T>>,
+        values: &[T],
         input: &[f32],
         rows: usize,
+        scales: Option<&[f32]>,
     ) -> Vec<f32> {
         let inner = self.inner;
-        let grouped = Arc::new(interleave(input, rows, inner, Shape::of(isa).group));
-        self.apply_values(values, rows, move |w, y| {
+        let grouped = interleave(input, rows, inner, Shape::of(isa).group);
+        self.apply_values(values, rows, scales, |w, y| {
             product(isa, &grouped, rows, inner, w, y)
         })
     }
 
     /// `rows` rows' products with the panels `values` by `product` (of a run of
-    /// panels into its `[rows][panels · PANEL]` output), on every thread of the team,
-    /// each taking a contiguous share of the panels: `rows × out`, row-major.
+    /// panels into its columns of the output), each output row then times `scales`
+    /// (an int8 weight's) plus the bias, on every thread of the team, each taking a
+    /// contiguous share of the panels and writing its columns of the output:
+    /// `rows × out`, row-major.
     fn apply_values<T: PanelValue>(
         &self,
-        values: &Arc<Vec<T>>,
+        values: &[T],
         rows: usize,
-        product: impl Fn(&[T], &mut [f32]) + Send + Sync + 'static,
+        scales: Option<&[f32]>,
+        product: impl Fn(&[T], &mut Columns<'_>) + Sync,
     ) -> Vec<f32> {
         let size = self.inner.next_multiple_of(T::STEP) * PANEL;
         let panels = values.len() / size;
         let parts = self.team.size();
         // Each thread's share: a contiguous run of panels, in pairs.
-        let bounds = move |i: usize| {
-            let pairs = panels.div_ceil(2);
-            (
-                (pairs * i / parts * 2).min(panels),
-                (pairs * (i + 1) / parts * 2).min(panels),
-            )
-        };
-        let values = Arc::clone(values);
-        let shares = self.team.run(Arc::new(move |i: usize| {
-            let (first, end) = bounds(i);
-            let mut y = vec![0f32; rows * (end - first) * PANEL];
-            if !y.is_empty() {
-                product(&values[first * size..end * size], &mut y);
+        let pairs = panels.div_ceil(2);
+        let bounds: Vec<(usize, usize)> = (0..parts)
+            .map(|i| {
+                let panel = |i: usize| (pairs * i / parts * 2).min(panels);
+                (panel(i), panel(i + 1))
+            })
+            .collect();
+        let width = panels * PANEL;
+        let mut out = vec![0f32; rows * width];
+        let columns = bounds
+            .iter()
+            .map(|&(first, end)| (first * PANEL, end * PANEL));
+        let shared = Shared::new(&mut out, rows, columns.collect());
+        let (out_width, bias) = (self.out, self.bias.as_deref());
+        self.team.each(&|i| {
+            let (first, end) = bounds[i];
+            if first == end {
+                return;
             }
-            y
-        }));
-        // Each share is `[row][its columns]`: laid side by side, padding cut.
-        let mut out = vec![0f32; rows * self.out];
-        for (i, share) in shares.iter().enumerate() {
-            let (first, end) = bounds(i);
-            let column = first * PANEL;
-            let width = ((end - first) * PANEL).min(self.out.saturating_sub(column));
-            if width == 0 {
-                continue;
+            let mut y = shared.take(i);
+            product(&values[first * size..end * size], &mut y);
+            // The padding of a last panel past the output's width takes none.
+            let (column, n) = (y.first(), y.width().min(out_width - y.first()));
+            for r in 0..rows {
+                let row = y.segment(r, 0, n);
+                if let Some(scales) = scales {
+                    row.iter_mut()
+                        .zip(&scales[column..])
+                        .for_each(|(v, s)| *v *= s);
+                }
+                if let Some(bias) = bias {
+                    row.iter_mut()
+                        .zip(&bias[column..])
+                        .for_each(|(v, b)| *v += b);
+                }
             }
-            for (r, values) in share.chunks_exact((end - first) * PANEL).enumerate() {
-                out[r * self.out + column..][..width].copy_from_slice(&values[..width]);
+        });
+        if width > self.out {
+            for r in 1..rows {
+                out.copy_within(r * width..r * width + self.out, r * self.out);
             }
+            out.truncate(rows * self.out);
         }
         out
     }
@@ -419,14 +419,19 @@ fn pack_int8<T: PanelValue>(weight: &Tensor, to: impl Fn(i8) -> T) -> (Arc<Vec<T
 /// row of zeros) by which `into`'s values give the row back.
 #[inline(always)]
 pub(super) fn quantize(row: &[f32], into: &mut [i8]) -> f32 {
-    // Adding and taking away 1.5 · 2²³ rounds any |x| < 2²² to an integer, ties to
-    // even, in the FPU's default mode: the same as `round_ties_even`, without its
-    // call per value (which made packing four times slower), so the loop vectorizes.
+    // Adding 1.5 · 2²³ to any |x| < 2²² rounds it to an integer, ties to even, in the
+    // FPU's default mode (as `round_ties_even`, without its call per value, which
+    // made packing four times slower), and leaves that integer in the low bits of
+    // the sum's mantissa, from which an integer subtraction takes it: the loop stays
+    // in vectors (with a float clamp and `as i8`, LLVM clamped and converted value by
+    // value, most of the input's quantization while decoding).
     const ROUND: f32 = 12_582_912.0;
+    let zero = ROUND.to_bits() as i32;
     let largest = lanes_max_abs(row);
     let scale = if largest > 0.0 { largest / 127.0 } else { 1.0 };
     for (q, &v) in into.iter_mut().zip(row) {
-        *q = ((v / scale + ROUND) - ROUND).clamp(-127.0, 127.0) as i8;
+        let n = (v / scale + ROUND).to_bits() as i32 - zero;
+        *q = n.clamp(-127, 127) as i8;
     }
     scale
 }

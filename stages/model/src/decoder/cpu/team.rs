@@ -6,8 +6,13 @@
 //! one thread). The helpers here live as long as the packed weights, take their
 //! part over a channel, and spin briefly for the next one before they block, so the
 //! hand-off costs microseconds while a step runs and nothing while the model trains.
+//! A call borrows what its parts read and write ([`Team::each`] returns once every
+//! part has), as scoped threads do.
 
-use std::sync::{Arc, Mutex};
+#![allow(unsafe_code)]
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -17,8 +22,8 @@ use crossbeam::channel::{self, Receiver, Sender, TryRecvError};
 /// one step's products.
 const SPIN: Duration = Duration::from_micros(300);
 
-/// A part of a product: computes and returns its share of the output.
-type Part = Box<dyn FnOnce() -> Vec<f32> + Send>;
+/// A part of a call to [`Team::each`], for a helper.
+type Part = Box<dyn FnOnce() + Send>;
 
 /// The caller's thread plus `size − 1` helpers.
 #[derive(Debug)]
@@ -30,7 +35,7 @@ pub struct Team {
 #[derive(Debug)]
 struct Helper {
     parts: Option<Sender<Part>>,
-    done: Receiver<Vec<f32>>,
+    done: Receiver<()>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -66,33 +71,45 @@ impl Team {
     }
 
     /// `part(i)` for every `i < size`, part 0 on the calling thread and the others on
-    /// the helpers; the results in order. If another thread is using the team, or a
-    /// helper is gone, the caller computes those parts itself.
-    pub fn run<F>(&self, part: Arc<F>) -> Vec<Vec<f32>>
-    where
-        F: Fn(usize) -> Vec<f32> + Send + Sync + 'static,
-    {
+    /// the helpers; returns once every part has. If another thread is using the
+    /// team, or a helper is gone, the caller runs those parts itself.
+    ///
+    /// # Panics
+    /// If a part panics (on a helper: once the others are done).
+    pub fn each(&self, part: &(dyn Fn(usize) + Sync)) {
         let Ok(helpers) = self.helpers.try_lock() else {
-            return (0..self.size).map(|i| part(i)).collect();
+            return (0..self.size).for_each(part);
         };
+        // SAFETY: the helpers call `part` only before they answer on `done` (or
+        // hang up, if it panicked), and this waits below for every helper it sent a
+        // part to, also when its own part panics: no call outlives the borrow.
+        let shared: &'static (dyn Fn(usize) + Sync) = unsafe { std::mem::transmute(part) };
         let sent: Vec<bool> = helpers
             .iter()
             .enumerate()
             .map(|(h, helper)| {
-                let part = Arc::clone(&part);
-                let task: Part = Box::new(move || part(h + 1));
+                let task: Part = Box::new(move || shared(h + 1));
                 helper.parts.as_ref().is_some_and(|p| p.send(task).is_ok())
             })
             .collect();
-        let mut results = vec![part(0)];
-        for (h, helper) in helpers.iter().enumerate() {
-            let result = match sent[h] {
-                true => receive(&helper.done),
-                false => None,
-            };
-            results.push(result.unwrap_or_else(|| part(h + 1)));
+        let mine = std::panic::catch_unwind(AssertUnwindSafe(|| part(0)));
+        let died: Vec<usize> = helpers
+            .iter()
+            .zip(&sent)
+            .enumerate()
+            .filter(|&(_, (helper, &sent))| sent && receive(&helper.done).is_none())
+            .map(|(h, _)| h + 1)
+            .collect();
+        if let Err(panic) = mine {
+            std::panic::resume_unwind(panic);
         }
-        results
+        assert!(
+            died.is_empty(),
+            "decoding parts {died:?} panicked on their helpers"
+        );
+        for (h, _) in sent.iter().enumerate().filter(|&(_, &sent)| !sent) {
+            part(h + 1);
+        }
     }
 }
 
@@ -111,9 +128,10 @@ impl Drop for Team {
 }
 
 /// A helper's loop: until the team is dropped, run each part and send its result.
-fn serve(inbox: &Receiver<Part>, outbox: &Sender<Vec<f32>>) {
+fn serve(inbox: &Receiver<Part>, outbox: &Sender<()>) {
     while let Some(part) = receive(inbox) {
-        if outbox.send(part()).is_err() {
+        part();
+        if outbox.send(()).is_err() {
             return;
         }
     }
@@ -136,27 +154,29 @@ fn receive<T>(channel: &Receiver<T>) -> Option<T> {
 
 #[cfg(test)]
 mod tests {
+    use std::panic::catch_unwind;
+    use std::thread::ThreadId;
+
     use super::*;
 
     #[test]
-    fn every_part_runs_once_in_order_on_its_own_thread() {
+    fn every_part_runs_once_on_its_own_thread_borrowing_the_callers_data() {
         let team = Team::new(3);
         assert_eq!(team.size(), 3);
         let caller = std::thread::current().id();
         for round in 0..50 {
-            let ids = Arc::new(Mutex::new(Vec::new()));
-            let seen = Arc::clone(&ids);
-            let results = team.run(Arc::new(move |i: usize| {
-                seen.lock().unwrap().push((i, std::thread::current().id()));
-                vec![(round * 10 + i) as f32]
-            }));
-            let expected: Vec<Vec<f32>> = (0..3).map(|i| vec![(round * 10 + i) as f32]).collect();
-            assert_eq!(results, expected);
-            let mut ids = ids.lock().unwrap().clone();
-            ids.sort_by_key(|&(i, _)| i);
-            assert_eq!(ids.len(), 3);
-            assert_eq!(ids[0].1, caller);
-            assert!(ids[1].1 != caller && ids[2].1 != caller && ids[1].1 != ids[2].1);
+            let seen: Mutex<Vec<(usize, ThreadId, usize)>> = Mutex::new(Vec::new());
+            team.each(&|i| {
+                seen.lock()
+                    .unwrap()
+                    .push((i, std::thread::current().id(), round));
+            });
+            let mut seen = seen.into_inner().unwrap();
+            seen.sort_by_key(|&(i, ..)| i);
+            assert_eq!(seen.iter().map(|&(i, ..)| i).collect::<Vec<_>>(), [0, 1, 2]);
+            assert!(seen.iter().all(|&(.., r)| r == round));
+            assert_eq!(seen[0].1, caller);
+            assert!(seen[1].1 != caller && seen[2].1 != caller && seen[1].1 != seen[2].1);
         }
     }
 
@@ -164,9 +184,40 @@ mod tests {
     fn a_team_of_one_is_the_caller() {
         let team = Team::new(0);
         assert_eq!(team.size(), 1);
-        assert_eq!(
-            team.run(Arc::new(|i: usize| vec![i as f32])),
-            vec![vec![0.0]]
+        let seen = Mutex::new(Vec::new());
+        team.each(&|i| seen.lock().unwrap().push(i));
+        assert_eq!(seen.into_inner().unwrap(), [0]);
+    }
+
+    #[test]
+    fn a_panic_returns_only_once_every_part_is_done_and_the_team_carries_on() {
+        let team = Team::new(2);
+        // The caller's part panics at once; the helper's finishes later.
+        let done = Mutex::new(false);
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            team.each(&|i| match i {
+                0 => panic!("the caller's part"),
+                _ => {
+                    std::thread::sleep(Duration::from_millis(50));
+                    *done.lock().unwrap() = true;
+                }
+            })
+        }));
+        assert!(caught.is_err());
+        assert!(*done.lock().unwrap(), "returned before the helper's part");
+        // The helper's part panics: its thread is gone, the caller says so...
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            team.each(&|i| assert!(i == 0, "the helper's part"))
+        }));
+        assert!(caught.is_err());
+        // ...and runs its parts from then on.
+        let seen = Mutex::new(Vec::new());
+        team.each(&|i| seen.lock().unwrap().push((i, std::thread::current().id())));
+        let seen = seen.into_inner().unwrap();
+        assert_eq!(seen.len(), 2);
+        assert!(
+            seen.iter()
+                .all(|&(_, id)| id == std::thread::current().id())
         );
     }
 }
