@@ -125,11 +125,6 @@ impl<'a> Columns<'a> {
         self.first
     }
 
-    /// Values between the starts of two rows.
-    pub fn stride(&self) -> usize {
-        self.stride
-    }
-
     /// Row `r`'s columns `column..column + n` (counted from [`Columns::first`]).
     pub fn segment(&mut self, r: usize, column: usize, n: usize) -> &mut [f32] {
         self.check(r, column, 1, n);
@@ -139,11 +134,14 @@ impl<'a> Columns<'a> {
     }
 
     /// Where a kernel writes a tile of `rows` rows from `r` by `n` columns from
-    /// `column`: the tile's first value, its rows [`Columns::stride`] apart.
-    pub fn tile(&mut self, r: usize, column: usize, rows: usize, n: usize) -> *mut f32 {
+    /// `column`: the tile's first value and the values between two of its rows.
+    pub fn tile(&mut self, r: usize, column: usize, rows: usize, n: usize) -> (*mut f32, usize) {
         self.check(r, column, rows, n);
         // SAFETY: within the output (checked).
-        unsafe { self.ptr.add(r * self.stride + column) }
+        (
+            unsafe { self.ptr.add(r * self.stride + column) },
+            self.stride,
+        )
     }
 
     fn check(&self, r: usize, column: usize, rows: usize, n: usize) {

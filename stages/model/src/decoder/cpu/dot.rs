@@ -66,7 +66,7 @@ pub fn product(grouped: &[u32], rows: usize, inner: usize, panels: &[Bf16], y: &
         let x = &grouped[t.group * shape.group * count..][..t.rows * count];
         let w = &panels[t.panel * size..][..t.panels * size];
         let (row, column) = t.at(shape);
-        let out = (y.tile(row, column, t.rows, t.panels * PANEL), y.stride());
+        let out = y.tile(row, column, t.rows, t.panels * PANEL);
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX512-BF16 (asserted above); `x` holds the tile's
         // rows' pairs, `w` its panels (the asserts above and the tiles' bounds), and

@@ -90,7 +90,7 @@ pub fn product(isa: Isa, x: &Quads, rows: usize, panels: &[Biased], y: &mut Colu
         assert_eq!(g.rows, t.rows);
         let w = &panels[t.panel * size..][..t.panels * size];
         let (row, column) = t.at(shape);
-        let out = (y.tile(row, column, t.rows, t.panels * PANEL), y.stride());
+        let out = y.tile(row, column, t.rows, t.panels * PANEL);
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has the instructions of `dots` (`isa.int8_dots()` says so);
         // the group holds the tile's rows' quads, scales and offsets, `w` its panels

@@ -348,27 +348,20 @@ impl Panels {
         let size = self.inner.next_multiple_of(T::STEP) * PANEL;
         let panels = values.len() / size;
         let parts = self.team.size();
-        // Each thread's share: a contiguous run of panels, in pairs.
+        // Each thread's share: the columns of a contiguous run of panels, in pairs.
         let pairs = panels.div_ceil(2);
-        let bounds: Vec<(usize, usize)> = (0..parts)
-            .map(|i| {
-                let panel = |i: usize| (pairs * i / parts * 2).min(panels);
-                (panel(i), panel(i + 1))
-            })
-            .collect();
+        let column = |i: usize| (pairs * i / parts * 2).min(panels) * PANEL;
         let width = panels * PANEL;
         let mut out = vec![0f32; rows * width];
-        let columns = bounds
-            .iter()
-            .map(|&(first, end)| (first * PANEL, end * PANEL));
-        let shared = Shared::new(&mut out, rows, columns.collect());
+        let bounds = (0..parts).map(|i| (column(i), column(i + 1))).collect();
+        let shared = Shared::new(&mut out, rows, bounds);
         let (out_width, bias) = (self.out, self.bias.as_deref());
         self.team.each(&|i| {
-            let (first, end) = bounds[i];
-            if first == end {
+            let mut y = shared.take(i);
+            if y.width() == 0 {
                 return;
             }
-            let mut y = shared.take(i);
+            let (first, end) = (y.first() / PANEL, (y.first() + y.width()) / PANEL);
             product(&values[first * size..end * size], &mut y);
             // The padding of a last panel past the output's width takes none.
             let (column, n) = (y.first(), y.width().min(out_width - y.first()));

@@ -12,7 +12,7 @@
 #![allow(unsafe_code)]
 
 use std::panic::AssertUnwindSafe;
-use std::sync::Mutex;
+use std::sync::{Mutex, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -77,8 +77,12 @@ impl Team {
     /// # Panics
     /// If a part panics (on a helper: once the others are done).
     pub fn each(&self, part: &(dyn Fn(usize) + Sync)) {
-        let Ok(helpers) = self.helpers.try_lock() else {
-            return (0..self.size).for_each(part);
+        // A part that panicked earlier poisoned the lock, not the helpers: every
+        // part had returned (or its helper had hung up) before the panic went on.
+        let helpers = match self.helpers.try_lock() {
+            Ok(helpers) => helpers,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return (0..self.size).for_each(part),
         };
         // SAFETY: the helpers call `part` only before they answer on `done` (or
         // hang up, if it panicked), and this waits below for every helper it sent a
@@ -93,19 +97,17 @@ impl Team {
             })
             .collect();
         let mine = std::panic::catch_unwind(AssertUnwindSafe(|| part(0)));
-        let died: Vec<usize> = helpers
+        let died = helpers
             .iter()
             .zip(&sent)
-            .enumerate()
-            .filter(|&(_, (helper, &sent))| sent && receive(&helper.done).is_none())
-            .map(|(h, _)| h + 1)
-            .collect();
+            .filter(|&(helper, &sent)| sent && receive(&helper.done).is_none())
+            .count();
         if let Err(panic) = mine {
             std::panic::resume_unwind(panic);
         }
         assert!(
-            died.is_empty(),
-            "decoding parts {died:?} panicked on their helpers"
+            died == 0,
+            "{died} decoding part(s) panicked on their helpers"
         );
         for (h, _) in sent.iter().enumerate().filter(|&(_, &sent)| !sent) {
             part(h + 1);
@@ -209,7 +211,11 @@ mod tests {
         let caught = catch_unwind(AssertUnwindSafe(|| {
             team.each(&|i| assert!(i == 0, "the helper's part"))
         }));
-        assert!(caught.is_err());
+        let message = caught.expect_err("a part panicked");
+        assert_eq!(
+            message.downcast_ref::<String>().map(String::as_str),
+            Some("1 decoding part(s) panicked on their helpers")
+        );
         // ...and runs its parts from then on.
         let seen = Mutex::new(Vec::new());
         team.each(&|i| seen.lock().unwrap().push((i, std::thread::current().id())));
