@@ -4,10 +4,11 @@
 //!
 //! - [`LibtorchDecoder`]: every step through libtorch on [`InferenceWeights`]; any
 //!   dtype, any device, any batch.
-//! - [`CpuDecoder`]: f32 on the CPU; after libtorch's prefill, the steps run in Rust
-//!   on host vectors (weights packed into panels, the cache on the host, attention
-//!   and the products on a team of threads). Fastest for the few sequences of a
-//!   rollout, where libtorch's per-call overhead dominates a step.
+//! - [`CpuDecoder`]: f32 on the CPU; the steps, and with f32 panels the prompts'
+//!   pass too (else libtorch's prefill), run in Rust on host vectors (weights
+//!   packed into panels, the cache on the host, attention and the products on a
+//!   team of threads). Fastest for the few sequences of a rollout, where libtorch's
+//!   per-call overhead dominates a step.
 //!
 //! [`DecoderKind::choose`] is the one place that picks between them.
 

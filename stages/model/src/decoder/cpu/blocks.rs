@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tch::{Kind, Tensor};
 
-use super::host_kv::{BLOCKED, HostKv};
+use super::host_kv::{BLOCKED, HostKv, Place};
 use super::host_math::{add, rms_norm, rotate_pairs, silu_times};
 use super::panels::Panels;
 use super::team::Team;
@@ -56,27 +56,28 @@ impl HostNorm {
     }
 }
 
-/// What every block of a step shares.
+/// What every block of a pass over some input rows shares: a decoding step's, one
+/// row per sequence, or a part of the prompts' pass, one row per token.
 pub(super) struct Step<'a> {
-    /// Sequences in the batch, one row each.
+    /// Input rows.
     pub rows: usize,
     /// Each row's rotation: `head_dim` cos/sin values
     /// ([`crate::rope::Rotation::host_turns`]).
     pub turns: &'a [f32],
-    /// [`host_mask`].
-    pub mask: &'a Arc<Vec<f32>>,
+    /// Each row's place in the cache.
+    pub places: &'a [Place],
+    /// [`host_mask`] of the cache's sequences.
+    pub mask: &'a [f32],
 }
 
-/// A step's additive mask on the host, `[batch, total]`: 0 for a real token,
-/// [`BLOCKED`] for padding.
-pub(super) fn host_mask(key_mask: &Tensor) -> Arc<Vec<f32>> {
+/// The additive mask of a cache's sequences on the host, `[batch, total]`: 0 for a
+/// real token, [`BLOCKED`] for padding.
+pub(super) fn host_mask(key_mask: &Tensor) -> Vec<f32> {
     let real = key_mask.to_kind(Kind::Int64).contiguous().view([-1]);
     let real = Vec::<i64>::try_from(&real).expect("an integer key mask");
-    Arc::new(
-        real.into_iter()
-            .map(|r| if r == 0 { BLOCKED } else { 0.0 })
-            .collect(),
-    )
+    real.into_iter()
+        .map(|r| if r == 0 { BLOCKED } else { 0.0 })
+        .collect()
 }
 
 impl PackedLayer {
@@ -104,7 +105,7 @@ impl PackedLayer {
         }
     }
 
-    /// The block of one step's rows `x` (`[rows, hidden]`), layer `layer` of `cache`.
+    /// The block of a step's rows `x` (`[rows, hidden]`), layer `layer` of `cache`.
     pub(super) fn forward(
         &self,
         mut x: Vec<f32>,
@@ -138,7 +139,7 @@ impl PackedLayer {
             k.extend_from_slice(&row[h * d..(h + kv) * d]);
             v.extend_from_slice(&row[(h + kv) * d..]);
         }
-        let attended = cache.attend(layer, q, &k, &v, step.mask);
+        let attended = cache.attend(layer, q, (&k, &v), step.places, step.mask);
         self.o.apply(&attended, rows)
     }
 }

@@ -34,6 +34,15 @@ use super::team::Team;
 /// The additive mask value of a padding position, as [`crate::mask`] uses.
 pub const BLOCKED: f32 = f32::MIN / 2.0;
 
+/// Where one input row's key and value go: its sequence (a row of the cache) and the
+/// position in that sequence's cache. A decoding step has one per sequence, each at
+/// the next position ([`HostKv::next_places`]); the prompts' pass one per token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place {
+    pub row: usize,
+    pub slot: usize,
+}
+
 /// Every layer's keys, `[batch, kv_heads, head_dim, capacity]` (transposed, so that
 /// a query's scores over all positions are vertical multiply-adds with no horizontal
 /// sums), and values, `[batch, kv_heads, capacity, head_dim]`, of which the first
@@ -48,6 +57,16 @@ pub struct HostKv {
     head_dim: usize,
     len: usize,
     team: Arc<Team>,
+}
+
+/// The sizes of an empty cache ([`HostKv::empty`]).
+#[derive(Debug, Clone, Copy)]
+pub struct CacheShape {
+    pub layers: usize,
+    pub batch: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub capacity: usize,
 }
 
 /// The cache's values in the kind they are kept in.
@@ -121,6 +140,39 @@ impl<T: CacheValue> Layers<T> {
         }
     }
 
+    /// `layers` layers of `per_layer` zeros each, for keys and for values.
+    fn zeros(layers: usize, per_layer: usize) -> Self {
+        let zeros = || {
+            (0..layers)
+                .map(|_| Arc::new(vec![T::narrow(0.0); per_layer]))
+                .collect()
+        };
+        Self {
+            keys: zeros(),
+            values: zeros(),
+        }
+    }
+
+    /// Copies positions `0..n` of sequence 0 into every other sequence, each
+    /// `per_row` values a layer of keys `[kv_heads · d, capacity]` and values
+    /// `[kv_heads, capacity · d]` (`d` values per position).
+    fn copy_first(&mut self, n: usize, per_row: usize, capacity: usize, d: usize) {
+        let outlived = "no attention part outlives its pass";
+        for keys in &mut self.keys {
+            let keys = Arc::get_mut(keys).expect(outlived);
+            for to in (per_row..keys.len()).step_by(capacity) {
+                keys.copy_within(to % per_row..to % per_row + n, to);
+            }
+        }
+        for values in &mut self.values {
+            let values = Arc::get_mut(values).expect(outlived);
+            let run = capacity * d;
+            for to in (per_row..values.len()).step_by(run) {
+                values.copy_within(to % per_row..to % per_row + n * d, to);
+            }
+        }
+    }
+
     /// Keeps the sequences at `rows`, each `per_row` values a layer.
     fn select_rows(&mut self, rows: &[usize], per_row: usize) {
         let select = |all: &Arc<Vec<T>>| {
@@ -166,6 +218,28 @@ impl HostKv {
         }
     }
 
+    /// An empty cache of `layers` layers for `batch` sequences of up to `capacity`
+    /// positions (`kv_heads` heads of `head_dim` values), kept as bf16 when `kind` is
+    /// bf16, else f32: the prompts' pass on the panels fills it
+    /// ([`super::prompts`]).
+    pub fn empty(shape: CacheShape, kind: Kind, team: Arc<Team>) -> Self {
+        let capacity = shape.capacity.next_multiple_of(SPAN_STEP);
+        let per_layer = shape.batch * shape.kv_heads * capacity * shape.head_dim;
+        let store = match kind {
+            Kind::BFloat16 => Store::Bf16(Layers::zeros(shape.layers, per_layer)),
+            _ => Store::F32(Layers::zeros(shape.layers, per_layer)),
+        };
+        Self {
+            store,
+            batch: shape.batch,
+            kv_heads: shape.kv_heads,
+            capacity,
+            head_dim: shape.head_dim,
+            len: 0,
+            team,
+        }
+    }
+
     /// The kind its values are kept in.
     #[cfg(test)]
     pub fn kind(&self) -> Kind {
@@ -190,6 +264,37 @@ impl HostKv {
         self.len += 1;
     }
 
+    /// Marks the first `len` positions as filled (after the prompts' pass).
+    pub fn fill(&mut self, len: usize) {
+        assert!(
+            len <= self.capacity,
+            "{len} positions in a cache of {}",
+            self.capacity
+        );
+        self.len = len;
+    }
+
+    /// Each sequence's next position: a decoding step's places.
+    pub fn next_places(&self) -> Vec<Place> {
+        (0..self.batch)
+            .map(|row| Place {
+                row,
+                slot: self.len,
+            })
+            .collect()
+    }
+
+    /// Copies the first `n` positions of sequence 0, in every layer, to every other
+    /// sequence: a prefix all prompts share, run once.
+    pub fn copy_first(&mut self, n: usize) {
+        let per_row = self.kv_heads * self.capacity * self.head_dim;
+        let (capacity, d) = (self.capacity, self.head_dim);
+        match &mut self.store {
+            Store::F32(layers) => layers.copy_first(n, per_row, capacity, d),
+            Store::Bf16(layers) => layers.copy_first(n, per_row, capacity, d),
+        }
+    }
+
     /// Keeps only the sequences at `rows`.
     pub fn select_rows(&mut self, rows: &[usize]) {
         let per_row = self.kv_heads * self.capacity * self.head_dim;
@@ -200,43 +305,58 @@ impl HostKv {
         self.batch = rows.len();
     }
 
-    /// Layer `layer`'s attention of one new position per sequence: writes its key and
-    /// value (`[batch, kv_heads, head_dim]` each, rotated keys) after the filled
-    /// positions, then attends with queries `q` (`[batch, heads, head_dim]`, rotated)
-    /// over every position, with `mask` (`[batch, len + 1]`, additive: 0 or
-    /// [`BLOCKED`]). Returns `[batch, heads · head_dim]`.
+    /// Layer `layer`'s attention of input rows at `places` (one each): writes each
+    /// row's key and value (`[rows, kv_heads, head_dim]` each, rotated keys) at its
+    /// place, then attends with its queries (`q`, `[rows, heads, head_dim]`, rotated)
+    /// over its sequence's positions up to its own, with `mask` (`[batch, width]`,
+    /// additive: 0 or [`BLOCKED`]; `width` past every place). Returns `[rows, heads ·
+    /// head_dim]`.
     pub fn attend(
         &mut self,
         layer: usize,
         q: Vec<f32>,
-        k: &[f32],
-        v: &[f32],
-        mask: &Arc<Vec<f32>>,
+        (k, v): (&[f32], &[f32]),
+        places: &[Place],
+        mask: &[f32],
     ) -> Vec<f32> {
         let geometry = Geometry {
             batch: self.batch,
             kv_heads: self.kv_heads,
             capacity: self.capacity,
             head_dim: self.head_dim,
-            len: self.len,
             team: &self.team,
         };
+        let rows = Rows {
+            q,
+            k,
+            v,
+            places,
+            mask,
+        };
         match &mut self.store {
-            Store::F32(layers) => geometry.attend(layers, layer, q, k, v, mask),
-            Store::Bf16(layers) => geometry.attend(layers, layer, q, k, v, mask),
+            Store::F32(layers) => geometry.attend(layers, layer, &rows),
+            Store::Bf16(layers) => geometry.attend(layers, layer, &rows),
         }
     }
 }
 
-/// The cache's sizes at one step, and the team that attends.
+/// The cache's sizes, and the team that attends.
 #[derive(Clone, Copy)]
 struct Geometry<'a> {
     batch: usize,
     kv_heads: usize,
     capacity: usize,
     head_dim: usize,
-    len: usize,
     team: &'a Team,
+}
+
+/// [`HostKv::attend`]'s input rows.
+struct Rows<'a> {
+    q: Vec<f32>,
+    k: &'a [f32],
+    v: &'a [f32],
+    places: &'a [Place],
+    mask: &'a [f32],
 }
 
 impl Geometry<'_> {
@@ -245,40 +365,48 @@ impl Geometry<'_> {
         self,
         layers: &mut Layers<T>,
         layer: usize,
-        q: Vec<f32>,
-        k: &[f32],
-        v: &[f32],
-        mask: &Arc<Vec<f32>>,
+        rows: &Rows<'_>,
     ) -> Vec<f32> {
-        let (kv, cap, d, pos) = (self.kv_heads, self.capacity, self.head_dim, self.len);
-        assert!(pos < cap, "KV cache overflow: {pos} + 1 > {cap}");
+        let (kv, cap, d) = (self.kv_heads, self.capacity, self.head_dim);
+        let width = rows.mask.len() / self.batch;
+        for place in rows.places {
+            assert!(
+                place.row < self.batch && place.slot < cap.min(width),
+                "KV cache overflow: {place:?} in {} sequences of {cap} positions, a mask of {width}",
+                self.batch
+            );
+        }
         let outlived = "no attention part outlives its step";
         let keys = Arc::get_mut(&mut layers.keys[layer]).expect(outlived);
-        for (group, key) in keys.chunks_exact_mut(d * cap).zip(k.chunks_exact(d)) {
-            for (column, &value) in group.chunks_exact_mut(cap).zip(key) {
-                column[pos] = T::narrow(value);
+        for (place, key) in rows.places.iter().zip(rows.k.chunks_exact(kv * d)) {
+            let groups = keys[place.row * kv * d * cap..].chunks_exact_mut(d * cap);
+            for (group, key) in groups.zip(key.chunks_exact(d)) {
+                for (column, &value) in group.chunks_exact_mut(cap).zip(key) {
+                    column[place.slot] = T::narrow(value);
+                }
             }
         }
         let values = Arc::get_mut(&mut layers.values[layer]).expect(outlived);
-        for (group, value) in values.chunks_exact_mut(cap * d).zip(v.chunks_exact(d)) {
-            for (slot, &value) in group[pos * d..][..d].iter_mut().zip(value) {
-                *slot = T::narrow(value);
+        for (place, value) in rows.places.iter().zip(rows.v.chunks_exact(kv * d)) {
+            let groups = values[place.row * kv * cap * d..].chunks_exact_mut(cap * d);
+            for (group, value) in groups.zip(value.chunks_exact(d)) {
+                for (slot, &value) in group[place.slot * d..][..d].iter_mut().zip(value) {
+                    *slot = T::narrow(value);
+                }
             }
         }
-        let groups = self.batch * kv;
-        let heads = q.len() / (self.batch * d);
+        let heads = rows.q.len() / (rows.places.len() * d);
         let per_group = heads / kv;
         let parts = self.team.size();
         let (keys, values) = (&layers.keys[layer], &layers.values[layer]);
-        let total = pos + 1;
-        let span = span(total, cap);
+        let longest = rows.places.iter().map(|p| p.slot + 1).max().unwrap_or(0);
         let scale = 1.0 / (d as f32).sqrt();
         let isa = Isa::detected();
-        // Each thread takes a contiguous run of the query heads (group by group, a
-        // group's heads together), so that batch 1's few groups (SmolLM2: 3 of 3
-        // heads each) split evenly over the threads; a group cut between two threads
-        // has its cache read by both.
-        let count = groups * per_group;
+        // Each thread takes a contiguous run of the query heads (row by row, group by
+        // group, a group's heads together), so that batch 1's few groups (SmolLM2: 3
+        // of 3 heads each) split evenly over the threads; a group cut between two
+        // threads has its cache read by both.
+        let count = rows.places.len() * heads;
         let bound = |i: usize| count * i / parts;
         let mut out = vec![0f32; count * d];
         let bounds = (0..parts)
@@ -289,17 +417,21 @@ impl Geometry<'_> {
             let (first, end) = (bound(i), bound(i + 1));
             let mut out = shared.take(i);
             let out = out.segment(0, 0, (end - first) * d);
-            let mut scores = vec![0f32; per_group * span];
+            let mut scores = vec![0f32; per_group * span(longest, cap)];
             let mut head = first;
             while head < end {
+                // The head's group among every row's groups, and its group in the cache.
                 let g = head / per_group;
                 let stop = ((g + 1) * per_group).min(end);
-                let b = g / kv;
+                let place = rows.places[g / kv];
+                let cached = place.row * kv + g % kv;
+                let total = place.slot + 1;
+                let span = span(total, cap);
                 let group = Attention {
-                    queries: &q[head * d..stop * d],
-                    keys: &keys[g * d * cap..(g + 1) * d * cap],
-                    values: &values[g * cap * d..(g * cap + total) * d],
-                    mask: &mask[b * total..(b + 1) * total],
+                    queries: &rows.q[head * d..stop * d],
+                    keys: &keys[cached * d * cap..(cached + 1) * d * cap],
+                    values: &values[cached * cap * d..(cached * cap + total) * d],
+                    mask: &rows.mask[place.row * width..][..total],
                     scale,
                     span,
                 };
@@ -641,12 +773,13 @@ mod tests {
                 flat(Tensor::randn([b, kv, d], f)),
                 flat(Tensor::randn([b, kv, d], f)),
             );
-            let mask = Arc::new(vec![0f32; (b * (len + 1)) as usize]);
+            let mask = vec![0f32; (b * (len + 1)) as usize];
             let attend = |threads: usize| {
                 let team = Arc::new(Team::new(threads));
                 let mut host =
                     HostKv::from_tensors(&keys, &values, len as usize, Kind::Float, team);
-                host.attend(0, q.clone(), &k, &v, &mask)
+                let places = host.next_places();
+                host.attend(0, q.clone(), (&k, &v), &places, &mask)
             };
             let one = attend(1);
             assert!(one.iter().all(|x| x.is_finite()));
@@ -696,7 +829,8 @@ mod tests {
                 mask[(len + 2) as usize] = BLOCKED;
                 let host_q = Vec::<f32>::try_from(&q.view([-1])).unwrap();
                 let flat = |t: &Tensor| Vec::<f32>::try_from(&t.contiguous().view([-1])).unwrap();
-                let got = host.attend(1, host_q, &flat(&k), &flat(&v), &Arc::new(mask.clone()));
+                let places = host.next_places();
+                let got = host.attend(1, host_q, (&flat(&k), &flat(&v)), &places, &mask);
                 let got = Tensor::from_slice(&got).view([b, h, d]);
                 // libtorch: the layer's cache with the new position, grouped-query attention.
                 let all_k = kept(&Tensor::cat(
@@ -721,7 +855,8 @@ mod tests {
                 let q2 = Tensor::randn([2, h, d], f);
                 let (k2, v2) = (Tensor::randn([2, kv, d], f), Tensor::randn([2, kv, d], f));
                 let mask2 = vec![0f32; 2 * (len + 2) as usize];
-                let got2 = host.attend(1, flat(&q2), &flat(&k2), &flat(&v2), &Arc::new(mask2));
+                let places = host.next_places();
+                let got2 = host.attend(1, flat(&q2), (&flat(&k2), &flat(&v2)), &places, &mask2);
                 let got2 = Tensor::from_slice(&got2).view([2, h, d]);
                 let rows = Tensor::from_slice(&[2i64, 1]);
                 let all_k2 = kept(&Tensor::cat(

@@ -1,11 +1,13 @@
 //! The CPU decoder: f32, bf16 or int8 weights packed into panels ([`panels`]) whose
 //! products run on the CPU's widest instruction set ([`isa`]), a team of threads
-//! ([`team`]) that write each output by columns ([`columns`]), the KV cache on host vectors, f32 or bf16 ([`host_kv`]), and a step's
-//! block in Rust ([`blocks`], [`host_math`]).
+//! ([`team`]) that write each output by columns ([`columns`]), the KV cache on host
+//! vectors, f32 or bf16 ([`host_kv`]), and a step's block in Rust ([`blocks`],
+//! [`host_math`]).
 //!
-//! The prefill runs through libtorch ([`crate::prefill`]); its cache then moves to
-//! the host, and every step runs from the token's embedding to the final norm with
-//! no libtorch call between. Through libtorch a block of a decoding step made about
+//! The prompts' pass runs on the same blocks, a token a row ([`prompts`]), or
+//! through libtorch ([`crate::prefill`]) with its cache then copied to the host
+//! ([`PromptPass::choose`] says which); every step runs from the token's embedding to
+//! the final norm with no libtorch call between. Through libtorch a block of a decoding step made about
 //! twenty calls (norms, views, the rotation, copies, the activation, residual sums),
 //! each a few microseconds of dispatch for a few thousand values, and each product
 //! two layout conversions: together most of a step at the batch sizes of a rollout.
@@ -20,6 +22,7 @@ mod int8_dots;
 mod isa;
 mod kernel;
 mod panels;
+mod prompts;
 mod team;
 mod threads;
 
@@ -28,12 +31,13 @@ use std::sync::Arc;
 use tch::{Kind, Tensor};
 
 use self::blocks::{HostNorm, PackedLayer, Step};
-use self::host_kv::HostKv;
+use self::host_kv::{HostKv, Place};
 pub use self::isa::{ATEN_VAR, CEILING_VAR, Ceiling, Int8Dots, amx_tiles, bf16_units, int8_dots};
 use self::panels::Panels;
 use self::team::Team;
 use self::threads::TorchThreads;
 use super::{Decoder, DecoderKind};
+use crate::config::RolloutWeights;
 use crate::error::{ModelError, Result};
 use crate::inference::{InferenceWeights, Stacked};
 use crate::mask::positions;
@@ -83,6 +87,71 @@ impl PackedModel {
     /// Threads of its team.
     pub(crate) fn team_size(&self) -> usize {
         self.team.size()
+    }
+
+    /// Tokens `ids` (`[rows, 1]`, int64) at rotary `positions` (`[rows, 1]`) through
+    /// every block, each row's key and value written at its place in `cache`, its
+    /// attention over its sequence's positions up to its own with the sequences'
+    /// additive `mask` ([`blocks::host_mask`]): the rows' hidden states, before the
+    /// final norm.
+    fn blocks(
+        &self,
+        transformer: &Transformer,
+        ids: &Tensor,
+        positions: &Tensor,
+        places: &[Place],
+        mask: &[f32],
+        cache: &mut HostKv,
+    ) -> Vec<f32> {
+        let turns = transformer
+            .rope()
+            .rotation(positions, Kind::Float, true)
+            .host_turns()
+            .expect("the pair layout's rotation");
+        let x = tch::no_grad(|| transformer.embed(ids).contiguous().view([-1]));
+        let mut x = Vec::<f32>::try_from(&x).expect("f32 embeddings");
+        let step = Step {
+            rows: places.len(),
+            turns: &turns,
+            places,
+            mask,
+        };
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(x, &step, cache, i);
+        }
+        x
+    }
+}
+
+/// Where the CPU decoder's prompts' pass runs: the one place that chooses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PromptPass {
+    /// Through libtorch on the stacked weights ([`crate::prefill::prefill`]), its
+    /// cache then copied to the host: oneDNN's f32 (or bf16) products.
+    Libtorch,
+    /// On the decoder's own panels ([`prompts`]).
+    Panels,
+}
+
+impl PromptPass {
+    /// The panels where they hold f32 weights: the same results to f32's rounding,
+    /// sooner (on a Zen 2, AVX2, SmolLM2's alpaca_eval prompts at batch 1 / 8 / 32:
+    /// 0.10 / 0.66 / 2.69 s against libtorch's 0.14 / 0.78 / 3.16 — its oneDNN
+    /// products, the groups' padding, the cache's copy to the host). libtorch for
+    /// bf16 products, where oneDNN has AMX tiles. And libtorch for int8 rollout
+    /// weights (`int8`, `w8a8`), whose prompts keep f32 products: on their int8
+    /// panels the prompts ran about as fast as on f32's (0.08 / 0.68 / 2.74 s for
+    /// `int8`, 0.08 / 0.68 / 2.67 for `w8a8`, against 0.16 / 0.81–0.83 / 3.27–3.34
+    /// through libtorch), but the sampler moved further from f32's (SmolLM2, greedy,
+    /// |Δ log-prob| per token: `int8` 0.041 against 0.029, `w8a8` 0.061 against 0.035),
+    /// for 1–4% of a whole rollout at batch 8 and 32.
+    pub(crate) fn choose(storage: RolloutWeights, products: Kind) -> Self {
+        match storage {
+            RolloutWeights::Products if products == Kind::Float => Self::Panels,
+            RolloutWeights::Products | RolloutWeights::Int8 | RolloutWeights::W8a8 => {
+                Self::Libtorch
+            }
+        }
     }
 }
 
@@ -145,6 +214,56 @@ impl<'a> CpuDecoder<'a> {
         })
     }
 
+    /// [`Decoder::prefill`] through `pass`.
+    fn prefill_on(
+        &mut self,
+        pass: PromptPass,
+        prompts: &[Vec<u32>],
+        repeats: usize,
+        pad: u32,
+        capacity: i64,
+    ) -> Tensor {
+        let weights = self
+            .prefill_weights
+            .take()
+            .expect("one prefill per CPU decoder");
+        let team = self.packed.team.size();
+        // libtorch's pool goes to the team once libtorch's part is done.
+        let (cache, key_mask, logits, cores) = match pass {
+            PromptPass::Libtorch => {
+                let done = prefill(&weights, prompts, repeats, pad, capacity);
+                let (keys, values) = done.cache.layers();
+                let cache = HostKv::from_tensors(
+                    keys,
+                    values,
+                    done.cache.len() as usize,
+                    self.transformer.product_kind(),
+                    Arc::clone(&self.packed.team),
+                );
+                let cores = TorchThreads::hand_to_team(team);
+                (cache, done.key_mask, done.logits, cores)
+            }
+            PromptPass::Panels => {
+                drop(weights);
+                let cores = TorchThreads::hand_to_team(team);
+                let done = prompts::prefill(
+                    &self.packed,
+                    self.transformer,
+                    prompts,
+                    repeats,
+                    capacity as usize,
+                );
+                (done.cache, done.key_mask, done.logits, cores)
+            }
+        };
+        self.state = Some(HostState {
+            cache,
+            key_mask,
+            _cores: cores,
+        });
+        logits
+    }
+
     fn state(&mut self) -> &mut HostState {
         self.state.as_mut().expect("prefill before decoding")
     }
@@ -153,29 +272,12 @@ impl<'a> CpuDecoder<'a> {
 impl Decoder for CpuDecoder<'_> {
     /// Runs once per decoder: its hold on the prefill's stacked weights ends after it.
     fn prefill(&mut self, prompts: &[Vec<u32>], repeats: usize, pad: u32, capacity: i64) -> Tensor {
-        let weights = self
-            .prefill_weights
-            .take()
-            .expect("one prefill per CPU decoder");
-        let done = prefill(&weights, prompts, repeats, pad, capacity);
-        let (keys, values) = done.cache.layers();
-        let len = done.cache.len() as usize;
-        self.state = Some(HostState {
-            cache: HostKv::from_tensors(
-                keys,
-                values,
-                len,
-                self.transformer.product_kind(),
-                Arc::clone(&self.packed.team),
-            ),
-            key_mask: done.key_mask,
-            _cores: TorchThreads::hand_to_team(self.packed.team.size()),
-        });
-        done.logits
+        let t = self.transformer;
+        let pass = PromptPass::choose(t.rollout_weights(), t.product_kind());
+        self.prefill_on(pass, prompts, repeats, pad, capacity)
     }
 
     fn step(&mut self, tokens: &Tensor) -> Tensor {
-        let transformer = self.transformer;
         let state = self.state.as_mut().expect("prefill before decoding");
         let rows = tokens.size()[0];
         debug_assert_eq!(state.cache.batch_size(), rows as usize);
@@ -183,25 +285,16 @@ impl Decoder for CpuDecoder<'_> {
         state.key_mask = Tensor::cat(&[&state.key_mask, &ones], 1);
         let past = state.cache.len() as i64;
         let at = positions(&state.key_mask).narrow(1, past, 1);
-        let turns = transformer
-            .rope()
-            .rotation(&at, Kind::Float, true)
-            .host_turns()
-            .expect("the pair layout's rotation");
         let mask = blocks::host_mask(&state.key_mask);
-        let x = transformer
-            .embed(&tokens.unsqueeze(1))
-            .contiguous()
-            .view([-1]);
-        let mut x = Vec::<f32>::try_from(&x).expect("f32 embeddings");
-        let step = Step {
-            rows: rows as usize,
-            turns: &turns,
-            mask: &mask,
-        };
-        for (i, layer) in self.packed.layers.iter().enumerate() {
-            x = layer.forward(x, &step, &mut state.cache, i);
-        }
+        let places = state.cache.next_places();
+        let x = self.packed.blocks(
+            self.transformer,
+            &tokens.unsqueeze(1),
+            &at,
+            &places,
+            &mask,
+            &mut state.cache,
+        );
         state.cache.advance();
         let normed = self.packed.final_norm.forward(&x);
         let logits = self.packed.head.apply(&normed, rows as usize);
