@@ -69,7 +69,7 @@ pub(super) fn prefill(
             head_dim: spec.head_dim as usize,
             capacity,
         },
-        transformer.product_kind(),
+        super::cache_kind(transformer),
         Arc::clone(&model.team),
     );
     let mut real = Vec::with_capacity(batch * filled);
@@ -203,8 +203,8 @@ mod tests {
     /// The pass on the panels computes what libtorch's does: with f32 panels, the
     /// same logits after the prompts and at every step after them (so the same cache,
     /// as the steps attend over it) to f32's rounding, with and without a shared
-    /// prefix, with repeated rows, and after rows are dropped; with `w8a8` panels,
-    /// close to them.
+    /// prefix, with repeated rows, and after rows are dropped; with `w8a8` panels
+    /// (and its bf16 cache), close to them.
     #[test]
     fn the_panels_prompts_pass_gives_libtorchs_logits_and_cache() {
         tch::set_num_threads(2);
@@ -233,6 +233,13 @@ mod tests {
                         let mut decoder = CpuDecoder::new(InferenceWeights::kept(t)).unwrap();
                         let mut logits =
                             vec![decoder.prefill_on(pass, &prompts, repeats, 0, capacity)];
+                        // w8a8 keeps a bf16 cache, f32 panels an f32 one, either way.
+                        let kept = decoder.state().cache.kind();
+                        match (weights, precision) {
+                            (RolloutWeights::W8a8, _) => assert_eq!(kept, Kind::BFloat16),
+                            (_, Precision::F32) => assert_eq!(kept, Kind::Float),
+                            _ => {}
+                        }
                         let mut rows = (prompts.len() * repeats) as i64;
                         for step in 0..6 {
                             if step == 3 {
