@@ -23,7 +23,7 @@ use tracing::info;
 pub use cpu::{
     ATEN_VAR, CEILING_VAR, Ceiling, CpuDecoder, Int8Dots, amx_tiles, bf16_units, int8_dots,
 };
-pub(crate) use cpu::{PackedModel, host_math};
+pub(crate) use cpu::{PackedModel, PromptPass, host_math};
 pub use libtorch::LibtorchDecoder;
 
 use crate::error::Result;
@@ -110,8 +110,15 @@ impl DecoderKind {
         let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
         if !said.contains(&(choice, reason)) {
             said.push((choice, reason));
+            let prompts = match choice {
+                Self::Cpu => {
+                    PromptPass::choose(transformer.rollout_weights(), transformer.product_kind())
+                }
+                Self::Libtorch => PromptPass::Libtorch,
+            };
             info!(
                 decoder = choice.name(),
+                prompts = prompts.name(),
                 batch,
                 ?kind,
                 ?device,

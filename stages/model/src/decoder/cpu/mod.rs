@@ -134,6 +134,14 @@ pub(crate) enum PromptPass {
 }
 
 impl PromptPass {
+    /// The name used in logs.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Libtorch => "libtorch",
+            Self::Panels => "panels",
+        }
+    }
+
     /// The panels where they hold f32 weights: the same results to f32's rounding,
     /// sooner (on a Zen 2, AVX2, SmolLM2's alpaca_eval prompts at batch 1 / 8 / 32:
     /// 0.10 / 0.66 / 2.69 s against libtorch's 0.14 / 0.78 / 3.16 — its oneDNN

@@ -206,6 +206,27 @@ mod tests {
     /// prefix, with repeated rows, and after rows are dropped; with `w8a8` panels
     /// (and its bf16 cache), close to them.
     #[test]
+    fn the_panels_run_the_prompts_of_f32_panels_only() {
+        use RolloutWeights::{Int8, Products, W8a8};
+        assert_eq!(
+            PromptPass::choose(Products, Kind::Float),
+            PromptPass::Panels
+        );
+        for (weights, products) in [
+            (Products, Kind::BFloat16),
+            (Int8, Kind::Float),
+            (W8a8, Kind::Float),
+            (W8a8, Kind::BFloat16),
+        ] {
+            assert_eq!(
+                PromptPass::choose(weights, products),
+                PromptPass::Libtorch,
+                "{weights:?} {products:?}"
+            );
+        }
+    }
+
+    #[test]
     fn the_panels_prompts_pass_gives_libtorchs_logits_and_cache() {
         tch::set_num_threads(2);
         let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
