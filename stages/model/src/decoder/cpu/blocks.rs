@@ -59,8 +59,6 @@ impl HostNorm {
 /// What every block of a pass over some input rows shares: a decoding step's, one
 /// row per sequence, or a part of the prompts' pass, one row per token.
 pub(super) struct Step<'a> {
-    /// Input rows.
-    pub rows: usize,
     /// Each row's rotation: `head_dim` cos/sin values
     /// ([`crate::rope::Rotation::host_turns`]).
     pub turns: &'a [f32],
@@ -68,6 +66,13 @@ pub(super) struct Step<'a> {
     pub places: &'a [Place],
     /// [`host_mask`] of the cache's sequences.
     pub mask: &'a [f32],
+}
+
+impl Step<'_> {
+    /// Input rows: one per place.
+    pub fn rows(&self) -> usize {
+        self.places.len()
+    }
 }
 
 /// The additive mask of a cache's sequences on the host, `[batch, total]`: 0 for a
@@ -116,15 +121,15 @@ impl PackedLayer {
         let normed = self.input_norm.forward(&x);
         add(&mut x, &self.attention(&normed, step, cache, layer));
         let normed = self.post_norm.forward(&x);
-        let gate_up = self.gate_up.apply(&normed, step.rows);
+        let gate_up = self.gate_up.apply(&normed, step.rows());
         let activated = silu_times(&gate_up, self.intermediate);
-        add(&mut x, &self.down.apply(&activated, step.rows));
+        add(&mut x, &self.down.apply(&activated, step.rows()));
         x
     }
 
     /// q|k|v, the rotation of q and k, attention over the host cache, and o_proj.
     fn attention(&self, x: &[f32], step: &Step<'_>, cache: &mut HostKv, layer: usize) -> Vec<f32> {
-        let rows = step.rows;
+        let rows = step.rows();
         let (h, kv, d) = (self.heads, self.kv_heads, self.head_dim);
         let mut qkv = self.qkv.apply(x, rows);
         let (mut q, mut k, mut v) = (

@@ -13,6 +13,7 @@
 //! two layout conversions: together most of a step at the batch sizes of a rollout.
 
 mod activations;
+mod attention;
 mod blocks;
 mod columns;
 mod dot;
@@ -111,7 +112,6 @@ impl PackedModel {
         let x = tch::no_grad(|| transformer.embed(ids).contiguous().view([-1]));
         let mut x = Vec::<f32>::try_from(&x).expect("f32 embeddings");
         let step = Step {
-            rows: places.len(),
             turns: &turns,
             places,
             mask,
