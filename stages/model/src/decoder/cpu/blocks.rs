@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use tch::{Kind, Tensor};
+use tch::Kind;
 
-use super::host_kv::{BLOCKED, HostKv, Place};
+use super::host_kv::{HostKv, Place};
 use super::host_math::{add, rms_norm, rotate_pairs, silu_times};
 use super::panels::Panels;
 use super::team::Team;
@@ -64,7 +64,7 @@ pub(super) struct Step<'a> {
     pub turns: &'a [f32],
     /// Each row's place in the cache.
     pub places: &'a [Place],
-    /// [`host_mask`] of the cache's sequences.
+    /// Attention's additive mask of the cache's sequences, `[batch, capacity]`.
     pub mask: &'a [f32],
 }
 
@@ -73,16 +73,6 @@ impl Step<'_> {
     pub fn rows(&self) -> usize {
         self.places.len()
     }
-}
-
-/// The additive mask of a cache's sequences on the host, `[batch, total]`: 0 for a
-/// real token, [`BLOCKED`] for padding.
-pub(super) fn host_mask(key_mask: &Tensor) -> Vec<f32> {
-    let real = key_mask.to_kind(Kind::Int64).contiguous().view([-1]);
-    let real = Vec::<i64>::try_from(&real).expect("an integer key mask");
-    real.into_iter()
-        .map(|r| if r == 0 { BLOCKED } else { 0.0 })
-        .collect()
 }
 
 impl PackedLayer {

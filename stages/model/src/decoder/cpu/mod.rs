@@ -41,7 +41,6 @@ use super::{Decoder, DecoderKind};
 use crate::config::RolloutWeights;
 use crate::error::{ModelError, Result};
 use crate::inference::{InferenceWeights, Stacked};
-use crate::mask::positions;
 use crate::prefill::prefill;
 use crate::transformer::Transformer;
 
@@ -93,8 +92,8 @@ impl PackedModel {
     /// Tokens `ids` (`[rows, 1]`, int64) at rotary `positions` (`[rows, 1]`) through
     /// every block, each row's key and value written at its place in `cache`, its
     /// attention over its sequence's positions up to its own with the sequences'
-    /// additive `mask` ([`blocks::host_mask`]): the rows' hidden states, before the
-    /// final norm.
+    /// additive `mask` (`[batch, capacity]`, zeros: no sequence has padding in the
+    /// cache): the rows' hidden states, before the final norm.
     fn blocks(
         &self,
         transformer: &Transformer,
@@ -185,8 +184,9 @@ fn cache_kind(transformer: &Transformer) -> Kind {
 #[derive(Debug)]
 struct HostState {
     cache: HostKv,
-    /// `[rows, filled]`, 1 = real token.
-    key_mask: Tensor,
+    /// Attention's additive mask, `[rows, capacity]`: zeros, each sequence's tokens
+    /// filling its first positions ([`HostKv`]).
+    mask: Vec<f32>,
     /// libtorch's pool handed to the team while decoding.
     _cores: TorchThreads,
 }
@@ -255,19 +255,19 @@ impl<'a> CpuDecoder<'a> {
             .expect("one prefill per CPU decoder");
         let team = self.packed.team.size();
         // libtorch's pool goes to the team once libtorch's part is done.
-        let (cache, key_mask, logits, cores) = match pass {
+        let (cache, logits, cores) = match pass {
             PromptPass::Libtorch => {
                 let done = prefill(&weights, prompts, repeats, pad, capacity);
                 let (keys, values) = done.cache.layers();
                 let cache = HostKv::from_tensors(
                     keys,
                     values,
-                    done.cache.len() as usize,
+                    &done.key_mask,
                     cache_kind(self.transformer),
                     Arc::clone(&self.packed.team),
                 );
                 let cores = TorchThreads::hand_to_team(team);
-                (cache, done.key_mask, done.logits, cores)
+                (cache, done.logits, cores)
             }
             PromptPass::Panels => {
                 drop(weights);
@@ -279,12 +279,13 @@ impl<'a> CpuDecoder<'a> {
                     repeats,
                     capacity as usize,
                 );
-                (done.cache, done.key_mask, done.logits, cores)
+                (done.cache, done.logits, cores)
             }
         };
+        let mask = vec![0f32; cache.batch_size() * cache.capacity()];
         self.state = Some(HostState {
             cache,
-            key_mask,
+            mask,
             _cores: cores,
         });
         logits
@@ -307,18 +308,14 @@ impl Decoder for CpuDecoder<'_> {
         let state = self.state.as_mut().expect("prefill before decoding");
         let rows = tokens.size()[0];
         debug_assert_eq!(state.cache.batch_size(), rows as usize);
-        let ones = Tensor::ones([rows, 1], (state.key_mask.kind(), state.key_mask.device()));
-        state.key_mask = Tensor::cat(&[&state.key_mask, &ones], 1);
-        let past = state.cache.len() as i64;
-        let at = positions(&state.key_mask).narrow(1, past, 1);
-        let mask = blocks::host_mask(&state.key_mask);
         let places = state.cache.next_places();
+        let at: Vec<i64> = places.iter().map(|p| p.slot as i64).collect();
         let x = self.packed.blocks(
             self.transformer,
             &tokens.unsqueeze(1),
-            &at,
+            &Tensor::from_slice(&at).view([rows, 1]),
             &places,
-            &mask,
+            &state.mask,
             &mut state.cache,
         );
         state.cache.advance();
@@ -331,7 +328,6 @@ impl Decoder for CpuDecoder<'_> {
         let state = self.state();
         let kept: Vec<usize> = rows.iter().map(|&r| r as usize).collect();
         state.cache.select_rows(&kept);
-        let rows = Tensor::from_slice(rows);
-        state.key_mask = state.key_mask.index_select(0, &rows);
+        state.mask.truncate(kept.len() * state.cache.capacity());
     }
 }

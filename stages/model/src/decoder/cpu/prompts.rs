@@ -24,20 +24,19 @@ use crate::transformer::Transformer;
 /// the caches (SmolLM2's gate | up: 256 × 3,072 values, 3 MB).
 const PART: usize = 256;
 
-/// One prompt token: its id, its place in the cache and its position (the rotation's).
+/// One prompt token: its id and its place in the cache, whose slot is its position
+/// (the rotation's).
 #[derive(Debug, Clone, Copy)]
 struct Token {
     id: u32,
     place: Place,
-    position: usize,
 }
 
-/// The prompts' pass: the cache of every row, its key mask (`[rows, filled]`, 1 =
-/// real token, int64) and the next-token logits after each row (`[rows, vocab]`).
+/// The prompts' pass: the cache of every row and the next-token logits after each
+/// row (`[rows, vocab]`).
 #[derive(Debug)]
 pub(super) struct Prefilled {
     pub cache: HostKv,
-    pub key_mask: Tensor,
     pub logits: Tensor,
 }
 
@@ -46,9 +45,8 @@ pub(super) struct Prefilled {
 /// sharing its pass.
 ///
 /// A prefix every prompt shares ([`shared_prefix`]) runs once, as sequence 0, and is
-/// copied to the others; each row of the cache then reads `[prefix][padding][rest]`:
-/// positions count real tokens only, so every value is what the prompt alone would
-/// have given (as [`crate::prefill::prefill`]'s layout).
+/// copied to the others; each row of the cache then reads `[prefix][rest]`, with no
+/// padding (the cache's layout, [`HostKv`]).
 pub(super) fn prefill(
     model: &PackedModel,
     transformer: &Transformer,
@@ -58,8 +56,6 @@ pub(super) fn prefill(
 ) -> Prefilled {
     let spec = transformer.spec();
     let shared = shared_prefix(prompts);
-    let rests: Vec<usize> = prompts.iter().map(|p| p.len() - shared).collect();
-    let filled = shared + rests.iter().copied().max().unwrap_or(0);
     let batch = prompts.len();
     let mut cache = HostKv::empty(
         CacheShape {
@@ -72,20 +68,12 @@ pub(super) fn prefill(
         super::cache_kind(transformer),
         Arc::clone(&model.team),
     );
-    let mut real = Vec::with_capacity(batch * filled);
-    for &rest in &rests {
-        real.extend(repeat_n(1i64, shared));
-        real.extend(repeat_n(0i64, filled - shared - rest));
-        real.extend(repeat_n(1i64, rest));
-    }
-    let key_mask = Tensor::from_slice(&real).view([batch as i64, filled as i64]);
-    let mask = super::blocks::host_mask(&key_mask);
+    let mask = vec![0f32; batch * cache.capacity()];
     if shared > 0 {
         let prefix: Vec<Token> = (0..shared)
             .map(|slot| Token {
                 id: prompts[0][slot],
                 place: Place { row: 0, slot },
-                position: slot,
             })
             .collect();
         for part in prefix.chunks(PART) {
@@ -95,20 +83,15 @@ pub(super) fn prefill(
     }
     let tokens: Vec<Token> = prompts
         .iter()
-        .zip(&rests)
         .enumerate()
-        .flat_map(|(row, (prompt, &rest))| {
-            let start = filled - rest;
-            prompt[shared..]
+        .flat_map(|(row, prompt)| {
+            prompt
                 .iter()
                 .enumerate()
-                .map(move |(j, &id)| Token {
+                .skip(shared)
+                .map(move |(slot, &id)| Token {
                     id,
-                    place: Place {
-                        row,
-                        slot: start + j,
-                    },
-                    position: shared + j,
+                    place: Place { row, slot },
                 })
         })
         .collect();
@@ -117,27 +100,22 @@ pub(super) fn prefill(
     for part in tokens.chunks(PART) {
         let x = run(model, transformer, part, &mut cache, &mask);
         for (token, x) in part.iter().zip(x.chunks_exact(hidden)) {
-            if token.place.slot == filled - 1 {
+            if token.place.slot == prompts[token.place.row].len() - 1 {
                 last[token.place.row * hidden..][..hidden].copy_from_slice(x);
             }
         }
     }
-    cache.fill(filled);
+    cache.fill(prompts.iter().map(Vec::len).collect());
     let normed = model.final_norm.forward(&last);
     let logits = Tensor::from_slice(&model.head.apply(&normed, batch)).view([batch as i64, -1]);
     if repeats <= 1 {
-        return Prefilled {
-            cache,
-            key_mask,
-            logits,
-        };
+        return Prefilled { cache, logits };
     }
     let rows: Vec<usize> = (0..batch).flat_map(|r| repeat_n(r, repeats)).collect();
     cache.select_rows(&rows);
     let index = Tensor::from_slice(&rows.iter().map(|&r| r as i64).collect::<Vec<_>>());
     Prefilled {
         cache,
-        key_mask: key_mask.index_select(0, &index),
         logits: logits.index_select(0, &index),
     }
 }
@@ -152,7 +130,7 @@ fn run(
 ) -> Vec<f32> {
     let n = tokens.len() as i64;
     let ids: Vec<i64> = tokens.iter().map(|t| i64::from(t.id)).collect();
-    let positions: Vec<i64> = tokens.iter().map(|t| t.position as i64).collect();
+    let positions: Vec<i64> = tokens.iter().map(|t| t.place.slot as i64).collect();
     let places: Vec<Place> = tokens.iter().map(|t| t.place).collect();
     model.blocks(
         transformer,
