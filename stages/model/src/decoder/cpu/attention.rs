@@ -24,7 +24,8 @@ pub(super) fn span(total: usize, capacity: usize) -> usize {
 
 /// One (sequence, key/value head) group: `queries` (`heads × d`) over `keys`
 /// (`d × capacity`, the first `total` columns filled) and `values` (`total × d`),
-/// with the sequence's additive `mask` (`total`); `scores` is scratch (`heads ×
+/// every position the sequence's own (no padding: [`super::host_kv::HostKv`]);
+/// `scores` is scratch (`heads ×
 /// span`: the first pass's sums past `total`, over unfilled positions, are
 /// computed and never read), `out` is `heads × d`; on the build `isa` (one the CPU
 /// runs).
@@ -55,7 +56,8 @@ pub(super) struct Attention<'a, T> {
     pub queries: &'a [f32],
     pub keys: &'a [T],
     pub values: &'a [T],
-    pub mask: &'a [f32],
+    /// Positions attended: the sequence's tokens up to the query's own.
+    pub total: usize,
     pub scale: f32,
     /// [`span`].
     pub span: usize,
@@ -83,7 +85,7 @@ fn attend_body<T: PanelValue, const W: usize>(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    let (total, span) = (args.mask.len(), args.span);
+    let (total, span) = (args.total, args.span);
     let d = args.queries.len() / (scores.len() / span);
     let capacity = args.keys.len() / d;
     // Σ_c q[c] · keys[c][..span]: the keys lie by dimension.
@@ -95,8 +97,8 @@ fn attend_body<T: PanelValue, const W: usize>(
         sum_heads::<T, W>(query.len() / d, query, args.keys, capacity, rows);
         for row in rows.chunks_exact_mut(span) {
             let row = &mut row[..total];
-            for (s, &m) in row.iter_mut().zip(args.mask) {
-                *s = s.mul_add(args.scale, m);
+            for s in row.iter_mut() {
+                *s *= args.scale;
             }
             let max = lanes_max(row);
             for s in row.iter_mut() {
@@ -236,7 +238,6 @@ impl<T: PanelValue, const H: usize> Terms<'_, T, H> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::host_kv::BLOCKED;
     use super::super::panels::Bf16;
     use super::*;
     use tch::{Device, Kind, Tensor};
@@ -246,15 +247,14 @@ mod tests {
         d: usize,
         queries: &[f32],
         (keys, values): (&[T], &[T]),
-        mask: &[f32],
+        total: usize,
     ) -> Vec<f32> {
-        let total = mask.len();
         let span = span(total, keys.len() / d);
         let group = Attention {
             queries,
             keys,
             values: &values[..total * d],
-            mask,
+            total,
             scale: 0.2,
             span,
         };
@@ -275,14 +275,12 @@ mod tests {
         };
         let keys = random(d * capacity, 1);
         let values = random(capacity * d, 2);
-        let mut mask = vec![0f32; total];
-        mask[3] = BLOCKED;
         let narrow = |x: &[f32]| x.iter().map(|&v| Bf16::round(v)).collect::<Vec<_>>();
         let (keys16, values16) = (narrow(&keys), narrow(&values));
         for heads in 1..=7 {
             let queries = random(heads * d, 3);
-            let attend = |isa: Isa| attend_over(isa, d, &queries, (&keys, &values), &mask);
-            let attend16 = |isa| attend_over(isa, d, &queries, (&keys16, &values16), &mask);
+            let attend = |isa: Isa| attend_over(isa, d, &queries, (&keys, &values), total);
+            let attend16 = |isa| attend_over(isa, d, &queries, (&keys16, &values16), total);
             let (portable, portable16) = (attend(Isa::Portable), attend16(Isa::Portable));
             assert!(portable.iter().chain(&portable16).all(|v| v.is_finite()));
             assert_ne!(portable, portable16, "bf16 keys and values round");

@@ -64,8 +64,6 @@ pub(super) struct Step<'a> {
     pub turns: &'a [f32],
     /// Each row's place in the cache.
     pub places: &'a [Place],
-    /// Attention's additive mask of the cache's sequences, `[batch, capacity]`.
-    pub mask: &'a [f32],
 }
 
 impl Step<'_> {
@@ -134,7 +132,7 @@ impl PackedLayer {
             k.extend_from_slice(&row[h * d..(h + kv) * d]);
             v.extend_from_slice(&row[(h + kv) * d..]);
         }
-        let attended = cache.attend(layer, q, (&k, &v), step.places, step.mask);
+        let attended = cache.attend(layer, q, (&k, &v), step.places);
         self.o.apply(&attended, rows)
     }
 }

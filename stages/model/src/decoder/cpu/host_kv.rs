@@ -30,10 +30,6 @@ use super::isa::Isa;
 use super::panels::{Bf16, PanelValue};
 use super::team::Team;
 
-/// The additive mask value of a padding position, as [`crate::mask`] uses.
-#[cfg(test)]
-pub const BLOCKED: f32 = f32::MIN / 2.0;
-
 /// Where one input row's key and value go: its sequence (a row of the cache) and the
 /// position in that sequence's cache. A decoding step has one per sequence, each at
 /// the next position ([`HostKv::next_places`]); the prompts' pass one per token.
@@ -291,11 +287,6 @@ impl HostKv {
         &self.lens
     }
 
-    /// Positions each sequence can hold.
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
     /// Sequences in the cache.
     pub fn batch_size(&self) -> usize {
         self.batch
@@ -353,16 +344,14 @@ impl HostKv {
     /// Layer `layer`'s attention of input rows at `places` (one each): writes each
     /// row's key and value (`[rows, kv_heads, head_dim]` each, rotated keys) at its
     /// place, then attends with its queries (`q`, `[rows, heads, head_dim]`, rotated)
-    /// over its sequence's positions up to its own, with `mask` (`[batch, width]`,
-    /// additive, `width` past every place: zeros for the decoder, whose sequences'
-    /// positions hold no padding). Returns `[rows, heads · head_dim]`.
+    /// over its sequence's positions up to its own. Returns `[rows, heads ·
+    /// head_dim]`.
     pub fn attend(
         &mut self,
         layer: usize,
         q: Vec<f32>,
         (k, v): (&[f32], &[f32]),
         places: &[Place],
-        mask: &[f32],
     ) -> Vec<f32> {
         let geometry = Geometry {
             batch: self.batch,
@@ -371,13 +360,7 @@ impl HostKv {
             head_dim: self.head_dim,
             team: &self.team,
         };
-        let rows = Rows {
-            q,
-            k,
-            v,
-            places,
-            mask,
-        };
+        let rows = Rows { q, k, v, places };
         match &mut self.store {
             Store::F32(layers) => geometry.attend(layers, layer, &rows),
             Store::Bf16(layers) => geometry.attend(layers, layer, &rows),
@@ -401,7 +384,6 @@ struct Rows<'a> {
     k: &'a [f32],
     v: &'a [f32],
     places: &'a [Place],
-    mask: &'a [f32],
 }
 
 impl Geometry<'_> {
@@ -413,11 +395,10 @@ impl Geometry<'_> {
         rows: &Rows<'_>,
     ) -> Vec<f32> {
         let (kv, cap, d) = (self.kv_heads, self.capacity, self.head_dim);
-        let width = rows.mask.len() / self.batch;
         for place in rows.places {
             assert!(
-                place.row < self.batch && place.slot < cap.min(width),
-                "KV cache overflow: {place:?} in {} sequences of {cap} positions, a mask of {width}",
+                place.row < self.batch && place.slot < cap,
+                "KV cache overflow: {place:?} in {} sequences of {cap} positions",
                 self.batch
             );
         }
@@ -476,7 +457,7 @@ impl Geometry<'_> {
                     queries: &rows.q[head * d..stop * d],
                     keys: &keys[cached * d * cap..(cached + 1) * d * cap],
                     values: &values[cached * cap * d..(cached * cap + total) * d],
-                    mask: &rows.mask[place.row * width..][..total],
+                    total,
                     scale,
                     span,
                 };
@@ -517,8 +498,6 @@ mod tests {
         .squeeze_dim(2)
     }
 
-    /// One group's attention on `isa`: `queries` (`heads × d`) over the first
-    /// `mask.len()` positions of `keys` (`d × capacity`) and `values` (`capacity × d`).
     #[test]
     fn every_team_size_attends_alike_bit_for_bit_with_groups_cut_between_threads() {
         // SmolLM2's shape at batch 1 and 2 (3 key/value heads of 3 query heads, 64
@@ -535,13 +514,12 @@ mod tests {
                 flat(Tensor::randn([b, kv, d], f)),
                 flat(Tensor::randn([b, kv, d], f)),
             );
-            let mask = vec![0f32; (b * (len + 1)) as usize];
             let attend = |threads: usize| {
                 let team = Arc::new(Team::new(threads));
                 let filled = Tensor::ones([b, len], (Kind::Int64, Device::Cpu));
                 let mut host = HostKv::from_tensors(&keys, &values, &filled, Kind::Float, team);
                 let places = host.next_places();
-                host.attend(0, q.clone(), (&k, &v), &places, &mask)
+                host.attend(0, q.clone(), (&k, &v), &places)
             };
             let one = attend(1);
             assert!(one.iter().all(|x| x.is_finite()));
@@ -584,7 +562,7 @@ mod tests {
                 for (i, &r) in rows.iter().enumerate() {
                     for p in 0..len {
                         if key_mask.int64_value(&[r, p]) == 0 {
-                            mask[i * width as usize + p as usize] = BLOCKED;
+                            mask[i * width as usize + p as usize] = f32::MIN / 2.0;
                         }
                     }
                 }
@@ -603,11 +581,10 @@ mod tests {
                 assert_eq!(host.lens(), [n, n - 2, n - 1]);
                 let q = Tensor::randn([b, h, d], f);
                 let (k, v) = (Tensor::randn([b, kv, d], f), Tensor::randn([b, kv, d], f));
-                let mask = vec![0f32; b as usize * host.capacity()];
                 let host_q = Vec::<f32>::try_from(&q.view([-1])).unwrap();
                 let flat = |t: &Tensor| Vec::<f32>::try_from(&t.contiguous().view([-1])).unwrap();
                 let places = host.next_places();
-                let got = host.attend(1, host_q, (&flat(&k), &flat(&v)), &places, &mask);
+                let got = host.attend(1, host_q, (&flat(&k), &flat(&v)), &places);
                 let got = Tensor::from_slice(&got).view([b, h, d]);
                 // libtorch: the layer's cache with the new position, grouped-query attention.
                 let all_k = kept(&Tensor::cat(
@@ -631,9 +608,8 @@ mod tests {
                 assert_eq!((host.batch_size(), host.lens()), (2, &[n, n - 1][..]));
                 let q2 = Tensor::randn([2, h, d], f);
                 let (k2, v2) = (Tensor::randn([2, kv, d], f), Tensor::randn([2, kv, d], f));
-                let mask2 = vec![0f32; 2 * host.capacity()];
                 let places = host.next_places();
-                let got2 = host.attend(1, flat(&q2), (&flat(&k2), &flat(&v2)), &places, &mask2);
+                let got2 = host.attend(1, flat(&q2), (&flat(&k2), &flat(&v2)), &places);
                 let got2 = Tensor::from_slice(&got2).view([2, h, d]);
                 let rows = Tensor::from_slice(&[2i64, 1]);
                 let all_k2 = kept(&Tensor::cat(

@@ -91,16 +91,14 @@ impl PackedModel {
 
     /// Tokens `ids` (`[rows, 1]`, int64) at rotary `positions` (`[rows, 1]`) through
     /// every block, each row's key and value written at its place in `cache`, its
-    /// attention over its sequence's positions up to its own with the sequences'
-    /// additive `mask` (`[batch, capacity]`, zeros: no sequence has padding in the
-    /// cache): the rows' hidden states, before the final norm.
+    /// attention over its sequence's positions up to its own: the rows' hidden
+    /// states, before the final norm.
     fn blocks(
         &self,
         transformer: &Transformer,
         ids: &Tensor,
         positions: &Tensor,
         places: &[Place],
-        mask: &[f32],
         cache: &mut HostKv,
     ) -> Vec<f32> {
         let turns = transformer
@@ -113,7 +111,6 @@ impl PackedModel {
         let step = Step {
             turns: &turns,
             places,
-            mask,
         };
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(x, &step, cache, i);
@@ -184,9 +181,6 @@ fn cache_kind(transformer: &Transformer) -> Kind {
 #[derive(Debug)]
 struct HostState {
     cache: HostKv,
-    /// Attention's additive mask, `[rows, capacity]`: zeros, each sequence's tokens
-    /// filling its first positions ([`HostKv`]).
-    mask: Vec<f32>,
     /// libtorch's pool handed to the team while decoding.
     _cores: TorchThreads,
 }
@@ -282,10 +276,8 @@ impl<'a> CpuDecoder<'a> {
                 (done.cache, done.logits, cores)
             }
         };
-        let mask = vec![0f32; cache.batch_size() * cache.capacity()];
         self.state = Some(HostState {
             cache,
-            mask,
             _cores: cores,
         });
         logits
@@ -315,7 +307,6 @@ impl Decoder for CpuDecoder<'_> {
             &tokens.unsqueeze(1),
             &Tensor::from_slice(&at).view([rows, 1]),
             &places,
-            &state.mask,
             &mut state.cache,
         );
         state.cache.advance();
@@ -328,6 +319,5 @@ impl Decoder for CpuDecoder<'_> {
         let state = self.state();
         let kept: Vec<usize> = rows.iter().map(|&r| r as usize).collect();
         state.cache.select_rows(&kept);
-        state.mask.truncate(kept.len() * state.cache.capacity());
     }
 }

@@ -68,7 +68,6 @@ pub(super) fn prefill(
         super::cache_kind(transformer),
         Arc::clone(&model.team),
     );
-    let mask = vec![0f32; batch * cache.capacity()];
     if shared > 0 {
         let prefix: Vec<Token> = (0..shared)
             .map(|slot| Token {
@@ -77,7 +76,7 @@ pub(super) fn prefill(
             })
             .collect();
         for part in prefix.chunks(PART) {
-            let _ = run(model, transformer, part, &mut cache, &mask);
+            let _ = run(model, transformer, part, &mut cache);
         }
         cache.copy_first(shared);
     }
@@ -98,7 +97,7 @@ pub(super) fn prefill(
     let hidden = spec.hidden_size as usize;
     let mut last = vec![0f32; batch * hidden];
     for part in tokens.chunks(PART) {
-        let x = run(model, transformer, part, &mut cache, &mask);
+        let x = run(model, transformer, part, &mut cache);
         for (token, x) in part.iter().zip(x.chunks_exact(hidden)) {
             if token.place.slot == prompts[token.place.row].len() - 1 {
                 last[token.place.row * hidden..][..hidden].copy_from_slice(x);
@@ -126,7 +125,6 @@ fn run(
     transformer: &Transformer,
     tokens: &[Token],
     cache: &mut HostKv,
-    mask: &[f32],
 ) -> Vec<f32> {
     let n = tokens.len() as i64;
     let ids: Vec<i64> = tokens.iter().map(|t| i64::from(t.id)).collect();
@@ -137,7 +135,6 @@ fn run(
         &Tensor::from_slice(&ids).view([n, 1]),
         &Tensor::from_slice(&positions).view([n, 1]),
         &places,
-        mask,
         cache,
     )
 }
