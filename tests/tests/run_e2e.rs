@@ -504,11 +504,15 @@ fn a_mixed_precision_run_trains_through_shared_prompts_and_records_the_mismatch(
         manifest.contains("\"precision\": \"mixed_bf16\""),
         "{manifest}"
     );
-    // The manifest says where the products ran: natively with bf16 units, emulated
-    // (as asked) without.
+    // The manifest says where the products ran: natively where bf16 units outrun f32
+    // ones, as asked (emulated, or on units no faster than f32's) elsewhere.
     let manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();
-    let units = lsp_model::decoder::bf16_units();
-    assert_eq!(manifest["machine"]["bf16_units"], units);
+    let pays = lsp_model::decoder::bf16_products_pay();
+    assert_eq!(
+        manifest["machine"]["bf16_units"],
+        lsp_model::decoder::bf16_units()
+    );
+    assert_eq!(manifest["machine"]["bf16_products_pay"], pays);
     assert_eq!(
         manifest["machine"]["amx_tiles"],
         lsp_model::decoder::amx_tiles()
@@ -519,7 +523,7 @@ fn a_mixed_precision_run_trains_through_shared_prompts_and_records_the_mismatch(
     );
     assert_eq!(
         manifest["machine"]["products"],
-        if units { "bf16" } else { "bf16_emulated" }
+        if pays { "bf16" } else { "bf16_emulated" }
     );
     assert!(manifest["machine"]["cpu"].is_string(), "{manifest}");
 }

@@ -48,7 +48,8 @@ fn cpu_model() -> Value {
 }
 
 /// The machine a run (or a resume) ran on and where its products ran there: bf16
-/// under `mixed_bf16` only with bf16 units (or `emulate_bf16`), f32 otherwise; and
+/// under `mixed_bf16` only where bf16 units outrun f32 ones (`bf16_products_pay`), or
+/// with `emulate_bf16`, f32 otherwise; and
 /// the instruction-set ceiling `LSP_CPU_ISA` set, if any; whether the CPU has AMX
 /// tiles (which move the rollouts' choice of decoder under `mixed_bf16`); and whether
 /// `rollout_weights: w8a8` runs on int8 dot products (`avx512_vnni` or `avx2`; null
@@ -59,6 +60,7 @@ fn machine(config: &EpochConfig) -> Value {
         "cpu": cpu_model(),
         "cpu_isa_ceiling": ceiling,
         "bf16_units": lsp_model::decoder::bf16_units(),
+        "bf16_products_pay": lsp_model::decoder::bf16_products_pay(),
         "amx_tiles": lsp_model::decoder::amx_tiles(),
         "int8_dots": lsp_model::decoder::int8_dots().map(lsp_model::decoder::Int8Dots::name),
         "products": config.model.products().name(),

@@ -1,13 +1,16 @@
 //! Which kind a model's products take: the one place `model.precision` meets the
 //! machine. Under `mixed_bf16` the products are bf16 where the device computes bf16
-//! natively: a CUDA device, or a CPU with AVX512-BF16 (the CPUs with AMX-BF16 tiles
-//! have it too). A CPU without them would have libtorch emulate every bf16 product,
+//! faster than f32: a CUDA device, or a CPU whose bf16 units outrun its f32 FMAs
+//! ([`crate::decoder::bf16_products_pay`]: AMX-BF16 tiles, or AVX512-BF16 on an AMD
+//! core). A CPU without bf16 units would have libtorch emulate every bf16 product,
 //! several times slower than f32 (measured on an AVX2 EPYC: log-probs 6-7x slower,
-//! transformers' bf16 autocast as much), so there the products run in f32 — the
-//! master weights' own type: exact, and as fast as `precision: f32` — unless
-//! `emulate_bf16` asks for bf16 regardless (to reproduce a bf16 run's numerics on such
-//! a machine, and in tests, which run every path on every machine). The path is
-//! logged once per process and written in a run's manifest.
+//! transformers' bf16 autocast as much), and an Intel core with AVX512-BF16 but no
+//! AMX computes them no faster than f32 and loses the casts (measured on a Xeon:
+//! log-probs 0.65x, a training step 0.6x of f32's), so there the products run in
+//! f32 — the master weights' own type: exact, and as fast as `precision: f32` —
+//! unless `emulate_bf16` asks for bf16 regardless (to reproduce a bf16 run's numerics
+//! on such a machine, and in tests, which run every path on every machine). The path
+//! is logged once per process and written in a run's manifest.
 
 use std::sync::Mutex;
 
@@ -23,24 +26,26 @@ pub enum Products {
     Weights,
     /// `mixed_bf16` in bf16, on units that compute it.
     Bf16,
-    /// `mixed_bf16` in bf16 on a CPU without bf16 units, emulated (`emulate_bf16`).
+    /// `mixed_bf16` in bf16 on a CPU where they do not pay, as `emulate_bf16` asks:
+    /// emulated without bf16 units, or on units no faster than f32's.
     Bf16Emulated,
-    /// `mixed_bf16` in f32 on a CPU without bf16 units: the master weights' kind.
+    /// `mixed_bf16` in f32 on a CPU where bf16 products do not pay: the master
+    /// weights' kind.
     F32Fallback,
 }
 
 impl Products {
-    /// The path for `precision` on `device`, given whether the CPU has bf16 units
-    /// and whether emulating them was asked for.
+    /// The path for `precision` on `device`, given whether the CPU's bf16 products
+    /// outrun its f32 ones and whether bf16 regardless was asked for.
     pub fn resolve(
         precision: Precision,
         device: DeviceKind,
-        bf16_units: bool,
+        bf16_pays: bool,
         emulate_bf16: bool,
     ) -> Self {
         match precision {
             Precision::F32 => Self::Weights,
-            Precision::MixedBf16 if device == DeviceKind::Cuda || bf16_units => Self::Bf16,
+            Precision::MixedBf16 if device == DeviceKind::Cuda || bf16_pays => Self::Bf16,
             Precision::MixedBf16 if emulate_bf16 => Self::Bf16Emulated,
             Precision::MixedBf16 => Self::F32Fallback,
         }
@@ -51,7 +56,7 @@ impl Products {
         Self::resolve(
             precision,
             device,
-            crate::decoder::bf16_units(),
+            crate::decoder::bf16_products_pay(),
             emulate_bf16,
         )
     }
@@ -88,18 +93,27 @@ impl Products {
             Self::Bf16 => info!(products = self.name(), "mixed_bf16: bf16 products"),
             Self::Bf16Emulated => warn!(
                 products = self.name(),
-                "mixed_bf16 with emulate_bf16 on a CPU without bf16 units (no avx512_bf16, or \
-                 capped below it by LSP_CPU_ISA or ATEN_CPU_CAPABILITY): \
-                 libtorch emulates the bf16 products, several times slower than f32"
+                "mixed_bf16 with emulate_bf16 on {}: the bf16 products run slower than f32",
+                why_not_bf16()
             ),
             Self::F32Fallback => warn!(
                 products = self.name(),
-                "mixed_bf16 on a CPU without bf16 units (no avx512_bf16, or capped below it by \
-                 LSP_CPU_ISA or ATEN_CPU_CAPABILITY): the products run \
-                 in f32, the master weights' kind (exact; emulated bf16 would be several \
-                 times slower); set model.emulate_bf16 (--emulate-bf16) for bf16 anyway"
+                "mixed_bf16 on {}: the products run in f32, the master weights' kind (exact, \
+                 and faster here); set model.emulate_bf16 (--emulate-bf16) for bf16 anyway",
+                why_not_bf16()
             ),
         }
+    }
+}
+
+/// Why bf16 products do not pay on this CPU, for the log.
+fn why_not_bf16() -> &'static str {
+    if crate::decoder::bf16_units() {
+        "an Intel CPU with AVX512-BF16 but no AMX-BF16 tiles, whose bf16 dot products run \
+         no faster than its f32 FMAs"
+    } else {
+        "a CPU without bf16 units (no avx512_bf16, or capped below it by LSP_CPU_ISA or \
+         ATEN_CPU_CAPABILITY), where libtorch emulates them, several times slower than f32"
     }
 }
 
@@ -108,7 +122,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn mixed_precision_falls_back_to_f32_only_on_a_cpu_without_bf16_units() {
+    fn mixed_precision_falls_back_to_f32_only_where_bf16_products_do_not_pay() {
         use DeviceKind::{Cpu, Cuda};
         use Precision::{F32, MixedBf16};
         for units in [false, true] {

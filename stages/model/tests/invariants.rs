@@ -661,10 +661,11 @@ fn mixed_precision_passes_without_gradient_keep_an_f32_residual_stream() {
 }
 
 #[test]
-fn mixed_precision_without_bf16_units_computes_in_f32_unless_emulation_is_asked() {
+fn mixed_precision_where_bf16_does_not_pay_computes_in_f32_unless_emulation_is_asked() {
     // On a CPU without bf16 units, where libtorch would emulate bf16 several times
-    // slower than f32, mixed_bf16's products run in f32: bit for bit what precision
-    // f32 gives. With the units, or with emulate_bf16, they run in bf16 and move the
+    // slower than f32, or whose bf16 units are no faster than its f32 FMAs (an Intel
+    // core without AMX), mixed_bf16's products run in f32: bit for bit what precision
+    // f32 gives. Where bf16 pays, or with emulate_bf16, they run in bf16 and move the
     // log-probs. Whichever this machine is, the other side is `Products::resolve`'s
     // unit test.
     let load = |precision, emulate_bf16| {
@@ -687,7 +688,7 @@ fn mixed_precision_without_bf16_units_computes_in_f32_unless_emulation_is_asked(
         let want = tch::no_grad(|| exact.completion_logprobs_with(&exact_weights, &pairs)).unwrap();
         (&lp.values - &want.values).abs().max().double_value(&[])
     };
-    let units = lsp_model::decoder::bf16_units();
+    let units = lsp_model::decoder::bf16_products_pay();
     let plain = load(Precision::MixedBf16, false);
     let emulated = load(Precision::MixedBf16, true);
     assert_eq!(

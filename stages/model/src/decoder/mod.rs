@@ -21,7 +21,8 @@ use tch::{Device, Kind, Tensor};
 use tracing::info;
 
 pub use cpu::{
-    ATEN_VAR, CEILING_VAR, Ceiling, CpuDecoder, Int8Dots, amx_tiles, bf16_units, int8_dots,
+    ATEN_VAR, CEILING_VAR, Ceiling, CpuDecoder, Int8Dots, amx_tiles, bf16_products_pay, bf16_units,
+    int8_dots,
 };
 pub(crate) use cpu::{PackedModel, PromptPass, host_math};
 pub use libtorch::LibtorchDecoder;

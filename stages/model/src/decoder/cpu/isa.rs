@@ -283,6 +283,35 @@ pub fn int8_dots() -> Option<Int8Dots> {
     Isa::detected().int8_dots()
 }
 
+/// Whether bf16 products outrun f32 ones on this CPU, so that `mixed_bf16` computes
+/// libtorch's in bf16 ([`crate::Products`]): on AMX-BF16 tiles, or on AVX512-BF16's dot
+/// products of an AMD core (Zen 4 and 5), where `vdpbf16ps` does twice the f32 FMAs'
+/// work a cycle. An Intel core with AVX512-BF16 but no AMX (Cooper Lake; a Sapphire
+/// Rapids VM that hides its tiles) runs `vdpbf16ps` at its two f32 FMA ports' rate,
+/// and libtorch's bf16 products lose to its f32 ones after their casts and reorders
+/// (on such a Xeon, 2 vCPU: log-probs 8×256 520 against 801 tok/s, a training step
+/// 164 against 272). False under a [`Ceiling`] below `avx512_bf16`.
+pub fn bf16_products_pay() -> bool {
+    bf16_units() && (amx_tiles() || !intel())
+}
+
+/// Whether the CPU is Intel's (CPUID leaf 0's vendor).
+fn intel() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let leaf = std::arch::x86_64::__cpuid(0);
+        let vendor: Vec<u8> = [leaf.ebx, leaf.edx, leaf.ecx]
+            .iter()
+            .flat_map(|r| r.to_le_bytes())
+            .collect();
+        vendor == b"GenuineIntel"
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Whether the CPU has AMX-BF16 tiles (Intel from Sapphire Rapids), which oneDNN's
 /// bf16 products use: past a few rows they outrun the CPU decoder's dot products.
 /// False under a [`Ceiling`] below `avx512_bf16`.

@@ -33,7 +33,9 @@ use tch::{Kind, Tensor};
 
 use self::blocks::{HostNorm, PackedLayer, Step};
 use self::host_kv::{HostKv, Place};
-pub use self::isa::{ATEN_VAR, CEILING_VAR, Ceiling, Int8Dots, amx_tiles, bf16_units, int8_dots};
+pub use self::isa::{
+    ATEN_VAR, CEILING_VAR, Ceiling, Int8Dots, amx_tiles, bf16_products_pay, bf16_units, int8_dots,
+};
 use self::panels::Panels;
 use self::team::Team;
 use self::threads::TorchThreads;
