@@ -285,12 +285,13 @@ pub fn int8_dots() -> Option<Int8Dots> {
 
 /// Whether bf16 products outrun f32 ones on this CPU, so that `mixed_bf16` computes
 /// libtorch's in bf16 ([`crate::Products`]): on AMX-BF16 tiles, or on AVX512-BF16's dot
-/// products of an AMD core (Zen 4 and 5), where `vdpbf16ps` does twice the f32 FMAs'
-/// work a cycle. An Intel core with AVX512-BF16 but no AMX (Cooper Lake; a Sapphire
-/// Rapids VM that hides its tiles) runs `vdpbf16ps` at its two f32 FMA ports' rate,
-/// and libtorch's bf16 products lose to its f32 ones after their casts and reorders
-/// (on such a Xeon, 2 vCPU: log-probs 8×256 520 against 801 tok/s, a training step
-/// 164 against 272). False under a [`Ceiling`] below `avx512_bf16`.
+/// products of an AMD core (Zen 4 and 5), which runs 512-bit f32 FMAs in halves. On
+/// an Intel core with AVX512-BF16 but no AMX (Cooper Lake; a Sapphire Rapids VM that
+/// hides its tiles) libtorch's bf16 products lost to its f32 ones (a Xeon, 2 vCPU:
+/// log-probs 8×256 520 against 801 tok/s, a training step 164 against 272): by the
+/// instruction tables `vdpbf16ps` does no more work a cycle there than the two f32
+/// FMA ports, and the casts and reorders come on top. False under a [`Ceiling`]
+/// below `avx512_bf16`.
 pub fn bf16_products_pay() -> bool {
     bf16_units() && (amx_tiles() || !intel())
 }
