@@ -25,10 +25,9 @@ pub(super) fn span(total: usize, capacity: usize) -> usize {
 /// One (sequence, key/value head) group: `queries` (`heads × d`) over `keys`
 /// (`d × capacity`, the first `total` columns filled) and `values` (`total × d`),
 /// every position the sequence's own (no padding: [`super::host_kv::HostKv`]);
-/// `scores` is scratch (`heads ×
-/// span`: the first pass's sums past `total`, over unfilled positions, are
-/// computed and never read), `out` is `heads × d`; on the build `isa` (one the CPU
-/// runs).
+/// `scores` is scratch (`heads × span`: the first pass's sums past `total`, over
+/// unfilled positions, are computed and never read), `out` is `heads × d`; on the
+/// build `isa` (one the CPU runs).
 ///
 /// Both passes keep a block of their results in registers over the whole sum, where
 /// adding into the scores' and outputs' memory once per term made them store-bound
