@@ -309,25 +309,84 @@ fn intel() -> bool {
     }
 }
 
-/// Whether the CPU has AMX-BF16 tiles (Intel from Sapphire Rapids), which oneDNN's
-/// bf16 products use: past a few rows they outrun the CPU decoder's dot products.
-/// False under a [`Ceiling`] below `avx512_bf16`.
+/// Whether the CPU has AMX-BF16 tiles (Intel from Sapphire Rapids) that this process
+/// can use, as oneDNN's bf16 products would: past a few rows they outrun the CPU
+/// decoder's dot products. False under a [`Ceiling`] below `avx512_bf16`.
 pub fn amx_tiles() -> bool {
+    bf16_units() && tiles_usable(amx_cpuid(), enabled_state())
+}
+
+/// CPUID leaf 7, sub-leaf 0, EDX: bit 22 AMX-BF16, bit 24 AMX-TILE.
+fn amx_cpuid() -> u32 {
     #[cfg(target_arch = "x86_64")]
     {
-        // CPUID leaf 7, sub-leaf 0: EDX bit 22 is AMX-BF16.
-        let leaf = std::arch::x86_64::__cpuid_count(7, 0);
-        bf16_units() && leaf.edx >> 22 & 1 == 1
+        std::arch::x86_64::__cpuid_count(7, 0).edx
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        false
+        0
     }
+}
+
+/// The register state the operating system saves for processes (XCR0), or 0 where
+/// it does not say (XSAVE not enabled by the OS, or not x86-64).
+#[allow(unsafe_code)]
+fn enabled_state() -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // CPUID leaf 1, ECX bit 27: OSXSAVE, the OS enabled XSAVE and XGETBV.
+        let osxsave = std::arch::x86_64::__cpuid(1).ecx >> 27 & 1 == 1;
+        if osxsave {
+            // SAFETY: XGETBV runs wherever OSXSAVE is set, checked above.
+            return unsafe { xcr0() };
+        }
+    }
+    0
+}
+
+/// XCR0, read by XGETBV.
+///
+/// # Safety
+/// CPUID's OSXSAVE bit is set.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[target_feature(enable = "xsave")]
+unsafe fn xcr0() -> u64 {
+    // SAFETY: as the function's contract.
+    unsafe { std::arch::x86_64::_xgetbv(0) }
+}
+
+/// Whether tiles are there to use: the CPU has AMX-TILE and AMX-BF16 (`cpuid_edx`,
+/// [`amx_cpuid`]), and the operating system saves the tiles' state (XCR0 bits 17,
+/// TILECFG, and 18, TILEDATA), as oneDNN checks before it runs AMX kernels. A CPU
+/// that has tiles under a kernel that does not enable them (Linux before 5.16, or a
+/// hypervisor that masks them) computes oneDNN's bf16 products on AVX512-BF16, no
+/// faster than f32 on Intel's cores ([`bf16_products_pay`]).
+fn tiles_usable(cpuid_edx: u32, xcr0: u64) -> bool {
+    const TILES: u32 = 1 << 22 | 1 << 24;
+    const STATE: u64 = 1 << 17 | 1 << 18;
+    cpuid_edx & TILES == TILES && xcr0 & STATE == STATE
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tiles_count_only_where_the_cpu_has_them_and_the_os_saves_their_state() {
+        let (bf16, tile) = (1u32 << 22, 1u32 << 24);
+        let (cfg, data) = (1u64 << 17, 1u64 << 18);
+        // A Sapphire Rapids under Linux 5.16 or later (x87, SSE, AVX, AVX-512 and tiles).
+        assert!(tiles_usable(bf16 | tile | 1 << 25, 0xe7 | cfg | data));
+        // The same CPU where the OS does not save the tiles' state.
+        assert!(!tiles_usable(bf16 | tile, 0xe7));
+        assert!(!tiles_usable(bf16 | tile, 0xe7 | cfg));
+        assert!(!tiles_usable(bf16 | tile, 0xe7 | data));
+        // State saved, but no AMX-BF16 or no tiles on the CPU.
+        assert!(!tiles_usable(tile, 0xe7 | cfg | data));
+        assert!(!tiles_usable(bf16, 0xe7 | cfg | data));
+        assert!(!tiles_usable(0, 0));
+    }
 
     #[test]
     fn a_ceiling_admits_the_builds_up_to_it_and_caps_libtorch_to_match() {
