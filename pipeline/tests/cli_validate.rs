@@ -135,7 +135,7 @@ fn stage_problems_are_reported_under_their_stage() {
 }
 
 #[test]
-fn int8_rollout_weights_need_f32_weights_on_the_cpu() {
+fn rollout_weights_of_their_own_kind_need_f32_weights_on_the_cpu() {
     let dir = tempfile::tempdir().unwrap();
     let policy = repo().join("tests/fixtures/tiny-llama");
     let write = |model: &str| {
@@ -144,14 +144,13 @@ fn int8_rollout_weights_need_f32_weights_on_the_cpu() {
         std::fs::write(&config, yaml).unwrap();
         validate(&config)
     };
-    for bad in ["int8, dtype: bf16", "w8a8, dtype: bf16"] {
-        let out = write(&format!("rollout_weights: {bad}"));
+    for kind in ["int8", "w8a8", "bf16"] {
+        let out = write(&format!("rollout_weights: {kind}, dtype: bf16"));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{stderr}");
-        assert!(
-            stderr.contains("model.rollout_weights: int8 rollout weights run on the CPU decoder"),
-            "{bad}: {stderr}"
-        );
+        let expected =
+            format!("model.rollout_weights: {kind} rollout weights run on the CPU decoder");
+        assert!(stderr.contains(&expected), "{kind}: {stderr}");
     }
     let out = write("rollout_weights: int4");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -167,6 +166,7 @@ fn int8_rollout_weights_need_f32_weights_on_the_cpu() {
             "rollout_weights: int8",
         ),
         ("rollout_weights: w8a8", "rollout_weights: w8a8"),
+        ("rollout_weights: bf16", "rollout_weights: bf16"),
     ] {
         let out = write(good);
         let stdout = String::from_utf8_lossy(&out.stdout);

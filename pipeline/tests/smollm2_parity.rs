@@ -290,6 +290,19 @@ fn mixed_precision_greedy_follows_f32_except_at_near_ties() {
     greedy_against_f32(&model(), &mixed).check("mixed bf16", 0.0..0.05);
 }
 
+/// bf16 rollout weights with f32 products on the real model (exact training beside
+/// bf16 sampling): bf16 in effect, a token other than f32's argmax a near-tie; the
+/// figures go to the README.
+#[test]
+fn bf16_rollout_weights_greedy_follow_f32_except_at_near_ties() {
+    let options = LoadOptions {
+        rollout_weights: lsp_model::RolloutWeights::Bf16,
+        ..LoadOptions::default()
+    };
+    let bf16 = LanguageModel::load(model_dir(), options).unwrap();
+    greedy_against_f32(&model(), &bf16).check("bf16 rollout weights (f32)", 1e-3..0.05);
+}
+
 /// int8 rollout weights on the real model, weight-only (`int8`) and with the
 /// products' inputs quantized too (`w8a8`), in f32 and under mixed precision: the
 /// same check, with int8's bounds (and int8 in effect: the log-probs move); the

@@ -528,30 +528,44 @@ fn a_mixed_precision_run_trains_through_shared_prompts_and_records_the_mismatch(
     assert!(manifest["machine"]["cpu"].is_string(), "{manifest}");
 }
 
-#[test]
-fn a_w8a8_run_trains_on_rollouts_of_int8_products_and_records_their_mismatch() {
-    // Rollouts on int8 weights with int8 inputs (the CPU's int8 dot products, AVX512-VNNI's
-    // or AVX2's), training in f32: each answer's sampler log-probs come from the
-    // int8 products, so they differ from the trainer's by int8's rounding — recorded,
-    // above f32's noise and below a collapse.
+/// Two trained iterations with `rollout_weights: {kind}` and f32 training: each
+/// answer's sampler log-probs come from the rollout weights' own products, so they
+/// differ from the trainer's by their rounding — recorded, above f32's noise and
+/// below a collapse; the manifest names the rollout weights. Returns the manifest.
+fn trains_on_rollouts_of(kind: &str) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
-    let rows = two_trained_iterations(dir.path(), "rollout_weights: w8a8");
+    let rows = two_trained_iterations(dir.path(), &format!("rollout_weights: {kind}"));
     assert!(
         rows.iter()
             .all(|r| r.rollout_mismatch > 1e-3 && r.rollout_mismatch < 0.3),
-        "{:?}",
+        "{kind}: {:?}",
         rows.iter().map(|r| r.rollout_mismatch).collect::<Vec<_>>()
     );
     let manifest = std::fs::read_to_string(dir.path().join("e2e/manifest.json")).unwrap();
     let manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    assert!(
+        manifest
+            .to_string()
+            .contains(&format!("\"rollout_weights\":\"{kind}\"")),
+        "{manifest}"
+    );
+    manifest
+}
+
+#[test]
+fn a_w8a8_run_trains_on_rollouts_of_int8_products_and_records_their_mismatch() {
+    // Rollouts on int8 weights with int8 inputs (the CPU's int8 dot products,
+    // AVX512-VNNI's or AVX2's).
+    let manifest = trains_on_rollouts_of("w8a8");
     assert_eq!(
         manifest["machine"]["int8_dots"],
         serde_json::json!(lsp_model::decoder::int8_dots().map(Int8Dots::name))
     );
-    assert!(
-        manifest
-            .to_string()
-            .contains("\"rollout_weights\":\"w8a8\""),
-        "{manifest}"
-    );
+}
+
+#[test]
+fn a_bf16_rollout_run_trains_in_f32_on_bf16_samples_and_records_their_mismatch() {
+    // bf16 panels for the rollouts while every pass keeps the f32 weights' products.
+    let manifest = trains_on_rollouts_of("bf16");
+    assert_eq!(manifest["machine"]["products"], "weights");
 }

@@ -43,6 +43,8 @@ pub enum PrecisionArg {
 pub enum RolloutWeightsArg {
     /// In the products' kind: f32, or bf16 under mixed precision.
     Products,
+    /// bf16 whatever the products' kind (the passes keep theirs).
+    Bf16,
     /// int8, one scale per output row.
     Int8,
     /// int8 weights and int8 inputs by blocks of 32 (int8 dot products: AVX512-VNNI's
@@ -64,9 +66,10 @@ pub struct ModelArgs {
     /// (several times slower than f32); without it they run in f32 there.
     #[arg(long)]
     emulate_bf16: bool,
-    /// How the rollouts' decoder stores the weights: `int8` (one scale per output
-    /// row, the CPU decoder at any batch) halves bf16's bytes per decoding step;
-    /// `w8a8` quantizes the products' inputs too, for the CPU's int8 dot products.
+    /// How the rollouts' decoder stores the weights: `bf16` (the CPU decoder at any
+    /// batch, whatever the products' kind) halves f32's bytes per decoding step, `int8`
+    /// (one scale per output row) bf16's; `w8a8` quantizes the products' inputs too,
+    /// for the CPU's int8 dot products.
     #[arg(long, value_enum, default_value = "products")]
     rollout_weights: RolloutWeightsArg,
     /// Device.
@@ -125,6 +128,7 @@ impl ModelArgs {
             emulate_bf16: self.emulate_bf16,
             rollout_weights: match self.rollout_weights {
                 RolloutWeightsArg::Products => RolloutWeights::Products,
+                RolloutWeightsArg::Bf16 => RolloutWeights::Bf16,
                 RolloutWeightsArg::Int8 => RolloutWeights::Int8,
                 RolloutWeightsArg::W8a8 => RolloutWeights::W8a8,
             },

@@ -51,6 +51,15 @@ pub enum RolloutWeights {
     /// In the kind of the products (default): f32, or bf16 under `mixed_bf16`.
     #[default]
     Products,
+    /// bf16 whatever the products' kind, on the CPU decoder at every batch size:
+    /// half f32's bytes per decoding step, its input rounded to bf16 as under
+    /// `mixed_bf16` (AVX512-BF16's dot products where the CPU has them, else widened
+    /// in registers). The passes with and without gradient keep the products' kind:
+    /// under `f32`, exact training beside bf16 sampling (as trainers that sample with a
+    /// bf16 inference engine); under `mixed_bf16` on a CPU whose bf16 products do not
+    /// pay (its f32 fallback), bf16 rollouts still. The sampler then differs from the
+    /// trainer as under mixed precision: see `rollout_mismatch`.
+    Bf16,
     /// int8 with one scale per output row (symmetric, weight-only: activations and
     /// accumulation stay f32), packed for the CPU decoder at every batch size: half
     /// bf16's bytes per decoding step. The trainer still sees the f32 (or bf16)
@@ -68,9 +77,21 @@ pub enum RolloutWeights {
 }
 
 impl RolloutWeights {
-    /// Whether the decoder stores the weights as int8 (`int8` and `w8a8`).
-    pub fn int8_weights(self) -> bool {
-        matches!(self, Self::Int8 | Self::W8a8)
+    /// Whether the weights are stored for the CPU decoder in a kind of their own
+    /// (`bf16`, `int8`, `w8a8`), which it then runs at every batch size; it needs f32
+    /// weights on the CPU.
+    pub fn own_kind(self) -> bool {
+        !matches!(self, Self::Products)
+    }
+
+    /// The name written in YAML and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Products => "products",
+            Self::Bf16 => "bf16",
+            Self::Int8 => "int8",
+            Self::W8a8 => "w8a8",
+        }
     }
 }
 
@@ -208,13 +229,16 @@ impl Validate for ModelConfig {
                 "emulate_bf16 applies to precision: mixed_bf16 (f32 has no bf16 products)",
             );
         }
-        if self.rollout_weights.int8_weights()
+        if self.rollout_weights.own_kind()
             && (self.device != DeviceKind::Cpu || self.dtype != Dtype::F32)
         {
             problems.push(
                 join_path(path, "rollout_weights"),
-                "int8 rollout weights run on the CPU decoder: set device: cpu and dtype: f32 \
-                 (with precision f32 or mixed_bf16) for int8 or w8a8",
+                format!(
+                    "{} rollout weights run on the CPU decoder: set device: cpu and dtype: f32 \
+                     (with precision f32 or mixed_bf16) for bf16, int8 or w8a8",
+                    self.rollout_weights.name()
+                ),
             );
         }
         // A model folder's spec, or its problems.

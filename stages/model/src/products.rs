@@ -99,7 +99,8 @@ impl Products {
             Self::F32Fallback => warn!(
                 products = self.name(),
                 "mixed_bf16 on {}: the products run in f32, the master weights' kind (exact, \
-                 and faster here); set model.emulate_bf16 (--emulate-bf16) for bf16 anyway",
+                 and faster here); set model.emulate_bf16 (--emulate-bf16) for bf16 anyway, \
+                 or model.rollout_weights: bf16 (or w8a8) for rollouts that read fewer bytes",
                 why_not_bf16()
             ),
         }

@@ -30,13 +30,13 @@ impl Unloaded {
     /// `config.json`, the weight files' headers, the tokenizer and, when present,
     /// `generation_config.json`; and that `options` go together.
     pub fn open(folder: &Path, options: LoadOptions) -> Result<Self> {
-        if options.rollout_weights.int8_weights()
+        if options.rollout_weights.own_kind()
             && (options.dtype != Dtype::F32 || options.device != DeviceKind::Cpu)
         {
-            return Err(ModelError::Invalid(
-                "int8 rollout weights run on the CPU decoder: load with dtype f32 on the cpu"
-                    .into(),
-            ));
+            return Err(ModelError::Invalid(format!(
+                "{} rollout weights run on the CPU decoder: load with dtype f32 on the cpu",
+                options.rollout_weights.name()
+            )));
         }
         if options.precision == Precision::MixedBf16 && options.dtype != Dtype::F32 {
             return Err(ModelError::Invalid(

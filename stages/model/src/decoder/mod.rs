@@ -80,18 +80,19 @@ impl DecoderKind {
     /// weights on the CPU up to [`CpuDecoder::MAX_BATCH`] sequences, where its kernels
     /// were measured ahead — with bf16 products (mixed precision) on a CPU with AMX
     /// tiles, up to [`CpuDecoder::MAX_AMX_BATCH`] ([`CpuDecoder::max_bf16_batch`]) —
-    /// and at any batch for int8 rollout weights (only its panels hold int8);
+    /// and at any batch for rollout weights of their own kind (`bf16`, `int8`, `w8a8`:
+    /// only its panels hold them);
     /// libtorch otherwise. Logs each choice once per process.
     pub fn choose(transformer: &Transformer, batch: usize) -> Self {
         let (kind, device) = transformer.kind_and_device();
         let bf16_products = transformer.product_kind() == Kind::BFloat16;
-        let int8 = transformer.rollout_weights().int8_weights();
+        let own_kind = transformer.rollout_weights().own_kind();
         let (choice, reason) = if !Self::Cpu.supports(kind, device) {
             (Self::Libtorch, "weights not f32 on the CPU")
-        } else if int8 {
+        } else if own_kind {
             (
                 Self::Cpu,
-                "int8 rollout weights: the CPU decoder's int8 panels",
+                "rollout weights of their own kind: the CPU decoder's panels",
             )
         } else if bf16_products && batch > CpuDecoder::max_bf16_batch() {
             (
@@ -120,6 +121,7 @@ impl DecoderKind {
             info!(
                 decoder = choice.name(),
                 prompts = prompts.name(),
+                rollout_weights = transformer.rollout_weights().name(),
                 batch,
                 ?kind,
                 ?device,

@@ -154,6 +154,7 @@ impl PromptPass {
     pub(crate) fn choose(storage: RolloutWeights, products: Kind) -> Self {
         match storage {
             RolloutWeights::Products if products == Kind::Float => Self::Panels,
+            RolloutWeights::Bf16 => Self::Panels,
             RolloutWeights::Products | RolloutWeights::Int8 | RolloutWeights::W8a8 => {
                 Self::Libtorch
             }
@@ -174,7 +175,7 @@ impl PromptPass {
 /// (`tests/decoders.rs`), and its figures moved less than the VM's noise.
 fn cache_kind(transformer: &Transformer) -> Kind {
     match transformer.rollout_weights() {
-        RolloutWeights::W8a8 => Kind::BFloat16,
+        RolloutWeights::W8a8 | RolloutWeights::Bf16 => Kind::BFloat16,
         RolloutWeights::Products | RolloutWeights::Int8 => transformer.product_kind(),
     }
 }

@@ -13,7 +13,7 @@
 //! contiguous share of the panels. Compiled for AVX-512 and AVX2 and picked at run
 //! time ([`Isa`]), with a portable build as fallback.
 //!
-//! Panels hold f32, or bf16 (mixed precision's rollouts), which take their input
+//! Panels hold f32, or bf16 (mixed precision's rollouts, or `rollout_weights: bf16`), which take their input
 //! rounded to bf16 as oneDNN's bf16 products do: on the avx512_bf16 build by
 //! AVX512-BF16's dot products ([`super::dot`]), elsewhere by widening each loaded bf16
 //! panel to f32 in registers (a shift of its 16 bits); either way the sums are f32 and
@@ -174,7 +174,7 @@ fn pack_values<T: PanelValue>(weight: &Tensor, mut read: impl FnMut(&Tensor, &mu
 impl Panels {
     /// Packs `weight` (`[out, in]`, on any device) and `bias` as `storage` says: in
     /// the weight's own kind (bf16 panels for a bf16 weight, f32 panels for any other
-    /// float kind), or int8, one scale per output row ([`quantize`]); `w8a8` laid out
+    /// float kind), bf16 whatever its kind, or int8, one scale per output row ([`quantize`]); `w8a8` laid out
     /// for the CPU's int8 dot products where it has them ([`Isa::int8_dots`]).
     pub fn pack(
         weight: &Tensor,
@@ -210,16 +210,8 @@ impl Panels {
                         blocks,
                     }
                 }
-                RolloutWeights::Products if weight.kind() == Kind::BFloat16 => {
-                    let bits = weight.view_dtype(Kind::Int16);
-                    Values::Bf16(Arc::new(pack_values(&bits, |rows, into: &mut [Bf16]| {
-                        let mut raw = vec![0i16; into.len()];
-                        rows.copy_data(&mut raw, into.len());
-                        for (slot, r) in into.iter_mut().zip(raw) {
-                            *slot = Bf16(r as u16);
-                        }
-                    })))
-                }
+                RolloutWeights::Bf16 => pack_bf16(&weight),
+                RolloutWeights::Products if weight.kind() == Kind::BFloat16 => pack_bf16(&weight),
                 RolloutWeights::Products => {
                     let weight = weight.to_kind(Kind::Float);
                     Values::F32(Arc::new(pack_values(&weight, |rows, into: &mut [f32]| {
@@ -387,6 +379,18 @@ impl Panels {
         }
         out
     }
+}
+
+/// `weight` as bf16 panels (rounded to nearest even if it is not bf16 already).
+fn pack_bf16(weight: &Tensor) -> Values {
+    let bits = weight.to_kind(Kind::BFloat16).view_dtype(Kind::Int16);
+    Values::Bf16(Arc::new(pack_values(&bits, |rows, into: &mut [Bf16]| {
+        let mut raw = vec![0i16; into.len()];
+        rows.copy_data(&mut raw, into.len());
+        for (slot, r) in into.iter_mut().zip(raw) {
+            *slot = Bf16(r as u16);
+        }
+    })))
 }
 
 /// `weight` (`[out, in]`, on the CPU) quantized row by row ([`quantize`]) into
@@ -600,6 +604,7 @@ mod tests {
             (&w, RolloutWeights::Products, &w),
             (&w, RolloutWeights::Int8, &w8),
             (&w16, RolloutWeights::Products, &bf16(&w)),
+            (&w, RolloutWeights::Bf16, &bf16(&w)),
         ] {
             for threads in [1, 2] {
                 let panels = Panels::pack(stored, None, storage, Arc::new(Team::new(threads)));
@@ -662,9 +667,13 @@ mod tests {
     fn bf16_panels_are_bf16s_rounding_of_the_weight() {
         let w = Tensor::from_slice(&[1.0f32, 1.0 + 1.0 / 256.0, -3.140625, 65504.0]).view([4, 1]);
         let w16 = w.to_kind(Kind::BFloat16);
-        let panels = Panels::pack(&w16, None, RolloutWeights::Products, Arc::new(Team::new(1)));
-        // 1 + 2⁻⁸ is a tie between bf16's 1 and 1 + 2⁻⁷: rounds to even, 1.
-        assert_eq!(panels.apply(&[1.0], 1), [1.0, 1.0, -3.140625, 65536.0]);
+        // A bf16 weight in the products' kind, and an f32 one as `rollout_weights: bf16`.
+        for (weight, storage) in [(&w16, RolloutWeights::Products), (&w, RolloutWeights::Bf16)] {
+            let panels = Panels::pack(weight, None, storage, Arc::new(Team::new(1)));
+            assert_eq!(panels.stored(), "bf16");
+            // 1 + 2⁻⁸ is a tie between bf16's 1 and 1 + 2⁻⁷: rounds to even, 1.
+            assert_eq!(panels.apply(&[1.0], 1), [1.0, 1.0, -3.140625, 65536.0]);
+        }
     }
 
     #[test]

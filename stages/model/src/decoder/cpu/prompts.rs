@@ -178,15 +178,22 @@ mod tests {
     /// The pass on the panels computes what libtorch's does: with f32 panels, the
     /// same logits after the prompts and at every step after them (so the same cache,
     /// as the steps attend over it) to f32's rounding, with and without a shared
-    /// prefix, with repeated rows, and after rows are dropped; with `w8a8` panels
-    /// (and its bf16 cache), close to them.
+    /// prefix, with repeated rows, and after rows are dropped; with `w8a8` or `bf16`
+    /// panels (and their bf16 cache), close to them.
     #[test]
-    fn the_panels_run_the_prompts_of_f32_panels_only() {
-        use RolloutWeights::{Int8, Products, W8a8};
-        assert_eq!(
-            PromptPass::choose(Products, Kind::Float),
-            PromptPass::Panels
-        );
+    fn the_panels_run_the_prompts_of_f32_and_bf16_rollout_panels_only() {
+        use RolloutWeights::{Bf16, Int8, Products, W8a8};
+        for (weights, products) in [
+            (Products, Kind::Float),
+            (Bf16, Kind::Float),
+            (Bf16, Kind::BFloat16),
+        ] {
+            assert_eq!(
+                PromptPass::choose(weights, products),
+                PromptPass::Panels,
+                "{weights:?} {products:?}"
+            );
+        }
         for (weights, products) in [
             (Products, Kind::BFloat16),
             (Int8, Kind::Float),
@@ -210,6 +217,7 @@ mod tests {
                 (RolloutWeights::Products, Precision::F32, 2e-5),
                 (RolloutWeights::W8a8, Precision::F32, 0.1),
                 (RolloutWeights::W8a8, Precision::MixedBf16, 0.1),
+                (RolloutWeights::Bf16, Precision::F32, 0.1),
             ] {
                 let options = LoadOptions {
                     rollout_weights: weights,
@@ -232,7 +240,9 @@ mod tests {
                         // w8a8 keeps a bf16 cache, f32 panels an f32 one, either way.
                         let kept = decoder.state().cache.kind();
                         match (weights, precision) {
-                            (RolloutWeights::W8a8, _) => assert_eq!(kept, Kind::BFloat16),
+                            (RolloutWeights::W8a8 | RolloutWeights::Bf16, _) => {
+                                assert_eq!(kept, Kind::BFloat16)
+                            }
                             (_, Precision::F32) => assert_eq!(kept, Kind::Float),
                             _ => {}
                         }
