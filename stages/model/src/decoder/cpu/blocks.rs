@@ -28,6 +28,8 @@ pub(super) struct PackedLayer {
     /// gate | up.
     gate_up: Panels,
     down: Panels,
+    /// The threads the products run on, which share SwiGLU's activation by rows.
+    team: Arc<Team>,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -91,6 +93,7 @@ impl PackedLayer {
             post_norm: HostNorm::new(&block.post_attention_layernorm),
             gate_up: pack(&maps.gate_up),
             down: pack(&maps.down),
+            team: Arc::clone(team),
             heads: spec.num_heads as usize,
             kv_heads: spec.num_kv_heads as usize,
             head_dim: spec.head_dim as usize,
@@ -110,7 +113,11 @@ impl PackedLayer {
         add(&mut x, &self.attention(&normed, step, cache, layer));
         let normed = self.post_norm.forward(&x);
         let gate_up = self.gate_up.apply(&normed, step.rows());
-        let activated = silu_times(&gate_up, self.intermediate);
+        let i = self.intermediate;
+        let mut activated = vec![0f32; step.rows() * i];
+        self.team.rows(&mut activated, i, &|first, out| {
+            silu_times(&gate_up[first * 2 * i..][..2 * out.len()], i, out);
+        });
         add(&mut x, &self.down.apply(&activated, step.rows()));
         x
     }

@@ -112,15 +112,14 @@ pub fn rotate_pairs(heads: &mut [f32], turn: &[f32]) {
 /// SwiGLU's activation: each row of `gate_up` (`[gate | up]`, `2i` values) gives
 /// `silu(gate) · up` (`i` values), `silu(g) = g / (1 + e⁻ᵍ)`.
 #[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma"))]
-pub fn silu_times(gate_up: &[f32], i: usize) -> Vec<f32> {
-    let mut out = vec![0f32; gate_up.len() / 2];
+pub fn silu_times(gate_up: &[f32], i: usize, out: &mut [f32]) {
+    assert_eq!(gate_up.len(), 2 * out.len());
     for (row, out) in gate_up.chunks_exact(2 * i).zip(out.chunks_exact_mut(i)) {
         let (gate, up) = row.split_at(i);
         for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
             *o = g / (1.0 + exp(-g)) * u;
         }
     }
-    out
 }
 
 /// `x += y`, elementwise.
@@ -157,7 +156,9 @@ mod tests {
         assert!((got - want).abs().max().double_value(&[]) < 1e-5);
         let gate_up = Tensor::randn([2, 2 * 24], f) * 8;
         let want = gate_up.narrow(1, 0, 24).silu() * gate_up.narrow(1, 24, 24);
-        let got = Tensor::from_slice(&silu_times(&host(&gate_up), 24)).view([2, 24]);
+        let mut got = vec![0f32; 2 * 24];
+        silu_times(&host(&gate_up), 24, &mut got);
+        let got = Tensor::from_slice(&got).view([2, 24]);
         assert!((got - want).abs().max().double_value(&[]) < 1e-5);
     }
 

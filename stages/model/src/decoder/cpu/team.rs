@@ -115,6 +115,43 @@ impl Team {
     }
 }
 
+impl Team {
+    /// `work(first, share)` on each thread's share of `out`'s rows (rows of `width`,
+    /// at least one each, contiguous: `share` starts at row `first`); returns once
+    /// every share is done. For a step's work row by row (an activation, sampling)
+    /// that would otherwise run on the caller while the helpers wait.
+    pub fn rows<T: Send>(
+        &self,
+        out: &mut [T],
+        width: usize,
+        work: &(dyn Fn(usize, &mut [T]) + Sync),
+    ) {
+        let rows = out.len() / width.max(1);
+        let parts = self.size.min(rows);
+        if parts <= 1 {
+            return work(0, out);
+        }
+        let first = |i: usize| rows * i / parts;
+        let mut rest = out;
+        let shares: Vec<Mutex<Option<&mut [T]>>> = (0..parts)
+            .map(|i| {
+                let (share, after) =
+                    std::mem::take(&mut rest).split_at_mut((first(i + 1) - first(i)) * width);
+                rest = after;
+                Mutex::new(Some(share))
+            })
+            .collect();
+        self.each(&|i| {
+            let share = shares
+                .get(i)
+                .and_then(|s| s.lock().unwrap_or_else(|e| e.into_inner()).take());
+            if let Some(share) = share {
+                work(first(i), share);
+            }
+        });
+    }
+}
+
 impl Drop for Team {
     fn drop(&mut self) {
         let helpers = self.helpers.get_mut().unwrap_or_else(|e| e.into_inner());
@@ -179,6 +216,29 @@ mod tests {
             assert!(seen.iter().all(|&(.., r)| r == round));
             assert_eq!(seen[0].1, caller);
             assert!(seen[1].1 != caller && seen[2].1 != caller && seen[1].1 != seen[2].1);
+        }
+    }
+
+    #[test]
+    fn rows_go_to_the_threads_in_contiguous_shares_of_whole_rows() {
+        for (size, rows) in [(2, 1), (2, 7), (3, 32), (1, 5), (4, 2)] {
+            let team = Team::new(size);
+            let mut out = vec![(0usize, usize::MAX); rows * 3];
+            let threads = Mutex::new(Vec::new());
+            team.rows(&mut out, 3, &|first, share| {
+                assert_eq!(share.len() % 3, 0);
+                threads.lock().unwrap().push(std::thread::current().id());
+                for (r, row) in share.chunks_mut(3).enumerate() {
+                    row.fill((first + r, row.len()));
+                }
+            });
+            // Every row written once, by its own index; one thread per share.
+            let want: Vec<_> = (0..rows).flat_map(|r| [(r, 3); 3]).collect();
+            assert_eq!(out, want, "{size} threads, {rows} rows");
+            let mut threads = threads.into_inner().unwrap();
+            assert_eq!(threads.len(), size.min(rows));
+            threads.dedup();
+            assert_eq!(threads.len(), size.min(rows));
         }
     }
 
