@@ -51,8 +51,10 @@ pub enum RolloutWeights {
     /// In the kind of the products (default): f32, or bf16 under `mixed_bf16`.
     #[default]
     Products,
-    /// bf16 whatever the products' kind, on the CPU decoder at every batch size:
-    /// half f32's bytes per decoding step, its input rounded to bf16 as under
+    /// bf16 whatever the products' kind, on the CPU decoder at every batch size
+    /// (beside bf16 products, up to where the products' own decoder leads: the
+    /// same bf16 weights in oneDNN's AMX kernels beyond 8 sequences on a CPU with
+    /// tiles): half f32's bytes per decoding step, its input rounded to bf16 as under
     /// `mixed_bf16` (AVX512-BF16's dot products where the CPU has them, else widened
     /// in registers). The passes with and without gradient keep the products' kind:
     /// under `f32`, exact training beside bf16 sampling (as trainers that sample with a

@@ -303,8 +303,10 @@ fn int8_rollout_weights_decode_the_int8_rounded_model_exactly() {
 }
 
 /// Rollout weights of their own kind: the CPU decoder at every batch size (past 32
-/// sequences too), [`check_batches`] within `tol`, at most one token in `per_tie` a
-/// near-tie; prints and returns the mean |Δ log-prob| per token.
+/// sequences too; bf16 ones beside bf16 products up to where the products' rule
+/// hands over, [`the_choice_follows_dtype_device_and_batch`]), [`check_batches`]
+/// within `tol`, at most one token in `per_tie` a near-tie; prints and returns the
+/// mean |Δ log-prob| per token.
 #[allow(clippy::print_stderr)] // The measured spread, for the tolerances' comments.
 fn rollouts_on_the_cpu_decoder(
     model: &LanguageModel,
@@ -312,7 +314,15 @@ fn rollouts_on_the_cpu_decoder(
     per_tie: usize,
     at: &str,
 ) -> f64 {
-    for batch in [1, 9, 40] {
+    let transformer = model.transformer();
+    let follow_products = transformer.product_kind() == Kind::BFloat16
+        && transformer.rollout_weights() == RolloutWeights::Bf16;
+    let batches: &[usize] = if follow_products {
+        &[1, 8]
+    } else {
+        &[1, 9, 40]
+    };
+    for &batch in batches {
         assert_eq!(
             DecoderKind::choose(model.transformer(), batch),
             DecoderKind::Cpu,
@@ -513,6 +523,20 @@ fn the_choice_follows_dtype_device_and_batch() {
     assert_eq!(choose(&mixed, 9), past);
     assert_eq!(choose(&mixed, most), past);
     assert_eq!(choose(&mixed, most + 1), DecoderKind::Libtorch);
+    // bf16 rollout weights beside bf16 products follow the products' rule; beside
+    // f32 products, and int8 ones always, keep the CPU decoder's panels.
+    let rollouts = |precision, weights| load_rollouts("tiny-llama", precision, weights);
+    let bf16_mixed = rollouts(Precision::MixedBf16, RolloutWeights::Bf16);
+    assert_eq!(choose(&bf16_mixed, 8), DecoderKind::Cpu);
+    assert_eq!(choose(&bf16_mixed, 9), past);
+    assert_eq!(choose(&bf16_mixed, most + 1), DecoderKind::Libtorch);
+    for (precision, weights) in [
+        (Precision::F32, RolloutWeights::Bf16),
+        (Precision::MixedBf16, RolloutWeights::W8a8),
+    ] {
+        let model = rollouts(precision, weights);
+        assert_eq!(choose(&model, most + 1), DecoderKind::Cpu, "{weights:?}");
+    }
     assert_eq!(choose(&f32, 1), DecoderKind::Cpu);
     assert_eq!(choose(&f32, 32), DecoderKind::Cpu);
     assert_eq!(choose(&f32, 33), DecoderKind::Libtorch);
