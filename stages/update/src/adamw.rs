@@ -7,6 +7,7 @@ use std::path::Path;
 use lsp_model::SafetensorsFile;
 use tch::{Kind, Tensor};
 
+use crate::adamw_fused::{self, StepConstants};
 use crate::error::Result;
 
 /// AdamW (decoupled weight decay) over a list of parameters.
@@ -106,20 +107,35 @@ impl AdamW {
     }
 
     /// One step at learning rate `lr` with gradient `grads[i]` for parameter i (e.g.
-    /// the sum of every worker's, [`AdamW::gradients`]).
+    /// the sum of every worker's, [`AdamW::gradients`]): in one pass over each
+    /// parameter's memory where it is f32 on the CPU ([`adamw_fused`]), else through
+    /// libtorch's operators.
     pub fn step_with(&mut self, lr: f64, grads: &[Tensor]) {
         assert_eq!(grads.len(), self.params.len(), "one gradient per parameter");
         self.step += 1;
         let (b1, b2) = self.betas;
         let bias1 = 1.0 - b1.powi(self.step as i32);
         let bias2 = 1.0 - b2.powi(self.step as i32);
+        let constants = StepConstants {
+            keep_m: (1.0 - b1) as f32,
+            keep_v: (1.0 - b2) as f32,
+            inv_sqrt_bias2: (1.0 / bias2.sqrt()) as f32,
+            eps: self.eps as f32,
+            scale: (-bias1 / lr) as f32,
+            decay: (1.0 - lr * self.weight_decay) as f32,
+        };
+        let threads = tch::get_num_threads().max(1) as usize;
         tch::no_grad(|| {
             for (i, ((_, p), g)) in self.params.iter_mut().zip(grads).enumerate() {
+                let (m, v) = (&mut self.m[i], &mut self.v[i]);
+                if adamw_fused::takes(p, g, m, v) {
+                    adamw_fused::fused_step(p, g, m, v, &constants, threads);
+                    continue;
+                }
                 // In place, one parameter at a time, with one temporary of the
                 // parameter's size (the largest is the embedding): the step is taken at
                 // the update's memory peak, when every gradient is alive.
                 let g = g.to_kind(Kind::Float);
-                let (m, v) = (&mut self.m[i], &mut self.v[i]);
                 // m ← β1·m + (1 − β1)·g;  v ← β2·v + (1 − β2)·g².
                 let _ = m.lerp_(&g, 1.0 - b1);
                 let mut scratch = g.square();
@@ -173,6 +189,66 @@ impl AdamW {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const FLOAT: (Kind, tch::Device) = (Kind::Float, tch::Device::Cpu);
+
+    /// Three steps of the fused kernel against libtorch's operators (a bf16 copy of
+    /// the gradient sends a parameter down that path), with and without weight
+    /// decay, sizes from one element to several threads' chunks, moments and
+    /// parameters alike to f32's rounding.
+    #[test]
+    fn the_fused_step_follows_libtorchs_operators() {
+        tch::manual_seed(7);
+        for decay in [0.0, 0.1] {
+            let sizes = [vec![1i64], vec![17, 3], vec![300_001], vec![1 << 19, 3]];
+            let params: Vec<Tensor> = sizes.iter().map(|s| Tensor::randn(s, FLOAT)).collect();
+            let named = |ps: &[Tensor]| -> Vec<(String, Tensor)> {
+                let copies = ps.iter().map(|p| p.copy());
+                (0..).map(|i| format!("p{i}")).zip(copies).collect()
+            };
+            let mut fused = AdamW::new(named(&params), (0.9, 0.999), 1e-8, decay);
+            let mut reference = AdamW::new(named(&params), (0.9, 0.999), 1e-8, decay);
+            for step in 0..3 {
+                let grads: Vec<Tensor> = params.iter().map(|p| p.randn_like() * 3).collect();
+                // libtorch's path takes a gradient it must convert; the values are the
+                // same (f32's through bf16 and back).
+                let grads: Vec<Tensor> = grads.iter().map(|g| g.to_kind(Kind::BFloat16)).collect();
+                let wide: Vec<Tensor> = grads.iter().map(|g| g.to_kind(Kind::Float)).collect();
+                assert!((0..params.len()).all(|i| adamw_fused::takes(
+                    &fused.params[i].1,
+                    &wide[i],
+                    &fused.m[i],
+                    &fused.v[i]
+                ) && !adamw_fused::takes(
+                    &reference.params[i].1,
+                    &grads[i],
+                    &reference.m[i],
+                    &reference.v[i]
+                )));
+                let before: Vec<Tensor> = reference.params().map(Tensor::copy).collect();
+                fused.step_with(1e-2, &wide);
+                reference.step_with(1e-2, &grads);
+                for (i, ((_, got), (_, want))) in
+                    fused.params.iter().zip(&reference.params).enumerate()
+                {
+                    // The parameters' change (the parameters themselves would hide an
+                    // error in it below their rounding), the moments themselves.
+                    for (got, want, what, tol) in [
+                        (got - &before[i], want - &before[i], "change", 1e-4),
+                        (fused.m[i].copy(), reference.m[i].copy(), "m", 4e-7),
+                        (fused.v[i].copy(), reference.v[i].copy(), "v", 4e-7),
+                    ] {
+                        let scale = want.abs().max().double_value(&[]);
+                        let diff = (&got - &want).abs().max().double_value(&[]);
+                        assert!(
+                            scale > 0.0 && diff <= tol * scale,
+                            "step {step}, decay {decay}, p{i} {what}: {diff} of {scale}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn two_steps_by_hand_and_state_round_trips() {

@@ -16,6 +16,7 @@
 //! ```
 
 mod adamw;
+mod adamw_fused;
 mod config;
 mod error;
 mod loss;
