@@ -226,7 +226,16 @@ mod tests {
                     &reference.v[i]
                 )));
                 let before: Vec<Tensor> = reference.params().map(Tensor::copy).collect();
+                let versions: Vec<i64> = fused.params().map(Tensor::internal_version).collect();
                 fused.step_with(1e-2, &wide);
+                // Written in place as libtorch's operators would be: the version counters
+                // (which kept inference weights are matched by) moved.
+                for (p, version) in fused.params().zip(versions) {
+                    assert!(
+                        p.internal_version() > version,
+                        "a fused write left no version"
+                    );
+                }
                 reference.step_with(1e-2, &grads);
                 for (i, ((_, got), (_, want))) in
                     fused.params.iter().zip(&reference.params).enumerate()

@@ -87,18 +87,28 @@ pub fn fused_step(
     };
     let parts = threads.clamp(1, n.div_ceil(PER_THREAD));
     if parts == 1 {
-        return update(p, g, m, v, constants);
+        update(p, g, m, v, constants);
+    } else {
+        let chunk = n.div_ceil(parts);
+        std::thread::scope(|scope| {
+            let chunks = p
+                .chunks_mut(chunk)
+                .zip(g.chunks(chunk))
+                .zip(m.chunks_mut(chunk).zip(v.chunks_mut(chunk)));
+            for ((p, g), (m, v)) in chunks {
+                scope.spawn(move || update(p, g, m, v, constants));
+            }
+        });
     }
-    let chunk = n.div_ceil(parts);
-    std::thread::scope(|scope| {
-        let chunks = p
-            .chunks_mut(chunk)
-            .zip(g.chunks(chunk))
-            .zip(m.chunks_mut(chunk).zip(v.chunks_mut(chunk)));
-        for ((p, g), (m, v)) in chunks {
-            scope.spawn(move || update(p, g, m, v, constants));
-        }
-    });
+    mark_written(param);
+}
+
+/// Moves `param`'s version counter, as libtorch's in-place operators do: the writes
+/// above go around libtorch, and the inference weights a generation keeps are matched
+/// to the parameters by that counter (`lsp_model`'s kept weights). An in-place fill
+/// of an empty view of it bumps the counter, which views share, and writes nothing.
+fn mark_written(param: &Tensor) {
+    let _ = param.view([-1]).narrow(0, 0, 0).zero_();
 }
 
 /// [`fused_step`]'s arithmetic over one chunk.
