@@ -108,7 +108,7 @@ impl AdamW {
 
     /// One step at learning rate `lr` with gradient `grads[i]` for parameter i (e.g.
     /// the sum of every worker's, [`AdamW::gradients`]): in one pass over each
-    /// parameter's memory where it is f32 on the CPU ([`adamw_fused`]), else through
+    /// parameter's memory where it is f32 on the CPU (`adamw_fused.rs`), else through
     /// libtorch's operators.
     pub fn step_with(&mut self, lr: f64, grads: &[Tensor]) {
         assert_eq!(grads.len(), self.params.len(), "one gradient per parameter");
