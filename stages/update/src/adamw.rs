@@ -117,8 +117,8 @@ impl AdamW {
         let bias1 = 1.0 - b1.powi(self.step as i32);
         let bias2 = 1.0 - b2.powi(self.step as i32);
         let constants = StepConstants {
-            keep_m: (1.0 - b1) as f32,
-            keep_v: (1.0 - b2) as f32,
+            lerp_m: (1.0 - b1) as f32,
+            lerp_v: (1.0 - b2) as f32,
             inv_sqrt_bias2: (1.0 / bias2.sqrt()) as f32,
             eps: self.eps as f32,
             scale: (-bias1 / lr) as f32,

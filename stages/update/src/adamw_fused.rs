@@ -16,8 +16,8 @@ use tch::{Device, Kind, Tensor};
 #[derive(Debug, Clone, Copy)]
 pub struct StepConstants {
     /// `1 − β1`, `1 − β2`: the moments' lerp weights.
-    pub keep_m: f32,
-    pub keep_v: f32,
+    pub lerp_m: f32,
+    pub lerp_v: f32,
     /// `1 / √(1 − β2ᵗ)`, ε.
     pub inv_sqrt_bias2: f32,
     pub eps: f32,
@@ -115,8 +115,8 @@ fn mark_written(param: &Tensor) {
 #[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma"))]
 fn update(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: &StepConstants) {
     for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-        *m += c.keep_m * (g - *m);
-        *v += c.keep_v * (g * g - *v);
+        *m += c.lerp_m * (g - *m);
+        *v += c.lerp_v * (g * g - *v);
         let denominator = (v.sqrt() * c.inv_sqrt_bias2 + c.eps) * c.scale;
         *p = *p * c.decay + *m / denominator;
     }

@@ -182,27 +182,20 @@ mod tests {
     /// panels (and their bf16 cache), close to them.
     #[test]
     fn the_panels_run_the_prompts_of_f32_and_bf16_rollout_panels_only() {
+        use PromptPass::{Libtorch, Panels};
         use RolloutWeights::{Bf16, Int8, Products, W8a8};
-        for (weights, products) in [
-            (Products, Kind::Float),
-            (Bf16, Kind::Float),
-            (Bf16, Kind::BFloat16),
+        for (weights, products, pass) in [
+            (Products, Kind::Float, Panels),
+            (Bf16, Kind::Float, Panels),
+            (Bf16, Kind::BFloat16, Panels),
+            (Products, Kind::BFloat16, Libtorch),
+            (Int8, Kind::Float, Libtorch),
+            (W8a8, Kind::Float, Libtorch),
+            (W8a8, Kind::BFloat16, Libtorch),
         ] {
             assert_eq!(
                 PromptPass::choose(weights, products),
-                PromptPass::Panels,
-                "{weights:?} {products:?}"
-            );
-        }
-        for (weights, products) in [
-            (Products, Kind::BFloat16),
-            (Int8, Kind::Float),
-            (W8a8, Kind::Float),
-            (W8a8, Kind::BFloat16),
-        ] {
-            assert_eq!(
-                PromptPass::choose(weights, products),
-                PromptPass::Libtorch,
+                pass,
                 "{weights:?} {products:?}"
             );
         }
