@@ -246,6 +246,6 @@ impl Projections for InferenceWeights<'_> {
     }
 
     fn attention_kind(&self) -> Option<Kind> {
-        self.stacked.head.as_ref().map(Tensor::kind)
+        self.transformer.mixed_attention_kind()
     }
 }

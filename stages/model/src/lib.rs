@@ -65,6 +65,7 @@ mod rope;
 mod safetensors_file;
 mod sampling;
 mod slots;
+mod softmax_rows;
 mod spec;
 mod tokenizer;
 mod training;

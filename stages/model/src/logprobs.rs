@@ -8,6 +8,7 @@ use tch::{Kind, Tensor};
 use crate::error::{ModelError, Result};
 use crate::inference::InferenceWeights;
 use crate::model::LanguageModel;
+use crate::softmax_rows;
 use crate::transformer::Projections;
 
 /// Positions sent through the output head at once when no gradient is kept, which
@@ -20,14 +21,28 @@ const HEAD_CHUNK: i64 = 512;
 const SOFTMAX_ROWS: i64 = 8;
 
 /// The log-prob of each target under `logits` (`[n, vocab]`, in the products' kind;
-/// the log-softmax is taken in f32), `[n]`; with `probs` (`[n, vocab]` f32), the
-/// softmax is written there and each row's entropy `−Σ p·log p` returned too. Every
+/// the log-softmax is taken in f32), `[n]`; with `out` (`[n, vocab]`, f32 or bf16),
+/// each row's entropy `−Σ p·log p` too, and `softmax − onehot(target)` (the head's
+/// backward, less the loss's factor) written into `out`, computed in f32. Every
 /// log-prob pass, with gradient or without, goes through here, so that the training
-/// pass and the reference's agree.
+/// pass and the reference's agree: on the CPU in one pass per row
+/// ([`crate::softmax_rows`]), elsewhere by libtorch's operators.
 pub(crate) fn target_logprobs(
     logits: &Tensor,
     targets: &Tensor,
-    probs: Option<&Tensor>,
+    out: Option<&Tensor>,
+) -> (Tensor, Option<Tensor>) {
+    match softmax_rows::takes(logits, targets, out) {
+        true => softmax_rows::softmax_rows(logits, targets, out),
+        false => libtorch_target_logprobs(logits, targets, out),
+    }
+}
+
+/// [`target_logprobs`] by libtorch's operators, a few rows at a time.
+pub(crate) fn libtorch_target_logprobs(
+    logits: &Tensor,
+    targets: &Tensor,
+    out: Option<&Tensor>,
 ) -> (Tensor, Option<Tensor>) {
     let n = logits.size()[0];
     let mut values = Vec::new();
@@ -37,14 +52,18 @@ pub(crate) fn target_logprobs(
         let log_p = logits.narrow(0, at, rows).log_softmax(1, Kind::Float);
         let chosen = targets.narrow(0, at, rows).unsqueeze(1);
         values.push(log_p.gather(1, &chosen, false).squeeze_dim(1));
-        if let Some(probs) = probs {
-            let p = probs.narrow(0, at, rows);
-            let _ = log_p.exp_out(&p);
+        if let Some(out) = out {
+            let mut p = log_p.exp();
             entropies.push(-(&p * &log_p).sum_dim_intlist(1, false, Kind::Float));
+            // One off at each target in f32, before any rounding to bf16: p − 1 of a
+            // near-certain target is lost if p is rounded first.
+            let minus_one = Tensor::full([rows, 1], -1.0, (Kind::Float, p.device()));
+            let _ = p.scatter_add_(1, &chosen, &minus_one);
+            out.narrow(0, at, rows).copy_(&p);
         }
     }
     let device = logits.device();
-    let entropy = probs.map(|_| cat_or_empty(entropies, device));
+    let entropy = out.map(|_| cat_or_empty(entropies, device));
     (cat_or_empty(values, device), entropy)
 }
 

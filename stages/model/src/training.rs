@@ -3,9 +3,9 @@
 //! Through autograd, the head's backward allocates, while every activation of the
 //! transformer is still alive, a fresh `[vocab, hidden]` weight gradient (with tied
 //! embeddings, one more held until the embedding's own gradient arrives) and several
-//! `[tokens, vocab]` temporaries. Here the forward pass keeps only the softmax of each
-//! position; the backward pass subtracts one at each target in place (`dlogits` is
-//! that times each position's −g), then, a slice of the vocabulary at a time, adds
+//! `[tokens, vocab]` temporaries. Here the forward pass keeps only each position's
+//! softmax less one at its target, in the products' kind (`dlogits` is that times
+//! each position's −g); the backward pass, a slice of the vocabulary at a time, adds
 //! its product with the g-scaled hidden states into the weight's gradient in place and
 //! its product with `W` into `dh`, which it sends through the transformer with
 //! autograd. The gradients are those of [`LanguageModel::completion_logprobs`] (tested in
@@ -31,8 +31,9 @@ pub struct TrainingLogprobs {
     pub entropy: Tensor,
     /// Final hidden states `[total, hidden]`, attached to the transformer's graph.
     hidden: Tensor,
-    /// Softmax over the vocabulary at each position, `[total, vocab]` f32.
-    probs: Tensor,
+    /// Softmax over the vocabulary at each position less one at its target,
+    /// `[total, vocab]` in the products' kind.
+    softmax_less_one: Tensor,
     /// Completion tokens, `[total]` int64.
     targets: Tensor,
     /// The output head's weight `[vocab, hidden]` its products use (the model's own,
@@ -104,7 +105,7 @@ impl LanguageModel {
         let head = weights.head().shallow_clone();
         let master = weights.head_master().shallow_clone();
         let head_grad = weights.head_grad().clone();
-        let (values, probs, entropy) =
+        let (values, softmax_less_one, entropy) =
             tch::no_grad(|| head_softmax(&hidden.detach(), &head, &targets));
         Ok(TrainingLogprobs {
             logprobs: TokenLogprobs {
@@ -113,7 +114,7 @@ impl LanguageModel {
             },
             entropy,
             hidden,
-            probs,
+            softmax_less_one,
             targets,
             head,
             master,
@@ -122,8 +123,8 @@ impl LanguageModel {
     }
 }
 
-/// Rows of the vocabulary the head's backward pass takes at once: its temporaries,
-/// `[tokens, rows]` and `[rows, hidden]`, stay small beside the kept softmax.
+/// Rows of the vocabulary the head's backward pass takes at once: its temporary
+/// `[rows, hidden]` stays small beside the kept softmax.
 const HEAD_BACKWARD_ROWS: i64 = 8192;
 
 /// Positions whose logits one product computes, in the products' kind: enough rows
@@ -131,14 +132,14 @@ const HEAD_BACKWARD_ROWS: i64 = 8192;
 /// SmolLM2's vocabulary.
 const HEAD_CHUNK: i64 = 256;
 
-/// The log-prob of each target (`[total]`), the softmax at each position
-/// (`[total, vocab]` f32) and its entropy (`[total]`): the logits of a chunk of
-/// positions in one product, then [`target_logprobs`] with the softmax written into
-/// its place.
+/// The log-prob of each target (`[total]`), the softmax at each position less one at
+/// its target (`[total, vocab]`, in the head's kind) and its entropy (`[total]`): the
+/// logits of a chunk of positions in one product, then [`target_logprobs`] writing
+/// into its rows.
 fn head_softmax(hidden: &Tensor, head: &Tensor, targets: &Tensor) -> (Tensor, Tensor, Tensor) {
     let total = hidden.size()[0];
     let vocab = head.size()[0];
-    let probs = Tensor::empty([total, vocab], (Kind::Float, hidden.device()));
+    let probs = Tensor::empty([total, vocab], (head.kind(), hidden.device()));
     let h = hidden.to_kind(head.kind());
     let mut values = Vec::new();
     let mut entropies = Vec::new();
@@ -178,27 +179,23 @@ impl TrainingLogprobs {
             let _ = master_grad(&self.master);
         }
         let dh = tch::no_grad(|| {
-            // dlp/dlogits = g·(onehot(target) − softmax) = −g·(softmax − onehot): the
-            // softmax less one at each target, in place and exact in f32; −g goes into
-            // the hidden states' rows (for the weight's gradient) and into dh's rows
-            // after the products, not over the `[tokens, vocab]` matrix.
-            let mut d = self.probs;
-            let targets = self.targets.unsqueeze(1);
-            let minus_one = Tensor::full([targets.size()[0], 1], -1.0, (Kind::Float, d.device()));
-            let _ = d.scatter_add_(1, &targets, &minus_one);
+            // dlp/dlogits = g·(onehot(target) − softmax) = −g·(softmax − onehot), the
+            // forward's kept matrix; −g goes into the hidden states' rows (for the
+            // weight's gradient) and into dh's rows after the products, not over the
+            // `[tokens, vocab]` matrix.
+            let d = self.softmax_less_one;
             let kind = self.head.kind();
             let minus_g = (-&g).unsqueeze(1);
             let h = (self.hidden.detach() * &minus_g).to_kind(kind);
-            // A slice of the vocabulary at a time: its part of d in the products' kind,
-            // its rows of the weight's gradient, its part of dh, so that no
-            // `[tokens, vocab]` copy or `[vocab, hidden]` temporary sits beside the
+            // A slice of the vocabulary at a time: its rows of the weight's gradient,
+            // its part of dh, so that no `[vocab, hidden]` temporary sits beside the
             // activations at the backward pass's peak.
             let (total, vocab) = (d.size()[0], d.size()[1]);
             let mut dh = Tensor::zeros([total, h.size()[1]], (Kind::Float, h.device()));
             let mut start = 0;
             while start < vocab {
                 let n = rows.min(vocab - start);
-                let part = d.narrow(1, start, n).to_kind(kind);
+                let part = d.narrow(1, start, n);
                 if train_head {
                     self.head_grad.add_rows(&self.master, start, &part, &h);
                 }

@@ -13,8 +13,9 @@
 //! that a layer runs four products, each on its input cast to bf16 once (libtorch's
 //! oneDNN path, AMX or AVX512-BF16 where the CPU has them). Norms, the rotation,
 //! attention's softmax, the residual stream, log-softmax, losses and reductions stay
-//! in f32; SwiGLU and attention's output run in bf16 between their products, as
-//! under autocast and as in the passes without gradient.
+//! in f32; SwiGLU runs in bf16 between its products, as under autocast and as in
+//! the passes without gradient. Attention runs in bf16 on a GPU and in f32 on the CPU
+//! ([`Transformer::mixed_attention_kind`]).
 
 use tch::{Kind, Tensor};
 
@@ -320,7 +321,7 @@ impl Projections for TrainingWeights<'_> {
     }
 
     fn attention_kind(&self) -> Option<tch::Kind> {
-        self.casts.as_ref().map(|casts| casts.head.kind())
+        self.transformer.mixed_attention_kind()
     }
 
     fn head(&self, hidden: &Tensor) -> Tensor {

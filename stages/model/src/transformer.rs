@@ -45,8 +45,8 @@ pub trait Projections {
     fn head(&self, hidden: &Tensor) -> Tensor;
     /// The kind attention's products run in over whole sequences, when not the
     /// activations' (bf16 under mixed precision: libtorch's fused attention keeps its
-    /// softmax in f32); its output stays in that kind for [`Projections::o`], whose
-    /// product runs in it anyway.
+    /// softmax in f32), q, k and v cast to it; its output stays in that kind for
+    /// [`Projections::o`].
     fn attention_kind(&self) -> Option<Kind> {
         None
     }
@@ -507,7 +507,10 @@ impl Transformer {
         let sdpa = |q: &Tensor, k: &Tensor, v: &Tensor, m: Option<&Tensor>| {
             Tensor::scaled_dot_product_attention(q, k, v, m, 0.0, is_causal, None, true)
         };
-        let y = match maps.attention_kind().filter(|&kind| kind != q.kind()) {
+        let y = match maps
+            .attention_kind()
+            .filter(|&kind| [&q, &k, &v].iter().any(|t| t.kind() != kind))
+        {
             Some(kind) => sdpa(
                 &q.to_kind(kind),
                 &k.to_kind(kind),
@@ -600,6 +603,21 @@ impl Transformer {
     /// weights' kind.
     pub fn product_kind(&self) -> Kind {
         self.product_kind.unwrap_or(self.kind_and_device().0)
+    }
+
+    /// The kind attention runs in over whole sequences when the products' kind is not
+    /// the weights' (`None` otherwise: the activations' kind), with gradient or
+    /// without, so that the passes agree: the products' bf16 on a GPU; f32 on the CPU,
+    /// where libtorch's fused attention runs its backward pass slower in bf16 than in
+    /// f32 (SmolLM2's heads at 8×256 tokens, AMX Xeon: about 24 ms a layer against
+    /// 16), and a training step ran about a fifth faster in f32 (3 pairs alternated).
+    pub(crate) fn mixed_attention_kind(&self) -> Option<Kind> {
+        let (weights, device) = self.kind_and_device();
+        let products = self.product_kind();
+        (products != weights).then_some(match device {
+            tch::Device::Cpu => Kind::Float,
+            _ => products,
+        })
     }
 
     /// Stores the rollouts' weights as `weights` says (int8: in the CPU decoder).

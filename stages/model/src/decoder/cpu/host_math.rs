@@ -122,6 +122,30 @@ pub fn silu_times(gate_up: &[f32], i: usize, out: &mut [f32]) {
     }
 }
 
+/// A bfloat16's bits: the high half of an f32's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bf16(pub u16);
+
+impl Bf16 {
+    /// The value as f32.
+    #[inline(always)]
+    pub fn widen(self) -> f32 {
+        f32::from_bits(u32::from(self.0) << 16)
+    }
+
+    /// The bfloat16 nearest to `v`, ties to even, as libtorch's cast rounds (a NaN
+    /// stays a NaN).
+    #[inline(always)]
+    pub fn round(v: f32) -> Self {
+        let bits = v.to_bits();
+        if v.is_nan() {
+            return Self(((bits >> 16) | 0x40) as u16);
+        }
+        let even = (bits >> 16) & 1;
+        Self((bits.wrapping_add(0x7fff + even) >> 16) as u16)
+    }
+}
+
 /// `x += y`, elementwise.
 pub fn add(x: &mut [f32], y: &[f32]) {
     x.iter_mut().zip(y).for_each(|(x, y)| *x += y);

@@ -39,6 +39,7 @@ use tch::{Device, Kind, Tensor};
 use super::activations::Blocks;
 use super::columns::{Columns, Shared};
 use super::dot;
+pub use super::host_math::Bf16;
 use super::host_math::lanes_max_abs;
 use super::int8_dots::{self, Biased};
 use super::isa::Isa;
@@ -81,29 +82,11 @@ impl PanelValue for i8 {
     }
 }
 
-/// A bfloat16's bits: the high half of an f32's.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Bf16(pub u16);
-
 impl PanelValue for Bf16 {
     const STEP: usize = 2;
     #[inline(always)]
     fn widen(self) -> f32 {
-        f32::from_bits(u32::from(self.0) << 16)
-    }
-}
-
-impl Bf16 {
-    /// The bfloat16 nearest to `v`, ties to even, as libtorch's cast rounds (a NaN
-    /// stays a NaN).
-    #[inline(always)]
-    pub fn round(v: f32) -> Self {
-        let bits = v.to_bits();
-        if v.is_nan() {
-            return Self(((bits >> 16) | 0x40) as u16);
-        }
-        let even = (bits >> 16) & 1;
-        Self((bits.wrapping_add(0x7fff + even) >> 16) as u16)
+        Bf16::widen(self)
     }
 }
 
