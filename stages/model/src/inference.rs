@@ -156,6 +156,8 @@ fn pairs(transformer: &Transformer) -> bool {
 pub struct InferenceWeights<'a> {
     transformer: &'a Transformer,
     stacked: Stacked,
+    /// The kind attention runs in over whole sequences, when not the activations'.
+    attention: Option<Kind>,
 }
 
 impl<'a> InferenceWeights<'a> {
@@ -175,6 +177,16 @@ impl<'a> InferenceWeights<'a> {
         Self {
             transformer,
             stacked: transformer.kept().stacked(transformer, keep),
+            attention: transformer.mixed_attention_kind(false),
+        }
+    }
+
+    /// The same weights with attention over whole sequences in `kind`, as a training
+    /// pass runs it on the CPU (f32), e.g. to compare the two passes' log-probs.
+    pub fn with_attention_in(self, kind: Kind) -> Self {
+        Self {
+            attention: Some(kind),
+            ..self
         }
     }
 
@@ -246,6 +258,6 @@ impl Projections for InferenceWeights<'_> {
     }
 
     fn attention_kind(&self) -> Option<Kind> {
-        self.transformer.mixed_attention_kind()
+        self.attention
     }
 }

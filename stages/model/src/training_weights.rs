@@ -321,7 +321,7 @@ impl Projections for TrainingWeights<'_> {
     }
 
     fn attention_kind(&self) -> Option<tch::Kind> {
-        self.transformer.mixed_attention_kind()
+        self.transformer.mixed_attention_kind(true)
     }
 
     fn head(&self, hidden: &Tensor) -> Tensor {

@@ -606,16 +606,19 @@ impl Transformer {
     }
 
     /// The kind attention runs in over whole sequences when the products' kind is not
-    /// the weights' (`None` otherwise: the activations' kind), with gradient or
-    /// without, so that the passes agree: the products' bf16 on a GPU; f32 on the CPU,
-    /// where libtorch's fused attention runs its backward pass slower in bf16 than in
-    /// f32 (SmolLM2's heads at 8×256 tokens, AMX Xeon: about 24 ms a layer against
-    /// 16), and a training step ran about a fifth faster in f32 (3 pairs alternated).
-    pub(crate) fn mixed_attention_kind(&self) -> Option<Kind> {
+    /// the weights' (`None` otherwise: the activations' kind), in a pass with gradient
+    /// (`autograd`) or without: the products' bf16, except in a training pass on the
+    /// CPU, f32. libtorch's CPU flash attention runs its backward pass slower in bf16
+    /// than in f32 (SmolLM2's heads at 8×256 tokens, AMX Xeon: about 24 ms a layer
+    /// against 16; a training step ran about a fifth faster in f32, 3 pairs
+    /// alternated) and its forward pass faster (log-probs 1.19× in bf16, 4 pairs). The
+    /// two passes' log-probs then differ by bf16's rounding of q, k and v, as the
+    /// rollouts' do by the decoder's (`tests/invariants.rs` checks both ways).
+    pub(crate) fn mixed_attention_kind(&self, autograd: bool) -> Option<Kind> {
         let (weights, device) = self.kind_and_device();
         let products = self.product_kind();
         (products != weights).then_some(match device {
-            tch::Device::Cpu => Kind::Float,
+            tch::Device::Cpu if autograd => Kind::Float,
             _ => products,
         })
     }
