@@ -147,3 +147,11 @@ impl Kept {
         self.lock().is_some()
     }
 }
+
+/// Moves `tensor`'s version counter, as libtorch's in-place operators do, after writes
+/// that went around libtorch (raw slices of its storage): the kept weights are matched
+/// to the transformer's by that counter. An in-place fill of an empty view of it bumps
+/// the counter, which views share, and writes nothing.
+pub fn mark_written(tensor: &Tensor) {
+    let _ = tensor.view([-1]).narrow(0, 0, 0).zero_();
+}

@@ -86,6 +86,7 @@ pub use error::{ModelError, Result};
 pub use generate::{FinishReason, Generation, GenerationRequest};
 pub use hf_config::{HfConfig, TokenIds};
 pub use inference::InferenceWeights;
+pub use kept::mark_written;
 pub use kv_cache::KvCache;
 pub use logprobs::TokenLogprobs;
 pub use lora::{Adapter, LoraConfig};

@@ -19,6 +19,7 @@ use multiversion::multiversion;
 use tch::{Device, Kind, Tensor};
 
 use crate::decoder::host_math::{Bf16, exp, lanes_max};
+use crate::kept::mark_written;
 
 /// Rows one thread takes at least (a hand-off costs more than a few rows).
 const PER_THREAD: usize = 16;
@@ -128,7 +129,7 @@ pub(crate) fn softmax_rows(
             }
         });
         if let Some(out) = out {
-            out.mark_written();
+            mark_written(out.tensor);
         }
     }
     let device = logits.device();
@@ -209,12 +210,6 @@ impl<'a> RowsOut<'a> {
                 )),
             }
         }
-    }
-
-    /// Moves the output's version counter, as libtorch's in-place operators do (an
-    /// in-place fill of an empty view).
-    fn mark_written(&self) {
-        let _ = self.tensor.view([-1]).narrow(0, 0, 0).zero_();
     }
 }
 

@@ -139,7 +139,7 @@ const HEAD_CHUNK: i64 = 256;
 fn head_softmax(hidden: &Tensor, head: &Tensor, targets: &Tensor) -> (Tensor, Tensor, Tensor) {
     let total = hidden.size()[0];
     let vocab = head.size()[0];
-    let probs = Tensor::empty([total, vocab], (head.kind(), hidden.device()));
+    let softmax_less_one = Tensor::empty([total, vocab], (head.kind(), hidden.device()));
     let h = hidden.to_kind(head.kind());
     let mut values = Vec::new();
     let mut entropies = Vec::new();
@@ -147,14 +147,15 @@ fn head_softmax(hidden: &Tensor, head: &Tensor, targets: &Tensor) -> (Tensor, Te
         let n = HEAD_CHUNK.min(total - start);
         let logits = h.narrow(0, start, n).mm(&head.tr());
         let chosen = targets.narrow(0, start, n);
-        let (v, entropy) = target_logprobs(&logits, &chosen, Some(&probs.narrow(0, start, n)));
+        let rows = softmax_less_one.narrow(0, start, n);
+        let (v, entropy) = target_logprobs(&logits, &chosen, Some(&rows));
         values.push(v);
         entropies.extend(entropy);
     }
     let device = hidden.device();
     (
         cat_or_empty(values, device),
-        probs,
+        softmax_less_one,
         cat_or_empty(entropies, device),
     )
 }

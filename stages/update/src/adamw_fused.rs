@@ -9,6 +9,7 @@
 
 #![allow(unsafe_code)]
 
+use lsp_model::mark_written;
 use multiversion::multiversion;
 use tch::{Device, Kind, Tensor};
 
@@ -100,15 +101,9 @@ pub fn fused_step(
             }
         });
     }
+    // The writes above went around libtorch: kept inference weights are matched to
+    // the parameters by their version counters.
     mark_written(param);
-}
-
-/// Moves `param`'s version counter, as libtorch's in-place operators do: the writes
-/// above go around libtorch, and the inference weights a generation keeps are matched
-/// to the parameters by that counter (`lsp_model`'s kept weights). An in-place fill
-/// of an empty view of it bumps the counter, which views share, and writes nothing.
-fn mark_written(param: &Tensor) {
-    let _ = param.view([-1]).narrow(0, 0, 0).zero_();
 }
 
 /// [`fused_step`]'s arithmetic over one chunk.
