@@ -65,13 +65,19 @@ pub fn lanes_sum(x: &[f32]) -> f32 {
 
 /// `eˣ` to about 2 ulp for `x` in [−87, 88] (clamped to it), in branch-free
 /// arithmetic that vectorizes: Cephes' `expf` (`x = n·ln 2 + r`, a degree-6
-/// polynomial for `eʳ`, `2ⁿ` from the exponent bits).
+/// polynomial for `eʳ`, `2ⁿ` from the exponent bits). `n` is rounded by adding
+/// 1.5·2²³, which leaves it in the low bits of the sum's mantissa: a float-to-integer
+/// cast (`as i32`) saturates, and LLVM writes that one value at a time with compares
+/// and conditional moves, which kept every loop calling this from vectorizing
+/// (the head's softmax took ~11 cycles a value).
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUNDER: f32 = 12_582_912.0;
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E).round();
+    let shifted = x.mul_add(std::f32::consts::LOG2_E, ROUNDER);
+    let n = shifted - ROUNDER;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_1e-4_f32
         .mul_add(r, 1.398_199_9e-3)
@@ -80,7 +86,10 @@ pub fn exp(x: f32) -> f32 {
         .mul_add(r, 0.166_666_66)
         .mul_add(r, 0.5);
     let er = p.mul_add(r * r, r + 1.0);
-    er * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // n ∈ [−126, 127] as the mantissa's low bits, two's complement; + 127 is 2ⁿ's
+    // biased exponent.
+    let n_bits = shifted.to_bits().wrapping_sub(ROUNDER.to_bits());
+    er * f32::from_bits(n_bits.wrapping_add(127) << 23)
 }
 
 /// Each row of `x` (rows of `weight.len()`) normalised by its root mean square and
