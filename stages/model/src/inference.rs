@@ -10,7 +10,7 @@ use tch::{Kind, Tensor};
 
 use crate::layers::{Linear, inference_linear};
 use crate::rope::pair_layout;
-use crate::transformer::{Projections, Transformer};
+use crate::transformer::{Projections, Transformer, WholeAttention};
 
 /// One matrix that computes several linear maps at once.
 #[derive(Debug)]
@@ -156,8 +156,8 @@ fn pairs(transformer: &Transformer) -> bool {
 pub struct InferenceWeights<'a> {
     transformer: &'a Transformer,
     stacked: Stacked,
-    /// The kind attention runs in over whole sequences, when not the activations'.
-    attention: Option<Kind>,
+    /// How attention over whole sequences runs.
+    attention: WholeAttention,
 }
 
 impl<'a> InferenceWeights<'a> {
@@ -177,17 +177,14 @@ impl<'a> InferenceWeights<'a> {
         Self {
             transformer,
             stacked: transformer.kept().stacked(transformer, keep),
-            attention: transformer.mixed_attention_kind(false),
+            attention: transformer.whole_attention(false),
         }
     }
 
-    /// The same weights with attention over whole sequences in `kind`, as a training
-    /// pass runs it on the CPU (f32), e.g. to compare the two passes' log-probs.
-    pub fn with_attention_in(self, kind: Kind) -> Self {
-        Self {
-            attention: Some(kind),
-            ..self
-        }
+    /// The same weights with attention over whole sequences run as `attention` says
+    /// (as a training pass runs it, e.g. to compare the two passes' log-probs).
+    pub fn with_attention(self, attention: WholeAttention) -> Self {
+        Self { attention, ..self }
     }
 
     /// The output head's weight `[vocab, hidden]` in the product kind.
@@ -257,7 +254,7 @@ impl Projections for InferenceWeights<'_> {
         tch::no_grad(|| inference_linear(&hidden.to_kind(weight.kind()), weight, None))
     }
 
-    fn attention_kind(&self) -> Option<Kind> {
+    fn whole_attention(&self) -> WholeAttention {
         self.attention
     }
 }

@@ -40,6 +40,7 @@
 //! # Ok::<(), lsp_model::ModelError>(())
 //! ```
 
+mod centered_attention;
 mod chat_template;
 mod checkpoint;
 mod choices;
@@ -99,5 +100,5 @@ pub use spec::{Architecture, Head, ModelSpec, RopeScaling};
 pub use tokenizer::TextTokenizer;
 pub use training::TrainingLogprobs;
 pub use training_weights::TrainingWeights;
-pub use transformer::{Projections, Transformer};
+pub use transformer::{Projections, Transformer, WholeAttention};
 pub use unloaded::Unloaded;

@@ -14,8 +14,8 @@
 //! oneDNN path, AMX or AVX512-BF16 where the CPU has them). Norms, the rotation,
 //! attention's softmax, the residual stream, log-softmax, losses and reductions stay
 //! in f32; SwiGLU runs in bf16 between its products, as under autocast and as in
-//! the passes without gradient. Attention runs in bf16 on a GPU and in f32 on the CPU
-//! ([`Transformer::mixed_attention_kind`]).
+//! the passes without gradient. Attention runs in bf16: libtorch's fused kernel on a
+//! GPU, centred bf16 products on the CPU ([`Transformer::whole_attention`]).
 
 use tch::{Kind, Tensor};
 
@@ -23,7 +23,7 @@ use crate::layers::{Linear, LoraPair};
 use crate::model::LanguageModel;
 use crate::rope::pair_layout;
 use crate::training::HeadGrad;
-use crate::transformer::{Projections, Transformer};
+use crate::transformer::{Projections, Transformer, WholeAttention};
 
 /// Several maps cast into one `[Σ out, in]` matrix, through autograd.
 #[derive(Debug)]
@@ -320,8 +320,8 @@ impl Projections for TrainingWeights<'_> {
         }
     }
 
-    fn attention_kind(&self) -> Option<tch::Kind> {
-        self.transformer.mixed_attention_kind(true)
+    fn whole_attention(&self) -> WholeAttention {
+        self.transformer.whole_attention(true)
     }
 
     fn head(&self, hidden: &Tensor) -> Tensor {

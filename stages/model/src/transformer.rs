@@ -11,6 +11,7 @@
 
 use tch::{Kind, Tensor, nn};
 
+use crate::centered_attention::centered_attention;
 use crate::config::RolloutWeights;
 use crate::kept::Kept;
 use crate::kv_cache::KvCache;
@@ -43,12 +44,36 @@ pub trait Projections {
     /// The output head: next-token logits of final hidden states, in the products'
     /// kind (bf16 under mixed precision; log-softmax takes them to f32).
     fn head(&self, hidden: &Tensor) -> Tensor;
-    /// The kind attention's products run in over whole sequences, when not the
-    /// activations' (bf16 under mixed precision: libtorch's fused attention keeps its
-    /// softmax in f32), q, k and v cast to it; its output stays in that kind for
-    /// [`Projections::o`].
-    fn attention_kind(&self) -> Option<Kind> {
-        None
+    /// How attention over whole sequences runs (the transformer's one rule chooses:
+    /// `Transformer::whole_attention`).
+    fn whole_attention(&self) -> WholeAttention {
+        WholeAttention::Fused
+    }
+}
+
+/// How attention over whole sequences runs; `Transformer::whole_attention` is the one
+/// rule that chooses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WholeAttention {
+    /// libtorch's fused attention on q, k and v in the activations' kind.
+    Fused,
+    /// libtorch's fused attention on q, k and v cast to this kind (its softmax in
+    /// f32); the output stays in it for [`Projections::o`].
+    FusedIn(Kind),
+    /// bf16 batched products with scores centred on each row's largest
+    /// (`centered_attention.rs`); the output is bf16.
+    Centered,
+}
+
+impl WholeAttention {
+    /// The kind an additive mask is made in for this attention, given the
+    /// activations' kind.
+    fn mask_kind(self, activations: Kind) -> Kind {
+        match self {
+            Self::Fused => activations,
+            Self::FusedIn(kind) => kind,
+            Self::Centered => Kind::BFloat16,
+        }
     }
 }
 
@@ -405,7 +430,7 @@ impl Transformer {
                 // Made once in the attention's kind (bf16 under mixed precision).
                 Some(visible) => AttentionMask::Additive(AttentionMask::from_visible(
                     visible,
-                    maps.attention_kind().unwrap_or(x.kind()),
+                    maps.whole_attention().mask_kind(x.kind()),
                 )),
                 None => AttentionMask::Causal,
             };
@@ -507,17 +532,23 @@ impl Transformer {
         let sdpa = |q: &Tensor, k: &Tensor, v: &Tensor, m: Option<&Tensor>| {
             Tensor::scaled_dot_product_attention(q, k, v, m, 0.0, is_causal, None, true)
         };
-        let y = match maps
-            .attention_kind()
-            .filter(|&kind| [&q, &k, &v].iter().any(|t| t.kind() != kind))
-        {
-            Some(kind) => sdpa(
+        let cast_sdpa = |kind: Kind| {
+            sdpa(
                 &q.to_kind(kind),
                 &k.to_kind(kind),
                 &v.to_kind(kind),
                 attn_mask.map(|m| m.to_kind(kind)).as_ref(),
-            ),
-            None => sdpa(&q, &k, &v, attn_mask),
+            )
+        };
+        // The centred products take a sequence's own keys, causal or masked.
+        let own_keys = k.size()[2] == t && (is_causal || attn_mask.is_some());
+        let y = match maps.whole_attention() {
+            WholeAttention::Centered if own_keys => centered_attention(&q, &k, &v, attn_mask),
+            WholeAttention::Centered => cast_sdpa(Kind::BFloat16),
+            WholeAttention::FusedIn(kind) if [&q, &k, &v].iter().any(|t| t.kind() != kind) => {
+                cast_sdpa(kind)
+            }
+            WholeAttention::Fused | WholeAttention::FusedIn(_) => sdpa(&q, &k, &v, attn_mask),
         };
         maps.o(layer, &y.transpose(1, 2).reshape([b, t, h * d]))
     }
@@ -605,22 +636,25 @@ impl Transformer {
         self.product_kind.unwrap_or(self.kind_and_device().0)
     }
 
-    /// The kind attention runs in over whole sequences when the products' kind is not
-    /// the weights' (`None` otherwise: the activations' kind), in a pass with gradient
-    /// (`autograd`) or without: the products' bf16, except in a training pass on the
-    /// CPU, f32. libtorch's CPU flash attention runs its backward pass slower in bf16
-    /// than in f32 (SmolLM2's heads at 8×256 tokens, AMX Xeon: about 24 ms a layer
-    /// against 16; a training step ran about a fifth faster in f32, 3 pairs
-    /// alternated) and its forward pass faster (log-probs 1.19× in bf16, 4 pairs). The
-    /// two passes' log-probs then differ by bf16's rounding of q, k and v, as the
-    /// rollouts' do by the decoder's (`tests/invariants.rs` checks both ways).
-    pub(crate) fn mixed_attention_kind(&self, autograd: bool) -> Option<Kind> {
+    /// How attention over whole sequences runs in a pass with gradient (`autograd`) or
+    /// without: in the activations' kind when the products' kind is theirs; under
+    /// mixed precision, libtorch's fused attention on bf16 q, k and v, except in a
+    /// training pass on the CPU, where the centred bf16 products
+    /// (`centered_attention.rs`) take it. libtorch's CPU flash attention runs its
+    /// backward pass slowly (SmolLM2's heads at 8×256 tokens, AMX Xeon: about 25 ms a
+    /// layer in bf16, 15 in f32; the centred products' backward about 9) and its
+    /// forward pass fast (bf16 3.3 ms against the centred products' ~8): passes without
+    /// gradient keep it. The two passes' log-probs then differ by bf16's rounding of
+    /// the scores and probabilities, as the rollouts' do by the decoder's
+    /// (`tests/invariants.rs` checks both ways).
+    pub(crate) fn whole_attention(&self, autograd: bool) -> WholeAttention {
         let (weights, device) = self.kind_and_device();
         let products = self.product_kind();
-        (products != weights).then_some(match device {
-            tch::Device::Cpu if autograd => Kind::Float,
-            _ => products,
-        })
+        match (products != weights, device) {
+            (false, _) => WholeAttention::Fused,
+            (true, tch::Device::Cpu) if autograd => WholeAttention::Centered,
+            (true, _) => WholeAttention::FusedIn(products),
+        }
     }
 
     /// Stores the rollouts' weights as `weights` says (int8: in the CPU decoder).

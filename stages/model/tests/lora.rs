@@ -142,7 +142,9 @@ fn every_factors_gradient_is_pefts() {
         .training_logprobs(&mixed.training_weights(), &pair)
         .unwrap();
     let loss = -pass.logprobs.values.sum(Kind::Float);
-    assert!((loss.double_value(&[]) - case["loss"].as_f64().unwrap()).abs() < 0.05);
+    // bf16 products and bf16 attention (scores and probabilities rounded): 0.089 off
+    // on this completion's 74.29 (0.12%).
+    assert!((loss.double_value(&[]) - case["loss"].as_f64().unwrap()).abs() < 0.15);
     loss.backward();
     pass.backward();
     for (name, t) in &mixed.trainable_variables() {
