@@ -36,11 +36,8 @@ pub(crate) fn centered_attention(
     let (b, h, t, d) = (q.size()[0], q.size()[1], q.size()[2], q.size()[3]);
     let kv = k.size()[1];
     let group = h / kv;
-    let kind = Kind::BFloat16;
     let scale = 1.0 / (d as f64).sqrt();
-    let q = q.to_kind(kind).reshape([b * kv, group * t, d]);
-    let keys = k.to_kind(kind).reshape([b * kv, t, d]).transpose(1, 2);
-    let v = v.to_kind(kind).reshape([b * kv, t, d]);
+    let (q, keys, v) = stacked(q, k, v);
     let bias = tch::no_grad(|| {
         let mask = grouped_mask(mask, q.device(), [b, kv, group, t]);
         let first = mask.baddbmm(&q, &keys, 1.0, scale);
@@ -50,6 +47,20 @@ pub(crate) fn centered_attention(
         mask - largest
     });
     attend(&q, &keys, &v, &bias, scale).view([b, h, t, d])
+}
+
+/// q, k and v in bf16, stacked for the products: q as `[batch · kv_heads, group · seq,
+/// head_dim]`, the keys transposed as `[batch · kv_heads, head_dim, seq]`, v as
+/// `[batch · kv_heads, seq, head_dim]`.
+fn stacked(q: &Tensor, k: &Tensor, v: &Tensor) -> (Tensor, Tensor, Tensor) {
+    let (b, h, t, d) = (q.size()[0], q.size()[1], q.size()[2], q.size()[3]);
+    let kv = k.size()[1];
+    let kind = Kind::BFloat16;
+    (
+        q.to_kind(kind).reshape([b * kv, h / kv * t, d]),
+        k.to_kind(kind).reshape([b * kv, t, d]).transpose(1, 2),
+        v.to_kind(kind).reshape([b * kv, t, d]),
+    )
 }
 
 /// `softmax(scale · q·keys + bias)·v` over the stacked rows, in bf16.
@@ -149,18 +160,9 @@ mod tests {
             }
             // The same products without the centring: the q gradient is off by more.
             let plain = leaves();
-            let group = h / kv;
-            let scale = 1.0 / (d as f64).sqrt();
-            let cast = |x: &Tensor, n: i64| x.to_kind(Kind::BFloat16).reshape([b * kv, n * t, d]);
-            let bias = grouped_mask(mask, Device::Cpu, [b, kv, group, t]);
-            let y = attend(
-                &cast(&plain[0], group),
-                &cast(&plain[1], 1).transpose(1, 2),
-                &cast(&plain[2], 1),
-                &bias,
-                scale,
-            )
-            .view([b, h, t, d]);
+            let (sq, sk, sv) = stacked(&plain[0], &plain[1], &plain[2]);
+            let bias = grouped_mask(mask, Device::Cpu, [b, kv, h / kv, t]);
+            let y = attend(&sq, &sk, &sv, &bias, 1.0 / (d as f64).sqrt()).view([b, h, t, d]);
             let plain_grads = gradients(&y, &plain);
             let e = off(&plain_grads[0], &want_grads[0]);
             assert!(e > 0.01, "{tag}: uncentred dq only {e} off");

@@ -12,8 +12,8 @@
 //! in one matrix, q and k in the rotation's pair layout; gate and up in another), so
 //! that a layer runs four products, each on its input cast to bf16 once (libtorch's
 //! oneDNN path, AMX or AVX512-BF16 where the CPU has them). Norms, the rotation,
-//! attention's softmax, the residual stream, log-softmax, losses and reductions stay
-//! in f32; SwiGLU runs in bf16 between its products, as under autocast and as in
+//! attention's softmax sums, the residual stream, log-softmax, losses and reductions
+//! stay in f32; SwiGLU runs in bf16 between its products, as under autocast and as in
 //! the passes without gradient. Attention runs in bf16: libtorch's fused kernel on a
 //! GPU, centred bf16 products on the CPU ([`Transformer::whole_attention`]).
 
