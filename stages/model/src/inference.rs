@@ -8,9 +8,10 @@
 
 use tch::{Kind, Tensor};
 
-use crate::layers::{Linear, inference_linear};
+use crate::fused::{rms_norm_bf16, swiglu_bf16};
+use crate::layers::{Linear, RmsNorm, inference_linear};
 use crate::rope::pair_layout;
-use crate::transformer::{Projections, Transformer, WholeAttention};
+use crate::transformer::{Projections, Transformer, WholeAttention, swiglu};
 
 /// One matrix that computes several linear maps at once.
 #[derive(Debug)]
@@ -158,6 +159,9 @@ pub struct InferenceWeights<'a> {
     stacked: Stacked,
     /// How attention over whole sequences runs.
     attention: WholeAttention,
+    /// Whether the norms and SwiGLU run as `fused/`'s nodes
+    /// ([`Transformer::fused_layers`]).
+    fused: bool,
 }
 
 impl<'a> InferenceWeights<'a> {
@@ -178,6 +182,7 @@ impl<'a> InferenceWeights<'a> {
             transformer,
             stacked: transformer.kept().stacked(transformer, keep),
             attention: transformer.whole_attention(false),
+            fused: transformer.fused_layers(),
         }
     }
 
@@ -228,9 +233,12 @@ impl Projections for InferenceWeights<'_> {
             spec.num_kv_heads * spec.head_dim,
         );
         let all = self.stacked.layers[layer].qkv.apply(x);
+        // q and k in the activations' kind for the rotation (`x` is bf16 where the
+        // norm was fused with its cast).
+        let kind = self.transformer.kind_and_device().0;
         (
-            all.narrow(-1, 0, q),
-            all.narrow(-1, q, kv),
+            all.narrow(-1, 0, q).to_kind(kind),
+            all.narrow(-1, q, kv).to_kind(kind),
             all.narrow(-1, q + kv, kv),
         )
     }
@@ -243,6 +251,21 @@ impl Projections for InferenceWeights<'_> {
         let i = self.transformer.spec().intermediate_size;
         let both = self.stacked.layers[layer].gate_up.product(x);
         (both.narrow(-1, 0, i), both.narrow(-1, i, i))
+    }
+
+    fn norm(&self, norm: &RmsNorm, x: &Tensor) -> Tensor {
+        match self.fused {
+            true => rms_norm_bf16(x, norm.weight(), norm.eps()),
+            false => norm.forward(x),
+        }
+    }
+
+    fn swiglu(&self, layer: usize, x: &Tensor) -> Tensor {
+        if !self.fused {
+            let (gate, up) = self.gate_up(layer, x);
+            return swiglu(gate, &up);
+        }
+        swiglu_bf16(&self.stacked.layers[layer].gate_up.product(x))
     }
 
     fn down(&self, layer: usize, x: &Tensor) -> Tensor {

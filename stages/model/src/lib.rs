@@ -48,6 +48,7 @@ mod config;
 pub mod decoder;
 mod digest;
 mod error;
+mod fused;
 mod generate;
 pub mod gguf;
 mod hf_config;

@@ -11,7 +11,8 @@
 //! The casts are stacked as [`crate::InferenceWeights`] stacks its maps (q, k and v
 //! in one matrix, q and k in the rotation's pair layout; gate and up in another), so
 //! that a layer runs four products, each on its input cast to bf16 once (libtorch's
-//! oneDNN path, AMX or AVX512-BF16 where the CPU has them). Norms, the rotation,
+//! oneDNN path, AMX or AVX512-BF16 where the CPU has them). On the CPU the norms
+//! ahead of the products and SwiGLU are fused nodes (`fused/`). Norms, the rotation,
 //! attention's softmax sums, the residual stream, log-softmax, losses and reductions
 //! stay in f32; SwiGLU runs in bf16 between its products, as under autocast and as in
 //! the passes without gradient. Attention runs in bf16: libtorch's fused kernel on a
@@ -19,11 +20,12 @@
 
 use tch::{Kind, Tensor};
 
-use crate::layers::{Linear, LoraPair};
+use crate::fused::{rms_norm_bf16, swiglu_bf16};
+use crate::layers::{Linear, LoraPair, RmsNorm};
 use crate::model::LanguageModel;
 use crate::rope::pair_layout;
 use crate::training::HeadGrad;
-use crate::transformer::{Projections, Transformer, WholeAttention};
+use crate::transformer::{Projections, Transformer, WholeAttention, swiglu};
 
 /// Several maps cast into one `[Σ out, in]` matrix, through autograd.
 #[derive(Debug)]
@@ -163,6 +165,9 @@ pub struct TrainingWeights<'a> {
     casts: Option<Casts>,
     /// Where the head's backward adds the head weight's gradient.
     head_grad: HeadGrad,
+    /// Whether the layers' norms and SwiGLU run as the fused nodes of `fused/`
+    /// ([`Transformer::fused_layers`]).
+    fused: bool,
 }
 
 impl<'a> TrainingWeights<'a> {
@@ -174,6 +179,7 @@ impl<'a> TrainingWeights<'a> {
         head_grad: HeadGrad,
     ) -> Self {
         Self {
+            fused: casts.is_some() && transformer.fused_layers(),
             transformer,
             casts,
             head_grad,
@@ -209,6 +215,7 @@ impl LanguageModel {
                 transformer,
                 casts: None,
                 head_grad: HeadGrad::Master,
+                fused: false,
             };
         }
         let d = transformer.spec().head_dim;
@@ -232,6 +239,7 @@ impl LanguageModel {
             transformer,
             casts: Some(Casts { layers, head }),
             head_grad: HeadGrad::Master,
+            fused: transformer.fused_layers(),
         }
     }
 }
@@ -280,7 +288,8 @@ impl Projections for TrainingWeights<'_> {
             spec.num_heads * spec.head_dim,
             spec.num_kv_heads * spec.head_dim,
         );
-        // q and k back in the activations' kind for the rotation; v stays bf16 for
+        // q and k back in the activations' kind (the weights', f32: `x` is bf16 when
+        // the norm was fused with its cast) for the rotation; v stays bf16 for
         // attention. Split, not narrowed: the backward pass joins the three gradients
         // into one instead of adding three zero-padded copies.
         let [q, k, v]: [Tensor; 3] = c
@@ -289,7 +298,8 @@ impl Projections for TrainingWeights<'_> {
             .split_with_sizes([q, kv, kv], -1)
             .try_into()
             .expect("three parts");
-        (q.to_kind(x.kind()), k.to_kind(x.kind()), v)
+        let kind = self.transformer.kind_and_device().0;
+        (q.to_kind(kind), k.to_kind(kind), v)
     }
 
     fn o(&self, layer: usize, x: &Tensor) -> Tensor {
@@ -317,6 +327,23 @@ impl Projections for TrainingWeights<'_> {
         match self.cast(layer) {
             Some(c) => c.down.forward(x),
             None => self.transformer.down(layer, x),
+        }
+    }
+
+    fn norm(&self, norm: &RmsNorm, x: &Tensor) -> Tensor {
+        match self.fused {
+            true => rms_norm_bf16(x, norm.weight(), norm.eps()),
+            false => norm.forward(x),
+        }
+    }
+
+    fn swiglu(&self, layer: usize, x: &Tensor) -> Tensor {
+        match (self.fused, self.cast(layer)) {
+            (true, Some(c)) => swiglu_bf16(&c.gate_up.forward(x)),
+            _ => {
+                let (gate, up) = self.gate_up(layer, x);
+                swiglu(gate, &up)
+            }
         }
     }
 

@@ -41,6 +41,17 @@ pub trait Projections {
     fn gate_up(&self, layer: usize, x: &Tensor) -> (Tensor, Tensor);
     /// The feed-forward's down map.
     fn down(&self, layer: usize, x: &Tensor) -> Tensor;
+    /// An RMSNorm of the residual stream `x` ahead of a layer's products (in the
+    /// products' kind where these maps fuse the norm with its cast: `fused/`).
+    fn norm(&self, norm: &RmsNorm, x: &Tensor) -> Tensor {
+        norm.forward(x)
+    }
+    /// SwiGLU's activation of layer `layer`'s gate and up maps of `x` (normed):
+    /// `silu(gate(x)) · up(x)`, the down map's input.
+    fn swiglu(&self, layer: usize, x: &Tensor) -> Tensor {
+        let (gate, up) = self.gate_up(layer, x);
+        swiglu(gate, &up)
+    }
     /// The output head: next-token logits of final hidden states, in the products'
     /// kind (bf16 under mixed precision; log-softmax takes them to f32).
     fn head(&self, hidden: &Tensor) -> Tensor;
@@ -472,13 +483,12 @@ impl Transformer {
         let new = x.size()[1];
         let rotation = self.rope.rotation(positions, x.kind(), maps.pairs());
         for (i, layer) in self.layers.iter().enumerate() {
-            let normed = layer.input_layernorm.forward(&x);
+            let normed = maps.norm(&layer.input_layernorm, &x);
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
             let attended = self.attention(maps, i, &normed, &rotation, mask, layer_cache);
             x = residual(x, attended);
-            let normed = layer.post_attention_layernorm.forward(&x);
-            let (gate, up) = maps.gate_up(i, &normed);
-            x = residual(x, maps.down(i, &swiglu(gate, &up)));
+            let normed = maps.norm(&layer.post_attention_layernorm, &x);
+            x = residual(x, maps.down(i, &maps.swiglu(i, &normed)));
         }
         if let Some(cache) = cache {
             cache.advance(new);
@@ -657,6 +667,19 @@ impl Transformer {
         }
     }
 
+    /// Whether a pass runs its layers' norms (with their cast to bf16) and SwiGLU as
+    /// the fused nodes of `fused/`: on the CPU under mixed precision (bf16 products of
+    /// f32 activations), with gradient or without. Their libtorch operators and casts
+    /// were about a fifth of an 8×256 SmolLM2 training step on an AMX Xeon; and a
+    /// training pass computes what a pass without gradient does only if both run the
+    /// same nodes (`tests/invariants.rs`).
+    pub(crate) fn fused_layers(&self) -> bool {
+        let (weights, device) = self.kind_and_device();
+        self.product_kind() == Kind::BFloat16
+            && weights == Kind::Float
+            && device == tch::Device::Cpu
+    }
+
     /// Stores the rollouts' weights as `weights` says (int8: in the CPU decoder).
     pub(crate) fn set_rollout_weights(&mut self, weights: RolloutWeights) {
         self.rollout_weights = weights;
@@ -690,7 +713,7 @@ impl Transformer {
 
 /// SwiGLU's activation, silu(gate) · up: in place in `gate`'s memory when no
 /// gradient is recorded (a fresh product's output).
-fn swiglu(mut gate: Tensor, up: &Tensor) -> Tensor {
+pub(crate) fn swiglu(mut gate: Tensor, up: &Tensor) -> Tensor {
     if gate.requires_grad() || up.requires_grad() {
         return gate.silu() * up;
     }

@@ -1,0 +1,30 @@
+//! Compiles `csrc/fused_autograd.cpp`, the autograd nodes of the CPU training pass's
+//! fused kernels (`src/fused/`), against the libtorch that torch-sys links: its
+//! headers beside the library folder torch-sys reports, and torch-sys's C++ ABI.
+
+use std::env;
+use std::path::PathBuf;
+
+fn main() {
+    let source = "csrc/fused_autograd.cpp";
+    println!("cargo:rerun-if-changed={source}");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    // torch-sys's `links = "tch"` metadata: the folder of libtorch's libraries.
+    let lib = PathBuf::from(
+        env::var("DEP_TCH_LIBTORCH_LIB")
+            .expect("torch-sys reports libtorch's library folder (DEP_TCH_LIBTORCH_LIB)"),
+    );
+    let root = lib.parent().expect("libtorch's lib folder has a parent");
+    let abi = env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_owned());
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .include(root.join("include"))
+        .include(root.join("include/torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .file(source)
+        .compile("lsp_fused_autograd");
+}

@@ -1,0 +1,224 @@
+//! The fused nodes' arithmetic, over a block of contiguous rows each
+//! (`csrc/fused_autograd.cpp` splits the rows among libtorch's threads and calls
+//! these through [`KERNELS`]). Each kernel reads its bf16 values once, computes in
+//! f32 and rounds once.
+
+#![allow(unsafe_code)]
+
+use multiversion::multiversion;
+
+use crate::decoder::host_math::{Bf16, dot, exp};
+
+/// The kernels as the C++ nodes call them (`LspFusedKernels` there, field for field).
+#[repr(C)]
+pub(super) struct Kernels {
+    rms_forward: unsafe extern "C" fn(*const f32, *const f32, *mut u16, *mut f32, i64, i64, f32),
+    rms_backward: unsafe extern "C" fn(
+        *const f32,
+        *const f32,
+        *const f32,
+        *const u16,
+        *mut f32,
+        *mut f32,
+        i64,
+        i64,
+    ),
+    swiglu_forward: unsafe extern "C" fn(*const u16, *mut u16, i64, i64),
+    swiglu_backward: unsafe extern "C" fn(*const u16, *const u16, *mut u16, i64, i64),
+}
+
+/// The kernels the nodes call.
+pub(super) static KERNELS: Kernels = Kernels {
+    rms_forward,
+    rms_backward,
+    swiglu_forward,
+    swiglu_backward,
+};
+
+/// A slice of `len` values at `p`.
+///
+/// # Safety
+/// `p` points at `len` initialised values that nothing writes while the slice lives
+/// (or `len` is 0).
+unsafe fn view<'a, T>(p: *const T, len: usize) -> &'a [T] {
+    match len {
+        0 => &[],
+        // SAFETY: the caller's promise.
+        _ => unsafe { std::slice::from_raw_parts(p, len) },
+    }
+}
+
+/// A mutable slice of `len` values at `p`.
+///
+/// # Safety
+/// `p` points at `len` values that nothing else reads or writes while the slice
+/// lives (or `len` is 0).
+unsafe fn view_mut<'a, T>(p: *mut T, len: usize) -> &'a mut [T] {
+    match len {
+        0 => &mut [],
+        // SAFETY: the caller's promise.
+        _ => unsafe { std::slice::from_raw_parts_mut(p, len) },
+    }
+}
+
+// SAFETY (each kernel below): the C++ node passes pointers into contiguous tensors it
+// allocated or made contiguous, of the kinds and sizes named (`rows · dim` values at
+// each row-wise pointer, `dim` at `w` and `dw`, `rows` at `rstd`); the outputs are
+// fresh tensors, the rows of one call are its own and `dw` is its thread's own row.
+
+unsafe extern "C" fn rms_forward(
+    x: *const f32,
+    w: *const f32,
+    y: *mut u16,
+    rstd: *mut f32,
+    rows: i64,
+    dim: i64,
+    eps: f32,
+) {
+    let (rows, dim) = (rows as usize, dim as usize);
+    // SAFETY: see above.
+    let (x, w, y, rstd) = unsafe {
+        (
+            view(x, rows * dim),
+            view(w, dim),
+            view_mut(y, rows * dim),
+            view_mut(rstd, rows),
+        )
+    };
+    rms_norm_rows(x, w, y, rstd, eps);
+}
+
+unsafe extern "C" fn rms_backward(
+    x: *const f32,
+    w: *const f32,
+    rstd: *const f32,
+    dy: *const u16,
+    dx: *mut f32,
+    dw: *mut f32,
+    rows: i64,
+    dim: i64,
+) {
+    let (rows, dim) = (rows as usize, dim as usize);
+    // SAFETY: see above.
+    let (x, w, rstd, dy, dx, dw) = unsafe {
+        (
+            view(x, rows * dim),
+            view(w, dim),
+            view(rstd, rows),
+            view(dy, rows * dim),
+            view_mut(dx, rows * dim),
+            view_mut(dw, dim),
+        )
+    };
+    rms_norm_backward_rows(x, w, rstd, dy, dx, dw);
+}
+
+unsafe extern "C" fn swiglu_forward(gu: *const u16, h: *mut u16, rows: i64, inner: i64) {
+    let (rows, inner) = (rows as usize, inner as usize);
+    // SAFETY: see above.
+    let (gu, h) = unsafe { (view(gu, rows * 2 * inner), view_mut(h, rows * inner)) };
+    swiglu_rows(gu, h, inner);
+}
+
+unsafe extern "C" fn swiglu_backward(
+    gu: *const u16,
+    dh: *const u16,
+    dgu: *mut u16,
+    rows: i64,
+    inner: i64,
+) {
+    let (rows, inner) = (rows as usize, inner as usize);
+    // SAFETY: see above.
+    let (gu, dh, dgu) = unsafe {
+        (
+            view(gu, rows * 2 * inner),
+            view(dh, rows * inner),
+            view_mut(dgu, rows * 2 * inner),
+        )
+    };
+    swiglu_backward_rows(gu, dh, dgu, inner);
+}
+
+#[inline(always)]
+fn widen(v: u16) -> f32 {
+    Bf16(v).widen()
+}
+
+#[inline(always)]
+fn round(v: f32) -> u16 {
+    Bf16::round(v).0
+}
+
+/// Each row of `x` (rows of `w.len()`) as transformers' `LlamaRMSNorm` in f32, `(x ·
+/// r) · w` with `r = 1/√(mean x² + ε)`, rounded to bf16 into `y`; `r` into `rstd`.
+#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma"))]
+pub(super) fn rms_norm_rows(x: &[f32], w: &[f32], y: &mut [u16], rstd: &mut [f32], eps: f32) {
+    let dim = w.len();
+    for ((x, y), r) in x.chunks_exact(dim).zip(y.chunks_exact_mut(dim)).zip(rstd) {
+        let inv = 1.0 / (dot(x, x) / dim as f32 + eps).sqrt();
+        *r = inv;
+        for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
+            *y = round(x * inv * w);
+        }
+    }
+}
+
+/// The RMSNorm's backward pass over rows: with `g = dy · w`,
+/// `dx = r·g − x·r³·(g·x)/dim` written into `dx`, and `dy · x · r` summed over the
+/// rows added into `dw`.
+#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma"))]
+pub(super) fn rms_norm_backward_rows(
+    x: &[f32],
+    w: &[f32],
+    rstd: &[f32],
+    dy: &[u16],
+    dx: &mut [f32],
+    dw: &mut [f32],
+) {
+    let dim = w.len();
+    let mut g = vec![0f32; dim];
+    let rows = x.chunks_exact(dim).zip(dy.chunks_exact(dim));
+    for (((x, dy), dx), &r) in rows.zip(dx.chunks_exact_mut(dim)).zip(rstd) {
+        for (((g, &dy), &w), (dw, &x)) in g.iter_mut().zip(dy).zip(w).zip(dw.iter_mut().zip(x)) {
+            let dy = widen(dy);
+            *g = dy * w;
+            *dw += dy * (x * r);
+        }
+        let c = r * r * r * dot(&g, x) / dim as f32;
+        for ((dx, &g), &x) in dx.iter_mut().zip(&g).zip(x) {
+            *dx = r * g - x * c;
+        }
+    }
+}
+
+/// SwiGLU's activation over rows of `gu = [gate | up]` (`2·inner` values each):
+/// `silu(gate) · up`, `silu(g) = g·σ(g)`, in f32, rounded once into `h`.
+#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma"))]
+pub(super) fn swiglu_rows(gu: &[u16], h: &mut [u16], inner: usize) {
+    for (gu, h) in gu.chunks_exact(2 * inner).zip(h.chunks_exact_mut(inner)) {
+        let (gate, up) = gu.split_at(inner);
+        for ((h, &g), &u) in h.iter_mut().zip(gate).zip(up) {
+            let g = widen(g);
+            let s = 1.0 / (1.0 + exp(-g));
+            *h = round(g * s * widen(u));
+        }
+    }
+}
+
+/// SwiGLU's backward pass over rows: `dup = dh · silu(g)` and
+/// `dgate = dh · up · σ(g)·(1 + g·(1 − σ(g)))`, into `dgu = [dgate | dup]`.
+#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma"))]
+pub(super) fn swiglu_backward_rows(gu: &[u16], dh: &[u16], dgu: &mut [u16], inner: usize) {
+    let rows = gu.chunks_exact(2 * inner).zip(dh.chunks_exact(inner));
+    for ((gu, dh), dgu) in rows.zip(dgu.chunks_exact_mut(2 * inner)) {
+        let (gate, up) = gu.split_at(inner);
+        let (dgate, dup) = dgu.split_at_mut(inner);
+        let values = gate.iter().zip(up).zip(dh);
+        for (((&g, &u), &dh), (dg, du)) in values.zip(dgate.iter_mut().zip(dup)) {
+            let (g, u, dh) = (widen(g), widen(u), widen(dh));
+            let s = 1.0 / (1.0 + exp(-g));
+            *du = round(dh * g * s);
+            *dg = round(dh * u * s * (1.0 + g * (1.0 - s)));
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! Fused RMSNorm and SwiGLU nodes for training passes on the CPU under mixed
+//! precision, where libtorch's operators spend more than the products they feed.
+//!
+//! Through autograd, an RMSNorm of f32 activations is seven elementwise passes
+//! forward and about a dozen backward (libtorch decomposes `rms_norm` on the CPU),
+//! plus a cast of its output to bf16 for the next product and of that product's
+//! gradient back; SwiGLU is `silu`, a product, their three backward passes and a
+//! concatenation of the gate's and up's gradients. On an 8×256 SmolLM2 step (AMX
+//! Xeon, 2 threads) the two took about a fifth of the time. Here each is one node of
+//! the autograd graph whose forward and backward are one pass over the rows:
+//!
+//! - [`rms_norm_bf16`]: f32 `x`, f32 weight → bf16 `(x · r) · w` (what the next
+//!   product reads), saving `x` and each row's `r`; backward from a bf16 gradient to
+//!   f32 `dx` and `dw`.
+//! - [`swiglu_bf16`]: the gate and up products' stacked bf16 output `[gate | up]` →
+//!   bf16 `silu(gate) · up`; backward straight into the stacked gradient.
+//!
+//! Values are computed in f32 and rounded to bf16 once (libtorch rounds `silu`'s
+//! output before the product too). libtorch's C API has no custom autograd
+//! functions, so the nodes are C++ (`csrc/fused_autograd.cpp`, built by `build.rs`)
+//! calling the Rust kernels of `kernels.rs`. [`crate::transformer::Transformer::fused_layers`]
+//! is the rule that chooses them.
+
+#![allow(unsafe_code)]
+
+mod kernels;
+
+use std::ffi::{CStr, c_char};
+use std::sync::Once;
+
+use tch::Tensor;
+use torch_sys::C_tensor;
+
+unsafe extern "C" {
+    fn lsp_fused_set_kernels(kernels: *const kernels::Kernels);
+    fn lsp_fused_free(message: *mut c_char);
+    fn lsp_rms_norm_bf16(
+        x: *const C_tensor,
+        w: *const C_tensor,
+        eps: f64,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
+    fn lsp_swiglu_bf16(gu: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
+}
+
+/// Hands the kernels to the C++ nodes, once per process.
+fn kernels_set() {
+    static SET: Once = Once::new();
+    // SAFETY: `KERNELS` is a static of the layout the C++ side declares; it copies it.
+    SET.call_once(|| unsafe { lsp_fused_set_kernels(&kernels::KERNELS) });
+}
+
+/// The tensor a node made, or a panic with libtorch's message (as tch's own
+/// operators do).
+///
+/// # Safety
+/// `error` is null or a message from the C++ side; when it is null, `out` is a tensor
+/// the C++ side allocated for the caller.
+unsafe fn made(node: &str, error: *mut c_char, out: *mut C_tensor) -> Tensor {
+    if !error.is_null() {
+        // SAFETY: a NUL-terminated copy made by the C++ side, freed once, here.
+        let text = unsafe { CStr::from_ptr(error) }
+            .to_string_lossy()
+            .into_owned();
+        unsafe { lsp_fused_free(error) };
+        panic!("{node}: {text}");
+    }
+    // SAFETY: the caller's promise: a fresh tensor, now owned by the `Tensor`.
+    unsafe { Tensor::from_ptr(out) }
+}
+
+/// `(x · r) · w` in bf16 over the last dimension of f32 `x` (CPU), `r = 1/√(mean x² +
+/// ε)`, with f32 `w`; through autograd (`dx` f32, `dw` f32).
+pub(crate) fn rms_norm_bf16(x: &Tensor, w: &Tensor, eps: f64) -> Tensor {
+    kernels_set();
+    let mut out = std::ptr::null_mut();
+    // SAFETY: valid tensors for the call; the node returns an error or a new tensor.
+    unsafe {
+        let error = lsp_rms_norm_bf16(x.as_ptr(), w.as_ptr(), eps, &mut out);
+        made("rms_norm_bf16", error, out)
+    }
+}
+
+/// `silu(gate) · up` in bf16 of `gu = [gate | up]` (bf16, CPU, the last dimension
+/// split in halves); through autograd.
+pub(crate) fn swiglu_bf16(gu: &Tensor) -> Tensor {
+    kernels_set();
+    let mut out = std::ptr::null_mut();
+    // SAFETY: as in `rms_norm_bf16`.
+    unsafe {
+        let error = lsp_swiglu_bf16(gu.as_ptr(), &mut out);
+        made("swiglu_bf16", error, out)
+    }
+}
+
+#[cfg(test)]
+mod tests;

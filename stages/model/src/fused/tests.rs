@@ -1,0 +1,95 @@
+//! The fused nodes against libtorch's operators through autograd in f32.
+
+use tch::{Device, Kind, Tensor};
+
+use super::{rms_norm_bf16, swiglu_bf16};
+
+/// The largest `|a − b|` relative to `b`'s largest magnitude.
+fn off(a: &Tensor, b: &Tensor) -> f64 {
+    let a = a.to_kind(Kind::Float);
+    let scale = b.abs().max().double_value(&[]).max(1e-12);
+    (a - b).abs().max().double_value(&[]) / scale
+}
+
+/// Whether `a` (bf16) is `b` (f32) rounded once: within half a bf16 step of each
+/// value, give or take f32's summation order.
+fn rounded_once(a: &Tensor, b: &Tensor) -> bool {
+    let gap = (a.to_kind(Kind::Float) - b).abs();
+    let half_step = b.abs() * 2f64.powi(-8) + 1e-30;
+    bool::try_from((gap.le_tensor(&(half_step * 1.001))).all()).unwrap()
+}
+
+#[test]
+fn rms_norm_bf16_is_libtorchs_f32_rms_norm_rounded_once_with_its_gradients() {
+    tch::manual_seed(11);
+    let f = (Kind::Float, Device::Cpu);
+    // Rows across threads (more than the C++ side's grain), a width no multiple of
+    // the kernels' lanes, values far from 1.
+    let x = (Tensor::randn([3, 37, 100], f) * 4.0 + 0.5).set_requires_grad(true);
+    let w = (Tensor::randn([100], f) * 0.3 + 1.0).set_requires_grad(true);
+    let eps = 1e-5;
+    let want = x.rms_norm([100].as_slice(), Some(&w), eps);
+    let got = rms_norm_bf16(&x, &w, eps);
+    assert_eq!(got.kind(), Kind::BFloat16);
+    assert!(rounded_once(&got, &want.detach()), "forward");
+    let dy = Tensor::randn([3, 37, 100], f).to_kind(Kind::BFloat16);
+    let grads = |y: &Tensor, dy: &Tensor| {
+        let g = Tensor::run_backward(
+            &[(y.to_kind(Kind::Float) * dy).sum(Kind::Float)],
+            &[&x, &w],
+            false,
+            false,
+        );
+        (g[0].shallow_clone(), g[1].shallow_clone())
+    };
+    let (dx, dw) = grads(&got, &dy.to_kind(Kind::Float));
+    let (dx_ref, dw_ref) = grads(&want, &dy.to_kind(Kind::Float));
+    assert_eq!((dx.kind(), dw.kind()), (Kind::Float, Kind::Float));
+    assert!(off(&dx, &dx_ref) < 1e-5, "dx {}", off(&dx, &dx_ref));
+    assert!(off(&dw, &dw_ref) < 1e-5, "dw {}", off(&dw, &dw_ref));
+}
+
+#[test]
+fn swiglu_bf16_is_silu_times_up_in_f32_rounded_once_with_its_gradients() {
+    tch::manual_seed(12);
+    let f = (Kind::Float, Device::Cpu);
+    // Gates out to ±12 (σ saturating both ways).
+    let gu = (Tensor::randn([2, 33, 140], f) * 4.0).to_kind(Kind::BFloat16);
+    let exact = gu.to_kind(Kind::Float).set_requires_grad(true);
+    let [gate, up]: [Tensor; 2] = exact.split(70, -1).try_into().unwrap();
+    let want = gate.silu() * up;
+    let leaf = gu.set_requires_grad(true);
+    let got = swiglu_bf16(&leaf);
+    assert_eq!((got.kind(), got.size()), (Kind::BFloat16, vec![2, 33, 70]));
+    assert!(rounded_once(&got, &want.detach()), "forward");
+    let dh = (Tensor::randn([2, 33, 70], f) * 3.0).to_kind(Kind::BFloat16);
+    (got.to_kind(Kind::Float) * dh.to_kind(Kind::Float))
+        .sum(Kind::Float)
+        .backward();
+    (&want * dh.to_kind(Kind::Float))
+        .sum(Kind::Float)
+        .backward();
+    let (dgu, dgu_ref) = (leaf.grad(), exact.grad());
+    assert_eq!(dgu.kind(), Kind::BFloat16);
+    assert!(
+        rounded_once(&dgu, &dgu_ref),
+        "backward: {}",
+        off(&dgu, &dgu_ref)
+    );
+}
+
+#[test]
+fn the_nodes_take_empty_inputs_and_refuse_wrong_kinds_with_libtorchs_message() {
+    let f = (Kind::Float, Device::Cpu);
+    let w = Tensor::ones([8], f);
+    assert_eq!(
+        rms_norm_bf16(&Tensor::zeros([0, 8], f), &w, 1e-5).size(),
+        vec![0, 8]
+    );
+    let none = Tensor::zeros([0, 8], (Kind::BFloat16, Device::Cpu));
+    assert_eq!(swiglu_bf16(&none).size(), vec![0, 4]);
+    let refused = std::panic::catch_unwind(|| swiglu_bf16(&Tensor::zeros([2, 8], f)));
+    let message = refused.unwrap_err();
+    let text = message.downcast_ref::<String>().unwrap();
+    assert!(text.contains("swiglu_bf16 takes bf16"), "{text}");
+}
