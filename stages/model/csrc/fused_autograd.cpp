@@ -1,6 +1,6 @@
-// Autograd nodes for the fused kernels of a CPU training pass under mixed precision
-// (`src/fused/`): libtorch's C API, which tch wraps, has no way to define an autograd
-// function, so the nodes are written here against libtorch's C++ API. The arithmetic
+// What tch's C API lacks, against libtorch's C++ API: autograd nodes for the fused
+// kernels of a CPU pass under mixed precision (`src/fused/`; the C API has no way to
+// define an autograd function), and dropping a parameter's gradient (`src/grads.rs`). The arithmetic
 // is Rust's (`src/fused/kernels.rs`), handed in once as function pointers; these
 // nodes allocate the outputs, save what the backward pass reads, split rows among
 // libtorch's threads and call the kernels on each share.
@@ -177,6 +177,11 @@ char* lsp_rms_norm_bf16(const at::Tensor* x, const at::Tensor* w, double eps,
 // `*out` = swiglu_bf16(gu) as a new tensor; returns an error or null.
 char* lsp_swiglu_bf16(const at::Tensor* gu, at::Tensor** out) {
   return guarded([&] { *out = new at::Tensor(SwigluBf16::apply(*gu)); });
+}
+
+// Drops `t`'s gradient (undefined, as PyTorch's `zero_grad(set_to_none=True)`).
+char* lsp_forget_grad(const at::Tensor* t) {
+  return guarded([&] { t->mutable_grad() = at::Tensor(); });
 }
 
 }  // extern "C"

@@ -53,19 +53,15 @@ impl AdamW {
         self.step
     }
 
-    /// Clears every gradient, giving a released one ([`AdamW::release_grads`]) its
-    /// memory back as zeros.
+    /// Drops every gradient ([`lsp_model::forget_grad`], PyTorch's
+    /// `zero_grad(set_to_none=True)`): the next backward pass hands each parameter its
+    /// gradient as computed, with no zeros written first and no sum into them. A
+    /// parameter no backward pass reaches has a zero gradient in
+    /// [`AdamW::gradients`].
     pub fn zero_grad(&mut self) {
-        tch::no_grad(|| {
-            for (_, p) in &mut self.params {
-                let mut g = p.grad();
-                if g.defined() && g.numel() == 0 && p.numel() > 0 {
-                    g.set_data(&p.zeros_like());
-                } else {
-                    p.zero_grad();
-                }
-            }
-        });
+        for (_, p) in &self.params {
+            lsp_model::forget_grad(p);
+        }
     }
 
     /// Frees the gradients' memory until the next [`AdamW::zero_grad`] (libtorch
@@ -73,7 +69,7 @@ impl AdamW {
     /// hold another copy of the weights for nothing).
     pub fn release_grads(&mut self) {
         for (_, p) in &self.params {
-            Self::release_grad(&p.grad());
+            lsp_model::forget_grad(p);
         }
     }
 
