@@ -7,29 +7,22 @@
 
 #![allow(unsafe_code)]
 
-use std::ffi::{CStr, c_char};
+use std::ffi::c_char;
 
 use tch::Tensor;
 use torch_sys::C_tensor;
 
+use crate::fused::raise;
+
 unsafe extern "C" {
     fn lsp_forget_grad(t: *const C_tensor) -> *mut c_char;
-    fn lsp_fused_free(message: *mut c_char);
 }
 
 /// Drops `t`'s gradient: `t.grad()` is undefined until a backward pass reaches `t`
 /// (PyTorch's `zero_grad(set_to_none=True)`).
 pub fn forget_grad(t: &Tensor) {
-    // SAFETY: a valid tensor for the call; the C++ side returns null or a message it
-    // allocated, freed here once.
-    unsafe {
-        let error = lsp_forget_grad(t.as_ptr());
-        if !error.is_null() {
-            let text = CStr::from_ptr(error).to_string_lossy().into_owned();
-            lsp_fused_free(error);
-            panic!("forget_grad: {text}");
-        }
-    }
+    // SAFETY: a valid tensor for the call; the C++ side returns null or a message.
+    unsafe { raise("forget_grad", lsp_forget_grad(t.as_ptr())) }
 }
 
 #[cfg(test)]

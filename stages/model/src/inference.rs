@@ -8,8 +8,8 @@
 
 use tch::{Kind, Tensor};
 
-use crate::fused::{rms_norm_bf16, swiglu_bf16};
-use crate::layers::{Linear, RmsNorm, inference_linear};
+use crate::fused::swiglu_bf16;
+use crate::layers::{Linear, inference_linear};
 use crate::rope::pair_layout;
 use crate::transformer::{Projections, Transformer, WholeAttention, swiglu};
 
@@ -159,9 +159,6 @@ pub struct InferenceWeights<'a> {
     stacked: Stacked,
     /// How attention over whole sequences runs.
     attention: WholeAttention,
-    /// Whether the norms and SwiGLU run as `fused/`'s nodes
-    /// ([`Transformer::fused_layers`]).
-    fused: bool,
 }
 
 impl<'a> InferenceWeights<'a> {
@@ -182,7 +179,6 @@ impl<'a> InferenceWeights<'a> {
             transformer,
             stacked: transformer.kept().stacked(transformer, keep),
             attention: transformer.whole_attention(false),
-            fused: transformer.fused_layers(),
         }
     }
 
@@ -253,15 +249,12 @@ impl Projections for InferenceWeights<'_> {
         (both.narrow(-1, 0, i), both.narrow(-1, i, i))
     }
 
-    fn norm(&self, norm: &RmsNorm, x: &Tensor) -> Tensor {
-        match self.fused {
-            true => rms_norm_bf16(x, norm.weight(), norm.eps()),
-            false => norm.forward(x),
-        }
+    fn fused_layers(&self) -> bool {
+        self.transformer.fused_layers()
     }
 
     fn swiglu(&self, layer: usize, x: &Tensor) -> Tensor {
-        if !self.fused {
+        if !self.fused_layers() {
             let (gate, up) = self.gate_up(layer, x);
             return swiglu(gate, &up);
         }

@@ -20,8 +20,8 @@
 
 use tch::{Kind, Tensor};
 
-use crate::fused::{rms_norm_bf16, swiglu_bf16};
-use crate::layers::{Linear, LoraPair, RmsNorm};
+use crate::fused::swiglu_bf16;
+use crate::layers::{Linear, LoraPair};
 use crate::model::LanguageModel;
 use crate::rope::pair_layout;
 use crate::training::HeadGrad;
@@ -165,9 +165,6 @@ pub struct TrainingWeights<'a> {
     casts: Option<Casts>,
     /// Where the head's backward adds the head weight's gradient.
     head_grad: HeadGrad,
-    /// Whether the layers' norms and SwiGLU run as the fused nodes of `fused/`
-    /// ([`Transformer::fused_layers`]).
-    fused: bool,
 }
 
 impl<'a> TrainingWeights<'a> {
@@ -179,7 +176,6 @@ impl<'a> TrainingWeights<'a> {
         head_grad: HeadGrad,
     ) -> Self {
         Self {
-            fused: casts.is_some() && transformer.fused_layers(),
             transformer,
             casts,
             head_grad,
@@ -215,7 +211,6 @@ impl LanguageModel {
                 transformer,
                 casts: None,
                 head_grad: HeadGrad::Master,
-                fused: false,
             };
         }
         let d = transformer.spec().head_dim;
@@ -239,7 +234,6 @@ impl LanguageModel {
             transformer,
             casts: Some(Casts { layers, head }),
             head_grad: HeadGrad::Master,
-            fused: transformer.fused_layers(),
         }
     }
 }
@@ -330,15 +324,12 @@ impl Projections for TrainingWeights<'_> {
         }
     }
 
-    fn norm(&self, norm: &RmsNorm, x: &Tensor) -> Tensor {
-        match self.fused {
-            true => rms_norm_bf16(x, norm.weight(), norm.eps()),
-            false => norm.forward(x),
-        }
+    fn fused_layers(&self) -> bool {
+        self.casts.is_some() && self.transformer.fused_layers()
     }
 
     fn swiglu(&self, layer: usize, x: &Tensor) -> Tensor {
-        match (self.fused, self.cast(layer)) {
+        match (self.fused_layers(), self.cast(layer)) {
             (true, Some(c)) => swiglu_bf16(&c.gate_up.forward(x)),
             _ => {
                 let (gate, up) = self.gate_up(layer, x);

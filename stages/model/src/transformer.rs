@@ -13,6 +13,7 @@ use tch::{Kind, Tensor, nn};
 
 use crate::centered_attention::centered_attention;
 use crate::config::RolloutWeights;
+use crate::fused::rms_norm_bf16;
 use crate::kept::Kept;
 use crate::kv_cache::KvCache;
 use crate::layers::{Embedding, Linear, RmsNorm, linear_in_weight_kind};
@@ -41,10 +42,10 @@ pub trait Projections {
     fn gate_up(&self, layer: usize, x: &Tensor) -> (Tensor, Tensor);
     /// The feed-forward's down map.
     fn down(&self, layer: usize, x: &Tensor) -> Tensor;
-    /// An RMSNorm of the residual stream `x` ahead of a layer's products (in the
-    /// products' kind where these maps fuse the norm with its cast: `fused/`).
-    fn norm(&self, norm: &RmsNorm, x: &Tensor) -> Tensor {
-        norm.forward(x)
+    /// Whether the layers' norms (with their cast to bf16) and SwiGLU run as the fused
+    /// nodes of `fused/` ([`Transformer::fused_layers`] is the rule).
+    fn fused_layers(&self) -> bool {
+        false
     }
     /// SwiGLU's activation of layer `layer`'s gate and up maps of `x` (normed):
     /// `silu(gate(x)) · up(x)`, the down map's input.
@@ -482,12 +483,17 @@ impl Transformer {
     ) -> Tensor {
         let new = x.size()[1];
         let rotation = self.rope.rotation(positions, x.kind(), maps.pairs());
+        // The norm ahead of each layer's products: fused with its cast to bf16, or f32.
+        let norm = |norm: &RmsNorm, x: &Tensor| match maps.fused_layers() {
+            true => rms_norm_bf16(x, norm.weight(), norm.eps()),
+            false => norm.forward(x),
+        };
         for (i, layer) in self.layers.iter().enumerate() {
-            let normed = maps.norm(&layer.input_layernorm, &x);
+            let normed = norm(&layer.input_layernorm, &x);
             let layer_cache = cache.as_deref_mut().map(|c| (c, i));
             let attended = self.attention(maps, i, &normed, &rotation, mask, layer_cache);
             x = residual(x, attended);
-            let normed = maps.norm(&layer.post_attention_layernorm, &x);
+            let normed = norm(&layer.post_attention_layernorm, &x);
             x = residual(x, maps.down(i, &maps.swiglu(i, &normed)));
         }
         if let Some(cache) = cache {

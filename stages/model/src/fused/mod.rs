@@ -50,21 +50,30 @@ fn kernels_set() {
     SET.call_once(|| unsafe { lsp_fused_set_kernels(&kernels::KERNELS) });
 }
 
-/// The tensor a node made, or a panic with libtorch's message (as tch's own
-/// operators do).
+/// Panics with libtorch's message (as tch's own operators do) when a call into
+/// `csrc/fused_autograd.cpp` returned one.
 ///
 /// # Safety
-/// `error` is null or a message from the C++ side; when it is null, `out` is a tensor
-/// the C++ side allocated for the caller.
-unsafe fn made(node: &str, error: *mut c_char, out: *mut C_tensor) -> Tensor {
+/// `error` is null or a message from the C++ side, not yet freed.
+pub(crate) unsafe fn raise(what: &str, error: *mut c_char) {
     if !error.is_null() {
         // SAFETY: a NUL-terminated copy made by the C++ side, freed once, here.
         let text = unsafe { CStr::from_ptr(error) }
             .to_string_lossy()
             .into_owned();
         unsafe { lsp_fused_free(error) };
-        panic!("{node}: {text}");
+        panic!("{what}: {text}");
     }
+}
+
+/// The tensor a node made, or a panic with libtorch's message.
+///
+/// # Safety
+/// `error` is null or a message from the C++ side; when it is null, `out` is a tensor
+/// the C++ side allocated for the caller.
+unsafe fn made(node: &str, error: *mut c_char, out: *mut C_tensor) -> Tensor {
+    // SAFETY: the caller's promise.
+    unsafe { raise(node, error) };
     // SAFETY: the caller's promise: a fresh tensor, now owned by the `Tensor`.
     unsafe { Tensor::from_ptr(out) }
 }
