@@ -43,7 +43,7 @@ pub trait Projections {
     /// The feed-forward's down map.
     fn down(&self, layer: usize, x: &Tensor) -> Tensor;
     /// Whether the layers' norms (with their cast to bf16) and SwiGLU run as the fused
-    /// nodes of `fused/` ([`Transformer::fused_layers`] is the rule).
+    /// nodes of `fused/` (`Transformer::fused_layers` is the rule).
     fn fused_layers(&self) -> bool {
         false
     }
