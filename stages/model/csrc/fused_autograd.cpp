@@ -36,6 +36,11 @@ struct LspFusedKernels {
   // dgu = [dgate | dup] bf16 [rows, 2·inner] from dh bf16 [rows, inner].
   void (*swiglu_backward)(const uint16_t* gu, const uint16_t* dh, uint16_t* dgu,
                           int64_t rows, int64_t inner);
+  // y = x rotated pair by pair, (x₀·c − x₁·s, x₀·s + x₁·c), or by the opposite
+  // angle when `inverse`; x bf16 rows of `dim` values `x_ld` apart, turns f32 rows of
+  // (c, s) per pair, y bf16 [rows, dim].
+  void (*rotate_pairs)(const uint16_t* x, int64_t x_ld, const float* turns,
+                       uint16_t* y, int64_t rows, int64_t dim, int32_t inverse);
 };
 }
 
@@ -140,6 +145,46 @@ struct SwigluBf16 : public torch::autograd::Function<SwigluBf16> {
   }
 };
 
+// Rotates `x` ([batch, heads, seq, dim] bf16, its last dimension contiguous) by
+// `turns` ([batch, seq, dim] f32: each pair's cos and sin) into a new contiguous
+// tensor, or by the opposite angles (the backward pass), one (sequence, head) a task.
+at::Tensor rotate_pairs(const at::Tensor& x_in, const at::Tensor& turns, bool inverse) {
+  auto x = x_in.stride(-1) == 1 ? x_in : x_in.contiguous();
+  const int64_t batch = x.size(0), heads = x.size(1), seq = x.size(2), dim = x.size(3);
+  auto y = at::empty({batch, heads, seq, dim}, x.options());
+  const uint16_t* xp = bf16_ptr(x);
+  const float* tp = turns.data_ptr<float>();
+  uint16_t* yp = bf16_ptr(y);
+  at::parallel_for(0, batch * heads, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; i++) {
+      const int64_t b = i / heads, h = i % heads;
+      kernels.rotate_pairs(xp + b * x.stride(0) + h * x.stride(1), x.stride(2),
+                           tp + b * seq * dim, yp + i * seq * dim, seq, dim, inverse);
+    }
+  });
+  return y;
+}
+
+struct RotatePairsBf16 : public torch::autograd::Function<RotatePairsBf16> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x,
+                            const at::Tensor& unit) {
+    TORCH_CHECK(x.scalar_type() == at::kBFloat16 && x.dim() == 4,
+                "rotate_pairs_bf16 takes bf16 [batch, heads, seq, head_dim]");
+    TORCH_CHECK(unit.scalar_type() == at::kComplexFloat &&
+                    unit.numel() * 2 == x.size(0) * x.size(2) * x.size(3),
+                "rotate_pairs_bf16: unit complex f32 turns of [batch, 1, seq, head_dim / 2]");
+    auto turns = at::view_as_real(unit).contiguous();
+    ctx->save_for_backward({turns});
+    return rotate_pairs(x, turns, false);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto turns = ctx->get_saved_variables()[0];
+    auto dy = grads[0].to(at::kBFloat16);
+    return {rotate_pairs(dy, turns, true), at::Tensor()};
+  }
+};
+
 // A copy of `what` the caller frees with `lsp_fused_free`.
 char* message(const char* what) {
   const size_t n = std::strlen(what) + 1;
@@ -177,6 +222,11 @@ char* lsp_rms_norm_bf16(const at::Tensor* x, const at::Tensor* w, double eps,
 // `*out` = swiglu_bf16(gu) as a new tensor; returns an error or null.
 char* lsp_swiglu_bf16(const at::Tensor* gu, at::Tensor** out) {
   return guarded([&] { *out = new at::Tensor(SwigluBf16::apply(*gu)); });
+}
+
+// `*out` = rotate_pairs_bf16(x, unit) as a new tensor; returns an error or null.
+char* lsp_rotate_pairs_bf16(const at::Tensor* x, const at::Tensor* unit, at::Tensor** out) {
+  return guarded([&] { *out = new at::Tensor(RotatePairsBf16::apply(*x, *unit)); });
 }
 
 // Drops `t`'s gradient (undefined, as PyTorch's `zero_grad(set_to_none=True)`).

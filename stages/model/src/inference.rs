@@ -228,13 +228,11 @@ impl Projections for InferenceWeights<'_> {
             spec.num_heads * spec.head_dim,
             spec.num_kv_heads * spec.head_dim,
         );
+        // In the products' kind (the attention rotates q and k in the kind it needs).
         let all = self.stacked.layers[layer].qkv.apply(x);
-        // q and k in the activations' kind for the rotation (`x` is bf16 where the
-        // norm was fused with its cast).
-        let kind = self.transformer.kind_and_device().0;
         (
-            all.narrow(-1, 0, q).to_kind(kind),
-            all.narrow(-1, q, kv).to_kind(kind),
+            all.narrow(-1, 0, q),
+            all.narrow(-1, q, kv),
             all.narrow(-1, q + kv, kv),
         )
     }

@@ -5,6 +5,7 @@ use std::f64::consts::PI;
 
 use tch::{Device, Kind, Tensor};
 
+use crate::fused::rotate_pairs_bf16;
 use crate::spec::{ModelSpec, RopeScaling};
 
 /// The inverse frequencies θ^(−2i/d), i < d/2, with the spec's scaling applied.
@@ -106,9 +107,12 @@ fn as_complex(x: &Tensor) -> Tensor {
 }
 
 impl Rotation {
-    /// Rotates `x` (`[batch, heads, seq, head_dim]`).
+    /// Rotates `x` (`[batch, heads, seq, head_dim]`); a bf16 `x` in the pair layout
+    /// (on the CPU) by the fused node, in f32 and rounded once
+    /// ([`crate::fused::rotate_pairs_bf16`]).
     pub fn apply(&self, x: &Tensor) -> Tensor {
         match self {
+            Self::Pairs(unit) if x.kind() == Kind::BFloat16 => rotate_pairs_bf16(x, unit),
             Self::Halves { cos, sin } => {
                 let half = x.size()[3] / 2;
                 let x1 = x.narrow(3, 0, half);

@@ -282,18 +282,16 @@ impl Projections for TrainingWeights<'_> {
             spec.num_heads * spec.head_dim,
             spec.num_kv_heads * spec.head_dim,
         );
-        // q and k back in the activations' kind (the weights', f32: `x` is bf16 when
-        // the norm was fused with its cast) for the rotation; v stays bf16 for
-        // attention. Split, not narrowed: the backward pass joins the three gradients
-        // into one instead of adding three zero-padded copies.
+        // Split, not narrowed: the backward pass joins the three gradients into one
+        // instead of adding three zero-padded copies. In bf16 (the attention rotates
+        // q and k in the kind it needs).
         let [q, k, v]: [Tensor; 3] = c
             .qkv
             .forward(x)
             .split_with_sizes([q, kv, kv], -1)
             .try_into()
             .expect("three parts");
-        let kind = self.transformer.kind_and_device().0;
-        (q.to_kind(kind), k.to_kind(kind), v)
+        (q, k, v)
     }
 
     fn o(&self, layer: usize, x: &Tensor) -> Tensor {

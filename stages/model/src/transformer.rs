@@ -522,7 +522,12 @@ impl Transformer {
         );
         let heads = |y: Tensor, n: i64| y.view([b, t, n, d]).transpose(1, 2);
         let (q, k, v) = maps.qkv(layer, x);
-        let (q, k, v) = (heads(q, h), heads(k, kv), heads(v, kv));
+        // q and k rotate as the products made them (bf16, by the fused node) where
+        // the layers are fused and no cache keeps the keys; else in the weights' kind.
+        let in_products = maps.fused_layers() && cache.is_none();
+        let weights = self.kind_and_device().0;
+        let rotated = |y: Tensor| if in_products { y } else { y.to_kind(weights) };
+        let (q, k, v) = (heads(rotated(q), h), heads(rotated(k), kv), heads(v, kv));
         let q = rotation.apply(&q);
         let (k, v) = match cache {
             Some((cache, layer)) => {
@@ -673,10 +678,11 @@ impl Transformer {
         }
     }
 
-    /// Whether a pass runs its layers' norms (with their cast to bf16) and SwiGLU as
-    /// the fused nodes of `fused/`: on the CPU under mixed precision (bf16 products of
-    /// f32 activations), with gradient or without. Their libtorch operators and casts
-    /// were about a fifth of an 8×256 SmolLM2 training step on an AMX Xeon; and a
+    /// Whether a pass runs its layers' norms (with their cast to bf16), SwiGLU and,
+    /// without a KV cache, the rotation of q and k as the fused nodes of `fused/`: on
+    /// the CPU under mixed precision (bf16 products of f32 activations), with gradient
+    /// or without. Their libtorch operators and casts were about a quarter of an 8×256
+    /// SmolLM2 training step on an AMX Xeon; and a
     /// training pass computes what a pass without gradient does only if both run the
     /// same nodes (`tests/invariants.rs`).
     pub(crate) fn fused_layers(&self) -> bool {

@@ -25,6 +25,7 @@ pub(super) struct Kernels {
     ),
     swiglu_forward: unsafe extern "C" fn(*const u16, *mut u16, i64, i64),
     swiglu_backward: unsafe extern "C" fn(*const u16, *const u16, *mut u16, i64, i64),
+    rotate_pairs: unsafe extern "C" fn(*const u16, i64, *const f32, *mut u16, i64, i64, i32),
 }
 
 /// The kernels the nodes call.
@@ -33,6 +34,7 @@ pub(super) static KERNELS: Kernels = Kernels {
     rms_backward,
     swiglu_forward,
     swiglu_backward,
+    rotate_pairs,
 };
 
 /// A slice of `len` values at `p`.
@@ -139,6 +141,30 @@ unsafe extern "C" fn swiglu_backward(
     swiglu_backward_rows(gu, dh, dgu, inner);
 }
 
+unsafe extern "C" fn rotate_pairs(
+    x: *const u16,
+    x_ld: i64,
+    turns: *const f32,
+    y: *mut u16,
+    rows: i64,
+    dim: i64,
+    inverse: i32,
+) {
+    let (rows, dim, x_ld) = (rows as usize, dim as usize, x_ld as usize);
+    for r in 0..rows {
+        // SAFETY: the node's rows: `dim` values of x at `x_ld` apart, of the turns and
+        // of y (its own) contiguous.
+        let (x, turns, y) = unsafe {
+            (
+                view(x.add(r * x_ld), dim),
+                view(turns.add(r * dim), dim),
+                view_mut(y.add(r * dim), dim),
+            )
+        };
+        rotate_row(x, turns, y, inverse != 0);
+    }
+}
+
 #[inline(always)]
 fn widen(v: u16) -> f32 {
     Bf16(v).widen()
@@ -220,5 +246,18 @@ pub(super) fn swiglu_backward_rows(gu: &[u16], dh: &[u16], dgu: &mut [u16], inne
             *du = round(dh * g * s);
             *dg = round(dh * u * s * (1.0 + g * (1.0 - s)));
         }
+    }
+}
+
+/// One row of pairs rotated: `(x₀·c − x₁·s, x₀·s + x₁·c)` with each pair's `(c, s)`
+/// from `turns` (or `s` negated when `inverse`), in f32, rounded once into `y`.
+#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma"))]
+pub(super) fn rotate_row(x: &[u16], turns: &[f32], y: &mut [u16], inverse: bool) {
+    let sign = if inverse { -1.0 } else { 1.0 };
+    let pairs = x.chunks_exact(2).zip(turns.chunks_exact(2));
+    for ((x, t), y) in pairs.zip(y.chunks_exact_mut(2)) {
+        let (x0, x1, c, s) = (widen(x[0]), widen(x[1]), t[0], sign * t[1]);
+        y[0] = round(x0 * c - x1 * s);
+        y[1] = round(x0 * s + x1 * c);
     }
 }

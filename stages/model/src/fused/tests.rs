@@ -2,7 +2,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::{rms_norm_bf16, swiglu_bf16};
+use super::{rms_norm_bf16, rotate_pairs_bf16, swiglu_bf16};
 
 /// The largest `|a − b|` relative to `b`'s largest magnitude.
 fn off(a: &Tensor, b: &Tensor) -> f64 {
@@ -76,6 +76,64 @@ fn swiglu_bf16_is_silu_times_up_in_f32_rounded_once_with_its_gradients() {
         "backward: {}",
         off(&dgu, &dgu_ref)
     );
+}
+
+#[test]
+fn rotate_pairs_bf16_is_the_f32_complex_product_rounded_once_with_its_gradient() {
+    tch::manual_seed(13);
+    let f = (Kind::Float, Device::Cpu);
+    let (b, t, heads, d) = (2, 37, 3, 64);
+    // Queries as the attention takes them: a head-strided view of a wider product
+    // output ([batch, seq, (heads + 2) · d], the first heads · d columns).
+    let product = (Tensor::randn([b, t, (heads + 2) * d], f) * 3.0).to_kind(Kind::BFloat16);
+    let leaf = product.set_requires_grad(true);
+    let x = leaf
+        .narrow(-1, 0, heads * d)
+        .view([b, t, heads, d])
+        .transpose(1, 2);
+    let positions = Tensor::arange(t, (Kind::Int64, Device::Cpu)).repeat([b, 1]) * 7;
+    let angles =
+        positions.to_kind(Kind::Float).unsqueeze(-1) * Tensor::linspace(1.0, 1e-4, d / 2, f);
+    let unit = Tensor::polar(&angles.ones_like(), &angles).unsqueeze(1);
+    let exact = x.detach().to_kind(Kind::Float).set_requires_grad(true);
+    let complex = |x: &Tensor| {
+        x.contiguous()
+            .view([b, heads, t, d / 2, 2])
+            .view_as_complex()
+    };
+    let want = (complex(&exact) * &unit).view_as_real().flatten(-2, -1);
+    let got = rotate_pairs_bf16(&x, &unit);
+    assert_eq!(
+        (got.kind(), got.size()),
+        (Kind::BFloat16, vec![b, heads, t, d])
+    );
+    assert!(got.is_contiguous());
+    assert!(
+        rounded_once(&got, &want.detach()),
+        "forward: {}",
+        off(&got, &want)
+    );
+    let dy = (Tensor::randn([b, heads, t, d], f) * 2.0).to_kind(Kind::BFloat16);
+    (got.to_kind(Kind::Float) * dy.to_kind(Kind::Float))
+        .sum(Kind::Float)
+        .backward();
+    (&want * dy.to_kind(Kind::Float))
+        .sum(Kind::Float)
+        .backward();
+    let dx = leaf
+        .grad()
+        .narrow(-1, 0, heads * d)
+        .view([b, t, heads, d])
+        .transpose(1, 2);
+    assert_eq!(dx.kind(), Kind::BFloat16);
+    assert!(
+        rounded_once(&dx, &exact.grad()),
+        "backward: {}",
+        off(&dx, &exact.grad())
+    );
+    // The rest of the product's gradient is untouched.
+    let rest = leaf.grad().narrow(-1, heads * d, 2 * d);
+    assert_eq!(rest.abs().max().double_value(&[]), 0.0);
 }
 
 #[test]
