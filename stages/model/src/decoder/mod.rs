@@ -24,7 +24,7 @@ pub use cpu::{
     ATEN_VAR, CEILING_VAR, Ceiling, CpuDecoder, Int8Dots, amx_tiles, bf16_products_pay, bf16_units,
     int8_dots,
 };
-pub(crate) use cpu::{PackedModel, PromptPass, host_math};
+pub(crate) use cpu::{Isa, PackedModel, PromptPass, host_math};
 pub use libtorch::LibtorchDecoder;
 
 use crate::config::RolloutWeights;

@@ -1,12 +1,15 @@
 //! The fused nodes' arithmetic, over a block of contiguous rows each
 //! (`csrc/fused_autograd.cpp` splits the rows among libtorch's threads and calls
 //! these through [`KERNELS`]). Each kernel reads its bf16 values once, computes in
-//! f32 and rounds once.
+//! f32 and rounds once. Each is built for AVX-512, AVX2 and no extension, and runs the
+//! build of the decoder's instruction set ([`Isa::detected`], within `LSP_CPU_ISA`'s
+//! ceiling); the tests run every build the CPU has against the plain one.
 
 #![allow(unsafe_code)]
 
 use multiversion::multiversion;
 
+use crate::decoder::Isa;
 use crate::decoder::host_math::{Bf16, dot, exp};
 
 /// The kernels as the C++ nodes call them (`LspFusedKernels` there, field for field).
@@ -87,7 +90,7 @@ unsafe extern "C" fn rms_forward(
             view_mut(rstd, rows),
         )
     };
-    rms_norm_rows(x, w, y, rstd, eps);
+    rms_norm_rows(Isa::detected(), x, w, y, rstd, eps);
 }
 
 unsafe extern "C" fn rms_backward(
@@ -112,14 +115,14 @@ unsafe extern "C" fn rms_backward(
             view_mut(dw, dim),
         )
     };
-    rms_norm_backward_rows(x, w, rstd, dy, dx, dw);
+    rms_norm_backward_rows(Isa::detected(), x, w, rstd, dy, dx, dw);
 }
 
 unsafe extern "C" fn swiglu_forward(gu: *const u16, h: *mut u16, rows: i64, inner: i64) {
     let (rows, inner) = (rows as usize, inner as usize);
     // SAFETY: see above.
     let (gu, h) = unsafe { (view(gu, rows * 2 * inner), view_mut(h, rows * inner)) };
-    swiglu_rows(gu, h, inner);
+    swiglu_rows(Isa::detected(), gu, h, inner);
 }
 
 unsafe extern "C" fn swiglu_backward(
@@ -138,7 +141,7 @@ unsafe extern "C" fn swiglu_backward(
             view_mut(dgu, rows * 2 * inner),
         )
     };
-    swiglu_backward_rows(gu, dh, dgu, inner);
+    swiglu_backward_rows(Isa::detected(), gu, dh, dgu, inner);
 }
 
 unsafe extern "C" fn rotate_pairs(
@@ -151,6 +154,7 @@ unsafe extern "C" fn rotate_pairs(
     inverse: i32,
 ) {
     let (rows, dim, x_ld) = (rows as usize, dim as usize, x_ld as usize);
+    let isa = Isa::detected();
     for r in 0..rows {
         // SAFETY: the node's rows: `dim` values of x at `x_ld` apart, of the turns and
         // of y (its own) contiguous.
@@ -161,7 +165,7 @@ unsafe extern "C" fn rotate_pairs(
                 view_mut(y.add(r * dim), dim),
             )
         };
-        rotate_row(x, turns, y, inverse != 0);
+        rotate_row(isa, x, turns, y, inverse != 0);
     }
 }
 
@@ -177,8 +181,8 @@ fn round(v: f32) -> u16 {
 
 /// Each row of `x` (rows of `w.len()`) as transformers' `LlamaRMSNorm` in f32, `(x ·
 /// r) · w` with `r = 1/√(mean x² + ε)`, rounded to bf16 into `y`; `r` into `rstd`.
-#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma"))]
-pub(super) fn rms_norm_rows(x: &[f32], w: &[f32], y: &mut [u16], rstd: &mut [f32], eps: f32) {
+#[inline(always)]
+fn rms_norm_rows_body(x: &[f32], w: &[f32], y: &mut [u16], rstd: &mut [f32], eps: f32) {
     let dim = w.len();
     for ((x, y), r) in x.chunks_exact(dim).zip(y.chunks_exact_mut(dim)).zip(rstd) {
         let inv = 1.0 / (dot(x, x) / dim as f32 + eps).sqrt();
@@ -192,8 +196,8 @@ pub(super) fn rms_norm_rows(x: &[f32], w: &[f32], y: &mut [u16], rstd: &mut [f32
 /// The RMSNorm's backward pass over rows: with `g = dy · w`,
 /// `dx = r·g − x·r³·(g·x)/dim` written into `dx`, and `dy · x · r` summed over the
 /// rows added into `dw`.
-#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma"))]
-pub(super) fn rms_norm_backward_rows(
+#[inline(always)]
+fn rms_norm_backward_rows_body(
     x: &[f32],
     w: &[f32],
     rstd: &[f32],
@@ -219,8 +223,8 @@ pub(super) fn rms_norm_backward_rows(
 
 /// SwiGLU's activation over rows of `gu = [gate | up]` (`2·inner` values each):
 /// `silu(gate) · up`, `silu(g) = g·σ(g)`, in f32, rounded once into `h`.
-#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma"))]
-pub(super) fn swiglu_rows(gu: &[u16], h: &mut [u16], inner: usize) {
+#[inline(always)]
+fn swiglu_rows_body(gu: &[u16], h: &mut [u16], inner: usize) {
     for (gu, h) in gu.chunks_exact(2 * inner).zip(h.chunks_exact_mut(inner)) {
         let (gate, up) = gu.split_at(inner);
         for ((h, &g), &u) in h.iter_mut().zip(gate).zip(up) {
@@ -233,8 +237,8 @@ pub(super) fn swiglu_rows(gu: &[u16], h: &mut [u16], inner: usize) {
 
 /// SwiGLU's backward pass over rows: `dup = dh · silu(g)` and
 /// `dgate = dh · up · σ(g)·(1 + g·(1 − σ(g)))`, into `dgu = [dgate | dup]`.
-#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma"))]
-pub(super) fn swiglu_backward_rows(gu: &[u16], dh: &[u16], dgu: &mut [u16], inner: usize) {
+#[inline(always)]
+fn swiglu_backward_rows_body(gu: &[u16], dh: &[u16], dgu: &mut [u16], inner: usize) {
     let rows = gu.chunks_exact(2 * inner).zip(dh.chunks_exact(inner));
     for ((gu, dh), dgu) in rows.zip(dgu.chunks_exact_mut(2 * inner)) {
         let (gate, up) = gu.split_at(inner);
@@ -251,8 +255,8 @@ pub(super) fn swiglu_backward_rows(gu: &[u16], dh: &[u16], dgu: &mut [u16], inne
 
 /// One row of pairs rotated: `(x₀·c − x₁·s, x₀·s + x₁·c)` with each pair's `(c, s)`
 /// from `turns` (or `s` negated when `inverse`), in f32, rounded once into `y`.
-#[multiversion(targets("x86_64+avx512f+avx512vl+fma", "x86_64+avx2+fma"))]
-pub(super) fn rotate_row(x: &[u16], turns: &[f32], y: &mut [u16], inverse: bool) {
+#[inline(always)]
+fn rotate_row_body(x: &[u16], turns: &[f32], y: &mut [u16], inverse: bool) {
     let sign = if inverse { -1.0 } else { 1.0 };
     let pairs = x.chunks_exact(2).zip(turns.chunks_exact(2));
     for ((x, t), y) in pairs.zip(y.chunks_exact_mut(2)) {
@@ -260,4 +264,47 @@ pub(super) fn rotate_row(x: &[u16], turns: &[f32], y: &mut [u16], inverse: bool)
         y[0] = round(x0 * c - x1 * s);
         y[1] = round(x0 * s + x1 * c);
     }
+}
+
+/// Each kernel built for AVX-512 and for AVX2 (with FMA) from its `_body`, and the
+/// plain build, called by the [`Isa`] given: [`Isa::detected`] (the decoder's choice,
+/// within the process's ceiling) in the nodes, every build the CPU has in the tests.
+/// The builds compute the same values bit for bit (the same operations in the same
+/// order; `mul_add` is fused in each).
+macro_rules! builds {
+    ($($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => $body:ident;)*) => {$(
+        $(#[$doc])*
+        pub(super) fn $name(isa: Isa, $($arg: $ty),*) {
+            #[multiversion(targets("x86_64+avx512f+avx512vl+fma"))]
+            fn avx512($($arg: $ty),*) {
+                $body($($arg),*)
+            }
+            #[multiversion(targets("x86_64+avx2+fma"))]
+            fn avx2($($arg: $ty),*) {
+                $body($($arg),*)
+            }
+            match isa {
+                Isa::Avx512Bf16 | Isa::Avx512 => avx512($($arg),*),
+                Isa::Avx2 => avx2($($arg),*),
+                Isa::Portable => $body($($arg),*),
+            }
+        }
+    )*};
+}
+
+builds! {
+    /// [`rms_norm_rows_body`] by `isa`.
+    fn rms_norm_rows(x: &[f32], w: &[f32], y: &mut [u16], rstd: &mut [f32], eps: f32)
+        => rms_norm_rows_body;
+    /// [`rms_norm_backward_rows_body`] by `isa`.
+    fn rms_norm_backward_rows(
+        x: &[f32], w: &[f32], rstd: &[f32], dy: &[u16], dx: &mut [f32], dw: &mut [f32]
+    ) => rms_norm_backward_rows_body;
+    /// [`swiglu_rows_body`] by `isa`.
+    fn swiglu_rows(gu: &[u16], h: &mut [u16], inner: usize) => swiglu_rows_body;
+    /// [`swiglu_backward_rows_body`] by `isa`.
+    fn swiglu_backward_rows(gu: &[u16], dh: &[u16], dgu: &mut [u16], inner: usize)
+        => swiglu_backward_rows_body;
+    /// [`rotate_row_body`] by `isa`.
+    fn rotate_row(x: &[u16], turns: &[f32], y: &mut [u16], inverse: bool) => rotate_row_body;
 }

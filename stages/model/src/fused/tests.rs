@@ -151,3 +151,57 @@ fn the_nodes_take_empty_inputs_and_refuse_wrong_kinds_with_libtorchs_message() {
     let text = message.downcast_ref::<String>().unwrap();
     assert!(text.contains("swiglu_bf16 takes bf16"), "{text}");
 }
+
+#[test]
+fn every_build_of_the_kernels_the_cpu_runs_computes_the_plain_builds_bits() {
+    use super::kernels::{
+        rms_norm_backward_rows, rms_norm_rows, rotate_row, swiglu_backward_rows, swiglu_rows,
+    };
+    use crate::decoder::Isa;
+    use crate::decoder::host_math::Bf16;
+    // Widths no multiple of the lanes; values across the exponential's range.
+    let (rows, dim) = (5, 100);
+    let values = |n: usize, seed: u32| -> Vec<f32> {
+        (0..n as u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) ^ seed) as f32 / u32::MAX as f32 * 24.0 - 12.0)
+            .collect()
+    };
+    let bf16 = |v: &[f32]| v.iter().map(|&v| Bf16::round(v).0).collect::<Vec<_>>();
+    let x = values(rows * dim, 1);
+    let w = values(dim, 2);
+    let dy = bf16(&values(rows * dim, 3));
+    let gu = bf16(&values(rows * 2 * dim, 4));
+    let dh = bf16(&values(rows * dim, 5));
+    let turns = values(dim, 6);
+    let run = |isa: Isa| {
+        let (mut y, mut rstd) = (vec![0u16; rows * dim], vec![0f32; rows]);
+        rms_norm_rows(isa, &x, &w, &mut y, &mut rstd, 1e-5);
+        let (mut dx, mut dw) = (vec![0f32; rows * dim], vec![0f32; dim]);
+        rms_norm_backward_rows(isa, &x, &w, &rstd, &dy, &mut dx, &mut dw);
+        let mut h = vec![0u16; rows * dim];
+        swiglu_rows(isa, &gu, &mut h, dim);
+        let mut dgu = vec![0u16; rows * 2 * dim];
+        swiglu_backward_rows(isa, &gu, &dh, &mut dgu, dim);
+        let (mut r, mut back) = (vec![0u16; dim], vec![0u16; dim]);
+        rotate_row(isa, &dy[..dim], &turns, &mut r, false);
+        rotate_row(isa, &dy[..dim], &turns, &mut back, true);
+        let floats = [
+            y.iter().map(|&v| v as u32).collect::<Vec<_>>(),
+            rstd.iter().map(|v| v.to_bits()).collect(),
+            dx.iter().map(|v| v.to_bits()).collect(),
+            dw.iter().map(|v| v.to_bits()).collect(),
+        ];
+        let halves = [h, dgu, r, back];
+        (floats, halves)
+    };
+    let plain = run(Isa::Portable);
+    let available = Isa::available();
+    assert!(available.contains(&Isa::Portable));
+    for isa in available {
+        assert!(
+            run(isa) == plain,
+            "the {} build differs from the plain one",
+            isa.name()
+        );
+    }
+}

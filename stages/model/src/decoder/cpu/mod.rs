@@ -33,6 +33,7 @@ use tch::{Kind, Tensor};
 
 use self::blocks::{HostNorm, PackedLayer, Step};
 use self::host_kv::{HostKv, Place};
+pub(crate) use self::isa::Isa;
 pub use self::isa::{
     ATEN_VAR, CEILING_VAR, Ceiling, Int8Dots, amx_tiles, bf16_products_pay, bf16_units, int8_dots,
 };
