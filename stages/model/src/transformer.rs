@@ -42,8 +42,9 @@ pub trait Projections {
     fn gate_up(&self, layer: usize, x: &Tensor) -> (Tensor, Tensor);
     /// The feed-forward's down map.
     fn down(&self, layer: usize, x: &Tensor) -> Tensor;
-    /// Whether the layers' norms (with their cast to bf16) and SwiGLU run as the fused
-    /// nodes of `fused/` (`Transformer::fused_layers` is the rule).
+    /// Whether the layers' norms (with their cast to bf16), SwiGLU and, without a KV
+    /// cache, the rotation of q and k run as the fused nodes of `fused/`
+    /// (`Transformer::fused_layers` is the rule).
     fn fused_layers(&self) -> bool {
         false
     }

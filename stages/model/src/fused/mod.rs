@@ -111,9 +111,6 @@ pub(crate) fn swiglu_bf16(gu: &Tensor) -> Tensor {
     }
 }
 
-#[cfg(test)]
-mod tests;
-
 /// `x` (bf16 `[batch, heads, seq, head_dim]` in the pair layout, its last dimension
 /// contiguous) rotated by `unit` (`[batch, 1, seq, head_dim / 2]` unit complex f32,
 /// [`crate::rope::Rotation::Pairs`]): each pair's complex product in f32, rounded
@@ -127,3 +124,6 @@ pub(crate) fn rotate_pairs_bf16(x: &Tensor, unit: &Tensor) -> Tensor {
         made("rotate_pairs_bf16", error, out)
     }
 }
+
+#[cfg(test)]
+mod tests;
