@@ -1,5 +1,6 @@
 //! `pipeline generate` and `pipeline score` reproduce transformers' outputs on the
-//! fixtures, and refuse what they cannot do with a clear message.
+//! fixtures, and refuse what they cannot do with a clear message; `pipeline bench
+//! --profile` says where a step's time went.
 
 #[path = "../../tests/tests/common/deadline.rs"]
 mod deadline;
@@ -172,4 +173,69 @@ fn wrong_models_and_settings_are_refused_clearly() {
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("top_p: 0 is out of range"), "{stderr}");
+}
+
+#[test]
+fn bench_profile_shows_where_a_training_steps_time_went() {
+    // Mixed precision on the CPU: every layer product is the fused linear node, whose
+    // backward pass runs once per product and micro-batch; the vocabulary's softmax
+    // (Rust, outside any libtorch operator) shows under its own name.
+    let tiny = fixture("tiny-llama");
+    let out = pipeline(&[
+        "bench",
+        "train-step",
+        "--model",
+        tiny.to_str().unwrap(),
+        "--batch",
+        "2",
+        "--seq-len",
+        "16",
+        "--runs",
+        "1",
+        "--precision",
+        "mixed_bf16",
+        "--emulate-bf16",
+        "--profile",
+        "1000",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("operator profile: "), "{text}");
+    let calls = |name: &str| -> Option<u64> {
+        let by_name = text.split("by operator and input shapes:").next().unwrap();
+        by_name.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.len() >= 4 && fields[3..].join(" ") == name).then(|| fields[2].parse().unwrap())
+        })
+    };
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(tiny.join("config.json")).unwrap()).unwrap();
+    let layers = config["num_hidden_layers"].as_u64().unwrap();
+    // Four products a layer (qkv, o, gate and up, down), two micro-batches of one.
+    assert_eq!(
+        calls("LinearBf16 (backward)"),
+        Some(4 * layers * 2),
+        "{text}"
+    );
+    assert!(calls("aten::mm").is_some_and(|n| n > 0), "{text}");
+    assert!(calls("lsp::softmax_rows").is_some(), "{text}");
+    // Without the flag, no profile.
+    let plain = pipeline(&[
+        "bench",
+        "logprobs",
+        "--model",
+        tiny.to_str().unwrap(),
+        "--batch",
+        "1",
+        "--seq-len",
+        "8",
+        "--runs",
+        "1",
+    ]);
+    assert!(plain.status.success());
+    assert!(!String::from_utf8_lossy(&plain.stdout).contains("operator profile"));
 }

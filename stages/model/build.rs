@@ -1,13 +1,16 @@
-//! Compiles `csrc/fused_autograd.cpp`, the autograd nodes of the CPU training pass's
-//! fused kernels (`src/fused/`), against the libtorch that torch-sys links: its
+//! Compiles `csrc/`: `fused_autograd.cpp`, the autograd nodes of the CPU training
+//! pass's fused kernels (`src/fused/`), and `operator_profile.cpp`, libtorch's profiler
+//! for `src/operator_profile.rs`, against the libtorch that torch-sys links: its
 //! headers beside the library folder torch-sys reports, and torch-sys's C++ ABI.
 
 use std::env;
 use std::path::PathBuf;
 
 fn main() {
-    let source = "csrc/fused_autograd.cpp";
-    println!("cargo:rerun-if-changed={source}");
+    let sources = ["csrc/fused_autograd.cpp", "csrc/operator_profile.cpp"];
+    for path in sources.iter().chain(&["csrc/guarded.h"]) {
+        println!("cargo:rerun-if-changed={path}");
+    }
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     // torch-sys's `links = "tch"` metadata: the folder of libtorch's libraries.
     let lib = PathBuf::from(
@@ -25,6 +28,6 @@ fn main() {
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
-        .file(source)
-        .compile("lsp_fused_autograd");
+        .files(sources)
+        .compile("lsp_csrc");
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use lsp_model::{InferenceWeights, LanguageModel, LoadOptions, Parallelism};
+use lsp_model::{InferenceWeights, LanguageModel, LoadOptions, Parallelism, operator_profile};
 
 use crate::commands::ModelArgs;
 
@@ -57,6 +57,11 @@ pub struct BenchArgs {
     /// `r=16,alpha=32`.
     #[arg(long, value_parser = parse_lora)]
     lora: Option<lsp_model::LoraConfig>,
+    /// Train-step and log-probs: after the timed runs, one more under libtorch's
+    /// operator profiler, printing the N operators that took the most self time (per
+    /// name, then per name and input shapes).
+    #[arg(long, value_name = "N")]
+    profile: Option<usize>,
     #[command(flatten)]
     runtime: ModelArgs,
 }
@@ -170,16 +175,23 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<String> {
         },
     );
     let mut times = Vec::new();
+    let mut profiled = String::new();
     let line = if train {
         let mut step = training::TrainStep::new(&model)?;
         let mut phases = Vec::new();
+        let mut one_run = || step.run(&model, &batch, args.micro_batch, args.parallelism.into());
         for i in 0..=args.runs {
             let start = Instant::now();
-            let split = step.run(&model, &batch, args.micro_batch, args.parallelism.into())?;
+            let split = one_run()?;
             if i > 0 {
                 times.push(start.elapsed());
                 phases.push(split);
             }
+        }
+        if let Some(top) = args.profile {
+            let (split, seen) = operator_profile::profile(&mut one_run)?;
+            split?;
+            profiled = seen.table(top);
         }
         let time = figures::median(&mut times);
         let median_of = |phase: fn(&training::Phases) -> std::time::Duration| {
@@ -201,14 +213,23 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<String> {
     } else {
         // As the update stage computes the reference's log-probs.
         let weights = InferenceWeights::new(model.transformer());
-        for i in 0..=args.runs {
-            let start = Instant::now();
+        let one_run = || {
             let pairs: Vec<(&[u32], &[u32])> = batch.iter().map(|s| (&s[..1], &s[1..])).collect();
             let lp = model.completion_logprobs_with(&weights, &pairs)?;
             anyhow::ensure!(lp.lengths.iter().sum::<i64>() as u64 == tokens);
+            anyhow::Ok(())
+        };
+        for i in 0..=args.runs {
+            let start = Instant::now();
+            one_run()?;
             if i > 0 {
                 times.push(start.elapsed());
             }
+        }
+        if let Some(top) = args.profile {
+            let (done, seen) = operator_profile::profile(one_run)?;
+            done?;
+            profiled = seen.table(top);
         }
         let time = figures::median(&mut times);
         figures::report(
@@ -221,6 +242,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<String> {
     };
     header.push_str(&line);
     header.push('\n');
+    header.push_str(&profiled);
     Ok(header)
 }
 

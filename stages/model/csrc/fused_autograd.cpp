@@ -6,19 +6,22 @@
 // libtorch's threads and call the kernels on each share.
 //
 // Every entry point catches what libtorch throws and returns it as a message the
-// caller frees with `lsp_fused_free`; nothing unwinds into Rust.
+// caller frees with `lsp_fused_free` (`guarded.h`); nothing unwinds into Rust.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
-#include <cstring>
-#include <exception>
+
+#include "guarded.h"
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
+using lsp::guarded;
 
 extern "C" {
 // The kernels, each over a block of `rows` contiguous rows.
@@ -41,6 +44,10 @@ struct LspFusedKernels {
   // (c, s) per pair, y bf16 [rows, dim].
   void (*rotate_pairs)(const uint16_t* x, int64_t x_ld, const float* turns,
                        uint16_t* y, int64_t rows, int64_t dim, int32_t inverse);
+  // Rows `begin..end` of x (bf16 [rows, cols]) as columns `begin..end` of y (bf16
+  // [cols, rows]).
+  void (*transpose)(const uint16_t* x, int64_t rows, int64_t cols, int64_t begin,
+                    int64_t end, uint16_t* y);
 };
 }
 
@@ -145,6 +152,58 @@ struct SwigluBf16 : public torch::autograd::Function<SwigluBf16> {
   }
 };
 
+// `x` (bf16 [rows, cols], contiguous) transposed into a new contiguous [cols, rows],
+// blocks of 32 rows a task.
+at::Tensor transposed(const at::Tensor& x) {
+  const int64_t rows = x.size(0), cols = x.size(1);
+  auto y = at::empty({cols, rows}, x.options());
+  const uint16_t* xp = bf16_ptr(x);
+  uint16_t* yp = bf16_ptr(y);
+  constexpr int64_t kBlock = 32;
+  at::parallel_for(0, (rows + kBlock - 1) / kBlock, 1, [&](int64_t begin, int64_t end) {
+    kernels.transpose(xp, rows, cols, begin * kBlock, std::min(end * kBlock, rows), yp);
+  });
+  return y;
+}
+
+// y = x·wᵀ of bf16 x [..., in] and w [out, in], as `at::linear` computes it (the same
+// oneDNN product); backward dx = dy·w and dw = (xᵀ·dy)ᵀ. oneDNN computes the weight's
+// gradient as dyᵀ·x, with the long token dimension reduced over a transposed
+// operand, at about two thirds of the forward product's rate (AMX Xeon); with xᵀ
+// made contiguous first and the [in, out] product transposed after, both operands
+// are plain rows.
+struct LinearBf16 : public torch::autograd::Function<LinearBf16> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_in,
+                            const at::Tensor& w) {
+    TORCH_CHECK(x_in.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16,
+                "linear_bf16 takes bf16 activations and weight");
+    TORCH_CHECK(x_in.is_cpu() && w.is_cpu(), "linear_bf16 runs on the CPU");
+    TORCH_CHECK(w.dim() == 2 && x_in.size(-1) == w.size(1), "linear_bf16: weight ",
+                w.sizes(), " for rows of ", x_in.size(-1));
+    auto x = x_in.contiguous().view({-1, w.size(1)});
+    auto sizes = x_in.sizes().vec();
+    sizes.back() = w.size(0);
+    ctx->save_for_backward({x, w});
+    ctx->saved_data["sizes"] = x_in.sizes().vec();
+    return at::mm(x, w.t()).view(sizes);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const auto& x = saved[0];
+    const auto& w = saved[1];
+    auto dy = grads[0].to(at::kBFloat16).contiguous().view({-1, w.size(0)});
+    at::Tensor dx, dw;
+    if (ctx->needs_input_grad(0)) {
+      dx = at::mm(dy, w).view(ctx->saved_data["sizes"].toIntVector());
+    }
+    if (ctx->needs_input_grad(1)) {
+      dw = transposed(at::mm(transposed(x), dy));
+    }
+    return {dx, dw};
+  }
+};
+
 // Rotates `x` ([batch, heads, seq, dim] bf16, its last dimension contiguous) by
 // `turns` ([batch, seq, dim] f32: each pair's cos and sin) into a new contiguous
 // tensor, or by the opposite angles (the backward pass), one (sequence, head) a task.
@@ -185,26 +244,6 @@ struct RotatePairsBf16 : public torch::autograd::Function<RotatePairsBf16> {
   }
 };
 
-// A copy of `what` the caller frees with `lsp_fused_free`.
-char* message(const char* what) {
-  const size_t n = std::strlen(what) + 1;
-  char* out = static_cast<char*>(std::malloc(n));
-  if (out != nullptr) std::memcpy(out, what, n);
-  return out;
-}
-
-template <typename F>
-char* guarded(F&& f) {
-  try {
-    f();
-    return nullptr;
-  } catch (const std::exception& e) {
-    return message(e.what());
-  } catch (...) {
-    return message("unknown C++ exception");
-  }
-}
-
 }  // namespace
 
 extern "C" {
@@ -216,17 +255,45 @@ void lsp_fused_free(char* p) { std::free(p); }
 // `*out` = rms_norm_bf16(x, w, eps) as a new tensor; returns an error or null.
 char* lsp_rms_norm_bf16(const at::Tensor* x, const at::Tensor* w, double eps,
                         at::Tensor** out) {
-  return guarded([&] { *out = new at::Tensor(RmsNormBf16::apply(*x, *w, eps)); });
+  return guarded([&] {
+    RECORD_FUNCTION("lsp::rms_norm_bf16", std::vector<c10::IValue>({*x}));
+    *out = new at::Tensor(RmsNormBf16::apply(*x, *w, eps));
+  });
 }
 
 // `*out` = swiglu_bf16(gu) as a new tensor; returns an error or null.
 char* lsp_swiglu_bf16(const at::Tensor* gu, at::Tensor** out) {
-  return guarded([&] { *out = new at::Tensor(SwigluBf16::apply(*gu)); });
+  return guarded([&] {
+    RECORD_FUNCTION("lsp::swiglu_bf16", std::vector<c10::IValue>({*gu}));
+    *out = new at::Tensor(SwigluBf16::apply(*gu));
+  });
 }
 
 // `*out` = rotate_pairs_bf16(x, unit) as a new tensor; returns an error or null.
 char* lsp_rotate_pairs_bf16(const at::Tensor* x, const at::Tensor* unit, at::Tensor** out) {
-  return guarded([&] { *out = new at::Tensor(RotatePairsBf16::apply(*x, *unit)); });
+  return guarded([&] {
+    RECORD_FUNCTION("lsp::rotate_pairs_bf16", std::vector<c10::IValue>({*x}));
+    *out = new at::Tensor(RotatePairsBf16::apply(*x, *unit));
+  });
+}
+
+// `*out` = linear_bf16(x, w) as a new tensor; returns an error or null.
+char* lsp_linear_bf16(const at::Tensor* x, const at::Tensor* w, at::Tensor** out) {
+  return guarded([&] {
+    RECORD_FUNCTION("lsp::linear_bf16", std::vector<c10::IValue>({*x, *w}));
+    *out = new at::Tensor(LinearBf16::apply(*x, *w));
+  });
+}
+
+// `*out` = x (bf16 [rows, cols], CPU) transposed into a new contiguous [cols, rows];
+// returns an error or null.
+char* lsp_transposed_bf16(const at::Tensor* x, at::Tensor** out) {
+  return guarded([&] {
+    TORCH_CHECK(x->scalar_type() == at::kBFloat16 && x->dim() == 2 && x->is_cpu(),
+                "transposed_bf16 takes a bf16 matrix on the CPU");
+    RECORD_FUNCTION("lsp::transposed_bf16", std::vector<c10::IValue>({*x}));
+    *out = new at::Tensor(transposed(x->contiguous()));
+  });
 }
 
 // Drops `t`'s gradient (undefined, as PyTorch's `zero_grad(set_to_none=True)`).

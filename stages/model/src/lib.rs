@@ -61,6 +61,7 @@ mod logprobs;
 pub mod lora;
 mod mask;
 mod model;
+pub mod operator_profile;
 mod packed_rows;
 mod prefill;
 mod products;

@@ -8,8 +8,8 @@ use tch::{Kind, Tensor};
 use crate::error::{ModelError, Result};
 use crate::inference::InferenceWeights;
 use crate::model::LanguageModel;
-use crate::softmax_rows;
 use crate::transformer::Projections;
+use crate::{operator_profile, softmax_rows};
 
 /// Positions sent through the output head at once when no gradient is kept, which
 /// bounds the `[positions, vocab]` logits held in memory.
@@ -33,7 +33,9 @@ pub(crate) fn target_logprobs(
     out: Option<&Tensor>,
 ) -> (Tensor, Option<Tensor>) {
     match softmax_rows::takes(logits, targets, out) {
-        true => softmax_rows::softmax_rows(logits, targets, out),
+        true => operator_profile::scope(c"lsp::softmax_rows", || {
+            softmax_rows::softmax_rows(logits, targets, out)
+        }),
         false => libtorch_target_logprobs(logits, targets, out),
     }
 }

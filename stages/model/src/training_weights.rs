@@ -12,7 +12,9 @@
 //! in one matrix, q and k in the rotation's pair layout; gate and up in another), so
 //! that a layer runs four products, each on its input cast to bf16 once (libtorch's
 //! oneDNN path, AMX or AVX512-BF16 where the CPU has them). On the CPU the norms
-//! ahead of the products and SwiGLU are fused nodes (`fused/`). Norms, the rotation,
+//! ahead of the products and SwiGLU are fused nodes (`fused/`), and so are the
+//! products themselves, to compute their weights' gradients in a layout oneDNN runs
+//! faster ([`linear_bf16`]). Norms, the rotation,
 //! attention's softmax sums, the residual stream, log-softmax, losses and reductions
 //! stay in f32; SwiGLU runs in bf16 between its products, as under autocast and as in
 //! the passes without gradient. Attention runs in bf16: libtorch's fused kernel on a
@@ -20,7 +22,7 @@
 
 use tch::{Kind, Tensor};
 
-use crate::fused::swiglu_bf16;
+use crate::fused::{linear_bf16, swiglu_bf16};
 use crate::layers::{Linear, LoraPair};
 use crate::model::LanguageModel;
 use crate::rope::pair_layout;
@@ -35,12 +37,16 @@ struct CastStack {
     bias: Option<Tensor>,
     /// Each part's rows and its adapter, cast (B's rows in the part's layout).
     parts: Vec<(i64, Option<LoraPair>)>,
+    /// Whether the product is the fused node [`linear_bf16`] (under
+    /// [`Transformer::fused_layers`]), else libtorch's `linear`.
+    fused: bool,
 }
 
 impl CastStack {
     /// `parts` (each map, and whether its rows go to the pair layout of heads of
-    /// `head_dim`) cast to `kind` and stacked.
-    fn new(parts: &[(&Linear, bool)], kind: Kind, head_dim: i64) -> Self {
+    /// `head_dim`) cast to `kind` and stacked, their product the fused node when
+    /// `fused`.
+    fn new(parts: &[(&Linear, bool)], kind: Kind, head_dim: i64, fused: bool) -> Self {
         let layout = |t: &Tensor, pairs: bool| match pairs {
             true => pair_layout(t, head_dim),
             false => t.shallow_clone(),
@@ -80,6 +86,7 @@ impl CastStack {
             weight,
             bias,
             parts,
+            fused,
         }
     }
 
@@ -93,6 +100,7 @@ impl CastStack {
                 .iter()
                 .map(|(rows, lora)| (*rows, lora.as_ref().map(LoraPair::shallow_copy)))
                 .collect(),
+            fused: self.fused,
         }
     }
 
@@ -100,7 +108,11 @@ impl CastStack {
     /// dimension, in the stack's kind.
     fn forward(&self, x: &Tensor) -> Tensor {
         let x = x.to_kind(self.weight.kind());
-        let y = x.linear(&self.weight, self.bias.as_ref());
+        let y = match (self.fused, &self.bias) {
+            (true, None) => linear_bf16(&x, &self.weight),
+            (true, Some(bias)) => linear_bf16(&x, &self.weight) + bias,
+            (false, _) => x.linear(&self.weight, self.bias.as_ref()),
+        };
         if self.parts.iter().all(|(_, lora)| lora.is_none()) {
             return y;
         }
@@ -214,13 +226,14 @@ impl LanguageModel {
             };
         }
         let d = transformer.spec().head_dim;
+        let fused = transformer.fused_layers();
         let layers = transformer
             .layers
             .iter()
             .map(|block| {
                 let [qkv, o, gate_up, down] = block
                     .stacks(true)
-                    .map(|parts| CastStack::new(&parts, kind, d));
+                    .map(|parts| CastStack::new(&parts, kind, d, fused));
                 CastLayer {
                     qkv,
                     o,

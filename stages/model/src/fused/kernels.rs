@@ -29,6 +29,7 @@ pub(super) struct Kernels {
     swiglu_forward: unsafe extern "C" fn(*const u16, *mut u16, i64, i64),
     swiglu_backward: unsafe extern "C" fn(*const u16, *const u16, *mut u16, i64, i64),
     rotate_pairs: unsafe extern "C" fn(*const u16, i64, *const f32, *mut u16, i64, i64, i32),
+    transpose: unsafe extern "C" fn(*const u16, i64, i64, i64, i64, *mut u16),
 }
 
 /// The kernels the nodes call.
@@ -38,6 +39,7 @@ pub(super) static KERNELS: Kernels = Kernels {
     swiglu_forward,
     swiglu_backward,
     rotate_pairs,
+    transpose,
 };
 
 /// A slice of `len` values at `p`.
@@ -166,6 +168,99 @@ unsafe extern "C" fn rotate_pairs(
             )
         };
         rotate_row(isa, x, turns, y, inverse != 0);
+    }
+}
+
+unsafe extern "C" fn transpose(
+    x: *const u16,
+    rows: i64,
+    cols: i64,
+    begin: i64,
+    end: i64,
+    y: *mut u16,
+) {
+    let (rows, cols, begin, end) = (rows as usize, cols as usize, begin as usize, end as usize);
+    // Strips of STRIP source rows: each destination row's part of a strip (one cache
+    // line) is written by consecutive stores.
+    for r0 in (begin..end).step_by(STRIP) {
+        let r1 = (r0 + STRIP).min(end);
+        let mut c0 = 0;
+        if r1 - r0 == STRIP {
+            while c0 + 8 <= cols {
+                for r in (r0..r1).step_by(8) {
+                    // SAFETY: rows r..r + 8 of x, columns c0..c0 + 8, exist; rows
+                    // c0..c0 + 8 of y, columns r..r + 8, are this call's.
+                    unsafe {
+                        transpose_8x8(x.add(r * cols + c0), cols, y.add(c0 * rows + r), rows)
+                    };
+                }
+                c0 += 8;
+            }
+        }
+        for c in c0..cols {
+            for r in r0..r1 {
+                // SAFETY: as above, one value.
+                unsafe { *y.add(c * rows + r) = *x.add(r * cols + c) };
+            }
+        }
+    }
+}
+
+/// Source rows [`transpose`] takes at once: 32 bf16, a cache line of each destination
+/// row.
+const STRIP: usize = 32;
+
+/// An 8×8 block of u16 at `x` (rows `x_ld` apart) transposed into `y` (rows `y_ld`
+/// apart): three rounds of SSE2's interleaves (in every x86-64 CPU).
+///
+/// # Safety
+/// The block's 8 rows of 8 values at `x` are readable, at `y` writable.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn transpose_8x8(x: *const u16, x_ld: usize, y: *mut u16, y_ld: usize) {
+    use std::arch::x86_64::{
+        __m128i, _mm_loadu_si128, _mm_storeu_si128, _mm_unpackhi_epi16, _mm_unpackhi_epi32,
+        _mm_unpackhi_epi64, _mm_unpacklo_epi16, _mm_unpacklo_epi32, _mm_unpacklo_epi64,
+    };
+    // SAFETY: the caller's promise; unaligned loads and stores.
+    unsafe {
+        let a: [__m128i; 8] = std::array::from_fn(|i| _mm_loadu_si128(x.add(i * x_ld).cast()));
+        let t: [__m128i; 8] = std::array::from_fn(|i| match i % 2 {
+            0 => _mm_unpacklo_epi16(a[i], a[i + 1]),
+            _ => _mm_unpackhi_epi16(a[i - 1], a[i]),
+        });
+        // u[0..4] from rows 0-3, u[4..8] from rows 4-7; each holds two columns.
+        let u: [__m128i; 8] = std::array::from_fn(|i| {
+            let (base, k) = (4 * (i / 4), i % 4);
+            let (p, q) = (t[base + k / 2], t[base + 2 + k / 2]);
+            match k % 2 {
+                0 => _mm_unpacklo_epi32(p, q),
+                _ => _mm_unpackhi_epi32(p, q),
+            }
+        });
+        for c in 0..8 {
+            let (p, q) = (u[c / 2], u[4 + c / 2]);
+            let column = match c % 2 {
+                0 => _mm_unpacklo_epi64(p, q),
+                _ => _mm_unpackhi_epi64(p, q),
+            };
+            _mm_storeu_si128(y.add(c * y_ld).cast(), column);
+        }
+    }
+}
+
+/// An 8×8 block transposed value by value (no x86-64).
+///
+/// # Safety
+/// As the x86-64 version's.
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+unsafe fn transpose_8x8(x: *const u16, x_ld: usize, y: *mut u16, y_ld: usize) {
+    for r in 0..8 {
+        for c in 0..8 {
+            // SAFETY: the caller's promise.
+            unsafe { *y.add(c * y_ld + r) = *x.add(r * x_ld + c) };
+        }
     }
 }
 

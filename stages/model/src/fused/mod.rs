@@ -45,6 +45,12 @@ unsafe extern "C" {
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
     fn lsp_swiglu_bf16(gu: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
+    fn lsp_linear_bf16(
+        x: *const C_tensor,
+        w: *const C_tensor,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
+    fn lsp_transposed_bf16(x: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
     fn lsp_rotate_pairs_bf16(
         x: *const C_tensor,
         unit: *const C_tensor,
@@ -59,18 +65,30 @@ fn kernels_set() {
     SET.call_once(|| unsafe { lsp_fused_set_kernels(&kernels::KERNELS) });
 }
 
+/// The message a call into `csrc/` returned, if any, freed on the C++ side.
+///
+/// # Safety
+/// `error` is null or a message from the C++ side, not yet freed.
+pub(crate) unsafe fn taken(error: *mut c_char) -> Option<String> {
+    if error.is_null() {
+        return None;
+    }
+    // SAFETY: a NUL-terminated copy made by the C++ side, freed once, here.
+    let text = unsafe { CStr::from_ptr(error) }
+        .to_string_lossy()
+        .into_owned();
+    unsafe { lsp_fused_free(error) };
+    Some(text)
+}
+
 /// Panics with libtorch's message (as tch's own operators do) when a call into
 /// `csrc/fused_autograd.cpp` returned one.
 ///
 /// # Safety
 /// `error` is null or a message from the C++ side, not yet freed.
 pub(crate) unsafe fn raise(what: &str, error: *mut c_char) {
-    if !error.is_null() {
-        // SAFETY: a NUL-terminated copy made by the C++ side, freed once, here.
-        let text = unsafe { CStr::from_ptr(error) }
-            .to_string_lossy()
-            .into_owned();
-        unsafe { lsp_fused_free(error) };
+    // SAFETY: the caller's promise.
+    if let Some(text) = unsafe { taken(error) } {
         panic!("{what}: {text}");
     }
 }
@@ -108,6 +126,31 @@ pub(crate) fn swiglu_bf16(gu: &Tensor) -> Tensor {
     unsafe {
         let error = lsp_swiglu_bf16(gu.as_ptr(), &mut out);
         made("swiglu_bf16", error, out)
+    }
+}
+
+/// `x · wᵀ` of bf16 `x` (`[..., in]`, CPU) and bf16 `w` (`[out, in]`) by libtorch's
+/// product, as `x.linear(w)`; through autograd, the weight's gradient computed as
+/// `(xᵀ · dy)ᵀ` over contiguous transposes.
+pub(crate) fn linear_bf16(x: &Tensor, w: &Tensor) -> Tensor {
+    kernels_set();
+    let mut out = std::ptr::null_mut();
+    // SAFETY: as in `rms_norm_bf16`.
+    unsafe {
+        let error = lsp_linear_bf16(x.as_ptr(), w.as_ptr(), &mut out);
+        made("linear_bf16", error, out)
+    }
+}
+
+/// `x` (a bf16 matrix on the CPU) transposed into a new contiguous tensor (without
+/// gradient).
+pub(crate) fn transposed_bf16(x: &Tensor) -> Tensor {
+    kernels_set();
+    let mut out = std::ptr::null_mut();
+    // SAFETY: as in `rms_norm_bf16`.
+    unsafe {
+        let error = lsp_transposed_bf16(x.as_ptr(), &mut out);
+        made("transposed_bf16", error, out)
     }
 }
 

@@ -2,7 +2,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::{rms_norm_bf16, rotate_pairs_bf16, swiglu_bf16};
+use super::{linear_bf16, rms_norm_bf16, rotate_pairs_bf16, swiglu_bf16};
 
 /// The largest `|a − b|` relative to `b`'s largest magnitude.
 fn off(a: &Tensor, b: &Tensor) -> f64 {
@@ -137,6 +137,49 @@ fn rotate_pairs_bf16_is_the_f32_complex_product_rounded_once_with_its_gradient()
 }
 
 #[test]
+fn linear_bf16_is_libtorchs_product_and_its_gradients_are_exact_where_the_sums_are() {
+    tch::manual_seed(14);
+    let f = (Kind::Float, Device::Cpu);
+    let bf16 = |t: Tensor| t.to_kind(Kind::BFloat16);
+    // The forward pass is `linear`'s own product, bit for bit (what the passes without
+    // gradient compute), at random values.
+    let x = bf16(Tensor::randn([2, 70, 96], f));
+    let w = bf16(Tensor::randn([40, 96], f));
+    let want = x.linear::<&Tensor>(&w, None);
+    assert!(linear_bf16(&x, &w).equal(&want));
+    // Small integers: every sum (at most 222 in size) is exact in f32 and in bf16,
+    // so the gradients must equal f32's exactly, whatever order the products sum in,
+    // and a value moved by the transposes shows. Rows (3 · 37) no multiple of the
+    // transposes' strips (32) or blocks (8), columns (45, 29) no multiple of 8.
+    let ints = |shape: &[i64], span: i64| Tensor::randint_low(-span, span + 1, shape, f);
+    let (x, w, dy) = (
+        ints(&[3, 37, 45], 1),
+        ints(&[29, 45], 2),
+        ints(&[3, 37, 29], 2),
+    );
+    let leaves = |t: &Tensor| bf16(t.copy()).set_requires_grad(true);
+    let (xb, wb) = (leaves(&x), leaves(&w));
+    let y = linear_bf16(&xb, &wb);
+    assert_eq!((y.kind(), y.size()), (Kind::BFloat16, vec![3, 37, 29]));
+    assert!(y.to_kind(Kind::Float).equal(&x.matmul(&w.tr())), "forward");
+    (y.to_kind(Kind::Float) * &dy).sum(Kind::Float).backward();
+    let dx_want = dy.matmul(&w);
+    let dw_want = dy.view([-1, 29]).tr().mm(&x.view([-1, 45]));
+    assert_eq!(
+        (xb.grad().kind(), wb.grad().kind()),
+        (Kind::BFloat16, Kind::BFloat16)
+    );
+    assert!(xb.grad().to_kind(Kind::Float).equal(&dx_want), "dx");
+    assert!(wb.grad().to_kind(Kind::Float).equal(&dw_want), "dw");
+    // The weight's gradient alone (activations without gradient).
+    let wb = leaves(&w);
+    (linear_bf16(&bf16(x.copy()), &wb).to_kind(Kind::Float) * &dy)
+        .sum(Kind::Float)
+        .backward();
+    assert!(wb.grad().to_kind(Kind::Float).equal(&dw_want), "dw alone");
+}
+
+#[test]
 fn the_nodes_take_empty_inputs_and_refuse_wrong_kinds_with_libtorchs_message() {
     let f = (Kind::Float, Device::Cpu);
     let w = Tensor::ones([8], f);
@@ -146,6 +189,15 @@ fn the_nodes_take_empty_inputs_and_refuse_wrong_kinds_with_libtorchs_message() {
     );
     let none = Tensor::zeros([0, 8], (Kind::BFloat16, Device::Cpu));
     assert_eq!(swiglu_bf16(&none).size(), vec![0, 4]);
+    let w4 = Tensor::zeros([4, 8], (Kind::BFloat16, Device::Cpu));
+    assert_eq!(linear_bf16(&none, &w4).size(), vec![0, 4]);
+    let refused = std::panic::catch_unwind(|| linear_bf16(&Tensor::zeros([2, 8], f), &w4));
+    let text = refused
+        .unwrap_err()
+        .downcast_ref::<String>()
+        .unwrap()
+        .clone();
+    assert!(text.contains("linear_bf16 takes bf16"), "{text}");
     let refused = std::panic::catch_unwind(|| swiglu_bf16(&Tensor::zeros([2, 8], f)));
     let message = refused.unwrap_err();
     let text = message.downcast_ref::<String>().unwrap();
