@@ -167,11 +167,12 @@ at::Tensor transposed(const at::Tensor& x) {
 }
 
 // y = x·wᵀ of bf16 x [..., in] and w [out, in], as `at::linear` computes it (the same
-// oneDNN product); backward dx = dy·w and dw = (xᵀ·dy)ᵀ. oneDNN computes the weight's
-// gradient as dyᵀ·x, with the long token dimension reduced over a transposed
-// operand, at about two thirds of the forward product's rate (AMX Xeon); with xᵀ
-// made contiguous first and the [in, out] product transposed after, both operands
-// are plain rows.
+// oneDNN product); backward dx = dy·w, and the weight's gradient with both of the
+// product's operands in plain rows: oneDNN computes it as dyᵀ·x, the long token
+// dimension reduced over a transposed operand, at about two thirds of the forward
+// product's rate (AMX Xeon). Either dyᵀ is made contiguous first (dw = dyᵀ·x), or xᵀ
+// is and the [in, out] product transposed after (dw = (xᵀ·dy)ᵀ), whichever moves
+// fewer values: tokens·out against (tokens + out)·in.
 struct LinearBf16 : public torch::autograd::Function<LinearBf16> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_in,
                             const at::Tensor& w) {
@@ -198,7 +199,9 @@ struct LinearBf16 : public torch::autograd::Function<LinearBf16> {
       dx = at::mm(dy, w).view(ctx->saved_data["sizes"].toIntVector());
     }
     if (ctx->needs_input_grad(1)) {
-      dw = transposed(at::mm(transposed(x), dy));
+      const int64_t tokens = x.size(0), in = x.size(1), out = w.size(0);
+      dw = tokens * out <= (tokens + out) * in ? at::mm(transposed(dy), x)
+                                               : transposed(at::mm(transposed(x), dy));
     }
     return {dx, dw};
   }

@@ -147,36 +147,42 @@ fn linear_bf16_is_libtorchs_product_and_its_gradients_are_exact_where_the_sums_a
     let w = bf16(Tensor::randn([40, 96], f));
     let want = x.linear::<&Tensor>(&w, None);
     assert!(linear_bf16(&x, &w).equal(&want));
-    // Small integers: every sum (at most 222 in size) is exact in f32 and in bf16,
+    // Small integers: every sum (at most 240 in size) is exact in f32 and in bf16,
     // so the gradients must equal f32's exactly, whatever order the products sum in,
     // and a value moved by the transposes shows. Rows (3 · 37) no multiple of the
-    // transposes' strips (32) or blocks (8), columns (45, 29) no multiple of 8.
+    // transposes' strips (32) or blocks (8), columns no multiple of 8; 29 outputs
+    // (dy transposed) and 120 (x and the product transposed).
     let ints = |shape: &[i64], span: i64| Tensor::randint_low(-span, span + 1, shape, f);
-    let (x, w, dy) = (
-        ints(&[3, 37, 45], 1),
-        ints(&[29, 45], 2),
-        ints(&[3, 37, 29], 2),
-    );
-    let leaves = |t: &Tensor| bf16(t.copy()).set_requires_grad(true);
-    let (xb, wb) = (leaves(&x), leaves(&w));
-    let y = linear_bf16(&xb, &wb);
-    assert_eq!((y.kind(), y.size()), (Kind::BFloat16, vec![3, 37, 29]));
-    assert!(y.to_kind(Kind::Float).equal(&x.matmul(&w.tr())), "forward");
-    (y.to_kind(Kind::Float) * &dy).sum(Kind::Float).backward();
-    let dx_want = dy.matmul(&w);
-    let dw_want = dy.view([-1, 29]).tr().mm(&x.view([-1, 45]));
-    assert_eq!(
-        (xb.grad().kind(), wb.grad().kind()),
-        (Kind::BFloat16, Kind::BFloat16)
-    );
-    assert!(xb.grad().to_kind(Kind::Float).equal(&dx_want), "dx");
-    assert!(wb.grad().to_kind(Kind::Float).equal(&dw_want), "dw");
-    // The weight's gradient alone (activations without gradient).
-    let wb = leaves(&w);
-    (linear_bf16(&bf16(x.copy()), &wb).to_kind(Kind::Float) * &dy)
-        .sum(Kind::Float)
-        .backward();
-    assert!(wb.grad().to_kind(Kind::Float).equal(&dw_want), "dw alone");
+    for (out, span) in [(29, 2), (120, 1)] {
+        let (x, w, dy) = (
+            ints(&[3, 37, 45], 1),
+            ints(&[out, 45], span),
+            ints(&[3, 37, out], 2),
+        );
+        let leaves = |t: &Tensor| bf16(t.copy()).set_requires_grad(true);
+        let (xb, wb) = (leaves(&x), leaves(&w));
+        let y = linear_bf16(&xb, &wb);
+        assert_eq!((y.kind(), y.size()), (Kind::BFloat16, vec![3, 37, out]));
+        assert!(y.to_kind(Kind::Float).equal(&x.matmul(&w.tr())), "forward");
+        (y.to_kind(Kind::Float) * &dy).sum(Kind::Float).backward();
+        let dx_want = dy.matmul(&w);
+        let dw_want = dy.view([-1, out]).tr().mm(&x.view([-1, 45]));
+        assert_eq!(
+            (xb.grad().kind(), wb.grad().kind()),
+            (Kind::BFloat16, Kind::BFloat16)
+        );
+        assert!(xb.grad().to_kind(Kind::Float).equal(&dx_want), "{out}: dx");
+        assert!(wb.grad().to_kind(Kind::Float).equal(&dw_want), "{out}: dw");
+        // The weight's gradient alone (activations without gradient).
+        let wb = leaves(&w);
+        (linear_bf16(&bf16(x.copy()), &wb).to_kind(Kind::Float) * &dy)
+            .sum(Kind::Float)
+            .backward();
+        assert!(
+            wb.grad().to_kind(Kind::Float).equal(&dw_want),
+            "{out}: dw alone"
+        );
+    }
 }
 
 #[test]
