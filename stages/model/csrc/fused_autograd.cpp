@@ -299,6 +299,15 @@ char* lsp_transposed_bf16(const at::Tensor* x, at::Tensor** out) {
   });
 }
 
+// Gives `t` a zero gradient (contiguous, of t's kind) where it has none.
+char* lsp_grad_or_zeros(const at::Tensor* t) {
+  return guarded([&] {
+    if (!t->grad().defined()) {
+      t->mutable_grad() = at::zeros_like(*t, at::MemoryFormat::Contiguous);
+    }
+  });
+}
+
 // Drops `t`'s gradient (undefined, as PyTorch's `zero_grad(set_to_none=True)`).
 char* lsp_forget_grad(const at::Tensor* t) {
   return guarded([&] { t->mutable_grad() = at::Tensor(); });

@@ -17,6 +17,7 @@ use tch::{Kind, Tensor};
 
 use crate::error::Result;
 use crate::fused::transposed_bf16;
+use crate::grads::grad_or_zeros;
 use crate::logprobs::{CompletionHidden, TokenLogprobs, cat_or_empty, target_logprobs};
 use crate::model::LanguageModel;
 use crate::training_weights::TrainingWeights;
@@ -85,15 +86,6 @@ impl HeadGrad {
             HeadGrad::Shared(buffer) => add(&buffer.lock().unwrap_or_else(PoisonError::into_inner)),
         }
     }
-}
-
-/// The gradient of `master`, a zero one made first where it has none (autograd makes
-/// it contiguous, as its own accumulation would; not under `no_grad`).
-pub(crate) fn master_grad(master: &Tensor) -> Tensor {
-    if !master.grad().defined() {
-        (master.sum(Kind::Float) * 0.0).backward();
-    }
-    master.grad()
 }
 
 impl LanguageModel {
@@ -187,7 +179,7 @@ impl TrainingLogprobs {
         }
         let train_head = self.master.requires_grad();
         if train_head && matches!(self.head_grad, HeadGrad::Master) {
-            let _ = master_grad(&self.master);
+            let _ = grad_or_zeros(&self.master);
         }
         let dh = tch::no_grad(|| {
             // dlp/dlogits = g·(onehot(target) − softmax) = −g·(softmax − onehot), the
@@ -244,7 +236,7 @@ mod tests {
         let d = wide.narrow(1, 5, 50);
         let bf16 = |t: &Tensor| t.to_kind(Kind::BFloat16);
         let master = Tensor::zeros([70, 24], f).set_requires_grad(true);
-        let _ = master_grad(&master);
+        let _ = grad_or_zeros(&master);
         let by = |h_t: Option<&Tensor>| {
             let _ = master.grad().zero_();
             HeadGrad::Master.add_rows(&master, 10, &bf16(&d), &bf16(&h), h_t);

@@ -18,8 +18,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tch::{Device, Tensor};
 
 use crate::config::Parallelism;
+use crate::grads::grad_or_zeros;
 use crate::model::LanguageModel;
-use crate::training::{HeadGrad, master_grad};
+use crate::training::HeadGrad;
 use crate::training_weights::TrainingWeights;
 
 impl LanguageModel {
@@ -108,7 +109,7 @@ impl LanguageModel {
                 .expect("the threads are done")
                 .into_inner()
                 .unwrap_or_else(PoisonError::into_inner);
-            add_into(&master_grad(master), &sum);
+            add_into(&grad_or_zeros(master), &sum);
         }
         results.into_iter().collect()
     }
