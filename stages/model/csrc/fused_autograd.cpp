@@ -1,6 +1,7 @@
 // What tch's C API lacks, against libtorch's C++ API: autograd nodes for the fused
 // kernels of a CPU pass under mixed precision (`src/fused/`; the C API has no way to
-// define an autograd function), and dropping a parameter's gradient (`src/grads.rs`). The arithmetic
+// define an autograd function) and their bf16 transpose, and dropping or zero-filling
+// a parameter's gradient (`src/grads.rs`). The arithmetic
 // is Rust's (`src/fused/kernels.rs`), handed in once as function pointers; these
 // nodes allocate the outputs, save what the backward pass reads, split rows among
 // libtorch's threads and call the kernels on each share.

@@ -86,25 +86,26 @@ impl Running {
     /// Stops the profiler; its rows, unsorted.
     fn stop(self) -> Result<Vec<OperatorRow>> {
         std::mem::forget(self);
-        let mut text = std::ptr::null_mut();
-        // SAFETY: `text` receives a message the C++ side allocated, freed by `taken`.
-        if let Some(error) = unsafe { taken(lsp_profile_stop(&mut text)) } {
-            return Err(profiler_error(error));
-        }
-        // SAFETY: as above; null only if allocation failed.
-        let text = unsafe { taken(text) }.unwrap_or_default();
+        let text = stop_profiler().map_err(profiler_error)?;
         text.lines().map(parse_row).collect()
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let mut text = std::ptr::null_mut();
-        // SAFETY: as in `stop`; the events are dropped with the messages.
-        unsafe {
-            let error = lsp_profile_stop(&mut text);
-            drop(taken(error));
-            drop(taken(text));
+        let _ = stop_profiler();
+    }
+}
+
+/// Stops the profiler: its rows as the C++ side writes them, or libtorch's message.
+fn stop_profiler() -> std::result::Result<String, String> {
+    let mut text = std::ptr::null_mut();
+    // SAFETY: `text` receives a message the C++ side allocated, freed by `taken`
+    // (null only if allocation failed).
+    unsafe {
+        match taken(lsp_profile_stop(&mut text)) {
+            Some(error) => Err(error),
+            None => Ok(taken(text).unwrap_or_default()),
         }
     }
 }

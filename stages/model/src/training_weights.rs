@@ -37,16 +37,12 @@ struct CastStack {
     bias: Option<Tensor>,
     /// Each part's rows and its adapter, cast (B's rows in the part's layout).
     parts: Vec<(i64, Option<LoraPair>)>,
-    /// Whether the product is the fused node [`linear_bf16`] (under
-    /// [`Transformer::fused_layers`]), else libtorch's `linear`.
-    fused: bool,
 }
 
 impl CastStack {
     /// `parts` (each map, and whether its rows go to the pair layout of heads of
-    /// `head_dim`) cast to `kind` and stacked, their product the fused node when
-    /// `fused`.
-    fn new(parts: &[(&Linear, bool)], kind: Kind, head_dim: i64, fused: bool) -> Self {
+    /// `head_dim`) cast to `kind` and stacked.
+    fn new(parts: &[(&Linear, bool)], kind: Kind, head_dim: i64) -> Self {
         let layout = |t: &Tensor, pairs: bool| match pairs {
             true => pair_layout(t, head_dim),
             false => t.shallow_clone(),
@@ -86,7 +82,6 @@ impl CastStack {
             weight,
             bias,
             parts,
-            fused,
         }
     }
 
@@ -100,15 +95,16 @@ impl CastStack {
                 .iter()
                 .map(|(rows, lora)| (*rows, lora.as_ref().map(LoraPair::shallow_copy)))
                 .collect(),
-            fused: self.fused,
         }
     }
 
     /// Every part's map of `x` (in the stack's kind), side by side in the last
-    /// dimension, in the stack's kind.
-    fn forward(&self, x: &Tensor) -> Tensor {
+    /// dimension, in the stack's kind; the product is the fused node [`linear_bf16`]
+    /// when `fused` (the pass's [`Projections::fused_layers`]), else libtorch's
+    /// `linear`.
+    fn forward(&self, x: &Tensor, fused: bool) -> Tensor {
         let x = x.to_kind(self.weight.kind());
-        let y = match (self.fused, &self.bias) {
+        let y = match (fused, &self.bias) {
             (true, None) => linear_bf16(&x, &self.weight),
             (true, Some(bias)) => linear_bf16(&x, &self.weight) + bias,
             (false, _) => x.linear(&self.weight, self.bias.as_ref()),
@@ -226,14 +222,13 @@ impl LanguageModel {
             };
         }
         let d = transformer.spec().head_dim;
-        let fused = transformer.fused_layers();
         let layers = transformer
             .layers
             .iter()
             .map(|block| {
                 let [qkv, o, gate_up, down] = block
                     .stacks(true)
-                    .map(|parts| CastStack::new(&parts, kind, d, fused));
+                    .map(|parts| CastStack::new(&parts, kind, d));
                 CastLayer {
                     qkv,
                     o,
@@ -300,7 +295,7 @@ impl Projections for TrainingWeights<'_> {
         // q and k in the kind it needs).
         let [q, k, v]: [Tensor; 3] = c
             .qkv
-            .forward(x)
+            .forward(x, self.fused_layers())
             .split_with_sizes([q, kv, kv], -1)
             .try_into()
             .expect("three parts");
@@ -309,7 +304,7 @@ impl Projections for TrainingWeights<'_> {
 
     fn o(&self, layer: usize, x: &Tensor) -> Tensor {
         match self.cast(layer) {
-            Some(c) => c.o.forward(x),
+            Some(c) => c.o.forward(x, self.fused_layers()),
             None => self.transformer.o(layer, x),
         }
     }
@@ -321,7 +316,7 @@ impl Projections for TrainingWeights<'_> {
         let i = self.transformer.spec().intermediate_size;
         let [gate, up]: [Tensor; 2] = c
             .gate_up
-            .forward(x)
+            .forward(x, self.fused_layers())
             .split(i, -1)
             .try_into()
             .expect("two parts");
@@ -330,7 +325,7 @@ impl Projections for TrainingWeights<'_> {
 
     fn down(&self, layer: usize, x: &Tensor) -> Tensor {
         match self.cast(layer) {
-            Some(c) => c.down.forward(x),
+            Some(c) => c.down.forward(x, self.fused_layers()),
             None => self.transformer.down(layer, x),
         }
     }
@@ -341,7 +336,7 @@ impl Projections for TrainingWeights<'_> {
 
     fn swiglu(&self, layer: usize, x: &Tensor) -> Tensor {
         match (self.fused_layers(), self.cast(layer)) {
-            (true, Some(c)) => swiglu_bf16(&c.gate_up.forward(x)),
+            (true, Some(c)) => swiglu_bf16(&c.gate_up.forward(x, true)),
             _ => {
                 let (gate, up) = self.gate_up(layer, x);
                 swiglu(gate, &up)
