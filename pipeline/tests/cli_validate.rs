@@ -204,24 +204,29 @@ fn emulating_bf16_needs_mixed_precision() {
     );
 }
 
-#[test]
-fn workers_are_planned_and_more_threads_than_cores_are_warned_about() {
+/// The plan `validate` prints for a config of `sections` (YAML, `{policy}` standing
+/// for the tiny-llama fixture's folder), which must pass.
+fn plan_of(sections: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let policy = repo().join("tests/fixtures/tiny-llama");
-    let config = dir.path().join("workers.yaml");
+    let config = dir.path().join("epoch.yaml");
+    let text = sections.replace("{policy}", &policy.display().to_string());
+    std::fs::write(&config, text).unwrap();
+    let out = validate(&config);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn workers_are_planned_and_more_threads_than_cores_are_warned_about() {
     let write = |workers: u64, threads: u64| {
-        let text = format!(
-            "run: {{workers: {workers}, threads: {threads}}}\nmodel: {{policy: {}}}\n",
-            policy.display()
-        );
-        std::fs::write(&config, text).unwrap();
-        let out = validate(&config);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        plan_of(&format!(
+            "run: {{workers: {workers}, threads: {threads}}}\nmodel: {{policy: {{policy}}}}\n"
+        ))
     };
     // 64 × 64 threads exceed any machine's cores; one worker of one thread none.
     let plan = write(64, 64);
@@ -234,6 +239,21 @@ fn workers_are_planned_and_more_threads_than_cores_are_warned_about() {
         "{plan}"
     );
     assert!(!write(1, 1).contains("# warning"));
+}
+
+#[test]
+fn pure_bf16_training_at_the_papers_learning_rate_is_warned_about() {
+    let plan = |model: &str| {
+        plan_of(&format!(
+            "model: {{policy: {{policy}}, {model}}}\nupdate: {{learning_rate: 3.0e-6}}\n"
+        ))
+    };
+    let bf16 = plan("dtype: bf16");
+    assert!(
+        bf16.contains("# warning: model.dtype: bf16 trains the policy's weights in bf16"),
+        "{bf16}"
+    );
+    assert!(!plan("dtype: f32, precision: mixed_bf16").contains("# warning"));
 }
 
 #[test]

@@ -39,7 +39,7 @@ pub fn plan(config: &EpochConfig) -> anyhow::Result<String> {
             run.total_workers()
         )?;
     }
-    if let Some(warning) = run.oversubscription() {
+    for warning in config.warnings() {
         writeln!(out, "# warning: {warning}")?;
     }
     let g = config.solver.answers_per_query;

@@ -2,6 +2,7 @@
 
 mod load;
 mod run;
+mod warnings;
 
 pub use load::load_epoch;
 pub use run::{DataConfig, RunConfig, StageConfig};

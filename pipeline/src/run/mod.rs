@@ -135,7 +135,7 @@ impl std::error::Error for Stopped {}
 pub fn run(args: &RunArgs) -> anyhow::Result<String> {
     let mut config = load_epoch(&args.config)?;
     args.apply(&mut config)?;
-    if let Some(warning) = config.run.oversubscription() {
+    for warning in config.warnings() {
         warn!("{warning}");
     }
     tch::set_num_threads(config.run.threads as i32);

@@ -255,6 +255,39 @@ mod tests {
         }
     }
 
+    /// The bound `pipeline validate` warns by: a bf16 weight of size 512·lr or more
+    /// holds still under a step of lr (the first step of a constant gradient: m̂/√v̂ =
+    /// 1 with ε 0), smaller ones move, and f32 weights all move.
+    #[test]
+    fn a_bf16_weight_from_512_learning_rates_up_loses_the_step() {
+        let step = |kind: Kind, lr: f64, values: &[f32]| -> Vec<bool> {
+            let w = Tensor::from_slice(values)
+                .to_kind(kind)
+                .set_requires_grad(true);
+            let before = w.detach().copy();
+            let mut opt = AdamW::new(
+                vec![("w".into(), w.shallow_clone())],
+                (0.9, 0.999),
+                0.0,
+                0.0,
+            );
+            opt.zero_grad();
+            w.sum(Kind::Float).backward();
+            opt.step(lr);
+            let moved = w.detach().ne_tensor(&before);
+            Vec::<bool>::try_from(&moved).unwrap()
+        };
+        // 512 · 3e-6 = 1.536e-3: 1.6e-3, 0.02 and -0.02 hold still; 1e-4 and 3e-4 move.
+        let values = [1e-4, 3e-4, 1.6e-3, 0.02, -0.02];
+        assert_eq!(
+            step(Kind::BFloat16, 3e-6, &values),
+            [true, true, false, false, false]
+        );
+        assert_eq!(step(Kind::Float, 3e-6, &values), [true; 5]);
+        // At 1e-4 (the bound 0.0512) the bf16 weights of 0.02 move too.
+        assert_eq!(step(Kind::BFloat16, 1e-4, &values), [true; 5]);
+    }
+
     #[test]
     fn two_steps_by_hand_and_state_round_trips() {
         // One parameter x = 1 with gradient 2 each step, lr 0.1, betas (0.9, 0.999),
