@@ -175,13 +175,11 @@ fn wrong_models_and_settings_are_refused_clearly() {
     assert!(stderr.contains("top_p: 0 is out of range"), "{stderr}");
 }
 
-#[test]
-fn bench_profile_shows_where_a_training_steps_time_went() {
-    // Mixed precision on the CPU: every layer product is the fused linear node, whose
-    // backward pass runs once per product and micro-batch; the vocabulary's softmax
-    // (Rust, outside any libtorch operator) shows under its own name.
+/// `bench train-step --profile` on the tiny fixture in mixed precision (emulated where
+/// the CPU has no bf16 units), two sequences of 16 tokens, with `args`: its output.
+fn profiled_train_step(args: &[&str]) -> String {
     let tiny = fixture("tiny-llama");
-    let out = pipeline(&[
+    let mut all = vec![
         "bench",
         "train-step",
         "--model",
@@ -197,33 +195,57 @@ fn bench_profile_shows_where_a_training_steps_time_went() {
         "--emulate-bf16",
         "--profile",
         "1000",
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout);
+    ];
+    all.extend_from_slice(args);
+    let out = pipeline(&all);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(text.contains("operator profile: "), "{text}");
-    let calls = |name: &str| -> Option<u64> {
-        let by_name = text.split("by operator and input shapes:").next().unwrap();
-        by_name.lines().find_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            (fields.len() >= 4 && fields[3..].join(" ") == name).then(|| fields[2].parse().unwrap())
-        })
-    };
-    let config: Value =
-        serde_json::from_str(&std::fs::read_to_string(tiny.join("config.json")).unwrap()).unwrap();
-    let layers = config["num_hidden_layers"].as_u64().unwrap();
+    text
+}
+
+/// The calls of operator `name` in a profile's table by name.
+fn profiled_calls(text: &str, name: &str) -> Option<u64> {
+    let by_name = text.split("by operator and input shapes:").next().unwrap();
+    by_name.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.len() >= 4 && fields[3..].join(" ") == name).then(|| fields[2].parse().unwrap())
+    })
+}
+
+/// The tiny fixture's layers.
+fn tiny_layers() -> u64 {
+    let config = fixture("tiny-llama").join("config.json");
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
+    config["num_hidden_layers"].as_u64().unwrap()
+}
+
+#[test]
+fn bench_profile_shows_where_a_training_steps_time_went() {
+    // Mixed precision on the CPU: every layer product is the fused linear node, whose
+    // backward pass runs once per product and micro-batch; the vocabulary's softmax
+    // (Rust, outside any libtorch operator) shows under its own name.
+    let text = profiled_train_step(&[]);
     // Four products a layer (qkv, o, gate and up, down), two micro-batches of one.
     assert_eq!(
-        calls("LinearBf16 (backward)"),
-        Some(4 * layers * 2),
+        profiled_calls(&text, "LinearBf16 (backward)"),
+        Some(4 * tiny_layers() * 2),
         "{text}"
     );
-    assert!(calls("aten::mm").is_some_and(|n| n > 0), "{text}");
-    assert!(calls("lsp::softmax_rows").is_some(), "{text}");
+    assert!(
+        profiled_calls(&text, "aten::mm").is_some_and(|n| n > 0),
+        "{text}"
+    );
+    assert!(
+        profiled_calls(&text, "lsp::softmax_rows").is_some(),
+        "{text}"
+    );
     // Without the flag, no profile.
+    let tiny = fixture("tiny-llama");
     let plain = pipeline(&[
         "bench",
         "logprobs",
@@ -238,4 +260,31 @@ fn bench_profile_shows_where_a_training_steps_time_went() {
     ]);
     assert!(plain.status.success());
     assert!(!String::from_utf8_lossy(&plain.stdout).contains("operator profile"));
+}
+
+#[test]
+fn bench_profile_sees_the_threads_of_sequences_parallelism() {
+    // One micro-batch of two sequences split over two threads of our own, one pass
+    // each: their operators are the profile's too.
+    let text = profiled_train_step(&[
+        "--micro-batch",
+        "2",
+        "--parallelism",
+        "sequences",
+        "--threads",
+        "2",
+    ]);
+    assert!(
+        text.contains("split over 2 thread(s) (parallelism sequences)"),
+        "{text}"
+    );
+    assert_eq!(
+        profiled_calls(&text, "LinearBf16 (backward)"),
+        Some(4 * tiny_layers() * 2),
+        "{text}"
+    );
+    assert!(
+        profiled_calls(&text, "lsp::softmax_rows").is_some_and(|n| n >= 2),
+        "{text}"
+    );
 }

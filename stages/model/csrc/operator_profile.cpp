@@ -3,10 +3,14 @@
 // engine's and libtorch's pool threads inherit; stopped into one line per operator and
 // input shapes with its calls, self time and total time, the shape of PyTorch's
 // `key_averages(group_by_input_shape=True)`. And scopes of our own Rust work, recorded
-// as operators (`record_function` in PyTorch), so that a profile sees them too.
+// as operators (`record_function` in PyTorch), so that a profile sees them too; and the
+// calling thread's state handed to threads of our own, so that a profile sees their
+// operators as it sees libtorch's pool's.
 
+#include <ATen/ThreadLocalState.h>
 #include <ATen/record_function.h>
 #include <torch/csrc/autograd/profiler_legacy.h>
+#include <torch/csrc/profiler/api.h>
 
 #include <cstdio>
 #include <map>
@@ -103,6 +107,39 @@ void lsp_scope_close(void* scope) noexcept {
     delete static_cast<at::RecordFunction*>(scope);
   } catch (...) {
   }
+}
+
+// The calling thread's state (libtorch's thread-local state: the profiler's callbacks
+// and event lists among it) while a profile runs, for threads of our own to enter with
+// `lsp_thread_state_enter`; null when none runs (or it could not be captured). Freed
+// by `lsp_thread_state_free`.
+void* lsp_thread_state_capture() noexcept {
+  try {
+    if (!torch::profiler::impl::profilerEnabled()) return nullptr;
+    return new at::ThreadLocalState();
+  } catch (...) {
+    return nullptr;
+  }
+}
+
+// Enters `state` on the calling thread until `lsp_thread_state_exit`; null if it could
+// not.
+void* lsp_thread_state_enter(const void* state) noexcept {
+  try {
+    return new at::ThreadLocalStateGuard(*static_cast<const at::ThreadLocalState*>(state));
+  } catch (...) {
+    return nullptr;
+  }
+}
+
+// Leaves the state `lsp_thread_state_enter` entered (the thread's own back).
+void lsp_thread_state_exit(void* guard) noexcept {
+  delete static_cast<at::ThreadLocalStateGuard*>(guard);
+}
+
+// Frees a state `lsp_thread_state_capture` captured.
+void lsp_thread_state_free(void* state) noexcept {
+  delete static_cast<at::ThreadLocalState*>(state);
 }
 
 // Stops the profiler; `*rows` = lines of `name \t shapes \t calls \t self µs \t total

@@ -4,8 +4,10 @@
 //! an operator's time less the operators it called.
 //!
 //! It sees what runs on the calling thread, the autograd engine's threads and
-//! libtorch's pool (which inherit the profiler's state); work on threads of our own
-//! (`update.parallelism: sequences`) counts only in the wall time. The fused nodes
+//! libtorch's pool (which inherit the profiler's state), and threads of our own that
+//! enter the caller's state (`ThreadState`: `update.parallelism: sequences`' passes),
+//! their self times summed over the threads (so that the shares of wall time can add up
+//! past 100%). The fused nodes
 //! (`fused/`) record themselves as `lsp::…` operators, and Rust work outside any
 //! operator does so through `scope`. Recording input shapes costs a little per
 //! operator, so a profiled run is slightly slower than an unprofiled one.
@@ -25,6 +27,60 @@ unsafe extern "C" {
     fn lsp_profile_stop(rows: *mut *mut c_char) -> *mut c_char;
     fn lsp_scope_open(name: *const c_char) -> *mut c_void;
     fn lsp_scope_close(scope: *mut c_void);
+    fn lsp_thread_state_capture() -> *mut c_void;
+    fn lsp_thread_state_enter(state: *const c_void) -> *mut c_void;
+    fn lsp_thread_state_exit(guard: *mut c_void);
+    fn lsp_thread_state_free(state: *mut c_void);
+}
+
+/// The calling thread's libtorch state while a profile runs, for threads of our own
+/// to work in ([`ThreadState::within`]) so that the profile sees their operators;
+/// nothing when no profile runs.
+pub(crate) struct ThreadState(*mut c_void);
+
+// SAFETY: the state is a value each entering thread copies (`at::ThreadLocalStateGuard`
+// reads it); nothing writes it between its capture and its free.
+unsafe impl Send for ThreadState {}
+// SAFETY: as above: threads only read it.
+unsafe impl Sync for ThreadState {}
+
+impl ThreadState {
+    /// The calling thread's state if a profile runs.
+    pub(crate) fn capture() -> Self {
+        // SAFETY: no arguments; null or a state this value frees.
+        Self(unsafe { lsp_thread_state_capture() })
+    }
+
+    /// Runs `work` on the calling thread in the captured state (as it is when none was
+    /// captured), the thread's own state back after it, a panic included.
+    pub(crate) fn within<T>(&self, work: impl FnOnce() -> T) -> T {
+        /// Leaves the state when dropped, on the thread that entered it.
+        struct Entered(*mut c_void);
+        impl Drop for Entered {
+            fn drop(&mut self) {
+                if !self.0.is_null() {
+                    // SAFETY: a guard `lsp_thread_state_enter` made on this thread, once.
+                    unsafe { lsp_thread_state_exit(self.0) };
+                }
+            }
+        }
+        let _entered = Entered(match self.0.is_null() {
+            true => std::ptr::null_mut(),
+            // SAFETY: a live state this value owns.
+            false => unsafe { lsp_thread_state_enter(self.0) },
+        });
+        work()
+    }
+}
+
+impl Drop for ThreadState {
+    fn drop(&mut self) {
+        if !self.0.is_null() {
+            // SAFETY: the state `lsp_thread_state_capture` made, freed once; no thread is
+            // within it (`within` borrows `self`).
+            unsafe { lsp_thread_state_free(self.0) };
+        }
+    }
 }
 
 /// Runs `work` as an operator named `name` in a profile (PyTorch's

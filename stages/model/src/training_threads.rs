@@ -20,6 +20,7 @@ use tch::{Device, Tensor};
 use crate::config::Parallelism;
 use crate::grads::grad_or_zeros;
 use crate::model::LanguageModel;
+use crate::operator_profile::ThreadState;
 use crate::training::HeadGrad;
 use crate::training_weights::TrainingWeights;
 
@@ -78,6 +79,8 @@ impl LanguageModel {
             .map(|share| (self.view(true), weights.share_casts(), share))
             .collect();
         let before = tch::get_num_threads();
+        let state = ThreadState::capture();
+        let state = &state;
         let pass = &pass;
         let results: Vec<Result<R, E>> = std::thread::scope(|scope| {
             let handles: Vec<_> = jobs
@@ -89,7 +92,7 @@ impl LanguageModel {
                         tch::set_num_threads(1);
                         let weights =
                             TrainingWeights::on_thread(model.transformer(), casts, head_grad);
-                        pass(&model, &weights, share)
+                        state.within(|| pass(&model, &weights, share))
                     })
                 })
                 .collect();
