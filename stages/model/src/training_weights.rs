@@ -47,17 +47,24 @@ impl CastStack {
             true => pair_layout(t, head_dim),
             false => t.shallow_clone(),
         };
+        // Each part cast, then laid out and stacked: the copies move bf16's bytes,
+        // half f32's.
         let stack = |ts: Vec<Tensor>| match ts.as_slice() {
-            [one] => one.to_kind(kind),
-            _ => Tensor::cat(&ts, 0).to_kind(kind),
+            [one] => one.shallow_clone(),
+            _ => Tensor::cat(&ts, 0),
         };
-        let weight = stack(parts.iter().map(|(l, p)| layout(&l.weight, *p)).collect());
+        let weight = stack(
+            parts
+                .iter()
+                .map(|(l, p)| layout(&l.weight.to_kind(kind), *p))
+                .collect(),
+        );
         let bias = parts.iter().any(|(l, _)| l.bias.is_some()).then(|| {
             stack(
                 parts
                     .iter()
                     .map(|(l, p)| match &l.bias {
-                        Some(b) => layout(b, *p),
+                        Some(b) => layout(&b.to_kind(kind), *p),
                         None => l
                             .weight
                             .new_zeros([l.weight.size()[0]], (kind, l.weight.device())),
