@@ -35,8 +35,8 @@ pub struct BenchArgs {
     micro_batch: usize,
     /// Train-step: how a micro-batch uses the threads (`update.parallelism`): each
     /// operator over libtorch's pool, or its sequences split over them, one
-    /// libtorch thread each.
-    #[arg(long, value_enum, default_value = "operators")]
+    /// libtorch thread each; `auto` splits long micro-batches under bf16 products.
+    #[arg(long, value_enum, default_value = "auto")]
     parallelism: ParallelismArg,
     /// Rollout: new tokens per sequence (EOS ignored).
     #[arg(long, default_value_t = 128)]
@@ -69,6 +69,7 @@ pub struct BenchArgs {
 /// `update.parallelism` on the command line.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum ParallelismArg {
+    Auto,
     Operators,
     Sequences,
 }
@@ -76,6 +77,7 @@ enum ParallelismArg {
 impl From<ParallelismArg> for Parallelism {
     fn from(arg: ParallelismArg) -> Self {
         match arg {
+            ParallelismArg::Auto => Parallelism::Auto,
             ParallelismArg::Sequences => Parallelism::Sequences,
             ParallelismArg::Operators => Parallelism::Operators,
         }
@@ -162,7 +164,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<String> {
             format!(
                 ", micro-batches of {} split over {} thread(s) (parallelism {}){}, {}",
                 args.micro_batch,
-                model.training_shares(args.parallelism.into(), args.micro_batch),
+                model.training_shares(
+                    args.parallelism.into(),
+                    &vec![args.seq_len; args.micro_batch]
+                ),
                 Parallelism::from(args.parallelism).name(),
                 args.lora.as_ref().map_or(String::new(), |l| format!(
                     ", LoRA r {} alpha {}",

@@ -99,15 +99,23 @@ impl RolloutWeights {
 
 /// How a training step's passes use the threads of a worker (`update.parallelism`).
 ///
-/// Measured on 2 cores (README, "Mixed precision and LoRA, measured"): `sequences`
-/// was ~10% faster for micro-batches of 8 × 256 tokens, even at ~1,000 tokens, and
-/// ~20% slower for GRPO's micro-batches of 4 short answers, where each thread's
-/// share of the weights' gradient (the same size whatever its tokens) dominates.
+/// Measured on 2 cores (README, "Mixed precision and LoRA, measured"), under mixed
+/// precision on an AMX Xeon: `sequences` ahead at micro-batches of 8 × 256 tokens
+/// (+7.5% over six ABBA pairs, and +1 to +12% in an earlier session) and of 4 × 256,
+/// behind at 2 × 512 (−12%) and at GRPO's micro-batches of 4 short answers (−13 to
+/// −20%), where each thread's share of the weights' gradient (the same size whatever
+/// its tokens) dominates; even in f32. `auto` takes `sequences` where each thread gets
+/// [`Parallelism::AUTO_TOKENS_PER_THREAD`] tokens or more under bf16 products on the
+/// CPU.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Parallelism {
-    /// Each micro-batch in one pass, every operator over libtorch's pool of threads.
+    /// `sequences` for a micro-batch of at least
+    /// [`Parallelism::AUTO_TOKENS_PER_THREAD`] tokens a thread with bf16 products on
+    /// the CPU (mixed precision), else `operators`.
     #[default]
+    Auto,
+    /// Each micro-batch in one pass, every operator over libtorch's pool of threads.
     Operators,
     /// On the CPU, each micro-batch's sequences split over the threads, one libtorch
     /// thread each (`LanguageModel::train_in_parallel`); on CUDA as `operators`.
@@ -115,11 +123,26 @@ pub enum Parallelism {
 }
 
 impl Parallelism {
+    /// The tokens a thread from which `auto` splits a micro-batch's sequences (8 × 256
+    /// over 2 threads: yes; 4 × 256, 2 × 512, 4 × 80: no).
+    pub const AUTO_TOKENS_PER_THREAD: usize = 1024;
+
     /// The name written in YAML and on the command line.
     pub fn name(self) -> &'static str {
         match self {
+            Self::Auto => "auto",
             Self::Sequences => "sequences",
             Self::Operators => "operators",
+        }
+    }
+
+    /// Whether a micro-batch of `tokens` tokens on the CPU is split over its `threads`
+    /// threads, its products bf16 (`bf16_products`) or not: the one rule.
+    pub fn splits(self, tokens: usize, threads: usize, bf16_products: bool) -> bool {
+        match self {
+            Self::Sequences => true,
+            Self::Operators => false,
+            Self::Auto => bf16_products && tokens >= Self::AUTO_TOKENS_PER_THREAD * threads,
         }
     }
 }

@@ -25,14 +25,18 @@ use crate::training::HeadGrad;
 use crate::training_weights::TrainingWeights;
 
 impl LanguageModel {
-    /// The threads a training pass over `sequences` sequences is split over, with this
-    /// thread's libtorch pool as the worker's cores: under `sequences` parallelism on
-    /// the CPU one per core (at most one per sequence), else one.
-    pub fn training_shares(&self, parallelism: Parallelism, sequences: usize) -> usize {
-        match (parallelism, self.device()) {
-            (Parallelism::Sequences, Device::Cpu) => (tch::get_num_threads().max(1) as usize)
-                .min(sequences)
-                .max(1),
+    /// The threads a training pass over sequences of `tokens` tokens each is split
+    /// over, with this thread's libtorch pool as the worker's cores: on the CPU, one
+    /// per core (at most one per sequence) where `parallelism` splits the micro-batch
+    /// ([`Parallelism::splits`]), else one.
+    pub fn training_shares(&self, parallelism: Parallelism, tokens: &[usize]) -> usize {
+        let threads = tch::get_num_threads().max(1) as usize;
+        let total = tokens.iter().sum();
+        let bf16_products = self.transformer().fused_layers();
+        match self.device() {
+            Device::Cpu if parallelism.splits(total, threads, bf16_products) => {
+                threads.min(tokens.len()).max(1)
+            }
             _ => 1,
         }
     }
@@ -41,7 +45,7 @@ impl LanguageModel {
     /// [`LanguageModel::train_in_parallel`] takes as shares: one per thread of
     /// [`LanguageModel::training_shares`], balanced by tokens.
     pub fn training_split(&self, parallelism: Parallelism, tokens: &[usize]) -> Vec<Range<usize>> {
-        split_by_weight(tokens, self.training_shares(parallelism, tokens.len()))
+        split_by_weight(tokens, self.training_shares(parallelism, tokens))
     }
 
     /// Runs `pass` once per share, each on a thread of its own with one libtorch
@@ -226,6 +230,38 @@ mod tests {
             .into_iter()
             .map(|(n, t)| (n, t.grad().copy()))
             .collect()
+    }
+
+    #[test]
+    fn auto_splits_only_long_micro_batches_under_bf16_products() {
+        let fixtures =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+        let load = |precision| {
+            let options = LoadOptions {
+                trainable: true,
+                precision,
+                emulate_bf16: true,
+                ..LoadOptions::default()
+            };
+            LanguageModel::load(&fixtures.join("tiny-llama"), options).unwrap()
+        };
+        let (mixed, f32) = (load(Precision::MixedBf16), load(Precision::F32));
+        tch::set_num_threads(2);
+        let shares = |model: &LanguageModel, parallelism, len: usize, n: usize| {
+            model.training_shares(parallelism, &vec![len; n])
+        };
+        use Parallelism::{Auto, Operators, Sequences};
+        // 1024 tokens a thread or more: 8 × 256 over two threads; not 4 × 256, 2 × 512
+        // (1024 in all) or 4 × 80.
+        assert_eq!(shares(&mixed, Auto, 256, 8), 2);
+        assert_eq!(shares(&mixed, Auto, 256, 4), 1);
+        assert_eq!(shares(&mixed, Auto, 512, 2), 1);
+        assert_eq!(shares(&mixed, Auto, 80, 4), 1);
+        assert_eq!(shares(&f32, Auto, 256, 8), 1);
+        // The named choices whatever the size; never more threads than sequences.
+        assert_eq!(shares(&mixed, Operators, 256, 8), 1);
+        assert_eq!(shares(&f32, Sequences, 80, 4), 2);
+        assert_eq!(shares(&mixed, Sequences, 4096, 1), 1);
     }
 
     #[test]

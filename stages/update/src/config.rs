@@ -80,9 +80,11 @@ pub struct UpdateConfig {
     /// have passes of their own.
     pub micro_batch_size: u64,
     /// How a micro-batch uses the worker's `run.threads`: each operator over
-    /// libtorch's pool (`operators`, the default), or its sequences split over them,
-    /// one libtorch thread each (`sequences`, on the CPU: faster for micro-batches of
-    /// thousands of tokens). The same gradient either way, up to the order of its sums.
+    /// libtorch's pool (`operators`), or its sequences split over them, one libtorch
+    /// thread each (`sequences`, on the CPU: faster for micro-batches of thousands of
+    /// tokens under mixed precision); `auto` (the default) chooses by that rule
+    /// (`lsp_model::Parallelism`). The same gradient either way, up to the order of
+    /// its sums.
     pub parallelism: Parallelism,
     /// Clip the gradient's global norm to this (0 turns clipping off).
     pub max_grad_norm: f64,

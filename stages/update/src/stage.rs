@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Float64Array, ListArray, UInt32Array};
-use lsp_model::{InferenceWeights, LanguageModel, TokenLogprobs, TrainingWeights};
+use lsp_model::{InferenceWeights, LanguageModel, Parallelism, TokenLogprobs, TrainingWeights};
 use lsp_schemas::columns::*;
 use lsp_schemas::problems::Validate;
 use lsp_schemas::{AdvantageBatch, StepRow, TypedBatch, UpdatedBatch};
@@ -216,12 +216,15 @@ impl Update {
             config.eps,
             config.weight_decay,
         );
-        let threads = policy.training_shares(config.parallelism, usize::MAX);
+        // A long enough micro-batch of as many sequences as threads: the most it splits.
+        let threads = tch::get_num_threads().max(1) as usize;
+        let long = vec![Parallelism::AUTO_TOKENS_PER_THREAD; threads];
+        let most = policy.training_shares(config.parallelism, &long);
         info!(
             parallelism = config.parallelism.name(),
-            threads,
+            threads = most,
             micro_batch_size = config.micro_batch_size,
-            "training passes: each micro-batch's sequences over {threads} thread(s)"
+            "training passes: each micro-batch's sequences over at most {most} thread(s)"
         );
         Ok(Self {
             config,

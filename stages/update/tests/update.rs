@@ -248,7 +248,10 @@ fn micro_batches_equal_one_batch() {
     for (micro, parallelism) in runs {
         let policy = policy();
         if parallelism == Parallelism::Sequences {
-            assert_eq!(policy.training_shares(parallelism, micro as usize), 2);
+            assert_eq!(
+                policy.training_shares(parallelism, &vec![8; micro as usize]),
+                2
+            );
         }
         let mut reference = policy.frozen_copy().unwrap();
         let b = batch(&policy, rows);
