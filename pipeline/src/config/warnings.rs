@@ -16,12 +16,11 @@ impl EpochConfig {
     pub fn warnings(&self) -> Vec<String> {
         let mut out: Vec<String> = self.run.oversubscription().into_iter().collect();
         out.extend(bf16_steps_lost(&self.model, &self.update));
-        for stage in &self.stages {
+        // A stage trains the run's model; only its own `update` can change the verdict.
+        for stage in self.stages.iter().filter(|s| s.update.is_some()) {
             let staged = self.staged(stage);
             let warning = bf16_steps_lost(&staged.model, &staged.update);
-            if warning.is_some() && stage.update.is_some() {
-                out.extend(warning.map(|w| format!("stage {}: {w}", stage.name)));
-            }
+            out.extend(warning.map(|w| format!("stage {}: {w}", stage.name)));
         }
         out
     }

@@ -168,14 +168,8 @@ mod tests {
     use crate::model::LoadOptions;
     use tch::Kind;
 
-    /// Every trainable weight's gradient after one step's passes over five sequences
-    /// of different lengths split into `shares` threads.
-    fn gradients(
-        name: &str,
-        precision: Precision,
-        lora: bool,
-        shares: usize,
-    ) -> Vec<(String, Tensor)> {
+    /// The fixture `name`, trainable, its products bf16 under `MixedBf16` on any CPU.
+    fn trainable(name: &str, precision: Precision) -> LanguageModel {
         let fixtures =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
         let options = LoadOptions {
@@ -184,7 +178,18 @@ mod tests {
             emulate_bf16: true,
             ..LoadOptions::default()
         };
-        let mut model = LanguageModel::load(&fixtures.join(name), options).unwrap();
+        LanguageModel::load(&fixtures.join(name), options).unwrap()
+    }
+
+    /// Every trainable weight's gradient after one step's passes over five sequences
+    /// of different lengths split into `shares` threads.
+    fn gradients(
+        name: &str,
+        precision: Precision,
+        lora: bool,
+        shares: usize,
+    ) -> Vec<(String, Tensor)> {
+        let mut model = trainable(name, precision);
         if lora {
             model.attach_adapter(&LoraConfig::default(), 7).unwrap();
             // A fresh adapter's B is zero: give it values so that A has a gradient.
@@ -234,18 +239,8 @@ mod tests {
 
     #[test]
     fn auto_splits_only_long_micro_batches_under_bf16_products() {
-        let fixtures =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
-        let load = |precision| {
-            let options = LoadOptions {
-                trainable: true,
-                precision,
-                emulate_bf16: true,
-                ..LoadOptions::default()
-            };
-            LanguageModel::load(&fixtures.join("tiny-llama"), options).unwrap()
-        };
-        let (mixed, f32) = (load(Precision::MixedBf16), load(Precision::F32));
+        let mixed = trainable("tiny-llama", Precision::MixedBf16);
+        let f32 = trainable("tiny-llama", Precision::F32);
         tch::set_num_threads(2);
         let shares = |model: &LanguageModel, parallelism, len: usize, n: usize| {
             model.training_shares(parallelism, &vec![len; n])
