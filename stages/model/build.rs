@@ -1,14 +1,23 @@
 //! Compiles `csrc/`: `fused_autograd.cpp`, the autograd nodes of the CPU training
-//! pass's fused kernels (`src/fused/`), and `operator_profile.cpp`, libtorch's profiler
-//! for `src/operator_profile.rs`, against the libtorch that torch-sys links: its
-//! headers beside the library folder torch-sys reports, and torch-sys's C++ ABI.
+//! pass's fused kernels (`src/fused/`), `weight_grads.cpp`, weight gradients added
+//! into f32 without autograd (`src/weight_grads.rs`), and `operator_profile.cpp`,
+//! libtorch's profiler for `src/operator_profile.rs`, against the libtorch that
+//! torch-sys links: its headers beside the library folder torch-sys reports, and
+//! torch-sys's C++ ABI.
 
 use std::env;
 use std::path::PathBuf;
 
 fn main() {
-    let sources = ["csrc/fused_autograd.cpp", "csrc/operator_profile.cpp"];
-    for path in sources.iter().chain(&["csrc/guarded.h"]) {
+    let sources = [
+        "csrc/fused_autograd.cpp",
+        "csrc/operator_profile.cpp",
+        "csrc/weight_grads.cpp",
+    ];
+    for path in sources
+        .iter()
+        .chain(&["csrc/guarded.h", "csrc/weight_grads.h"])
+    {
         println!("cargo:rerun-if-changed={path}");
     }
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");

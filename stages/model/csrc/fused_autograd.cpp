@@ -1,10 +1,10 @@
 // What tch's C API lacks, against libtorch's C++ API: autograd nodes for the fused
 // kernels of a CPU pass under mixed precision (`src/fused/`; the C API has no way to
-// define an autograd function) and their bf16 transpose, and dropping or zero-filling
-// a parameter's gradient (`src/grads.rs`). The arithmetic
-// is Rust's (`src/fused/kernels.rs`), handed in once as function pointers; these
-// nodes allocate the outputs, save what the backward pass reads, split rows among
-// libtorch's threads and call the kernels on each share.
+// define an autograd function) and the bf16 transpose of their weight gradients
+// (`lsp::weight_grad_bf16`), and dropping or zero-filling a parameter's gradient
+// (`src/grads.rs`). The arithmetic is Rust's (`src/fused/kernels.rs`), handed in once
+// as function pointers; these nodes allocate the outputs, save what the backward pass
+// reads, split rows among libtorch's threads and call the kernels on each share.
 //
 // Every entry point catches what libtorch throws and returns it as a message the
 // caller frees with `lsp_fused_free` (`guarded.h`); nothing unwinds into Rust.
@@ -19,6 +19,7 @@
 #include <cstdlib>
 
 #include "guarded.h"
+#include "weight_grads.h"
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
@@ -167,16 +168,35 @@ at::Tensor transposed(const at::Tensor& x) {
   return y;
 }
 
+}  // namespace
+
+namespace lsp {
+
+// dyᵀ · x with both of the product's operands in plain rows: oneDNN computes dyᵀ·x as
+// given, the long token dimension reduced over a transposed operand, at about two
+// thirds of the forward product's rate (AMX Xeon). Either dyᵀ is made contiguous
+// first (dyᵀ·x), or xᵀ is and the [in, out] product transposed after ((xᵀ·dy)ᵀ),
+// whichever moves fewer values: tokens·out against (tokens + out)·in.
+at::Tensor weight_grad_bf16(const at::Tensor& dy, const at::Tensor& x) {
+  const int64_t tokens = x.size(0), in = x.size(1), out = dy.size(1);
+  return tokens * out <= (tokens + out) * in
+             ? at::mm(transposed(dy.contiguous()), x)
+             : transposed(at::mm(transposed(x.contiguous()), dy));
+}
+
+}  // namespace lsp
+
+namespace {
+
 // y = x·wᵀ of bf16 x [..., in] and w [out, in], as `at::linear` computes it (the same
-// oneDNN product); backward dx = dy·w, and the weight's gradient with both of the
-// product's operands in plain rows: oneDNN computes it as dyᵀ·x, the long token
-// dimension reduced over a transposed operand, at about two thirds of the forward
-// product's rate (AMX Xeon). Either dyᵀ is made contiguous first (dw = dyᵀ·x), or xᵀ
-// is and the [in, out] product transposed after (dw = (xᵀ·dy)ᵀ), whichever moves
-// fewer values: tokens·out against (tokens + out)·in.
+// oneDNN product); backward dx = dy·w, and the weight's gradient either through
+// autograd (`w` requiring it: bf16, `lsp::weight_grad_bf16`) or, given a stack
+// gradient's handle, added into it (`lsp::StackGrad`): the f32 master weights'
+// gradients of a CPU pass under mixed precision, with no bf16 gradient, cast or sum
+// between (`src/training_weights.rs`).
 struct LinearBf16 : public torch::autograd::Function<LinearBf16> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x_in,
-                            const at::Tensor& w) {
+                            const at::Tensor& w, const at::Tensor* grad) {
     TORCH_CHECK(x_in.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16,
                 "linear_bf16 takes bf16 activations and weight");
     TORCH_CHECK(x_in.is_cpu() && w.is_cpu(), "linear_bf16 runs on the CPU");
@@ -187,6 +207,11 @@ struct LinearBf16 : public torch::autograd::Function<LinearBf16> {
     sizes.back() = w.size(0);
     ctx->save_for_backward({x, w});
     ctx->saved_data["sizes"] = x_in.sizes().vec();
+    // A pointer, not an input: autograd's inputs are tensors that may take gradients.
+    if (grad != nullptr) {
+      lsp::stack_grad_of(*grad);  // checked now rather than in the backward pass
+      ctx->saved_data["grad"] = *grad;
+    }
     return at::mm(x, w.t()).view(sizes);
   }
 
@@ -200,11 +225,13 @@ struct LinearBf16 : public torch::autograd::Function<LinearBf16> {
       dx = at::mm(dy, w).view(ctx->saved_data["sizes"].toIntVector());
     }
     if (ctx->needs_input_grad(1)) {
-      const int64_t tokens = x.size(0), in = x.size(1), out = w.size(0);
-      dw = tokens * out <= (tokens + out) * in ? at::mm(transposed(dy), x)
-                                               : transposed(at::mm(transposed(x), dy));
+      dw = lsp::weight_grad_bf16(dy, x);
     }
-    return {dx, dw};
+    const auto handle = ctx->saved_data.find("grad");
+    if (handle != ctx->saved_data.end()) {
+      lsp::stack_grad_of(handle->second.toTensor()).add(dy, x);
+    }
+    return {dx, dw, at::Tensor()};
   }
 };
 
@@ -281,22 +308,14 @@ char* lsp_rotate_pairs_bf16(const at::Tensor* x, const at::Tensor* unit, at::Ten
   });
 }
 
-// `*out` = linear_bf16(x, w) as a new tensor; returns an error or null.
-char* lsp_linear_bf16(const at::Tensor* x, const at::Tensor* w, at::Tensor** out) {
+// `*out` = linear_bf16(x, w) as a new tensor, the weight's gradient added into the
+// stack gradient whose handle `grad` is (null: through autograd); returns an error or
+// null.
+char* lsp_linear_bf16(const at::Tensor* x, const at::Tensor* w, const at::Tensor* grad,
+                      at::Tensor** out) {
   return guarded([&] {
     RECORD_FUNCTION("lsp::linear_bf16", std::vector<c10::IValue>({*x, *w}));
-    *out = new at::Tensor(LinearBf16::apply(*x, *w));
-  });
-}
-
-// `*out` = x (bf16 [rows, cols], CPU) transposed into a new contiguous [cols, rows];
-// returns an error or null.
-char* lsp_transposed_bf16(const at::Tensor* x, at::Tensor** out) {
-  return guarded([&] {
-    TORCH_CHECK(x->scalar_type() == at::kBFloat16 && x->dim() == 2 && x->is_cpu(),
-                "transposed_bf16 takes a bf16 matrix on the CPU");
-    RECORD_FUNCTION("lsp::transposed_bf16", std::vector<c10::IValue>({*x}));
-    *out = new at::Tensor(transposed(x->contiguous()));
+    *out = new at::Tensor(LinearBf16::apply(*x, *w, grad));
   });
 }
 

@@ -77,6 +77,7 @@ mod training_threads;
 mod training_weights;
 mod transformer;
 mod unloaded;
+mod weight_grads;
 
 pub use chat_template::{ChatTemplate, Message};
 pub use checkpoint::ModelSnapshot;

@@ -16,11 +16,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use tch::{Kind, Tensor};
 
 use crate::error::Result;
-use crate::fused::transposed_bf16;
 use crate::grads::grad_or_zeros;
 use crate::logprobs::{CompletionHidden, TokenLogprobs, cat_or_empty, target_logprobs};
 use crate::model::LanguageModel;
 use crate::training_weights::TrainingWeights;
+use crate::weight_grads::add_weight_grad;
 
 /// Log-probs of completion tokens whose gradient reaches the model through
 /// [`TrainingLogprobs::backward`].
@@ -60,31 +60,19 @@ pub(crate) enum HeadGrad {
 
 impl HeadGrad {
     /// Adds `dᵀ · h` to the vocabulary rows `start..start + n` (`d` `[tokens, n]`, `h`
-    /// `[tokens, hidden]`, both in the products' kind: the rows' dlogits, factored).
-    /// With `h_t`, `h` transposed (bf16 on the CPU), as `(hᵀ · d)ᵀ`: oneDNN reduces
-    /// the long token dimension over `dᵀ`, a transposed operand, at about two thirds
-    /// of the rate it reaches with both in plain rows (as `linear_bf16`).
-    fn add_rows(&self, master: &Tensor, start: i64, d: &Tensor, h: &Tensor, h_t: Option<&Tensor>) {
-        let n = d.size()[1];
-        let add = |grad: &Tensor| {
-            let mut rows = grad.narrow(0, start, n);
-            match h_t {
-                Some(h_t) => {
-                    let _ = rows.g_add_(&transposed_bf16(&h_t.mm(d)));
-                }
-                None if rows.kind() == d.kind() => {
-                    let _ = rows.addmm_(&d.tr(), h);
-                }
-                // bf16 products into the f32 master's gradient.
-                None => {
-                    let _ = rows.g_add_(&d.tr().mm(h));
-                }
-            }
+    /// `[tokens, hidden]`, both in the products' kind: the rows' dlogits, factored;
+    /// bf16 on the CPU as the layers' products, [`crate::weight_grads`]). The shared
+    /// buffer's lock is held only to take a handle: each sum is locked by its rows,
+    /// and the products run unlocked.
+    fn add_rows(&self, master: &Tensor, start: i64, d: &Tensor, h: &Tensor) {
+        let grad = match self {
+            HeadGrad::Master => master.grad(),
+            HeadGrad::Shared(buffer) => buffer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .shallow_clone(),
         };
-        match self {
-            HeadGrad::Master => add(&master.grad()),
-            HeadGrad::Shared(buffer) => add(&buffer.lock().unwrap_or_else(PoisonError::into_inner)),
-        }
+        add_weight_grad(&grad.narrow(0, start, d.size()[1]), d, h);
     }
 }
 
@@ -195,15 +183,12 @@ impl TrainingLogprobs {
             // activations at the backward pass's peak.
             let (total, vocab) = (d.size()[0], d.size()[1]);
             let mut dh = Tensor::zeros([total, h.size()[1]], (Kind::Float, h.device()));
-            let h_t = (train_head && kind == Kind::BFloat16 && h.device() == tch::Device::Cpu)
-                .then(|| transposed_bf16(&h));
             let mut start = 0;
             while start < vocab {
                 let n = rows.min(vocab - start);
                 let part = d.narrow(1, start, n);
                 if train_head {
-                    self.head_grad
-                        .add_rows(&self.master, start, &part, &h, h_t.as_ref());
+                    self.head_grad.add_rows(&self.master, start, &part, &h);
                 }
                 let _ = dh.g_add_(&part.mm(&self.head.narrow(0, start, n)));
                 start += n;
@@ -222,33 +207,6 @@ mod tests {
     use super::*;
     use crate::config::Precision;
     use crate::model::LoadOptions;
-
-    #[test]
-    fn the_heads_weight_gradient_by_the_transposed_product_is_the_direct_ones() {
-        // Small integers: every sum (at most 148 in size) is exact, so the two ways
-        // must agree to the bit with each other and with f32. `d` is a column slice
-        // of a wider matrix, as the backward pass's slices of the vocabulary are; the
-        // rows 10..60 of the gradient take it, the others stay zero.
-        tch::manual_seed(5);
-        let f = (Kind::Float, tch::Device::Cpu);
-        let ints = |shape: &[i64], span: i64| Tensor::randint_low(-span, span + 1, shape, f);
-        let (wide, h) = (ints(&[37, 80], 1), ints(&[37, 24], 2));
-        let d = wide.narrow(1, 5, 50);
-        let bf16 = |t: &Tensor| t.to_kind(Kind::BFloat16);
-        let master = Tensor::zeros([70, 24], f).set_requires_grad(true);
-        let _ = grad_or_zeros(&master);
-        let by = |h_t: Option<&Tensor>| {
-            let _ = master.grad().zero_();
-            HeadGrad::Master.add_rows(&master, 10, &bf16(&d), &bf16(&h), h_t);
-            master.grad().copy()
-        };
-        let direct = by(None);
-        let transposed = by(Some(&transposed_bf16(&bf16(&h))));
-        let want = Tensor::zeros([70, 24], f);
-        want.narrow(0, 10, 50).copy_(&d.tr().mm(&h));
-        assert!(direct.equal(&want));
-        assert!(transposed.equal(&want));
-    }
 
     #[test]
     fn the_heads_backward_gives_the_same_gradients_whatever_its_slices() {

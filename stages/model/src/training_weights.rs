@@ -3,10 +3,13 @@
 //! weights.
 //!
 //! The casts are made once per optimizer step ([`LanguageModel::training_weights`],
-//! before the step's micro-batches) through autograd, so that each micro-batch's
-//! backward pass sends its bf16 gradient through the cast into the master's f32
-//! gradient, where the micro-batches accumulate. A cast keeps no tensor for its
-//! backward, so its graph serves every micro-batch.
+//! before the step's micro-batches). On a GPU they are made through autograd, so that
+//! each micro-batch's backward pass sends its bf16 gradient through the cast into the
+//! master's f32 gradient, where the micro-batches accumulate (a cast keeps no tensor
+//! for its backward, so its graph serves every micro-batch). On the CPU, where the
+//! products are the fused [`linear_bf16`] nodes, they are made without autograd and
+//! each product's backward adds its weight's gradient straight into the masters' f32
+//! gradients ([`crate::weight_grads`]): no bf16 gradient, cast or sum between.
 //!
 //! The casts are stacked as [`crate::InferenceWeights`] stacks its maps (q, k and v
 //! in one matrix, q and k in the rotation's pair layout; gate and up in another), so
@@ -28,8 +31,11 @@ use crate::model::LanguageModel;
 use crate::rope::pair_layout;
 use crate::training::HeadGrad;
 use crate::transformer::{Projections, Transformer, WholeAttention, swiglu};
+use crate::weight_grads::StackGrad;
 
-/// Several maps cast into one `[Σ out, in]` matrix, through autograd.
+/// Several maps cast into one `[Σ out, in]` matrix: through autograd, or, under the
+/// fused nodes, without it, the products adding the maps' gradients into a buffer
+/// whose row blocks are the master weights' gradients.
 #[derive(Debug)]
 struct CastStack {
     weight: Tensor,
@@ -37,12 +43,17 @@ struct CastStack {
     bias: Option<Tensor>,
     /// Each part's rows and its adapter, cast (B's rows in the part's layout).
     parts: Vec<(i64, Option<LoraPair>)>,
+    /// Under the fused nodes, with a part that takes gradients: where the product's
+    /// backward adds the weights' gradients.
+    grads: Option<StackGrad>,
 }
 
 impl CastStack {
     /// `parts` (each map, and whether its rows go to the pair layout of heads of
-    /// `head_dim`) cast to `kind` and stacked.
-    fn new(parts: &[(&Linear, bool)], kind: Kind, head_dim: i64) -> Self {
+    /// `head_dim`) cast to `kind` and stacked; when `direct` (the fused nodes'
+    /// pass), the weights' gradients added by the product into their masters'
+    /// ([`stack_grads`]) rather than through the casts' autograd.
+    fn new(parts: &[(&Linear, bool)], kind: Kind, head_dim: i64, direct: bool) -> Self {
         let layout = |t: &Tensor, pairs: bool| match pairs {
             true => pair_layout(t, head_dim),
             false => t.shallow_clone(),
@@ -53,12 +64,19 @@ impl CastStack {
             [one] => one.shallow_clone(),
             _ => Tensor::cat(&ts, 0),
         };
-        let weight = stack(
-            parts
-                .iter()
-                .map(|(l, p)| layout(&l.weight.to_kind(kind), *p))
-                .collect(),
-        );
+        let cast_weights = || {
+            stack(
+                parts
+                    .iter()
+                    .map(|(l, p)| layout(&l.weight.to_kind(kind), *p))
+                    .collect(),
+            )
+        };
+        let weight = match direct {
+            true => tch::no_grad(cast_weights),
+            false => cast_weights(),
+        };
+        let grads = direct.then(|| stack_grads(parts, head_dim)).flatten();
         let bias = parts.iter().any(|(l, _)| l.bias.is_some()).then(|| {
             stack(
                 parts
@@ -89,12 +107,14 @@ impl CastStack {
             weight,
             bias,
             parts,
+            grads,
         }
     }
 
     /// The same casts, shared (no copy; their graph too).
     fn shallow_copy(&self) -> Self {
         Self {
+            grads: self.grads.as_ref().map(StackGrad::shallow_copy),
             weight: self.weight.shallow_clone(),
             bias: self.bias.as_ref().map(Tensor::shallow_clone),
             parts: self
@@ -112,8 +132,8 @@ impl CastStack {
     fn forward(&self, x: &Tensor, fused: bool) -> Tensor {
         let x = x.to_kind(self.weight.kind());
         let y = match (fused, &self.bias) {
-            (true, None) => linear_bf16(&x, &self.weight),
-            (true, Some(bias)) => linear_bf16(&x, &self.weight) + bias,
+            (true, None) => linear_bf16(&x, &self.weight, self.grads.as_ref()),
+            (true, Some(bias)) => linear_bf16(&x, &self.weight, self.grads.as_ref()) + bias,
             (false, _) => x.linear(&self.weight, self.bias.as_ref()),
         };
         if self.parts.iter().all(|(_, lora)| lora.is_none()) {
@@ -134,6 +154,42 @@ impl CastStack {
             .collect();
         Tensor::cat(&outs, -1)
     }
+}
+
+/// The gradient a stack's product adds its weights' gradients into ([`StackGrad`]),
+/// with the product's output columns in the masters' row order (q and k leave the
+/// product in the pair layout); none when no part takes gradients (an adapter's
+/// frozen base).
+fn stack_grads(parts: &[(&Linear, bool)], head_dim: i64) -> Option<StackGrad> {
+    if !parts.iter().any(|(l, _)| l.weight.requires_grad()) {
+        return None;
+    }
+    let device = parts[0].0.weight.device();
+    let mut columns = Vec::with_capacity(parts.len());
+    let mut start = 0;
+    for (l, pairs) in parts {
+        let n = l.weight.size()[0];
+        let index = Tensor::arange(n, (Kind::Int64, device));
+        // The pair layout's row p holds the master's row `order[p]`: the master's row
+        // m is the output's column argsort(order)[m].
+        columns.push(match pairs {
+            true => pair_layout(&index, head_dim).argsort(0, false) + start,
+            false => index + start,
+        });
+        start += n;
+    }
+    let columns = parts
+        .iter()
+        .any(|(_, pairs)| *pairs)
+        .then(|| Tensor::cat(&columns, 0));
+    let masters: Vec<(Option<&Tensor>, i64)> = parts
+        .iter()
+        .map(|(l, _)| {
+            let w = &l.weight;
+            (w.requires_grad().then_some(w), w.size()[0])
+        })
+        .collect();
+    Some(StackGrad::new(&masters, columns.as_ref()))
 }
 
 /// One layer's maps in the product kind.
@@ -214,7 +270,9 @@ impl LanguageModel {
     /// The weights of this optimizer step's training passes: under mixed precision,
     /// bf16 casts of the master weights (made now; make them again after the weights
     /// change), else the weights themselves. Drops the inference weights kept by
-    /// generation (`kept.rs`).
+    /// generation (`kept.rs`). Under the fused nodes (a CPU pass under mixed
+    /// precision) the products add into the masters' gradients themselves
+    /// (`weight_grads.rs`).
     pub fn training_weights(&self) -> TrainingWeights<'_> {
         let transformer = self.transformer();
         // The step changes the weights: what generation kept goes now rather than
@@ -229,13 +287,14 @@ impl LanguageModel {
             };
         }
         let d = transformer.spec().head_dim;
+        let direct = transformer.fused_layers();
         let layers = transformer
             .layers
             .iter()
             .map(|block| {
                 let [qkv, o, gate_up, down] = block
                     .stacks(true)
-                    .map(|parts| CastStack::new(&parts, kind, d));
+                    .map(|parts| CastStack::new(&parts, kind, d, direct));
                 CastLayer {
                     qkv,
                     o,

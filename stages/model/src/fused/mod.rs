@@ -19,9 +19,9 @@
 //!   opposite angles. libtorch's way was a cast to f32, a complex product and a cast
 //!   back, each way (about 3% of the step).
 //! - [`linear_bf16`]: a layer's product, forward libtorch's own; backward the
-//!   weight's gradient with both operands in plain rows (one transposed first by
-//!   [`transposed_bf16`]'s kernel), where oneDNN ran the transposed view at about
-//!   two thirds of its rate.
+//!   weight's gradient added straight into the f32 master's ([`StackGrad`]), or in bf16 through autograd with both operands in
+//!   plain rows (one transposed first by the transpose kernel), where oneDNN
+//!   ran the transposed view at about two thirds of its rate.
 //!
 //! Values are computed in f32 and rounded to bf16 once (libtorch rounds `silu`'s
 //! output before the product too). libtorch's C API has no custom autograd
@@ -39,6 +39,8 @@ use std::sync::Once;
 use tch::Tensor;
 use torch_sys::C_tensor;
 
+use crate::weight_grads::StackGrad;
+
 unsafe extern "C" {
     fn lsp_fused_set_kernels(kernels: *const kernels::Kernels);
     fn lsp_fused_free(message: *mut c_char);
@@ -52,9 +54,9 @@ unsafe extern "C" {
     fn lsp_linear_bf16(
         x: *const C_tensor,
         w: *const C_tensor,
+        grad: *const C_tensor,
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
-    fn lsp_transposed_bf16(x: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
     fn lsp_rotate_pairs_bf16(
         x: *const C_tensor,
         unit: *const C_tensor,
@@ -63,7 +65,7 @@ unsafe extern "C" {
 }
 
 /// Hands the kernels to the C++ nodes, once per process.
-fn kernels_set() {
+pub(crate) fn kernels_set() {
     static SET: Once = Once::new();
     // SAFETY: `KERNELS` is a static of the layout the C++ side declares; it copies it.
     SET.call_once(|| unsafe { lsp_fused_set_kernels(&kernels::KERNELS) });
@@ -134,27 +136,18 @@ pub(crate) fn swiglu_bf16(gu: &Tensor) -> Tensor {
 }
 
 /// `x · wᵀ` of bf16 `x` (`[..., in]`, CPU) and bf16 `w` (`[out, in]`) by libtorch's
-/// product, as `x.linear(w)`; through autograd, the weight's gradient computed as
-/// `dyᵀ · x` or `(xᵀ · dy)ᵀ` over a contiguous transpose, whichever moves fewer values.
-pub(crate) fn linear_bf16(x: &Tensor, w: &Tensor) -> Tensor {
+/// product, as `x.linear(w)`; through autograd `dx`, and the weight's gradient either
+/// added into `grad` ([`StackGrad`]) or, when `w` requires one, handed to autograd in
+/// bf16, computed as `dyᵀ · x` or `(xᵀ · dy)ᵀ` over a contiguous transpose, whichever
+/// moves fewer values.
+pub(crate) fn linear_bf16(x: &Tensor, w: &Tensor, grad: Option<&StackGrad>) -> Tensor {
     kernels_set();
     let mut out = std::ptr::null_mut();
-    // SAFETY: as in `rms_norm_bf16`.
+    let grad = grad.map_or(std::ptr::null(), |g| g.handle().as_ptr());
+    // SAFETY: as in `rms_norm_bf16`; `grad` is null or a stack gradient's handle.
     unsafe {
-        let error = lsp_linear_bf16(x.as_ptr(), w.as_ptr(), &mut out);
+        let error = lsp_linear_bf16(x.as_ptr(), w.as_ptr(), grad, &mut out);
         made("linear_bf16", error, out)
-    }
-}
-
-/// `x` (a bf16 matrix on the CPU) transposed into a new contiguous tensor (without
-/// gradient).
-pub(crate) fn transposed_bf16(x: &Tensor) -> Tensor {
-    kernels_set();
-    let mut out = std::ptr::null_mut();
-    // SAFETY: as in `rms_norm_bf16`.
-    unsafe {
-        let error = lsp_transposed_bf16(x.as_ptr(), &mut out);
-        made("transposed_bf16", error, out)
     }
 }
 

@@ -3,6 +3,7 @@
 use tch::{Device, Kind, Tensor};
 
 use super::{linear_bf16, rms_norm_bf16, rotate_pairs_bf16, swiglu_bf16};
+use crate::weight_grads::StackGrad;
 
 /// The largest `|a − b|` relative to `b`'s largest magnitude.
 fn off(a: &Tensor, b: &Tensor) -> f64 {
@@ -146,7 +147,7 @@ fn linear_bf16_is_libtorchs_product_and_its_gradients_are_exact_where_the_sums_a
     let x = bf16(Tensor::randn([2, 70, 96], f));
     let w = bf16(Tensor::randn([40, 96], f));
     let want = x.linear::<&Tensor>(&w, None);
-    assert!(linear_bf16(&x, &w).equal(&want));
+    assert!(linear_bf16(&x, &w, None).equal(&want));
     // Small integers: every sum (at most 240 in size) is exact in f32 and in bf16,
     // so the gradients must equal f32's exactly, whatever order the products sum in,
     // and a value moved by the transposes shows. Rows (3 · 37) no multiple of the
@@ -161,7 +162,7 @@ fn linear_bf16_is_libtorchs_product_and_its_gradients_are_exact_where_the_sums_a
         );
         let leaves = |t: &Tensor| bf16(t.copy()).set_requires_grad(true);
         let (xb, wb) = (leaves(&x), leaves(&w));
-        let y = linear_bf16(&xb, &wb);
+        let y = linear_bf16(&xb, &wb, None);
         assert_eq!((y.kind(), y.size()), (Kind::BFloat16, vec![3, 37, out]));
         assert!(y.to_kind(Kind::Float).equal(&x.matmul(&w.tr())), "forward");
         (y.to_kind(Kind::Float) * &dy).sum(Kind::Float).backward();
@@ -175,13 +176,32 @@ fn linear_bf16_is_libtorchs_product_and_its_gradients_are_exact_where_the_sums_a
         assert!(wb.grad().to_kind(Kind::Float).equal(&dw_want), "{out}: dw");
         // The weight's gradient alone (activations without gradient).
         let wb = leaves(&w);
-        (linear_bf16(&bf16(x.copy()), &wb).to_kind(Kind::Float) * &dy)
+        (linear_bf16(&bf16(x.copy()), &wb, None).to_kind(Kind::Float) * &dy)
             .sum(Kind::Float)
             .backward();
         assert!(
             wb.grad().to_kind(Kind::Float).equal(&dw_want),
             "{out}: dw alone"
         );
+        // The weight's gradient added into its f32 master's instead, its rows from
+        // dy's columns in another order (q and k in the pair layout), over two parts:
+        // the first's master had a gradient (1s), which stays under the sum; the
+        // second takes none. The first pass makes the gradient, the second adds into
+        // it; the bf16 weight takes none through autograd.
+        let order = Tensor::randperm(out, (Kind::Int64, Device::Cpu));
+        let first = out / 2;
+        let master = Tensor::zeros([first, 45], f).set_requires_grad(true);
+        (&master * 1.0).sum(Kind::Float).backward();
+        let grad = StackGrad::new(&[(Some(&master), first), (None, out - first)], Some(&order));
+        for _ in 0..2 {
+            let xb = leaves(&x);
+            (linear_bf16(&xb, &bf16(w.copy()), Some(&grad)).to_kind(Kind::Float) * &dy)
+                .sum(Kind::Float)
+                .backward();
+            assert!(xb.grad().to_kind(Kind::Float).equal(&dx_want), "{out}: dx");
+        }
+        let want = dw_want.index_select(0, &order).narrow(0, 0, first) * 2.0 + 1.0;
+        assert!(master.grad().equal(&want), "{out}: dw added");
     }
 }
 
@@ -196,8 +216,8 @@ fn the_nodes_take_empty_inputs_and_refuse_wrong_kinds_with_libtorchs_message() {
     let none = Tensor::zeros([0, 8], (Kind::BFloat16, Device::Cpu));
     assert_eq!(swiglu_bf16(&none).size(), vec![0, 4]);
     let w4 = Tensor::zeros([4, 8], (Kind::BFloat16, Device::Cpu));
-    assert_eq!(linear_bf16(&none, &w4).size(), vec![0, 4]);
-    let refused = std::panic::catch_unwind(|| linear_bf16(&Tensor::zeros([2, 8], f), &w4));
+    assert_eq!(linear_bf16(&none, &w4, None).size(), vec![0, 4]);
+    let refused = std::panic::catch_unwind(|| linear_bf16(&Tensor::zeros([2, 8], f), &w4, None));
     let text = refused
         .unwrap_err()
         .downcast_ref::<String>()
