@@ -257,8 +257,24 @@ fn a_resume_keeps_the_runs_config_or_records_the_change_it_was_allowed() {
     let m = manifest(dir.path());
     assert_eq!(m["config"]["reward"]["kind"], "reward_model");
     assert_eq!(m["resumes"].as_array().unwrap().len(), 0);
-    // Longer, on two workers: free changes; the resume is recorded.
+    // Longer, on two workers, the micro-batches' sequences split over the threads:
+    // free changes (a run started before `auto` was the default recorded
+    // `operators`); the resume is recorded.
     let longer = config(dir.path(), "lsp", 3);
+    let text = std::fs::read_to_string(&longer).unwrap();
+    std::fs::write(
+        &longer,
+        text.replace(
+            "micro_batch_size: 2}",
+            "micro_batch_size: 2, parallelism: sequences}",
+        ),
+    )
+    .unwrap();
+    assert!(
+        std::fs::read_to_string(&longer)
+            .unwrap()
+            .contains("parallelism: sequences")
+    );
     common::run_with(&longer, &["--resume", "--workers", "2"]);
     let resumes = manifest(dir.path())["resumes"].clone();
     assert_eq!(resumes.as_array().unwrap().len(), 1);

@@ -14,8 +14,11 @@ use super::layout::RunDir;
 use crate::config::EpochConfig;
 
 /// Keys a resume may change freely: how long the run is and how it is spread over
-/// threads, workers, processes and hosts (the game does not depend on them).
-const FREE: [&str; 7] = [
+/// threads, workers, processes and hosts, and how a worker's threads share a
+/// micro-batch (the game does not depend on them; sums may run in another order).
+/// `update.parallelism` became `auto` by default after runs had recorded
+/// `operators`: such a run resumes.
+const FREE: [&str; 8] = [
     "run.iterations",
     "run.threads",
     "run.workers",
@@ -23,6 +26,7 @@ const FREE: [&str; 7] = [
     "run.process",
     "run.hostfile",
     "run.replica_check_every",
+    "update.parallelism",
 ];
 
 fn file_hash(path: &std::path::Path) -> Value {
@@ -146,8 +150,9 @@ pub fn check_resume(
     anyhow::ensure!(
         changed.is_empty() || allow,
         "the config differs from the one {} was started with, in {}: resume with the same \
-         config (only run.iterations and the run's layout over workers may change), or \
-         pass --allow-config-change to apply it and have it recorded in manifest.json",
+         config (only run.iterations and the run's layout over workers and threads may \
+         change), or pass --allow-config-change to apply it and have it recorded in \
+         manifest.json",
         dir.root().display(),
         changed.join(", ")
     );
@@ -183,9 +188,10 @@ mod tests {
     #[test]
     fn only_the_length_and_the_layout_change_freely() {
         let before = json!({"run": {"iterations": 3, "workers": 1, "seed": 0},
-            "update": {"learning_rate": 3e-6}, "stages": []});
+            "update": {"learning_rate": 3e-6, "parallelism": "operators"}, "stages": []});
         let now = json!({"run": {"iterations": 9, "workers": 2, "seed": 1},
-            "update": {"learning_rate": 1e-5, "epochs": 2}, "stages": []});
+            "update": {"learning_rate": 1e-5, "epochs": 2, "parallelism": "auto"},
+            "stages": []});
         assert_eq!(
             changed_keys(&before, &now),
             ["run.seed", "update.epochs", "update.learning_rate"]
