@@ -13,6 +13,7 @@ use tch::{Kind, Tensor, nn};
 
 use crate::centered_attention::centered_attention;
 use crate::config::RolloutWeights;
+use crate::decoder::amx_tiles;
 use crate::fused::rms_norm_bf16;
 use crate::kept::Kept;
 use crate::kv_cache::KvCache;
@@ -565,7 +566,9 @@ impl Transformer {
         // The centred products take a sequence's own keys, causal or masked.
         let own_keys = k.size()[2] == t && (is_causal || attn_mask.is_some());
         let y = match maps.whole_attention() {
-            WholeAttention::Centered if own_keys => centered_attention(&q, &k, &v, attn_mask),
+            WholeAttention::Centered if own_keys => {
+                return maps.o(layer, &centered_attention(&q, &k, &v, attn_mask));
+            }
             WholeAttention::Centered => cast_sdpa(Kind::BFloat16),
             WholeAttention::FusedIn(kind) if [&q, &k, &v].iter().any(|t| t.kind() != kind) => {
                 cast_sdpa(kind)
@@ -660,21 +663,23 @@ impl Transformer {
 
     /// How attention over whole sequences runs in a pass with gradient (`autograd`) or
     /// without: in the activations' kind when the products' kind is theirs; under
-    /// mixed precision, libtorch's fused attention on bf16 q, k and v, except in a
-    /// training pass on the CPU, where the centred bf16 products
-    /// (`centered_attention.rs`) take it. libtorch's CPU flash attention runs its
-    /// backward pass slowly (SmolLM2's heads at 8×256 tokens, AMX Xeon: about 25 ms a
-    /// layer in bf16, 15 in f32; the centred products' backward about 9) and its
-    /// forward pass fast (bf16 3.3 ms against the centred products' ~8): passes without
-    /// gradient keep it. The two passes' log-probs then differ by bf16's rounding of
-    /// the scores and probabilities, as the rollouts' do by the decoder's
-    /// (`tests/invariants.rs` checks both ways).
+    /// mixed precision, libtorch's fused attention on bf16 q, k and v, except on the
+    /// CPU in a training pass, and in a pass without gradient where the CPU has no AMX
+    /// tiles: there the centred bf16 products by blocks (`centered_attention.rs`) take
+    /// it. libtorch's CPU flash attention runs its backward pass slowly (SmolLM2's
+    /// heads at 8×256 tokens, AMX Xeon: about 25 ms a layer in bf16, 15 in f32; the
+    /// centred products' backward about 9); its forward pass is fast on AMX tiles (bf16
+    /// 3.3 ms against the unblocked centred products' ~8) and slow without them (an AMD
+    /// EPYC Zen 4: 9 ms against the blocks' ~7). Where the two passes run different
+    /// attention, their log-probs differ by bf16's rounding of the scores and
+    /// probabilities, as the rollouts' do by the decoder's (`tests/invariants.rs`
+    /// checks both ways).
     pub(crate) fn whole_attention(&self, autograd: bool) -> WholeAttention {
         let (weights, device) = self.kind_and_device();
         let products = self.product_kind();
         match (products != weights, device) {
             (false, _) => WholeAttention::Fused,
-            (true, tch::Device::Cpu) if autograd => WholeAttention::Centered,
+            (true, tch::Device::Cpu) if autograd || !amx_tiles() => WholeAttention::Centered,
             (true, _) => WholeAttention::FusedIn(products),
         }
     }

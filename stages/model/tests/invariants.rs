@@ -598,7 +598,8 @@ fn mixed_precision_training_follows_f32_with_gradients_in_the_f32_masters() {
         // The training pass computes what the mixed pass without gradient does (the
         // reference's log-probs): the same stacked bf16 products, SwiGLU in bf16, once
         // attention runs the same way (a training pass on the CPU runs the centred bf16
-        // products, a pass without gradient libtorch's fused bf16 attention).
+        // products; a pass without gradient libtorch's fused bf16 attention where the
+        // CPU has AMX tiles, else the centred products too).
         let without_gradient = |inference: &lsp_model::InferenceWeights<'_>| -> f32 {
             [&pairs[..2], &pairs[2..]]
                 .into_iter()
@@ -610,17 +611,28 @@ fn mixed_precision_training_follows_f32_with_gradients_in_the_f32_masters() {
                 .map(|(a, b)| (a - b).abs())
                 .fold(0f32, f32::max)
         };
-        let inference = lsp_model::InferenceWeights::new(mixed.transformer());
-        let in_bf16 = without_gradient(&inference);
-        let apart = without_gradient(&inference.with_attention(WholeAttention::Centered));
+        let inference = || lsp_model::InferenceWeights::new(mixed.transformer());
+        let apart = without_gradient(&inference().with_attention(WholeAttention::Centered));
         assert!(
             apart < 1e-4,
             "{name}: the training pass is {apart} away from the pass without gradient"
         );
+        let fused = WholeAttention::FusedIn(Kind::BFloat16);
+        let in_bf16 = without_gradient(&inference().with_attention(fused));
         // Measured: 0.043 and 0.034 on these fixtures (apart: 0, the same operators).
         assert!(
             in_bf16 > 1e-6 && in_bf16 < 0.1,
-            "{name}: attention in bf16 moves the log-probs by {in_bf16}"
+            "{name}: libtorch's bf16 attention moves the log-probs by {in_bf16}"
+        );
+        let default = without_gradient(&inference());
+        let chosen = if lsp_model::decoder::amx_tiles() {
+            in_bf16
+        } else {
+            apart
+        };
+        assert_eq!(
+            default, chosen,
+            "{name}: the attention chosen without gradient"
         );
         for ((param, g), (_, h)) in grads_mixed.iter().zip(&grads_exact) {
             let norm = h.norm().double_value(&[]);
