@@ -2,8 +2,8 @@
 //! pass's fused kernels (`src/fused/`), `weight_grads.cpp`, weight gradients added
 //! into f32 without autograd (`src/weight_grads.rs`), and `operator_profile.cpp`,
 //! libtorch's profiler for `src/operator_profile.rs`, against the libtorch that
-//! torch-sys links: its headers beside the library folder torch-sys reports, and
-//! torch-sys's C++ ABI.
+//! torch-sys links: its headers beside the library folder torch-sys reports,
+//! torch-sys's C++ ABI, and libtorch's OpenMP runtime.
 
 use std::env;
 use std::path::PathBuf;
@@ -37,6 +37,13 @@ fn main() {
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
+        // `at::parallel_for` is inline: without OpenMP here its loop runs on the
+        // calling thread alone (ATen/ParallelOpenMP.h), whatever libtorch's pool.
+        .flag("-fopenmp")
         .files(sources)
         .compile("lsp_csrc");
+    // OpenMP's runtime: libtorch's own copy (libtorch_cpu needs it by this name), so
+    // that the nodes and libtorch's operators share one pool.
+    println!("cargo:rustc-link-search=native={}", lib.display());
+    println!("cargo:rustc-link-lib=dylib:+verbatim=libgomp.so.1");
 }

@@ -15,6 +15,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 
@@ -26,6 +27,42 @@ using torch::autograd::variable_list;
 using lsp::guarded;
 
 extern "C" {
+// One (sequence, key/value head)'s keys and values (bf16 rows, `k_ld` / `v_ld`
+// apart) packed into `kp` ([⌈keys/16⌉ · 16 · dim/2] words) and `vp` ([⌈keys/2⌉ ·
+// dim] words), as `src/fused/attention.rs` reads them.
+struct LspAttentionPack {
+  const uint16_t* k;
+  int64_t k_ld;
+  const uint16_t* v;
+  int64_t v_ld;
+  int64_t keys;
+  int64_t dim;
+  uint32_t* kp;
+  uint32_t* vp;
+};
+
+// One group's `heads` query heads (row (position, head) at q + position · q_ld +
+// head · q_head) at positions first..end over its packed keys and values; causal
+// when `mask` is null, else the row at mask + position · mask_ld added (bf16);
+// output row (position, head) at out + position · out_ld + head · dim (bf16).
+struct LspAttentionRows {
+  const uint16_t* q;
+  int64_t q_ld;
+  int64_t q_head;
+  int64_t heads;
+  const uint32_t* kp;
+  const uint32_t* vp;
+  int64_t keys;
+  int64_t dim;
+  const uint16_t* mask;
+  int64_t mask_ld;
+  float scale;
+  int64_t first;
+  int64_t end;
+  uint16_t* out;
+  int64_t out_ld;
+};
+
 // The kernels, each over a block of `rows` contiguous rows.
 struct LspFusedKernels {
   // y = bf16(x · rstd · w), rstd = 1/√(mean(x²) + eps); x f32 [rows, dim].
@@ -50,6 +87,9 @@ struct LspFusedKernels {
   // [cols, rows]).
   void (*transpose)(const uint16_t* x, int64_t rows, int64_t cols, int64_t begin,
                     int64_t end, uint16_t* y);
+  // The attention of `src/fused/attention.rs`: packing, then a run of positions.
+  void (*attention_pack)(const LspAttentionPack* args);
+  void (*attention_rows)(const LspAttentionRows* args);
 };
 }
 
@@ -275,6 +315,91 @@ struct RotatePairsBf16 : public torch::autograd::Function<RotatePairsBf16> {
   }
 };
 
+// Query positions a task of `attention_bf16` takes.
+constexpr int64_t kAttentionPositions = 32;
+
+// softmax(q·kᵀ · scale + mask)·v without gradient for q [batch, heads, seq, dim] and
+// k, v [batch, kv_heads, seq, dim] (bf16, their last dimension contiguous), causal
+// when `mask` is undefined, else with the additive `mask` ([batch or 1, 1, seq, seq]);
+// [batch, seq, heads · dim] bf16. Keys and values are packed first, a task per
+// (sequence, key/value head); then each task takes a run of query positions of one
+// group, the runs of a group taken from both ends in turn so that a contiguous share
+// of the tasks (what a thread gets) holds as many early, short rows as late ones.
+at::Tensor attention_bf16(const at::Tensor& q_in, const at::Tensor& k_in,
+                          const at::Tensor& v_in, const at::Tensor& mask_in) {
+  TORCH_CHECK(q_in.scalar_type() == at::kBFloat16 && k_in.scalar_type() == at::kBFloat16 &&
+                  v_in.scalar_type() == at::kBFloat16 && q_in.dim() == 4 &&
+                  k_in.dim() == 4 && v_in.dim() == 4,
+              "attention_bf16 takes bf16 q, k and v of [batch, heads, seq, head_dim]");
+  const auto q = q_in.stride(3) == 1 ? q_in : q_in.contiguous();
+  const auto k = k_in.stride(3) == 1 ? k_in : k_in.contiguous();
+  const auto v = v_in.stride(3) == 1 ? v_in : v_in.contiguous();
+  const int64_t batch = q.size(0), heads = q.size(1), seq = q.size(2), dim = q.size(3);
+  const int64_t kv = k.size(1);
+  TORCH_CHECK(kv > 0 && heads % kv == 0 && k.size(0) == batch && v.sizes() == k.sizes() &&
+                  k.size(2) == seq && k.size(3) == dim,
+              "attention_bf16: k and v of [batch, kv_heads, seq, head_dim] for q of ",
+              q.sizes());
+  TORCH_CHECK(dim > 0 && dim % 16 == 0 && dim <= 128, "attention_bf16: head_dim ", dim,
+              " (a multiple of 16 up to 128)");
+  at::Tensor mask;
+  if (mask_in.defined()) {
+    mask = mask_in.to(at::kBFloat16).expand({batch, 1, seq, seq});
+    if (mask.stride(3) != 1) mask = mask.contiguous();
+  }
+  const int64_t group = heads / kv;
+  // Keys padded to whole tiles of 64 (`padded` in attention.rs), values to pairs.
+  const int64_t padded = (seq + 63) / 64 * 64, pairs = (seq + 1) / 2;
+  auto kp = at::empty({batch * kv, padded * dim / 2}, q.options().dtype(at::kInt));
+  auto vp = at::empty({batch * kv, pairs * dim}, q.options().dtype(at::kInt));
+  auto out = at::empty({batch, seq, heads * dim}, q.options());
+  const uint16_t* qp = bf16_ptr(q);
+  const uint16_t* kptr = bf16_ptr(k);
+  const uint16_t* vptr = bf16_ptr(v);
+  auto* kpp = reinterpret_cast<uint32_t*>(kp.data_ptr<int32_t>());
+  auto* vpp = reinterpret_cast<uint32_t*>(vp.data_ptr<int32_t>());
+  uint16_t* op = bf16_ptr(out);
+  at::parallel_for(0, batch * kv, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; i++) {
+      const int64_t b = i / kv, g = i % kv;
+      const LspAttentionPack args{kptr + b * k.stride(0) + g * k.stride(1), k.stride(2),
+                                  vptr + b * v.stride(0) + g * v.stride(1), v.stride(2),
+                                  seq, dim, kpp + i * kp.size(1), vpp + i * vp.size(1)};
+      kernels.attention_pack(&args);
+    }
+  });
+  const int64_t runs = (seq + kAttentionPositions - 1) / kAttentionPositions;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
+  at::parallel_for(0, batch * kv * runs, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; i++) {
+      const int64_t groups = i / runs, turn = i % runs;
+      const int64_t b = groups / kv, g = groups % kv;
+      const int64_t run = turn % 2 == 0 ? turn / 2 : runs - 1 - turn / 2;
+      const int64_t first = run * kAttentionPositions;
+      const int64_t last = std::min(seq, first + kAttentionPositions);
+      const uint16_t* maskp =
+          mask.defined() ? bf16_ptr(mask) + b * mask.stride(0) : nullptr;
+      const LspAttentionRows args{qp + b * q.stride(0) + g * group * q.stride(1),
+                                  q.stride(2),
+                                  q.stride(1),
+                                  group,
+                                  kpp + groups * kp.size(1),
+                                  vpp + groups * vp.size(1),
+                                  seq,
+                                  dim,
+                                  maskp,
+                                  mask.defined() ? mask.stride(2) : 0,
+                                  scale,
+                                  first,
+                                  last,
+                                  op + b * seq * heads * dim + g * group * dim,
+                                  heads * dim};
+      kernels.attention_rows(&args);
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 extern "C" {
@@ -297,6 +422,17 @@ char* lsp_swiglu_bf16(const at::Tensor* gu, at::Tensor** out) {
   return guarded([&] {
     RECORD_FUNCTION("lsp::swiglu_bf16", std::vector<c10::IValue>({*gu}));
     *out = new at::Tensor(SwigluBf16::apply(*gu));
+  });
+}
+
+// `*out` = attention_bf16(q, k, v, mask) as a new tensor (`mask` null: causal);
+// returns an error or null.
+char* lsp_attention_bf16(const at::Tensor* q, const at::Tensor* k, const at::Tensor* v,
+                         const at::Tensor* mask, at::Tensor** out) {
+  return guarded([&] {
+    RECORD_FUNCTION("lsp::attention_bf16", std::vector<c10::IValue>({*q}));
+    at::NoGradGuard no_grad;
+    *out = new at::Tensor(attention_bf16(*q, *k, *v, mask ? *mask : at::Tensor()));
   });
 }
 

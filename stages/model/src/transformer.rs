@@ -13,8 +13,8 @@ use tch::{Kind, Tensor, nn};
 
 use crate::centered_attention::centered_attention;
 use crate::config::RolloutWeights;
-use crate::decoder::amx_tiles;
-use crate::fused::rms_norm_bf16;
+use crate::decoder::{amx_tiles, bf16_units};
+use crate::fused::{attention_bf16, attention_bf16_takes, rms_norm_bf16};
 use crate::kept::Kept;
 use crate::kv_cache::KvCache;
 use crate::layers::{Embedding, Linear, RmsNorm, linear_in_weight_kind};
@@ -77,6 +77,9 @@ pub enum WholeAttention {
     /// bf16 batched products with scores centred on each row's largest
     /// (`centered_attention.rs`); the output is bf16.
     Centered,
+    /// Without gradient: AVX512-BF16's dot products, the scores and the softmax in
+    /// f32 (`fused/attention.rs`); the output is bf16.
+    Dots,
 }
 
 impl WholeAttention {
@@ -86,7 +89,7 @@ impl WholeAttention {
         match self {
             Self::Fused => activations,
             Self::FusedIn(kind) => kind,
-            Self::Centered => Kind::BFloat16,
+            Self::Centered | Self::Dots => Kind::BFloat16,
         }
     }
 }
@@ -569,7 +572,12 @@ impl Transformer {
             WholeAttention::Centered if own_keys => {
                 return maps.o(layer, &centered_attention(&q, &k, &v, attn_mask));
             }
-            WholeAttention::Centered => cast_sdpa(Kind::BFloat16),
+            WholeAttention::Dots if own_keys => {
+                let bf16 = |t: &Tensor| t.to_kind(Kind::BFloat16);
+                let y = attention_bf16(&bf16(&q), &bf16(&k), &bf16(&v), attn_mask);
+                return maps.o(layer, &y);
+            }
+            WholeAttention::Centered | WholeAttention::Dots => cast_sdpa(Kind::BFloat16),
             WholeAttention::FusedIn(kind) if [&q, &k, &v].iter().any(|t| t.kind() != kind) => {
                 cast_sdpa(kind)
             }
@@ -664,13 +672,16 @@ impl Transformer {
     /// How attention over whole sequences runs in a pass with gradient (`autograd`) or
     /// without: in the activations' kind when the products' kind is theirs; under
     /// mixed precision, libtorch's fused attention on bf16 q, k and v, except on the
-    /// CPU in a training pass, and in a pass without gradient where the CPU has no AMX
-    /// tiles: there the centred bf16 products by blocks (`centered_attention.rs`) take
-    /// it. libtorch's CPU flash attention runs its backward pass slowly (SmolLM2's
-    /// heads at 8×256 tokens, AMX Xeon: about 25 ms a layer in bf16, 15 in f32; the
-    /// centred products' backward about 9); its forward pass is fast on AMX tiles (bf16
-    /// 3.3 ms against the unblocked centred products' ~8) and slow without them (an AMD
-    /// EPYC Zen 4: 9 ms against the blocks' ~7). Where the two passes run different
+    /// CPU in a training pass, where the centred bf16 products by blocks
+    /// (`centered_attention.rs`) take it, and in a pass without gradient where the CPU
+    /// has no AMX tiles, where AVX512-BF16's dot products with the softmax in f32
+    /// (`fused/attention.rs`) do (heads of a multiple of 16 values up to 128; else the
+    /// centred products). libtorch's CPU flash attention runs its backward pass
+    /// slowly (SmolLM2's heads at 8×256 tokens, AMX Xeon: about 25 ms a layer in bf16,
+    /// 15 in f32; the centred products' backward about 9); its forward pass is fast on
+    /// AMX tiles (bf16 3.3 ms against the unblocked centred products' ~8) and slow
+    /// without them (an AMD EPYC Zen 4: 9 ms against the blocks' ~7 and the dot
+    /// products' ~2.5). Where the two passes run different
     /// attention, their log-probs differ by bf16's rounding of the scores and
     /// probabilities, as the rollouts' do by the decoder's (`tests/invariants.rs`
     /// checks both ways).
@@ -679,6 +690,14 @@ impl Transformer {
         let products = self.product_kind();
         match (products != weights, device) {
             (false, _) => WholeAttention::Fused,
+            (true, tch::Device::Cpu)
+                if !autograd
+                    && !amx_tiles()
+                    && bf16_units()
+                    && attention_bf16_takes(self.spec.head_dim) =>
+            {
+                WholeAttention::Dots
+            }
             (true, tch::Device::Cpu) if autograd || !amx_tiles() => WholeAttention::Centered,
             (true, _) => WholeAttention::FusedIn(products),
         }

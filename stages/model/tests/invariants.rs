@@ -599,7 +599,7 @@ fn mixed_precision_training_follows_f32_with_gradients_in_the_f32_masters() {
         // reference's log-probs): the same stacked bf16 products, SwiGLU in bf16, once
         // attention runs the same way (a training pass on the CPU runs the centred bf16
         // products; a pass without gradient libtorch's fused bf16 attention where the
-        // CPU has AMX tiles, else the centred products too).
+        // CPU has AMX tiles, else AVX512-BF16's dot products with the softmax in f32).
         let without_gradient = |inference: &lsp_model::InferenceWeights<'_>| -> f32 {
             [&pairs[..2], &pairs[2..]]
                 .into_iter()
@@ -624,11 +624,20 @@ fn mixed_precision_training_follows_f32_with_gradients_in_the_f32_masters() {
             in_bf16 > 1e-6 && in_bf16 < 0.1,
             "{name}: libtorch's bf16 attention moves the log-probs by {in_bf16}"
         );
+        // The dot products with the softmax in f32, where the CPU has AVX512-BF16.
+        let dots = lsp_model::decoder::bf16_units()
+            .then(|| without_gradient(&inference().with_attention(WholeAttention::Dots)));
+        if let Some(dots) = dots {
+            assert!(
+                dots > 1e-6 && dots < 0.1,
+                "{name}: the bf16 dot products' attention moves the log-probs by {dots}"
+            );
+        }
         let default = without_gradient(&inference());
-        let chosen = if lsp_model::decoder::amx_tiles() {
-            in_bf16
-        } else {
-            apart
+        let chosen = match (lsp_model::decoder::amx_tiles(), dots) {
+            (true, _) => in_bf16,
+            (false, Some(dots)) => dots,
+            (false, None) => apart,
         };
         assert_eq!(
             default, chosen,

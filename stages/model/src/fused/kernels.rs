@@ -9,6 +9,7 @@
 
 use multiversion::multiversion;
 
+use super::attention;
 use crate::decoder::Isa;
 use crate::decoder::host_math::{Bf16, dot, exp};
 
@@ -30,6 +31,8 @@ pub(super) struct Kernels {
     swiglu_backward: unsafe extern "C" fn(*const u16, *const u16, *mut u16, i64, i64),
     rotate_pairs: unsafe extern "C" fn(*const u16, i64, *const f32, *mut u16, i64, i64, i32),
     transpose: unsafe extern "C" fn(*const u16, i64, i64, i64, i64, *mut u16),
+    attention_pack: unsafe extern "C" fn(*const attention::PackArgs),
+    attention_rows: unsafe extern "C" fn(*const attention::RowsArgs),
 }
 
 /// The kernels the nodes call.
@@ -40,6 +43,8 @@ pub(super) static KERNELS: Kernels = Kernels {
     swiglu_backward,
     rotate_pairs,
     transpose,
+    attention_pack: attention::pack,
+    attention_rows: attention::rows,
 };
 
 /// A slice of `len` values at `p`.
@@ -47,7 +52,7 @@ pub(super) static KERNELS: Kernels = Kernels {
 /// # Safety
 /// `p` points at `len` initialised values that nothing writes while the slice lives
 /// (or `len` is 0).
-unsafe fn view<'a, T>(p: *const T, len: usize) -> &'a [T] {
+pub(super) unsafe fn view<'a, T>(p: *const T, len: usize) -> &'a [T] {
     match len {
         0 => &[],
         // SAFETY: the caller's promise.
@@ -60,7 +65,7 @@ unsafe fn view<'a, T>(p: *const T, len: usize) -> &'a [T] {
 /// # Safety
 /// `p` points at `len` values that nothing else reads or writes while the slice
 /// lives (or `len` is 0).
-unsafe fn view_mut<'a, T>(p: *mut T, len: usize) -> &'a mut [T] {
+pub(super) unsafe fn view_mut<'a, T>(p: *mut T, len: usize) -> &'a mut [T] {
     match len {
         0 => &mut [],
         // SAFETY: the caller's promise.

@@ -18,6 +18,8 @@
 //!   of its output) → rotated bf16 in the layout attention reads; backward by the
 //!   opposite angles. libtorch's way was a cast to f32, a complex product and a cast
 //!   back, each way (about 3% of the step).
+//! - [`attention_bf16`]: attention over whole sequences without gradient, its scores
+//!   and softmax in f32 from AVX512-BF16's dot products (`attention.rs`).
 //! - [`linear_bf16`]: a layer's product, forward libtorch's own; backward the
 //!   weight's gradient added straight into the f32 master's ([`StackGrad`]), or in bf16 through autograd with both operands in
 //!   plain rows (one transposed first by the transpose kernel), where oneDNN
@@ -31,6 +33,7 @@
 
 #![allow(unsafe_code)]
 
+mod attention;
 mod kernels;
 
 use std::ffi::{CStr, c_char};
@@ -55,6 +58,13 @@ unsafe extern "C" {
         x: *const C_tensor,
         w: *const C_tensor,
         grad: *const C_tensor,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
+    fn lsp_attention_bf16(
+        q: *const C_tensor,
+        k: *const C_tensor,
+        v: *const C_tensor,
+        mask: *const C_tensor,
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
     fn lsp_rotate_pairs_bf16(
@@ -163,6 +173,33 @@ pub(crate) fn rotate_pairs_bf16(x: &Tensor, unit: &Tensor) -> Tensor {
         let error = lsp_rotate_pairs_bf16(x.as_ptr(), unit.as_ptr(), &mut out);
         made("rotate_pairs_bf16", error, out)
     }
+}
+
+/// `softmax(q·kᵀ/√d + mask)·v` without gradient, on AVX512-BF16's dot products with
+/// the scores and the softmax in f32 ([`attention`]): `q` `[batch, heads, seq, d]`,
+/// `k` and `v` `[batch, kv_heads, seq, d]` (bf16, CPU; query head `i` reads key/value
+/// head `i / (heads / kv_heads)`), causal, or with the additive `mask` (`[batch, 1,
+/// seq, seq]`) instead. Returns `[batch, seq, heads · d]` in bf16. Needs AVX512-BF16
+/// ([`crate::decoder::bf16_units`]) and a head size it takes ([`attention_bf16_takes`]).
+pub(crate) fn attention_bf16(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Tensor {
+    assert!(
+        crate::decoder::bf16_units(),
+        "attention_bf16 needs AVX512-BF16 (and LSP_CPU_ISA not below it)"
+    );
+    kernels_set();
+    let mut out = std::ptr::null_mut();
+    let mask = mask.map_or(std::ptr::null(), |m| m.as_ptr());
+    // SAFETY: as in `rms_norm_bf16`; `mask` is null or a valid tensor.
+    unsafe {
+        let error = lsp_attention_bf16(q.as_ptr(), k.as_ptr(), v.as_ptr(), mask, &mut out);
+        made("attention_bf16", error, out)
+    }
+}
+
+/// Whether [`attention_bf16`] takes heads of `head_dim` values: a multiple of 16, up
+/// to 128.
+pub(crate) fn attention_bf16_takes(head_dim: i64) -> bool {
+    usize::try_from(head_dim).is_ok_and(attention::takes)
 }
 
 #[cfg(test)]

@@ -283,3 +283,75 @@ fn every_build_of_the_kernels_the_cpu_runs_computes_the_plain_builds_bits() {
         );
     }
 }
+
+#[test]
+#[allow(clippy::print_stderr)] // Says why the test checked nothing on this CPU.
+fn attention_bf16_is_f32_attention_to_bf16s_rounding_causal_and_padded() {
+    use super::attention_bf16;
+    use crate::mask::AttentionMask;
+    if !crate::decoder::bf16_units() {
+        eprintln!("no AVX512-BF16 here: the bf16 attention is not run");
+        return;
+    }
+    tch::manual_seed(14);
+    let f = (Kind::Float, Device::Cpu);
+    let bf16 = |x: Tensor| x.to_kind(Kind::BFloat16);
+    // Groups of 1 to 5 heads (tiles of 3, and of 4 plus 1 at 5), head_dim 16 to 128,
+    // lengths off the kernel's 16 keys and 32 positions (and one position alone).
+    for (b, h, kv, t, d) in [
+        (2i64, 6i64, 2i64, 150i64, 64i64),
+        (1, 8, 2, 33, 128),
+        (2, 5, 1, 17, 32),
+        (1, 3, 1, 1, 64),
+        (1, 4, 2, 70, 16),
+        (1, 2, 1, 9, 80),
+    ] {
+        // Scores of standard deviation ~9, as the centred attention's test.
+        let q = bf16(Tensor::randn([b, h, t, d], f) * 3.0);
+        let k = bf16(Tensor::randn([b, kv, t, d], f) * 3.0);
+        // v as the layers hand it over: a head-strided view of a wider product.
+        let wide = bf16(Tensor::randn([b, t, kv + 1, d], f));
+        let v = wide.narrow(2, 0, kv).transpose(1, 2);
+        let rep = |x: &Tensor| {
+            x.to_kind(Kind::Float)
+                .repeat_interleave_self_int(h / kv, 1, None)
+        };
+        // The last sequence's first 5 positions are left padding.
+        let real = Tensor::ones([b, t], (Kind::Bool, Device::Cpu));
+        let pad = 5.min(t - 1);
+        let _ = real.get(b - 1).narrow(0, 0, pad).fill_(0);
+        let causal = Tensor::ones([t, t], (Kind::Bool, Device::Cpu)).tril(0);
+        let visible = causal
+            .view([1, 1, t, t])
+            .logical_and(&real.view([b, 1, 1, t]));
+        let padded = AttentionMask::from_visible(&visible, Kind::Float);
+        for mask in [None, Some(&padded)] {
+            let want = Tensor::scaled_dot_product_attention(
+                &q.to_kind(Kind::Float),
+                &rep(&k),
+                &rep(&v),
+                mask,
+                0.0,
+                mask.is_none(),
+                None,
+                false,
+            )
+            .transpose(1, 2)
+            .reshape([b, t, h * d]);
+            let got = attention_bf16(&q, &k, &v, mask.map(|m| m.to_kind(Kind::BFloat16)).as_ref());
+            assert_eq!(
+                (got.kind(), got.size()),
+                (Kind::BFloat16, vec![b, t, h * d])
+            );
+            // Rows that see something: padding rows see nothing (any finite mean).
+            let seen = real.view([b, t, 1]).to_kind(Kind::Float);
+            let (got, want) = (got.to_kind(Kind::Float) * &seen, want * &seen);
+            let rel = (&got - &want).norm().double_value(&[]) / want.norm().double_value(&[]);
+            let at = format!("{b}×{h}/{kv} heads × {t} × {d}, mask {}", mask.is_some());
+            assert!(rel < 4e-3, "{at}: {rel}");
+            // Each row's weights sum to one before the rounding of the output.
+            let worst = (&got - &want).abs().max().double_value(&[]);
+            assert!(worst < 0.05, "{at}: {worst}");
+        }
+    }
+}
