@@ -153,7 +153,7 @@ pub(super) unsafe fn attend_rows(rows: &Rows<'_>, out: *mut u16, out_ld: usize) 
                 std::slice::from_raw_parts_mut(out.add(position * out_ld + head * dim), n * dim)
             };
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: the CPU has AVX512-BF16 (asserted above, and BW with it); the
+            // SAFETY: the CPU has AVX512-BF16 (asserted above); the
             // packed keys hold `width` keys' pairs and the values `seen` keys'
             // (asserted above); `scores` and `weights` hold `n` rows of `width`,
             // `out` `n` rows of `dim`, `mask` `keys ≥ seen` values.
@@ -181,6 +181,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{KEYS, ROWS, VECTORS};
+    use crate::decoder::host_math;
 
     /// `scores[r][key] = scale · q[r]·k[key]` for the keys of the tiles over `0..seen`
     /// (those past `seen` are scored too and weighed 0 by [`weigh`]).
@@ -273,9 +274,9 @@ mod x86 {
     /// its vector of 16; returns the f32 sum of the unrounded weights.
     ///
     /// # Safety
-    /// The CPU has AVX-512 F, BW and BF16; `row` and `weights` hold `⌈seen/16⌉·16`
+    /// The CPU has AVX-512 F and BF16; `row` and `weights` hold `⌈seen/16⌉·16`
     /// values, `mask` (if any) `seen`.
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    #[target_feature(enable = "avx512f,avx512bf16")]
     pub(super) unsafe fn weigh(
         row: &mut [f32],
         seen: usize,
@@ -296,9 +297,13 @@ mod x86 {
             // SAFETY: vector `i` lies within `row` (asserted above).
             let mut v = unsafe { _mm512_loadu_ps(s.add(i * KEYS)) };
             if let Some(mask) = mask {
-                // SAFETY: the mask's live lanes lie within it (asserted above).
-                let m =
-                    unsafe { _mm256_maskz_loadu_epi16(live, mask.as_ptr().add(i * KEYS).cast()) };
+                // The vector's live part of the mask, zeros past it (no masked 16-bit
+                // load: that is AVX512-BW's).
+                let mut part = [0u16; KEYS];
+                let live_part = &mask[i * KEYS..seen.min((i + 1) * KEYS)];
+                part[..live_part.len()].copy_from_slice(live_part);
+                // SAFETY: 16 values of a local array.
+                let m = unsafe { _mm256_loadu_si256(part.as_ptr().cast()) };
                 let m = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(m)));
                 v = _mm512_add_ps(v, m);
             }
@@ -320,41 +325,19 @@ mod x86 {
         _mm512_reduce_add_ps(sum)
     }
 
-    /// `eˣ` lane by lane, as [`crate::decoder::host_math::exp`] computes it (Cephes'
-    /// `expf`, `x` clamped to [−87, 88]).
+    /// `eˣ` lane by lane: [`crate::decoder::host_math::exp`] over the 16 lanes, which
+    /// LLVM vectorizes within this build.
     #[target_feature(enable = "avx512f")]
     #[inline]
     fn exp(x: __m512) -> __m512 {
-        const LN2_HI: f32 = 0.693_359_4;
-        const LN2_LO: f32 = -2.121_944_4e-4;
-        const ROUNDER: f32 = 12_582_912.0;
-        let x = _mm512_min_ps(
-            _mm512_max_ps(x, _mm512_set1_ps(-87.0)),
-            _mm512_set1_ps(88.0),
-        );
-        let rounder = _mm512_set1_ps(ROUNDER);
-        let shifted = _mm512_fmadd_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E), rounder);
-        let n = _mm512_sub_ps(shifted, rounder);
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
-        let mut p = _mm512_set1_ps(1.987_569_1e-4);
-        for c in [
-            1.398_199_9e-3,
-            8.333_452e-3,
-            4.166_579_6e-2,
-            0.166_666_66,
-            0.5,
-        ] {
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        let mut lanes = [0f32; KEYS];
+        // SAFETY: 16 values to and from a local array of 16.
+        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), x) };
+        for v in &mut lanes {
+            *v = host_math::exp(*v);
         }
-        let er = _mm512_fmadd_ps(
-            p,
-            _mm512_mul_ps(r, r),
-            _mm512_add_ps(r, _mm512_set1_ps(1.0)),
-        );
-        let bits = _mm512_sub_epi32(_mm512_castps_si512(shifted), _mm512_castps_si512(rounder));
-        let two_n = _mm512_slli_epi32::<23>(_mm512_add_epi32(bits, _mm512_set1_epi32(127)));
-        _mm512_mul_ps(er, _mm512_castsi512_ps(two_n))
+        // SAFETY: as above.
+        unsafe { _mm512_loadu_ps(lanes.as_ptr()) }
     }
 
     /// `out[r] = bf16(Σ_j weights[r][j] · v[j] / sums[r])` over the keys `0..seen`,
