@@ -61,6 +61,39 @@ struct LspAttentionRows {
   int64_t end;
   uint16_t* out;
   int64_t out_ld;
+  // Null, or each row's largest masked score and inverse sum at stats + 2 · (position
+  // · heads + head), for the backward pass.
+  float* stats;
+};
+
+// One group's gradients (`src/fused/attention_grads.rs`): q's rows as in
+// LspAttentionRows, keys and values rows `k_ld` / `v_ld` apart, the output's gradient
+// `dy` (row (position, head) at dy + position · dy_ld + head · dim), the forward's
+// `stats`; dq row (position, head) at dq + position · dq_ld + head · dim,
+// dk and dv rows dk_ld / dv_ld apart (bf16).
+struct LspAttentionGrads {
+  const uint16_t* q;
+  int64_t q_ld;
+  int64_t q_head;
+  int64_t heads;
+  const uint16_t* k;
+  int64_t k_ld;
+  const uint16_t* v;
+  int64_t v_ld;
+  const uint16_t* dy;
+  int64_t dy_ld;
+  const float* stats;
+  int64_t keys;
+  int64_t dim;
+  const uint16_t* mask;
+  int64_t mask_ld;
+  float scale;
+  uint16_t* dq;
+  int64_t dq_ld;
+  uint16_t* dk;
+  int64_t dk_ld;
+  uint16_t* dv;
+  int64_t dv_ld;
 };
 
 // The kernels, each over a block of `rows` contiguous rows.
@@ -90,6 +123,7 @@ struct LspFusedKernels {
   // The attention of `src/fused/attention.rs`: packing, then a run of positions.
   void (*attention_pack)(const LspAttentionPack* args);
   void (*attention_rows)(const LspAttentionRows* args);
+  void (*attention_grads)(const LspAttentionGrads* args);
 };
 }
 
@@ -318,41 +352,70 @@ struct RotatePairsBf16 : public torch::autograd::Function<RotatePairsBf16> {
 // Query positions a task of `attention_bf16` takes.
 constexpr int64_t kAttentionPositions = 32;
 
-// softmax(q·kᵀ · scale + mask)·v without gradient for q [batch, heads, seq, dim] and
-// k, v [batch, kv_heads, seq, dim] (bf16, their last dimension contiguous), causal
-// when `mask` is undefined, else with the additive `mask` ([batch or 1, 1, seq, seq]);
-// [batch, seq, heads · dim] bf16. Keys and values are packed first, a task per
-// (sequence, key/value head); then each task takes a run of query positions of one
-// group, the runs of a group taken from both ends in turn so that a contiguous share
-// of the tasks (what a thread gets) holds as many early, short rows as late ones.
-at::Tensor attention_bf16(const at::Tensor& q_in, const at::Tensor& k_in,
-                          const at::Tensor& v_in, const at::Tensor& mask_in) {
+// attention_bf16's inputs, checked: q [batch, heads, seq, dim] and k, v [batch,
+// kv_heads, seq, dim] (bf16, their last dimension made contiguous), the mask (if any)
+// bf16 [batch, 1, seq, seq] with its last dimension contiguous.
+struct AttentionInputs {
+  at::Tensor q, k, v, mask;
+  int64_t batch, heads, seq, dim, kv, group;
+  float scale;
+};
+
+AttentionInputs attention_inputs(const at::Tensor& q_in, const at::Tensor& k_in,
+                                 const at::Tensor& v_in, const at::Tensor& mask_in) {
   TORCH_CHECK(q_in.scalar_type() == at::kBFloat16 && k_in.scalar_type() == at::kBFloat16 &&
                   v_in.scalar_type() == at::kBFloat16 && q_in.dim() == 4 &&
                   k_in.dim() == 4 && v_in.dim() == 4,
               "attention_bf16 takes bf16 q, k and v of [batch, heads, seq, head_dim]");
-  const auto q = q_in.stride(3) == 1 ? q_in : q_in.contiguous();
-  const auto k = k_in.stride(3) == 1 ? k_in : k_in.contiguous();
-  const auto v = v_in.stride(3) == 1 ? v_in : v_in.contiguous();
-  const int64_t batch = q.size(0), heads = q.size(1), seq = q.size(2), dim = q.size(3);
-  const int64_t kv = k.size(1);
-  TORCH_CHECK(kv > 0 && heads % kv == 0 && k.size(0) == batch && v.sizes() == k.sizes() &&
-                  k.size(2) == seq && k.size(3) == dim,
+  AttentionInputs in;
+  in.q = q_in.stride(3) == 1 ? q_in : q_in.contiguous();
+  in.k = k_in.stride(3) == 1 ? k_in : k_in.contiguous();
+  in.v = v_in.stride(3) == 1 ? v_in : v_in.contiguous();
+  in.batch = in.q.size(0);
+  in.heads = in.q.size(1);
+  in.seq = in.q.size(2);
+  in.dim = in.q.size(3);
+  in.kv = in.k.size(1);
+  TORCH_CHECK(in.kv > 0 && in.heads % in.kv == 0 && in.k.size(0) == in.batch &&
+                  in.v.sizes() == in.k.sizes() && in.k.size(2) == in.seq &&
+                  in.k.size(3) == in.dim,
               "attention_bf16: k and v of [batch, kv_heads, seq, head_dim] for q of ",
-              q.sizes());
-  TORCH_CHECK(dim > 0 && dim % 16 == 0 && dim <= 128, "attention_bf16: head_dim ", dim,
-              " (a multiple of 16 up to 128)");
-  at::Tensor mask;
+              in.q.sizes());
+  TORCH_CHECK(in.dim > 0 && in.dim % 16 == 0 && in.dim <= 128, "attention_bf16: head_dim ",
+              in.dim, " (a multiple of 16 up to 128)");
   if (mask_in.defined()) {
-    mask = mask_in.to(at::kBFloat16).expand({batch, 1, seq, seq});
-    if (mask.stride(3) != 1) mask = mask.contiguous();
+    in.mask = mask_in.to(at::kBFloat16).expand({in.batch, 1, in.seq, in.seq});
+    if (in.mask.stride(3) != 1) in.mask = in.mask.contiguous();
   }
-  const int64_t group = heads / kv;
+  in.group = in.heads / in.kv;
+  in.scale = 1.0f / std::sqrt(static_cast<float>(in.dim));
+  return in;
+}
+
+const uint16_t* mask_ptr(const AttentionInputs& in, int64_t b) {
+  return in.mask.defined() ? bf16_ptr(in.mask) + b * in.mask.stride(0) : nullptr;
+}
+
+// softmax(q·kᵀ · scale + mask)·v, causal when there is no mask; [batch, seq, heads ·
+// dim] bf16, and (given `stats`, f32 [batch · kv_heads, seq · group, 2]) each row's
+// softmax statistics. Keys and values are packed first, a task per (sequence,
+// key/value head); then each task takes a run of query positions of one group, the
+// runs of a group taken from both ends in turn so that a contiguous share of the tasks
+// (what a thread gets) holds as many early, short rows as late ones.
+at::Tensor attention_forward(const AttentionInputs& in, at::Tensor* stats) {
+  const int64_t batch = in.batch, heads = in.heads, seq = in.seq, dim = in.dim;
+  const int64_t kv = in.kv, group = in.group;
+  const auto &q = in.q, &k = in.k, &v = in.v;
   // Keys padded to whole tiles of 64 (`padded` in attention.rs), values to pairs.
   const int64_t padded = (seq + 63) / 64 * 64, pairs = (seq + 1) / 2;
   auto kp = at::empty({batch * kv, padded * dim / 2}, q.options().dtype(at::kInt));
   auto vp = at::empty({batch * kv, pairs * dim}, q.options().dtype(at::kInt));
   auto out = at::empty({batch, seq, heads * dim}, q.options());
+  float* statp = nullptr;
+  if (stats != nullptr) {
+    *stats = at::empty({batch * kv, seq * group, 2}, q.options().dtype(at::kFloat));
+    statp = stats->data_ptr<float>();
+  }
   const uint16_t* qp = bf16_ptr(q);
   const uint16_t* kptr = bf16_ptr(k);
   const uint16_t* vptr = bf16_ptr(v);
@@ -369,7 +432,6 @@ at::Tensor attention_bf16(const at::Tensor& q_in, const at::Tensor& k_in,
     }
   });
   const int64_t runs = (seq + kAttentionPositions - 1) / kAttentionPositions;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
   at::parallel_for(0, batch * kv * runs, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; i++) {
       const int64_t groups = i / runs, turn = i % runs;
@@ -377,8 +439,6 @@ at::Tensor attention_bf16(const at::Tensor& q_in, const at::Tensor& k_in,
       const int64_t run = turn % 2 == 0 ? turn / 2 : runs - 1 - turn / 2;
       const int64_t first = run * kAttentionPositions;
       const int64_t last = std::min(seq, first + kAttentionPositions);
-      const uint16_t* maskp =
-          mask.defined() ? bf16_ptr(mask) + b * mask.stride(0) : nullptr;
       const LspAttentionRows args{qp + b * q.stride(0) + g * group * q.stride(1),
                                   q.stride(2),
                                   q.stride(1),
@@ -387,18 +447,82 @@ at::Tensor attention_bf16(const at::Tensor& q_in, const at::Tensor& k_in,
                                   vpp + groups * vp.size(1),
                                   seq,
                                   dim,
-                                  maskp,
-                                  mask.defined() ? mask.stride(2) : 0,
-                                  scale,
+                                  mask_ptr(in, b),
+                                  in.mask.defined() ? in.mask.stride(2) : 0,
+                                  in.scale,
                                   first,
                                   last,
                                   op + b * seq * heads * dim + g * group * dim,
-                                  heads * dim};
+                                  heads * dim,
+                                  statp ? statp + groups * seq * group * 2 : nullptr};
       kernels.attention_rows(&args);
     }
   });
   return out;
 }
+
+// Attention through autograd: the forward keeps q, k, v, the mask and the rows'
+// softmax statistics; the backward makes dq, dk and dv (bf16) a task per
+// (sequence, key/value head).
+struct AttentionBf16 : public torch::autograd::Function<AttentionBf16> {
+  // The mask a pointer (null: causal), not an input: it takes no gradient.
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k,
+                            const at::Tensor& v, const at::Tensor* mask) {
+    auto in = attention_inputs(q, k, v, mask ? *mask : at::Tensor());
+    at::Tensor stats;
+    auto y = attention_forward(in, &stats);
+    ctx->save_for_backward({in.q, in.k, in.v, stats});
+    if (in.mask.defined()) ctx->saved_data["mask"] = in.mask;
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const auto mask = ctx->saved_data.find("mask");
+    auto in = attention_inputs(saved[0], saved[1], saved[2],
+                               mask == ctx->saved_data.end() ? at::Tensor()
+                                                             : mask->second.toTensor());
+    const auto& stats = saved[3];
+    auto dy = grads[0].to(at::kBFloat16).contiguous();
+    const int64_t batch = in.batch, heads = in.heads, seq = in.seq, dim = in.dim;
+    const int64_t kv = in.kv, group = in.group;
+    const auto &q = in.q, &k = in.k, &v = in.v;
+    auto dq = at::empty({batch, seq, heads, dim}, q.options());
+    auto dk = at::empty({batch, kv, seq, dim}, q.options());
+    auto dv = at::empty({batch, kv, seq, dim}, q.options());
+    at::parallel_for(0, batch * kv, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; i++) {
+        const int64_t b = i / kv, g = i % kv;
+        const int64_t row = b * seq * heads * dim + g * group * dim;
+        const LspAttentionGrads args{
+            bf16_ptr(q) + b * q.stride(0) + g * group * q.stride(1),
+            q.stride(2),
+            q.stride(1),
+            group,
+            bf16_ptr(k) + b * k.stride(0) + g * k.stride(1),
+            k.stride(2),
+            bf16_ptr(v) + b * v.stride(0) + g * v.stride(1),
+            v.stride(2),
+            bf16_ptr(dy) + row,
+            heads * dim,
+            stats.data_ptr<float>() + i * seq * group * 2,
+            seq,
+            dim,
+            mask_ptr(in, b),
+            in.mask.defined() ? in.mask.stride(2) : 0,
+            in.scale,
+            bf16_ptr(dq) + row,
+            heads * dim,
+            bf16_ptr(dk) + i * seq * dim,
+            dim,
+            bf16_ptr(dv) + i * seq * dim,
+            dim};
+        kernels.attention_grads(&args);
+      }
+    });
+    return {dq.permute({0, 2, 1, 3}), dk, dv, at::Tensor()};
+  }
+};
 
 }  // namespace
 
@@ -425,14 +549,21 @@ char* lsp_swiglu_bf16(const at::Tensor* gu, at::Tensor** out) {
   });
 }
 
-// `*out` = attention_bf16(q, k, v, mask) as a new tensor (`mask` null: causal);
-// returns an error or null.
+// `*out` = attention_bf16(q, k, v, mask) as a new tensor (`mask` null: causal),
+// through autograd where grad mode is on and q, k or v requires a gradient; returns an
+// error or null.
 char* lsp_attention_bf16(const at::Tensor* q, const at::Tensor* k, const at::Tensor* v,
                          const at::Tensor* mask, at::Tensor** out) {
   return guarded([&] {
     RECORD_FUNCTION("lsp::attention_bf16", std::vector<c10::IValue>({*q}));
-    at::NoGradGuard no_grad;
-    *out = new at::Tensor(attention_bf16(*q, *k, *v, mask ? *mask : at::Tensor()));
+    const bool grads = at::GradMode::is_enabled() &&
+                       (q->requires_grad() || k->requires_grad() || v->requires_grad());
+    if (grads) {
+      *out = new at::Tensor(AttentionBf16::apply(*q, *k, *v, mask));
+    } else {
+      auto in = attention_inputs(*q, *k, *v, mask ? *mask : at::Tensor());
+      *out = new at::Tensor(attention_forward(in, nullptr));
+    }
   });
 }
 

@@ -1,6 +1,7 @@
 //! Whole-sequence attention as bf16 batched products with centred scores, for
-//! passes under mixed precision on the CPU: training passes, and passes without
-//! gradient where the CPU has no AMX tiles.
+//! passes under mixed precision on a CPU without AVX512-BF16's dot products (or with
+//! AMX tiles, for training passes); where the CPU has the dot products and no tiles,
+//! `fused/attention.rs` takes over, forward and backward.
 //!
 //! libtorch's CPU flash attention runs its backward pass slowly: in f32 about 15 ms a
 //! layer at 8×256 tokens of SmolLM2's heads (AMX Xeon), in bf16 about 25; a fifth of a

@@ -21,7 +21,9 @@
 //! attention's softmax sums, the residual stream, log-softmax, losses and reductions
 //! stay in f32; SwiGLU runs in bf16 between its products, as under autocast and as in
 //! the passes without gradient. Attention runs in bf16: libtorch's fused kernel on a
-//! GPU, centred bf16 products on the CPU ([`Transformer::whole_attention`]).
+//! GPU; on the CPU AVX512-BF16's dot products with the softmax in f32 where the CPU
+//! has them and no AMX tiles, else centred bf16 products
+//! ([`Transformer::whole_attention`]).
 
 use tch::{Kind, Tensor};
 

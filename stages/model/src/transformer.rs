@@ -77,8 +77,9 @@ pub enum WholeAttention {
     /// bf16 batched products with scores centred on each row's largest
     /// (`centered_attention.rs`); the output is bf16.
     Centered,
-    /// Without gradient: AVX512-BF16's dot products, the scores and the softmax in
-    /// f32 (`fused/attention.rs`); the output is bf16.
+    /// AVX512-BF16's dot products, the scores and the softmax in f32
+    /// (`fused/attention.rs`; backward `fused/attention_grads.rs`); the output is
+    /// bf16.
     Dots,
 }
 
@@ -671,30 +672,27 @@ impl Transformer {
 
     /// How attention over whole sequences runs in a pass with gradient (`autograd`) or
     /// without: in the activations' kind when the products' kind is theirs; under
-    /// mixed precision, libtorch's fused attention on bf16 q, k and v, except on the
-    /// CPU in a training pass, where the centred bf16 products by blocks
-    /// (`centered_attention.rs`) take it, and in a pass without gradient where the CPU
-    /// has no AMX tiles, where AVX512-BF16's dot products with the softmax in f32
-    /// (`fused/attention.rs`) do (heads of a multiple of 16 values up to 128; else the
-    /// centred products). libtorch's CPU flash attention runs its backward pass
-    /// slowly (SmolLM2's heads at 8×256 tokens, AMX Xeon: about 25 ms a layer in bf16,
-    /// 15 in f32; the centred products' backward about 9); its forward pass is fast on
-    /// AMX tiles (bf16 3.3 ms against the unblocked centred products' ~8) and slow
-    /// without them (an AMD EPYC Zen 4: 9 ms against the blocks' ~7 and the dot
-    /// products' ~2.5). Where the two passes run different
-    /// attention, their log-probs differ by bf16's rounding of the scores and
-    /// probabilities, as the rollouts' do by the decoder's (`tests/invariants.rs`
-    /// checks both ways).
+    /// mixed precision on the CPU, AVX512-BF16's dot products with the softmax in f32
+    /// (`fused/attention.rs`, backward `fused/attention_grads.rs`) where the CPU has
+    /// them and no AMX tiles (heads of a multiple of 16 values up to 128), else the
+    /// centred bf16 products by blocks (`centered_attention.rs`), except without
+    /// gradient on AMX tiles, where libtorch's fused attention on bf16 q, k and v
+    /// takes it (and off the CPU). libtorch's CPU flash attention runs its backward
+    /// pass slowly (SmolLM2's heads at 8×256 tokens, AMX Xeon: about 25 ms a layer in
+    /// bf16, 15 in f32; the centred products' backward about 9); its forward pass is
+    /// fast on AMX tiles (bf16 3.3 ms against the unblocked centred products' ~8) and
+    /// slow without them (an AMD EPYC Zen 4: 9 ms against the blocks' ~7 and the dot
+    /// products' ~2.5; the dot products' backward ~7, the centred blocks' forward and
+    /// backward together ~12). Where the two passes run different attention, their
+    /// log-probs differ by bf16's rounding of the scores and probabilities, as the
+    /// rollouts' do by the decoder's (`tests/invariants.rs` checks both ways).
     pub(crate) fn whole_attention(&self, autograd: bool) -> WholeAttention {
         let (weights, device) = self.kind_and_device();
         let products = self.product_kind();
         match (products != weights, device) {
             (false, _) => WholeAttention::Fused,
             (true, tch::Device::Cpu)
-                if !autograd
-                    && !amx_tiles()
-                    && bf16_units()
-                    && attention_bf16_takes(self.spec.head_dim) =>
+                if !amx_tiles() && bf16_units() && attention_bf16_takes(self.spec.head_dim) =>
             {
                 WholeAttention::Dots
             }

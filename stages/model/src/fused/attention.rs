@@ -31,14 +31,14 @@ use super::kernels::{view, view_mut};
 use crate::decoder::Isa;
 
 /// Keys per vector of the packed keys: 16 f32 lanes.
-const KEYS: usize = 16;
+pub(super) const KEYS: usize = 16;
 
 /// Query heads of a group the products take together (rows of a tile).
-const ROWS: usize = 4;
+pub(super) const ROWS: usize = 4;
 
 /// Vectors of keys (or of dimensions) a tile takes: 64 keys of scores, 64 dimensions
 /// of output.
-const VECTORS: usize = 4;
+pub(super) const VECTORS: usize = 4;
 
 /// Whether the kernel takes heads of `dim` values: whole vectors of 16 dimensions,
 /// the products' pairs of one query row in 64 words.
@@ -53,10 +53,8 @@ pub(super) fn padded(keys: usize) -> usize {
 }
 
 /// One (sequence, key/value head)'s `keys` rows of keys `k` and values `v` (bf16,
-/// `dim` values each, rows `k_ld` and `v_ld` apart) packed: `kp` by tiles of 64 keys
-/// ([`padded`] keys in all), each `[dim/2][4][16]` words (the tile's key `16v + l`'s
-/// pair `p` at `[p][v][l]`: a pair's four vectors together), `vp` as
-/// `[⌈keys/2⌉][dim]` words (key `2j` low, key `2j + 1` high); zeros past the last key.
+/// `dim` values each, rows `k_ld` and `v_ld` apart) packed: `kp` by tiles of keys
+/// ([`pack_tiles`]), `vp` by pairs of keys ([`pack_pairs`]).
 pub(super) fn pack_keys_values(
     (k, k_ld): (&[u16], usize),
     (v, v_ld): (&[u16], usize),
@@ -65,25 +63,55 @@ pub(super) fn pack_keys_values(
     kp: &mut [u32],
     vp: &mut [u32],
 ) {
-    let pairs = dim / 2;
-    assert!(kp.len() == padded(keys) * pairs && vp.len() == keys.div_ceil(2) * dim);
     assert!(
         keys == 0 || (k.len() >= (keys - 1) * k_ld + dim && v.len() >= (keys - 1) * v_ld + dim)
     );
+    pack_tiles(|j| &k[j * k_ld..][..dim], keys, dim, kp);
+    pack_pairs(|j| &v[j * v_ld..][..dim], keys, dim, vp);
+}
+
+/// `rows` rows of `dim` bf16 values (`row(j)`) packed by tiles of 64 rows ([`padded`]
+/// rows in all) for [`x86::scores`], each `[dim/2][4][16]` words (the tile's row
+/// `16v + l`'s pair of dimensions `p` at `[p][v][l]`: a pair's four vectors
+/// together); zeros past the last row.
+pub(super) fn pack_tiles<'a>(
+    row: impl Fn(usize) -> &'a [u16],
+    rows: usize,
+    dim: usize,
+    kp: &mut [u32],
+) {
+    let pairs = dim / 2;
+    assert!(kp.len() == padded(rows) * pairs);
     kp.fill(0);
-    for key in 0..keys {
-        let row = &k[key * k_ld..][..dim];
+    for key in 0..rows {
         let (tile, vector, lane) = (key / (KEYS * VECTORS), key / KEYS % VECTORS, key % KEYS);
-        for (p, pair) in row.chunks_exact(2).enumerate() {
+        for (p, pair) in row(key)[..dim].chunks_exact(2).enumerate() {
             let at = ((tile * pairs + p) * VECTORS + vector) * KEYS + lane;
             kp[at] = u32::from(pair[0]) | u32::from(pair[1]) << 16;
         }
     }
+}
+
+/// `rows` rows of `dim` bf16 values (`row(j)`) packed by pairs of rows as `[⌈rows/2⌉][dim]`
+/// words (row `2j` low, row `2j + 1` high, 0 past the last), for the products that
+/// sum over the rows ([`x86::weighted_values`]).
+pub(super) fn pack_pairs<'a>(
+    row: impl Fn(usize) -> &'a [u16],
+    rows: usize,
+    dim: usize,
+    vp: &mut [u32],
+) {
+    assert!(vp.len() == rows.div_ceil(2) * dim);
+    let zeros = vec![0u16; dim];
     for (j, words) in vp.chunks_exact_mut(dim).enumerate() {
-        let low = &v[2 * j * v_ld..][..dim];
-        let high = (2 * j + 1 < keys).then(|| &v[(2 * j + 1) * v_ld..][..dim]);
-        for (c, word) in words.iter_mut().enumerate() {
-            *word = u32::from(low[c]) | high.map_or(0, |h| u32::from(h[c]) << 16);
+        let low = &row(2 * j)[..dim];
+        let high = if 2 * j + 1 < rows {
+            &row(2 * j + 1)[..dim]
+        } else {
+            &zeros
+        };
+        for ((word, &low), &high) in words.iter_mut().zip(low).zip(high) {
+            *word = u32::from(low) | u32::from(high) << 16;
         }
     }
 }
@@ -109,12 +137,16 @@ pub(super) struct Rows<'a> {
 }
 
 /// [`Rows`]' attention, each output row `(position, head)` written at `out +
-/// position · out_ld + head · dim`. Needs AVX512-BF16.
+/// position · out_ld + head · dim`, and (unless `stats` is null) its softmax's largest
+/// masked score `m` and the inverse of its sum `Σ e^(s − m)` at `stats + 2·(position ·
+/// heads + head)`, for the backward pass ([`super::attention_grads`]). Needs
+/// AVX512-BF16.
 ///
 /// # Safety
-/// `out` points at the rows' outputs, which nothing else reads or writes while this
-/// runs (other calls write other rows or other heads of a row).
-pub(super) unsafe fn attend_rows(rows: &Rows<'_>, out: *mut u16, out_ld: usize) {
+/// `out` points at the rows' outputs, and `stats` (unless null) at their two values
+/// each, which nothing else reads or writes while this runs (other calls write other
+/// rows or other heads of a row).
+pub(super) unsafe fn attend_rows(rows: &Rows<'_>, out: *mut u16, out_ld: usize, stats: *mut f32) {
     assert!(
         Isa::Avx512Bf16.supported(),
         "bf16 attention needs AVX512-BF16"
@@ -156,14 +188,23 @@ pub(super) unsafe fn attend_rows(rows: &Rows<'_>, out: *mut u16, out_ld: usize) 
             // SAFETY: the CPU has AVX512-BF16 (asserted above); the
             // packed keys hold `width` keys' pairs and the values `seen` keys'
             // (asserted above); `scores` and `weights` hold `n` rows of `width`,
-            // `out` `n` rows of `dim`, `mask` `keys ≥ seen` values.
+            // `out` `n` rows of `dim`, `mask` `keys ≥ seen` values; `stats` (unless
+            // null) the rows' two values each (the contract).
             unsafe {
                 let q = &q[..n];
                 x86::scores(q, rows.kp, seen, dim, rows.scale, &mut scores, width);
                 let mut sums = [0f32; ROWS];
                 for (r, sum) in sums.iter_mut().enumerate().take(n) {
                     let row = &mut scores[r * width..][..width];
-                    *sum = x86::weigh(row, seen, mask, &mut weights[r * width..][..width]);
+                    let largest;
+                    (largest, *sum) =
+                        x86::weigh(row, seen, mask, &mut weights[r * width..][..width]);
+                    if !stats.is_null() {
+                        let at = 2 * (position * rows.heads + head + r);
+                        // The row's two values are this call's (the contract).
+                        stats.add(at).write(largest);
+                        stats.add(at + 1).write(1.0 / *sum);
+                    }
                 }
                 x86::weighted_values(n, &weights, width, rows.vp, seen, dim, &sums[..n], out);
             }
@@ -177,21 +218,22 @@ pub(super) unsafe fn attend_rows(rows: &Rows<'_>, out: *mut u16, out_ld: usize) 
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use std::arch::x86_64::*;
 
     use super::{KEYS, ROWS, VECTORS};
     use crate::decoder::host_math;
 
-    /// `scores[r][key] = scale · q[r]·k[key]` for the keys of the tiles over `0..seen`
-    /// (those past `seen` are scored too and weighed 0 by [`weigh`]).
+    /// `scores[r][key] = scale · q[r]·k[key]` for the keys of the vectors of 16 over
+    /// `0..seen` (those past `seen` in its last vector are scored too and weighed 0 by
+    /// [`weigh`]).
     ///
     /// # Safety
     /// The CPU has AVX-512 F and BF16; `kp` holds the tiles' `dim / 2` pairs of keys
     /// (`width` keys); `scores` holds `q.len()` rows of `width`; each `q` row holds
     /// `dim` values.
     #[target_feature(enable = "avx512f,avx512bf16")]
-    pub(super) unsafe fn scores(
+    pub(in crate::fused) unsafe fn scores(
         q: &[&[u16]],
         kp: &[u32],
         seen: usize,
@@ -206,32 +248,49 @@ mod x86 {
         assert!(pairs <= 64, "head_dim {dim}: at most 128");
         assert!(kp.len() >= blocks * pairs * KEYS && scores.len() >= q.len() * width);
         assert!(q.len() <= ROWS && blocks * KEYS <= width && q.iter().all(|r| r.len() >= dim));
-        let mut words = [[0u32; ROWS]; 64];
-        for (r, row) in q.iter().enumerate() {
-            for (words, pair) in words.iter_mut().zip(row[..dim].chunks_exact(2)) {
-                words[r] = u32::from(pair[0]) | u32::from(pair[1]) << 16;
+        // Each row's pairs as words, row by row (a word of each row at a time would
+        // be a scatter).
+        let mut words = [[0u32; 64]; ROWS];
+        for (words, row) in words.iter_mut().zip(q) {
+            for (word, pair) in words.iter_mut().zip(row[..dim].chunks_exact(2)) {
+                *word = u32::from(pair[0]) | u32::from(pair[1]) << 16;
             }
         }
         let (kp, out) = (kp.as_ptr(), scores.as_mut_ptr());
         for tile in 0..tiles {
+            // The last tile's vectors up to `seen`'s (a causal row's edge).
+            let vectors = (seen - tile * KEYS * VECTORS).div_ceil(KEYS).min(VECTORS);
             // SAFETY: the tile's blocks lie within `kp` and their
             // scores within each row of `scores` (asserted above).
             unsafe {
-                match q.len() {
-                    1 => tile_of::<1>(&words, kp, tile, pairs, scale, out, width),
-                    2 => tile_of::<2>(&words, kp, tile, pairs, scale, out, width),
-                    3 => tile_of::<3>(&words, kp, tile, pairs, scale, out, width),
-                    _ => tile_of::<4>(&words, kp, tile, pairs, scale, out, width),
+                match (q.len(), vectors) {
+                    (1, 1) => tile_of::<1, 1>(&words, kp, tile, pairs, scale, out, width),
+                    (1, 2) => tile_of::<1, 2>(&words, kp, tile, pairs, scale, out, width),
+                    (1, 3) => tile_of::<1, 3>(&words, kp, tile, pairs, scale, out, width),
+                    (1, _) => tile_of::<1, 4>(&words, kp, tile, pairs, scale, out, width),
+                    (2, 1) => tile_of::<2, 1>(&words, kp, tile, pairs, scale, out, width),
+                    (2, 2) => tile_of::<2, 2>(&words, kp, tile, pairs, scale, out, width),
+                    (2, 3) => tile_of::<2, 3>(&words, kp, tile, pairs, scale, out, width),
+                    (2, _) => tile_of::<2, 4>(&words, kp, tile, pairs, scale, out, width),
+                    (3, 1) => tile_of::<3, 1>(&words, kp, tile, pairs, scale, out, width),
+                    (3, 2) => tile_of::<3, 2>(&words, kp, tile, pairs, scale, out, width),
+                    (3, 3) => tile_of::<3, 3>(&words, kp, tile, pairs, scale, out, width),
+                    (3, _) => tile_of::<3, 4>(&words, kp, tile, pairs, scale, out, width),
+                    (_, 1) => tile_of::<4, 1>(&words, kp, tile, pairs, scale, out, width),
+                    (_, 2) => tile_of::<4, 2>(&words, kp, tile, pairs, scale, out, width),
+                    (_, 3) => tile_of::<4, 3>(&words, kp, tile, pairs, scale, out, width),
+                    (_, _) => tile_of::<4, 4>(&words, kp, tile, pairs, scale, out, width),
                 }
             }
         }
     }
 
-    /// `R` rows' scores over the keys of tile `tile` (blocks `4·tile..4·tile + 4`).
+    /// `R` rows' scores over the keys of the first `V` blocks of tile `tile` (blocks
+    /// `4·tile..4·tile + V`).
     #[target_feature(enable = "avx512f,avx512bf16")]
     #[inline]
-    unsafe fn tile_of<const R: usize>(
-        words: &[[u32; ROWS]; 64],
+    unsafe fn tile_of<const R: usize, const V: usize>(
+        words: &[[u32; 64]; ROWS],
         kp: *const u32,
         tile: usize,
         pairs: usize,
@@ -239,9 +298,10 @@ mod x86 {
         out: *mut f32,
         width: usize,
     ) {
-        let mut acc = [[_mm512_setzero_ps(); VECTORS]; R];
-        for (p, words) in words.iter().enumerate().take(pairs) {
-            let mut k = [_mm512_setzero_si512(); VECTORS];
+        let mut acc = [[_mm512_setzero_ps(); V]; R];
+        #[allow(clippy::needless_range_loop)] // `p` indexes every row's words and `kp`.
+        for p in 0..pairs {
+            let mut k = [_mm512_setzero_si512(); V];
             for (v, k) in k.iter_mut().enumerate() {
                 // SAFETY: the tile's pair `p` of block `v` lies within `kp`.
                 *k = unsafe {
@@ -249,7 +309,7 @@ mod x86 {
                 };
             }
             for (r, acc) in acc.iter_mut().enumerate() {
-                let x = _mm512_set1_epi32(words[r] as i32);
+                let x = _mm512_set1_epi32(words[r][p] as i32);
                 for (acc, &k) in acc.iter_mut().zip(&k) {
                     *acc = _mm512_dpbf16_ps(*acc, bf16s(k), bf16s(x));
                 }
@@ -271,25 +331,23 @@ mod x86 {
 
     /// A row's softmax weights over its first `seen` scores (`mask`'s values added
     /// first, bf16): `weights[j] = bf16(e^(s_j − max))`, 0 from `seen` to the end of
-    /// its vector of 16; returns the f32 sum of the unrounded weights.
+    /// its vector of 16; returns the largest masked score and the f32 sum of the
+    /// unrounded weights.
     ///
     /// # Safety
     /// The CPU has AVX-512 F and BF16; `row` and `weights` hold `⌈seen/16⌉·16`
     /// values, `mask` (if any) `seen`.
     #[target_feature(enable = "avx512f,avx512bf16")]
-    pub(super) unsafe fn weigh(
+    pub(in crate::fused) unsafe fn weigh(
         row: &mut [f32],
         seen: usize,
         mask: Option<&[u16]>,
         weights: &mut [u16],
-    ) -> f32 {
+    ) -> (f32, f32) {
         let vectors = seen.div_ceil(KEYS);
         assert!(row.len() >= vectors * KEYS && weights.len() >= vectors * KEYS);
         assert!(mask.is_none_or(|m| m.len() >= seen));
-        let lanes = |i: usize| -> __mmask16 {
-            let n = (seen - i * KEYS).min(KEYS);
-            ((1u32 << n) - 1) as __mmask16
-        };
+        let lanes = |i: usize| lanes(i, seen);
         let (s, w) = (row.as_mut_ptr(), weights.as_mut_ptr());
         let mut largest = _mm512_set1_ps(f32::NEG_INFINITY);
         for i in 0..vectors {
@@ -297,22 +355,15 @@ mod x86 {
             // SAFETY: vector `i` lies within `row` (asserted above).
             let mut v = unsafe { _mm512_loadu_ps(s.add(i * KEYS)) };
             if let Some(mask) = mask {
-                // The vector's live part of the mask, zeros past it (no masked 16-bit
-                // load: that is AVX512-BW's).
-                let mut part = [0u16; KEYS];
-                let live_part = &mask[i * KEYS..seen.min((i + 1) * KEYS)];
-                part[..live_part.len()].copy_from_slice(live_part);
-                // SAFETY: 16 values of a local array.
-                let m = unsafe { _mm256_loadu_si256(part.as_ptr().cast()) };
-                let m = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(m)));
-                v = _mm512_add_ps(v, m);
+                v = _mm512_add_ps(v, mask_part(mask, i, seen));
             }
             v = _mm512_mask_blend_ps(live, _mm512_set1_ps(f32::NEG_INFINITY), v);
             // SAFETY: as the load.
             unsafe { _mm512_storeu_ps(s.add(i * KEYS), v) };
             largest = _mm512_max_ps(largest, v);
         }
-        let m = _mm512_set1_ps(_mm512_reduce_max_ps(largest));
+        let largest = _mm512_reduce_max_ps(largest);
+        let m = _mm512_set1_ps(largest);
         let mut sum = _mm512_setzero_ps();
         for i in 0..vectors {
             // SAFETY: as above.
@@ -322,14 +373,34 @@ mod x86 {
             // SAFETY: vector `i` lies within `weights`.
             unsafe { _mm256_storeu_si256(w.add(i * KEYS).cast(), rounded(e)) };
         }
-        _mm512_reduce_add_ps(sum)
+        (largest, _mm512_reduce_add_ps(sum))
+    }
+
+    /// Vector `i` of a row's bf16 `mask` as f32, its lanes from `seen` on 0 (no masked
+    /// 16-bit load: that is AVX512-BW's).
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(in crate::fused) fn mask_part(mask: &[u16], i: usize, seen: usize) -> __m512 {
+        let mut part = [0u16; KEYS];
+        let live_part = &mask[i * KEYS..seen.min((i + 1) * KEYS)];
+        part[..live_part.len()].copy_from_slice(live_part);
+        // SAFETY: 16 values of a local array.
+        let m = unsafe { _mm256_loadu_si256(part.as_ptr().cast()) };
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(m)))
+    }
+
+    /// The lanes of vector `i` of a row below `seen`.
+    #[inline]
+    pub(in crate::fused) fn lanes(i: usize, seen: usize) -> __mmask16 {
+        let n = (seen - i * KEYS).min(KEYS);
+        ((1u32 << n) - 1) as __mmask16
     }
 
     /// `eˣ` lane by lane: [`crate::decoder::host_math::exp`] over the 16 lanes, which
     /// LLVM vectorizes within this build.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    fn exp(x: __m512) -> __m512 {
+    pub(in crate::fused) fn exp(x: __m512) -> __m512 {
         let mut lanes = [0f32; KEYS];
         // SAFETY: 16 values to and from a local array of 16.
         unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), x) };
@@ -349,7 +420,7 @@ mod x86 {
     /// multiple of 16.
     #[target_feature(enable = "avx512f,avx512bf16")]
     #[allow(clippy::too_many_arguments)] // The rows' weights, values and outputs.
-    pub(super) unsafe fn weighted_values(
+    pub(in crate::fused) unsafe fn weighted_values(
         n: usize,
         weights: &[u16],
         width: usize,
@@ -437,7 +508,7 @@ mod x86 {
     /// as 32 bytes to store.
     #[target_feature(enable = "avx512f,avx512bf16")]
     #[inline]
-    fn rounded(v: __m512) -> __m256i {
+    pub(in crate::fused) fn rounded(v: __m512) -> __m256i {
         // SAFETY: both are 32 bytes of plain bits.
         unsafe { std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v)) }
     }
@@ -445,7 +516,7 @@ mod x86 {
     /// A vector's 32 bf16 values, as the dot product takes them.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    fn bf16s(v: __m512i) -> __m512bh {
+    pub(in crate::fused) fn bf16s(v: __m512i) -> __m512bh {
         // SAFETY: both are 64 bytes of plain bits.
         unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
     }
@@ -466,7 +537,8 @@ pub(super) struct PackArgs {
 }
 
 /// [`attend_rows`]' arguments as the C++ side passes them (`LspAttentionRows` there,
-/// field for field); `mask` is null for causal rows.
+/// field for field); `mask` is null for causal rows, `stats` null where no backward
+/// pass follows.
 #[repr(C)]
 pub(super) struct RowsArgs {
     q: *const u16,
@@ -484,11 +556,12 @@ pub(super) struct RowsArgs {
     end: i64,
     out: *mut u16,
     out_ld: i64,
+    stats: *mut f32,
 }
 
 /// Values from `first` rows `ld` apart, `dim` in the last: the span a strided run of
 /// rows covers.
-fn span(rows: usize, ld: usize, dim: usize) -> usize {
+pub(super) fn span(rows: usize, ld: usize, dim: usize) -> usize {
     rows.checked_sub(1).map_or(0, |last| last * ld + dim)
 }
 
@@ -540,5 +613,5 @@ pub(super) unsafe extern "C" fn rows(args: *const RowsArgs) {
         }
     };
     // SAFETY: see above.
-    unsafe { attend_rows(&rows, a.out, a.out_ld as usize) };
+    unsafe { attend_rows(&rows, a.out, a.out_ld as usize, a.stats) };
 }

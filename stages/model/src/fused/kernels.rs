@@ -9,7 +9,7 @@
 
 use multiversion::multiversion;
 
-use super::attention;
+use super::{attention, attention_grads};
 use crate::decoder::Isa;
 use crate::decoder::host_math::{Bf16, dot, exp};
 
@@ -33,6 +33,7 @@ pub(super) struct Kernels {
     transpose: unsafe extern "C" fn(*const u16, i64, i64, i64, i64, *mut u16),
     attention_pack: unsafe extern "C" fn(*const attention::PackArgs),
     attention_rows: unsafe extern "C" fn(*const attention::RowsArgs),
+    attention_grads: unsafe extern "C" fn(*const attention_grads::GradsArgs),
 }
 
 /// The kernels the nodes call.
@@ -45,6 +46,7 @@ pub(super) static KERNELS: Kernels = Kernels {
     transpose,
     attention_pack: attention::pack,
     attention_rows: attention::rows,
+    attention_grads: attention_grads::grads,
 };
 
 /// A slice of `len` values at `p`.

@@ -18,8 +18,10 @@
 //!   of its output) → rotated bf16 in the layout attention reads; backward by the
 //!   opposite angles. libtorch's way was a cast to f32, a complex product and a cast
 //!   back, each way (about 3% of the step).
-//! - [`attention_bf16`]: attention over whole sequences without gradient, its scores
-//!   and softmax in f32 from AVX512-BF16's dot products (`attention.rs`).
+//! - [`attention_bf16`]: attention over whole sequences, its scores and softmax in
+//!   f32 from AVX512-BF16's dot products (`attention.rs`), keeping each row's
+//!   softmax statistics for a backward pass of the same products
+//!   (`attention_grads.rs`) where autograd asks for one.
 //! - [`linear_bf16`]: a layer's product, forward libtorch's own; backward the
 //!   weight's gradient added straight into the f32 master's ([`StackGrad`]), or in bf16 through autograd with both operands in
 //!   plain rows (one transposed first by the transpose kernel), where oneDNN
@@ -34,6 +36,7 @@
 #![allow(unsafe_code)]
 
 mod attention;
+mod attention_grads;
 mod kernels;
 
 use std::ffi::{CStr, c_char};
@@ -175,8 +178,9 @@ pub(crate) fn rotate_pairs_bf16(x: &Tensor, unit: &Tensor) -> Tensor {
     }
 }
 
-/// `softmax(q·kᵀ/√d + mask)·v` without gradient, on AVX512-BF16's dot products with
-/// the scores and the softmax in f32 ([`attention`]): `q` `[batch, heads, seq, d]`,
+/// `softmax(q·kᵀ/√d + mask)·v` on AVX512-BF16's dot products with the scores and the
+/// softmax in f32 ([`attention`]), through autograd (backward: [`attention_grads`],
+/// bf16 gradients) where grad mode is on and q, k or v requires one: `q` `[batch, heads, seq, d]`,
 /// `k` and `v` `[batch, kv_heads, seq, d]` (bf16, CPU; query head `i` reads key/value
 /// head `i / (heads / kv_heads)`), causal, or with the additive `mask` (`[batch, 1,
 /// seq, seq]`) instead. Returns `[batch, seq, heads · d]` in bf16. Needs AVX512-BF16

@@ -284,11 +284,44 @@ fn every_build_of_the_kernels_the_cpu_runs_computes_the_plain_builds_bits() {
     }
 }
 
+/// The attention tests' shapes `(batch, heads, kv_heads, seq, head_dim)`: groups of 1
+/// to 5 heads (tiles of 3, of 4 plus 1 at 5, and at 5 × 17 odd rows in all: a last
+/// pair of one row for the sums over rows), head_dim 16 to 128, lengths off the
+/// kernels' 16 keys, 64-key tiles and 32 positions (and one position alone).
+const ATTENTION_SHAPES: [(i64, i64, i64, i64, i64); 6] = [
+    (2, 6, 2, 150, 64),
+    (1, 8, 2, 33, 128),
+    (2, 5, 1, 17, 32),
+    (1, 3, 1, 1, 64),
+    (1, 4, 2, 70, 16),
+    (1, 2, 1, 9, 80),
+];
+
+/// Which positions of `b` sequences of `t` are real (the last sequence's first 5 are
+/// left padding, or all but its last below 6), and the additive f32 mask of causal
+/// attention over them (`[b, 1, t, t]`; padding rows see nothing).
+fn left_padded(b: i64, t: i64) -> (Tensor, Tensor) {
+    let real = Tensor::ones([b, t], (Kind::Bool, Device::Cpu));
+    let _ = real.get(b - 1).narrow(0, 0, 5.min(t - 1)).fill_(0);
+    let causal = Tensor::ones([t, t], (Kind::Bool, Device::Cpu)).tril(0);
+    let visible = causal
+        .view([1, 1, t, t])
+        .logical_and(&real.view([b, 1, 1, t]));
+    let mask = crate::mask::AttentionMask::from_visible(&visible, Kind::Float);
+    (real, mask)
+}
+
+/// libtorch's f32 attention of f32 `q` `[b, h, t, d]` over `k`, `v` `[b, kv, t, d]`,
+/// causal or masked, as `[b, t, h, d]`.
+fn exact_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Tensor {
+    Tensor::scaled_dot_product_attention(q, k, v, mask, 0.0, mask.is_none(), None, true)
+        .transpose(1, 2)
+}
+
 #[test]
 #[allow(clippy::print_stderr)] // Says why the test checked nothing on this CPU.
 fn attention_bf16_is_f32_attention_to_bf16s_rounding_causal_and_padded() {
     use super::attention_bf16;
-    use crate::mask::AttentionMask;
     if !crate::decoder::bf16_units() {
         eprintln!("no AVX512-BF16 here: the bf16 attention is not run");
         return;
@@ -296,48 +329,17 @@ fn attention_bf16_is_f32_attention_to_bf16s_rounding_causal_and_padded() {
     tch::manual_seed(14);
     let f = (Kind::Float, Device::Cpu);
     let bf16 = |x: Tensor| x.to_kind(Kind::BFloat16);
-    // Groups of 1 to 5 heads (tiles of 3, and of 4 plus 1 at 5), head_dim 16 to 128,
-    // lengths off the kernel's 16 keys and 32 positions (and one position alone).
-    for (b, h, kv, t, d) in [
-        (2i64, 6i64, 2i64, 150i64, 64i64),
-        (1, 8, 2, 33, 128),
-        (2, 5, 1, 17, 32),
-        (1, 3, 1, 1, 64),
-        (1, 4, 2, 70, 16),
-        (1, 2, 1, 9, 80),
-    ] {
+    for (b, h, kv, t, d) in ATTENTION_SHAPES {
         // Scores of standard deviation ~9, as the centred attention's test.
         let q = bf16(Tensor::randn([b, h, t, d], f) * 3.0);
         let k = bf16(Tensor::randn([b, kv, t, d], f) * 3.0);
         // v as the layers hand it over: a head-strided view of a wider product.
         let wide = bf16(Tensor::randn([b, t, kv + 1, d], f));
         let v = wide.narrow(2, 0, kv).transpose(1, 2);
-        let rep = |x: &Tensor| {
-            x.to_kind(Kind::Float)
-                .repeat_interleave_self_int(h / kv, 1, None)
-        };
-        // The last sequence's first 5 positions are left padding.
-        let real = Tensor::ones([b, t], (Kind::Bool, Device::Cpu));
-        let pad = 5.min(t - 1);
-        let _ = real.get(b - 1).narrow(0, 0, pad).fill_(0);
-        let causal = Tensor::ones([t, t], (Kind::Bool, Device::Cpu)).tril(0);
-        let visible = causal
-            .view([1, 1, t, t])
-            .logical_and(&real.view([b, 1, 1, t]));
-        let padded = AttentionMask::from_visible(&visible, Kind::Float);
+        let (real, padded) = left_padded(b, t);
         for mask in [None, Some(&padded)] {
-            let want = Tensor::scaled_dot_product_attention(
-                &q.to_kind(Kind::Float),
-                &rep(&k),
-                &rep(&v),
-                mask,
-                0.0,
-                mask.is_none(),
-                None,
-                false,
-            )
-            .transpose(1, 2)
-            .reshape([b, t, h * d]);
+            let f32 = |x: &Tensor| x.to_kind(Kind::Float);
+            let want = exact_attention(&f32(&q), &f32(&k), &f32(&v), mask).reshape([b, t, h * d]);
             let got = attention_bf16(&q, &k, &v, mask.map(|m| m.to_kind(Kind::BFloat16)).as_ref());
             assert_eq!(
                 (got.kind(), got.size()),
@@ -352,6 +354,69 @@ fn attention_bf16_is_f32_attention_to_bf16s_rounding_causal_and_padded() {
             // Each row's weights sum to one before the rounding of the output.
             let worst = (&got - &want).abs().max().double_value(&[]);
             assert!(worst < 0.05, "{at}: {worst}");
+        }
+    }
+}
+
+#[test]
+#[allow(clippy::print_stderr)] // Says why the test checked nothing on this CPU.
+fn attention_bf16_gradients_are_f32_attentions_to_bf16s_rounding_causal_and_padded() {
+    use super::attention_bf16;
+    if !crate::decoder::bf16_units() {
+        eprintln!("no AVX512-BF16 here: the bf16 attention's backward is not run");
+        return;
+    }
+    tch::manual_seed(15);
+    let f = (Kind::Float, Device::Cpu);
+    let off = |a: &Tensor, b: &Tensor| {
+        let b = b.to_kind(Kind::Float);
+        (a.to_kind(Kind::Float) - &b).norm().double_value(&[]) / b.norm().double_value(&[])
+    };
+    for (b, h, kv, t, d) in ATTENTION_SHAPES {
+        // Scores of standard deviation ~9, as the forward's test.
+        let bf16 = |x: Tensor| x.to_kind(Kind::BFloat16).to_kind(Kind::Float);
+        let (q, k, v) = (
+            bf16(Tensor::randn([b, h, t, d], f) * 3.0),
+            bf16(Tensor::randn([b, kv, t, d], f) * 3.0),
+            bf16(Tensor::randn([b, kv, t, d], f)),
+        );
+        // No loss reads a padding row.
+        let (real, padded) = left_padded(b, t);
+        let dy = Tensor::randn([b, t, h, d], f) * real.view([b, t, 1, 1]);
+        for mask in [None, Some(&padded)] {
+            let at = format!("{b}×{h}/{kv} heads × {t} × {d}, mask {}", mask.is_some());
+            let leaves =
+                |kind: Kind| [&q, &k, &v].map(|x| x.detach().to_kind(kind).set_requires_grad(true));
+            let gradients = |y: &Tensor, leaves: &[Tensor; 3]| {
+                (y.to_kind(Kind::Float) * &dy).sum(Kind::Float).backward();
+                leaves.iter().map(Tensor::grad).collect::<Vec<_>>()
+            };
+            let exact = leaves(Kind::Float);
+            let want = exact_attention(&exact[0], &exact[1], &exact[2], mask);
+            let want_grads = gradients(&want, &exact);
+            let ours = leaves(Kind::BFloat16);
+            let mask16 = mask.map(|m| m.to_kind(Kind::BFloat16));
+            let got = attention_bf16(&ours[0], &ours[1], &ours[2], mask16.as_ref());
+            // Through autograd, the forward's output is the one without gradient.
+            let plain =
+                tch::no_grad(|| attention_bf16(&ours[0], &ours[1], &ours[2], mask16.as_ref()));
+            assert!(got.equal(&plain), "{at}: the outputs differ with gradient");
+            let got = got.view([b, t, h, d]);
+            let got_grads = gradients(&got, &ours);
+            for (name, (g, w)) in ["q", "k", "v"]
+                .iter()
+                .zip(got_grads.iter().zip(&want_grads))
+            {
+                assert_eq!(g.kind(), Kind::BFloat16, "{at}: d{name}'s kind");
+                // One key alone has weight 1 whatever its score: q and k's gradients
+                // are 0 (exact's within its rounding), so the error is absolute there.
+                let zero = w.abs().max().double_value(&[]) < 1e-4;
+                let e = match zero {
+                    true => g.abs().max().double_value(&[]),
+                    false => off(g, w),
+                };
+                assert!(e < 0.008, "{at}: d{name} off by {e}");
+            }
         }
     }
 }
