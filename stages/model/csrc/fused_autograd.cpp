@@ -42,8 +42,8 @@ struct LspAttentionPack {
 };
 
 // One group's `heads` query heads (row (position, head) at q + position · q_ld +
-// head · q_head) at positions first..end over its packed keys and values; causal
-// when `mask` is null, else the row at mask + position · mask_ld added (bf16);
+// head · q_head) at positions first..end over its packed keys and values; causal,
+// the row at mask + position · mask_ld added (bf16) unless `mask` is null;
 // output row (position, head) at out + position · out_ld + head · dim (bf16).
 struct LspAttentionRows {
   const uint16_t* q;
@@ -396,7 +396,7 @@ const uint16_t* mask_ptr(const AttentionInputs& in, int64_t b) {
   return in.mask.defined() ? bf16_ptr(in.mask) + b * in.mask.stride(0) : nullptr;
 }
 
-// softmax(q·kᵀ · scale + mask)·v, causal when there is no mask; [batch, seq, heads ·
+// softmax(q·kᵀ · scale + mask)·v, causal, the mask (if any) added; [batch, seq, heads ·
 // dim] bf16, and (given `stats`, f32 [batch · kv_heads, seq · group, 2]) each row's
 // softmax statistics. Keys and values are packed first, a task per (sequence,
 // key/value head); then each task takes a run of query positions of one group, the
@@ -465,7 +465,7 @@ at::Tensor attention_forward(const AttentionInputs& in, at::Tensor* stats) {
 // softmax statistics; the backward makes dq, dk and dv (bf16) a task per
 // (sequence, key/value head).
 struct AttentionBf16 : public torch::autograd::Function<AttentionBf16> {
-  // The mask a pointer (null: causal), not an input: it takes no gradient.
+  // The mask a pointer (null: causality alone), not an input: it takes no gradient.
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k,
                             const at::Tensor& v, const at::Tensor* mask) {
     auto in = attention_inputs(q, k, v, mask ? *mask : at::Tensor());
@@ -549,7 +549,7 @@ char* lsp_swiglu_bf16(const at::Tensor* gu, at::Tensor** out) {
   });
 }
 
-// `*out` = attention_bf16(q, k, v, mask) as a new tensor (`mask` null: causal),
+// `*out` = attention_bf16(q, k, v, mask) as a new tensor (causal; `mask` null: no more),
 // through autograd where grad mode is on and q, k or v requires a gradient; returns an
 // error or null.
 char* lsp_attention_bf16(const at::Tensor* q, const at::Tensor* k, const at::Tensor* v,

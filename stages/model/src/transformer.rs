@@ -9,7 +9,10 @@
 //! stacked copies of [`crate::InferenceWeights`] for passes without gradient. The
 //! decoders of [`crate::decoder`] build on the latter.
 
+use std::sync::Mutex;
+
 use tch::{Kind, Tensor, nn};
+use tracing::info;
 
 use crate::centered_attention::centered_attention;
 use crate::config::RolloutWeights;
@@ -84,6 +87,29 @@ pub enum WholeAttention {
 }
 
 impl WholeAttention {
+    /// Says once per process, for training passes and for passes without gradient,
+    /// which attention runs under mixed precision (nothing for [`Self::Fused`]: the
+    /// activations' own kind).
+    fn log_once(self, autograd: bool) {
+        static SAID: Mutex<Vec<(WholeAttention, bool)>> = Mutex::new(Vec::new());
+        let how = match self {
+            Self::Fused => return,
+            Self::FusedIn(_) => "libtorch's fused attention on bf16 q, k and v",
+            Self::Centered => "bf16 batched products by blocks, scores centred",
+            Self::Dots => "AVX512-BF16's dot products, scores and softmax in f32",
+        };
+        let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
+        if said.contains(&(self, autograd)) {
+            return;
+        }
+        said.push((self, autograd));
+        let passes = match autograd {
+            true => "training passes",
+            false => "passes without gradient",
+        };
+        info!(attention = ?self, "mixed_bf16: {passes} attend by {how}");
+    }
+
     /// The kind an additive mask is made in for this attention, given the
     /// activations' kind.
     fn mask_kind(self, activations: Kind) -> Kind {
@@ -689,7 +715,7 @@ impl Transformer {
     pub(crate) fn whole_attention(&self, autograd: bool) -> WholeAttention {
         let (weights, device) = self.kind_and_device();
         let products = self.product_kind();
-        match (products != weights, device) {
+        let chosen = match (products != weights, device) {
             (false, _) => WholeAttention::Fused,
             (true, tch::Device::Cpu)
                 if !amx_tiles() && bf16_units() && attention_bf16_takes(self.spec.head_dim) =>
@@ -698,7 +724,9 @@ impl Transformer {
             }
             (true, tch::Device::Cpu) if autograd || !amx_tiles() => WholeAttention::Centered,
             (true, _) => WholeAttention::FusedIn(products),
-        }
+        };
+        chosen.log_once(autograd);
+        chosen
     }
 
     /// Whether a pass runs its layers' norms (with their cast to bf16), SwiGLU and,

@@ -119,8 +119,9 @@ pub(super) fn pack_pairs<'a>(
 /// One group's query rows for the positions `first..end`: `heads` query heads (row
 /// `(position, head)` at `q[position · q_ld + head · q_head..]`, `dim` bf16 values)
 /// over `keys` packed keys and values ([`pack_keys_values`]), scores scaled by
-/// `scale`; causal (position `i` sees keys `0..=i`) when `mask` is `None`, else every
-/// key with the row `mask[position · mask_ld..][..keys]` (bf16, additive) added.
+/// `scale`; causal (position `i` sees keys `0..=i`), with the row `mask[position ·
+/// mask_ld..][..keys]` (bf16, additive: padding, or a packed row's segments) added
+/// where there is a mask.
 pub(super) struct Rows<'a> {
     pub(super) q: &'a [u16],
     pub(super) q_ld: usize,
@@ -155,10 +156,7 @@ pub(super) unsafe fn attend_rows(rows: &Rows<'_>, out: *mut u16, out_ld: usize, 
     assert!(takes(dim), "head_dim {dim}: a multiple of 16 up to 128");
     assert!(rows.kp.len() == padded(keys) * dim / 2);
     assert!(rows.vp.len() == keys.div_ceil(2) * dim);
-    assert!(
-        rows.end <= keys || rows.mask.is_some(),
-        "causal rows past the keys"
-    );
+    assert!(rows.end <= keys, "causal rows past the keys");
     assert!(rows.heads > 0 && rows.first <= rows.end);
     let last = rows.end.saturating_sub(1);
     assert!(rows.q.len() >= last * rows.q_ld + (rows.heads - 1) * rows.q_head + dim);
@@ -169,10 +167,7 @@ pub(super) unsafe fn attend_rows(rows: &Rows<'_>, out: *mut u16, out_ld: usize, 
     let mut scores = vec![0f32; ROWS * width];
     let mut weights = vec![0u16; ROWS * width];
     for position in rows.first..rows.end {
-        let seen = match rows.mask {
-            None => position + 1,
-            Some(_) => keys,
-        };
+        let seen = position + 1;
         let mask = rows.mask.map(|(m, ld)| &m[position * ld..][..keys]);
         for head in (0..rows.heads).step_by(ROWS) {
             let n = ROWS.min(rows.heads - head);
@@ -537,7 +532,7 @@ pub(super) struct PackArgs {
 }
 
 /// [`attend_rows`]' arguments as the C++ side passes them (`LspAttentionRows` there,
-/// field for field); `mask` is null for causal rows, `stats` null where no backward
+/// field for field); `mask` is null where causality alone hides keys, `stats` null where no backward
 /// pass follows.
 #[repr(C)]
 pub(super) struct RowsArgs {

@@ -17,7 +17,8 @@
 //! that sees the keys.
 //!
 //! Rows go by position and then by query head of the group (`i = position · heads +
-//! head`), as the forward's; a causal key `j` is seen by the rows from `j · heads` on.
+//! head`), as the forward's; key `j` is seen by the rows from `j · heads` on (the
+//! attention is causal, a mask hiding more).
 
 #![allow(unsafe_code)]
 
@@ -32,8 +33,8 @@ const KEYS_AT: usize = 4;
 /// heads over `keys` keys, row `(position, head)` of `q` at `q[position · q_ld +
 /// head · q_head..]`, of the output's gradient `dy` at `[position · dy_ld + head ·
 /// dim..]`, keys and values rows `k_ld` and `v_ld` apart,
-/// the forward's `stats` (`[row][2]`: largest masked score, inverse sum), causal when
-/// `mask` is `None`.
+/// the forward's `stats` (`[row][2]`: largest masked score, inverse sum); causal, with
+/// `mask`'s rows added where there is one (as the forward's).
 pub(super) struct Group<'a> {
     pub(super) q: &'a [u16],
     pub(super) q_ld: usize,
@@ -107,7 +108,7 @@ pub(super) unsafe fn group_grads(g: &Group<'_>, out: GroupGrads<'_>) {
     let mut ds = vec![0u16; ROWS * width];
     let inverse_scale = [1.0 / g.scale; ROWS];
     for position in 0..t {
-        let seen = if g.mask.is_some() { t } else { position + 1 };
+        let seen = position + 1;
         let mask = g.mask.map(|(m, ld)| &m[position * ld..][..t]);
         for head in (0..heads).step_by(ROWS) {
             let n = ROWS.min(heads - head);
@@ -158,7 +159,7 @@ pub(super) unsafe fn group_grads(g: &Group<'_>, out: GroupGrads<'_>) {
     for j0 in (0..t).step_by(KEYS_AT) {
         let n = KEYS_AT.min(t - j0);
         // The first pair of rows that sees key `j0`.
-        let first = if g.mask.is_some() { 0 } else { j0 * heads / 2 };
+        let first = j0 * heads / 2;
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has AVX512-BF16; `pw`, `dsw` hold `pairs` rows of `width ≥
         // j0 + 4` words, `qpairs` and `dypairs` `pairs` rows of `dim`; dk and dv the
@@ -369,7 +370,7 @@ mod x86 {
 }
 
 /// [`group_grads`]' arguments as the C++ side passes them (`LspAttentionGrads` there,
-/// field for field); `mask` is null for causal rows.
+/// field for field); `mask` is null where causality alone hides keys.
 #[repr(C)]
 pub(super) struct GradsArgs {
     q: *const u16,

@@ -182,8 +182,9 @@ pub(crate) fn rotate_pairs_bf16(x: &Tensor, unit: &Tensor) -> Tensor {
 /// softmax in f32 ([`attention`]), through autograd (backward: [`attention_grads`],
 /// bf16 gradients) where grad mode is on and q, k or v requires one: `q` `[batch, heads, seq, d]`,
 /// `k` and `v` `[batch, kv_heads, seq, d]` (bf16, CPU; query head `i` reads key/value
-/// head `i / (heads / kv_heads)`), causal, or with the additive `mask` (`[batch, 1,
-/// seq, seq]`) instead. Returns `[batch, seq, heads · d]` in bf16. Needs AVX512-BF16
+/// head `i / (heads / kv_heads)`), causal, the additive `mask` (`[batch, 1, seq,
+/// seq]`: padding, or a packed row's segments; it hides at least what causality does)
+/// added where there is one. Returns `[batch, seq, heads · d]` in bf16. Needs AVX512-BF16
 /// ([`crate::decoder::bf16_units`]) and a head size it takes ([`attention_bf16_takes`]).
 pub(crate) fn attention_bf16(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Tensor {
     assert!(
