@@ -10,11 +10,12 @@
 //! bf16: with the rounded output, rows of a few keys, whose `dp − δ` cancels, had dq
 //! 1.7% off f32's): `ds = p · (dp − δ)`. Then, in bf16 products with f32 sums, `dq = scale · ds·k`
 //! (the forward's weighted sum, `k` packed by pairs of keys), `dv = pᵀ·dy` and
-//! `dk = scale · dsᵀ·q`. The last two sum over the rows: `p` and `ds` are kept as
-//! bf16 words of two rows each (`[row pair][key]`), and [`x86::pair_products`] makes
-//! 4 keys by 64 dimensions at a time, each key's word of a pair of rows broadcast
+//! `dk = scale · dsᵀ·q`. The last two sum over the rows: `p` and `ds` of a block of
+//! [`BLOCK`] positions' rows are kept as bf16 words of two rows each (`[row
+//! pair][key]`), and [`x86::pair_products`] adds the block's part to f32 sums, 4
+//! keys by 64 dimensions at a time, each key's word of a pair of rows broadcast
 //! against 16 dimensions of the pair's `dy` (or `q`), from the first pair of rows
-//! that sees the keys.
+//! that sees the keys; the sums are rounded once at the end.
 //!
 //! Rows go by position and then by query head of the group (`i = position · heads +
 //! head`), as the forward's; key `j` is seen by the rows from `j · heads` on (the
@@ -25,9 +26,15 @@
 use super::attention::{KEYS, ROWS, VECTORS, pack_pairs, pack_tiles, padded, span, takes};
 use super::kernels::{view, view_mut};
 use crate::decoder::Isa;
+use crate::decoder::host_math::Bf16;
 
 /// Keys [`x86::pair_products`] makes at a time (one broadcast each).
 const KEYS_AT: usize = 4;
+
+/// Query positions whose rows' `p` and `ds` are kept at a time (even, so that no pair
+/// of rows straddles two blocks): the scratch is `BLOCK · heads · keys` words twice,
+/// not `keys² · heads` (about 1 GB a group at 8,192 positions in groups of 4).
+const BLOCK: usize = 128;
 
 /// One (sequence, key/value head)'s forward pass and output gradient: `heads` query
 /// heads over `keys` keys, row `(position, head)` of `q` at `q[position · q_ld +
@@ -100,89 +107,112 @@ pub(super) unsafe fn group_grads(g: &Group<'_>, out: GroupGrads<'_>) {
     pack_pairs(k_row, t, dim, &mut kpairs);
     pack_pairs(q_row, rows, dim, &mut qpairs);
     pack_pairs(dy_row, rows, dim, &mut dypairs);
-    // p and ds by pairs of rows; every word is written by the pair's first row.
-    let mut pw = vec![0u32; pairs * width];
-    let mut dsw = vec![0u32; pairs * width];
+    // p and ds of a block's rows by pairs of rows; every word is written by the
+    // pair's first row. dk and dv are summed over the blocks in f32.
+    let block_pairs = (BLOCK * heads).div_ceil(2);
+    let mut pw = vec![0u32; block_pairs * width];
+    let mut dsw = vec![0u32; block_pairs * width];
+    let mut dk_sums = vec![0f32; t * dim];
+    let mut dv_sums = vec![0f32; t * dim];
     let mut scores = vec![0f32; ROWS * width];
     let mut dps = vec![0f32; ROWS * width];
     let mut ds = vec![0u16; ROWS * width];
     let inverse_scale = [1.0 / g.scale; ROWS];
-    for position in 0..t {
-        let seen = position + 1;
-        let mask = g.mask.map(|(m, ld)| &m[position * ld..][..t]);
-        for head in (0..heads).step_by(ROWS) {
-            let n = ROWS.min(heads - head);
-            let first = position * heads + head;
-            let (mut q, mut dy): ([&[u16]; ROWS], [&[u16]; ROWS]) = ([&[]; ROWS], [&[]; ROWS]);
-            for r in 0..n {
-                (q[r], dy[r]) = (q_row(first + r), dy_row(first + r));
-            }
-            // SAFETY: these `n` heads of the position's dq row are this call's.
-            let dq = unsafe {
-                std::slice::from_raw_parts_mut(
-                    out.dq.add(position * out.dq_ld + head * dim),
-                    n * dim,
-                )
-            };
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: the CPU has AVX512-BF16 (asserted above); the packed tiles hold
-            // `width ≥ seen` keys, the pairs `⌈seen/2⌉`; the scratch rows `width`
-            // values each, `pw` and `dsw` `pairs` rows of `width` words.
-            unsafe {
-                x86::scores(&q[..n], &kt, seen, dim, g.scale, &mut scores, width);
-                x86::scores(&dy[..n], &vt, seen, dim, 1.0, &mut dps, width);
+    for start in (0..t).step_by(BLOCK) {
+        let end = t.min(start + BLOCK);
+        // The block's first pair of rows (`BLOCK` is even: no pair straddles two).
+        let base = start * heads / 2;
+        for position in start..end {
+            let seen = position + 1;
+            let mask = g.mask.map(|(m, ld)| &m[position * ld..][..t]);
+            for head in (0..heads).step_by(ROWS) {
+                let n = ROWS.min(heads - head);
+                let first = position * heads + head;
+                let (mut q, mut dy): ([&[u16]; ROWS], [&[u16]; ROWS]) = ([&[]; ROWS], [&[]; ROWS]);
                 for r in 0..n {
-                    let i = first + r;
-                    let at = r * width;
-                    x86::grad_row(
-                        (&mut scores[at..][..width], &dps[at..][..width]),
-                        seen,
-                        mask,
-                        (g.stats[2 * i], g.stats[2 * i + 1]),
-                        &mut ds[at..][..width],
-                        (
-                            &mut pw[i / 2 * width..][..width],
-                            &mut dsw[i / 2 * width..][..width],
-                        ),
-                        i % 2 == 1,
-                    );
+                    (q[r], dy[r]) = (q_row(first + r), dy_row(first + r));
                 }
-                let sums = &inverse_scale[..n];
-                super::attention::x86::weighted_values(n, &ds, width, &kpairs, seen, dim, sums, dq);
+                // SAFETY: these `n` heads of the position's dq row are this call's.
+                let dq = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        out.dq.add(position * out.dq_ld + head * dim),
+                        n * dim,
+                    )
+                };
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the CPU has AVX512-BF16 (asserted above); the packed tiles
+                // hold `width ≥ seen` keys, the pairs `⌈seen/2⌉`; the scratch rows
+                // `width` values each, `pw` and `dsw` the block's pairs of rows of
+                // `width` words.
+                unsafe {
+                    x86::scores(&q[..n], &kt, seen, dim, g.scale, &mut scores, width);
+                    x86::scores(&dy[..n], &vt, seen, dim, 1.0, &mut dps, width);
+                    for r in 0..n {
+                        let (i, at) = (first + r, r * width);
+                        let pair = (i / 2 - base) * width;
+                        x86::grad_row(
+                            (&mut scores[at..][..width], &dps[at..][..width]),
+                            seen,
+                            mask,
+                            (g.stats[2 * i], g.stats[2 * i + 1]),
+                            &mut ds[at..][..width],
+                            (&mut pw[pair..][..width], &mut dsw[pair..][..width]),
+                            i % 2 == 1,
+                        );
+                    }
+                    let sums = &inverse_scale[..n];
+                    let vp = &kpairs;
+                    super::attention::x86::weighted_values(n, &ds, width, vp, seen, dim, sums, dq);
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                unreachable!("no AVX512-BF16 off x86-64 ({seen}, {mask:?}, {})", dq.len());
+            }
+        }
+        // The keys up to the block's last position, each from the block's first pair
+        // of rows that sees it.
+        let pairs = ((end - start) * heads).div_ceil(2);
+        for j0 in (0..end).step_by(KEYS_AT) {
+            let n = KEYS_AT.min(t - j0);
+            let first = (j0 * heads / 2).max(base) - base;
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU has AVX512-BF16; `pw`, `dsw` hold the block's `pairs`
+            // rows of `width ≥ j0 + 4` words, `qpairs` and `dypairs` from `base` on
+            // `pairs` rows of `dim`; the sums `t` rows of `dim`.
+            unsafe {
+                let (pairs, values) = (first..pairs, base * dim..);
+                let dv = x86::PairSums {
+                    w: &pw,
+                    width,
+                    pairs: pairs.clone(),
+                    values: &dypairs[values.clone()],
+                    dim,
+                };
+                let dk = x86::PairSums {
+                    w: &dsw,
+                    width,
+                    pairs,
+                    values: &qpairs[values],
+                    dim,
+                };
+                x86::pair_products(&dv, (j0, n), &mut dv_sums);
+                x86::pair_products(&dk, (j0, n), &mut dk_sums);
             }
             #[cfg(not(target_arch = "x86_64"))]
-            unreachable!("no AVX512-BF16 off x86-64 ({seen}, {mask:?}, {})", dq.len());
+            unreachable!("no AVX512-BF16 off x86-64 ({first}, {n}, {pairs})");
         }
     }
     let ((dk, dk_ld), (dv, dv_ld)) = (out.dk, out.dv);
-    assert!(dk.len() >= (t - 1) * dk_ld + dim && dv.len() >= (t - 1) * dv_ld + dim);
-    for j0 in (0..t).step_by(KEYS_AT) {
-        let n = KEYS_AT.min(t - j0);
-        // The first pair of rows that sees key `j0`.
-        let first = j0 * heads / 2;
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU has AVX512-BF16; `pw`, `dsw` hold `pairs` rows of `width ≥
-        // j0 + 4` words, `qpairs` and `dypairs` `pairs` rows of `dim`; dk and dv the
-        // keys' rows (asserted above).
-        unsafe {
-            let sums = |w, values, scale| x86::PairSums {
-                w,
-                width,
-                pairs: first..pairs,
-                values,
-                dim,
-                scale,
-            };
-            x86::pair_products(&sums(&pw, &dypairs, 1.0), (j0, n), dv.as_mut_ptr(), dv_ld);
-            x86::pair_products(
-                &sums(&dsw, &qpairs, g.scale),
-                (j0, n),
-                dk.as_mut_ptr(),
-                dk_ld,
-            );
+    for (j, (dk_sums, dv_sums)) in dk_sums
+        .chunks_exact(dim)
+        .zip(dv_sums.chunks_exact(dim))
+        .enumerate()
+    {
+        for (d, &sum) in dk[j * dk_ld..][..dim].iter_mut().zip(dk_sums) {
+            *d = Bf16::round(g.scale * sum).0;
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        unreachable!("no AVX512-BF16 off x86-64 ({first}, {n})");
+        for (d, &sum) in dv[j * dv_ld..][..dim].iter_mut().zip(dv_sums) {
+            *d = Bf16::round(sum).0;
+        }
     }
 }
 
@@ -289,43 +319,40 @@ mod x86 {
 
     /// A product summed over pairs of rows: `w`'s words hold a pair of rows' values of
     /// a key (`pairs.end` rows of `width` words), `values`' a pair of rows' values of
-    /// a dimension (`[pair][dim]`, `dim` a multiple of 16), the sums scaled by
-    /// `scale`.
+    /// a dimension (`[pair][dim]`, `dim` a multiple of 16).
     pub(super) struct PairSums<'a> {
         pub(super) w: &'a [u32],
         pub(super) width: usize,
         pub(super) pairs: std::ops::Range<usize>,
         pub(super) values: &'a [u32],
         pub(super) dim: usize,
-        pub(super) scale: f32,
     }
 
-    /// `out[j][c] = bf16(scale · Σ_{pair ∈ pairs} w[pair][j] · values[pair][c])` for
-    /// the keys `j0..j0 + n` (`n` ≤ 4) and every dimension `c`, each key's word
-    /// broadcast against 16 dimensions (each dot product sums over two rows); 4 keys
-    /// by 64 dimensions at a time.
+    /// `sums[j][c] += Σ_{pair ∈ pairs} w[pair][j] · values[pair][c]` for the keys
+    /// `j0..j0 + n` (`n` ≤ 4) and every dimension `c`, each key's word broadcast
+    /// against 16 dimensions (each dot product sums over two rows); 4 keys by 64
+    /// dimensions at a time.
     ///
     /// # Safety
-    /// The CPU has AVX-512 F and BF16; `out` holds the keys' rows of `dim` values `ld`
-    /// apart.
+    /// The CPU has AVX-512 F and BF16.
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub(super) unsafe fn pair_products(
         s: &PairSums<'_>,
         (j0, n): (usize, usize),
-        out: *mut u16,
-        ld: usize,
+        sums: &mut [f32],
     ) {
         assert!(n <= KEYS_AT && j0 + KEYS_AT <= s.width && s.dim.is_multiple_of(KEYS));
         assert!(s.w.len() >= s.pairs.end * s.width && s.values.len() >= s.pairs.end * s.dim);
+        assert!(sums.len() >= (j0 + n) * s.dim);
         let mut c = 0;
         while c < s.dim {
             // SAFETY (each): as the function's contract, checked above.
             unsafe {
                 match (s.dim - c) / KEYS {
-                    1 => keys_dims::<1>(s, (j0, n), c, out, ld),
-                    2 => keys_dims::<2>(s, (j0, n), c, out, ld),
-                    3 => keys_dims::<3>(s, (j0, n), c, out, ld),
-                    _ => keys_dims::<4>(s, (j0, n), c, out, ld),
+                    1 => keys_dims::<1>(s, (j0, n), c, sums),
+                    2 => keys_dims::<2>(s, (j0, n), c, sums),
+                    3 => keys_dims::<3>(s, (j0, n), c, sums),
+                    _ => keys_dims::<4>(s, (j0, n), c, sums),
                 }
             }
             c += VECTORS * KEYS;
@@ -339,8 +366,7 @@ mod x86 {
         s: &PairSums<'_>,
         (j0, n): (usize, usize),
         c: usize,
-        out: *mut u16,
-        ld: usize,
+        sums: &mut [f32],
     ) {
         let (wp, vp, width, dim) = (s.w.as_ptr(), s.values.as_ptr(), s.width, s.dim);
         let mut acc = [[_mm512_setzero_ps(); V]; KEYS_AT];
@@ -358,12 +384,14 @@ mod x86 {
                 }
             }
         }
-        let scale = _mm512_set1_ps(s.scale);
+        let out = sums.as_mut_ptr();
         for (j, acc) in acc.iter().enumerate().take(n) {
             for (v, &acc) in acc.iter().enumerate() {
-                let y = rounded(_mm512_mul_ps(acc, scale));
-                // SAFETY: key `j0 + j`'s dimensions `c + 16v..` lie within `out`.
-                unsafe { _mm256_storeu_si256(out.add((j0 + j) * ld + c + v * KEYS).cast(), y) };
+                // SAFETY: key `j0 + j`'s dimensions `c + 16v..` lie within `sums`.
+                unsafe {
+                    let at = out.add((j0 + j) * dim + c + v * KEYS);
+                    _mm512_storeu_ps(at, _mm512_add_ps(_mm512_loadu_ps(at), acc));
+                }
             }
         }
     }
