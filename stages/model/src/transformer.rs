@@ -9,7 +9,7 @@
 //! stacked copies of [`crate::InferenceWeights`] for passes without gradient. The
 //! decoders of [`crate::decoder`] build on the latter.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use tch::{Kind, Tensor, nn};
 use tracing::info;
@@ -89,20 +89,22 @@ pub enum WholeAttention {
 impl WholeAttention {
     /// Says once per process, for training passes and for passes without gradient,
     /// which attention runs under mixed precision (nothing for [`Self::Fused`]: the
-    /// activations' own kind).
+    /// activations' own kind). Training passes ask per layer: one bit a (variant,
+    /// pass), read before anything else.
     fn log_once(self, autograd: bool) {
-        static SAID: Mutex<Vec<(WholeAttention, bool)>> = Mutex::new(Vec::new());
-        let how = match self {
+        static SAID: AtomicU8 = AtomicU8::new(0);
+        let (variant, how) = match self {
             Self::Fused => return,
-            Self::FusedIn(_) => "libtorch's fused attention on bf16 q, k and v",
-            Self::Centered => "bf16 batched products by blocks, scores centred",
-            Self::Dots => "AVX512-BF16's dot products, scores and softmax in f32",
+            Self::FusedIn(_) => (0, "libtorch's fused attention on bf16 q, k and v"),
+            Self::Centered => (1, "bf16 batched products by blocks, scores centred"),
+            Self::Dots => (2, "AVX512-BF16's dot products, scores and softmax in f32"),
         };
-        let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
-        if said.contains(&(self, autograd)) {
+        let bit = 1u8 << (2 * variant + u8::from(autograd));
+        if SAID.load(Ordering::Relaxed) & bit != 0
+            || SAID.fetch_or(bit, Ordering::Relaxed) & bit != 0
+        {
             return;
         }
-        said.push((self, autograd));
         let passes = match autograd {
             true => "training passes",
             false => "passes without gradient",

@@ -161,8 +161,7 @@ pub(super) unsafe fn group_grads(g: &Group<'_>, out: GroupGrads<'_>) {
                         );
                     }
                     let sums = &inverse_scale[..n];
-                    let vp = &kpairs;
-                    super::attention::x86::weighted_values(n, &ds, width, vp, seen, dim, sums, dq);
+                    x86::weighted_values(n, &ds, width, &kpairs, seen, dim, sums, dq);
                 }
                 #[cfg(not(target_arch = "x86_64"))]
                 unreachable!("no AVX512-BF16 off x86-64 ({seen}, {mask:?}, {})", dq.len());
@@ -223,7 +222,7 @@ mod x86 {
     use super::super::attention::x86::{bf16s, exp, lanes, mask_part, rounded};
     use super::{KEYS, KEYS_AT, VECTORS};
 
-    pub(super) use super::super::attention::x86::scores;
+    pub(super) use super::super::attention::x86::{scores, weighted_values};
 
     /// One row's probabilities and their scores' gradients from its `scores` and
     /// `dps` (`dy·v`) and the forward's largest masked score `m` and inverse sum: `p =
