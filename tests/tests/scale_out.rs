@@ -1,7 +1,8 @@
 //! The game across timely workers: one worker, two worker threads in one process and
 //! two processes over localhost TCP play the same game (texts, rewards, advantages)
 //! and train the same weights (or LoRA adapter), in every mode and with N not a
-//! multiple of the workers; a killed process stops the other promptly, and a resume
+//! multiple of the workers; under mixed precision, two threads and two processes play
+//! the same game bit for bit; a killed process stops the other promptly, and a resume
 //! with one worker completes the record as an uninterrupted run would have.
 
 mod common;
@@ -12,7 +13,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::deadline::Finish;
-use common::{config_with, pipeline, records, repo, run_with};
+use common::{config_with, pipeline, records, repo, run_with, with_model_options};
 use lsp_model::SafetensorsFile;
 use lsp_schemas::GameRecordRow;
 
@@ -394,4 +395,60 @@ fn the_update_is_dealt_in_the_micro_batches_one_worker_makes() {
     assert!(parts.iter().all(|&(m, s)| m > 0 && s > 0), "{parts:?}");
     let sum = parts.iter().fold((0, 0), |a, p| (a.0 + p.0, a.1 + p.1));
     assert_eq!(sum, whole[0], "{parts:?}");
+}
+
+/// `rows` without the stages' timings, which no two runs share.
+fn untimed(mut rows: Vec<GameRecordRow>) -> Vec<GameRecordRow> {
+    for r in &mut rows {
+        for s in [
+            &mut r.seconds_challenger,
+            &mut r.seconds_solver,
+            &mut r.seconds_reward,
+            &mut r.seconds_self_reward,
+            &mut r.seconds_advantage,
+            &mut r.seconds_update,
+        ] {
+            *s = 0.0;
+        }
+    }
+    rows
+}
+
+#[test]
+fn under_mixed_precision_two_threads_and_two_processes_play_the_same_game_bit_for_bit() {
+    // bf16 rounds a pass of differently composed batches differently (a prompt's
+    // padding moves where its keys fall in attention's blocks), so one worker and two
+    // play different games under mixed precision, the first iteration's answers
+    // included. The same worker count always plays the same one: two worker threads
+    // and two processes make the same batches, and what crosses between them (tallies,
+    // the gradient's f32 sums, the bf16 casts made from the same masters) is the
+    // same, so their records and final weights (or adapters) are equal bit for bit.
+    for mode in ["lsp", "grpo", "lsp+lora"] {
+        let (one, threads, processes) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let mixed = |dir: &Path| {
+            let cfg = game_config(dir, mode, 3);
+            with_model_options(&cfg, "precision: mixed_bf16, emulate_bf16: true");
+            cfg
+        };
+        run_with(&mixed(one.path()), &[]);
+        run_with(&mixed(threads.path()), &["--workers", "2"]);
+        run_two_processes(&mixed(processes.path()), processes.path());
+        let manifest = std::fs::read_to_string(processes.path().join("e2e/manifest.json"));
+        assert!(manifest.unwrap().contains("\"precision\": \"mixed_bf16\""));
+        let (two, base) = (untimed(records(threads.path())), records(one.path()));
+        assert_eq!(two.len(), 3 * 5 * 2, "{mode}");
+        assert_eq!(two, untimed(records(processes.path())), "{mode}");
+        let keys = |rows: &[GameRecordRow]| {
+            let key = |r: &GameRecordRow| (r.iteration, r.query_id, r.answer_index);
+            rows.iter().map(key).collect::<Vec<_>>()
+        };
+        assert_eq!(keys(&base), keys(&two), "{mode}: one worker's rows");
+        let final_of = |d: &tempfile::TempDir| d.path().join("e2e/final");
+        let diff = weights_differ_by(&final_of(&threads), &final_of(&processes));
+        assert_eq!(diff, 0.0, "{mode}: final weights");
+    }
 }
