@@ -10,7 +10,7 @@ use std::process::Command;
 
 use common::deadline::Finish;
 use common::{
-    config, config_with, pipeline, records, records_in, repo, run, run_with, run_with_env,
+    config, config_with, pipeline, records, records_in, repo, run, run_with, run_with_env, untimed,
     with_model_options,
 };
 use lsp_advantage::{AdvantageConfig, advantages};
@@ -68,33 +68,35 @@ fn two_lsp_iterations_leave_n_times_g_rows_each_with_consistent_advantages() {
 
 #[test]
 fn resume_after_an_interrupted_checkpoint_redoes_the_iteration_identically() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), "lsp_zero", 3);
-    run(&cfg, false);
-    let complete = records(dir.path());
-    assert_eq!(iterations(&complete), [1, 2, 3]);
-    // As if killed while saving checkpoint 3: its state.json never landed, and the
-    // final model is gone.
-    let root = dir.path().join("e2e");
-    std::fs::remove_file(root.join("checkpoints/iteration-000003/state.json")).unwrap();
-    std::fs::remove_dir_all(root.join("final")).unwrap();
-    // Without --resume the folder is refused rather than overwritten.
-    let refused = Command::new(pipeline()).arg("run").arg(&cfg).finish();
-    assert_eq!(refused.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("continue it with --resume"));
-    run(&cfg, true);
-    let resumed = records(dir.path());
-    assert_eq!(iterations(&resumed), [1, 2, 3]);
-    // Seeds and the optimizer state were restored, so iteration 3 is the same again.
-    assert_eq!(resumed.len(), complete.len());
-    for (a, b) in resumed.iter().zip(&complete) {
-        assert_eq!(
-            (&a.query_text, &a.answer_text),
-            (&b.query_text, &b.answer_text)
-        );
-        assert!((a.reward - b.reward).abs() < 1e-6 && (a.loss - b.loss).abs() < 1e-6);
+    // Under mixed precision too: the checkpoint keeps the f32 masters and AdamW's
+    // moments, and the bf16 casts and rollout panels are made from them again.
+    for precision in [
+        "precision: f32",
+        "precision: mixed_bf16, emulate_bf16: true",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), "lsp_zero", 3);
+        with_model_options(&cfg, precision);
+        run(&cfg, false);
+        let complete = untimed(records(dir.path()));
+        assert_eq!(iterations(&complete), [1, 2, 3]);
+        // As if killed while saving checkpoint 3: its state.json never landed, and the
+        // final model is gone.
+        let root = dir.path().join("e2e");
+        let trained = std::fs::read(root.join("final/model.safetensors")).unwrap();
+        std::fs::remove_file(root.join("checkpoints/iteration-000003/state.json")).unwrap();
+        std::fs::remove_dir_all(root.join("final")).unwrap();
+        // Without --resume the folder is refused rather than overwritten.
+        let refused = Command::new(pipeline()).arg("run").arg(&cfg).finish();
+        assert_eq!(refused.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&refused.stderr).contains("continue it with --resume"));
+        run(&cfg, true);
+        // Seeds and the optimizer state were restored, so iteration 3 is the same
+        // again, bit for bit, and so is its step.
+        assert_eq!(untimed(records(dir.path())), complete, "{precision}");
+        let again = std::fs::read(root.join("final/model.safetensors")).unwrap();
+        assert!(again == trained, "{precision}: the final model differs");
     }
-    assert!(root.join("final/model.safetensors").is_file());
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::deadline::Finish;
-use common::{config_with, pipeline, records, repo, run_with, with_model_options};
+use common::{config_with, pipeline, records, repo, run_with, untimed, with_model_options};
 use lsp_model::SafetensorsFile;
 use lsp_schemas::GameRecordRow;
 
@@ -395,23 +395,6 @@ fn the_update_is_dealt_in_the_micro_batches_one_worker_makes() {
     assert!(parts.iter().all(|&(m, s)| m > 0 && s > 0), "{parts:?}");
     let sum = parts.iter().fold((0, 0), |a, p| (a.0 + p.0, a.1 + p.1));
     assert_eq!(sum, whole[0], "{parts:?}");
-}
-
-/// `rows` without the stages' timings, which no two runs share.
-fn untimed(mut rows: Vec<GameRecordRow>) -> Vec<GameRecordRow> {
-    for r in &mut rows {
-        for s in [
-            &mut r.seconds_challenger,
-            &mut r.seconds_solver,
-            &mut r.seconds_reward,
-            &mut r.seconds_self_reward,
-            &mut r.seconds_advantage,
-            &mut r.seconds_update,
-        ] {
-            *s = 0.0;
-        }
-    }
-    rows
 }
 
 #[test]

@@ -141,6 +141,24 @@ pub fn records_in(dir: &Path) -> Vec<GameRecordRow> {
         .collect()
 }
 
+/// `rows` without the stages' timings, which no two runs share: what is left is the
+/// game, to compare exactly.
+pub fn untimed(mut rows: Vec<GameRecordRow>) -> Vec<GameRecordRow> {
+    for r in &mut rows {
+        for s in [
+            &mut r.seconds_challenger,
+            &mut r.seconds_solver,
+            &mut r.seconds_reward,
+            &mut r.seconds_self_reward,
+            &mut r.seconds_advantage,
+            &mut r.seconds_update,
+        ] {
+            *s = 0.0;
+        }
+    }
+    rows
+}
+
 /// The project's Python with DuckDB and Polars (`scripts/setup-python.sh`, run by
 /// `scripts/test.sh`); `LSP_PYTHON` may name another.
 pub fn python() -> PathBuf {
