@@ -400,9 +400,9 @@ fn the_update_is_dealt_in_the_micro_batches_one_worker_makes() {
 #[test]
 fn under_mixed_precision_two_threads_and_two_processes_play_the_same_game_bit_for_bit() {
     // bf16 rounds a pass of differently composed batches differently (a prompt's
-    // padding moves where its keys fall in attention's blocks), so one worker and two
-    // play different games under mixed precision, the first iteration's answers
-    // included. The same worker count always plays the same one: two worker threads
+    // padding, or the prefix it shares with its batch, changes the order attention
+    // sums its keys in), so one worker and two play different games under mixed
+    // precision, the first iteration's answers included. The same worker count always plays the same one: two worker threads
     // and two processes make the same batches, and what crosses between them (tallies,
     // the gradient's f32 sums, the bf16 casts made from the same masters) is the
     // same, so their records and final weights (or adapters) are equal bit for bit.
