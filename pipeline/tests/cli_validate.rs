@@ -288,6 +288,15 @@ fn pure_bf16_training_at_the_papers_learning_rate_is_warned_about() {
 }
 
 #[test]
+fn cuda_that_this_machines_libtorch_does_not_see_is_warned_about() {
+    // A warning, not an error: a config may be checked away from the machine it runs on.
+    let plan = plan_of("model: {policy: {policy}, device: cuda}\n");
+    let warned = plan.contains("# warning: model.device: cuda, but libtorch sees no CUDA device");
+    assert_eq!(warned, !tch::Cuda::is_available(), "{plan}");
+    assert!(!plan_of("model: {policy: {policy}}\n").contains("# warning"));
+}
+
+#[test]
 fn validate_opens_the_model_folders_and_bounds_new_tokens_by_the_context() {
     let dir = tempfile::tempdir().unwrap();
     // A copy of tiny-llama whose config.json misstates the vocabulary.

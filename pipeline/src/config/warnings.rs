@@ -1,7 +1,7 @@
 //! What a config asks for that runs, but probably not as its author meant: printed by
 //! `pipeline validate` and logged at the start of `pipeline run`.
 
-use lsp_model::{Dtype, ModelConfig};
+use lsp_model::{DeviceKind, Dtype, ModelConfig};
 use lsp_update::UpdateConfig;
 
 use super::EpochConfig;
@@ -11,10 +11,12 @@ use super::EpochConfig;
 const TYPICAL_WEIGHT: f64 = 0.02;
 
 impl EpochConfig {
-    /// One line per warning: the run's threads against the machine's cores, and, for
-    /// the run and each of its stages, a policy whose updates bf16 rounds away.
+    /// One line per warning: the run's threads against the machine's cores, a CUDA
+    /// device this machine's libtorch does not see, and, for the run and each of its
+    /// stages, a policy whose updates bf16 rounds away.
     pub fn warnings(&self) -> Vec<String> {
         let mut out: Vec<String> = self.run.oversubscription().into_iter().collect();
+        out.extend(cuda_unseen(&self.model));
         out.extend(bf16_steps_lost(&self.model, &self.update));
         // A stage trains the run's model; only its own `update` can change the verdict.
         for stage in self.stages.iter().filter(|s| s.update.is_some()) {
@@ -24,6 +26,18 @@ impl EpochConfig {
         }
         out
     }
+}
+
+/// A warning when the config asks for CUDA and this machine's libtorch sees no CUDA
+/// device (a CPU build, or no GPU): not an error, since a config may be checked on a
+/// machine other than the one it runs on, but `pipeline run` here stops at loading.
+fn cuda_unseen(model: &ModelConfig) -> Option<String> {
+    (model.device == DeviceKind::Cuda && !tch::Cuda::is_available()).then(|| {
+        "model.device: cuda, but libtorch sees no CUDA device on this machine (a CPU \
+         libtorch, or no GPU): `pipeline run` here would stop when it loads the policy; \
+         see the README's \"libtorch with CUDA\""
+            .to_string()
+    })
 }
 
 /// A warning when the policy's own weights train in bf16 (`model.dtype: bf16`, no
