@@ -100,8 +100,8 @@ impl RolloutWeights {
 /// How a training step's passes use the threads of a worker (`update.parallelism`).
 ///
 /// Measured on 2 cores (`docs/measured.md`, "Mixed precision and LoRA, measured"),
-/// under mixed precision on an AMX Xeon: `sequences` ahead at micro-batches of 8 × 256 tokens
-/// (+7.5% over six ABBA pairs, and +1 to +12% in an earlier session) and of 4 × 256,
+/// under mixed precision on an AMX Xeon: `sequences` ahead at micro-batches of 8 × 256
+/// tokens (+7.5% over six ABBA pairs, and +1 to +12% in an earlier session) and of 4 × 256,
 /// behind at 2 × 512 (−12%) and at GRPO's micro-batches of 4 short answers (−13 to
 /// −20%), where each thread's share of the weights' gradient (the same size whatever
 /// its tokens) dominates; even in f32. `auto` takes `sequences` where each thread gets

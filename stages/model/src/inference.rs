@@ -11,7 +11,8 @@ use tch::{Kind, Tensor};
 use crate::fused::swiglu_bf16;
 use crate::layers::{Linear, inference_linear};
 use crate::rope::pair_layout;
-use crate::transformer::{Projections, Transformer, WholeAttention, swiglu};
+use crate::transformer::{Projections, Transformer, swiglu};
+use crate::whole_attention::WholeAttention;
 
 /// One matrix that computes several linear maps at once.
 #[derive(Debug)]

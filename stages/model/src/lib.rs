@@ -78,6 +78,7 @@ mod training_weights;
 mod transformer;
 mod unloaded;
 mod weight_grads;
+mod whole_attention;
 
 pub use chat_template::{ChatTemplate, Message};
 pub use checkpoint::ModelSnapshot;
@@ -105,5 +106,6 @@ pub use spec::{Architecture, Head, ModelSpec, RopeScaling};
 pub use tokenizer::TextTokenizer;
 pub use training::TrainingLogprobs;
 pub use training_weights::TrainingWeights;
-pub use transformer::{Projections, Transformer, WholeAttention};
+pub use transformer::{Projections, Transformer};
 pub use unloaded::Unloaded;
+pub use whole_attention::WholeAttention;

@@ -32,8 +32,9 @@ use crate::layers::{Linear, LoraPair};
 use crate::model::LanguageModel;
 use crate::rope::pair_layout;
 use crate::training::HeadGrad;
-use crate::transformer::{Projections, Transformer, WholeAttention, swiglu};
+use crate::transformer::{Projections, Transformer, swiglu};
 use crate::weight_grads::StackGrad;
+use crate::whole_attention::WholeAttention;
 
 /// Several maps cast into one `[Σ out, in]` matrix: through autograd, or, under the
 /// fused nodes, without it, the products adding the maps' gradients into a buffer

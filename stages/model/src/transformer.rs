@@ -9,10 +9,7 @@
 //! stacked copies of [`crate::InferenceWeights`] for passes without gradient. The
 //! decoders of [`crate::decoder`] build on the latter.
 
-use std::sync::atomic::{AtomicU8, Ordering};
-
 use tch::{Kind, Tensor, nn};
-use tracing::info;
 
 use crate::centered_attention::centered_attention;
 use crate::config::RolloutWeights;
@@ -24,6 +21,7 @@ use crate::layers::{Embedding, Linear, RmsNorm, linear_in_weight_kind};
 use crate::mask::{AttentionMask, positions};
 use crate::rope::{Rope, Rotation};
 use crate::spec::{Head, ModelSpec};
+use crate::whole_attention::WholeAttention;
 
 /// How a pass computes each layer's linear maps. Outputs keep the input's leading
 /// dimensions: `x` `[batch, seq, in]` gives `[batch, seq, out]`.
@@ -65,61 +63,6 @@ pub trait Projections {
     /// `Transformer::whole_attention`).
     fn whole_attention(&self) -> WholeAttention {
         WholeAttention::Fused
-    }
-}
-
-/// How attention over whole sequences runs; `Transformer::whole_attention` is the one
-/// rule that chooses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WholeAttention {
-    /// libtorch's fused attention on q, k and v in the activations' kind.
-    Fused,
-    /// libtorch's fused attention on q, k and v cast to this kind (its softmax in
-    /// f32); the output stays in it for [`Projections::o`].
-    FusedIn(Kind),
-    /// bf16 batched products with scores centred on each row's largest
-    /// (`centered_attention.rs`); the output is bf16.
-    Centered,
-    /// AVX512-BF16's dot products, the scores and the softmax in f32
-    /// (`fused/attention.rs`; backward `fused/attention_grads.rs`); the output is
-    /// bf16.
-    Dots,
-}
-
-impl WholeAttention {
-    /// Says once per process, for training passes and for passes without gradient,
-    /// which attention runs under mixed precision (nothing for [`Self::Fused`]: the
-    /// activations' own kind). Training passes ask per layer: one bit a (variant,
-    /// pass), read before anything else.
-    fn log_once(self, autograd: bool) {
-        static SAID: AtomicU8 = AtomicU8::new(0);
-        let (variant, how) = match self {
-            Self::Fused => return,
-            Self::FusedIn(_) => (0, "libtorch's fused attention on bf16 q, k and v"),
-            Self::Centered => (1, "bf16 batched products by blocks, scores centred"),
-            Self::Dots => (2, "AVX512-BF16's dot products, scores and softmax in f32"),
-        };
-        let bit = 1u8 << (2 * variant + u8::from(autograd));
-        if SAID.load(Ordering::Relaxed) & bit != 0
-            || SAID.fetch_or(bit, Ordering::Relaxed) & bit != 0
-        {
-            return;
-        }
-        let passes = match autograd {
-            true => "training passes",
-            false => "passes without gradient",
-        };
-        info!(attention = ?self, "mixed_bf16: {passes} attend by {how}");
-    }
-
-    /// The kind an additive mask is made in for this attention, given the
-    /// activations' kind.
-    fn mask_kind(self, activations: Kind) -> Kind {
-        match self {
-            Self::Fused => activations,
-            Self::FusedIn(kind) => kind,
-            Self::Centered | Self::Dots => Kind::BFloat16,
-        }
     }
 }
 

@@ -532,8 +532,8 @@ pub(super) struct PackArgs {
 }
 
 /// [`attend_rows`]' arguments as the C++ side passes them (`LspAttentionRows` there,
-/// field for field); `mask` is null where causality alone hides keys, `stats` null where no backward
-/// pass follows.
+/// field for field); `mask` is null where causality alone hides keys, `stats` null
+/// where no backward pass follows.
 #[repr(C)]
 pub(super) struct RowsArgs {
     q: *const u16,
